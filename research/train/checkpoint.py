@@ -1,0 +1,119 @@
+"""Checkpoints: orbax CheckpointManager under `<workdir>/checkpoints/<step>/`.
+
+A checkpoint holds three items: the train `state`, the data position (`data`) and the
+run's `config`. Saves are synchronous, and orbax writes into a temporary directory it
+renames when complete, so a run killed mid-save leaves the previous checkpoints intact.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from research.train.config import ConfigError
+
+
+def _shape_mismatches(abstract, metadata) -> list[str]:
+  """Lists the leaves whose shapes differ between a target and a stored tree."""
+  out = []
+  flat_meta = dict(jax.tree_util.tree_flatten_with_path(metadata)[0])
+  flat_target = jax.tree_util.tree_flatten_with_path(abstract)[0]
+  if len(flat_meta) != len(flat_target):
+    return [f"{len(flat_meta)} stored arrays vs {len(flat_target)} built"]
+  for path, leaf in flat_target:
+    stored = flat_meta.get(path)
+    stored_shape = tuple(getattr(stored, "shape", ()) or ())
+    if stored is None:
+      out.append(f"{jax.tree_util.keystr(path)} is not in the checkpoint")
+    elif stored_shape != tuple(leaf.shape):
+      out.append(f"{jax.tree_util.keystr(path)} {stored_shape} in the checkpoint vs {tuple(leaf.shape)} built")
+  return out
+
+
+class Checkpointer:
+  """Saves and restores (state, data position, config) for one workdir."""
+
+  def __init__(self, workdir: str, keep: int, every: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.every = every
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def check_compatible(self, abstract_state) -> None:
+    """Raises ConfigError if the latest readable checkpoint has other shapes than `abstract_state`.
+
+    Runs before anything is compiled, so a resume with another model size fails fast.
+    """
+    for step in reversed(self.steps()):
+      try:
+        metadata = self._manager.item_metadata(step)["state"]
+      except Exception:  # pylint: disable=broad-except
+        continue  # unreadable: restore() falls back past it with a warning
+      if metadata is None:
+        continue
+      problems = _shape_mismatches(abstract_state, metadata)
+      if problems:
+        raise ConfigError(
+            f"checkpoint {self.directory}/{step} does not match this config "
+            f"({problems[0]}{'; ...' if len(problems) > 1 else ''}); use another --workdir")
+      return
+
+  def restore(self, abstract_state) -> tuple[Any, Mapping[str, Any]] | None:
+    """Restores the newest readable checkpoint, falling back past unreadable ones.
+
+    Args:
+      abstract_state: a pytree of jax.ShapeDtypeStruct (with shardings) to restore into.
+
+    Returns:
+      (state, data position) or None when the workdir has no checkpoint.
+
+    Raises:
+      RuntimeError: if checkpoints exist but none can be read (never silently restarts).
+    """
+    steps = self.steps()
+    for step in reversed(steps):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], restored["data"]
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    if steps:
+      raise RuntimeError(f"no readable checkpoint among steps {steps} in {self.directory}; "
+                         "refusing to start from scratch over them")
+    return None
+
+  def save(self, step: int, state, data: Mapping[str, Any], config) -> None:
+    """Saves a checkpoint for `step` (overwriting nothing) and waits until it is on disk."""
+    if step in self._manager.all_steps():
+      return
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data)),
+        config=ocp.args.JsonSave(config_dict)), force=True)
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def save_pytree(path: str, tree) -> None:
+  """Saves one pytree (e.g. final parameters) as a standalone orbax checkpoint at `path`."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(path), tree, force=True)
+  checkpointer.wait_until_finished()
+
+
+def restore_pytree(path: str, like=None):
+  """Restores a pytree saved by `save_pytree`; `like` gives the target structure/shardings."""
+  checkpointer = ocp.StandardCheckpointer()
+  if like is None:
+    return checkpointer.restore(os.path.abspath(path))
+  return checkpointer.restore(os.path.abspath(path), jax.tree.map(ocp.utils.to_shape_dtype_struct, like))

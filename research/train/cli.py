@@ -1,0 +1,68 @@
+"""Entry point for absl-flag experiment scripts.
+
+Every experiment ends with
+
+    if __name__ == "__main__":
+      cli.main(__file__, run)
+
+which defines `--config` (the script's own `get_config`, so `--config=<script>.py:smoke`
+picks a preset and `--config.<field>=...` overrides a field) and `--workdir`, then calls
+`run(config, workdir)`. Bad input (an unknown flag or config field, a ConfigError raised by
+the checks) is one line on stderr and exit code 2, before anything is compiled or written.
+"""
+
+import sys
+from collections.abc import Callable
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from research.train.config import ConfigError
+
+
+def fail(message: str) -> None:
+  """Prints `error: message` on stderr and exits with status 2."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    fail(f"bad flag: {e}")
+  return []
+
+
+def main(config_file: str, run: Callable, workdir_required: bool = True) -> None:
+  """Defines --config/--workdir and runs `run(config, workdir)` under absl.
+
+  Args:
+    config_file: the experiment script's `__file__`; it must define `get_config(preset)`.
+    run: `run(config, workdir)`, importable by tests and notebooks.
+    workdir_required: whether --workdir must be given.
+  """
+  try:
+    # Parses the --config.<field> overrides already, so an unknown field fails here.
+    config_flag = config_flags.DEFINE_config_file("config", config_file, "Experiment config file[:preset].",
+                                                  lock_config=True)
+  except (KeyError, AttributeError) as e:
+    fail(f"unknown config field: {str(e).strip(chr(34)).strip(chr(39))}")
+  except (flags.Error, ValueError, TypeError) as e:
+    fail(f"bad config: {str(e).splitlines()[0]}")
+  workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
+                                     required=workdir_required)
+
+  def guarded(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+      run(config_flag.value, workdir_flag.value)
+    except ConfigError as e:
+      fail(str(e))
+
+  app.run(guarded, flags_parser=_parse_flags)

@@ -1,0 +1,44 @@
+"""Installs the `research` package (and `experiments`, runnable with `python -m`)."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.35",
+    "flax>=0.10",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "tensorflow-datasets>=4.9.7",
+    "tensorflow-cpu>=2.18",  # TFDS encodes and reads records with it
+    "tensorboard",  # clu's TensorBoard writer
+    "absl-py",
+    "ml-collections",
+    "clu",
+    "scikit-learn",  # ships the bundled digits; reference for EM
+    "pillow",
+    "matplotlib",
+    "gymnax",  # jittable classic-control environments for PPO
+]
+
+EXTRAS_REQUIRE = {
+    # Reference implementations are only used to check ours.
+    "test": [
+        "pytest",
+        "pytest-xdist",
+        "torch==2.13.0",
+        "transformers",
+        "diffusers",
+        "gymnasium",
+    ],
+    "cuda": ["jax[cuda12]"],
+    "tpu": ["jax[tpu]"],
+}
+
+setuptools.setup(
+    name="research",
+    version="0.1.0",
+    description="Pure functional JAX/Flax research models with one training loop.",
+    packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
