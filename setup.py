@@ -9,6 +9,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "tensorflow-datasets>=4.9.7",
     "tensorflow-cpu>=2.18",  # TFDS encodes and reads records with it
+    "importlib_resources",  # needed by TFDS builders defined outside its package
     "tensorboard",  # clu's TensorBoard writer
     "absl-py",
     "ml-collections",

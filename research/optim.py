@@ -1,0 +1,115 @@
+"""Optimizer factory: optax transformations built from `config.optimizer`.
+
+Every optimizer is wrapped in `optax.inject_hyperparams`, so the peak learning rate,
+weight decay and momentum live in the optimizer state as arrays: a sweep can vmap them
+(see research/sweep.py) without recompiling. The schedule is a multiplier on the peak
+learning rate, applied inside the chain, so a swept peak keeps its warmup + cosine shape.
+
+Names:
+  adam      Adam (Kingma & Ba).
+  adamw     Adam with decoupled weight decay (Loshchilov & Hutter): the decay is added to
+            the Adam update, not to the gradient.
+  adam_l2   Adam with L2 added to the gradient (the coupled form AdamW argues against).
+  sgd       SGD with (optionally Nesterov) momentum.
+  rmsprop   RMSProp (used by WGAN with weight clipping).
+"""
+
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from research.train.config import ConfigError, check_choice, check_positive
+
+OPTIMIZERS = ("adam", "adamw", "adam_l2", "sgd", "rmsprop")
+SCHEDULES = ("constant", "warmup_cosine")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `config.optimizer` block every experiment starts from."""
+  config = ml_collections.ConfigDict()
+  config.name = "adam"  # one of OPTIMIZERS
+  config.learning_rate = 1e-3  # peak learning rate
+  config.b1 = 0.9  # Adam beta1 (also the SGD momentum)
+  config.b2 = 0.999  # Adam beta2 / RMSProp decay
+  config.eps = 1e-8  # Adam / RMSProp epsilon
+  config.weight_decay = 0.0  # adamw: decoupled decay; adam_l2: L2 coefficient
+  config.nesterov = False  # sgd: Nesterov momentum
+  config.schedule = "constant"  # one of SCHEDULES
+  config.warmup_steps = 0  # warmup_cosine: linear warmup steps
+  config.final_lr_fraction = 0.0  # warmup_cosine: final lr as a fraction of the peak
+  config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
+  return config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on a bad optimizer block."""
+  check_choice("optimizer.name", config.name, OPTIMIZERS)
+  check_choice("optimizer.schedule", config.schedule, SCHEDULES)
+  check_positive("optimizer.learning_rate", config.learning_rate, allow_zero=True)
+  check_positive("optimizer.weight_decay", config.weight_decay, allow_zero=True)
+  check_positive("optimizer.grad_clip_norm", config.grad_clip_norm, allow_zero=True)
+  check_positive("optimizer.warmup_steps", config.warmup_steps, allow_zero=True)
+  for name in ("b1", "b2"):
+    if not 0.0 <= config[name] < 1.0:
+      raise ConfigError(f"optimizer.{name} must be in [0, 1), got {config[name]}")
+
+
+def schedule(config: ml_collections.ConfigDict, total_steps: int) -> Callable:
+  """The learning-rate multiplier as a function of the step (peak = 1)."""
+  if config.schedule == "constant":
+    return lambda step: jnp.ones_like(step, jnp.float32)
+  decay_steps = max(total_steps - config.warmup_steps, 1)
+  cosine = optax.cosine_decay_schedule(1.0, decay_steps, alpha=config.final_lr_fraction)
+  warmup = optax.linear_schedule(0.0, 1.0, max(config.warmup_steps, 1))
+  if config.warmup_steps == 0:
+    return cosine
+  return optax.join_schedules([warmup, cosine], [config.warmup_steps])
+
+
+def make(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """Builds the optimizer named by `config.name`.
+
+  Args:
+    config: an optimizer block (see `default_config`).
+    total_steps: the run's length, for the cosine schedule.
+
+  Returns:
+    An optax transformation whose state carries `hyperparams` (learning_rate,
+    weight_decay, b1) as arrays.
+  """
+  check(config)
+  multiplier = schedule(config, total_steps)
+
+  def build(learning_rate, weight_decay, b1):
+    parts = []
+    if config.grad_clip_norm > 0:
+      parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.name == "adam_l2":
+      parts.append(optax.add_decayed_weights(weight_decay))  # L2: decay enters Adam's moments
+    if config.name in ("adam", "adamw", "adam_l2"):
+      parts.append(optax.scale_by_adam(b1=b1, b2=config.b2, eps=config.eps))
+    elif config.name == "sgd":
+      parts.append(optax.trace(decay=b1, nesterov=config.nesterov))
+    elif config.name == "rmsprop":
+      parts.append(optax.scale_by_rms(decay=config.b2, eps=config.eps))
+    if config.name == "adamw":
+      parts.append(optax.add_decayed_weights(weight_decay))  # decoupled: after Adam
+    parts.append(optax.scale_by_schedule(lambda count: -learning_rate * multiplier(count)))
+    return optax.chain(*parts)
+
+  return optax.inject_hyperparams(build)(
+      learning_rate=config.learning_rate, weight_decay=config.weight_decay, b1=config.b1)
+
+
+def hyperparams(opt_state) -> dict:
+  """The injected hyperparameters of an optimizer state (the first, for a dict of states)."""
+  if isinstance(opt_state, dict):
+    opt_state = next(iter(opt_state.values()))
+  return opt_state.hyperparams
+
+
+def learning_rate(config: ml_collections.ConfigDict, total_steps: int, opt_state, step):
+  """The learning rate in force at `step`: the (possibly swept) peak times the schedule."""
+  return hyperparams(opt_state)["learning_rate"] * schedule(config, total_steps)(step)

@@ -1,0 +1,46 @@
+"""PNG pictures of samples: image grids and 2D scatter plots."""
+
+import os
+
+import numpy as np
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
+  """Tiles (N, H, W, C) images in [0, 1] into one (rows*(H+pad), cols*(W+pad), C) uint8 image."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  columns = columns or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / columns))
+  grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
+  return (grid * 255).round().astype(np.uint8)
+
+
+def save_png(path: str, array, title: str | None = None) -> str:
+  """Writes images (N, H, W, C) as an upscaled grid, or points (N, 2) as a scatter plot."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  array = np.asarray(array)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if array.ndim == 4:
+    grid = image_grid(array)
+    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.axis("off")
+  elif array.ndim == 2 and array.shape[1] == 2:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(array[:, 0], array[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+  else:
+    raise ValueError(f"cannot draw an array of shape {array.shape}: expected (N, H, W, C) or (N, 2)")
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

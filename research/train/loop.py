@@ -1,0 +1,167 @@
+"""The one training loop.
+
+    run = research.train.train(task, config, workdir, data)
+
+Owns: sharding over a device mesh, the jitted and donated step, derived keys,
+checkpoints (resume from the latest, bit-identical to an uninterrupted run), metric
+writers, the progress line, health metrics, the non-finite-loss stop, evaluation,
+sample PNGs and results.json.
+"""
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from absl import logging
+
+from research import data as data_lib
+from research import optim
+from research.train import checkpoint as checkpoint_lib
+from research.train import images
+from research.train import monitor
+from research.train import parallel
+from research.train import results as results_lib
+from research.train.config import ConfigError, check_common
+from research.train.step import TrainState, eval_params, init_state, make_train_step
+from research.train.task import Task
+
+
+class Run(NamedTuple):
+  """What `train` returns: the final state and the dict written to results.json."""
+
+  state: TrainState
+  results: dict[str, Any]
+
+
+class Keys(NamedTuple):
+  """Named sub-streams of the run's seed: init, per-step training, evaluation."""
+
+  init: jax.Array
+  train: jax.Array
+  eval: jax.Array
+
+  @classmethod
+  def from_seed(cls, seed: int) -> "Keys":
+    k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
+    return cls(k_init, k_train, k_eval)
+
+
+def _first_nonfinite(pending: list[tuple[int, Mapping[str, Any]]]) -> tuple[int, float] | None:
+  for step, metrics in pending:
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+      return step, loss
+  return None
+
+
+def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> Run:
+  """Trains `task` on `data` for `config.steps` steps, resuming from `workdir` if it holds checkpoints.
+
+  Args:
+    task: the model family's plug-in.
+    config: the experiment config (research.train.config.base_config fields and more).
+    workdir: checkpoints, TensorBoard events, PNGs and results.json go here.
+    data: the training split as in-memory arrays (research.data.load).
+
+  Returns:
+    Run(final state, results dict).
+
+  Raises:
+    ConfigError: on bad config, or a checkpoint whose shapes differ from this config;
+      raised before anything is compiled or written.
+    NonFiniteLossError: when the loss becomes NaN/inf (the last good checkpoint stays).
+  """
+  t0 = time.perf_counter()
+  check_common(config)
+  mesh = parallel.make_mesh()
+  batch_sharding, replicated = parallel.data_sharding(mesh), parallel.replicated(mesh)
+  try:
+    batcher = data_lib.Batcher(data, config.batch_size * task.batches_per_step, config.seed,
+                               jax.process_index(), jax.process_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  keys = Keys.from_seed(config.seed)
+
+  # Shapes first: nothing is compiled until the checkpoint (if any) is known to fit.
+  first_batch = parallel.put_batch(batcher(0), batch_sharding)
+  abstract = jax.eval_shape(lambda k, b: init_state(task, k, b, config.ema_decay), keys.init, first_batch)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
+                          state_sharding)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every) \
+      if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
+  if checkpoints is not None:
+    checkpoints.check_compatible(abstract)
+
+  restored = checkpoints.restore(abstract) if checkpoints is not None else None
+  if restored is not None:
+    state, position = restored
+    if position.get("seed") != config.seed:
+      raise ConfigError(f"the checkpoint in {workdir} was written with seed {position.get('seed')}, "
+                        f"not {config.seed}; use another --workdir")
+    logging.info("resuming from step %d", int(state.step))
+  else:
+    init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay), out_shardings=state_sharding)
+    state = init(keys.init, first_batch)
+  if checkpoints is None:
+    checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
+
+  step_fn = jax.jit(make_train_step(task, config.ema_decay),
+                    in_shardings=(state_sharding, batch_sharding, replicated),
+                    out_shardings=(state_sharding, replicated), donate_argnums=0)
+  lr_at = optim.schedule(config.optimizer, config.steps)
+  writer = monitor.make_writer(workdir)
+  start = int(state.step)
+  progress = monitor.Progress(config.steps, start)
+  pending, last_loss, last_saved = [], float("nan"), start if restored is not None else None
+
+  for step in range(start, config.steps):
+    batch = parallel.put_batch(batcher(step), batch_sharding)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(keys.train, step))
+    done = step + 1
+    pending.append((done, metrics))
+    to_log = done % config.log_every == 0 or done == config.steps
+    to_save = done % config.checkpoint_every == 0 or done == config.steps
+    if not (to_log or to_save):
+      continue
+    pending = jax.device_get(pending)
+    bad = _first_nonfinite(pending)
+    if bad is not None:
+      writer.flush()
+      kept = f"the last good checkpoint is step {last_saved}" if last_saved is not None else "no checkpoint was saved"
+      raise monitor.NonFiniteLossError(f"non-finite loss ({bad[1]}) at step {bad[0]}; {kept} in {workdir}")
+    scalars = {k: float(v) for k, v in pending[-1][1].items() if np.ndim(v) == 0}
+    last_loss = scalars["loss"]
+    if to_log:
+      hyper = optim.hyperparams(state.opt_state)
+      scalars["learning_rate"] = float(hyper["learning_rate"]) * float(lr_at(step))
+      writer.write_scalars(done, scalars)
+      progress.report(done, last_loss)
+    if to_save:
+      checkpoints.save(done, state, {"step": done, "seed": config.seed}, config)
+      last_saved = done
+    pending = []
+
+  if config.steps > start:
+    scalars_rate = progress.steps_per_second(config.steps)
+    logging.info("trained %d steps at %.1f steps/s", config.steps - start, scalars_rate)
+  elif restored is None:
+    checkpoints.save(start, state, {"step": start, "seed": config.seed}, config)
+
+  params = eval_params(state)
+  k_evaluate, k_sample = jax.random.split(keys.eval)
+  metrics = {"step": int(state.step), "train_loss": last_loss}
+  if task.evaluate is not None:
+    metrics.update({k: v for k, v in task.evaluate(params, k_evaluate).items()})
+  if task.sample is not None and jax.process_index() == 0:
+    for name, array in task.sample(params, k_sample).items():
+      images.save_png(os.path.join(workdir, f"{name}.png"), np.asarray(array), title=name)
+  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in metrics.items() if np.ndim(v) == 0
+                                         and isinstance(v, (int, float, np.number))})
+  writer.flush()
+  checkpoints.close()
+  out = results_lib.write_results(workdir, metrics, config, time.perf_counter() - t0)
+  return Run(state, out)

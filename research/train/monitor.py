@@ -1,0 +1,43 @@
+"""Logging for the loop: clu metric writers (TensorBoard + console) and a progress line."""
+
+import datetime
+import math
+import sys
+import time
+
+import jax
+from clu import metric_writers
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the message names the step."""
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard event files in `workdir` plus console lines, from process 0 only."""
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+
+
+class Progress:
+  """Prints `step s/N [####....] steps/s ETA loss` lines to stderr at each report."""
+
+  def __init__(self, total: int, start: int, width: int = 24):
+    self.total, self.start, self.width = total, start, width
+    self._t0 = time.perf_counter()
+    self._enabled = jax.process_index() == 0
+
+  def steps_per_second(self, step: int) -> float:
+    elapsed = time.perf_counter() - self._t0
+    return (step - self.start) / elapsed if elapsed > 0 and step > self.start else float("nan")
+
+  def report(self, step: int, loss: float) -> str:
+    rate = self.steps_per_second(step)
+    eta = (self.total - step) / rate if rate > 0 else math.nan
+    eta_text = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
+    done = int(self.width * step / max(self.total, 1))
+    line = (f"step {step}/{self.total} [{'#' * done}{'.' * (self.width - done)}] "
+            f"{rate:.1f} steps/s  ETA {eta_text}  loss {loss:.5g}")
+    if self._enabled:
+      sys.stderr.write(line + "\n")
+      sys.stderr.flush()
+    return line

@@ -1,0 +1,46 @@
+"""What a model family hands the training loop."""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optax
+
+Params = Any
+Batch = Mapping[str, Any]
+Metrics = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A model family's plug-in for the one training loop.
+
+  Attributes:
+    init: `init(key, batch) -> params`.
+    tx: the optimizer (see research/optim.py); for a task whose params are a dict of
+      groups trained by separate optimizer states (GAN: 'gen' and 'disc'), a mapping
+      group -> transformation.
+    loss: `loss(params, batch, key, train) -> (scalar, metrics)`; the loop differentiates
+      it and applies `tx`. Give either `loss` or `train_step`.
+    train_step: `train_step(state, batch, key) -> (state, metrics)` for updates that are
+      not one optimizer on one loss; metrics must contain 'loss'. Build it from
+      research.train.step.apply_gradients so the health metrics come for free.
+    evaluate: `evaluate(params, key) -> metrics`, run at the end of training on the EMA
+      parameters when there are any; its metrics go into results.json.
+    sample: `sample(params, key) -> {name: array}` written as `<name>.png`: images
+      (N, H, W, C) in [0, 1] become a grid, points (N, 2) a scatter plot.
+    batches_per_step: how many batches one step consumes (GAN: n_critic); the loop hands
+      `train_step` batch_size * batches_per_step examples.
+  """
+
+  init: Callable[..., Params]
+  tx: optax.GradientTransformation | Mapping[str, optax.GradientTransformation]
+  loss: Callable[..., tuple[Any, Metrics]] | None = None
+  train_step: Callable[..., tuple[Any, Metrics]] | None = None
+  evaluate: Callable[..., Metrics] | None = None
+  sample: Callable[..., Mapping[str, Any]] | None = None
+  batches_per_step: int = 1
+
+  def __post_init__(self):
+    if (self.loss is None) == (self.train_step is None):
+      raise ValueError("a Task needs exactly one of `loss` and `train_step`")
