@@ -113,3 +113,23 @@ def hyperparams(opt_state) -> dict:
 def learning_rate(config: ml_collections.ConfigDict, total_steps: int, opt_state, step):
   """The learning rate in force at `step`: the (possibly swept) peak times the schedule."""
   return hyperparams(opt_state)["learning_rate"] * schedule(config, total_steps)(step)
+
+
+def with_hyperparams(opt_state, overrides):
+  """Returns `opt_state` with injected hyperparameters replaced (e.g. a swept learning rate).
+
+  Args:
+    opt_state: a state from `make` (or a dict of them, each updated).
+    overrides: {name: value}; names must be injected hyperparameters.
+  """
+  if not overrides:
+    return opt_state
+  if isinstance(opt_state, dict):
+    return {k: with_hyperparams(v, overrides) for k, v in opt_state.items()}
+  unknown = set(overrides) - set(opt_state.hyperparams)
+  if unknown:
+    raise ValueError(f"cannot sweep {sorted(unknown)}; injected hyperparameters: {sorted(opt_state.hyperparams)}")
+  hyper = dict(opt_state.hyperparams)
+  for name, value in overrides.items():
+    hyper[name] = jnp.asarray(value, jnp.asarray(hyper[name]).dtype)
+  return opt_state._replace(hyperparams=hyper)

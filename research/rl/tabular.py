@@ -1,0 +1,632 @@
+"""Tabular reinforcement learning (Sutton & Barto, chapters 3-6) as pure, jit-compiled programs.
+
+The file reads top-down in three parts:
+
+1. Finite MDPs and dynamic programming: `MDP`, the Markov reward process of a policy,
+   discounted returns, exact and iterative policy evaluation, value iteration and policy
+   iteration. Loops that stop on a tolerance are `lax.while_loop`s.
+2. Environments as pure functions (`Env`) and episodes as fixed-length `lax.scan`s with a
+   done mask: once an episode is over its state stays put and every later step is masked.
+3. Sample-based prediction (Monte Carlo, TD(0)) and control (Monte Carlo with an ε-greedy
+   policy, SARSA, Q-learning, expected SARSA). Each `make_*` closes over the environment
+   and a static `TabularConfig` and returns a pure `fn(key, hparams)`; the episodes of a run
+   are an outer scan. Step size, exploration rate and initial value are arrays in
+   `HParams`, so one compiled program runs many seeds and hyperparameters:
+
+     train = make_td_control(env, config, "q_learning")
+     results = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, HParams(alpha=0.5, epsilon=0.1))
+
+A policy is either deterministic actions `(S,)` (integers) or probabilities `(S, A)`;
+every function taking a policy accepts both.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# --------------------------------------------------------------------------------------
+# 1. Finite MDPs and dynamic programming.
+# --------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class MDP:
+  """A finite MDP with expected rewards; a pytree, so DP can be vmapped over MDPs.
+
+  Attributes:
+    transitions: (S, A, S) with transitions[s, a, s'] = P(s' | s, a).
+    rewards: (S, A) expected immediate reward r(s, a).
+    discount: scalar γ in [0, 1].
+    terminal: (S,) bool or None. Terminal states are absorbing and their value is 0 by
+      definition, which is what makes undiscounted episodic tasks (γ = 1) solvable:
+      without it I - P_π is singular there.
+  """
+  transitions: jax.Array
+  rewards: jax.Array
+  discount: jax.Array | float
+  terminal: jax.Array | None = None
+
+  @property
+  def num_states(self) -> int:
+    return self.transitions.shape[0]
+
+  @property
+  def num_actions(self) -> int:
+    return self.transitions.shape[1]
+
+  def terminal_mask(self) -> jax.Array:
+    """(S,) bool: the terminal states (none when `terminal` is None)."""
+    if self.terminal is None:
+      return jnp.zeros((self.num_states,), bool)
+    return jnp.asarray(self.terminal, bool)
+
+
+def policy_probabilities(policy: jax.Array, num_actions: int) -> jax.Array:
+  """Returns a policy as probabilities.
+
+  Args:
+    policy: deterministic actions (S,) of an integer dtype, or probabilities (S, A).
+    num_actions: A.
+
+  Returns:
+    (S, A) action probabilities.
+  """
+  policy = jnp.asarray(policy)
+  if jnp.issubdtype(policy.dtype, jnp.integer):
+    return jax.nn.one_hot(policy, num_actions)
+  return policy
+
+
+def uniform_policy(num_states: int, num_actions: int) -> jax.Array:
+  """The equiprobable random policy, (S, A)."""
+  return jnp.full((num_states, num_actions), 1.0 / num_actions)
+
+
+def markov_reward_process(mdp: MDP, policy: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The Markov reward process an MDP becomes under a fixed policy.
+
+  Args:
+    mdp: the MDP.
+    policy: actions (S,) or probabilities (S, A).
+
+  Returns:
+    (P_π, R_π): P_π[s, s'] = Σ_a π(a|s) P(s'|s, a), shape (S, S), and
+    R_π[s] = Σ_a π(a|s) r(s, a), shape (S,).
+  """
+  pi = policy_probabilities(policy, mdp.num_actions)  # (S, A)
+  p_pi = jnp.einsum("sa,sat->st", pi, mdp.transitions)  # (S, S)
+  r_pi = jnp.sum(pi * mdp.rewards, axis=-1)  # (S,)
+  return p_pi, r_pi
+
+
+def _bootstrapped(mdp: MDP) -> tuple[jax.Array, jax.Array]:
+  """(P̃, r̃): transitions into terminal states carry no future value, terminal states no reward.
+
+  With these the Bellman equation V = r̃_π + γ P̃_π V pins terminal values to 0 even at
+  γ = 1, and I - γ P̃_π is invertible whenever the policy ends episodes with probability 1.
+  """
+  live = 1.0 - mdp.terminal_mask().astype(mdp.transitions.dtype)  # (S,)
+  transitions = mdp.transitions * live[None, None, :]  # (S, A, S)
+  rewards = mdp.rewards * live[:, None]  # (S, A)
+  return transitions, rewards
+
+
+def action_values(mdp: MDP, values: jax.Array) -> jax.Array:
+  """One Bellman backup: Q(s, a) = r(s, a) + γ Σ_s' P(s'|s, a) V(s'), shape (S, A)."""
+  transitions, rewards = _bootstrapped(mdp)
+  return rewards + mdp.discount * jnp.einsum("sat,t->sa", transitions, values)
+
+
+def greedy_policy(q: jax.Array) -> jax.Array:
+  """Deterministic greedy actions (S,) for action values (S, A); ties go to the lowest action."""
+  return jnp.argmax(q, axis=-1).astype(jnp.int32)
+
+
+def discounted_returns(rewards: jax.Array, discount: jax.Array | float,
+                       dones: jax.Array | None = None) -> jax.Array:
+  """Returns G_t = r_t + γ G_{t+1} for every t of a reward sequence, by a reverse scan.
+
+  Args:
+    rewards: (T,) rewards r_0 .. r_{T-1}.
+    discount: γ.
+    dones: optional (T,) bool; dones[t] means the episode ended with r_t, so G_t does not
+      look past t (several episodes may share one sequence).
+
+  Returns:
+    (T,) returns; G_0 is the discounted return of the whole sequence.
+  """
+  if dones is None:
+    dones = jnp.zeros(rewards.shape, bool)
+
+  def backward(next_return, step):
+    reward, done = step
+    g = reward + discount * jnp.where(done, 0.0, next_return)
+    return g, g
+
+  _, returns = lax.scan(backward, jnp.zeros((), rewards.dtype), (rewards, dones), reverse=True)
+  return returns
+
+
+def policy_evaluation(mdp: MDP, policy: jax.Array) -> jax.Array:
+  """Exact v_π by solving the linear system (I - γ P_π) v = r_π.
+
+  Args:
+    mdp: the MDP. At γ = 1 the policy must end every episode with probability 1.
+    policy: actions (S,) or probabilities (S, A).
+
+  Returns:
+    (S,) state values; 0 at terminal states.
+  """
+  transitions, rewards = _bootstrapped(mdp)
+  p_pi, r_pi = markov_reward_process(MDP(transitions, rewards, mdp.discount), policy)
+  eye = jnp.eye(mdp.num_states, dtype=p_pi.dtype)
+  return jnp.linalg.solve(eye - mdp.discount * p_pi, r_pi)
+
+
+class _SweepCarry(NamedTuple):
+  values: jax.Array  # (S,)
+  delta: jax.Array  # () max |change| of the last sweep
+  iteration: jax.Array  # () sweeps done
+
+
+def _sweep_until(backup: Callable[[jax.Array], jax.Array], num_states: int, tol: float,
+                 max_iter: int) -> jax.Array:
+  """Applies `backup` to V (starting at 0) until a sweep changes it by at most `tol`."""
+
+  def cond(carry: _SweepCarry):
+    return (carry.delta > tol) & (carry.iteration < max_iter)
+
+  def body(carry: _SweepCarry):
+    values = backup(carry.values)
+    return _SweepCarry(values, jnp.max(jnp.abs(values - carry.values)), carry.iteration + 1)
+
+  init = _SweepCarry(jnp.zeros((num_states,)), jnp.asarray(jnp.inf), jnp.asarray(0))
+  return lax.while_loop(cond, body, init).values
+
+
+def iterative_policy_evaluation(mdp: MDP, policy: jax.Array, tol: float = 1e-6,
+                                max_iter: int = 10_000) -> jax.Array:
+  """v_π by repeated expected updates v ← r_π + γ P_π v (a while_loop to `tol`).
+
+  Args:
+    mdp: the MDP.
+    policy: actions (S,) or probabilities (S, A).
+    tol: stop once a sweep changes no value by more than this.
+    max_iter: stop after this many sweeps regardless.
+
+  Returns:
+    (S,) state values.
+  """
+  transitions, rewards = _bootstrapped(mdp)
+  p_pi, r_pi = markov_reward_process(MDP(transitions, rewards, mdp.discount), policy)
+  return _sweep_until(lambda v: r_pi + mdp.discount * p_pi @ v, mdp.num_states, tol, max_iter)
+
+
+def value_iteration(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000) -> tuple[jax.Array, jax.Array]:
+  """Optimal values by v ← max_a [r + γ P v] until a sweep changes v by at most `tol`.
+
+  Args:
+    mdp: the MDP.
+    tol: stopping tolerance on the max change of a sweep.
+    max_iter: stop after this many sweeps regardless.
+
+  Returns:
+    (values (S,), greedy deterministic policy (S,) int32).
+  """
+  values = _sweep_until(lambda v: jnp.max(action_values(mdp, v), axis=-1), mdp.num_states, tol, max_iter)
+  return values, greedy_policy(action_values(mdp, values))
+
+
+class _PolicyIterationCarry(NamedTuple):
+  policy: jax.Array  # (S,) int32
+  values: jax.Array  # (S,) v of `policy`
+  stable: jax.Array  # () bool: the last improvement changed nothing
+  iteration: jax.Array  # ()
+
+
+def policy_iteration(mdp: MDP, init_policy: jax.Array | None = None, tol: float = 1e-6,
+                     max_iter: int = 1_000) -> tuple[jax.Array, jax.Array]:
+  """Alternates exact evaluation and greedy improvement until the policy is stable.
+
+  An action is only replaced by one whose value is larger by more than `tol`; otherwise
+  float ties between equally good actions could make the policy flip forever.
+
+  Args:
+    mdp: the MDP. At γ = 1 every policy met must be proper; use γ < 1 otherwise.
+    init_policy: starting actions (S,); all zeros when None.
+    tol: the improvement margin above.
+    max_iter: stop after this many improvements regardless.
+
+  Returns:
+    (values (S,), deterministic policy (S,) int32).
+  """
+  if init_policy is None:
+    init_policy = jnp.zeros((mdp.num_states,), jnp.int32)
+  states = jnp.arange(mdp.num_states)
+
+  def cond(carry: _PolicyIterationCarry):
+    return ~carry.stable & (carry.iteration < max_iter)
+
+  def body(carry: _PolicyIterationCarry):
+    q = action_values(mdp, carry.values)  # (S, A)
+    best = greedy_policy(q)
+    keep = q[states, carry.policy] >= q[states, best] - tol
+    policy = jnp.where(keep, carry.policy, best)
+    return _PolicyIterationCarry(policy, policy_evaluation(mdp, policy), jnp.all(policy == carry.policy),
+                                 carry.iteration + 1)
+
+  init_policy = jnp.asarray(init_policy, jnp.int32)
+  init = _PolicyIterationCarry(init_policy, policy_evaluation(mdp, init_policy), jnp.asarray(False),
+                               jnp.asarray(0))
+  out = lax.while_loop(cond, body, init)
+  return out.values, out.policy
+
+
+# --------------------------------------------------------------------------------------
+# 2. Environments and episodes.
+# --------------------------------------------------------------------------------------
+
+
+class Env(NamedTuple):
+  """A tabular environment as pure functions, plus its exact MDP for DP and for checks.
+
+  Attributes:
+    reset: reset(key) -> initial state, an int32 scalar.
+    step: step(key, state, action) -> (next_state int32, reward float32, done bool). A
+      terminal state is absorbing: stepping from it returns it, reward 0 and done.
+    num_states: S.
+    num_actions: A.
+    mdp: the exact dynamics, expected rewards, discount and terminal states.
+  """
+  reset: Callable[[jax.Array], jax.Array]
+  step: Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+  num_states: int
+  num_actions: int
+  mdp: MDP
+
+
+class Trajectory(NamedTuple):
+  """One episode padded to a fixed length T; steps after the end are masked out."""
+  states: jax.Array  # (T,) int32 S_t
+  actions: jax.Array  # (T,) int32 A_t
+  rewards: jax.Array  # (T,) R_{t+1}, 0 where not valid
+  next_states: jax.Array  # (T,) int32 S_{t+1}
+  valid: jax.Array  # (T,) bool: step t happened (the episode had not ended before it)
+  terminated: jax.Array  # () bool: the episode reached a terminal state within T steps
+
+
+def epsilon_greedy(q_row: jax.Array, epsilon: jax.Array | float) -> jax.Array:
+  """ε-greedy action probabilities (A,) for the action values of one state.
+
+  The greedy share 1 - ε is split evenly over tied maxima, so an all-zero initial table
+  explores instead of always picking action 0; expected SARSA uses these same probabilities.
+  """
+  num_actions = q_row.shape[-1]
+  best = (q_row == jnp.max(q_row)).astype(q_row.dtype)  # (A,)
+  return epsilon / num_actions + (1.0 - epsilon) * best / jnp.sum(best)
+
+
+def _sample(key: jax.Array, probs: jax.Array) -> jax.Array:
+  return jax.random.categorical(key, jnp.log(probs)).astype(jnp.int32)
+
+
+class _RolloutCarry(NamedTuple):
+  state: jax.Array  # () int32
+  done: jax.Array  # () bool
+
+
+def rollout(env: Env, policy: jax.Array, key: jax.Array, max_steps: int) -> Trajectory:
+  """Runs one episode of at most `max_steps` steps under a fixed policy (a scan).
+
+  Args:
+    env: the environment.
+    policy: actions (S,) or probabilities (S, A).
+    key: PRNG key of the episode.
+    max_steps: T, the scan length.
+
+  Returns:
+    The padded `Trajectory`.
+  """
+  probs = policy_probabilities(policy, env.num_actions)  # (S, A)
+  k_reset, k_steps = jax.random.split(key)
+
+  def step(carry: _RolloutCarry, t):
+    k_action, k_env = jax.random.split(jax.random.fold_in(k_steps, t))
+    action = _sample(k_action, probs[carry.state])
+    next_state, reward, done = env.step(k_env, carry.state, action)
+    valid = ~carry.done
+    out = (carry.state, action, jnp.where(valid, reward, 0.0), next_state, valid)
+    return _RolloutCarry(jnp.where(valid, next_state, carry.state), carry.done | done), out
+
+  init = _RolloutCarry(env.reset(k_reset), jnp.asarray(False))
+  last, (states, actions, rewards, next_states, valid) = lax.scan(step, init, jnp.arange(max_steps))
+  return Trajectory(states, actions, rewards, next_states, valid, last.done)
+
+
+# --------------------------------------------------------------------------------------
+# 3. Sample-based prediction and control.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularConfig:
+  """Static settings of a sample-based run (closed over; changing them recompiles).
+
+  Attributes:
+    num_episodes: episodes per run, the outer scan length.
+    max_steps: the episode cap, the inner scan length; an episode still running after it
+      is cut off (no bootstrapping over the cut; Monte Carlo skips such an episode).
+    first_visit: Monte Carlo only: update only the first visit of each state (prediction)
+      or state-action pair (control) in an episode, instead of every visit.
+    constant_alpha: Monte Carlo only: step size `HParams.alpha` instead of 1/N(s)
+      (sample averages).
+  """
+  num_episodes: int
+  max_steps: int
+  first_visit: bool = False
+  constant_alpha: bool = False
+
+
+class HParams(NamedTuple):
+  """Hyperparameters passed as arrays, so runs can be vmapped over them."""
+  alpha: jax.Array | float = 0.1  # step size (TD methods; constant-α Monte Carlo)
+  epsilon: jax.Array | float = 0.1  # exploration rate of the ε-greedy policy (control)
+  init_value: jax.Array | float = 0.0  # initial V(s) or Q(s, a) of non-terminal states
+
+
+class PredictionResult(NamedTuple):
+  values: jax.Array  # (S,) V after the last episode
+  history: jax.Array  # (num_episodes + 1, S) V before the first episode and after each
+
+
+class ControlResult(NamedTuple):
+  q: jax.Array  # (S, A) action values after the last episode
+  episode_returns: jax.Array  # (num_episodes,) undiscounted sum of rewards of each episode
+  episode_lengths: jax.Array  # (num_episodes,) steps taken
+  terminated: jax.Array  # (num_episodes,) bool: reached a terminal state within max_steps
+
+
+def _initial_table(env: Env, init_value, shape: tuple[int, ...]) -> jax.Array:
+  # Terminal values stay 0: a TD target never looks at them, and RMS errors should not either.
+  terminal = env.mdp.terminal_mask().reshape((-1,) + (1,) * (len(shape) - 1))
+  return jnp.where(terminal, 0.0, jnp.broadcast_to(jnp.asarray(init_value, jnp.float32), shape))
+
+
+def _first_visits(index: jax.Array, valid: jax.Array, size: int) -> jax.Array:
+  """(T,) bool: step t is valid and the first valid step with its index (state or pair)."""
+  steps = jnp.arange(index.shape[0])
+  first = jnp.full((size,), index.shape[0]).at[index].min(jnp.where(valid, steps, index.shape[0]))
+  return valid & (first[index] == steps)
+
+
+class _MCCarry(NamedTuple):
+  table: jax.Array  # (size,) V, or Q flattened over (S * A)
+  counts: jax.Array  # (size,) visits counted so far, for sample averages
+
+
+def _mc_update(carry: _MCCarry, index: jax.Array, returns: jax.Array, mask: jax.Array, alpha,
+               constant_alpha: bool) -> _MCCarry:
+  """Applies V(x_t) += step * (G_t - V(x_t)) in episode order over the masked steps (a scan).
+
+  In order, because with every-visit updates and a constant step a state seen twice is
+  updated twice, the second time from the already moved value.
+  """
+
+  def update(carry: _MCCarry, step):
+    x, g, m = step
+    counts = carry.counts.at[x].add(m.astype(carry.counts.dtype))
+    size = alpha if constant_alpha else 1.0 / jnp.maximum(counts[x], 1.0)
+    table = carry.table.at[x].add(jnp.where(m, size * (g - carry.table[x]), 0.0))
+    return _MCCarry(table, counts), None
+
+  carry, _ = lax.scan(update, carry, (index, returns, mask))
+  return carry
+
+
+def make_mc_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Callable:
+  """Monte Carlo prediction of v_π (first- or every-visit; sample averages or constant α).
+
+  Only episodes that terminate within `max_steps` are used: a cut-off one has no return.
+
+  Args:
+    env: the environment.
+    policy: the evaluated policy, actions (S,) or probabilities (S, A).
+    config: static settings; `first_visit` and `constant_alpha` pick the variant.
+
+  Returns:
+    predict(key, hparams: HParams) -> PredictionResult.
+  """
+  num_states = env.num_states
+  discount = env.mdp.discount
+
+  def predict(key: jax.Array, hparams: HParams) -> PredictionResult:
+    init = _MCCarry(_initial_table(env, hparams.init_value, (num_states,)), jnp.zeros((num_states,)))
+
+    def episode(carry: _MCCarry, e):
+      traj = rollout(env, policy, jax.random.fold_in(key, e), config.max_steps)
+      returns = discounted_returns(traj.rewards, discount)  # (T,); rewards are 0 past the end
+      mask = _first_visits(traj.states, traj.valid, num_states) if config.first_visit else traj.valid
+      carry = _mc_update(carry, traj.states, returns, mask & traj.terminated, hparams.alpha, config.constant_alpha)
+      return carry, carry.table
+
+    last, history = lax.scan(episode, init, jnp.arange(config.num_episodes))
+    return PredictionResult(last.table, jnp.concatenate([init.table[None], history]))
+
+  return predict
+
+
+class _TDCarry(NamedTuple):
+  table: jax.Array  # (S,) V or (S, A) Q
+  state: jax.Array  # () int32 S_t
+  action: jax.Array  # () int32 A_t chosen in advance (SARSA); unused otherwise
+  done: jax.Array  # () bool: the episode has ended
+  episode_return: jax.Array  # () sum of rewards so far
+  length: jax.Array  # () int32 steps taken
+
+
+def make_td_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Callable:
+  """TD(0) prediction of v_π: V(S) += α [R + γ V(S') - V(S)] after every step.
+
+  Args:
+    env: the environment.
+    policy: the evaluated policy, actions (S,) or probabilities (S, A).
+    config: static settings (num_episodes, max_steps).
+
+  Returns:
+    predict(key, hparams: HParams) -> PredictionResult.
+  """
+  probs = policy_probabilities(policy, env.num_actions)  # (S, A)
+  discount = env.mdp.discount
+
+  def predict(key: jax.Array, hparams: HParams) -> PredictionResult:
+
+    def episode(values, e):
+      k_reset, k_steps = jax.random.split(jax.random.fold_in(key, e))
+
+      def step(carry: _TDCarry, t):
+        k_action, k_env = jax.random.split(jax.random.fold_in(k_steps, t))
+        action = _sample(k_action, probs[carry.state])
+        next_state, reward, done = env.step(k_env, carry.state, action)
+        target = reward + discount * jnp.where(done, 0.0, carry.table[next_state])
+        active = ~carry.done
+        values = carry.table.at[carry.state].add(
+            jnp.where(active, hparams.alpha * (target - carry.table[carry.state]), 0.0))
+        return _TDCarry(values, jnp.where(active, next_state, carry.state), action, carry.done | done,
+                        carry.episode_return + jnp.where(active, reward, 0.0),
+                        carry.length + active.astype(jnp.int32)), None
+
+      init = _TDCarry(values, env.reset(k_reset), jnp.zeros((), jnp.int32), jnp.asarray(False),
+                      jnp.zeros(()), jnp.zeros((), jnp.int32))
+      last, _ = lax.scan(step, init, jnp.arange(config.max_steps))
+      return last.table, last.table
+
+    init = _initial_table(env, hparams.init_value, (env.num_states,))
+    last, history = lax.scan(episode, init, jnp.arange(config.num_episodes))
+    return PredictionResult(last, jnp.concatenate([init[None], history]))
+
+  return predict
+
+
+def make_mc_control(env: Env, config: TabularConfig) -> Callable:
+  """On-policy Monte Carlo control with an ε-greedy policy (Sutton & Barto §5.4).
+
+  Each episode follows the ε-greedy policy of the current Q, then moves Q(S_t, A_t) toward
+  the return G_t (first- or every-visit, sample averages or constant α). Episodes cut off
+  at `max_steps` do not update Q.
+
+  Args:
+    env: the environment.
+    config: static settings.
+
+  Returns:
+    train(key, hparams: HParams) -> ControlResult.
+  """
+  num_states, num_actions = env.num_states, env.num_actions
+  discount = env.mdp.discount
+
+  def train(key: jax.Array, hparams: HParams) -> ControlResult:
+    init_q = _initial_table(env, hparams.init_value, (num_states, num_actions))
+    init = _MCCarry(init_q.reshape(-1), jnp.zeros((num_states * num_actions,)))
+
+    def episode(carry: _MCCarry, e):
+      q = carry.table.reshape(num_states, num_actions)
+      policy = jax.vmap(epsilon_greedy, in_axes=(0, None))(q, hparams.epsilon)  # (S, A)
+      traj = rollout(env, policy, jax.random.fold_in(key, e), config.max_steps)
+      returns = discounted_returns(traj.rewards, discount)  # (T,)
+      pairs = traj.states * num_actions + traj.actions  # (T,) flat (s, a) index
+      mask = _first_visits(pairs, traj.valid, num_states * num_actions) if config.first_visit else traj.valid
+      carry = _mc_update(carry, pairs, returns, mask & traj.terminated, hparams.alpha, config.constant_alpha)
+      stats = (jnp.sum(traj.rewards), jnp.sum(traj.valid).astype(jnp.int32), traj.terminated)
+      return carry, stats
+
+    last, (returns, lengths, terminated) = lax.scan(episode, init, jnp.arange(config.num_episodes))
+    return ControlResult(last.table.reshape(num_states, num_actions), returns, lengths, terminated)
+
+  return train
+
+
+TD_CONTROL = ("sarsa", "q_learning", "expected_sarsa")
+
+
+def make_td_control(env: Env, config: TabularConfig, algorithm: str) -> Callable:
+  """SARSA, Q-learning or expected SARSA with an ε-greedy behaviour policy.
+
+  All three update Q(S, A) += α [R + γ (1 - done) X - Q(S, A)] after every step, with
+    sarsa:          X = Q(S', A'), A' the next action actually taken (chosen before the update);
+    q_learning:     X = max_a Q(S', a);
+    expected_sarsa: X = Σ_a π(a|S') Q(S', a) under the ε-greedy π.
+
+  Args:
+    env: the environment.
+    config: static settings (num_episodes, max_steps).
+    algorithm: one of TD_CONTROL.
+
+  Returns:
+    train(key, hparams: HParams) -> ControlResult.
+
+  Raises:
+    ValueError: for an unknown algorithm.
+  """
+  if algorithm not in TD_CONTROL:
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(TD_CONTROL)}")
+  discount = env.mdp.discount
+
+  def train(key: jax.Array, hparams: HParams) -> ControlResult:
+
+    def step(carry: _TDCarry, t, k_steps):
+      k_action, k_env, k_next = jax.random.split(jax.random.fold_in(k_steps, t), 3)
+      q = carry.table
+      if algorithm == "sarsa":
+        action = carry.action
+      else:
+        action = _sample(k_action, epsilon_greedy(q[carry.state], hparams.epsilon))
+      next_state, reward, done = env.step(k_env, carry.state, action)
+      next_probs = epsilon_greedy(q[next_state], hparams.epsilon)  # (A,)
+      next_action = _sample(k_next, next_probs)
+      if algorithm == "sarsa":
+        bootstrap = q[next_state, next_action]
+      elif algorithm == "q_learning":
+        bootstrap = jnp.max(q[next_state])
+      else:
+        bootstrap = jnp.dot(next_probs, q[next_state])
+      target = reward + discount * jnp.where(done, 0.0, bootstrap)
+      active = ~carry.done
+      q = q.at[carry.state, action].add(jnp.where(active, hparams.alpha * (target - q[carry.state, action]), 0.0))
+      return _TDCarry(q, jnp.where(active, next_state, carry.state), next_action, carry.done | done,
+                      carry.episode_return + jnp.where(active, reward, 0.0),
+                      carry.length + active.astype(jnp.int32)), None
+
+    def episode(q, e):
+      k_reset, k_first, k_steps = jax.random.split(jax.random.fold_in(key, e), 3)
+      state = env.reset(k_reset)
+      action = _sample(k_first, epsilon_greedy(q[state], hparams.epsilon))
+      init = _TDCarry(q, state, action, jnp.asarray(False), jnp.zeros(()), jnp.zeros((), jnp.int32))
+      last, _ = lax.scan(functools.partial(step, k_steps=k_steps), init, jnp.arange(config.max_steps))
+      return last.table, (last.episode_return, last.length, last.done)
+
+    init = _initial_table(env, hparams.init_value, (env.num_states, env.num_actions))
+    q, (returns, lengths, terminated) = lax.scan(episode, init, jnp.arange(config.num_episodes))
+    return ControlResult(q, returns, lengths, terminated)
+
+  return train
+
+
+def make_sarsa(env: Env, config: TabularConfig) -> Callable:
+  """On-policy TD control (Sutton & Barto §6.4); see `make_td_control`."""
+  return make_td_control(env, config, "sarsa")
+
+
+def make_q_learning(env: Env, config: TabularConfig) -> Callable:
+  """Off-policy TD control (Sutton & Barto §6.5); see `make_td_control`."""
+  return make_td_control(env, config, "q_learning")
+
+
+def make_expected_sarsa(env: Env, config: TabularConfig) -> Callable:
+  """Expected SARSA (Sutton & Barto §6.6); see `make_td_control`."""
+  return make_td_control(env, config, "expected_sarsa")
