@@ -38,7 +38,7 @@ setuptools.setup(
     name="research",
     version="0.1.0",
     description="Pure functional JAX/Flax research models with one training loop.",
-    packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*"]),
+    packages=setuptools.find_packages(include=["research", "research.*", "experiments", "experiments.*", "launch"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -6,6 +6,7 @@ renames when complete, so a run killed mid-save leaves the previous checkpoints 
 """
 
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,20 +17,25 @@ from absl import logging
 from research.train.config import ConfigError
 
 
+def _path_names(path) -> tuple[str, ...]:
+  # Stored trees are nested dicts/lists; built ones hold dataclasses and NamedTuples.
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def _shape_mismatches(abstract, metadata) -> list[str]:
   """Lists the leaves whose shapes differ between a target and a stored tree."""
   out = []
-  flat_meta = dict(jax.tree_util.tree_flatten_with_path(metadata)[0])
-  flat_target = jax.tree_util.tree_flatten_with_path(abstract)[0]
-  if len(flat_meta) != len(flat_target):
-    return [f"{len(flat_meta)} stored arrays vs {len(flat_target)} built"]
+  flat_meta = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+  flat_target = [(_path_names(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]]
   for path, leaf in flat_target:
     stored = flat_meta.get(path)
-    stored_shape = tuple(getattr(stored, "shape", ()) or ())
+    name = ".".join(path)
     if stored is None:
-      out.append(f"{jax.tree_util.keystr(path)} is not in the checkpoint")
-    elif stored_shape != tuple(leaf.shape):
-      out.append(f"{jax.tree_util.keystr(path)} {stored_shape} in the checkpoint vs {tuple(leaf.shape)} built")
+      out.append(f"{name} is not in the checkpoint")
+    elif tuple(stored.shape) != tuple(leaf.shape):
+      out.append(f"{name} has shape {tuple(stored.shape)} in the checkpoint vs {tuple(leaf.shape)} built")
+  if not out and len(flat_meta) != len(flat_target):
+    out.append(f"{len(flat_meta)} stored arrays vs {len(flat_target)} built")
   return out
 
 
@@ -39,8 +45,12 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, every: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.every = every
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
+    # A save killed midway leaves only a temporary directory: orbax ignores it and cleans it up.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -80,15 +90,32 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore()))
         return restored["state"], restored["data"]
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                        self.directory, step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        aside = self._set_aside(step)
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s and trying the previous one",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0] if str(e) else "", aside)
     if steps:
       raise RuntimeError(f"no readable checkpoint among steps {steps} in {self.directory}; "
                          "refusing to start from scratch over them")
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves an unreadable checkpoint out of the manager's directory, keeping it for inspection.
+
+    Otherwise the resumed run would skip saving that step again (it looks taken) and a later
+    restart would trip over the same broken files.
+    """
+    aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable", str(step))
+    if jax.process_index() == 0:
+      if os.path.exists(aside):
+        shutil.rmtree(aside)
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), aside)
+    self._manager.reload()
+    return aside
 
   def save(self, step: int, state, data: Mapping[str, Any], config) -> None:
     """Saves a checkpoint for `step` (overwriting nothing) and waits until it is on disk."""

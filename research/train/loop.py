@@ -102,7 +102,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
     if position.get("seed") != config.seed:
       raise ConfigError(f"the checkpoint in {workdir} was written with seed {position.get('seed')}, "
                         f"not {config.seed}; use another --workdir")
-    logging.info("resuming from step %d", int(state.step))
+    monitor.say(f"resuming from step {int(state.step)} of {workdir}")
   else:
     init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay), out_shardings=state_sharding)
     state = init(keys.init, first_batch)

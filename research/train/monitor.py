@@ -18,6 +18,13 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
 
+def say(message: str) -> None:
+  """Prints one line to stderr on process 0 (events a user must see, whatever the log level)."""
+  if jax.process_index() == 0:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 class Progress:
   """Prints `step s/N [####....] steps/s ETA loss` lines to stderr at each report."""
 

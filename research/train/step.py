@@ -50,8 +50,8 @@ def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads):
   """
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  health = {"grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-            "update_norm": optax.global_norm(updates)}
+  health = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+            "update_norm": optax.tree.norm(updates)}
   return params, opt_state, health
 
 

@@ -1,0 +1,200 @@
+"""The training loop: resume to the same bits, checkpoint fallback, NaN stop, devices, results."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import tiny_run
+from conftest import ROOT, run_python
+from research import data as data_lib
+from research.train import ConfigError, NonFiniteLossError, train
+
+
+def _stored_state(workdir, step):
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def _assert_same_bits(stored, state):
+  """Compares a stored state (nested dicts) with a TrainState, field by field, bit for bit."""
+  state = jax.device_get(state)
+  state = {"step": state.step, "params": state.params, "ema_params": state.ema_params,
+           "opt_state": jax.tree.leaves(state.opt_state)}
+  stored = dict(stored, opt_state=jax.tree.leaves(stored["opt_state"]))
+  for field in ("step", "params", "ema_params", "opt_state"):
+    flat_a, tree_a = jax.tree.flatten(stored[field])
+    flat_b, tree_b = jax.tree.flatten(state[field])
+    assert tree_a == tree_b, field
+    for x, y in zip(flat_a, flat_b):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=field)
+
+
+def _train_tiny(workdir, steps, data, **overrides):
+  config = tiny_run.make_config(steps)
+  for name, value in overrides.items():
+    config[name] = value
+  return train(tiny_run.make_task(config), config, str(workdir), data)
+
+
+def test_sigkill_and_restart_gives_bit_identical_params(tmp_path, digits_train):
+  steps = 80
+  reference = _train_tiny(tmp_path / "reference", steps, digits_train)
+
+  workdir = tmp_path / "killed"
+  command = [sys.executable, os.path.join(ROOT, "tests", "tiny_run.py"), str(workdir), str(steps)]
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  # Kill once a few checkpoints exist, at a moment the test does not choose.
+  while not (workdir / "checkpoints" / "30").exists():
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert time.time() < deadline
+    time.sleep(0.05)
+  time.sleep(np.random.default_rng().uniform(0.0, 0.5))
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "results.json").exists(), "the run finished before the kill; nothing was tested"
+
+  resumed = run_python(["tests/tiny_run.py", str(workdir), str(steps)])
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resuming from step" in resumed.stderr
+  _assert_same_bits(_stored_state(workdir, steps), reference.state)
+  assert json.loads((workdir / "results.json").read_text())["train_loss"] == reference.results["train_loss"]
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, digits_train):
+  reference = _train_tiny(tmp_path / "reference", 40, digits_train)
+  workdir = tmp_path / "run"
+  _train_tiny(workdir, 40, digits_train)
+  # Truncate every file of the newest checkpoint's state, as a crash mid-copy would.
+  for root, _, files in os.walk(workdir / "checkpoints" / "40" / "state"):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(0, os.path.getsize(f.name) // 3))
+  (workdir / "results.json").unlink()
+
+  resumed = _train_tiny(workdir, 40, digits_train)
+  assert (workdir / "checkpoints_unreadable" / "40").is_dir()
+  _assert_same_bits(_stored_state(workdir, 40), reference.state)
+  for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(reference.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_no_readable_checkpoint_refuses_to_start_over(tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  _train_tiny(workdir, 20, digits_train, keep_checkpoints=1)
+  for root, _, files in os.walk(workdir / "checkpoints" / "20" / "state"):
+    for name in files:
+      open(os.path.join(root, name), "wb").close()
+  with pytest.raises(RuntimeError, match="refusing to start from scratch"):
+    _train_tiny(workdir, 20, digits_train, keep_checkpoints=1)
+
+
+def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(tmp_path, digits_train):
+  config = tiny_run.make_config(60)
+  poisoned = dict(digits_train, scale=np.ones(len(digits_train["label"]), np.float32))
+  batcher = data_lib.Batcher(poisoned, config.batch_size, config.seed)
+  # Poison one example seen for the first time after step 25 (the step numbers of the
+  # loop's messages count completed updates, so batch index s is step s + 1).
+  seen_early = set(np.concatenate([batcher.indices(s) for s in range(25)]).tolist())
+  bad_step = next(s for s in range(25, 60) if set(batcher.indices(s).tolist()) - seen_early)
+  victim = sorted(set(batcher.indices(bad_step).tolist()) - seen_early)[0]
+  first_use = next(s for s in range(60) if victim in set(batcher.indices(s).tolist()))
+  poisoned["scale"][victim] = np.nan
+
+  workdir = tmp_path / "nan"
+  with pytest.raises(NonFiniteLossError, match=f"at step {first_use + 1};") as error:
+    train(tiny_run.make_task(config), config, str(workdir), poisoned)
+  last_good = (first_use + 1) // config.checkpoint_every * config.checkpoint_every
+  assert f"last good checkpoint is step {last_good}" in str(error.value)
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == last_good
+  state = _stored_state(workdir, last_good)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+  assert not (workdir / "results.json").exists()
+
+
+def test_one_and_four_simulated_devices_give_the_same_loss(tmp_path):
+  losses = {}
+  for n in (1, 4):
+    proc = run_python(["tests/tiny_run.py", str(tmp_path / f"d{n}"), "20"],
+                      env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == n
+    losses[n] = out["train_loss"]
+  np.testing.assert_allclose(losses[4], losses[1], rtol=1e-5)
+
+
+def test_results_json_logs_and_keep_last_n(tmp_path, digits_train):
+  run = _train_tiny(tmp_path, 50, digits_train, keep_checkpoints=2)
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results == run.results
+  assert results["step"] == 50 and np.isfinite(results["train_loss"])
+  assert results["config"]["steps"] == 50
+  assert set(results["versions"]) == {"jax", "flax", "optax"}
+  assert results["devices"]["count"] == jax.device_count() and results["wall_time_s"] > 0
+  assert "final_bias_sum" in results  # the task's evaluate metrics
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["40", "50"]
+  assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_ema_tracks_params(tmp_path, digits_train):
+  run = _train_tiny(tmp_path, 20, digits_train)
+  ema, params = run.state.ema_params, run.state.params
+  # After 20 steps with decay 0.9 the EMA lags the params but stays close to them.
+  diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+           zip(jax.tree.leaves(ema), jax.tree.leaves(params))]
+  assert 0 < max(diffs) < 0.1
+
+
+def test_completed_run_restarted_does_no_more_steps(tmp_path, digits_train):
+  first = _train_tiny(tmp_path, 20, digits_train)
+  again = _train_tiny(tmp_path, 20, digits_train)
+  for a, b in zip(jax.tree.leaves(first.state), jax.tree.leaves(again.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "batch_size must be > 0"),
+    ("batch_size", -4, "batch_size must be > 0"),
+    ("steps", -1, "steps must be >= 0"),
+    ("dataset", "nope", "unknown dataset 'nope'; available: digits"),
+])
+def test_bad_config_fails_before_writing(tmp_path, digits_train, field, value, message):
+  config = tiny_run.make_config(10)
+  config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    train(tiny_run.make_task(config), config, str(tmp_path / "w"), digits_train)
+  assert not (tmp_path / "w").exists()
+
+
+def test_negative_learning_rate_fails_before_writing(tmp_path, digits_train):
+  config = tiny_run.make_config(10)
+  config.optimizer.learning_rate = -1e-3
+  with pytest.raises(ConfigError, match="optimizer.learning_rate must be >= 0"):
+    task = tiny_run.make_task(config)
+    train(task, config, str(tmp_path / "w"), digits_train)
+  assert not (tmp_path / "w").exists()
+
+
+def test_checkpoint_with_other_shapes_is_refused(tmp_path, digits_train):
+  config = tiny_run.make_config(10)
+  train(tiny_run.make_task(config, hidden=32), config, str(tmp_path), digits_train)
+  with pytest.raises(ConfigError, match="does not match this config"):
+    train(tiny_run.make_task(config, hidden=16), config, str(tmp_path), digits_train)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["10"]
+
+
+def test_batch_not_divisible_by_device_count_is_refused(tmp_path):
+  proc = run_python(["tests/tiny_run.py", str(tmp_path / "w"), "5", "--batch=30"],
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert proc.returncode != 0
+  assert "batch_size 30 is not divisible by the device count 4" in proc.stderr
+  assert not (tmp_path / "w").exists()
