@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -198,3 +199,24 @@ def test_batch_not_divisible_by_device_count_is_refused(tmp_path):
   assert proc.returncode != 0
   assert "batch_size 30 is not divisible by the device count 4" in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_two_processes_match_one_process(tmp_path, digits_train):
+  """Two JAX processes (one CPU device each, gloo collectives) train like one process."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), PYTHONUNBUFFERED="1")
+    procs.append(subprocess.Popen([sys.executable, "tests/tiny_run.py", str(tmp_path / "mp"), "20"], cwd=ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert all(r["processes"] == 2 and r["devices"] == 2 for r in results)
+  single = _train_tiny(tmp_path / "single", 20, digits_train)
+  np.testing.assert_allclose(results[0]["train_loss"], single.results["train_loss"], rtol=1e-5)
+  assert results[1]["train_loss"] == results[0]["train_loss"]

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from research import data as data_lib
 from research import optim
-from research.train import Task, base_config, train
+from research.train import Task, base_config, parallel, train
 
 
 class Classifier(nn.Module):
@@ -54,7 +54,6 @@ def make_task(config, hidden: int = 32) -> Task:
               loss=loss, evaluate=lambda p, k: {"final_bias_sum": float(jnp.sum(p["params"]["Dense_1"]["bias"]))})
 
 
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("workdir")
@@ -62,9 +61,11 @@ def main():
   parser.add_argument("--hidden", type=int, default=32)
   parser.add_argument("--batch", type=int, default=32)
   args = parser.parse_args()
+  parallel.initialize_distributed()
   config = make_config(args.steps, args.batch)
   run = train(make_task(config, args.hidden), config, args.workdir, data_lib.load("digits", "train"))
-  print(json.dumps({"train_loss": run.results["train_loss"], "devices": run.results["devices"]["count"]}))
+  print(json.dumps({"train_loss": run.results["train_loss"], "devices": run.results["devices"]["count"],
+                    "processes": run.results["devices"]["processes"]}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from research.train.checkpoint import Checkpointer, restore_pytree, save_pytree
 from research.train.config import ConfigError, base_config, check_choice, check_common, check_positive
+from research.train import parallel
 from research.train.loop import Keys, Run, train
 from research.train.monitor import NonFiniteLossError
 from research.train.results import environment, write_results

@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from research.train import parallel
 from research.train.config import ConfigError
 
 
@@ -60,6 +61,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True) -> None
   def guarded(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    parallel.initialize_distributed()
     try:
       run(config_flag.value, workdir_flag.value)
     except ConfigError as e:
