@@ -9,12 +9,8 @@ import contextlib
 import fcntl
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads records here: keep it quiet
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow_datasets as tfds
-
-from research.data import builders  # registers the bundled builders with TFDS
 from research.data import toy2d
 from research.data.batching import Batcher
 
@@ -29,7 +25,19 @@ BUNDLED = {
 # Catalog datasets the experiments know; they download on first use when online.
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")
 
-__all__ = ["BUNDLED", "CATALOG", "Batcher", "builders", "check_name", "data_dir", "load", "toy2d"]
+__all__ = ["BUNDLED", "CATALOG", "Batcher", "check_name", "data_dir", "load", "toy2d"]
+
+
+def _tfds():
+  """TFDS with the bundled builders registered.
+
+  Imported on first use, so that the training loop and the scans (which only batch arrays)
+  run where TensorFlow is not installed.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads records here: keep it quiet
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from research.data import builders  # pylint: disable=import-outside-toplevel,unused-import
+  return tfds
 
 
 def data_dir() -> str:
@@ -40,7 +48,7 @@ def data_dir() -> str:
 def _tfds_name(name: str) -> str:
   if name in BUNDLED:
     return BUNDLED[name]
-  if name.split("/")[0].split(":")[0] in set(tfds.list_builders()):
+  if name.split("/")[0].split(":")[0] in set(_tfds().list_builders()):
     return name
   raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list(BUNDLED) + list(CATALOG))} "
                    "(or any TFDS catalog name)")
@@ -77,6 +85,7 @@ def load(name: str, split: str = "train", directory: str | None = None) -> dict[
   Raises:
     ValueError: for an unknown name (the message lists the available datasets).
   """
+  tfds = _tfds()
   tfds_name = _tfds_name(name)
   directory = directory or data_dir()
   builder = tfds.builder(tfds_name, data_dir=directory)

@@ -6,15 +6,17 @@ import sys
 import time
 
 import jax
-from clu import metric_writers
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
-  """TensorBoard event files in `workdir` plus console lines, from process 0 only."""
+def make_writer(workdir: str):
+  """A clu MetricWriter: TensorBoard event files in `workdir` plus console lines, from process 0 only."""
+  # clu's TensorBoard writer pulls in TensorFlow: imported here, so the library (scans, sweeps)
+  # imports without it.
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
 
