@@ -18,9 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from research.rl import ppo  # pylint: disable=wrong-import-position
-from research.train import check_positive, cli, save_pytree, write_results  # pylint: disable=wrong-import-position
+from research.train import NonFiniteLossError, check_positive, cli, save_pytree, write_results  # pylint: disable=wrong-import-position
 
-# Updates averaged into the final return, and the smoothing window of the plot.
+# Share of the updates averaged into the initial and final returns; half of it is the plot's smoothing window.
 FINAL_FRACTION = 0.1
 
 
@@ -47,16 +47,25 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
   config.hidden_size = 64  # width of the two tanh hidden layers of actor and critic
   if preset == "smoke":
+    # Short enough for a test (seconds once compiled), long enough that CartPole clearly learns.
     config.num_seeds = 2
-    config.num_envs = 2
-    config.num_steps = 16
-    config.total_timesteps = 256
-    config.update_epochs = 2
-    config.num_minibatches = 2
-    config.hidden_size = 16
+    config.total_timesteps = 50_000
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
   return config
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+  return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _check_finite(metrics: ppo.UpdateMetrics) -> None:
+  """Raises NonFiniteLossError naming the first seed and update whose loss is not finite."""
+  bad = ~np.isfinite(np.asarray(metrics.total_loss))  # (seeds, updates)
+  if bad.any():
+    seed, update = np.argwhere(bad)[0]
+    raise NonFiniteLossError(f"non-finite loss in seed {seed} at update {update} "
+                             f"(env step {int(metrics.env_steps[seed, update])}); nothing was written")
 
 
 def _smoothed(metrics: ppo.UpdateMetrics, window: int) -> np.ndarray:
@@ -88,8 +97,23 @@ def _plot(path: str, metrics: ppo.UpdateMetrics, config) -> None:
 
 
 def run(config, workdir: str) -> dict:
-  """Validates config (raise ConfigError BEFORE compiling/writing anything), runs, writes
-  results.json + PNGs into workdir, returns the results dict."""
+  """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
+
+  Writes into workdir: results.json (final and initial return per seed, timings, config,
+  versions, wall time), returns.png (return vs environment steps, mean and range over seeds)
+  and params/ (an orbax checkpoint of the final parameters, leaves (num_seeds, ...)).
+
+  Args:
+    config: the experiment config (see get_config); validated before anything is compiled.
+    workdir: output directory (created if missing).
+
+  Returns:
+    The dict written to results.json.
+
+  Raises:
+    ConfigError: on a bad config, before anything is compiled or written.
+    NonFiniteLossError: if a loss became NaN or infinite; nothing is written then.
+  """
   start = time.perf_counter()
   check_positive("num_seeds", config.num_seeds)
   train = ppo.make_train(config)  # validates the rest before anything is traced
@@ -107,14 +131,19 @@ def run(config, workdir: str) -> dict:
   print(f"trained {ppo.num_updates(config)} updates x {config.num_seeds} seeds ({steps} env steps each) "
         f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all seeds")
 
+  _check_finite(out.metrics)
+  initial = ppo.initial_return(out.metrics, FINAL_FRACTION)
   final = ppo.final_return(out.metrics, FINAL_FRACTION)
+  print("initial return per seed: " + ", ".join(f"{r:.1f}" for r in initial))
   print("final return per seed: " + ", ".join(f"{r:.1f}" for r in final))
   os.makedirs(workdir, exist_ok=True)
   _plot(os.path.join(workdir, "returns.png"), out.metrics, config)
   save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))
   metrics = {
       # None (JSON null) for a seed that completed no episode in the final updates.
-      "final_return_per_seed": [float(r) if np.isfinite(r) else None for r in final],
+      "final_return_per_seed": _json_floats(final),
+      # The same over the first FINAL_FRACTION of training: what the near-uniform initial policy gets.
+      "initial_return_per_seed": _json_floats(initial),
       "final_return_mean": float(np.nanmean(final)) if np.isfinite(final).any() else None,
       "env_steps_per_seed": steps,
       "num_updates": ppo.num_updates(config),

@@ -15,11 +15,15 @@ The EM loop is a `lax.while_loop` over a typed carry; `n_init` restarts are one 
 over keys, and the restart with the best lower bound is kept. Everything is float32-safe:
 log-sum-exp for the normaliser, Cholesky factors of precisions (sklearn's convention,
 precision = U U^T with U upper triangular), log-determinants from their diagonals,
-triangular solves for inverses, and data shifted to its mean inside the loop.
+triangular solves for inverses, covariances summed about each component's own mean, and
+data shifted to its mean inside the loop.
+
+    gmm = fit_gmm(x, 3, key=jax.random.key(0), covariance_type="full", n_init=4)
+    labels = predict(gmm, x)
 """
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -30,6 +34,11 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """A float32-exact matmul: GPUs would otherwise use TF32 (10-bit mantissa), too coarse for EM's sums."""
+  return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
 
 
 @flax.struct.dataclass
@@ -58,6 +67,13 @@ class MixtureParams(NamedTuple):
   precisions_cholesky: jax.Array
 
 
+class Inits(NamedTuple):
+  """User-given initial parameters (None: seeded by k-means++), validated and cast to x's dtype."""
+  weights: jax.Array | None  # (K,)
+  means: jax.Array | None  # (K, D)
+  precisions: jax.Array | None  # per covariance_type, as `GMM.covariances`
+
+
 class EMState(NamedTuple):
   """The carry of the EM while_loop."""
   params: MixtureParams
@@ -68,6 +84,11 @@ class EMState(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- densities
+#
+# Internally responsibilities are laid out (K, N): every per-component quantity is a
+# `lax.map` over components of (N, D) matmuls. That keeps the working set at O(N D) instead
+# of O(N K D) and lowers to plain matrix products, which on CPU is several times faster
+# than one broadcast (N, K, D) contraction.
 
 
 def _log_det_cholesky(prec_chol: jax.Array, covariance_type: str, n_features: int) -> jax.Array:
@@ -81,38 +102,52 @@ def _log_det_cholesky(prec_chol: jax.Array, covariance_type: str, n_features: in
   return n_features * jnp.log(prec_chol)  # (K,)
 
 
+def _mahalanobis(x: jax.Array, means: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
+  """Squared Mahalanobis distances |(x_n - mu_k) U_k|^2, shape (K, N)."""
+  if covariance_type == "tied":
+    return lax.map(lambda mean: jnp.sum(jnp.square(_dot(x - mean, prec_chol)), axis=1), means)
+
+  def one(args):
+    mean, u = args
+    diff = x - mean  # (N, D)
+    y = _dot(diff, u) if covariance_type == "full" else diff * u  # (N, D); spherical u is a scalar
+    return jnp.sum(jnp.square(y), axis=1)  # (N,)
+
+  return lax.map(one, (means, prec_chol))
+
+
 def _log_gaussian_prob(x: jax.Array, means: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
-  """log N(x_n | mu_k, Sigma_k) for every sample and component, shape (N, K)."""
+  """log N(x_n | mu_k, Sigma_k) for every component and sample, shape (K, N)."""
   n_features = x.shape[-1]
-  if covariance_type == "full":
-    # One matmul for all components: (x - mu_k) U_k = x U_k - mu_k U_k.
-    y = jnp.einsum("nd,kde->nke", x, prec_chol) - jnp.einsum("kd,kde->ke", means, prec_chol)  # (N, K, D)
-  elif covariance_type == "tied":
-    y = (x @ prec_chol)[:, None, :] - (means @ prec_chol)[None]  # (N, K, D)
-  elif covariance_type == "diag":
-    y = (x[:, None, :] - means[None]) * prec_chol[None]  # (N, K, D)
-  else:
-    y = (x[:, None, :] - means[None]) * prec_chol[None, :, None]  # (N, K, D)
-  maha = jnp.sum(jnp.square(y), axis=-1)  # (N, K)
-  return -0.5 * (n_features * math.log(2 * math.pi) + maha) + _log_det_cholesky(prec_chol, covariance_type, n_features)
+  log_det = _log_det_cholesky(prec_chol, covariance_type, n_features)  # (K,) or ()
+  maha = _mahalanobis(x, means, prec_chol, covariance_type)  # (K, N)
+  return -0.5 * (n_features * math.log(2 * math.pi) + maha) + jnp.reshape(log_det, (-1, 1))
 
 
 def _log_prob_resp(x: jax.Array, params: MixtureParams, covariance_type: str) -> tuple[jax.Array, jax.Array]:
-  """Returns (log p(x_n) of shape (N,), log responsibilities of shape (N, K))."""
+  """Returns (log p(x_n) of shape (N,), log responsibilities of shape (K, N))."""
   weighted = _log_gaussian_prob(x, params.means, params.precisions_cholesky, covariance_type) + jnp.log(
-      params.weights)  # (N, K)
-  log_norm = logsumexp(weighted, axis=1)  # (N,)
-  return log_norm, weighted - log_norm[:, None]
+      params.weights)[:, None]  # (K, N)
+  log_norm = logsumexp(weighted, axis=0)  # (N,)
+  return log_norm, weighted - log_norm[None, :]
 
 
 def _shifted(gmm: GMM, x: jax.Array) -> tuple[jax.Array, MixtureParams]:
   """Moves x and the means to the mixture's mean: densities are unchanged, float32 rounding is smaller."""
   x = jnp.asarray(x, gmm.means.dtype)
-  center = gmm.weights @ gmm.means  # (D,)
+  center = _dot(gmm.weights, gmm.means)  # (D,)
   params = MixtureParams(gmm.weights, gmm.means - center, gmm.covariances, gmm.precisions_cholesky)
   return x - center, params
 
 
+def _check_samples(gmm: GMM, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim != 2 or x.shape[1] != gmm.means.shape[1]:
+    raise ValueError(f"x must have shape (n_samples, {gmm.means.shape[1]}), got {x.shape}")
+  return x
+
+
+@jax.jit
 def score_samples(gmm: GMM, x: jax.Array) -> jax.Array:
   """Log-likelihood of each sample under the mixture (sklearn's `score_samples`).
 
@@ -123,10 +158,11 @@ def score_samples(gmm: GMM, x: jax.Array) -> jax.Array:
   Returns:
     (N,) log p(x_n).
   """
-  x, params = _shifted(gmm, x)
+  x, params = _shifted(gmm, _check_samples(gmm, x))
   return _log_prob_resp(x, params, gmm.covariance_type)[0]
 
 
+@jax.jit
 def predict_proba(gmm: GMM, x: jax.Array) -> jax.Array:
   """Responsibilities p(component k | x_n) (sklearn's `predict_proba`).
 
@@ -137,10 +173,11 @@ def predict_proba(gmm: GMM, x: jax.Array) -> jax.Array:
   Returns:
     (N, K) responsibilities; rows sum to one.
   """
-  x, params = _shifted(gmm, x)
-  return jnp.exp(_log_prob_resp(x, params, gmm.covariance_type)[1])
+  x, params = _shifted(gmm, _check_samples(gmm, x))
+  return jnp.exp(_log_prob_resp(x, params, gmm.covariance_type)[1]).T
 
 
+@jax.jit
 def predict(gmm: GMM, x: jax.Array) -> jax.Array:
   """Most probable component per sample, shape (N,)."""
   return jnp.argmax(predict_proba(gmm, x), axis=1)
@@ -171,30 +208,36 @@ def _covariances_from_precision_cholesky(prec_chol: jax.Array, covariance_type: 
   if covariance_type in ("full", "tied"):
     eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
     inv = solve_triangular(prec_chol, eye, lower=False)  # (..., D, D)
-    return jnp.swapaxes(inv, -1, -2) @ inv
+    return _dot(jnp.swapaxes(inv, -1, -2), inv)
   return 1.0 / jnp.square(prec_chol)
 
 
 def _m_step(x: jax.Array, resp: jax.Array, reg_covar: jax.Array,
             covariance_type: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Maximum-likelihood (nk, means, covariances) for responsibilities `resp` of shape (N, K).
+  """Maximum-likelihood (nk, means, covariances) for responsibilities `resp` of shape (K, N).
 
-  Covariances are summed over centred samples (not E[x x^T] - mu mu^T, which sklearn uses for
-  tied/diag/spherical): the same value without float32 cancellation for far-apart components.
+  Scatter matrices are summed over samples centred on their component's new mean, not as
+  E[x x^T] - mu mu^T (which sklearn uses for tied/diag/spherical): the same value without
+  float32 cancellation for tight components far from the data mean.
   """
   n_features = x.shape[1]
-  nk = jnp.sum(resp, axis=0) + 10 * jnp.finfo(resp.dtype).eps  # (K,) never exactly zero
-  means = (resp.T @ x) / nk[:, None]  # (K, D)
-  diff = x[:, None, :] - means[None]  # (N, K, D)
-  weighted = resp[:, :, None] * diff  # (N, K, D)
+  nk = jnp.sum(resp, axis=1) + 10 * jnp.finfo(resp.dtype).eps  # (K,) never exactly zero
+  means = _dot(resp, x) / nk[:, None]  # (K, D)
+
+  def scatter(args):
+    r, mean = args  # (N,), (D,)
+    diff = x - mean  # (N, D)
+    if covariance_type in ("full", "tied"):
+      return _dot((diff * r[:, None]).T, diff)  # (D, D)
+    return _dot(r, jnp.square(diff))  # (D,)
+
+  scatters = lax.map(scatter, (resp, means))  # (K, D, D) or (K, D)
   if covariance_type == "full":
-    cov = jnp.einsum("nkd,nke->kde", weighted, diff) / nk[:, None, None]  # (K, D, D)
-    cov = cov + reg_covar * jnp.eye(n_features, dtype=x.dtype)
+    cov = scatters / nk[:, None, None] + reg_covar * jnp.eye(n_features, dtype=x.dtype)  # (K, D, D)
   elif covariance_type == "tied":
-    cov = jnp.einsum("nkd,nke->de", weighted, diff) / jnp.sum(nk)  # (D, D)
-    cov = cov + reg_covar * jnp.eye(n_features, dtype=x.dtype)
+    cov = jnp.sum(scatters, axis=0) / jnp.sum(nk) + reg_covar * jnp.eye(n_features, dtype=x.dtype)  # (D, D)
   else:
-    cov = jnp.einsum("nkd,nkd->kd", weighted, diff) / nk[:, None] + reg_covar  # (K, D)
+    cov = scatters / nk[:, None] + reg_covar  # (K, D)
     if covariance_type == "spherical":
       cov = jnp.mean(cov, axis=1)  # (K,)
   return nk, means, cov
@@ -205,7 +248,7 @@ def _m_step(x: jax.Array, resp: jax.Array, reg_covar: jax.Array,
 
 def _sq_dist_to(x: jax.Array, centers: jax.Array) -> jax.Array:
   """Squared distances from every sample to every center: (N, D), (C, D) -> (C, N)."""
-  return jnp.sum(jnp.square(x[None] - centers[:, None]), axis=-1)
+  return lax.map(lambda center: jnp.sum(jnp.square(x - center), axis=1), centers)
 
 
 def kmeans_plusplus(x: jax.Array, n_clusters: int, key: jax.Array,
@@ -229,18 +272,22 @@ def kmeans_plusplus(x: jax.Array, n_clusters: int, key: jax.Array,
   n_samples = x.shape[0]
   if n_local_trials is None:
     n_local_trials = 2 + int(math.log(n_clusters))
-  k_first, k_rest = jax.random.split(key)
-  first = jax.random.randint(k_first, (), 0, n_samples)
+  # All the randomness in one draw (row 0 picks the first center): a single PRNG kernel to compile.
+  uniforms = jax.random.uniform(key, (n_clusters, n_local_trials), dtype=x.dtype)  # in [0, 1)
+  first = jnp.minimum((uniforms[0, 0] * n_samples).astype(jnp.int32), n_samples - 1)
   indices = jnp.zeros((n_clusters,), jnp.int32).at[0].set(first)
-  closest = _sq_dist_to(x, x[first][None])[0]  # (N,)
+  closest = jnp.sum(jnp.square(x - x[first]), axis=1)  # (N,)
 
   def add_center(i, carry):
     indices, closest = carry
-    logits = jnp.where(closest > 0, jnp.log(jnp.maximum(closest, jnp.finfo(x.dtype).tiny)), -jnp.inf)
-    candidates = jax.random.categorical(jax.random.fold_in(k_rest, i), logits, shape=(n_local_trials,))
-    closest_if = jnp.minimum(closest[None], _sq_dist_to(x, x[candidates]))  # (L, N)
+    # Inverse-CDF sampling as sklearn does; side="right" never lands on a zero-distance point.
+    cdf = jnp.cumsum(closest)  # (N,)
+    candidates = jnp.searchsorted(cdf, uniforms[i] * cdf[-1], side="right", method="compare_all")  # (L,)
+    candidates = jnp.minimum(candidates, n_samples - 1).astype(jnp.int32)
+    to_candidates = jnp.sum(jnp.square(x[None] - x[candidates][:, None]), axis=-1)  # (L, N)
+    closest_if = jnp.minimum(closest[None], to_candidates)  # (L, N)
     best = jnp.argmin(jnp.sum(closest_if, axis=1))
-    return indices.at[i].set(candidates[best].astype(jnp.int32)), closest_if[best]
+    return indices.at[i].set(candidates[best]), closest_if[best]
 
   indices, _ = lax.fori_loop(1, n_clusters, add_center, (indices, closest))
   return x[indices], indices
@@ -249,14 +296,14 @@ def kmeans_plusplus(x: jax.Array, n_clusters: int, key: jax.Array,
 # ----------------------------------------------------------------------------- EM loop
 
 
-def _initial_params(x: jax.Array, key: jax.Array, reg_covar: jax.Array, inits: dict[str, Any], n_components: int,
+def _initial_params(x: jax.Array, key: jax.Array, reg_covar: jax.Array, inits: Inits, n_components: int,
                     covariance_type: str) -> MixtureParams:
   """Initial parameters: user inits where given, else from k-means++ hard assignments."""
-  weights, means, precisions = inits["weights"], inits["means"], inits["precisions"]
+  weights, means, precisions = inits
   if weights is None or means is None or precisions is None:
     centers, _ = kmeans_plusplus(x, n_components, key)
     nearest = jnp.argmin(_sq_dist_to(x, centers), axis=0)  # (N,)
-    resp = jax.nn.one_hot(nearest, n_components, dtype=x.dtype)  # (N, K)
+    resp = jax.nn.one_hot(nearest, n_components, dtype=x.dtype, axis=0)  # (K, N)
     nk, seeded_means, covariances = _m_step(x, resp, reg_covar, covariance_type)
     # sklearn divides by n_samples here (not by sum(nk)), so weights sum to 1 + O(K eps).
     weights = nk / x.shape[0] if weights is None else weights
@@ -292,21 +339,21 @@ def _em(x: jax.Array, params: MixtureParams, tol: jax.Array, reg_covar: jax.Arra
   return lax.while_loop(not_done, step, init)
 
 
-def _fit_one(x: jax.Array, key: jax.Array, tol: jax.Array, reg_covar: jax.Array, inits: dict[str, Any],
+def _fit_one(x: jax.Array, key: jax.Array, tol: jax.Array, reg_covar: jax.Array, inits: Inits,
              n_components: int, covariance_type: str, max_iter: int) -> EMState:
   params = _initial_params(x, key, reg_covar, inits, n_components, covariance_type)
   return _em(x, params, tol, reg_covar, max_iter, covariance_type)
 
 
 @jax.jit(static_argnames=("n_components", "covariance_type", "max_iter", "n_init"))
-def _fit(x: jax.Array, key: jax.Array, tol: jax.Array, reg_covar: jax.Array, inits: dict[str, Any], *,
+def _fit(x: jax.Array, key: jax.Array, tol: jax.Array, reg_covar: jax.Array, inits: Inits, *,
          n_components: int, covariance_type: str, max_iter: int, n_init: int) -> GMM:
   """The compiled core of `fit_gmm` (arguments already validated)."""
   # Shifting the data to its mean leaves EM unchanged and keeps float32 products small.
   center = jnp.mean(x, axis=0)  # (D,)
   x = x - center
-  if inits["means"] is not None:
-    inits = dict(inits, means=inits["means"] - center)
+  if inits.means is not None:
+    inits = inits._replace(means=inits.means - center)
   fit_one = lambda k: _fit_one(x, k, tol, reg_covar, inits, n_components, covariance_type, max_iter)
   if n_init == 1:
     state = fit_one(key)
@@ -351,46 +398,54 @@ def _check_int(name: str, value, low: int) -> None:
     raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _check_inits(inits: dict[str, Any], n_components: int, n_features: int, covariance_type: str, dtype) -> dict:
+def _check_key(key) -> None:
+  if key is None:
+    raise ValueError("key must be a PRNG key (jax.random.key(seed)), got None")
+  dtype, shape = getattr(key, "dtype", None), tuple(jnp.shape(key))
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  if not (typed and shape == ()) and not (dtype == jnp.uint32 and shape == (2,)):
+    raise ValueError(f"key must be a single PRNG key (jax.random.key(seed)), got {dtype} of shape {shape}")
+
+
+def _check_inits(weights, means, precisions, n_components: int, n_features: int, covariance_type: str,
+                 dtype) -> Inits:
   """Checks shapes (always) and values (when concrete) of the user inits, as sklearn does."""
-  out = {}
-  weights = inits["weights"]
   if weights is not None:
-    weights = jnp.asarray(weights, dtype)
     _check_shape("weights_init", weights, (n_components,))
-    w = _concrete(weights)
+    w = _concrete(weights)  # checked before the cast, in the precision the caller gave
     if w is not None:
-      if np.any(w < 0) or np.any(w > 1):
+      w = w.astype(np.float64)
+      if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
         raise ValueError(f"weights_init must lie in [0, 1], got min {w.min():.5g}, max {w.max():.5g}")
-      atol = 1e-6 if w.dtype == np.float32 else 1e-8
-      if abs(1.0 - float(np.sum(w, dtype=np.float64))) > atol:
-        raise ValueError(f"weights_init must sum to 1, got {float(np.sum(w)):.7g}")
-  out["weights"] = weights
-  means = inits["means"]
+      # sklearn's 1e-8 for float64; float32 weights carry about K ulps of rounding in their sum.
+      atol = 1e-8 if np.asarray(weights).dtype == np.float64 else 1e-6 * max(1, n_components / 8)
+      if abs(1.0 - np.sum(w)) > atol:
+        raise ValueError(f"weights_init must sum to 1, got {np.sum(w):.10g}")
+    weights = jnp.asarray(weights, dtype)
   if means is not None:
-    means = jnp.asarray(means, dtype)
     _check_shape("means_init", means, (n_components, n_features))
     m = _concrete(means)
     if m is not None and not np.all(np.isfinite(m)):
       raise ValueError("means_init must be finite")
-  out["means"] = means
-  precisions = inits["precisions"]
+    means = jnp.asarray(means, dtype)
   if precisions is not None:
-    precisions = jnp.asarray(precisions, dtype)
     shape = {"full": (n_components, n_features, n_features), "tied": (n_features, n_features),
              "diag": (n_components, n_features), "spherical": (n_components,)}[covariance_type]
     _check_shape(f"precisions_init for covariance_type={covariance_type!r}", precisions, shape)
     p = _concrete(precisions)
     if p is not None:
+      p = p.astype(np.float64)
+      if not np.all(np.isfinite(p)):
+        raise ValueError("precisions_init must be finite")
       if covariance_type in ("full", "tied"):
-        p = p.reshape((-1, n_features, n_features)).astype(np.float64)
+        p = p.reshape((-1, n_features, n_features))
         symmetric = np.allclose(p, np.swapaxes(p, -1, -2), rtol=1e-5, atol=1e-8 * np.abs(p).max())
         if not symmetric or np.any(np.linalg.eigvalsh(p) <= 0):
           raise ValueError(f"precisions_init ({covariance_type}) must be symmetric positive-definite")
-      elif not np.all(p > 0) or not np.all(np.isfinite(p)):
+      elif not np.all(p > 0):
         raise ValueError(f"precisions_init ({covariance_type}) must be positive")
-  out["precisions"] = precisions
-  return out
+    precisions = jnp.asarray(precisions, dtype)
+  return Inits(weights=weights, means=means, precisions=precisions)
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -407,7 +462,7 @@ def fit_gmm(x: jax.Array, n_components: int, *, key: jax.Array, covariance_type:
   or `reg_covar`); value checks on traced arguments are then skipped.
 
   Args:
-    x: (N, D) data; integer data is cast to float32.
+    x: (N, D) data; integer and 16-bit float data are cast to float32.
     n_components: number of components K, 1 <= K <= N.
     key: PRNG key for the k-means++ seeding (unused when all three inits are given).
     covariance_type: 'full', 'diag', 'spherical' or 'tied'.
@@ -430,8 +485,8 @@ def fit_gmm(x: jax.Array, n_components: int, *, key: jax.Array, covariance_type:
   if covariance_type not in COVARIANCE_TYPES:
     raise ValueError(f"covariance_type must be one of {', '.join(COVARIANCE_TYPES)}; got {covariance_type!r}")
   x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
+  if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+    x = x.astype(jnp.float32)  # EM's sums need at least float32
   if x.ndim != 2:
     raise ValueError(f"x must be 2-D (n_samples, n_features), got shape {x.shape}")
   n_samples, n_features = x.shape
@@ -444,11 +499,11 @@ def fit_gmm(x: jax.Array, n_components: int, *, key: jax.Array, covariance_type:
   _check_number("reg_covar", reg_covar, 0.0)
   _check_int("max_iter", max_iter, 0)
   _check_int("n_init", n_init, 1)
+  _check_key(key)
   x_values = _concrete(x)
   if x_values is not None and not np.all(np.isfinite(x_values)):
     raise ValueError("x contains NaN or infinity")
-  inits = _check_inits({"weights": weights_init, "means": means_init, "precisions": precisions_init}, n_components,
-                       n_features, covariance_type, x.dtype)
+  inits = _check_inits(weights_init, means_init, precisions_init, n_components, n_features, covariance_type, x.dtype)
   gmm = _fit(x, key, jnp.asarray(tol, x.dtype), jnp.asarray(reg_covar, x.dtype), inits, n_components=n_components,
              covariance_type=covariance_type, max_iter=max_iter, n_init=n_init)
   lower_bound = _concrete(gmm.lower_bound)

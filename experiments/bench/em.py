@@ -3,30 +3,35 @@
 Both fit the same float32 data (N=100000, D=8, K=16) from the same initialisation
 (means_init / weights_init / precisions_init) with max_iter=20 and tol=0, so both run
 exactly 20 E+M iterations. JAX is compiled first; every timing ends with
-block_until_ready; the median of --repeats runs is reported. sklearn is also timed on a
-float64 copy of the data, its usual input.
+block_until_ready; the runs of the implementations alternate (so a change in machine load
+hits all of them) and the median of --repeats runs is reported. sklearn is also timed on a
+float64 copy of the data, its usual input. NumPy's BLAS (and OPENBLAS_CORETYPE, which some
+environments set and which slows it) is used as found and recorded in the JSON.
 
 Run:
-  python -m experiments.bench.em
-  python -m experiments.bench.em --repeats=3 --out=/tmp/em_bench
+  python -m experiments.bench.em --outdir=experiments/bench/results/em
+  python -m experiments.bench.em --repeats=3 --outdir=/tmp/em_bench
 """
 
 import json
 import os
 import statistics
+import sys
 import time
 import warnings
 
 import jax
+import jaxlib
 import numpy as np
 import sklearn
 from absl import app, flags
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from research import em
 
-_OUT = flags.DEFINE_string("out", "experiments/bench/results/em", "Output directory for em.json and em.md.")
+_OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/em", "Output directory for em.json and em.md.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per implementation (median reported).")
 _N = flags.DEFINE_integer("n_samples", 100_000, "Number of samples N.")
 _D = flags.DEFINE_integer("n_features", 8, "Dimension D.")
@@ -51,18 +56,26 @@ def make_problem(n_samples: int, n_features: int, n_components: int, seed: int) 
           "precisions_init": np.ascontiguousarray(precisions_init)}
 
 
-def _median_time(fn, repeats: int) -> tuple[float, list[float], object]:
-  times, out = [], None
+def _interleaved_times(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+  """Runs every fn once per round, `repeats` rounds; returns the times and the last outputs by name."""
+  times, outs = {name: [] for name in fns}, {}
   for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times, out
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      outs[name] = fn()
+      times[name].append(time.perf_counter() - start)
+  return times, outs
+
+
+def _blas() -> list[dict]:
+  """The BLAS libraries NumPy/sklearn use, with their thread counts."""
+  return [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+          for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
 def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_components: int, iters: int,
-              seed: int) -> dict:
-  """Times both implementations, writes <out_dir>/em.json and em.md, returns the JSON dict."""
+              seed: int, command: str) -> dict:
+  """Times JAX and the sklearn variants, writes <out_dir>/em.json and em.md, returns the JSON dict."""
   problem = make_problem(n_samples, n_features, n_components, seed)
   x = problem["x"]
   inits = {k: problem[k] for k in ("means_init", "weights_init", "precisions_init")}
@@ -73,63 +86,75 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
     return jax.block_until_ready(em.fit_gmm(x_device, n_components, key=key, covariance_type="full", tol=0.0,
                                             max_iter=iters, **inits))
 
-  def fit_sklearn(data):
+  def fit_sklearn(data, blas_threads=None):
     def fit():
-      with warnings.catch_warnings():
+      with warnings.catch_warnings(), threadpool_limits(blas_threads, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)  # tol=0 never "converges", by design
         return GaussianMixture(n_components, covariance_type="full", tol=0.0, max_iter=iters, **inits).fit(data)
     return fit
 
+  # name -> (description, dtype, fit); BLAS threads as found, and limited to one (on a busy or
+  # small machine OpenBLAS's spinning threads can make numpy's many small products much slower).
+  runs = {
+      "jax": (f"research.em.fit_gmm (jit, {jax.devices()[0].platform})", "float32", fit_jax),
+      "sklearn_float32": ("sklearn GaussianMixture", "float32", fit_sklearn(x)),
+      "sklearn_float64": ("sklearn GaussianMixture", "float64", fit_sklearn(x.astype(np.float64))),
+      "sklearn_float64_blas1": ("sklearn GaussianMixture, 1 BLAS thread", "float64",
+                                fit_sklearn(x.astype(np.float64), blas_threads=1)),
+  }
   start = time.perf_counter()
   fit_jax()  # compiles
   compile_s = time.perf_counter() - start
-  jax_s, jax_times, gmm = _median_time(fit_jax, repeats)
-  sk32_s, sk32_times, sk32 = _median_time(fit_sklearn(x), repeats)
-  sk64_s, sk64_times, sk64 = _median_time(fit_sklearn(x.astype(np.float64)), repeats)
+  times, outs = _interleaved_times({name: fit for name, (_, _, fit) in runs.items()}, repeats)
+  median = {name: statistics.median(t) for name, t in times.items()}
+  ratios = {name: median[name] / median["jax"] for name in runs if name != "jax"}
+  fastest = min(ratios, key=ratios.get)
+  gmm, reference = outs["jax"], outs["sklearn_float64"]
+  n_iter = {name: int(out.n_iter) if name == "jax" else int(out.n_iter_) for name, out in outs.items()}
+  lower_bound = {name: float(out.lower_bound) if name == "jax" else float(out.lower_bound_)
+                 for name, out in outs.items()}
 
   result = {
       "problem": {"n_samples": n_samples, "n_features": n_features, "n_components": n_components,
                   "covariance_type": "full", "iterations": iters, "tol": 0.0, "seed": seed},
-      "median_s": {"jax": jax_s, "sklearn_float32": sk32_s, "sklearn_float64": sk64_s},
-      "times_s": {"jax": jax_times, "sklearn_float32": sk32_times, "sklearn_float64": sk64_times},
+      "median_s": median,
+      "times_s": times,
       "jax_compile_and_first_run_s": compile_s,
-      "ratio_sklearn_over_jax": {"float32": sk32_s / jax_s, "float64": sk64_s / jax_s},
-      "n_iter": {"jax": int(gmm.n_iter), "sklearn_float32": int(sk32.n_iter_), "sklearn_float64": int(sk64.n_iter_)},
-      "lower_bound": {"jax": float(gmm.lower_bound), "sklearn_float32": float(sk32.lower_bound_),
-                      "sklearn_float64": float(sk64.lower_bound_)},
-      "max_abs_mean_diff_vs_sklearn_float64": float(np.abs(np.asarray(gmm.means) - sk64.means_).max()),
+      "ratio_sklearn_over_jax": ratios,
+      "ratio_vs_fastest_sklearn": {"sklearn": fastest, "ratio": ratios[fastest]},
+      "n_iter": n_iter,
+      "lower_bound": lower_bound,
+      "max_abs_mean_diff_vs_sklearn_float64": float(np.abs(np.asarray(gmm.means) - reference.means_).max()),
       "repeats": repeats,
-      "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
                    "sklearn": sklearn.__version__, "numpy": np.__version__},
       "machine": {"cpu_count": os.cpu_count(), "jax_device": jax.devices()[0].device_kind,
-                  "jax_platform": jax.devices()[0].platform},
+                  "jax_platform": jax.devices()[0].platform, "blas": _blas(),
+                  "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
+      "command": command,
   }
-  command = "python -m experiments.bench.em" + (f" --repeats={repeats}" if repeats != 5 else "")
-  table = "\n".join([
-      "| implementation | dtype | median time for 20 iterations (s) | sklearn time / this time |",
-      "|---|---|---|---|",
-      f"| research.em.fit_gmm (jit, {result['machine']['jax_platform']}) | float32 | {jax_s:.3f} | "
-      f"{sk32_s / jax_s:.1f}x (vs sklearn float32), {sk64_s / jax_s:.1f}x (vs sklearn float64) |",
-      f"| sklearn GaussianMixture | float32 | {sk32_s:.3f} | 1.0x |",
-      f"| sklearn GaussianMixture | float64 | {sk64_s:.3f} | - |",
-  ]).replace("20 iterations", f"{iters} iterations")
+  rows = [f"| {description} | {dtype} | {median[name]:.3f} | "
+          + ("1.0x |" if name == "jax" else f"{ratios[name]:.1f}x |") for name, (description, dtype, _) in runs.items()]
+  table = "\n".join([f"| implementation | dtype | median time for {iters} iterations (s) | this time / JAX time |",
+                     "|---|---|---|---|", *rows])
   md = "\n".join([
       "# EM for Gaussian mixtures: research.em vs scikit-learn",
       "",
       f"Command: `{command}`",
       "",
       f"{iters} full-covariance EM iterations (tol=0, same means/weights/precisions init) on "
-      f"N={n_samples}, D={n_features}, K={n_components}; median of {repeats} runs after a compile run.",
+      f"N={n_samples}, D={n_features}, K={n_components}; median of {repeats} interleaved runs after a compile run.",
       f"Machine: {result['machine']['cpu_count']} CPU cores, JAX device {result['machine']['jax_device']}; "
-      f"jax {jax.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}.",
+      f"jax {jax.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}; "
+      f"OPENBLAS_CORETYPE={result['machine']['OPENBLAS_CORETYPE']}.",
       "",
       table,
       "",
-      f"Both ran {result['n_iter']['jax']} (JAX) and {result['n_iter']['sklearn_float64']} (sklearn) iterations; "
-      f"lower bounds {result['lower_bound']['jax']:.6f} (JAX float32) vs "
-      f"{result['lower_bound']['sklearn_float64']:.6f} (sklearn float64); "
-      f"largest mean difference {result['max_abs_mean_diff_vs_sklearn_float64']:.2e}. "
-      f"JAX compile + first run: {compile_s:.2f} s (not in the timings).",
+      f"JAX is {ratios[fastest]:.1f}x faster than the fastest sklearn variant ({fastest}).",
+      f"Iterations run: {n_iter}. Lower bounds: JAX float32 {lower_bound['jax']:.6f}, sklearn float64 "
+      f"{lower_bound['sklearn_float64']:.6f}; largest mean difference "
+      f"{result['max_abs_mean_diff_vs_sklearn_float64']:.2e}. JAX compile + first run: {compile_s:.2f} s "
+      "(not in the timings).",
       "",
   ])
   os.makedirs(out_dir, exist_ok=True)
@@ -139,12 +164,14 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
   with open(os.path.join(out_dir, "em.md"), "w") as f:
     f.write(md)
   print(table)
+  print(f"JAX vs fastest sklearn ({fastest}): {ratios[fastest]:.1f}x")
   return result
 
 
 def main(argv):
   del argv
-  run_bench(_OUT.value, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value)
+  command = " ".join(["python -m experiments.bench.em", *sys.argv[1:]])
+  run_bench(_OUTDIR.value, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value, command)
 
 
 if __name__ == "__main__":

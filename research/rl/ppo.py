@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from research.train import ConfigError, check_choice, check_positive
+from research.train import ConfigError, apply_gradients, check_choice, check_positive
 
 ENV_NAMES = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
 ALGORITHMS = ("ppo", "reinforce")
@@ -221,7 +221,9 @@ class LossStats(NamedTuple):
   entropy: jax.Array
   approx_kl: jax.Array  # mean of (rho - 1) - log rho, a low-variance KL(old || new) estimate
   clip_fraction: jax.Array  # fraction of samples with |rho - 1| > clip_eps
-  grad_norm: jax.Array  # global norm before clipping
+  grad_norm: jax.Array  # global norm of the gradient, before clipping
+  param_norm: jax.Array  # global norm of the parameters after the step
+  update_norm: jax.Array  # global norm of the applied update
 
 
 class UpdateMetrics(NamedTuple):
@@ -238,6 +240,8 @@ class UpdateMetrics(NamedTuple):
   approx_kl: jax.Array
   clip_fraction: jax.Array
   grad_norm: jax.Array
+  param_norm: jax.Array
+  update_norm: jax.Array
 
 
 class TrainOutput(NamedTuple):
@@ -358,17 +362,17 @@ def make_train(config) -> Callable[[jax.Array], TrainOutput]:
     total = policy_loss + vf_coef * v_loss - ent_coef * ent
     log_ratio = new_log_prob - batch.log_prob
     ratio = jnp.exp(log_ratio)
+    no_health = jnp.zeros(())  # filled in by gradient_step
     stats = LossStats(total_loss=total, policy_loss=policy_loss, value_loss=v_loss, entropy=ent,
                       approx_kl=jnp.mean(ratio - 1.0 - log_ratio),
                       clip_fraction=jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
-                      grad_norm=jnp.zeros(()))
+                      grad_norm=no_health, param_norm=no_health, update_norm=no_health)
     return total, stats
 
   def gradient_step(learner: Learner, batch: Batch) -> tuple[Learner, LossStats]:
     grads, stats = jax.grad(loss_fn, has_aux=True)(learner.params, batch)
-    updates, opt_state = tx.update(grads, learner.opt_state, learner.params)
-    params = optax.apply_updates(learner.params, updates)
-    return Learner(params, opt_state), stats._replace(grad_norm=optax.global_norm(grads))
+    params, opt_state, health = apply_gradients(tx, learner.params, learner.opt_state, grads)
+    return Learner(params, opt_state), stats._replace(**health)
 
   def epoch(learner: Learner, batch: Batch, key: jax.Array) -> tuple[Learner, LossStats]:
     permutation = jax.random.permutation(key, batch_size)
@@ -420,23 +424,33 @@ def make_train(config) -> Callable[[jax.Array], TrainOutput]:
   return train
 
 
-def final_return(metrics: UpdateMetrics, fraction: float = 0.1) -> np.ndarray:
-  """Mean return of the episodes completed in the last `fraction` of updates.
-
-  Episodes are weighted equally (updates that completed none add nothing).
-
-  Args:
-    metrics: `TrainOutput.metrics`, leaves (..., num_updates), e.g. (num_seeds, num_updates).
-    fraction: the share of the final updates to average over (at least one update).
-
-  Returns:
-    (...) array, e.g. one mean return per seed; NaN where no episode completed.
-  """
-  episodes = np.asarray(metrics.episodes, np.float64)
-  returns = np.asarray(metrics.episode_return, np.float64)
-  last = max(1, int(round(episodes.shape[-1] * fraction)))
-  episodes, returns = episodes[..., -last:], returns[..., -last:]
+def _mean_episode_return(metrics: UpdateMetrics, updates: slice) -> np.ndarray:
+  episodes = np.asarray(metrics.episodes, np.float64)[..., updates]
+  returns = np.asarray(metrics.episode_return, np.float64)[..., updates]
+  # Episodes are weighted equally; updates that completed none (NaN return) add nothing.
   total = np.sum(np.where(episodes > 0, returns * episodes, 0.0), axis=-1)
   count = np.sum(episodes, axis=-1)
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _num_last(metrics: UpdateMetrics, fraction: float) -> int:
+  return max(1, int(round(np.shape(metrics.episodes)[-1] * fraction)))
+
+
+def final_return(metrics: UpdateMetrics, fraction: float = 0.1) -> np.ndarray:
+  """Mean return of the episodes completed in the last `fraction` of updates (at least one).
+
+  Args:
+    metrics: `TrainOutput.metrics`, leaves (..., num_updates), e.g. (num_seeds, num_updates).
+    fraction: the share of the final updates to average over.
+
+  Returns:
+    (...) array, e.g. one mean return per seed; NaN where no episode completed.
+  """
+  return _mean_episode_return(metrics, slice(-_num_last(metrics, fraction), None))
+
+
+def initial_return(metrics: UpdateMetrics, fraction: float = 0.1) -> np.ndarray:
+  """Like `final_return`, over the first `fraction` of updates (the near-uniform initial policy)."""
+  return _mean_episode_return(metrics, slice(None, _num_last(metrics, fraction)))

@@ -5,16 +5,20 @@ The file reads top-down in three parts:
 1. Finite MDPs and dynamic programming: `MDP`, the Markov reward process of a policy,
    discounted returns, exact and iterative policy evaluation, value iteration and policy
    iteration. Loops that stop on a tolerance are `lax.while_loop`s.
-2. Environments as pure functions (`Env`) and episodes as fixed-length `lax.scan`s with a
-   done mask: once an episode is over its state stays put and every later step is masked.
+2. Environments as pure functions (`Env`). An episode that must be stored (Monte Carlo)
+   is a fixed-length `lax.scan` with a done mask: once it is over its state stays put and
+   every later step is masked. TD methods store nothing and run an episode as a
+   `lax.while_loop` that stops at a terminal state (or the step cap).
 3. Sample-based prediction (Monte Carlo, TD(0)) and control (Monte Carlo with an ε-greedy
    policy, SARSA, Q-learning, expected SARSA). Each `make_*` closes over the environment
-   and a static `TabularConfig` and returns a pure `fn(key, hparams)`; the episodes of a run
-   are an outer scan. Step size, exploration rate and initial value are arrays in
-   `HParams`, so one compiled program runs many seeds and hyperparameters:
+   and a static `TabularConfig` and returns a pure `fn(key, hparams=HParams())`; the
+   episodes of a run are an outer scan. Step size, exploration rate and initial value are
+   arrays in `HParams`, so one compiled program runs many seeds and hyperparameters:
 
-     train = make_td_control(env, config, "q_learning")
-     results = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, HParams(alpha=0.5, epsilon=0.1))
+     train = make_q_learning(env, TabularConfig(num_episodes=500, max_steps=1000))
+     results = jax.jit(jax.vmap(train))(keys)  # over seeds, default HParams
+     results = jax.jit(jax.vmap(train))(keys, HParams(alpha=alphas, epsilon=epsilons,
+                                                      init_value=jnp.zeros_like(alphas)))
 
 A policy is either deterministic actions `(S,)` (integers) or probabilities `(S, A)`;
 every function taking a policy accepts both.
@@ -128,6 +132,7 @@ def greedy_policy(q: jax.Array) -> jax.Array:
   return jnp.argmax(q, axis=-1).astype(jnp.int32)
 
 
+@jax.jit
 def discounted_returns(rewards: jax.Array, discount: jax.Array | float,
                        dones: jax.Array | None = None) -> jax.Array:
   """Returns G_t = r_t + γ G_{t+1} for every t of a reward sequence, by a reverse scan.
@@ -153,6 +158,7 @@ def discounted_returns(rewards: jax.Array, discount: jax.Array | float,
   return returns
 
 
+@jax.jit
 def policy_evaluation(mdp: MDP, policy: jax.Array) -> jax.Array:
   """Exact v_π by solving the linear system (I - γ P_π) v = r_π.
 
@@ -190,6 +196,7 @@ def _sweep_until(backup: Callable[[jax.Array], jax.Array], num_states: int, tol:
   return lax.while_loop(cond, body, init).values
 
 
+@jax.jit
 def iterative_policy_evaluation(mdp: MDP, policy: jax.Array, tol: float = 1e-6,
                                 max_iter: int = 10_000) -> jax.Array:
   """v_π by repeated expected updates v ← r_π + γ P_π v (a while_loop to `tol`).
@@ -208,6 +215,7 @@ def iterative_policy_evaluation(mdp: MDP, policy: jax.Array, tol: float = 1e-6,
   return _sweep_until(lambda v: r_pi + mdp.discount * p_pi @ v, mdp.num_states, tol, max_iter)
 
 
+@jax.jit
 def value_iteration(mdp: MDP, tol: float = 1e-6, max_iter: int = 10_000) -> tuple[jax.Array, jax.Array]:
   """Optimal values by v ← max_a [r + γ P v] until a sweep changes v by at most `tol`.
 
@@ -230,6 +238,7 @@ class _PolicyIterationCarry(NamedTuple):
   iteration: jax.Array  # ()
 
 
+@jax.jit
 def policy_iteration(mdp: MDP, init_policy: jax.Array | None = None, tol: float = 1e-6,
                      max_iter: int = 1_000) -> tuple[jax.Array, jax.Array]:
   """Alternates exact evaluation and greedy improvement until the policy is stable.
@@ -440,12 +449,13 @@ def make_mc_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Ca
     config: static settings; `first_visit` and `constant_alpha` pick the variant.
 
   Returns:
-    predict(key, hparams: HParams) -> PredictionResult.
+    predict(key, hparams: HParams = HParams()) -> PredictionResult; uses `alpha` (with
+    constant_alpha) and `init_value`.
   """
   num_states = env.num_states
   discount = env.mdp.discount
 
-  def predict(key: jax.Array, hparams: HParams) -> PredictionResult:
+  def predict(key: jax.Array, hparams: HParams = HParams()) -> PredictionResult:
     init = _MCCarry(_initial_table(env, hparams.init_value, (num_states,)), jnp.zeros((num_states,)))
 
     def episode(carry: _MCCarry, e):
@@ -461,13 +471,29 @@ def make_mc_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Ca
   return predict
 
 
-class _TDCarry(NamedTuple):
+class _StepCarry(NamedTuple):
+  """The carry of one episode of a TD method."""
   table: jax.Array  # (S,) V or (S, A) Q
   state: jax.Array  # () int32 S_t
-  action: jax.Array  # () int32 A_t chosen in advance (SARSA); unused otherwise
-  done: jax.Array  # () bool: the episode has ended
-  episode_return: jax.Array  # () sum of rewards so far
-  length: jax.Array  # () int32 steps taken
+  action: jax.Array  # () int32 A_t, chosen one step ahead (SARSA only; 0 otherwise)
+  t: jax.Array  # () int32 steps taken so far
+  done: jax.Array  # () bool: a terminal state was reached
+  episode_return: jax.Array  # () undiscounted sum of rewards so far
+
+
+def _run_episode(step: Callable[[_StepCarry], _StepCarry], init: _StepCarry, max_steps: int) -> _StepCarry:
+  """Applies `step` until a terminal state or `max_steps` steps (a while_loop).
+
+  TD methods need no stored trajectory, so an episode is a while_loop rather than a
+  fixed-length scan: under vmap it stops with the longest episode of the batch instead of
+  always running `max_steps` (on the cliff, ~100 steps instead of 1000 per episode).
+  Members that have finished keep their carry (the batching rule of while_loop selects).
+  """
+  return lax.while_loop(lambda c: ~c.done & (c.t < max_steps), step, init)
+
+
+def _start(table: jax.Array, state: jax.Array, action: jax.Array) -> _StepCarry:
+  return _StepCarry(table, state, action, jnp.zeros((), jnp.int32), jnp.asarray(False), jnp.zeros(()))
 
 
 def make_td_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Callable:
@@ -479,31 +505,27 @@ def make_td_prediction(env: Env, policy: jax.Array, config: TabularConfig) -> Ca
     config: static settings (num_episodes, max_steps).
 
   Returns:
-    predict(key, hparams: HParams) -> PredictionResult.
+    predict(key, hparams: HParams = HParams()) -> PredictionResult; uses `alpha` and
+    `init_value`.
   """
   probs = policy_probabilities(policy, env.num_actions)  # (S, A)
   discount = env.mdp.discount
 
-  def predict(key: jax.Array, hparams: HParams) -> PredictionResult:
+  def predict(key: jax.Array, hparams: HParams = HParams()) -> PredictionResult:
 
-    def episode(values, e):
+    def step(carry: _StepCarry, k_steps: jax.Array) -> _StepCarry:
+      k_action, k_env = jax.random.split(jax.random.fold_in(k_steps, carry.t))
+      values = carry.table
+      action = _sample(k_action, probs[carry.state])
+      next_state, reward, done = env.step(k_env, carry.state, action)
+      target = reward + discount * jnp.where(done, 0.0, values[next_state])
+      values = values.at[carry.state].add(hparams.alpha * (target - values[carry.state]))
+      return _StepCarry(values, next_state, carry.action, carry.t + 1, done, carry.episode_return + reward)
+
+    def episode(values: jax.Array, e: jax.Array):
       k_reset, k_steps = jax.random.split(jax.random.fold_in(key, e))
-
-      def step(carry: _TDCarry, t):
-        k_action, k_env = jax.random.split(jax.random.fold_in(k_steps, t))
-        action = _sample(k_action, probs[carry.state])
-        next_state, reward, done = env.step(k_env, carry.state, action)
-        target = reward + discount * jnp.where(done, 0.0, carry.table[next_state])
-        active = ~carry.done
-        values = carry.table.at[carry.state].add(
-            jnp.where(active, hparams.alpha * (target - carry.table[carry.state]), 0.0))
-        return _TDCarry(values, jnp.where(active, next_state, carry.state), action, carry.done | done,
-                        carry.episode_return + jnp.where(active, reward, 0.0),
-                        carry.length + active.astype(jnp.int32)), None
-
-      init = _TDCarry(values, env.reset(k_reset), jnp.zeros((), jnp.int32), jnp.asarray(False),
-                      jnp.zeros(()), jnp.zeros((), jnp.int32))
-      last, _ = lax.scan(step, init, jnp.arange(config.max_steps))
+      init = _start(values, env.reset(k_reset), jnp.zeros((), jnp.int32))
+      last = _run_episode(functools.partial(step, k_steps=k_steps), init, config.max_steps)
       return last.table, last.table
 
     init = _initial_table(env, hparams.init_value, (env.num_states,))
@@ -525,12 +547,13 @@ def make_mc_control(env: Env, config: TabularConfig) -> Callable:
     config: static settings.
 
   Returns:
-    train(key, hparams: HParams) -> ControlResult.
+    train(key, hparams: HParams = HParams()) -> ControlResult; uses `epsilon`, `alpha`
+    (with constant_alpha) and `init_value`.
   """
   num_states, num_actions = env.num_states, env.num_actions
   discount = env.mdp.discount
 
-  def train(key: jax.Array, hparams: HParams) -> ControlResult:
+  def train(key: jax.Array, hparams: HParams = HParams()) -> ControlResult:
     init_q = _initial_table(env, hparams.init_value, (num_states, num_actions))
     init = _MCCarry(init_q.reshape(-1), jnp.zeros((num_states * num_actions,)))
 
@@ -558,9 +581,14 @@ def make_td_control(env: Env, config: TabularConfig, algorithm: str) -> Callable
   """SARSA, Q-learning or expected SARSA with an ε-greedy behaviour policy.
 
   All three update Q(S, A) += α [R + γ (1 - done) X - Q(S, A)] after every step, with
-    sarsa:          X = Q(S', A'), A' the next action actually taken (chosen before the update);
-    q_learning:     X = max_a Q(S', a);
-    expected_sarsa: X = Σ_a π(a|S') Q(S', a) under the ε-greedy π.
+    sarsa:          X = Q(S', A'), A' the next action actually taken, chosen from the
+                    ε-greedy policy of Q before the update (Sutton & Barto §6.4);
+    q_learning:     X = max_a Q(S', a) (§6.5);
+    expected_sarsa: X = Σ_a π(a|S') Q(S', a) under the ε-greedy π (§6.6).
+  Q-learning and expected SARSA choose A from S with the Q updated by the previous step.
+
+  Keys: episode e uses fold_in(key, e), split into (reset, first action, steps); step t
+  uses fold_in(steps key, t), split into (action, environment).
 
   Args:
     env: the environment.
@@ -568,7 +596,8 @@ def make_td_control(env: Env, config: TabularConfig, algorithm: str) -> Callable
     algorithm: one of TD_CONTROL.
 
   Returns:
-    train(key, hparams: HParams) -> ControlResult.
+    train(key, hparams: HParams = HParams()) -> ControlResult; uses `alpha`, `epsilon` and
+    `init_value`.
 
   Raises:
     ValueError: for an unknown algorithm.
@@ -576,39 +605,38 @@ def make_td_control(env: Env, config: TabularConfig, algorithm: str) -> Callable
   if algorithm not in TD_CONTROL:
     raise ValueError(f"unknown algorithm {algorithm!r}; choose one of: {', '.join(TD_CONTROL)}")
   discount = env.mdp.discount
+  sarsa = algorithm == "sarsa"
 
-  def train(key: jax.Array, hparams: HParams) -> ControlResult:
+  def train(key: jax.Array, hparams: HParams = HParams()) -> ControlResult:
 
-    def step(carry: _TDCarry, t, k_steps):
-      k_action, k_env, k_next = jax.random.split(jax.random.fold_in(k_steps, t), 3)
+    def behaviour(q_row: jax.Array) -> jax.Array:
+      return epsilon_greedy(q_row, hparams.epsilon)  # (A,)
+
+    def step(carry: _StepCarry, k_steps: jax.Array) -> _StepCarry:
+      k_action, k_env = jax.random.split(jax.random.fold_in(k_steps, carry.t))
       q = carry.table
-      if algorithm == "sarsa":
-        action = carry.action
-      else:
-        action = _sample(k_action, epsilon_greedy(q[carry.state], hparams.epsilon))
+      # SARSA took A one step ahead; the others choose it now, from the latest Q.
+      action = carry.action if sarsa else _sample(k_action, behaviour(q[carry.state]))
       next_state, reward, done = env.step(k_env, carry.state, action)
-      next_probs = epsilon_greedy(q[next_state], hparams.epsilon)  # (A,)
-      next_action = _sample(k_next, next_probs)
-      if algorithm == "sarsa":
+      if sarsa:
+        next_action = _sample(k_action, behaviour(q[next_state]))
         bootstrap = q[next_state, next_action]
       elif algorithm == "q_learning":
+        next_action = carry.action
         bootstrap = jnp.max(q[next_state])
       else:
-        bootstrap = jnp.dot(next_probs, q[next_state])
+        next_action = carry.action
+        bootstrap = jnp.dot(behaviour(q[next_state]), q[next_state])
       target = reward + discount * jnp.where(done, 0.0, bootstrap)
-      active = ~carry.done
-      q = q.at[carry.state, action].add(jnp.where(active, hparams.alpha * (target - q[carry.state, action]), 0.0))
-      return _TDCarry(q, jnp.where(active, next_state, carry.state), next_action, carry.done | done,
-                      carry.episode_return + jnp.where(active, reward, 0.0),
-                      carry.length + active.astype(jnp.int32)), None
+      q = q.at[carry.state, action].add(hparams.alpha * (target - q[carry.state, action]))
+      return _StepCarry(q, next_state, next_action, carry.t + 1, done, carry.episode_return + reward)
 
-    def episode(q, e):
+    def episode(q: jax.Array, e: jax.Array):
       k_reset, k_first, k_steps = jax.random.split(jax.random.fold_in(key, e), 3)
       state = env.reset(k_reset)
-      action = _sample(k_first, epsilon_greedy(q[state], hparams.epsilon))
-      init = _TDCarry(q, state, action, jnp.asarray(False), jnp.zeros(()), jnp.zeros((), jnp.int32))
-      last, _ = lax.scan(functools.partial(step, k_steps=k_steps), init, jnp.arange(config.max_steps))
-      return last.table, (last.episode_return, last.length, last.done)
+      action = _sample(k_first, behaviour(q[state])) if sarsa else jnp.zeros((), jnp.int32)
+      last = _run_episode(functools.partial(step, k_steps=k_steps), _start(q, state, action), config.max_steps)
+      return last.table, (last.episode_return, last.t, last.done)
 
     init = _initial_table(env, hparams.init_value, (env.num_states, env.num_actions))
     q, (returns, lengths, terminated) = lax.scan(episode, init, jnp.arange(config.num_episodes))

@@ -1,0 +1,251 @@
+"""GAN family: contract tests, closed forms, mode coverage, packing, and experiment smoke runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import gan as gan_experiment
+from research import data as data_lib
+from research import optim
+from research.data import toy2d
+from research.metrics import modes
+from research.models import gan
+from research.train import ConfigError, init_state, make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke_config(loss: str, dataset: str = "ring8", **overrides):
+  config = gan_experiment.get_config(f"{loss},smoke")
+  config.dataset = dataset
+  for name, value in overrides.items():
+    config[name] = value
+  return config
+
+
+def _fake_batch(config, rows: int, seed: int = 0):
+  """A raw batch as the loop hands it: points from the mixture, or random uint8 images."""
+  rng = np.random.default_rng(seed)
+  if gan.is_image_dataset(config.dataset):
+    return {"image": rng.integers(0, 256, (rows,) + gan.IMAGE_SHAPE, dtype=np.uint8),
+            "label": rng.integers(0, 10, rows)}
+  return toy2d.generate(config.dataset, rows, seed)
+
+
+def _initial_state(config, task, seed: int = 0):
+  batch = _fake_batch(config, config.batch_size * task.batches_per_step, seed)
+  return init_state(task, jax.random.key(seed), batch, config.ema_decay), batch
+
+
+# ---------------------------------------------------------------------------------------
+# Contracts: shapes, finite loss, determinism under a key, for every loss and both pairs.
+
+
+@pytest.mark.parametrize("loss,dataset,pack", [("gan", "ring8", 1), ("wgan", "ring8", 1),
+                                               ("wgan_gp", "grid25", 2), ("wgan_gp", "digits", 2)])
+def test_train_step_contract(loss, dataset, pack):
+  config = _smoke_config(loss, dataset, pack=pack)
+  task = gan.make_task(config)
+  assert task.batches_per_step == config.n_critic
+  state, batch = _initial_state(config, task)
+  step = jax.jit(make_train_step(task, config.ema_decay))
+  key = jax.random.key(1)
+  new_state, metrics = step(state, batch, key)
+  again, metrics_again = step(state, batch, key)
+  _, metrics_other = step(state, batch, jax.random.key(2))
+
+  assert set(new_state.params) == {"gen", "disc"} == set(new_state.opt_state)
+  assert jax.tree.map(jnp.shape, new_state.params) == jax.tree.map(jnp.shape, state.params)
+  assert int(new_state.step) == 1
+  for name in ("loss", "gen_loss", "disc_loss", "grad_norm", "gen/grad_norm", "disc/update_norm"):
+    assert np.isfinite(float(metrics[name])), name
+  if loss == "wgan_gp":
+    assert float(metrics["gradient_penalty"]) >= 0.0
+  # Deterministic under a key; another key draws other latents.
+  jax.tree.map(np.testing.assert_array_equal, new_state.params, again.params)
+  assert float(metrics["loss"]) == float(metrics_again["loss"])
+  assert float(metrics["gen_loss"]) != float(metrics_other["gen_loss"])
+
+  # The generator's samples have the data's shape (images in [-1, 1]).
+  models = gan.make_models(config)
+  samples = gan.generate(models.gen, new_state.params["gen"], key, 4, config.latent_dim)
+  if dataset == "digits":
+    assert samples.shape == (4,) + gan.IMAGE_SHAPE and float(jnp.max(jnp.abs(samples))) <= 1.0
+  else:
+    assert samples.shape == (4, 2)
+
+
+def test_paper_settings_per_loss():
+  wgan_gp = gan_experiment.get_config("wgan_gp")
+  assert (wgan_gp.n_critic, wgan_gp.optimizer.name, wgan_gp.optimizer.learning_rate,
+          wgan_gp.optimizer.b1, wgan_gp.optimizer.b2, wgan_gp.gp_weight) == (5, "adam", 1e-4, 0.0, 0.9, 10.0)
+  wgan = gan_experiment.get_config("wgan")
+  assert (wgan.n_critic, wgan.optimizer.name, wgan.optimizer.learning_rate, wgan.clip) == (5, "rmsprop", 5e-5, 0.01)
+  with pytest.raises(ValueError, match="unknown preset"):
+    gan_experiment.get_config("wgan_gpp")
+
+
+# ---------------------------------------------------------------------------------------
+# Closed forms.
+
+
+@pytest.mark.parametrize("shape", [(2,), (8, 8, 2)])
+def test_gradient_penalty_of_linear_critic(shape):
+  """D(x) = w.x + b has gradient w everywhere, so the penalty is lambda * (||w|| - 1)^2."""
+  k_w, k_real, k_fake, k_eps = jax.random.split(jax.random.key(0), 4)
+  w = jax.random.normal(k_w, shape)
+  critic = lambda x: jnp.sum(x * w, axis=tuple(range(1, x.ndim))) + 0.3
+  real = jax.random.normal(k_real, (16,) + shape)
+  fake = jax.random.normal(k_fake, (16,) + shape)
+  penalty = gan.gradient_penalty(critic, real, fake, k_eps, 10.0)
+  expected = 10.0 * (float(jnp.linalg.norm(w.ravel())) - 1.0) ** 2
+  np.testing.assert_allclose(float(penalty), expected, rtol=1e-5)
+  # A unit-norm linear critic is not penalised.
+  unit = lambda x: jnp.sum(x * w / jnp.linalg.norm(w.ravel()), axis=tuple(range(1, x.ndim)))
+  assert float(gan.gradient_penalty(unit, real, fake, k_eps, 10.0)) < 1e-8
+
+
+def test_gradient_penalty_is_taken_at_interpolates():
+  """For D(x) = ||x||^2 / 2 the gradient at x_hat is x_hat itself, so the penalty depends on eps."""
+  critic = lambda x: 0.5 * jnp.sum(jnp.square(x), -1)
+  real, fake = jnp.full((64, 2), 2.0), jnp.zeros((64, 2))
+  key = jax.random.key(3)
+  eps = jax.random.uniform(key, (64, 1))
+  norms = jnp.linalg.norm(eps * real, axis=-1)
+  expected = 10.0 * jnp.mean(jnp.square(norms - 1.0))
+  np.testing.assert_allclose(float(gan.gradient_penalty(critic, real, fake, key, 10.0)), float(expected), rtol=1e-5)
+
+
+def test_non_saturating_losses_match_their_definitions():
+  d_real, d_fake = jnp.array([0.5, -1.0, 2.0]), jnp.array([-0.3, 1.5, 0.0])
+  sig = jax.nn.sigmoid
+  expected_d = -jnp.mean(jnp.log(sig(d_real))) - jnp.mean(jnp.log(1.0 - sig(d_fake)))
+  np.testing.assert_allclose(float(gan.discriminator_loss("gan", d_real, d_fake)), float(expected_d), rtol=1e-6)
+  np.testing.assert_allclose(float(gan.generator_loss("gan", d_fake)), float(-jnp.mean(jnp.log(sig(d_fake)))),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(gan.discriminator_loss("wgan", d_real, d_fake)),
+                             float(jnp.mean(d_fake) - jnp.mean(d_real)), rtol=1e-6)
+  np.testing.assert_allclose(float(gan.generator_loss("wgan_gp", d_fake)), float(-jnp.mean(d_fake)), rtol=1e-6)
+
+
+def test_weight_clipping_keeps_critic_in_range():
+  config = _smoke_config("wgan", clip=0.01)
+  task = gan.make_task(config)
+  state, batch = _initial_state(config, task)
+  before = max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(state.params["disc"]))
+  assert before > config.clip  # the initialisation is outside the box, so clipping has work to do
+  new_state, _ = jax.jit(make_train_step(task, config.ema_decay))(state, batch, jax.random.key(0))
+  after = [np.asarray(p) for p in jax.tree.leaves(new_state.params["disc"])]
+  assert max(float(np.max(np.abs(p))) for p in after) == pytest.approx(config.clip)
+  assert all(np.all(np.abs(p) <= config.clip) for p in after)
+  # The generator is not clipped.
+  assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(new_state.params["gen"])) > config.clip
+
+
+def test_discriminator_loss_falls_with_frozen_generator():
+  config = _smoke_config("gan", steps=100, gen_width=32, disc_width=32)
+  config.optimizer.learning_rate = 1e-2
+  task = gan.make_task(config)
+  state, batch = _initial_state(config, task)
+  # A zero learning rate for the generator group freezes it.
+  state = state.replace(opt_state={**state.opt_state,
+                                   "gen": optim.with_hyperparams(state.opt_state["gen"], {"learning_rate": 0.0})})
+  step = jax.jit(make_train_step(task, config.ema_decay))
+  losses, gen_before = [], state.params["gen"]
+  for i in range(40):
+    state, metrics = step(state, batch, jax.random.key(i % 2))
+    losses.append(float(metrics["disc_loss"]))
+  jax.tree.map(np.testing.assert_array_equal, state.params["gen"], gen_before)
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+# ---------------------------------------------------------------------------------------
+# Mode coverage (PacGAN's definition) and packing.
+
+
+def test_mode_coverage_on_hand_made_samples():
+  centres, std = toy2d.MIXTURES["ring8"]
+  exact = modes.mode_coverage(jnp.asarray(centres), jnp.asarray(centres), std)
+  assert int(exact.modes_captured) == 8 and float(exact.high_quality_fraction) == 1.0
+  far = modes.mode_coverage(jnp.full((10, 2), 5.0), jnp.asarray(centres), std)
+  assert int(far.modes_captured) == 0 and float(far.high_quality_fraction) == 0.0
+  # Three modes hit just inside 3 std, one just outside, plus one point in the centre.
+  offset = np.array([1.0, 0.0])
+  points = np.stack([centres[0] + 2.9 * std * offset, centres[1] + 2.9 * std * offset,
+                     centres[1] - 2.9 * std * offset, centres[2] + 3.1 * std * offset, np.zeros(2)])
+  mixed = modes.mode_coverage(jnp.asarray(points), jnp.asarray(centres), std)
+  assert int(mixed.modes_captured) == 2
+  np.testing.assert_allclose(float(mixed.high_quality_fraction), 3 / 5)
+  np.testing.assert_array_equal(np.asarray(mixed.counts), [1, 2, 0, 0, 0, 0, 0, 0])
+  # Pure jnp: vmaps over sets of samples.
+  stacked = jnp.stack([jnp.asarray(centres), jnp.full((8, 2), 5.0)])
+  batched = jax.vmap(lambda s: modes.mode_coverage(s, jnp.asarray(centres), std))(stacked)
+  np.testing.assert_array_equal(np.asarray(batched.modes_captured), [8, 0])
+
+
+def test_pack_shapes_and_order():
+  points = jnp.arange(12.0).reshape(6, 2)
+  packed = gan.pack(points, 3)
+  assert packed.shape == (2, 6)
+  np.testing.assert_array_equal(np.asarray(packed[1]), np.arange(6.0, 12.0))  # samples 3, 4, 5 side by side
+  images = jnp.arange(4 * 8 * 8, dtype=jnp.float32).reshape(4, 8, 8, 1)
+  packed = gan.pack(images, 2)
+  assert packed.shape == (2, 8, 8, 2)
+  np.testing.assert_array_equal(np.asarray(packed[1, ..., 0]), np.asarray(images[2, ..., 0]))
+  np.testing.assert_array_equal(np.asarray(packed[1, ..., 1]), np.asarray(images[3, ..., 0]))
+  assert gan.pack(points, 1) is points
+  # The discriminator of a packed config takes pack * 2 inputs.
+  config = _smoke_config("gan", pack=4)
+  state, _ = _initial_state(config, gan.make_task(config))
+  first = jax.tree.leaves(state.params["disc"]["params"]["LinearMaxout_0"])
+  assert {leaf.shape for leaf in first} >= {(8, config.disc_width * config.maxout_pieces)}
+
+
+# ---------------------------------------------------------------------------------------
+# The experiment: smoke runs and bad input.
+
+
+@pytest.mark.parametrize("loss,dataset", [("gan", "ring8"), ("wgan", "grid25"), ("wgan_gp", "digits")])
+def test_experiment_smoke(tmp_path, loss, dataset):
+  config = _smoke_config(loss, dataset)
+  results = gan_experiment.run(config, str(tmp_path))
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["step"] == config.steps and np.isfinite(on_disk["train_loss"])
+  assert on_disk["config"]["loss"] == loss
+  assert (tmp_path / "samples.png").stat().st_size > 0
+  if dataset in toy2d.MIXTURES:
+    assert on_disk["modes_total"] == len(toy2d.MIXTURES[dataset][0])
+    assert 0 <= on_disk["modes_captured"] <= on_disk["modes_total"]
+    assert 0.0 <= on_disk["high_quality_fraction"] <= 1.0
+    assert results["modes_captured"] == on_disk["modes_captured"]
+
+
+@pytest.mark.parametrize("field,value", [("loss", "lsgan"), ("dataset", "mnist"), ("pack", 0), ("pack", 3),
+                                         ("n_critic", -1), ("gp_weight", -1.0)])
+def test_bad_config_raises_before_writing(tmp_path, field, value):
+  config = _smoke_config("gan")
+  config[field] = value
+  with pytest.raises(ConfigError):
+    gan_experiment.run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+  workdir = tmp_path / "w"
+  proc = subprocess.run([sys.executable, "-m", "experiments.gan", f"--workdir={workdir}",
+                         "--config=experiments/gan.py:smoke", "--config.loss=lsgan"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "loss" in lines[0] and "wgan_gp" in lines[0], proc.stderr
+  assert not workdir.exists()
+
+
+def test_mixtures_known_to_data():
+  assert set(toy2d.MIXTURES) <= set(data_lib.BUNDLED)
