@@ -20,13 +20,13 @@ import jax
 import matplotlib
 import ml_collections
 import numpy as np
-from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from research.rl import envs, tabular  # pylint: disable=wrong-import-position
-from research.train import ConfigError, check_choice, check_positive, cli, write_results  # pylint: disable=wrong-import-position
+from research.train import (  # pylint: disable=wrong-import-position
+    ConfigError, check_choice, check_positive, cli, write_results)
 
 NAME = "cliff_walking"
 # Episodes averaged into `mean_return_last100`.
@@ -182,7 +182,8 @@ def write_markdown(path: str, config, outdir: str, summaries: dict[str, dict], w
   rows = [f"| method | mean sum of rewards, last {last} episodes | greedy path length (most runs) | "
           "greedy path lengths over runs |", "|---|---|---|---|"]
   for name, s in summaries.items():
-    counts = ", ".join(f"{'never reaches G' if k == '-1' else k}: {v}" for k, v in s["greedy_path_length_counts"].items())
+    counts = ", ".join(f"{'never reaches G' if k == '-1' else k}: {v}"
+                       for k, v in s["greedy_path_length_counts"].items())
     rows.append(f"| {LABELS[name]} | {s['mean_return_last100']:.2f} | {s['greedy_path_length']} | {counts} |")
   never = {LABELS[n]: s["greedy_path_length_counts"].get("-1", 0) for n, s in summaries.items()}
   loops = "".join(f" In {k} of {config.num_runs} runs, {name}'s greedy policy goes round in a loop and never"
@@ -235,6 +236,4 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("outdir", None, "Directory for cliff_walking.md, cliff_walking.png and results.json.",
-                      required=True)
-  cli.main(__file__, lambda config, _: run(config, flags.FLAGS.outdir), workdir_required=False)
+  cli.main(__file__, run, dir_flag="outdir")

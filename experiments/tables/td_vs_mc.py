@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
-from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -195,5 +194,4 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("outdir", None, "Directory for td_vs_mc.md, td_vs_mc.png and results.json.", required=True)
-  cli.main(__file__, lambda config, _: run(config, flags.FLAGS.outdir), workdir_required=False)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -39,13 +39,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
-def main(config_file: str, run: Callable, workdir_required: bool = True) -> None:
-  """Defines --config/--workdir and runs `run(config, workdir)` under absl.
+def main(config_file: str, run: Callable, workdir_required: bool = True, dir_flag: str = "workdir") -> None:
+  """Defines --config and the output directory flag, then runs `run(config, directory)` under absl.
 
   Args:
     config_file: the experiment script's `__file__`; it must define `get_config(preset)`.
-    run: `run(config, workdir)`, importable by tests and notebooks.
-    workdir_required: whether --workdir must be given.
+    run: `run(config, directory)`, importable by tests and notebooks.
+    workdir_required: whether the directory flag must be given.
+    dir_flag: the directory flag's name: "workdir" for runs, "outdir" for tables and benchmarks.
   """
   try:
     # Parses the --config.<field> overrides already, so an unknown field fails here.
@@ -55,7 +56,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True) -> None
     fail(f"unknown config field: {str(e).strip(chr(34)).strip(chr(39))}")
   except (flags.Error, ValueError, TypeError) as e:
     fail(f"bad config: {str(e).splitlines()[0]}")
-  workdir_flag = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.",
+  workdir_flag = flags.DEFINE_string(dir_flag, None, "Directory for checkpoints, logs and results.",
                                      required=workdir_required)
 
   def guarded(argv):
