@@ -322,17 +322,18 @@ def make_task(config, eval_images: np.ndarray) -> Task:
   def log_weights(params, x, key, k):
     return vae_terms(model, params, x, key, k).log_weights  # (k, batch)
 
+  # The test images are arguments, not closed-over constants, so they stay out of the compiled programs.
   @jax.jit
-  def reconstruction_errors(params, key):
-    inputs = corrupt(model_config, eval_x, key) if model_config.model == "dae" else eval_x
+  def reconstruction_errors(params, test_x, key):
+    inputs = corrupt(model_config, test_x, key) if model_config.model == "dae" else test_x
     logits = model.apply(params, inputs)
-    return {"bce": jnp.mean(-bernoulli_log_likelihood(eval_x, logits)),
-            "mse": jnp.mean(jnp.square(jax.nn.sigmoid(logits) - eval_x))}
+    return {"bce": jnp.mean(-bernoulli_log_likelihood(test_x, logits)),
+            "mse": jnp.mean(jnp.square(jax.nn.sigmoid(logits) - test_x))}
 
   @jax.jit
-  def test_elbo(params, key):
+  def test_elbo(params, test_x, key):
     k_binarize, k_latent = jax.random.split(key)
-    terms = vae_terms(model, params, nll_lib.binarize(k_binarize, eval_x), k_latent, 1)
+    terms = vae_terms(model, params, nll_lib.binarize(k_binarize, test_x), k_latent, 1)
     return jnp.mean(elbo(terms))
 
   def evaluate(params, key):
@@ -341,22 +342,22 @@ def make_task(config, eval_images: np.ndarray) -> Task:
       nll = nll_lib.test_nll_nats(log_weights, params, eval_images, k_nll, config.eval_k)
       return {"test_nll_nats": nll, "nll_k": int(config.eval_k),
               "test_bits_per_dim": nll_lib.bits_per_dim(nll, math.prod(model_config.image_shape)),
-              "test_elbo_nats": float(test_elbo(params, k_elbo))}
-    clean = reconstruction_errors(params, k_nll)
+              "test_elbo_nats": float(test_elbo(params, eval_x, k_elbo))}
+    clean = reconstruction_errors(params, eval_x, k_nll)
     out = {"test_reconstruction_bce": float(clean["bce"]), "test_reconstruction_mse": float(clean["mse"])}
     if model_config.model == "dae":
-      noisy = reconstruction_errors(params, k_elbo)
+      noisy = reconstruction_errors(params, eval_x, k_elbo)
       out.update({"test_denoising_bce": float(noisy["bce"]), "test_denoising_mse": float(noisy["mse"])})
     return out
 
   @jax.jit
-  def sample(params, key):
+  def draw(params, test_x, key):
     k_corrupt, k_prior = jax.random.split(key)
-    x = eval_x[:NUM_RECONSTRUCTIONS]  # (n, H, W, C)
+    x = test_x[:NUM_RECONSTRUCTIONS]  # (n, H, W, C)
     width = int(math.isqrt(2 * NUM_RECONSTRUCTIONS))
     if model_config.model == "dae":
       width = int(math.isqrt(3 * NUM_RECONSTRUCTIONS))
-      x = eval_x[:width * (NUM_RECONSTRUCTIONS // width)]
+      x = test_x[:width * (NUM_RECONSTRUCTIONS // width)]
       noisy = corrupt(model_config, x, k_corrupt)
       denoised = jax.nn.sigmoid(model.apply(params, noisy))
       return {"reconstructions": _interleave([x, jnp.clip(noisy, 0.0, 1.0), denoised], width)}
@@ -365,6 +366,9 @@ def make_task(config, eval_images: np.ndarray) -> Task:
       z = jax.random.normal(k_prior, (NUM_SAMPLES, model_config.latent_dim))  # (n, latent)
       out["samples"] = jax.nn.sigmoid(model.apply(params, z, method=Autoencoder.decode))  # Bernoulli means
     return out
+
+  def sample(params, key):
+    return draw(params, eval_x, key)
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
               sample=sample)
