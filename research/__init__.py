@@ -1,3 +1,14 @@
-"""A JAX/Flax research codebase: pure functional models, one training loop, scans for RL and EM."""
+"""A JAX/Flax research codebase: pure functional models, one training loop, scans for RL and EM.
+
+Subpackages and modules (import what you use):
+  research.train    the one training loop (Task, train, TrainState, checkpoints, cli)
+  research.data     bundled TFDS datasets and deterministic batching
+  research.models   model families (FAMILIES: name -> make_task)
+  research.metrics  NLL / bits per dim, GAN mode coverage
+  research.rl       tabular RL, REINFORCE and PPO as scans
+  research.em       EM for Gaussian mixtures
+  research.optim    the optimizer factory
+  research.sweep    many runs of one train step in one vmapped program
+"""
 
 __version__ = "0.1.0"

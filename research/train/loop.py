@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from absl import logging
 
 from research import data as data_lib
 from research import optim
@@ -122,6 +121,10 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
     batch = parallel.put_batch(batcher(step), batch_sharding)
     state, metrics = step_fn(state, batch, jax.random.fold_in(keys.train, step))
     done = step + 1
+    if step == start:
+      # Rates and ETAs count from the end of the first (compiling) step.
+      jax.block_until_ready(state)
+      progress.restart(done)
     pending.append((done, metrics))
     to_log = done % config.log_every == 0 or done == config.steps
     to_save = done % config.checkpoint_every == 0 or done == config.steps
@@ -145,15 +148,16 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
       last_saved = done
     pending = []
 
-  if config.steps > start:
-    scalars_rate = progress.steps_per_second(config.steps)
-    logging.info("trained %d steps at %.1f steps/s", config.steps - start, scalars_rate)
+  metrics = {"step": int(state.step), "train_loss": last_loss}
+  if config.steps > start + 1:
+    metrics["steps_per_second"] = progress.steps_per_second(config.steps)
+    monitor.say(f"trained steps {start}..{config.steps} at {metrics['steps_per_second']:.1f} steps/s "
+                "(after the first, compiling step)")
   elif restored is None:
     checkpoints.save(start, state, {"step": start, "seed": config.seed}, config)
 
   params = eval_params(state)
   k_evaluate, k_sample = jax.random.split(keys.eval)
-  metrics = {"step": int(state.step), "train_loss": last_loss}
   if task.evaluate is not None:
     metrics.update({k: v for k, v in task.evaluate(params, k_evaluate).items()})
   if task.sample is not None and jax.process_index() == 0:

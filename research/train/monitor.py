@@ -35,6 +35,10 @@ class Progress:
     self._t0 = time.perf_counter()
     self._enabled = jax.process_index() == 0
 
+  def restart(self, step: int) -> None:
+    """Measures rates from `step` on (e.g. after the first step, which includes compilation)."""
+    self.start, self._t0 = step, time.perf_counter()
+
   def steps_per_second(self, step: int) -> float:
     elapsed = time.perf_counter() - self._t0
     return (step - self.start) / elapsed if elapsed > 0 and step > self.start else float("nan")
