@@ -34,7 +34,7 @@ PAPER_SETTINGS = {
     # Gulrajani et al.: Adam(1e-4, beta1 0, beta2 0.9), n_critic 5.
     "wgan_gp": {"n_critic": 5, "optimizer": {"name": "adam", "learning_rate": 1e-4, "b1": 0.0, "b2": 0.9}},
 }
-PRESETS = ("smoke",) + gan.LOSSES
+PRESETS = ("smoke", "mode_table") + gan.LOSSES
 
 
 def apply_loss_settings(config: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
@@ -48,7 +48,7 @@ def apply_loss_settings(config: ml_collections.ConfigDict, loss: str) -> ml_coll
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config; `preset` is a comma-separated list of PRESETS (a loss name and/or smoke)."""
+  """Default config; `preset` is a comma-separated list of PRESETS (a loss name, mode_table, smoke)."""
   config = base_config()
   config.dataset = "ring8"  # ring8, grid25, swissroll (2D points: MLP pair) or digits (8x8: conv pair)
   config.steps = 3000  # generator updates (each after n_critic critic updates)
@@ -79,6 +79,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"presets name several losses: {losses}")
   if losses:
     apply_loss_settings(config, losses[0])
+  if "mode_table" in tokens:
+    # The sizes of experiments/tables/gan_modes.py: the VEEGAN/PacGAN kinds of layers at a
+    # CPU budget, each loss's learning rate annealed with a cosine so short runs end sharp.
+    config.batch_size = 64
+    config.disc_width = 64
+    config.optimizer.schedule = "warmup_cosine"
   if "smoke" in tokens:
     config.steps = 6
     config.batch_size = 32

@@ -48,7 +48,7 @@ def _initial_state(config, task, seed: int = 0):
 
 
 @pytest.mark.parametrize("loss,dataset,pack", [("gan", "ring8", 1), ("wgan", "ring8", 1),
-                                               ("wgan_gp", "grid25", 2), ("wgan_gp", "digits", 2)])
+                                               ("wgan_gp", "grid25", 2), ("gan", "digits", 2)])
 def test_train_step_contract(loss, dataset, pack):
   config = _smoke_config(loss, dataset, pack=pack)
   task = gan.make_task(config)
@@ -67,6 +67,13 @@ def test_train_step_contract(loss, dataset, pack):
     assert np.isfinite(float(metrics[name])), name
   if loss == "wgan_gp":
     assert float(metrics["gradient_penalty"]) >= 0.0
+  if loss == "wgan":
+    # Weight clipping: the initialisation lies outside [-c, c]; after a step every critic
+    # parameter is inside, some on the boundary, and the generator is untouched by it.
+    leaves = lambda tree: [np.asarray(p) for p in jax.tree.leaves(tree)]
+    assert max(np.max(np.abs(p)) for p in leaves(state.params["disc"])) > config.clip
+    assert max(np.max(np.abs(p)) for p in leaves(new_state.params["disc"])) == pytest.approx(config.clip)
+    assert max(np.max(np.abs(p)) for p in leaves(new_state.params["gen"])) > config.clip
   # Deterministic under a key; another key draws other latents.
   jax.tree.map(np.testing.assert_array_equal, new_state.params, again.params)
   assert float(metrics["loss"]) == float(metrics_again["loss"])
@@ -132,20 +139,6 @@ def test_non_saturating_losses_match_their_definitions():
   np.testing.assert_allclose(float(gan.discriminator_loss("wgan", d_real, d_fake)),
                              float(jnp.mean(d_fake) - jnp.mean(d_real)), rtol=1e-6)
   np.testing.assert_allclose(float(gan.generator_loss("wgan_gp", d_fake)), float(-jnp.mean(d_fake)), rtol=1e-6)
-
-
-def test_weight_clipping_keeps_critic_in_range():
-  config = _smoke_config("wgan", clip=0.01)
-  task = gan.make_task(config)
-  state, batch = _initial_state(config, task)
-  before = max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(state.params["disc"]))
-  assert before > config.clip  # the initialisation is outside the box, so clipping has work to do
-  new_state, _ = jax.jit(make_train_step(task, config.ema_decay))(state, batch, jax.random.key(0))
-  after = [np.asarray(p) for p in jax.tree.leaves(new_state.params["disc"])]
-  assert max(float(np.max(np.abs(p))) for p in after) == pytest.approx(config.clip)
-  assert all(np.all(np.abs(p) <= config.clip) for p in after)
-  # The generator is not clipped.
-  assert max(float(jnp.max(jnp.abs(p))) for p in jax.tree.leaves(new_state.params["gen"])) > config.clip
 
 
 def test_discriminator_loss_falls_with_frozen_generator():

@@ -204,6 +204,7 @@ class Models(NamedTuple):
 
 
 def is_image_dataset(dataset: str) -> bool:
+  """Whether `dataset` holds 8x8 images (conv pair) rather than 2D points (MLP pair)."""
   return dataset in IMAGE_DATASETS
 
 
