@@ -81,6 +81,8 @@ def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int]
     SweepResult with a leading member axis.
   """
   steps = config.steps if steps is None else steps
+  if steps < 1:
+    raise ValueError(f"a sweep needs steps >= 1, got {steps}")
   seeds = np.asarray(list(seeds), np.int32)
   members = len(seeds)
   hparams = {k: np.asarray(v, np.float32) for k, v in (hparams or {}).items()}

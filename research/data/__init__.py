@@ -7,6 +7,7 @@
 
 import contextlib
 import fcntl
+import functools
 import os
 
 import numpy as np
@@ -72,7 +73,7 @@ def _lock(directory: str, name: str):
 
 
 def load(name: str, split: str = "train", directory: str | None = None) -> dict[str, np.ndarray]:
-  """Loads a whole split into memory as numpy arrays.
+  """Loads a whole split into memory as numpy arrays (read once per process, then copied).
 
   Args:
     name: a key of BUNDLED, or a TFDS catalog name (downloaded on first use).
@@ -85,9 +86,13 @@ def load(name: str, split: str = "train", directory: str | None = None) -> dict[
   Raises:
     ValueError: for an unknown name (the message lists the available datasets).
   """
+  return {k: v.copy() for k, v in _load_cached(name, split, directory or data_dir()).items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(name: str, split: str, directory: str) -> dict[str, np.ndarray]:
   tfds = _tfds()
   tfds_name = _tfds_name(name)
-  directory = directory or data_dir()
   builder = tfds.builder(tfds_name, data_dir=directory)
   with _lock(directory, tfds_name):
     builder.download_and_prepare()
