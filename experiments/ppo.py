@@ -142,7 +142,7 @@ def run(config, workdir: str) -> dict:
   metrics = {
       # None (JSON null) for a seed that completed no episode in the final updates.
       "final_return_per_seed": _json_floats(final),
-      # The same over the first FINAL_FRACTION of training: what the near-uniform initial policy gets.
+      # The same over the first FINAL_FRACTION of training, which starts from a near-uniform policy.
       "initial_return_per_seed": _json_floats(initial),
       "final_return_mean": float(np.nanmean(final)) if np.isfinite(final).any() else None,
       "env_steps_per_seed": steps,

@@ -152,6 +152,24 @@ def test_other_envs_build_and_trace(env_name):
 # ----------------------------------------------------------------------------- the jitted run
 
 
+def test_train_deterministic_and_vmap_equals_single_runs():
+  # A few updates only: over ~100 updates the last-bit differences of vmapped vs single matmuls
+  # can flip a sampled action, after which the runs legitimately part ways.
+  config = _tiny_config()
+  train = ppo.make_train(config)
+  keys = jax.random.split(jax.random.key(3), 2)
+  single = jax.jit(train)
+  first = single(keys[0])
+  jax.tree.map(np.testing.assert_array_equal, first, single(keys[0]))
+  assert np.all(np.isfinite(first.metrics.total_loss))
+  np.testing.assert_array_equal(first.metrics.env_steps, [32, 64])
+  batched = jax.jit(jax.vmap(train))(keys)
+  for i, one in enumerate([first, single(keys[1])]):
+    jax.tree.map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6), batched, one)
+  kernels = batched.params["params"]["actor_0"]["kernel"]
+  assert not np.allclose(kernels[0], kernels[1])  # the seeds differ
+
+
 def test_reinforce_runs_one_on_policy_step():
   config = _tiny_config("reinforce")
   out = jax.jit(ppo.make_train(config))(jax.random.key(0))
@@ -230,24 +248,6 @@ def test_smoke_experiment_writes_outputs(smoke_run):
   params = restore_pytree(os.path.join(workdir, "params"))
   kernel = params["params"]["actor_0"]["kernel"]
   assert kernel.shape == (config.num_seeds, 4, config.hidden_size)
-
-
-def test_train_deterministic_and_vmapped_seeds_equal_single_runs(smoke_run):
-  # Compilation dominates the cost of these runs, so the single-seed program runs the smoke
-  # config itself and is compared with the experiment's vmapped program over the same keys.
-  workdir, config, _ = smoke_run
-  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-  single = jax.jit(ppo.make_train(config))
-  first = single(keys[0])
-  jax.tree.map(np.testing.assert_array_equal, first, single(keys[0]))
-  np.testing.assert_array_equal(first.metrics.env_steps[[0, -1]], [512, ppo.num_updates(config) * 512])
-  assert np.all(np.isfinite(first.metrics.total_loss))
-  batched = restore_pytree(os.path.join(workdir, "params"))
-  for i, one in enumerate([first.params, single(keys[1]).params]):
-    # Vmapped and single matmuls may round differently in the last bits.
-    jax.tree.map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-4, atol=1e-5), batched, one)
-  kernels = batched["params"]["actor_0"]["kernel"]
-  assert not np.allclose(kernels[0], kernels[1])  # the seeds differ
 
 
 def test_smoke_training_beats_random_policy(smoke_run):

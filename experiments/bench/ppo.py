@@ -10,12 +10,12 @@ critic, Adam 2.5e-4 annealed over a 5e5-step run, grad norm 0.5, truncation boot
 - peer: gymnasium's SyncVectorEnv with 4 CartPole-v1 envs (same-step autoreset, so the final
   observation of a truncated episode is available), a PyTorch policy and critic, a Python
   loop over the environment steps, GAE as a Python loop and the epoch/minibatch update in
-  torch. A full 5e5-step run would take minutes, so it times --peer_updates rollout + update
-  iterations after one untimed warm-up iteration.
+  torch, on --torch_threads threads. A full 5e5-step run would take minutes, so it times
+  --peer_updates rollout + update iterations after one untimed warm-up iteration.
 
 Run:
   python -m experiments.bench.ppo
-  python -m experiments.bench.ppo --seeds=8 --total_timesteps=131072 --peer_updates=20 --outdir=/tmp/ppo_bench
+  python -m experiments.bench.ppo --seeds=8 --total_timesteps=32768 --peer_updates=20 --outdir=/tmp/ppo_bench
 """
 
 import json
@@ -36,10 +36,13 @@ from research.rl import ppo
 from research.train import environment
 
 _OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/ppo", "Output directory for ppo.json and ppo.md.")
-_TOTAL = flags.DEFINE_integer("total_timesteps", 131_072, "Environment steps per seed of each timed JAX run.")
+_TOTAL = flags.DEFINE_integer("total_timesteps", 32_768, "Environment steps per seed of each timed JAX run.")
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds of the vmapped JAX run.")
 _PEER_UPDATES = flags.DEFINE_integer("peer_updates", 20, "Timed rollout + update iterations of the peer loop.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of both sides.")
+# A 64x64 MLP on 4 observations is far too small for intra-op parallelism: extra torch threads
+# only add synchronisation (and collapse when the cores are shared), so the peer gets one.
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the peer.")
 
 
 def _config(total_timesteps: int, num_seeds: int):
@@ -198,9 +201,11 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
   ppo.check_config(config)  # bad flags fail before anything is timed
   if seeds < 1 or peer_updates < 1:
     raise app.UsageError("--seeds and --peer_updates must be positive")
-  peer = time_peer(config, peer_updates, seed)
+  # JAX first: an XLA CPU computation launched after torch has run its thread pools in this
+  # process was seen to stall (all threads parked on futexes); the other order is clean.
   one = time_jax(config, 1, seed)
   many = time_jax(config, seeds, seed)
+  peer = time_peer(config, peer_updates, seed)
   result = {
       "command": " ".join(["python -m experiments.bench.ppo"] + sys.argv[1:]),
       "env": config.env_name,
@@ -256,6 +261,7 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  torch.set_num_threads(_TORCH_THREADS.value)
   run_bench(_OUTDIR.value, _TOTAL.value, _SEEDS.value, _PEER_UPDATES.value, _SEED.value)
 
 

@@ -452,5 +452,5 @@ def final_return(metrics: UpdateMetrics, fraction: float = 0.1) -> np.ndarray:
 
 
 def initial_return(metrics: UpdateMetrics, fraction: float = 0.1) -> np.ndarray:
-  """Like `final_return`, over the first `fraction` of updates (the near-uniform initial policy)."""
+  """Like `final_return`, over the first `fraction` of updates (from the near-uniform initial policy)."""
   return _mean_episode_return(metrics, slice(None, _num_last(metrics, fraction)))
