@@ -257,3 +257,17 @@ def test_smoke_training_beats_random_policy(smoke_run):
   for initial, final in zip(results["initial_return_per_seed"], results["final_return_per_seed"]):
     assert initial < 2 * random_return  # the initial policy is close to uniform
     assert final > 3 * random_return, results
+
+
+def test_hyperparameters_vmap_in_one_program_like_separate_configs():
+  config = _tiny_config()
+  keys = jnp.stack([jax.random.key_data(jax.random.key(5))] * 2)
+  hparams = jax.tree.map(lambda x: jnp.broadcast_to(x, (2,)), ppo.default_hparams(config))
+  hparams = hparams._replace(learning_rate=jnp.array([1e-3, 3e-2]), ent_coef=jnp.array([0.0, 0.1]))
+  batched = jax.jit(jax.vmap(ppo.make_train(config)))(jax.random.wrap_key_data(keys), hparams)
+  for i, (lr, ent) in enumerate([(1e-3, 0.0), (3e-2, 0.1)]):
+    single_config = _tiny_config()
+    single_config.learning_rate, single_config.ent_coef = lr, ent
+    single = jax.jit(ppo.make_train(single_config))(jax.random.key(5))
+    jax.tree.map(lambda b, s: np.testing.assert_allclose(b[i], s, rtol=1e-5, atol=1e-6), batched, single)
+  np.testing.assert_allclose(batched.metrics.learning_rate[:, 0], [1e-3, 3e-2], rtol=1e-6)

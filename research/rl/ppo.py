@@ -244,6 +244,25 @@ class UpdateMetrics(NamedTuple):
   update_norm: jax.Array
 
 
+class HParams(NamedTuple):
+  """The hyperparameters `train(key, hparams)` takes as arrays, so a sweep can vmap them.
+
+  `default_hparams(config)` fills them from the config; everything else in the config
+  (sizes, environment, algorithm) is fixed when `make_train` builds the program.
+  """
+  learning_rate: jax.Array  # peak Adam step size (annealed linearly when config.anneal_lr)
+  gamma: jax.Array  # discount
+  gae_lambda: jax.Array  # GAE lambda (REINFORCE always uses 1)
+  clip_eps: jax.Array  # PPO clipping range (also for the value loss when clipped)
+  ent_coef: jax.Array  # entropy bonus weight
+  vf_coef: jax.Array  # value loss weight
+
+
+def default_hparams(config) -> HParams:
+  """The config's values of the vmappable hyperparameters, as float32 scalars."""
+  return HParams(*(jnp.asarray(config[name], jnp.float32) for name in HParams._fields))
+
+
 class TrainOutput(NamedTuple):
   """What `train(key)` returns."""
   params: Any  # final ActorCritic parameters
@@ -289,14 +308,15 @@ def num_updates(config) -> int:
   return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def make_train(config) -> Callable[[jax.Array], TrainOutput]:
+def make_train(config) -> Callable[..., TrainOutput]:
   """Builds the pure training function for `config` (validated here, before any tracing).
 
   Args:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    `train(key) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw PRNG key).
+    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw
+    PRNG key) and over `hparams` (an HParams of arrays, e.g. several learning rates).
 
   Raises:
     ConfigError: on a bad config, e.g. an environment other than ENV_NAMES.
@@ -307,111 +327,111 @@ def make_train(config) -> Callable[[jax.Array], TrainOutput]:
   batch_size = num_envs * num_steps
   n_updates = num_updates(config)
   grad_steps_per_update = config.update_epochs * config.num_minibatches if is_ppo else 1
-  gamma = config.gamma
-  lam = config.gae_lambda if is_ppo else 1.0
-  clip_eps = config.clip_eps
-  value_clip = clip_eps if (is_ppo and config.clip_value_loss) else None
-  ent_coef, vf_coef = config.ent_coef, config.vf_coef
-
   env, env_params = gymnax.make(config.env_name)
   obs_shape = env.observation_space(env_params).shape
   network = ActorCritic(num_actions=env.action_space(env_params).n, hidden_size=config.hidden_size)
 
-  def learning_rate(update: jax.Array) -> jax.Array:
-    """Linear annealing to 0, held constant within an update."""
-    if not config.anneal_lr:
-      return jnp.asarray(config.learning_rate, jnp.float32)
-    return config.learning_rate * (1.0 - update / n_updates)
-
-  # optax counts gradient steps; the schedule turns the count back into an update index.
-  tx = optax.chain(
-      optax.clip_by_global_norm(config.max_grad_norm),
-      # eps=1e-5 rather than optax's 1e-8, as in the reference PPO implementations.
-      optax.adam(lambda count: learning_rate(count // grad_steps_per_update), eps=1e-5),
-  )
   env_reset = jax.vmap(env.reset, in_axes=(0, None))
   env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-  def rollout_step(runner: RunnerState, key: jax.Array) -> tuple[RunnerState, Transition]:
-    k_action, k_env = jax.random.split(key)
-    logits, value = network.apply(runner.params, runner.obs)  # (num_envs, A), (num_envs,)
-    action = jax.random.categorical(k_action, logits)  # (num_envs,)
-    obs, env_state, reward, terminated, truncated, info = env_step(
-        jax.random.split(k_env, num_envs), runner.env_state, action, env_params)
-    done = jnp.logical_or(terminated, truncated)
-    episode_return = runner.stats.episode_return + reward
-    episode_length = runner.stats.episode_length + 1
-    transition = Transition(obs=runner.obs, action=action, log_prob=log_prob(logits, action), value=value,
-                            reward=reward, next_obs=info["final_observation"], terminated=terminated, done=done,
-                            episode_return=episode_return, episode_length=episode_length)
-    stats = EpisodeStats(episode_return=jnp.where(done, 0.0, episode_return),
-                         episode_length=jnp.where(done, 0, episode_length))
-    return runner._replace(env_state=env_state, obs=obs, stats=stats), transition
+  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
+    hp = default_hparams(config) if hparams is None else HParams(*(jnp.asarray(h, jnp.float32) for h in hparams))
+    gamma, clip_eps, ent_coef, vf_coef = hp.gamma, hp.clip_eps, hp.ent_coef, hp.vf_coef
+    lam = hp.gae_lambda if is_ppo else 1.0
+    value_clip = clip_eps if (is_ppo and config.clip_value_loss) else None
 
-  def loss_fn(params, batch: Batch) -> tuple[jax.Array, LossStats]:
-    logits, values = network.apply(params, batch.obs)  # (B, A), (B,)
-    new_log_prob = log_prob(logits, batch.action)
-    # Normalised advantages keep the policy step's scale independent of the reward scale.
-    advantages = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
-    if is_ppo:
-      policy_loss = clipped_surrogate_loss(new_log_prob, batch.log_prob, advantages, clip_eps)
-    else:
-      policy_loss = -jnp.mean(new_log_prob * advantages)
-    v_loss = value_loss(values, batch.value, batch.target, value_clip)
-    ent = jnp.mean(entropy(logits))
-    total = policy_loss + vf_coef * v_loss - ent_coef * ent
-    log_ratio = new_log_prob - batch.log_prob
-    ratio = jnp.exp(log_ratio)
-    no_health = jnp.zeros(())  # filled in by gradient_step
-    stats = LossStats(total_loss=total, policy_loss=policy_loss, value_loss=v_loss, entropy=ent,
-                      approx_kl=jnp.mean(ratio - 1.0 - log_ratio),
-                      clip_fraction=jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
-                      grad_norm=no_health, param_norm=no_health, update_norm=no_health)
-    return total, stats
+    def learning_rate(update: jax.Array) -> jax.Array:
+      """Linear annealing to 0, held constant within an update."""
+      if not config.anneal_lr:
+        return hp.learning_rate
+      return hp.learning_rate * (1.0 - update / n_updates)
 
-  def gradient_step(learner: Learner, batch: Batch) -> tuple[Learner, LossStats]:
-    grads, stats = jax.grad(loss_fn, has_aux=True)(learner.params, batch)
-    params, opt_state, health = apply_gradients(tx, learner.params, learner.opt_state, grads)
-    return Learner(params, opt_state), stats._replace(**health)
+    # optax counts gradient steps; the schedule turns the count back into an update index.
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        # eps=1e-5 rather than optax's 1e-8, as in the reference PPO implementations.
+        optax.adam(lambda count: learning_rate(count // grad_steps_per_update), eps=1e-5),
+    )
 
-  def epoch(learner: Learner, batch: Batch, key: jax.Array) -> tuple[Learner, LossStats]:
-    permutation = jax.random.permutation(key, batch_size)
-    minibatches = jax.tree.map(  # (num_minibatches, B / num_minibatches, ...)
-        lambda x: x[permutation].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
-    return jax.lax.scan(gradient_step, learner, minibatches)
+    def rollout_step(runner: RunnerState, key: jax.Array) -> tuple[RunnerState, Transition]:
+      k_action, k_env = jax.random.split(key)
+      logits, value = network.apply(runner.params, runner.obs)  # (num_envs, A), (num_envs,)
+      action = jax.random.categorical(k_action, logits)  # (num_envs,)
+      obs, env_state, reward, terminated, truncated, info = env_step(
+          jax.random.split(k_env, num_envs), runner.env_state, action, env_params)
+      done = jnp.logical_or(terminated, truncated)
+      episode_return = runner.stats.episode_return + reward
+      episode_length = runner.stats.episode_length + 1
+      transition = Transition(obs=runner.obs, action=action, log_prob=log_prob(logits, action), value=value,
+                              reward=reward, next_obs=info["final_observation"], terminated=terminated, done=done,
+                              episode_return=episode_return, episode_length=episode_length)
+      stats = EpisodeStats(episode_return=jnp.where(done, 0.0, episode_return),
+                           episode_length=jnp.where(done, 0, episode_length))
+      return runner._replace(env_state=env_state, obs=obs, stats=stats), transition
 
-  def update(runner: RunnerState, xs: tuple[jax.Array, jax.Array]) -> tuple[RunnerState, UpdateMetrics]:
-    update_index, key = xs
-    k_rollout, k_shuffle = jax.random.split(key)
-    runner, traj = jax.lax.scan(rollout_step, runner, jax.random.split(k_rollout, num_steps))
-    # traj leaves: (num_steps, num_envs, ...)
+    def loss_fn(params, batch: Batch) -> tuple[jax.Array, LossStats]:
+      logits, values = network.apply(params, batch.obs)  # (B, A), (B,)
+      new_log_prob = log_prob(logits, batch.action)
+      # Normalised advantages keep the policy step's scale independent of the reward scale.
+      advantages = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
+      if is_ppo:
+        policy_loss = clipped_surrogate_loss(new_log_prob, batch.log_prob, advantages, clip_eps)
+      else:
+        policy_loss = -jnp.mean(new_log_prob * advantages)
+      v_loss = value_loss(values, batch.value, batch.target, value_clip)
+      ent = jnp.mean(entropy(logits))
+      total = policy_loss + vf_coef * v_loss - ent_coef * ent
+      log_ratio = new_log_prob - batch.log_prob
+      ratio = jnp.exp(log_ratio)
+      no_health = jnp.zeros(())  # filled in by gradient_step
+      stats = LossStats(total_loss=total, policy_loss=policy_loss, value_loss=v_loss, entropy=ent,
+                        approx_kl=jnp.mean(ratio - 1.0 - log_ratio),
+                        clip_fraction=jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
+                        grad_norm=no_health, param_norm=no_health, update_norm=no_health)
+      return total, stats
 
-    _, next_values = network.apply(runner.params, traj.next_obs)  # (num_steps, num_envs)
-    advantages, targets = gae(traj.reward, traj.value, next_values, traj.terminated, traj.done, gamma, lam)
-    flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
-    batch = Batch(obs=flat(traj.obs), action=flat(traj.action), log_prob=flat(traj.log_prob),
-                  value=flat(traj.value), advantage=flat(advantages), target=flat(targets))
+    def gradient_step(learner: Learner, batch: Batch) -> tuple[Learner, LossStats]:
+      grads, stats = jax.grad(loss_fn, has_aux=True)(learner.params, batch)
+      params, opt_state, health = apply_gradients(tx, learner.params, learner.opt_state, grads)
+      return Learner(params, opt_state), stats._replace(**health)
 
-    learner = Learner(runner.params, runner.opt_state)
-    if is_ppo:
-      learner, loss_stats = jax.lax.scan(lambda l, k: epoch(l, batch, k), learner,
-                                         jax.random.split(k_shuffle, config.update_epochs))
-    else:
-      learner, loss_stats = gradient_step(learner, batch)
-    runner = runner._replace(params=learner.params, opt_state=learner.opt_state)
+    def epoch(learner: Learner, batch: Batch, key: jax.Array) -> tuple[Learner, LossStats]:
+      permutation = jax.random.permutation(key, batch_size)
+      minibatches = jax.tree.map(  # (num_minibatches, B / num_minibatches, ...)
+          lambda x: x[permutation].reshape((config.num_minibatches, -1) + x.shape[1:]), batch)
+      return jax.lax.scan(gradient_step, learner, minibatches)
 
-    episodes = jnp.sum(traj.done)
-    done = traj.done.astype(jnp.float32)
-    per_episode = lambda x: jnp.where(episodes > 0, jnp.sum(done * x) / jnp.maximum(episodes, 1), jnp.nan)
-    loss_means = jax.tree.map(jnp.mean, loss_stats)
-    metrics = UpdateMetrics(
-        env_steps=(update_index + 1) * batch_size, episodes=episodes,
-        episode_return=per_episode(traj.episode_return), episode_length=per_episode(traj.episode_length),
-        learning_rate=learning_rate(update_index), **loss_means._asdict())
-    return runner, metrics
+    def update(runner: RunnerState, xs: tuple[jax.Array, jax.Array]) -> tuple[RunnerState, UpdateMetrics]:
+      update_index, key = xs
+      k_rollout, k_shuffle = jax.random.split(key)
+      runner, traj = jax.lax.scan(rollout_step, runner, jax.random.split(k_rollout, num_steps))
+      # traj leaves: (num_steps, num_envs, ...)
 
-  def train(key: jax.Array) -> TrainOutput:
-    """Runs the whole training; pure in `key`."""
+      _, next_values = network.apply(runner.params, traj.next_obs)  # (num_steps, num_envs)
+      advantages, targets = gae(traj.reward, traj.value, next_values, traj.terminated, traj.done, gamma, lam)
+      flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
+      batch = Batch(obs=flat(traj.obs), action=flat(traj.action), log_prob=flat(traj.log_prob),
+                    value=flat(traj.value), advantage=flat(advantages), target=flat(targets))
+
+      learner = Learner(runner.params, runner.opt_state)
+      if is_ppo:
+        learner, loss_stats = jax.lax.scan(lambda l, k: epoch(l, batch, k), learner,
+                                           jax.random.split(k_shuffle, config.update_epochs))
+      else:
+        learner, loss_stats = gradient_step(learner, batch)
+      runner = runner._replace(params=learner.params, opt_state=learner.opt_state)
+
+      episodes = jnp.sum(traj.done)
+      done = traj.done.astype(jnp.float32)
+      per_episode = lambda x: jnp.where(episodes > 0, jnp.sum(done * x) / jnp.maximum(episodes, 1), jnp.nan)
+      loss_means = jax.tree.map(jnp.mean, loss_stats)
+      metrics = UpdateMetrics(
+          env_steps=(update_index + 1) * batch_size, episodes=episodes,
+          episode_return=per_episode(traj.episode_return), episode_length=per_episode(traj.episode_length),
+          learning_rate=learning_rate(update_index), **loss_means._asdict())
+      return runner, metrics
+
     k_init, k_reset, k_updates = jax.random.split(key, 3)
     params = network.init(k_init, jnp.zeros((1,) + tuple(obs_shape), jnp.float32))
     obs, env_state = env_reset(jax.random.split(k_reset, num_envs), env_params)
