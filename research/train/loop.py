@@ -108,8 +108,13 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
   if checkpoints is None:
     checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
 
-  step_fn = jax.jit(make_train_step(task, config.ema_decay),
-                    in_shardings=(state_sharding, batch_sharding, replicated),
+  train_step = make_train_step(task, config.ema_decay)
+
+  def keyed_step(state: TrainState, batch):
+    # The step's key is derived inside the program: no extra dispatch per step.
+    return train_step(state, batch, jax.random.fold_in(keys.train, state.step))
+
+  step_fn = jax.jit(keyed_step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
   lr_at = optim.schedule(config.optimizer, config.steps)
   writer = monitor.make_writer(workdir)
@@ -119,7 +124,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
 
   for step in range(start, config.steps):
     batch = parallel.put_batch(batcher(step), batch_sharding)
-    state, metrics = step_fn(state, batch, jax.random.fold_in(keys.train, step))
+    state, metrics = step_fn(state, batch)
     done = step + 1
     if step == start:
       # Rates and ETAs count from the end of the first (compiling) step.

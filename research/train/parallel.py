@@ -46,4 +46,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def put_batch(batch, sharding: NamedSharding):
   """Assembles a global, sharded batch from this process's rows."""
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
