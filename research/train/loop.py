@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from research import data as data_lib
@@ -48,12 +49,12 @@ class Keys(NamedTuple):
     return cls(k_init, k_train, k_eval)
 
 
-def _first_nonfinite(pending: list[tuple[int, Mapping[str, Any]]]) -> tuple[int, float] | None:
-  for step, metrics in pending:
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-      return step, loss
-  return None
+def _first_nonfinite(first_step: int, losses: list[jax.Array]) -> tuple[int, float] | None:
+  """The first (step, loss) whose loss is NaN or infinite, among losses of consecutive steps."""
+  # One stacked transfer: fetching a thousand scalars one by one costs more than the steps.
+  values = np.asarray(jax.device_get(jnp.stack(losses)))
+  bad = np.flatnonzero(~np.isfinite(values))
+  return (first_step + int(bad[0]), float(values[bad[0]])) if bad.size else None
 
 
 def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> Run:
@@ -85,7 +86,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
   keys = Keys.from_seed(config.seed)
 
   # Shapes first: nothing is compiled until the checkpoint (if any) is known to fit.
-  first_batch = parallel.put_batch(batcher(0), batch_sharding)
+  first_batch = jax.device_put(parallel.put_batch(batcher(0), batch_sharding), batch_sharding)
   abstract = jax.eval_shape(lambda k, b: init_state(task, k, b, config.ema_decay), keys.init, first_batch)
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
@@ -120,7 +121,8 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
   writer = monitor.make_writer(workdir)
   start = int(state.step)
   progress = monitor.Progress(config.steps, start)
-  pending, last_loss, last_saved = [], float("nan"), start if restored is not None else None
+  # Losses since the last check, fetched together at each log or save step.
+  losses, last_loss, last_saved = [], float("nan"), start if restored is not None else None
 
   for step in range(start, config.steps):
     batch = parallel.put_batch(batcher(step), batch_sharding)
@@ -130,18 +132,17 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
       # Rates and ETAs count from the end of the first (compiling) step.
       jax.block_until_ready(state)
       progress.restart(done)
-    pending.append((done, metrics))
+    losses.append(metrics["loss"])
     to_log = done % config.log_every == 0 or done == config.steps
     to_save = done % config.checkpoint_every == 0 or done == config.steps
     if not (to_log or to_save):
       continue
-    pending = jax.device_get(pending)
-    bad = _first_nonfinite(pending)
+    bad = _first_nonfinite(done - len(losses) + 1, losses)
     if bad is not None:
       writer.flush()
       kept = f"the last good checkpoint is step {last_saved}" if last_saved is not None else "no checkpoint was saved"
       raise monitor.NonFiniteLossError(f"non-finite loss ({bad[1]}) at step {bad[0]}; {kept} in {workdir}")
-    scalars = {k: float(v) for k, v in pending[-1][1].items() if np.ndim(v) == 0}
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
     last_loss = scalars["loss"]
     if to_log:
       hyper = optim.hyperparams(state.opt_state)
@@ -151,7 +152,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
     if to_save:
       checkpoints.save(done, state, {"step": done, "seed": config.seed}, config)
       last_saved = done
-    pending = []
+    losses = []
 
   metrics = {"step": int(state.step), "train_loss": last_loss}
   if config.steps > start + 1:
