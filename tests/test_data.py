@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from research import data
 from research.data import toy2d

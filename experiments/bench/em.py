@@ -13,7 +13,6 @@ Run:
   python -m experiments.bench.em --repeats=3 --outdir=/tmp/em_bench
 """
 
-import json
 import os
 import statistics
 import sys
@@ -25,10 +24,12 @@ import jaxlib
 import numpy as np
 import sklearn
 from absl import app, flags
+
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from experiments import bench
 from research import em
 
 _OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/em", "Output directory for em.json and em.md.")
@@ -157,12 +158,7 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
       "(not in the timings).",
       "",
   ])
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "em.json"), "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(out_dir, "em.md"), "w") as f:
-    f.write(md)
+  bench.write_report(out_dir, "em", result, md)
   print(table)
   print(f"JAX vs fastest sklearn ({fastest}): {ratios[fastest]:.1f}x")
   return result

@@ -19,7 +19,6 @@ Run:
 """
 
 import dataclasses
-import json
 import os
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags
 
+from experiments import bench
 from experiments import autoencoder as experiment
 from research import data as data_lib
 from research.data import Batcher
@@ -129,12 +129,7 @@ def run_bench(outdir: str, repeats: int, short_steps: int, span: int) -> dict:
       "differences smaller than this spread are noise.",
       "",
   ])
-  os.makedirs(outdir, exist_ok=True)
-  with open(os.path.join(outdir, "loop_overhead.json"), "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(outdir, "loop_overhead.md"), "w") as f:
-    f.write(md)
+  bench.write_report(outdir, "loop_overhead", result, md)
   print(table)
   print(f"overhead {100 * overhead:+.1f}%")
   return result

@@ -18,8 +18,6 @@ Run:
   python -m experiments.bench.ppo --seeds=8 --total_timesteps=32768 --peer_updates=20 --outdir=/tmp/ppo_bench
 """
 
-import json
-import os
 import sys
 import time
 from importlib import metadata
@@ -28,6 +26,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from experiments import bench
 from experiments import ppo as ppo_experiment
 from research.rl import ppo
 from research.train import environment
@@ -125,12 +124,7 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
   ]
   table = "\n".join(lines) + "\n"
   print(table)
-  os.makedirs(outdir, exist_ok=True)
-  with open(os.path.join(outdir, "ppo.json"), "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
-  with open(os.path.join(outdir, "ppo.md"), "w") as f:
-    f.write(table)
+  bench.write_report(outdir, "ppo", result, table)
   return result
 
 

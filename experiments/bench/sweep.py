@@ -19,8 +19,6 @@ Run:
   python -m experiments.bench.sweep --outdir=/tmp/sweep_bench --preset=gan,smoke
 """
 
-import json
-import os
 import time
 
 import jax
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import bench
 from experiments import gan as gan_experiment
 from research import data as data_lib
 from research import sweep
@@ -133,12 +132,9 @@ def main(argv):
                  f"{row['max_abs_diff_vs_vmapped']:.2e} |")
   table = "\n".join(lines)
   print(table)
-  os.makedirs(_OUTDIR.value, exist_ok=True)
-  with open(os.path.join(_OUTDIR.value, "sweep.md"), "w") as f:
-    f.write(table + "\n")
-  with open(os.path.join(_OUTDIR.value, "sweep.json"), "w") as f:
-    json.dump({"seeds": len(seeds), "steps": steps, "preset": _PRESET.value, "peers": rows, "config": config.to_dict(), **env}, f, indent=2)
-    f.write("\n")
+  result = {"command": bench.command("experiments.bench.sweep"), "seeds": len(seeds), "steps": steps,
+            "preset": _PRESET.value, "peers": rows, "config": config.to_dict(), **env}
+  bench.write_report(_OUTDIR.value, "sweep", result, f"{table}\n\nCommand: `{result['command']}`\n")
 
 
 if __name__ == "__main__":
