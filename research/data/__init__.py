@@ -49,7 +49,7 @@ def data_dir() -> str:
 def _tfds_name(name: str) -> str:
   if name in BUNDLED:
     return BUNDLED[name]
-  if name.split("/")[0].split(":")[0] in set(_tfds().list_builders()):
+  if name.split("/")[0].split(":")[0] in set(_tfds().list_builders(with_community_datasets=False)):
     return name
   raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list(BUNDLED) + list(CATALOG))} "
                    "(or any TFDS catalog name)")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from research.train import parallel
@@ -60,6 +61,10 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
                                      required=workdir_required)
 
   def guarded(argv):
+    if not flags.FLAGS["verbosity"].present:
+      # Warnings and errors only, unless --verbosity asks for more: the progress line and the
+      # loop's own messages go to stderr directly, and bad input must stay one line.
+      absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     parallel.initialize_distributed()
