@@ -42,6 +42,11 @@ def _take(data, idx):
   return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
 
 
+def index_tables(data: Mapping[str, np.ndarray], batch_size: int, seeds: Sequence[int], steps: int) -> np.ndarray:
+  """Example indices of every member's batches, (members, steps, batch_size) int32: the loop's data order."""
+  return np.stack([Batcher(data, batch_size, int(s)).index_table(steps) for s in seeds]).astype(np.int32)
+
+
 def make_run(task: Task, config, steps: int):
   """Returns `run_one(seed, index_table, hparams) -> (state, metrics)` for one member.
 
@@ -90,7 +95,7 @@ def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int]
     if values.shape != (members,):
       raise ValueError(f"hparams[{name!r}] has shape {values.shape}; expected one value per seed ({members},)")
   batch_size = config.batch_size * task.batches_per_step
-  tables = np.stack([Batcher(data, batch_size, int(s)).index_table(steps) for s in seeds]).astype(np.int32)
+  tables = index_tables(data, batch_size, seeds, steps)
 
   mesh = parallel.make_mesh()
   split = members % mesh.size == 0

@@ -52,7 +52,7 @@ def time_vmapped(task, config, data, seeds, steps):
   device_data = {k: jnp.asarray(v) for k, v in data.items()}
 
   def feed():
-    tables = np.stack([Batcher(data, batch_size, s).index_table(steps) for s in seeds]).astype(np.int32)
+    tables = sweep.index_tables(data, batch_size, seeds, steps)
     return device_data, jnp.asarray(seeds, jnp.int32), jnp.asarray(tables), {}
 
   compiled = run_all.lower(*feed()).compile()
@@ -67,8 +67,7 @@ def time_sequential_scans(task, config, data, seeds, steps):
   batch_size = config.batch_size * task.batches_per_step
   run_one = jax.jit(sweep.make_run(task, config, steps))
   device_data = {k: jnp.asarray(v) for k, v in data.items()}
-  feed = lambda s: (device_data, jnp.int32(s), jnp.asarray(Batcher(data, batch_size, s).index_table(steps), jnp.int32),
-                    {})
+  feed = lambda s: (device_data, jnp.int32(s), jnp.asarray(sweep.index_tables(data, batch_size, [s], steps)[0]), {})
   compiled = run_one.lower(*feed(seeds[0])).compile()
   start = time.perf_counter()
   finals = [compiled(*feed(s))[0] for s in seeds]

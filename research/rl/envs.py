@@ -94,6 +94,11 @@ CLIFF_ACTIONS = ("up", "right", "down", "left")
 _CLIFF_MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]])  # (A, 2) row/column deltas
 
 
+def _grid_move(row: int, col: int, move, shape: tuple[int, int]) -> tuple[int, int]:
+  """The cell reached by `move` (d_row, d_col) from (row, col); walls keep the agent in the grid."""
+  return min(max(row + move[0], 0), shape[0] - 1), min(max(col + move[1], 0), shape[1] - 1)
+
+
 def _on_cliff(row, col):
   return (row == CLIFF_SHAPE[0] - 1) & (col >= 1) & (col <= CLIFF_SHAPE[1] - 2)
 
@@ -125,8 +130,7 @@ def cliff_walking(discount: float = 1.0) -> Env:
       if terminal[s]:
         transitions[s, a, s] = 1.0
         continue
-      new_row = min(max(row + _CLIFF_MOVES[a, 0], 0), rows - 1)
-      new_col = min(max(col + _CLIFF_MOVES[a, 1], 0), cols - 1)
+      new_row, new_col = _grid_move(row, col, _CLIFF_MOVES[a], (rows, cols))
       if _on_cliff(new_row, new_col):
         transitions[s, a, CLIFF_START] = 1.0
         rewards[s, a] = -100.0
@@ -196,8 +200,7 @@ def frozen_lake(map_name: str = "4x4", is_slippery: bool = True, discount: float
         continue
       for slip in slips:
         direction = (a + slip) % 4
-        new_row = min(max(row + _LAKE_MOVES[direction, 0], 0), rows - 1)
-        new_col = min(max(col + _LAKE_MOVES[direction, 1], 0), cols - 1)
+        new_row, new_col = _grid_move(row, col, _LAKE_MOVES[direction], (rows, cols))
         new_state = new_row * cols + new_col
         transitions[s, a, new_state] += 1.0 / len(slips)
         rewards[s, a] += float(goal[new_state]) / len(slips)

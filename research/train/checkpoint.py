@@ -42,9 +42,8 @@ def _shape_mismatches(abstract, metadata) -> list[str]:
 class Checkpointer:
   """Saves and restores (state, data position, config) for one workdir."""
 
-  def __init__(self, workdir: str, keep: int, every: int):
+  def __init__(self, workdir: str, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.every = every
     # A save killed midway leaves only a temporary directory: orbax ignores it and cleans it up.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)

@@ -91,7 +91,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
                           state_sharding)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every) \
+  checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints) \
       if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
   if checkpoints is not None:
     checkpoints.check_compatible(abstract)
@@ -107,7 +107,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
     init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay), out_shardings=state_sharding)
     state = init(keys.init, first_batch)
   if checkpoints is None:
-    checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, config.checkpoint_every)
+    checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
 
   train_step = make_train_step(task, config.ema_decay)
 
@@ -117,7 +117,6 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
 
   step_fn = jax.jit(keyed_step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=0)
-  lr_at = optim.schedule(config.optimizer, config.steps)
   writer = monitor.make_writer(workdir)
   start = int(state.step)
   progress = monitor.Progress(config.steps, start)
@@ -145,8 +144,7 @@ def train(task: Task, config, workdir: str, data: Mapping[str, np.ndarray]) -> R
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
     last_loss = scalars["loss"]
     if to_log:
-      hyper = optim.hyperparams(state.opt_state)
-      scalars["learning_rate"] = float(hyper["learning_rate"]) * float(lr_at(step))
+      scalars["learning_rate"] = float(optim.learning_rate(config.optimizer, config.steps, state.opt_state, step))
       writer.write_scalars(done, scalars)
       progress.report(done, last_loss)
     if to_save:
