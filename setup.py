@@ -17,7 +17,7 @@ INSTALL_REQUIRES = [
     "scikit-learn",  # ships the bundled digits; reference for EM
     "pillow",
     "matplotlib",
-    "gymnax",  # jittable classic-control environments for PPO
+    "gymnax>=1.0",  # the 1.0 step signature; jittable classic-control environments for PPO
 ]
 
 EXTRAS_REQUIRE = {

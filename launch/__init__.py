@@ -6,7 +6,7 @@ They only build text (argument lists, a batch script); nothing here submits or r
     python -m launch slurm gan --workdir=/scratch/gan --nodes=2 --gpus_per_node=4 > job.sbatch
     python -m launch tpu_vm ppo --workdir=gs://bucket/ppo --tpu=my-tpu --zone=us-central2-b
 
-Multi-process runs need no extra flags: `research.train.parallel.initialize_distributed()`
+Multi-process runs need no extra flags: `research.train.distributed.initialize_distributed()`
 detects SLURM (one task per GPU) and Cloud TPU (every worker runs the same command).
 """
 

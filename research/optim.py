@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from research.train.config import ConfigError, check_choice, check_positive
+from research.checks import ConfigError, check_choice, check_positive
 
 OPTIMIZERS = ("adam", "adamw", "adam_l2", "sgd", "rmsprop")
 SCHEDULES = ("constant", "warmup_cosine")

@@ -21,8 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from research import optim
 from research.data import Batcher
 from research.train import parallel
-from research.train.loop import Keys
-from research.train.step import TrainState, init_state, make_train_step
+from research.train.step import Keys, TrainState, init_state, make_train_step
 from research.train.task import Task
 
 

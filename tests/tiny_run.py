@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from research import data as data_lib
 from research import optim
-from research.train import Task, base_config, parallel, train
+from research.train import Task, base_config, distributed, train
 
 
 class Classifier(nn.Module):
@@ -61,7 +61,7 @@ def main():
   parser.add_argument("--hidden", type=int, default=32)
   parser.add_argument("--batch", type=int, default=32)
   args = parser.parse_args()
-  parallel.initialize_distributed()
+  distributed.initialize_distributed()
   config = make_config(args.steps, args.batch)
   run = train(make_task(config, args.hidden), config, args.workdir, data_lib.load("digits", "train"))
   print(json.dumps({"train_loss": run.results["train_loss"], "devices": run.results["devices"]["count"],

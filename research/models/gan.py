@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from research import optim
 from research.data import toy2d
 from research.metrics import modes as modes_lib
-from research.train.config import ConfigError, check_choice, check_positive
+from research.checks import ConfigError, check_choice, check_positive
 from research.train.step import TrainState, apply_gradients
 from research.train.task import Task
 

@@ -2,9 +2,9 @@
 
 from research.train.checkpoint import Checkpointer, restore_pytree, save_pytree
 from research.train.config import ConfigError, base_config, check_choice, check_common, check_positive
-from research.train import parallel
-from research.train.loop import Keys, Run, train
+from research.train import distributed, parallel
+from research.train.loop import Run, train
 from research.train.monitor import NonFiniteLossError
 from research.train.results import environment, write_results
-from research.train.step import TrainState, apply_gradients, eval_params, init_state, make_train_step
+from research.train.step import Keys, TrainState, apply_gradients, eval_params, init_state, make_train_step
 from research.train.task import Task

@@ -19,7 +19,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from research.train import parallel
+from research.train import distributed
 from research.train.config import ConfigError
 
 
@@ -67,7 +67,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    parallel.initialize_distributed()
+    distributed.initialize_distributed()
     try:
       run(config_flag.value, workdir_flag.value)
     except ConfigError as e:

@@ -1,27 +1,10 @@
 """Config checks shared by every experiment, run before anything is compiled or written."""
 
-from collections.abc import Iterable
-
 import jax
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A bad user input: reported as one line on stderr, with a non-zero exit."""
-
-
-def check_choice(name: str, value, choices: Iterable) -> None:
-  """Raises ConfigError unless `value` is one of `choices`."""
-  choices = list(choices)
-  if value not in choices:
-    raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
-
-
-def check_positive(name: str, value, allow_zero: bool = False) -> None:
-  """Raises ConfigError unless `value` > 0 (or >= 0 with allow_zero)."""
-  if value < 0 or (value == 0 and not allow_zero):
-    bound = ">= 0" if allow_zero else "> 0"
-    raise ConfigError(f"{name} must be {bound}, got {value}")
+from research import optim
+from research.checks import ConfigError, check_choice, check_positive  # re-exported
 
 
 def check_common(config: ml_collections.ConfigDict) -> None:
@@ -39,7 +22,6 @@ def check_common(config: ml_collections.ConfigDict) -> None:
   n = jax.device_count()
   if config.batch_size % n:
     raise ConfigError(f"batch_size {config.batch_size} is not divisible by the device count {n}")
-  from research import optim  # pylint: disable=import-outside-toplevel
   from research import data  # pylint: disable=import-outside-toplevel
   try:
     data.check_name(config.dataset)
@@ -55,7 +37,6 @@ def check_common(config: ml_collections.ConfigDict) -> None:
 
 def base_config() -> ml_collections.ConfigDict:
   """The fields every gradient-trained experiment shares; experiments add their own."""
-  from research import optim  # pylint: disable=import-outside-toplevel
 
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds parameter init, data order and every per-step key

@@ -25,7 +25,7 @@ from research.train import monitor
 from research.train import parallel
 from research.train import results as results_lib
 from research.train.config import ConfigError, check_common
-from research.train.step import TrainState, eval_params, init_state, make_train_step
+from research.train.step import Keys, TrainState, eval_params, init_state, make_train_step
 from research.train.task import Task
 
 
@@ -34,19 +34,6 @@ class Run(NamedTuple):
 
   state: TrainState
   results: dict[str, Any]
-
-
-class Keys(NamedTuple):
-  """Named sub-streams of the run's seed: init, per-step training, evaluation."""
-
-  init: jax.Array
-  train: jax.Array
-  eval: jax.Array
-
-  @classmethod
-  def from_seed(cls, seed: int) -> "Keys":
-    k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
-    return cls(k_init, k_train, k_eval)
 
 
 def _first_nonfinite(first_step: int, losses: list[jax.Array]) -> tuple[int, float] | None:

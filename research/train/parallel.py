@@ -4,30 +4,11 @@ The batch is sharded on the mesh's `data` axis and everything else is replicated
 same code runs on 1 device, N (real or simulated) devices and several processes.
 """
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
-
-
-def initialize_distributed() -> None:
-  """Joins a multi-process run when the environment describes one.
-
-  `jax.distributed.initialize()` auto-detects SLURM and Cloud TPU; an explicit
-  coordinator is read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-  A single process (the default) does nothing.
-  """
-  if jax.distributed.is_initialized():
-    return
-  if "JAX_COORDINATOR_ADDRESS" in os.environ:
-    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
-    jax.distributed.initialize()
 
 
 def make_mesh() -> Mesh:

@@ -1,7 +1,7 @@
 """Train state and the update step the loop (and research/sweep.py) compiles."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -9,6 +9,19 @@ import jax.numpy as jnp
 import optax
 
 from research.train.task import Task
+
+
+class Keys(NamedTuple):
+  """Named sub-streams of the run's seed: init, per-step training, evaluation."""
+
+  init: jax.Array
+  train: jax.Array
+  eval: jax.Array
+
+  @classmethod
+  def from_seed(cls, seed: int) -> "Keys":
+    k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
+    return cls(k_init, k_train, k_eval)
 
 
 @flax.struct.dataclass
