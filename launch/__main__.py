@@ -9,8 +9,10 @@ import launch
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__)
   parser.add_argument("target", choices=launch.TARGETS)
-  parser.add_argument("experiment", help="module under experiments/, e.g. autoencoder")
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("experiment", help="module under experiments/, e.g. autoencoder or tables.gan_modes")
+  # One directory under either name: the launcher passes it on as the flag the experiment takes.
+  parser.add_argument("--workdir", "--outdir", dest="directory", required=True,
+                      help="the run's directory (--outdir for tables and benchmarks)")
   parser.add_argument("--devices", type=int, default=0, help="local: simulated CPU devices")
   parser.add_argument("--nodes", type=int, default=1, help="slurm: nodes")
   parser.add_argument("--gpus_per_node", type=int, default=1, help="slurm: GPUs (tasks) per node")
@@ -25,12 +27,12 @@ def main(argv=None) -> int:
   args.overrides = overrides
   try:
     if args.target == "local":
-      out = launch.local(args.experiment, args.workdir, args.overrides, args.devices)
+      out = launch.local(args.experiment, args.directory, args.overrides, args.devices)
     elif args.target == "slurm":
-      out = launch.slurm(args.experiment, args.workdir, args.overrides, args.nodes, args.gpus_per_node,
+      out = launch.slurm(args.experiment, args.directory, args.overrides, args.nodes, args.gpus_per_node,
                          args.time, args.partition)
     else:
-      out = launch.tpu_vm(args.experiment, args.workdir, args.overrides, args.tpu, args.zone)
+      out = launch.tpu_vm(args.experiment, args.directory, args.overrides, args.tpu, args.zone)
   except ValueError as e:
     sys.stderr.write(f"error: {e}\n")
     return 2
