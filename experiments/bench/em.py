@@ -15,30 +15,29 @@ Run:
 
 import os
 import statistics
-import sys
 import time
 import warnings
 
 import jax
-import jaxlib
 import numpy as np
-import sklearn
-from absl import app, flags
+from absl import flags
 
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from experiments import bench
+from experiments import report
 from research import em
 
-_OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/em", "Output directory for em.json and em.md.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per implementation (median reported).")
 _N = flags.DEFINE_integer("n_samples", 100_000, "Number of samples N.")
 _D = flags.DEFINE_integer("n_features", 8, "Dimension D.")
 _K = flags.DEFINE_integer("n_components", 16, "Number of components K.")
 _ITERS = flags.DEFINE_integer("iters", 20, "EM iterations (max_iter with tol=0).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the data and the initialisation.")
+
+# The peers' versions recorded beside jax/flax/optax.
+PACKAGES = ("jaxlib", "scikit-learn", "numpy")
 
 
 def make_problem(n_samples: int, n_features: int, n_components: int, seed: int) -> dict:
@@ -74,9 +73,11 @@ def _blas() -> list[dict]:
           for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
-def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_components: int, iters: int,
-              seed: int, command: str) -> dict:
-  """Times JAX and the sklearn variants, writes <out_dir>/em.json and em.md, returns the JSON dict."""
+def run_bench(outdir: str, repeats: int, n_samples: int, n_features: int, n_components: int, iters: int,
+              seed: int) -> dict:
+  """Times JAX and the sklearn variants, writes <outdir>/em.json and em.md, returns the JSON dict."""
+  env = report.environment(*PACKAGES)
+  versions, devices = env["versions"], env["devices"]
   problem = make_problem(n_samples, n_features, n_components, seed)
   x = problem["x"]
   inits = {k: problem[k] for k in ("means_init", "weights_init", "precisions_init")}
@@ -97,7 +98,7 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
   # name -> (description, dtype, fit); BLAS threads as found, and limited to one (on a busy or
   # small machine OpenBLAS's spinning threads can make numpy's many small products much slower).
   runs = {
-      "jax": (f"research.em.fit_gmm (jit, {jax.devices()[0].platform})", "float32", fit_jax),
+      "jax": (f"research.em.fit_gmm (jit, {devices['platform']})", "float32", fit_jax),
       "sklearn_float32": ("sklearn GaussianMixture", "float32", fit_sklearn(x)),
       "sklearn_float64": ("sklearn GaussianMixture", "float64", fit_sklearn(x.astype(np.float64))),
       "sklearn_float64_blas1": ("sklearn GaussianMixture, 1 BLAS thread", "float64",
@@ -127,12 +128,7 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
       "lower_bound": lower_bound,
       "max_abs_mean_diff_vs_sklearn_float64": float(np.abs(np.asarray(gmm.means) - reference.means_).max()),
       "repeats": repeats,
-      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                   "sklearn": sklearn.__version__, "numpy": np.__version__},
-      "machine": {"cpu_count": os.cpu_count(), "jax_device": jax.devices()[0].device_kind,
-                  "jax_platform": jax.devices()[0].platform, "blas": _blas(),
-                  "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
-      "command": command,
+      "machine": {"blas": _blas(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
   }
   rows = [f"| {description} | {dtype} | {median[name]:.3f} | "
           + ("1.0x |" if name == "jax" else f"{ratios[name]:.1f}x |") for name, (description, dtype, _) in runs.items()]
@@ -141,12 +137,12 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
   md = "\n".join([
       "# EM for Gaussian mixtures: research.em vs scikit-learn",
       "",
-      f"Command: `{command}`",
+      f"Command: `{report.command()}`",
       "",
       f"{iters} full-covariance EM iterations (tol=0, same means/weights/precisions init) on "
       f"N={n_samples}, D={n_features}, K={n_components}; median of {repeats} interleaved runs after a compile run.",
-      f"Machine: {result['machine']['cpu_count']} CPU cores, JAX device {result['machine']['jax_device']}; "
-      f"jax {jax.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}; "
+      f"Machine: {devices['cpu_count']} CPU cores, JAX device {devices['kind']}; "
+      f"jax {versions['jax']}, scikit-learn {versions['scikit-learn']}, numpy {versions['numpy']}; "
       f"OPENBLAS_CORETYPE={result['machine']['OPENBLAS_CORETYPE']}.",
       "",
       table,
@@ -158,17 +154,15 @@ def run_bench(out_dir: str, repeats: int, n_samples: int, n_features: int, n_com
       "(not in the timings).",
       "",
   ])
-  bench.write_report(out_dir, "em", result, md)
+  result = report.write_report(outdir, "em", result, md, json_file="em.json", packages=PACKAGES)
   print(table)
   print(f"JAX vs fastest sklearn ({fastest}): {ratios[fastest]:.1f}x")
   return result
 
 
-def main(argv):
-  del argv
-  command = " ".join(["python -m experiments.bench.em", *sys.argv[1:]])
-  run_bench(_OUTDIR.value, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value, command)
+def main(outdir: str) -> None:
+  run_bench(outdir, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)

@@ -19,30 +19,26 @@ Run:
 """
 
 import dataclasses
-import os
 import statistics
 import tempfile
 import time
 
-import clu
-import flax
 import jax
-import optax
-import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 
-from experiments import bench
 from experiments import autoencoder as experiment
+from experiments import report
 from research import data as data_lib
 from research.data import Batcher
 from research.models import autoencoder
 from research.train import Keys, init_state, make_train_step, train
 
-_OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/loop_overhead",
-                              "Directory for loop_overhead.json and loop_overhead.md.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating repeats of both measurements (median reported).")
 _SHORT = flags.DEFINE_integer("short_steps", 1000, "Steps of the short research.train.train run.")
 _SPAN = flags.DEFINE_integer("span", 5000, "Timed steps: the long run has short_steps + span steps.")
+
+# Versions recorded beside jax/flax/optax: the loop's checkpointing and logging stack.
+PACKAGES = ("orbax-checkpoint", "clu")
 
 
 def _bare_seconds(task, config, data, steps: int) -> float:
@@ -86,23 +82,15 @@ def run_bench(outdir: str, repeats: int, short_steps: int, span: int) -> dict:
                  - _loop_seconds(task, config, data, short_steps)) / span)
   bare_s, loop_s = statistics.median(bare), statistics.median(loop)
   overhead = loop_s / bare_s - 1.0
-  device = jax.devices()[0]
+  env = report.environment(*PACKAGES)
+  versions, devices = env["versions"], env["devices"]
   result = {
       "bare_steps_per_s": 1.0 / bare_s, "loop_steps_per_s": 1.0 / loop_s, "overhead": overhead,
       "bare_s_per_step": bare, "loop_s_per_step": loop, "repeats": repeats, "short_steps": short_steps,
       "span": span, "batch_size": config.batch_size, "log_every": config.log_every,
       "checkpoint_every": config.checkpoint_every, "model": config.model, "hidden": list(config.hidden),
       "latent_dim": config.latent_dim,
-      "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                   "orbax-checkpoint": ocp.__version__, "clu": getattr(clu, "__version__", None)},
-      "machine": {"cpu_count": os.cpu_count(), "device_count": jax.device_count(), "platform": device.platform,
-                  "device_kind": device.device_kind},
   }
-  command = "python -m experiments.bench.loop_overhead" + (f" --outdir={outdir}" if outdir != _OUTDIR.default
-                                                           else "")
-  for name, default in (("repeats", 3), ("short_steps", 1000), ("span", 5000)):
-    if flags.FLAGS[name].value != default:
-      command += f" --{name}={flags.FLAGS[name].value}"
   table = "\n".join([
       "| driver | steps/s | time per step (ms) | vs bare loop |",
       "|---|---|---|---|",
@@ -113,14 +101,14 @@ def run_bench(outdir: str, repeats: int, short_steps: int, span: int) -> dict:
   md = "\n".join([
       "# Training-loop overhead on the default VAE",
       "",
-      f"Command: `{command}`",
+      f"Command: `{report.command()}`",
       "",
       f"VAE {tuple(config.hidden)} / latent {config.latent_dim}, batch {config.batch_size}, same step, batches "
       f"and keys in both; {span} timed steps, median of {repeats} alternating repeats; the loop's time is "
       f"marginal (runs of {short_steps + span} and {short_steps} steps subtracted).",
-      f"Machine: {os.cpu_count()} CPU cores, {jax.device_count()} {device.platform} device(s) "
-      f"({device.device_kind}); jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}, "
-      f"orbax-checkpoint {ocp.__version__}.",
+      f"Machine: {devices['cpu_count']} CPU cores, {devices['count']} {devices['platform']} device(s) "
+      f"({devices['kind']}); jax {versions['jax']}, flax {versions['flax']}, optax {versions['optax']}, "
+      f"orbax-checkpoint {versions['orbax-checkpoint']}.",
       "",
       table,
       "",
@@ -129,16 +117,16 @@ def run_bench(outdir: str, repeats: int, short_steps: int, span: int) -> dict:
       "differences smaller than this spread are noise.",
       "",
   ])
-  bench.write_report(outdir, "loop_overhead", result, md)
+  result = report.write_report(outdir, "loop_overhead", result, md, json_file="loop_overhead.json",
+                               packages=PACKAGES)
   print(table)
   print(f"overhead {100 * overhead:+.1f}%")
   return result
 
 
-def main(argv):
-  del argv
-  run_bench(_OUTDIR.value, _REPEATS.value, _SHORT.value, _SPAN.value)
+def main(outdir: str) -> None:
+  run_bench(outdir, _REPEATS.value, _SHORT.value, _SPAN.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)

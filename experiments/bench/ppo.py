@@ -14,24 +14,20 @@ critic, Adam 2.5e-4 annealed over a 5e5-step run, grad norm 0.5, truncation boot
   --peer_updates rollout + update iterations after one untimed warm-up iteration.
 
 Run:
-  python -m experiments.bench.ppo
+  python -m experiments.bench.ppo --outdir=experiments/bench/results/ppo
   python -m experiments.bench.ppo --seeds=8 --total_timesteps=32768 --peer_updates=20 --outdir=/tmp/ppo_bench
 """
 
-import sys
 import time
-from importlib import metadata
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from experiments import bench
 from experiments import ppo as ppo_experiment
+from experiments import report
 from research.rl import ppo
-from research.train import environment
 
-_OUTDIR = flags.DEFINE_string("outdir", "experiments/bench/results/ppo", "Output directory for ppo.json and ppo.md.")
 _TOTAL = flags.DEFINE_integer("total_timesteps", 32_768, "Environment steps per seed of each timed JAX run.")
 _SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds of the vmapped JAX run.")
 _PEER_UPDATES = flags.DEFINE_integer("peer_updates", 20, "Timed rollout + update iterations of the peer loop.")
@@ -39,6 +35,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of both sides.")
 # A 64x64 MLP on 4 observations is far too small for intra-op parallelism: extra torch threads
 # only add synchronisation (and collapse when the cores are shared), so the peer gets one.
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the peer.")
+
+# The peer's stack, recorded beside jax/flax/optax.
+PACKAGES = ("torch", "gymnasium", "gymnax", "numpy")
 
 
 def _config(total_timesteps: int, num_seeds: int):
@@ -81,8 +80,9 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
   # computations were seen to stall (every thread parked on a futex).
   from experiments.bench import ppo_peer  # pylint: disable=import-outside-toplevel
   peer = ppo_peer.time_peer(config, peer_updates, seed, torch_threads)
+  env = report.environment(*PACKAGES)
+  versions, devices = env["versions"], env["devices"]
   result = {
-      "command": " ".join(["python -m experiments.bench.ppo"] + sys.argv[1:]),
       "env": config.env_name,
       "hyperparameters": {k: config[k] for k in ppo.CONFIG_FIELDS},
       "jax_1_seed": one,
@@ -92,9 +92,7 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
       f"ratio_{seeds}_seeds": many["steps_per_s"] / peer["steps_per_s"],
       "ratio_1_seed_with_compile": one["steps_per_s_with_compile"] / peer["steps_per_s"],
       f"ratio_{seeds}_seeds_with_compile": many["steps_per_s_with_compile"] / peer["steps_per_s"],
-      **environment(),
   }
-  result["versions"].update({name: metadata.version(name) for name in ("torch", "gymnasium", "gymnax", "numpy")})
   rows = [
       ("jax, 1 seed", one["env_steps"], one["compile_s"], one["run_s"], one["steps_per_s"],
        result["ratio_1_seed"], result["ratio_1_seed_with_compile"]),
@@ -102,11 +100,10 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
        result[f"ratio_{seeds}_seeds"], result[f"ratio_{seeds}_seeds_with_compile"]),
       ("torch + gymnasium loop, 1 seed", peer["env_steps"], 0.0, peer["run_s"], peer["steps_per_s"], 1.0, 1.0),
   ]
-  versions = result["versions"]
   lines = [
       f"PPO on {config.env_name}, {config.num_envs} envs x {config.num_steps} steps per rollout, "
       f"{config.update_epochs} epochs x {config.num_minibatches} minibatches, "
-      f"{result['devices']['kind']} ({result['devices']['platform']}).",
+      f"{devices['kind']} ({devices['platform']}).",
       "",
       "| implementation | env steps timed | compile s | run s | env steps/s | ratio | ratio incl. compile |",
       "|---|---:|---:|---:|---:|---:|---:|",
@@ -120,19 +117,16 @@ def run_bench(outdir: str, total_timesteps: int, seeds: int, peer_updates: int, 
       f"Versions: jax {versions['jax']}, torch {versions['torch']}, gymnasium {versions['gymnasium']}, "
       f"gymnax {versions['gymnax']}.",
       "",
-      f"Command: `{result['command']}`",
+      f"Command: `{report.command()}`",
   ]
   table = "\n".join(lines) + "\n"
   print(table)
-  bench.write_report(outdir, "ppo", result, table)
-  return result
+  return report.write_report(outdir, "ppo", result, table, json_file="ppo.json", packages=PACKAGES)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run_bench(_OUTDIR.value, _TOTAL.value, _SEEDS.value, _PEER_UPDATES.value, _SEED.value, _TORCH_THREADS.value)
+def main(outdir: str) -> None:
+  run_bench(outdir, _TOTAL.value, _SEEDS.value, _PEER_UPDATES.value, _SEED.value, _TORCH_THREADS.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)

@@ -26,15 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import bench
 from experiments import gan as gan_experiment
+from experiments import report
 from research import data as data_lib
 from research import sweep
 from research.data import Batcher
 from research.models import gan
-from research.train import Keys, environment, init_state, make_train_step
+from research.train import Keys, init_state, make_train_step
 
-_OUTDIR = flags.DEFINE_string("outdir", None, "Directory for sweep.json and sweep.md.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 16, "Seeds (runs) per peer.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Train steps per run.")
 _PRESET = flags.DEFINE_string("preset", "gan,mode_table", "experiments/gan.py preset of the benchmarked GAN "
@@ -100,8 +99,7 @@ def _max_abs_diff(a, b) -> float:
                                                                                    jax.tree.leaves(b)))
 
 
-def main(argv):
-  del argv
+def main(outdir: str) -> None:
   seeds, steps = list(range(_SEEDS.value)), _STEPS.value
   if steps <= 0 or not seeds:
     raise app.UsageError("--steps and --seeds must be positive")
@@ -119,7 +117,7 @@ def main(argv):
                  "vmapped_speedup": round(t / timings["vmapped"], 2),
                  "max_abs_diff_vs_vmapped": _max_abs_diff(params[name], params["vmapped"])}
           for name, t in timings.items()}
-  env = environment()
+  env = report.environment()
   lines = [f"Sweep speed: {len(seeds)} GAN seeds x {steps} steps (ring8, preset {_PRESET.value}, "
            f"batch {config.batch_size}, generator {config.gen_depth} x {config.gen_width}, "
            f"discriminator {config.disc_depth} x {config.disc_width} maxout {config.maxout_pieces}), "
@@ -131,10 +129,10 @@ def main(argv):
                  f"{row['max_abs_diff_vs_vmapped']:.2e} |")
   table = "\n".join(lines)
   print(table)
-  result = {"command": bench.command("experiments.bench.sweep"), "seeds": len(seeds), "steps": steps,
-            "preset": _PRESET.value, "peers": rows, "config": config.to_dict(), **env}
-  bench.write_report(_OUTDIR.value, "sweep", result, f"{table}\n\nCommand: `{result['command']}`\n")
+  result = {"seeds": len(seeds), "steps": steps, "preset": _PRESET.value, "peers": rows}
+  report.write_report(outdir, "sweep", result, f"{table}\n\nCommand: `{report.command()}`\n", config=config,
+                      json_file="sweep.json")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)

@@ -12,21 +12,16 @@ Run:
 """
 
 import collections
-import os
-import shlex
 import time
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from research.rl import envs, tabular  # pylint: disable=wrong-import-position
-from research.train import (  # pylint: disable=wrong-import-position
-    ConfigError, check_choice, check_positive, cli, write_results)
+from experiments import report
+from research.rl import envs, tabular
+from research.train import ConfigError, check_choice, check_positive, cli
 
 NAME = "cliff_walking"
 # Episodes averaged into `mean_return_last100`.
@@ -70,13 +65,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"alpha must be in (0, 1], got {config.alpha}")
   if not 0.0 <= config.epsilon <= 1.0:
     raise ConfigError(f"epsilon must be in [0, 1], got {config.epsilon}")
-
-
-def command(config: ml_collections.ConfigDict, outdir: str) -> str:
-  """The command line that reproduces `config`: overrides of the fields that differ from the default."""
-  default = get_config()
-  overrides = [f"--config.{k}={shlex.quote(str(v))}" for k, v in config.items() if default[k] != v]
-  return " ".join([f"python -m experiments.tables.{NAME}", f"--outdir={shlex.quote(outdir)}"] + overrides)
 
 
 def learn(config: ml_collections.ConfigDict) -> dict[str, tuple[tabular.ControlResult, tabular.Trajectory]]:
@@ -141,10 +129,11 @@ def smooth(x: np.ndarray, width: int) -> np.ndarray:
   return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def plot(path: str, config, summaries: dict[str, dict]) -> None:
+def plot(config, summaries: dict[str, dict]) -> Figure:
   """Left: smoothed sum of rewards per episode; right: the grid with each greedy path."""
   rows, cols = envs.CLIFF_SHAPE
-  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [1, 1.3]})
+  fig = Figure(figsize=(13, 4), dpi=120)
+  left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
   for name, summary in summaries.items():
     curve = smooth(summary["mean_return_per_episode"], config.smoothing)
     left.plot(np.arange(1, config.num_episodes + 1), curve, label=LABELS[name])
@@ -172,11 +161,10 @@ def plot(path: str, config, summaries: dict[str, dict]) -> None:
   if drawn:
     right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=drawn, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
 
 
-def write_markdown(path: str, config, outdir: str, summaries: dict[str, dict], wall_time_s: float) -> None:
+def markdown(config, summaries: dict[str, dict], wall_time_s: float) -> str:
   """The table of online returns and greedy paths, with the command that produced it."""
   last = min(LAST, config.num_episodes)
   rows = [f"| method | mean sum of rewards, last {last} episodes | greedy path length (most runs) | "
@@ -188,7 +176,7 @@ def write_markdown(path: str, config, outdir: str, summaries: dict[str, dict], w
   never = {LABELS[n]: s["greedy_path_length_counts"].get("-1", 0) for n, s in summaries.items()}
   loops = "".join(f" In {k} of {config.num_runs} runs, {name}'s greedy policy goes round in a loop and never"
                   " reaches G (with a constant step size its values stay noisy)." for name, k in never.items() if k)
-  text = f"""# SARSA vs Q-learning on the cliff
+  return f"""# SARSA vs Q-learning on the cliff
 
 Sutton & Barto, Example 6.6: the 4x12 cliff, reward -1 per step and -100 (back to the start)
 for stepping onto the cliff; ε-greedy behaviour with ε = {config.epsilon}, α = {config.alpha},
@@ -199,7 +187,7 @@ The sum of rewards is of the episodes as played, exploration included; the greed
 follows argmax Q from the start after the last episode.{loops}
 
 ```
-{command(config, outdir)}
+{report.command()}
 ```
 
 {chr(10).join(rows)}
@@ -208,8 +196,6 @@ Wall time (one jitted program for all methods and runs, compilation included): {
 
 ![returns and greedy paths]({NAME}.png)
 """
-  with open(path, "w") as f:
-    f.write(text)
 
 
 def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
@@ -228,11 +214,8 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   learned = learn(config)
   summaries = {name: summarize(*learned[name]) for name in config.algorithms}
   wall_time_s = time.time() - start
-  os.makedirs(outdir, exist_ok=True)
-  plot(os.path.join(outdir, f"{NAME}.png"), config, summaries)
-  write_markdown(os.path.join(outdir, f"{NAME}.md"), config, outdir, summaries, wall_time_s)
-  metrics = dict(summaries, command=command(config, outdir))
-  return write_results(outdir, metrics, config, wall_time_s)
+  return report.write_report(outdir, NAME, summaries, markdown(config, summaries, wall_time_s),
+                             figure=plot(config, summaries), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

@@ -16,29 +16,22 @@ Run:
 """
 
 import functools
-import json
-import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from absl import app, flags
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import gan as gan_experiment
+from experiments import report
+from research import data as data_lib
+from research import sweep
+from research.data import toy2d
+from research.models import gan
+from research.train import Keys
 
-from experiments import gan as gan_experiment  # pylint: disable=wrong-import-position
-from research import data as data_lib  # pylint: disable=wrong-import-position
-from research import sweep  # pylint: disable=wrong-import-position
-from research.data import toy2d  # pylint: disable=wrong-import-position
-from research.models import gan  # pylint: disable=wrong-import-position
-from research.train import Keys, environment  # pylint: disable=wrong-import-position
-
-_OUTDIR = flags.DEFINE_string("outdir", None, "Directory for gan_modes.md, gan_modes.png and results.json.",
-                              required=True)
 _STEPS = flags.DEFINE_integer("steps", 1500, "Generator updates per run (WGAN-GP makes 5 critic updates each).")
 _WGAN_GP_STEPS = flags.DEFINE_integer(
     "wgan_gp_steps", None, "Generator updates of WGAN-GP runs (default --steps); --steps/5 gives every method "
@@ -106,15 +99,15 @@ def _fmt(mean_se, digits: int) -> str:
   return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def write_markdown(path: str, cells: dict, command: str, steps: int, wgan_gp_steps: int, seeds: int,
-                   total_s: float) -> None:
+def markdown(cells: dict, steps: int, wgan_gp_steps: int, seeds: int, total_s: float) -> str:
+  """The table beside the papers' numbers, with the command that produced it."""
   lines = ["# GAN mode coverage (VEEGAN / PacGAN Table 1 in shape)", "",
-           f"Command: `{command}`", "",
+           f"Command: `{report.command()}`", "",
            f"{seeds} seeds per cell, each cell one vmapped program (research.sweep.run); {steps} generator "
            f"updates per GAN / PacGAN run and {wgan_gp_steps} per WGAN-GP run (each after 5 critic updates), "
            "batch 64, 2500 generated points scored per run. Modes captured and % high quality "
            "(within 3 standard deviations of the nearest mode) as mean ± standard error over seeds. "
-           f"Whole table: {total_s:.0f} s wall on {environment()['devices']['kind']}.", "",
+           f"Whole table: {total_s:.0f} s wall on {report.environment()['devices']['kind']}.", "",
            "| data | method | modes captured | % high quality | paper: modes | paper: % high quality |",
            "|---|---|---|---|---|---|"]
   for dataset in DATASETS:
@@ -136,12 +129,13 @@ def write_markdown(path: str, cells: dict, command: str, steps: int, wgan_gp_ste
             "reproduces the comparison's shape at a CPU budget, not the papers' absolute numbers.",
             "Paper numbers: GAN and PacGAN from Lin et al. (2018) Table 1, VEEGAN from Srivastava et al. "
             "(2017) Table 1.", ""]
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
+  return "\n".join(lines)
 
 
-def write_png(path: str, cells: dict) -> None:
-  fig, axes = plt.subplots(len(DATASETS), len(METHODS), figsize=(3.2 * len(METHODS), 3.2 * len(DATASETS)))
+def figure(cells: dict) -> Figure:
+  """Seed 0's generated points of every cell, over the mixture's modes."""
+  fig = Figure(figsize=(3.2 * len(METHODS), 3.2 * len(DATASETS)), dpi=100)
+  axes = fig.subplots(len(DATASETS), len(METHODS))
   for row, dataset in enumerate(DATASETS):
     centres, _ = toy2d.MIXTURES[dataset]
     for col, method in enumerate(METHODS):
@@ -157,17 +151,14 @@ def write_png(path: str, cells: dict) -> None:
                    f"{cell['high_quality_percent'][0]:.0f}% HQ", fontsize=8)
       ax.tick_params(labelsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
-def main(argv):
-  del argv
-  outdir, steps, seeds = _OUTDIR.value, _STEPS.value, list(range(_SEEDS.value))
+def main(outdir: str) -> None:
+  steps, seeds = _STEPS.value, list(range(_SEEDS.value))
   wgan_gp_steps = steps if _WGAN_GP_STEPS.value is None else _WGAN_GP_STEPS.value
   if min(steps, wgan_gp_steps) <= 0 or len(seeds) < 1:
     raise app.UsageError("--steps, --wgan_gp_steps and --seeds must be positive")
-  command = "python -m experiments.tables.gan_modes " + " ".join(sys.argv[1:])
   start = time.perf_counter()
   cells = {}
   for dataset in DATASETS:
@@ -180,18 +171,15 @@ def main(argv):
       print(f"{dataset} {method}: modes {_fmt(cell['modes_captured_mean_se'], 2)}, "
             f"% high quality {_fmt(cell['high_quality_percent_mean_se'], 1)} ({cell['wall_time_s']} s)", flush=True)
   total = time.perf_counter() - start
-  os.makedirs(outdir, exist_ok=True)
-  write_markdown(os.path.join(outdir, "gan_modes.md"), cells, command, steps, wgan_gp_steps, len(seeds), total)
-  write_png(os.path.join(outdir, "gan_modes.png"), cells)
-  results = {"command": command, "steps": steps, "wgan_gp_steps": wgan_gp_steps, "seeds": seeds, "wall_time_s": round(total, 1),
-             "paper": {f"{d}/{m}": {"modes_captured": v[0], "high_quality_percent": v[1]} for (d, m), v in PAPER.items()},
+  text = markdown(cells, steps, wgan_gp_steps, len(seeds), total)
+  results = {"steps": steps, "wgan_gp_steps": wgan_gp_steps, "seeds": seeds,
+             "paper": {f"{d}/{m}": {"modes_captured": v[0], "high_quality_percent": v[1]}
+                       for (d, m), v in PAPER.items()},
              "cells": {d: {m: {k: v for k, v in cell.items() if k != "points_seed0"} for m, cell in row.items()}
-                       for d, row in cells.items()}, **environment()}
-  with open(os.path.join(outdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-    f.write("\n")
-  print(open(os.path.join(outdir, "gan_modes.md")).read())
+                       for d, row in cells.items()}}
+  report.write_report(outdir, "gan_modes", results, text, figure=figure(cells), wall_time_s=total)
+  print(text)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)

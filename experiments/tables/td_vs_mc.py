@@ -9,21 +9,17 @@ Run:
   python -m experiments.tables.td_vs_mc --outdir=/tmp/td_vs_mc --config=experiments/tables/td_vs_mc.py:smoke
 """
 
-import os
-import shlex
 import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from research.rl import envs, tabular  # pylint: disable=wrong-import-position
-from research.train import ConfigError, check_positive, cli, write_results  # pylint: disable=wrong-import-position
+from experiments import report
+from research.rl import envs, tabular
+from research.train import ConfigError, check_positive, cli
 
 NAME = "td_vs_mc"
 # Episodes after which the left panel shows one run's TD estimates (as in the book).
@@ -67,13 +63,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{name} must be a non-empty tuple of step sizes in (0, 1], got {alphas}")
 
 
-def command(config: ml_collections.ConfigDict, outdir: str) -> str:
-  """The command line that reproduces `config`: overrides of the fields that differ from the default."""
-  default = get_config()
-  overrides = [f"--config.{k}={shlex.quote(str(v))}" for k, v in config.items() if default[k] != v]
-  return " ".join([f"python -m experiments.tables.{NAME}", f"--outdir={shlex.quote(outdir)}"] + overrides)
-
-
 def rms_curves(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Runs every (method, α, run) in one jitted program.
 
@@ -109,9 +98,10 @@ def rms_error(history: np.ndarray, true_values: np.ndarray) -> np.ndarray:
   return np.sqrt(squared.mean(-1)).mean(-2)
 
 
-def plot(path: str, config, curves: dict[str, np.ndarray], rms: dict[str, np.ndarray]) -> None:
+def plot(config, curves: dict[str, np.ndarray], rms: dict[str, np.ndarray]) -> Figure:
   """Left: one TD run's estimates after a few episodes; right: RMS error vs episodes."""
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  fig = Figure(figsize=(11, 4), dpi=120)
+  left, right = fig.subplots(1, 2)
   states = np.arange(1, config.num_states + 1)
   labels = [chr(ord("A") + i) for i in range(config.num_states)]
   td_alphas = list(config.td_alphas)
@@ -131,11 +121,10 @@ def plot(path: str, config, curves: dict[str, np.ndarray], rms: dict[str, np.nda
             title=f"Empirical RMS error, averaged over {config.num_runs} runs")
   right.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
 
 
-def write_markdown(path: str, config, outdir: str, rms: dict[str, np.ndarray], wall_time_s: float) -> None:
+def markdown(config, rms: dict[str, np.ndarray], wall_time_s: float) -> str:
   """The table of RMS errors after a few episode counts, with the command that produced it."""
   checkpoints = sorted({e for e in (1, 10, 25, 50, config.num_episodes) if e <= config.num_episodes})
   header = "| method | α | " + " | ".join(f"RMS after {e}" for e in checkpoints) + " |"
@@ -144,7 +133,7 @@ def write_markdown(path: str, config, outdir: str, rms: dict[str, np.ndarray], w
     for alpha, curve in zip(alphas, rms[method]):
       rows.append(f"| {label} | {alpha} | " + " | ".join(f"{curve[e]:.4f}" for e in checkpoints) + " |")
   visit = "first-visit" if config.mc_first_visit else "every-visit"
-  text = f"""# TD(0) vs constant-α Monte Carlo on the random walk
+  return f"""# TD(0) vs constant-α Monte Carlo on the random walk
 
 Sutton & Barto, Example 6.2 and its figure: the {config.num_states}-state random walk under the
 equiprobable policy, γ = 1, V initialised to {config.init_value}. The error is the RMS over the
@@ -152,7 +141,7 @@ states A..E of V minus the true values (1/6 .. 5/6, computed by `policy_evaluati
 over {config.num_runs} runs; Monte Carlo is {visit} with a constant step size.
 
 ```
-{command(config, outdir)}
+{report.command()}
 ```
 
 {chr(10).join(rows)}
@@ -162,8 +151,6 @@ Wall time (one jitted program for all {len(config.td_alphas) + len(config.mc_alp
 
 ![RMS error curves]({NAME}.png)
 """
-  with open(path, "w") as f:
-    f.write(text)
 
 
 def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
@@ -185,12 +172,9 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
       "td": {str(a): float(c[-1]) for a, c in zip(config.td_alphas, rms["td"])},
       "mc": {str(a): float(c[-1]) for a, c in zip(config.mc_alphas, rms["mc"])},
       "rms_curves": {"td": rms["td"], "mc": rms["mc"]},
-      "command": command(config, outdir),
   }
-  os.makedirs(outdir, exist_ok=True)
-  plot(os.path.join(outdir, f"{NAME}.png"), config, curves, rms)
-  write_markdown(os.path.join(outdir, f"{NAME}.md"), config, outdir, rms, wall_time_s)
-  return write_results(outdir, metrics, config, wall_time_s)
+  return report.write_report(outdir, NAME, metrics, markdown(config, rms, wall_time_s),
+                             figure=plot(config, curves, rms), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

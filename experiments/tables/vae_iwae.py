@@ -13,21 +13,20 @@ Run:
   python -m experiments.tables.vae_iwae --outdir=/tmp/vae_iwae --steps=200 --eval_k=100   # quick look
 """
 
-import os
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
+from matplotlib import ticker
+from matplotlib.figure import Figure
 
 from experiments import autoencoder as experiment
+from experiments import report
 from research import data as data_lib
 from research import sweep
 from research.models import autoencoder
-from research.train import write_results
 
-_OUTDIR = flags.DEFINE_string("outdir", None, "Directory for vae_iwae.md, vae_iwae.png and results.json.",
-                              required=True)
 _STEPS = flags.DEFINE_integer("steps", 2000, "Training steps per row (batch 100).")
 _EVAL_K = flags.DEFINE_integer("eval_k", 5000, "Importance samples per test image for the test NLL.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per row, vmapped in one program; mean and standard error shown.")
@@ -63,7 +62,7 @@ def run_row(objective: str, k: int, steps: int, eval_k: int, seeds: list[int], t
   members = []
   for i in range(len(seeds)):
     params = jax.tree.map(lambda a, i=i: a[i], result.state.params)
-    members.append(task.evaluate(params, jax.random.key(EVAL_SEED)))
+    members.append(task.evaluate(params, jax.random.key(EVAL_SEED), {"image": test_images}))
   eval_s = time.perf_counter() - start
   nll = np.asarray([m["test_nll_nats"] for m in members])
   return {"objective": objective, "k": k, "test_nll_nats": nll.tolist(), "mean": float(nll.mean()),
@@ -77,12 +76,9 @@ def _fmt(row: dict) -> str:
   return f"{row['mean']:.2f} ± {row['stderr']:.2f}" if row["stderr"] is not None else f"{row['mean']:.2f}"
 
 
-def _plot(path: str, rows: list[dict], ks: list[int]) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig, (ours, paper) = plt.subplots(1, 2, figsize=(9, 3.6))
+def _figure(rows: list[dict], ks: list[int]) -> Figure:
+  fig = Figure(figsize=(9, 3.6), dpi=100)
+  ours, paper = fig.subplots(1, 2)
   for objective, marker in (("elbo", "o"), ("iwae", "s")):
     mine = [r for r in rows if r["objective"] == objective]
     if mine:
@@ -94,20 +90,18 @@ def _plot(path: str, rows: list[dict], ks: list[int]) -> None:
   for ax, title in ((ours, "digits 8x8 (this codebase)"), (paper, "MNIST (Burda et al. Table 1)")):
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("k (training samples)")
     ax.set_ylabel("test NLL (nats)")
     ax.set_title(title)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
-def main(argv):
-  del argv
+def main(outdir: str) -> None:
   start = time.perf_counter()
-  outdir, steps, eval_k = _OUTDIR.value, _STEPS.value, _EVAL_K.value
+  steps, eval_k = _STEPS.value, _EVAL_K.value
   ks = [int(k) for k in _KS.value]
   seeds = list(range(_SEEDS.value))
   train_images = data_lib.load("digits", "train")["image"]
@@ -120,14 +114,9 @@ def main(argv):
             f"(train {rows[-1]['train_s']:.0f}s, eval {rows[-1]['eval_s']:.0f}s)", flush=True)
   wall_s = time.perf_counter() - start
 
-  command = f"python -m experiments.tables.vae_iwae --outdir={outdir}"
-  defaults = {"steps": 2000, "eval_k": 5000, "seeds": 1, "ks": ["1", "5", "50"]}
-  for name, default in defaults.items():
-    value = flags.FLAGS[name].value
-    if value != default:
-      command += f" --{name}={','.join(value) if isinstance(value, list) else value}"
   config = row_config("elbo", 1, steps, eval_k)
-  device = jax.devices()[0]
+  env = report.environment()
+  devices = env["devices"]
   header = "| training bound | k | test NLL, digits (nats) | Burda et al., MNIST (nats) |"
   lines = [header, "|---|---|---|---|"]
   for row in rows:
@@ -140,7 +129,7 @@ def main(argv):
   md = "\n".join([
       "# VAE vs IWAE bound: test NLL (Burda et al. 2016, Table 1 in shape)",
       "",
-      f"Command: `{command}`",
+      f"Command: `{report.command()}`",
       "",
       f"Each row trains the experiment's default VAE (tanh MLP {config.hidden}, {config.latent_dim} Gaussian "
       f"latents, Bernoulli decoder; Adam lr {config.optimizer.learning_rate}, eps {config.optimizer.eps}, batch "
@@ -155,22 +144,18 @@ def main(argv):
       "values are not comparable with the 64-pixel digits in absolute terms. The paper's pattern: the IWAE "
       "bound's NLL falls as k grows, and more than the VAE bound's does with the same k.",
       "",
-      f"Wall time {wall_s:.0f} s on {jax.device_count()} {device.platform} device(s) ({device.device_kind}); "
-      f"jax {jax.__version__}. Per row (train / eval seconds): "
+      f"Wall time {wall_s:.0f} s on {devices['count']} {devices['platform']} device(s) ({devices['kind']}); "
+      f"jax {env['versions']['jax']}. Per row (train / eval seconds): "
       + "; ".join(f"{OBJECTIVE_NAMES[r['objective']]} k={r['k']}: {r['train_s']:.0f} / {r['eval_s']:.0f}"
                   for r in rows) + ".",
       "",
   ])
-  os.makedirs(outdir, exist_ok=True)
-  with open(os.path.join(outdir, "vae_iwae.md"), "w") as f:
-    f.write(md)
-  _plot(os.path.join(outdir, "vae_iwae.png"), rows, ks)
-  write_results(outdir, {"rows": rows, "eval_k": eval_k, "steps": steps, "seeds": seeds, "command": command,
-                         "paper_mnist_nll": {f"{OBJECTIVE_NAMES[o]} k={k}": v
-                                             for (o, k), v in PAPER_MNIST_NLL.items()}},
-                config=config, wall_time_s=wall_s)
+  report.write_report(outdir, "vae_iwae", {"rows": rows, "eval_k": eval_k, "steps": steps, "seeds": seeds,
+                                           "paper_mnist_nll": {f"{OBJECTIVE_NAMES[o]} k={k}": v
+                                                               for (o, k), v in PAPER_MNIST_NLL.items()}},
+                      md, figure=_figure(rows, ks), config=config, wall_time_s=wall_s)
   print(table)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  report.main(main)
