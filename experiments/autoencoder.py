@@ -16,7 +16,7 @@ import ml_collections
 
 from research import data as data_lib
 from research.models import autoencoder
-from research.train import ConfigError, base_config, check_common, cli, train
+from research.train import ConfigError, base_config, check_common, check_workdir, cli, train
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -57,12 +57,13 @@ def run(config, workdir: str) -> dict:
   """
   check_common(config)
   autoencoder.check_config(config)
+  check_workdir(workdir)
   train_data = data_lib.load(config.dataset, "train")
   if "image" not in train_data:
     raise ConfigError(f"dataset {config.dataset!r} has no images (features: {', '.join(sorted(train_data))})")
   test_images = data_lib.load(config.dataset, "test")["image"]
   task = autoencoder.make_task(config, test_images)
-  return train(task, config, workdir, {"image": train_data["image"]}).results
+  return train(task, config, workdir, {"image": train_data["image"]}, {"image": test_images}).results
 
 
 if __name__ == "__main__":

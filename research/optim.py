@@ -12,10 +12,14 @@ Names:
   adam_l2   Adam with L2 added to the gradient (the coupled form AdamW argues against).
   sgd       SGD with (optionally Nesterov) momentum.
   rmsprop   RMSProp (used by WGAN with weight clipping).
+
+Weight decay (adamw, adam_l2) applies only to kernels (rank >= 2), never to biases or
+normalisation scales, and to embeddings only with `decay_embeddings` (see `decay_mask`).
 """
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -40,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.warmup_steps = 0  # warmup_cosine: linear warmup steps
   config.final_lr_fraction = 0.0  # warmup_cosine: final lr as a fraction of the peak
   config.grad_clip_norm = 0.0  # clip gradients to this global norm; 0 disables
+  config.decay_embeddings = False  # adamw / adam_l2: also decay embedding tables (rank >= 2 kernels always)
   return config
 
 
@@ -68,6 +73,29 @@ def schedule(config: ml_collections.ConfigDict, total_steps: int) -> Callable:
   return optax.join_schedules([warmup, cosine], [config.warmup_steps])
 
 
+def _names(path) -> list[str]:
+  return [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+
+
+def decay_mask(params, decay_embeddings: bool = False):
+  """Which parameters weight decay applies to: arrays of rank >= 2 (kernels).
+
+  Biases, LayerNorm/GroupNorm scales and other vectors are never decayed (as in nanoGPT and
+  the BERT/GPT-2 recipes); embedding tables (a path component containing "embed", such as
+  flax's `nn.Embed` parameter `embedding`) only when `decay_embeddings`.
+
+  Returns:
+    A tree of bools with the structure of `params`.
+  """
+
+  def decays(path, leaf):
+    if jnp.ndim(leaf) < 2:
+      return False
+    return decay_embeddings or not any("embed" in name.lower() for name in _names(path))
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """Builds the optimizer named by `config.name`.
 
@@ -81,13 +109,14 @@ def make(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientT
   """
   check(config)
   multiplier = schedule(config, total_steps)
+  mask = lambda params: decay_mask(params, config.decay_embeddings)
 
   def build(learning_rate, weight_decay, b1):
     parts = []
     if config.grad_clip_norm > 0:
       parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.name == "adam_l2":
-      parts.append(optax.add_decayed_weights(weight_decay))  # L2: decay enters Adam's moments
+      parts.append(optax.add_decayed_weights(weight_decay, mask))  # L2: decay enters Adam's moments
     if config.name in ("adam", "adamw", "adam_l2"):
       parts.append(optax.scale_by_adam(b1=b1, b2=config.b2, eps=config.eps))
     elif config.name == "sgd":
@@ -95,7 +124,7 @@ def make(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientT
     elif config.name == "rmsprop":
       parts.append(optax.scale_by_rms(decay=config.b2, eps=config.eps))
     if config.name == "adamw":
-      parts.append(optax.add_decayed_weights(weight_decay))  # decoupled: after Adam
+      parts.append(optax.add_decayed_weights(weight_decay, mask))  # decoupled: after Adam
     parts.append(optax.scale_by_schedule(lambda count: -learning_rate * multiplier(count)))
     return optax.chain(*parts)
 
@@ -110,9 +139,15 @@ def hyperparams(opt_state) -> dict:
   return opt_state.hyperparams
 
 
-def learning_rate(config: ml_collections.ConfigDict, total_steps: int, opt_state, step):
-  """The learning rate in force at `step`: the (possibly swept) peak times the schedule."""
-  return hyperparams(opt_state)["learning_rate"] * schedule(config, total_steps)(step)
+def learning_rate_fn(config: ml_collections.ConfigDict, total_steps: int) -> Callable:
+  """`fn(opt_state, step)`: the learning rate the update at `step` applies, for a state of `make`.
+
+  The peak (possibly swept) is read from the state's injected hyperparameters and scaled by
+  the schedule; hand it to the Task as `learning_rate`, so the loop logs it without knowing
+  this factory's state layout.
+  """
+  multiplier = schedule(config, total_steps)
+  return lambda opt_state, step: hyperparams(opt_state)["learning_rate"] * multiplier(step)
 
 
 def with_hyperparams(opt_state, overrides):

@@ -62,9 +62,12 @@ def test_sigkill_and_restart_gives_bit_identical_params(tmp_path, digits_train):
   proc.wait()
   assert not (workdir / "results.json").exists(), "the run finished before the kill; nothing was tested"
 
+  kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   resumed = run_python(["tests/tiny_run.py", str(workdir), str(steps)])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "resuming from step" in resumed.stderr
+  # It resumed from the newest complete checkpoint and trained only the remaining steps.
+  assert f"resuming from step {kept[-1]} of" in resumed.stderr
+  assert f"trained steps {kept[-1]}..{steps} at" in resumed.stderr
   _assert_same_bits(_stored_state(workdir, steps), reference.state)
   assert json.loads((workdir / "results.json").read_text())["train_loss"] == reference.results["train_loss"]
 
@@ -166,7 +169,10 @@ def test_completed_run_restarted_does_no_more_steps(tmp_path, digits_train):
     ("batch_size", 0, "batch_size must be > 0"),
     ("batch_size", -4, "batch_size must be > 0"),
     ("steps", -1, "steps must be >= 0"),
-    ("dataset", "nope", "unknown dataset 'nope'; available: digits"),
+    ("grad_accum", 3, "batch_size 32 is not divisible by grad_accum 3"),
+    ("dtype", "float16", "unknown dtype 'float16'"),
+    ("eval_every", -1, "eval_every must be >= 0"),
+    ("steps_per_call", 0, "steps_per_call must be > 0"),
 ])
 def test_bad_config_fails_before_writing(tmp_path, digits_train, field, value, message):
   config = tiny_run.make_config(10)

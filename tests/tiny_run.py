@@ -51,7 +51,8 @@ def make_task(config, hidden: int = 32) -> Task:
     return nll, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   return Task(init=lambda k, b: model.init(k, b["image"]), tx=optim.make(config.optimizer, config.steps),
-              loss=loss, evaluate=lambda p, k: {"final_bias_sum": float(jnp.sum(p["params"]["Dense_1"]["bias"]))})
+              loss=loss, evaluate=lambda p, k, d: {"final_bias_sum": float(jnp.sum(p["params"]["Dense_1"]["bias"]))},
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
 
 
 def main():

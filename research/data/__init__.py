@@ -3,17 +3,23 @@
     data = research.data.load("digits", "train")   # {'image': uint8 (N,8,8,1), 'label': ...}
     batches = research.data.Batcher(data, batch_size=64, seed=0)
     batch = batches(step)                           # deterministic in (seed, step)
+    records = research.data.source("digits", "train")  # random access, read by index (ArrayRecord)
 """
 
 import contextlib
 import fcntl
 import functools
+import glob
 import os
+import shutil
+import socket
 
 import numpy as np
 
+from research.checks import ConfigError
 from research.data import toy2d
 from research.data.batching import Batcher
+from research.data.sources import ArraySource, RecordSource, Source, TokenWindows, as_source
 
 # Short names -> TFDS names of the bundled, offline datasets.
 BUNDLED = {
@@ -26,7 +32,8 @@ BUNDLED = {
 # Catalog datasets the experiments know; they download on first use when online.
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")
 
-__all__ = ["BUNDLED", "CATALOG", "Batcher", "check_name", "data_dir", "load", "toy2d"]
+__all__ = ["BUNDLED", "CATALOG", "ArraySource", "Batcher", "RecordSource", "Source", "TokenWindows", "as_source",
+           "check_name", "data_dir", "load", "source", "toy2d"]
 
 
 def _tfds():
@@ -35,7 +42,9 @@ def _tfds():
   Imported on first use, so that the training loop and the scans (which only batch arrays)
   run where TensorFlow is not installed.
   """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads records here: keep it quiet
+  # TensorFlow only encodes and reads records here: keep it quiet (no oneDNN banner, no info logs).
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from research.data import builders  # pylint: disable=import-outside-toplevel,unused-import
   return tfds
@@ -51,12 +60,12 @@ def _tfds_name(name: str) -> str:
     return BUNDLED[name]
   if name.split("/")[0].split(":")[0] in set(_tfds().list_builders(with_community_datasets=False)):
     return name
-  raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list(BUNDLED) + list(CATALOG))} "
+  raise ConfigError(f"unknown dataset {name!r}; available: {', '.join(list(BUNDLED) + list(CATALOG))} "
                    "(or any TFDS catalog name)")
 
 
 def check_name(name: str) -> None:
-  """Raises ValueError listing the available datasets if `name` is unknown."""
+  """Raises ConfigError (a ValueError) listing the available datasets if `name` is unknown."""
   _tfds_name(name)
 
 
@@ -72,6 +81,100 @@ def _lock(directory: str, name: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _is_prepared(builder) -> bool:
+  return builder.is_prepared()
+
+
+def _can_download(host: str = "storage.googleapis.com", timeout_s: float = 3.0) -> bool:
+  """Whether TFDS's download mirror answers within a few seconds (never a long retry loop)."""
+  try:
+    socket.create_connection((host, 443), timeout=timeout_s).close()
+    return True
+  except OSError:
+    return False
+
+
+@contextlib.contextmanager
+def _downloads_refused(name: str, tfds_name: str, directory: str):
+  """Makes any download of a preparation fail at once, naming how to prepare the dataset.
+
+  Without a network TFDS would retry each download for minutes; builders that need no
+  download (local ones) still prepare.
+  """
+  from tensorflow_datasets.core.download import download_manager  # pylint: disable=import-outside-toplevel
+
+  def refuse(*args, **kwargs):
+    del args, kwargs
+    raise ConfigError(
+        f"dataset {name!r} is not prepared in {directory} and cannot be downloaded (no network); prepare "
+        f"it where there is one with `tfds build {tfds_name} --data_dir=DIR --file_format=array_record` "
+        "and point TFDS_DATA_DIR at DIR")
+
+  cls = download_manager.DownloadManager
+  saved = {attr: getattr(cls, attr) for attr in ("download", "download_and_extract", "download_kaggle_data")}
+  try:
+    for attr in saved:
+      setattr(cls, attr, refuse)
+    yield
+  finally:
+    for attr, method in saved.items():
+      setattr(cls, attr, method)
+
+
+def _prepared_builder(name: str, directory: str):
+  """The TFDS builder of `name`, prepared in `directory` (ArrayRecord files for new preparations).
+
+  Raises:
+    ValueError: for an unknown name, or a catalog dataset that is not prepared and cannot be
+      downloaded (no network): one line naming how to prepare it.
+  """
+  tfds = _tfds()
+  tfds_name = _tfds_name(name)
+  with _lock(directory, tfds_name):
+    builder = tfds.builder(tfds_name, data_dir=directory)
+    if not _is_prepared(builder):
+      offline = name not in BUNDLED and not _can_download()
+      fresh = not os.path.exists(os.path.join(directory, tfds_name.split(":")[0].split("/")[0]))
+      # ArrayRecord files give random access by index: research.data.source reads them directly.
+      builder = tfds.builder(tfds_name, data_dir=directory, file_format="array_record")
+      try:
+        with _downloads_refused(name, tfds_name, directory) if offline else contextlib.nullcontext():
+          builder.download_and_prepare()
+      except Exception:
+        # A failed preparation leaves nothing behind: no incomplete.* files, no empty folders.
+        top = os.path.join(directory, tfds_name.split(":")[0].split("/")[0])
+        if fresh:
+          shutil.rmtree(top, ignore_errors=True)
+        else:
+          for leftover in glob.glob(os.path.join(top, "**", "incomplete.*"), recursive=True):
+            shutil.rmtree(leftover, ignore_errors=True)
+        raise
+  return builder
+
+
+def source(name: str, split: str = "train", directory: str | None = None, features=None) -> RecordSource:
+  """A random-access source over a prepared dataset's ArrayRecord files (read by index, not loaded).
+
+  Args:
+    name: a key of BUNDLED, or a TFDS catalog name (prepared on first use).
+    split: a TFDS split, e.g. "train", "test", "train[:10%]".
+    directory: the TFDS data directory; defaults to `data_dir()`.
+    features: the features to read (all, by default).
+
+  Returns:
+    A RecordSource for research.data.Batcher and research.train.train.
+
+  Raises:
+    ValueError: for an unknown name, or a dataset prepared in another file format.
+  """
+  builder = _prepared_builder(name, directory or data_dir())
+  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+  if file_format != "array_record":
+    raise ValueError(f"dataset {name!r} in {builder.data_dir} is stored as {file_format}, which has no random "
+                     "access; prepare it again with --file_format=array_record")
+  return RecordSource(builder.as_data_source(split=split), features)
+
+
 def load(name: str, split: str = "train", directory: str | None = None) -> dict[str, np.ndarray]:
   """Loads a whole split into memory as numpy arrays (read once per process, then copied).
 
@@ -84,16 +187,17 @@ def load(name: str, split: str = "train", directory: str | None = None) -> dict[
     A dict of numpy arrays keyed by feature name, sharing the leading dimension.
 
   Raises:
-    ValueError: for an unknown name (the message lists the available datasets).
+    ValueError: for an unknown name (the message lists the available datasets), or a catalog
+      dataset that is neither prepared nor downloadable.
   """
   return {k: v.copy() for k, v in _load_cached(name, split, directory or data_dir()).items()}
 
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, split: str, directory: str) -> dict[str, np.ndarray]:
-  tfds = _tfds()
-  tfds_name = _tfds_name(name)
-  builder = tfds.builder(tfds_name, data_dir=directory)
-  with _lock(directory, tfds_name):
-    builder.download_and_prepare()
-  return dict(tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1)))
+  builder = _prepared_builder(name, directory)
+  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+  if file_format == "array_record":
+    records = builder.as_data_source(split=split)
+    return RecordSource(records).__getitems__(range(len(records)))
+  return dict(_tfds().as_numpy(builder.as_dataset(split=split, batch_size=-1)))

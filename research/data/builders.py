@@ -15,14 +15,15 @@ TOY2D_SIZES = {"train": 20_000, "test": 5_000}
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
-  """scikit-learn's 8x8 handwritten digits as uint8 images in 0..255."""
+  """scikit-learn's 8x8 handwritten digits as uint8 images in 0..255 (stored raw, not PNG-encoded)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Prepared as ArrayRecord files (random access).", "1.0.0": "First release."}
 
   def _info(self):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
+            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),  # raw bytes: fast random reads
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("image", "label"),
@@ -47,7 +48,8 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 class Toy2d(tfds.core.GeneratorBasedBuilder):
   """Generated 2D distributions: mixtures of Gaussians and a swiss roll."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Prepared as ArrayRecord files (random access).", "1.0.0": "First release."}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in toy2d.NAMES]
 
   def _info(self):
@@ -70,7 +72,8 @@ class Toy2d(tfds.core.GeneratorBasedBuilder):
 class PythonDocs(tfds.core.GeneratorBasedBuilder):
   """CPython's English documentation topics (an offline LM corpus), one text per topic."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Prepared as ArrayRecord files (random access).", "1.0.0": "First release."}
 
   def _info(self):
     return self.dataset_info_from_configs(

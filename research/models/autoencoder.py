@@ -29,6 +29,7 @@ The VAE objective, in parts:
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -65,6 +66,8 @@ class AutoencoderConfig:
     noise_level: DAE: the Gaussian noise's standard deviation, or the masking probability.
     objective: VAE training bound, one of OBJECTIVES.
     k: samples per image in the training bound.
+    dtype: the compute dtype of the layers (parameters stay float32; log-densities are
+      computed in float32).
   """
 
   model: str = "vae"
@@ -75,13 +78,15 @@ class AutoencoderConfig:
   noise_level: float = 0.3
   objective: str = "elbo"
   k: int = 1
+  dtype: str = "float32"
 
   @classmethod
   def from_config(cls, config, image_shape: Sequence[int]) -> "AutoencoderConfig":
     """Picks the model's fields out of an experiment config."""
     return cls(model=config.model, image_shape=tuple(int(d) for d in image_shape), latent_dim=config.latent_dim,
                hidden=tuple(int(h) for h in config.hidden), corruption=config.corruption,
-               noise_level=float(config.noise_level), objective=config.objective, k=config.k)
+               noise_level=float(config.noise_level), objective=config.objective, k=config.k,
+               dtype=config.dtype)
 
 
 def check_config(config) -> None:
@@ -112,12 +117,14 @@ class MLP(nn.Module):
 
   hidden: tuple[int, ...]
   out: int
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x):
+    x = x.astype(self.dtype)
     for width in self.hidden:
-      x = nn.tanh(nn.Dense(width)(x))
-    return nn.Dense(self.out)(x)
+      x = nn.tanh(nn.Dense(width, dtype=self.dtype)(x))
+    return nn.Dense(self.out, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class Autoencoder(nn.Module):
@@ -132,8 +139,8 @@ class Autoencoder(nn.Module):
   def setup(self):
     c = self.config
     code_dim = 2 * c.latent_dim if c.model == "vae" else c.latent_dim
-    self.encoder = MLP(c.hidden, code_dim)
-    self.decoder = MLP(tuple(reversed(c.hidden)), math.prod(c.image_shape))
+    self.encoder = MLP(c.hidden, code_dim, c.dtype)
+    self.decoder = MLP(tuple(reversed(c.hidden)), math.prod(c.image_shape), c.dtype)
 
   def encode(self, x):
     h = self.encoder(x.reshape(x.shape[0], -1))  # (batch, code_dim)
@@ -297,14 +304,15 @@ def make_task(config, eval_images: np.ndarray) -> Task:
   Args:
     config: an experiment config with the base fields (research.train.base_config) and
       model, latent_dim, hidden, corruption, noise_level, objective, k, eval_k.
-    eval_images: uint8 test images (N, H, W, C) for `evaluate` and the reconstruction grid.
+    eval_images: uint8 test images (N, H, W, C) for the reconstruction grid; `evaluate`
+      reads the evaluation split the loop hands it ({"image": uint8 (N, H, W, C)}).
 
   Returns:
     A Task. Its `evaluate` reports, for the VAE, `test_nll_nats` (importance-sampled with
     `nll_k` = config.eval_k samples, dynamically binarised test images),
     `test_bits_per_dim` and `test_elbo_nats`; for the AE/DAE, `test_reconstruction_bce`
-    (nats per image) and `test_reconstruction_mse` (per pixel), plus for the DAE the
-    error of denoising corrupted test images. `sample` draws reconstructions (and VAE samples).
+    (nats per image) and `test_reconstruction_mse` (per pixel) of clean test images, plus
+    for the DAE `test_denoising_bce` / `test_denoising_mse` of corrupted test images. `sample` draws reconstructions (and VAE samples).
 
   Raises:
     ConfigError: on a bad field.
@@ -323,9 +331,9 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     return vae_terms(model, params, x, key, k).log_weights  # (k, batch)
 
   # The test images are arguments, not closed-over constants, so they stay out of the compiled programs.
-  @jax.jit
-  def reconstruction_errors(params, test_x, key):
-    inputs = corrupt(model_config, test_x, key) if model_config.model == "dae" else test_x
+  @functools.partial(jax.jit, static_argnames="corrupted")
+  def reconstruction_errors(params, test_x, key, corrupted):
+    inputs = corrupt(model_config, test_x, key) if corrupted else test_x
     logits = model.apply(params, inputs)
     return {"bce": jnp.mean(-bernoulli_log_likelihood(test_x, logits)),
             "mse": jnp.mean(jnp.square(jax.nn.sigmoid(logits) - test_x))}
@@ -336,17 +344,20 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     terms = vae_terms(model, params, nll_lib.binarize(k_binarize, test_x), k_latent, 1)
     return jnp.mean(elbo(terms))
 
-  def evaluate(params, key):
+  def evaluate(params, key, data):
+    test_images = np.asarray(data["image"])
+    test_x = jnp.asarray(nll_lib.to_unit_interval(test_images))
     k_nll, k_elbo = jax.random.split(key)
     if model_config.model == "vae":
-      nll = nll_lib.test_nll_nats(log_weights, params, eval_images, k_nll, config.eval_k)
+      nll = nll_lib.test_nll_nats(log_weights, params, test_images, k_nll, config.eval_k)
       return {"test_nll_nats": nll, "nll_k": int(config.eval_k),
               "test_bits_per_dim": nll_lib.bits_per_dim(nll, math.prod(model_config.image_shape)),
-              "test_elbo_nats": float(test_elbo(params, eval_x, k_elbo))}
-    clean = reconstruction_errors(params, eval_x, k_nll)
+              "test_elbo_nats": float(test_elbo(params, test_x, k_elbo))}
+    # The clean reconstruction error, and (DAE) the error of denoising corrupted test images.
+    clean = reconstruction_errors(params, test_x, k_nll, corrupted=False)
     out = {"test_reconstruction_bce": float(clean["bce"]), "test_reconstruction_mse": float(clean["mse"])}
     if model_config.model == "dae":
-      noisy = reconstruction_errors(params, eval_x, k_elbo)
+      noisy = reconstruction_errors(params, test_x, k_elbo, corrupted=True)
       out.update({"test_denoising_bce": float(noisy["bce"]), "test_denoising_mse": float(noisy["mse"])})
     return out
 
@@ -371,4 +382,4 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     return draw(params, eval_x, key)
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              sample=sample)
+              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))

@@ -325,7 +325,8 @@ def make_task(config) -> Task:
     opt_state = {"gen": gen_opt_state, "disc": critic.opt_state}
     return state.replace(params=params, opt_state=opt_state), metrics
 
-  def evaluate(params, key):
+  def evaluate(params, key, data):
+    del data  # coverage is measured against the known mixture, not a held-out split
     if dataset not in toy2d.MIXTURES:
       return {}
     result = jax.jit(lambda p, k: coverage(config, p, k))(params["gen"], key)
@@ -339,7 +340,9 @@ def make_task(config) -> Task:
       return {"samples": (images + 1.0) / 2.0}  # (64, 8, 8, 1) in [0, 1]
     return {"samples": generate(models.gen, params["gen"], key, config.eval_samples, latent_dim)}  # (n, 2)
 
+  gen_learning_rate = optim.learning_rate_fn(config.optimizer, config.steps)
   return Task(init=init, tx=tx, train_step=train_step, evaluate=evaluate, sample=sample,
+              learning_rate=lambda opt_state, step: gen_learning_rate(opt_state["gen"], step),
               batches_per_step=n_critic)
 
 

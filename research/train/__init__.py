@@ -1,10 +1,11 @@
 """The one training loop: state, step, parallelism, checkpoints, logging, results."""
 
 from research.train.checkpoint import Checkpointer, restore_pytree, save_pytree
-from research.train.config import ConfigError, base_config, check_choice, check_common, check_positive
+from research.train.config import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import distributed, parallel
 from research.train.loop import Run, train
-from research.train.monitor import NonFiniteLossError
+from research.train.monitor import Interrupted, NonFiniteLossError
 from research.train.results import environment, write_results
-from research.train.step import Keys, TrainState, apply_gradients, eval_params, init_state, make_train_step
+from research.train.step import (Keys, TrainState, accumulate_gradients, apply_gradients, eval_params, init_params,
+                                 init_state, make_multi_step, make_train_step)
 from research.train.task import Task

@@ -1,8 +1,10 @@
 """Checkpoints: orbax CheckpointManager under `<workdir>/checkpoints/<step>/`.
 
 A checkpoint holds three items: the train `state`, the data position (`data`) and the
-run's `config`. Saves are synchronous, and orbax writes into a temporary directory it
-renames when complete, so a run killed mid-save leaves the previous checkpoints intact.
+run's `config`. Saves are asynchronous: `save` returns once the state is copied off the
+devices and the files are written in the background while training goes on. Orbax writes
+into a temporary directory it renames only when complete, so a run killed mid-save leaves
+the previous checkpoints intact and never a half-written one as the latest.
 """
 
 import os
@@ -45,7 +47,7 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     # A save killed midway leaves only a temporary directory: orbax ignores it and cleans it up.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
@@ -85,6 +87,7 @@ class Checkpointer:
     Raises:
       RuntimeError: if checkpoints exist but none can be read (never silently restarts).
     """
+    self.wait()
     steps = self.steps()
     for step in reversed(steps):
       try:
@@ -117,16 +120,24 @@ class Checkpointer:
     return aside
 
   def save(self, step: int, state, data: Mapping[str, Any], config) -> None:
-    """Saves a checkpoint for `step` (overwriting nothing) and waits until it is on disk."""
+    """Starts saving a checkpoint for `step` (overwriting nothing); `wait` blocks until it is on disk.
+
+    The state is copied to host memory before this returns, so the caller may donate it
+    to the next step right away.
+    """
     if step in self._manager.all_steps():
       return
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data)),
         config=ocp.args.JsonSave(config_dict)), force=True)
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    self._manager.wait_until_finished()
     self._manager.close()
 
 

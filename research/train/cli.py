@@ -9,6 +9,8 @@ which defines `--config` (the script's own `get_config`, so `--config=<script>.p
 picks a preset and `--config.<field>=...` overrides a field) and `--workdir`, then calls
 `run(config, workdir)`. Bad input (an unknown flag or config field, a ConfigError raised by
 the checks) is one line on stderr and exit code 2, before anything is compiled or written.
+A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
+where, and exit with 128 + the signal number (130 / 143).
 """
 
 import sys
@@ -21,13 +23,14 @@ from ml_collections import config_flags
 
 from research.train import distributed
 from research.train.config import ConfigError
+from research.train.monitor import Interrupted, NonFiniteLossError
 
 
-def fail(message: str) -> None:
-  """Prints `error: message` on stderr and exits with status 2."""
+def fail(message: str, status: int = 2) -> None:
+  """Prints `error: message` on stderr and exits with `status` (2: bad input)."""
   sys.stderr.write(f"error: {message}\n")
   sys.stderr.flush()
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -72,5 +75,12 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       run(config_flag.value, workdir_flag.value)
     except ConfigError as e:
       fail(str(e))
+    except NonFiniteLossError as e:
+      fail(str(e), status=1)
+    except Interrupted as e:
+      sys.stderr.write(f"{e}\n")
+      sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
+    except KeyboardInterrupt:
+      fail("interrupted a second time: stopped without saving", status=130)
 
   app.run(guarded, flags_parser=_parse_flags)

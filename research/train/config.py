@@ -1,51 +1,86 @@
-"""Config checks shared by every experiment, run before anything is compiled or written."""
+"""The fields every gradient-trained experiment shares, and their checks (run before anything is compiled)."""
+
+import os
 
 import jax
 import ml_collections
 
 from research import optim
 from research.checks import ConfigError, check_choice, check_positive  # re-exported
+from research.train import parallel
+
+DTYPES = ("float32", "bfloat16")
 
 
 def check_common(config: ml_collections.ConfigDict) -> None:
-  """Checks the fields every gradient-trained experiment shares.
+  """Checks the fields every gradient-trained experiment shares (the dataset is the experiment's to check).
 
   Args:
-    config: an experiment config with seed, steps, batch_size, optimizer,
-      checkpoint_every, log_every and ema_decay.
+    config: an experiment config with the fields of `base_config`.
 
   Raises:
     ConfigError: on the first bad field.
   """
   check_positive("steps", config.steps, allow_zero=True)
   check_positive("batch_size", config.batch_size)
-  n = jax.device_count()
-  if config.batch_size % n:
-    raise ConfigError(f"batch_size {config.batch_size} is not divisible by the device count {n}")
-  from research import data  # pylint: disable=import-outside-toplevel
-  try:
-    data.check_name(config.dataset)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  check_positive("grad_accum", config.grad_accum)
+  check_positive("steps_per_call", config.steps_per_call)
+  check_choice("dtype", config.dtype, DTYPES)
+  sizes = parallel.mesh_shape(config.mesh)
+  if config.batch_size % config.grad_accum:
+    raise ConfigError(f"batch_size {config.batch_size} is not divisible by grad_accum {config.grad_accum}")
+  split = sizes[parallel.DATA_AXIS] * sizes[parallel.FSDP_AXIS]
+  micro = config.batch_size // config.grad_accum
+  if micro % split:
+    if config.grad_accum == 1 and split == jax.device_count():
+      raise ConfigError(f"batch_size {config.batch_size} is not divisible by the device count {split}")
+    raise ConfigError(f"the microbatch of {micro} examples (batch_size / grad_accum) is not divisible by the "
+                      f"data x fsdp mesh size {split}")
   optim.check(config.optimizer)
   check_positive("checkpoint_every", config.checkpoint_every)
   check_positive("log_every", config.log_every)
+  check_positive("eval_every", config.eval_every, allow_zero=True)
+  check_positive("sample_every", config.sample_every, allow_zero=True)
   check_positive("keep_checkpoints", config.keep_checkpoints)
+  check_positive("prefetch", config.prefetch, allow_zero=True)
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
 
 
+def check_workdir(workdir: str) -> None:
+  """Raises ConfigError if `workdir` cannot be a run directory (a file, or not writable)."""
+  if not workdir:
+    raise ConfigError("--workdir is empty")
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    raise ConfigError(f"--workdir {workdir} cannot be created or written ({parent} is not a writable directory)")
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The fields every gradient-trained experiment shares; experiments add their own."""
-
   config = ml_collections.ConfigDict()
   config.seed = 0  # seeds parameter init, data order and every per-step key
   config.steps = 1000  # number of optimizer updates
-  config.batch_size = 64  # global batch size (split over all devices)
-  config.dataset = "digits"  # a name known to research.data
+  config.batch_size = 64  # global batch size per update (split over devices and microbatches)
+  config.grad_accum = 1  # microbatches per update: gradients accumulated in the step, memory / grad_accum
+  config.dataset = "digits"  # a name known to research.data (each experiment checks its own)
   config.optimizer = optim.default_config()  # see research/optim.py
   config.checkpoint_every = 500  # save a checkpoint every this many steps (and at the end)
   config.keep_checkpoints = 3  # keep the newest this many checkpoints
-  config.log_every = 100  # write metrics and a progress line every this many steps
+  config.log_every = 100  # write metrics (averaged over the interval) and a progress line every this many steps
+  config.eval_every = 0  # evaluate on the evaluation split every this many steps; 0: only at the end
+  config.sample_every = 0  # write samples every this many steps; 0: only at the end
   config.ema_decay = 0.0  # decay of the parameter EMA; 0 disables it
+  config.steps_per_call = 1  # steps compiled into one call (a lax.scan): fewer dispatches for small models
+  config.prefetch = 2  # batches gathered and transferred ahead of the step that uses them
+  config.dtype = "float32"  # compute dtype (bfloat16 on GPU/TPU); parameters and optimizer state stay float32
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # devices on the data-parallel axis (-1: the rest)
+  config.mesh.fsdp = 1  # devices over which parameters and optimizer state are sharded
+  config.mesh.tensor = 1  # devices over which attention heads and MLP units are split
   return config

@@ -44,3 +44,47 @@ def save_png(path: str, array, title: str | None = None) -> str:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def sample_kind(value) -> str:
+  """"images" (N, H, W, C), "points" (N, 2) or "text" (a string or a sequence of strings)."""
+  if isinstance(value, str) or (isinstance(value, (list, tuple)) and value and all(
+      isinstance(v, (str, bytes)) for v in value)):
+    return "text"
+  array = np.asarray(value)
+  if array.ndim == 4:
+    return "images"
+  if array.ndim == 2 and array.shape[1] == 2:
+    return "points"
+  raise ValueError(f"cannot write a sample of shape {array.shape}: expected images (N, H, W, C), points (N, 2) "
+                   "or text")
+
+
+def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str]:
+  """Writes each named sample as files a person (and other tools) can read.
+
+  images -> `<name>.png` (a grid) + `<name>.npz` (`images`, float32 in [0, 1], NHWC), and
+  the grid as a TensorBoard image; points -> `<name>.png` (a scatter) + `<name>.npz`
+  (`points`); text -> `<name>.txt`, one sample per block.
+
+  Returns:
+    The paths written.
+  """
+  paths = []
+  for name, value in samples.items():
+    kind = sample_kind(value)
+    if kind == "text":
+      texts = [value] if isinstance(value, str) else [v.decode() if isinstance(v, bytes) else v for v in value]
+      path = os.path.join(workdir, f"{name}.txt")
+      with open(path, "w") as f:
+        f.write("\n\n".join(f"--- sample {i} ---\n{t}" for i, t in enumerate(texts)) + "\n")
+      paths.append(path)
+      continue
+    array = np.asarray(value, np.float32)
+    paths.append(save_png(os.path.join(workdir, f"{name}.png"), array, title=f"{name} (step {step})"))
+    npz = os.path.join(workdir, f"{name}.npz")
+    np.savez_compressed(npz, **{kind: np.clip(array, 0.0, 1.0) if kind == "images" else array})
+    paths.append(npz)
+    if kind == "images" and writer is not None:
+      writer.write_images(step, {name: image_grid(array)[None]})
+  return paths

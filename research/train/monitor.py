@@ -12,6 +12,61 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite; the message names the step."""
 
 
+class Interrupted(RuntimeError):
+  """SIGINT or SIGTERM stopped the run after saving a checkpoint; the message says where."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+# Dense bf16 peak FLOP/s per chip, by the start of jax's device_kind (MFU is against these).
+PEAK_FLOPS = (
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA H100", 989e12),
+    ("NVIDIA A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """The bf16 peak of one device of this kind, or None where unknown (CPUs)."""
+  for prefix, flops in PEAK_FLOPS:
+    if device_kind.startswith(prefix):
+      return flops
+  return None
+
+
+def step_flops(lowered) -> float | None:
+  """Model FLOPs of one step from XLA's cost analysis of its lowered program (None if unavailable).
+
+  Loops inside the step (a lax.scan over microbatches or critic updates) count once, as
+  XLA's analysis counts a loop body once.
+  """
+  try:
+    cost = lowered.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+def format_metrics(metrics, limit: int = 12) -> str:
+  """`name value, ...` of the numeric scalars of `metrics` (for one summary line)."""
+  parts = []
+  for name, value in metrics.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    parts.append(f"{name} {value:.5g}" if isinstance(value, float) else f"{name} {value}")
+  return ", ".join(parts[:limit])
+
+
 def make_writer(workdir: str):
   """A clu MetricWriter: TensorBoard event files in `workdir` plus console lines, from process 0 only."""
   # clu's TensorBoard writer pulls in TensorFlow: imported here, so the library (scans, sweeps)
@@ -43,13 +98,19 @@ class Progress:
     elapsed = time.perf_counter() - self._t0
     return (step - self.start) / elapsed if elapsed > 0 and step > self.start else float("nan")
 
-  def report(self, step: int, loss: float) -> str:
+  def report(self, step: int, loss: float, flops_per_step: float | None = None,
+             peak: float | None = None) -> str:
+    """Prints and returns the progress line; with the step's FLOPs it shows FLOP/s (and MFU with a peak)."""
     rate = self.steps_per_second(step)
     eta = (self.total - step) / rate if rate > 0 else math.nan
     eta_text = str(datetime.timedelta(seconds=round(eta))) if math.isfinite(eta) else "?"
     done = int(self.width * step / max(self.total, 1))
     line = (f"step {step}/{self.total} [{'#' * done}{'.' * (self.width - done)}] "
             f"{rate:.1f} steps/s  ETA {eta_text}  loss {loss:.5g}")
+    if flops_per_step and math.isfinite(rate):
+      line += f"  {flops_per_step * rate / 1e9:.3g} GFLOP/s"
+      if peak:
+        line += f"  MFU {flops_per_step * rate / peak:.1%}"
     if self._enabled:
       sys.stderr.write(line + "\n")
       sys.stderr.flush()

@@ -1,6 +1,7 @@
 """The `results.json` every run writes: final metrics, config, versions, devices, wall time."""
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,7 +20,9 @@ def _to_json(value):
   if isinstance(value, (np.ndarray, jax.Array)):
     return _to_json(np.asarray(value).tolist())
   if isinstance(value, np.generic):
-    return value.item()
+    return _to_json(value.item())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None  # strict JSON has no NaN or Infinity: an undefined metric is null
   return value
 
 
@@ -58,7 +61,7 @@ def write_results(workdir: str, metrics: Mapping[str, Any], config=None, wall_ti
     path = os.path.join(workdir, filename)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-      json.dump(out, f, indent=2, sort_keys=False)
+      json.dump(out, f, indent=2, sort_keys=False, allow_nan=False)
       f.write("\n")
     os.replace(tmp, path)
   return out

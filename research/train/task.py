@@ -25,10 +25,19 @@ class Task:
     train_step: `train_step(state, batch, key) -> (state, metrics)` for updates that are
       not one optimizer on one loss; metrics must contain 'loss'. Build it from
       research.train.step.apply_gradients so the health metrics come for free.
-    evaluate: `evaluate(params, key) -> metrics`, run at the end of training on the EMA
-      parameters when there are any; its metrics go into results.json.
-    sample: `sample(params, key) -> {name: array}` written as `<name>.png`: images
-      (N, H, W, C) in [0, 1] become a grid, points (N, 2) a scatter plot.
+    evaluate: `evaluate(params, key, data) -> metrics` on the evaluation split `data` (as
+      handed to `train`, or None), every `config.eval_every` steps and at the end, on the
+      EMA parameters when there are any. Scalars go to TensorBoard under `eval/`, the last
+      evaluation's metrics into results.json.
+    sample: `sample(params, key) -> {name: sample}`, every `config.sample_every` steps and
+      at the end: images (N, H, W, C) in [0, 1] become `<name>.png` (a grid) and
+      `<name>.npz` (`images`), points (N, 2) a scatter plot and `<name>.npz` (`points`),
+      text (a string or a list of strings) `<name>.txt`.
+    learning_rate: `learning_rate(opt_state, step) -> scalar`, the rate the update at
+      `step` applies (research.optim.learning_rate_fn gives it for its optimizers); logged
+      when given. The loop never reads an optimizer's state layout itself.
+    init_extra: `init_extra(key, batch) -> extra`, the state carried but not trained
+      (TrainState.extra); only a task with its own `train_step` can update it.
     batches_per_step: how many batches one step consumes (GAN: n_critic); the loop hands
       `train_step` batch_size * batches_per_step examples.
   """
@@ -39,6 +48,8 @@ class Task:
   train_step: Callable[..., tuple[Any, Metrics]] | None = None
   evaluate: Callable[..., Metrics] | None = None
   sample: Callable[..., Mapping[str, Any]] | None = None
+  learning_rate: Callable[..., Any] | None = None
+  init_extra: Callable[..., Any] | None = None
   batches_per_step: int = 1
 
   def __post_init__(self):
