@@ -10,11 +10,13 @@ import contextlib
 import fcntl
 import functools
 import glob
+import io
 import os
 import shutil
 import socket
 
 import numpy as np
+from absl import logging as absl_logging
 
 from research.checks import ConfigError
 from research.data import toy2d
@@ -112,11 +114,16 @@ def _downloads_refused(name: str, tfds_name: str, directory: str):
 
   cls = download_manager.DownloadManager
   saved = {attr: getattr(cls, attr) for attr in ("download", "download_and_extract", "download_kaggle_data")}
+  verbosity = absl_logging.get_verbosity()
   try:
     for attr in saved:
       setattr(cls, attr, refuse)
-    yield
+    # The attempt is expected to fail: its banner and warnings would bury the one line that matters.
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
   finally:
+    absl_logging.set_verbosity(verbosity)
     for attr, method in saved.items():
       setattr(cls, attr, method)
 
@@ -131,24 +138,26 @@ def _prepared_builder(name: str, directory: str):
   tfds = _tfds()
   tfds_name = _tfds_name(name)
   with _lock(directory, tfds_name):
-    builder = tfds.builder(tfds_name, data_dir=directory)
-    if not _is_prepared(builder):
-      offline = name not in BUNDLED and not _can_download()
-      fresh = not os.path.exists(os.path.join(directory, tfds_name.split(":")[0].split("/")[0]))
-      # ArrayRecord files give random access by index: research.data.source reads them directly.
-      builder = tfds.builder(tfds_name, data_dir=directory, file_format="array_record")
-      try:
-        with _downloads_refused(name, tfds_name, directory) if offline else contextlib.nullcontext():
+    top = os.path.join(directory, tfds_name.split(":")[0].split("/")[0])
+    fresh = not os.path.exists(top)
+    offline = name not in BUNDLED and not _is_prepared(tfds.builder(tfds_name, data_dir=directory)) \
+        if not fresh else name not in BUNDLED
+    offline = offline and not _can_download()
+    try:
+      with _downloads_refused(name, tfds_name, directory) if offline else contextlib.nullcontext():
+        builder = tfds.builder(tfds_name, data_dir=directory)
+        if not _is_prepared(builder):
+          # ArrayRecord files give random access by index: research.data.source reads them directly.
+          builder = tfds.builder(tfds_name, data_dir=directory, file_format="array_record")
           builder.download_and_prepare()
-      except Exception:
-        # A failed preparation leaves nothing behind: no incomplete.* files, no empty folders.
-        top = os.path.join(directory, tfds_name.split(":")[0].split("/")[0])
-        if fresh:
-          shutil.rmtree(top, ignore_errors=True)
-        else:
-          for leftover in glob.glob(os.path.join(top, "**", "incomplete.*"), recursive=True):
-            shutil.rmtree(leftover, ignore_errors=True)
-        raise
+    except Exception:
+      # A failed preparation leaves nothing behind: no incomplete.* files, no empty folders.
+      if fresh:
+        shutil.rmtree(top, ignore_errors=True)
+      else:
+        for leftover in glob.glob(os.path.join(top, "**", "incomplete.*"), recursive=True):
+          shutil.rmtree(leftover, ignore_errors=True)
+      raise
   return builder
 
 

@@ -33,11 +33,26 @@ def fail(message: str, status: int = 2) -> None:
   sys.exit(status)
 
 
+def _one_line(error) -> str:
+  """An error's message on one line: the reason at the end of a quoted traceback, escapes undone."""
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  # ml_collections quotes the message's repr (\\' and \\n) inside a KeyError.
+  text = text.replace("\\n", "\n").replace("\\'", "'")
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  if any(line.startswith("Traceback") for line in lines):
+    head = lines[0].split("Error whilst parsing config file:")[0].rstrip(": ")
+    reason = lines[-1].split(": ", 1)[-1]  # "ValueError: unknown preset ..." -> the reason
+    return f"{head}: {reason}" if head else reason
+  return "; ".join(line.strip("'") for line in lines)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    fail(_one_line(e))
   except (KeyError, AttributeError, ValueError, TypeError) as e:
     fail(f"bad flag: {e}")
   return []
@@ -57,9 +72,10 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     config_flag = config_flags.DEFINE_config_file("config", config_file, "Experiment config file[:preset].",
                                                   lock_config=True)
   except (KeyError, AttributeError) as e:
-    fail(f"unknown config field: {str(e).strip(chr(34)).strip(chr(39))}")
+    # KeyError's str() is the repr of its message (quotes, \\n escapes): use the message itself.
+    fail(f"unknown config field {_one_line(e)}")
   except (flags.Error, ValueError, TypeError) as e:
-    fail(f"bad config: {str(e).splitlines()[0]}")
+    fail(f"bad config: {_one_line(e)}")
   workdir_flag = flags.DEFINE_string(dir_flag, None, "Directory for checkpoints, logs and results.",
                                      required=workdir_required)
 

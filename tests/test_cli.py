@@ -1,0 +1,123 @@
+"""Experiments from the command line, as a new user runs them: one-line errors, signals, devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import FAST_COMPILE, ROOT, run_python
+
+SMOKE = "--config=experiments/autoencoder.py:smoke"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.stpes=100"], 'unknown config field stpes; Did you mean "steps" instead of "stpes"?'),
+    (["--config=experiments/autoencoder.py:smok"], "unknown preset 'smok'; choose one of: smoke"),
+    ([SMOKE, "--config.dataset=nope"], "unknown dataset 'nope'; available: digits"),
+    ([SMOKE, "--config.mesh.fsdp=3"], "does not fit 1 devices"),
+    ([SMOKE, "--config.grad_accum=5"], "batch_size 32 is not divisible by grad_accum 5"),
+    ([SMOKE, "--config.dataset=mnist"], "dataset 'mnist' is not prepared in"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+  workdir = tmp_path / "w"
+  start = time.time()
+  proc = run_python(["-m", "experiments.autoencoder", f"--workdir={workdir}", *args],
+                    env={"TFDS_DATA_DIR": os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))})
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+  assert "\\n" not in lines[0] and "\\'" not in lines[0]
+  assert not workdir.exists()
+  assert time.time() - start < 60  # no download retries
+
+
+def test_workdir_naming_a_file_is_one_line(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("")
+  proc = run_python(["-m", "experiments.autoencoder", f"--workdir={path}", SMOKE])
+  assert proc.returncode == 2 and proc.stderr.strip() == f"error: --workdir {path} is a file, not a directory"
+
+
+def test_non_finite_loss_is_one_line_and_exit_1(tmp_path):
+  proc = run_python(["-m", "experiments.autoencoder", f"--workdir={tmp_path}", SMOKE,
+                     "--config.optimizer.learning_rate=1e30"])
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: non-finite ") and " at step 1; no checkpoint was saved in" in last
+  assert "Traceback" not in proc.stderr and not (tmp_path / "results.json").exists()
+
+
+def test_smoke_run_prints_its_final_metrics_and_no_tensorflow_banner(tmp_path):
+  proc = run_python(["-m", "experiments.autoencoder", f"--workdir={tmp_path}", SMOKE])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  final = [line for line in proc.stderr.splitlines() if line.startswith("final: ")]
+  assert len(final) == 1 and f"test_nll_nats {results['test_nll_nats']:.5g}" in final[0]
+  assert "oneDNN" not in proc.stderr + proc.stdout
+
+
+def _stored(workdir, step):
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_the_current_step_and_the_same_command_resumes_to_the_same_bits(tmp_path, signum):
+  # Seven steps per call, logs and checkpoints every 10: the stop lands between event steps.
+  command = [sys.executable, "-m", "experiments.autoencoder", SMOKE, "--config.steps=2000",
+             "--config.steps_per_call=7", "--config.checkpoint_every=500", "--config.log_every=10"]
+  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)
+  reference = subprocess.run(command + [f"--workdir={tmp_path / 'reference'}"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600, check=False)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+
+  workdir = tmp_path / "stopped"
+  proc = subprocess.Popen(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:  # wait until training is under way
+    if line.startswith("step 20/"):
+      break
+  proc.send_signal(signum)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signum, err[-2000:]
+  line = err.strip().splitlines()[-1]
+  stopped_at = int(line.split(" at step ")[1].split(":")[0])
+  assert line == (f"interrupted by {signal.Signals(signum).name} at step {stopped_at}: saved a checkpoint in "
+                  f"{workdir}/checkpoints; run the same command to resume")
+  assert 20 <= stopped_at < 2000 and (workdir / "checkpoints" / str(stopped_at)).is_dir()
+  assert not (workdir / "results.json").exists()
+
+  resumed = subprocess.run(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resuming from step {stopped_at} of" in resumed.stderr
+  ours, theirs = _stored(workdir, 2000), _stored(tmp_path / "reference", 2000)
+  for a, b in zip(jax_leaves(ours), jax_leaves(theirs)):
+    np.testing.assert_array_equal(a, b)
+  results = [json.loads((d / "results.json").read_text()) for d in (workdir, tmp_path / "reference")]
+  assert results[0]["train_loss"] == results[1]["train_loss"]
+  assert results[0]["test_nll_nats"] == results[1]["test_nll_nats"]
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("module,args", [
+    ("experiments.autoencoder", ["--config.steps=2500", "--config.eval_k=64"]),
+    ("experiments.gan", ["--config.steps=600"]),
+])
+def test_default_commands_run_on_four_simulated_devices(tmp_path, module, args):
+  """The default log and checkpoint intervals (1000 / 5000 for the VAE), not a smoke preset's."""
+  proc = run_python(["-m", module, f"--workdir={tmp_path}", *args],
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["devices"]["count"] == 4 and results["mesh"]["data"] == 4
+  assert np.isfinite(results["train_loss"])
