@@ -21,13 +21,12 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # Reference implementations are only used to check ours.
+    # Reference implementations are only used to check ours: torch (the PPO and vs_torch
+    # benchmarks' peers), gymnasium (environment dynamics).
     "test": [
         "pytest",
         "pytest-xdist",
         "torch==2.13.0",
-        "transformers",
-        "diffusers",
         "gymnasium",
     ],
     "cuda": ["jax[cuda12]"],

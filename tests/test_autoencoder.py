@@ -224,3 +224,23 @@ def test_bad_config_raises_before_writing(tmp_path, field, value, words):
   with pytest.raises(ConfigError, match=words):
     experiment.run(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_dae_evaluation_reports_clean_reconstruction_and_denoising_separately():
+  config = _config("dae", hidden=(16,), latent_dim=4, noise_level=0.5)
+  images = _images(40, seed=3)
+  task = autoencoder.make_task(config, images)
+  params = task.init(jax.random.key(0), {"image": images})
+  metrics = task.evaluate(params, jax.random.key(1), {"image": images})
+  # The clean error, computed directly: reconstruct the uncorrupted images.
+  net = autoencoder.Autoencoder(autoencoder.AutoencoderConfig.from_config(config, IMAGE_SHAPE))
+  x = nll_lib.to_unit_interval(images)
+  logits = net.apply(params, x)
+  clean_bce = float(jnp.mean(-autoencoder.bernoulli_log_likelihood(x, logits)))
+  np.testing.assert_allclose(metrics["test_reconstruction_bce"], clean_bce, rtol=1e-6)
+  np.testing.assert_allclose(metrics["test_reconstruction_mse"], float(jnp.mean((jax.nn.sigmoid(logits) - x) ** 2)),
+                             rtol=1e-6)
+  # Denoising reconstructs corrupted inputs: another (here: larger) error, under its own name.
+  assert metrics["test_denoising_bce"] != metrics["test_reconstruction_bce"]
+  assert set(metrics) == {"test_reconstruction_bce", "test_reconstruction_mse", "test_denoising_bce",
+                          "test_denoising_mse"}
