@@ -12,7 +12,6 @@ with `report.main(run)`, which defines `--outdir` the same way.
 """
 
 import json
-import math
 import os
 import shlex
 import sys
@@ -21,7 +20,6 @@ from importlib import metadata
 from typing import Any
 
 import jax
-import numpy as np
 from absl import app
 from absl import flags
 
@@ -61,21 +59,6 @@ def environment(*packages: str) -> dict[str, Any]:
   return env
 
 
-def _to_json(value):
-  """Plain JSON values: arrays as lists, numpy scalars as numbers, string keys."""
-  if isinstance(value, Mapping):
-    return {str(k): _to_json(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_to_json(v) for v in value]
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return _to_json(np.asarray(value).tolist())
-  if isinstance(value, np.generic):
-    return _to_json(value.item())
-  if isinstance(value, float) and not math.isfinite(value):
-    return None  # strict JSON, as research.train.results writes it: an undefined number is null
-  return value
-
-
 def write_report(outdir: str, name: str, metrics: Mapping[str, Any], markdown: str, *, figure=None,
                  config=None, wall_time_s: float | None = None, json_file: str = "results.json",
                  packages: Sequence[str] = ()) -> dict[str, Any]:
@@ -108,7 +91,7 @@ def write_report(outdir: str, name: str, metrics: Mapping[str, Any], markdown: s
   clash = sorted(set(metrics) & set(recorded))
   if clash:
     raise ValueError(f"metrics use keys the report records itself: {clash}")
-  out = _to_json({**metrics, **recorded})
+  out = results.to_json({**metrics, **recorded})
   if jax.process_index() == 0:
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, json_file)

@@ -12,15 +12,16 @@ import numpy as np
 import optax
 
 
-def _to_json(value):
+def to_json(value):
+  """Plain JSON values: arrays as lists, numpy scalars as numbers, string keys, non-finite floats as null."""
   if isinstance(value, Mapping):
-    return {str(k): _to_json(v) for k, v in value.items()}
+    return {str(k): to_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_to_json(v) for v in value]
+    return [to_json(v) for v in value]
   if isinstance(value, (np.ndarray, jax.Array)):
-    return _to_json(np.asarray(value).tolist())
+    return to_json(np.asarray(value).tolist())
   if isinstance(value, np.generic):
-    return _to_json(value.item())
+    return to_json(value.item())
   if isinstance(value, float) and not math.isfinite(value):
     return None  # strict JSON has no NaN or Infinity: an undefined metric is null
   return value
@@ -50,9 +51,9 @@ def write_results(workdir: str, metrics: Mapping[str, Any], config=None, wall_ti
   Returns:
     The dict written: metrics, then `config`, `versions`, `devices`, `wall_time_s`.
   """
-  out = dict(_to_json(dict(metrics)))
+  out = dict(to_json(dict(metrics)))
   if config is not None:
-    out["config"] = _to_json(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+    out["config"] = to_json(config.to_dict() if hasattr(config, "to_dict") else dict(config))
   out.update(environment())
   if wall_time_s is not None:
     out["wall_time_s"] = round(float(wall_time_s), 3)
