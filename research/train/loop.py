@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,8 +233,7 @@ def train(task: Task, config, workdir: str, data, eval_data=None) -> Run:
     monitor.say(f"resuming from step {int(state.step)} of {workdir}")
   else:
     position = {}
-    init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay, params=nn.unbox(init_params(task, k, b))),
-                   out_shardings=state_sharding)
+    init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay), out_shardings=state_sharding)
     state = init(keys.init, first_batch)
   if checkpoints is None:
     checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
