@@ -1,0 +1,43 @@
+"""The small DDPM U-Net: shapes, zero-initialised output, conditioning on time and class, dropout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models import unet
+
+
+def _setup(num_classes=10, dropout=0.0):
+  cfg = unet.UNetConfig(channels=(16, 32), groups=4, attention_heads=2, num_classes=num_classes, dropout=dropout)
+  model = unet.UNet(cfg)
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  t, y = jnp.array([0, 500, 999]), jnp.array([1, 2, 10])  # 10: the null class
+  return model, model.init(jax.random.key(1), x, t, y), x, t, y
+
+
+def test_output_shape_and_zero_init_output():
+  model, variables, x, t, y = _setup()
+  out = model.apply(variables, x, t, y)
+  assert out.shape == (3, 8, 8, 1)
+  np.testing.assert_array_equal(out, 0.0)  # zero-initialised last conv: the first prediction is 0
+
+
+def test_prediction_depends_on_time_class_and_pixels():
+  model, variables, x, t, y = _setup()
+  variables = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(5), p.shape), variables)
+  base = model.apply(variables, x, t, y)
+  for changed in (model.apply(variables, x, t + 1, y), model.apply(variables, x, t, (y + 1) % 11),
+                  model.apply(variables, x.at[:, 0, 0].add(1.0), t, y)):
+    assert float(jnp.max(jnp.abs(changed - base))) > 1e-5
+  # Examples do not interact (GroupNorm normalises per example).
+  np.testing.assert_allclose(model.apply(variables, x[:1], t[:1], y[:1]), base[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_unconditional_model_has_no_class_embedding_and_dropout_is_train_only():
+  model, variables, x, t, _ = _setup(num_classes=0, dropout=0.5)
+  assert "class_embedding" not in variables["params"]
+  variables = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(5), p.shape), variables)
+  a = model.apply(variables, x, t)
+  np.testing.assert_array_equal(a, model.apply(variables, x, t))
+  noisy = model.apply(variables, x, t, train=True, rngs={"dropout": jax.random.key(3)})
+  assert float(jnp.max(jnp.abs(noisy - a))) > 1e-6
