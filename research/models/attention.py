@@ -1,0 +1,355 @@
+"""Attention: the plain reference, a blockwise FlashAttention, RoPE, ALiBi and multi-head attention.
+
+Arrays are (batch, time, heads, head_dim), as in `jax.nn.dot_product_attention`. Keys and
+values may have fewer heads than queries (grouped-query / multi-query attention): each key
+head serves num_heads / num_kv_heads query heads.
+
+  dot_product_attention  softmax(Q K^T / sqrt(d) + bias) V with causal and padding masks: the
+                         reference every other implementation is tested against.
+  flash_attention        FlashAttention's algorithm (Dao et al. 2022) in JAX: an online softmax
+                         over key blocks in a `lax.scan`, never materialising the T x S matrix;
+                         a `jax.custom_vjp` whose backward recomputes each block's probabilities
+                         from the saved log-sum-exp. Memory is linear in the length.
+  apply_rope             rotary position embedding (Su et al. 2021).
+  alibi_slopes           ALiBi's per-head slopes of a linear distance penalty (Press et al. 2022).
+  MultiHeadAttention     projections, positions and one of the implementations above (or cuDNN
+                         and the Pallas kernels on GPU/TPU) behind `config.attention`.
+
+Masks: `mask` is a boolean key mask (batch, kv_len), True where a key may be attended to
+(padding is False). Masked scores get MASK_VALUE, a large finite negative number, so a row
+with no valid key attends uniformly instead of producing NaN, in every implementation alike.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MASK_VALUE = -1e30
+IMPLEMENTATIONS = ("reference", "flash", "xla", "cudnn", "pallas")
+POSITIONS = ("learned", "rope", "alibi", "none")
+
+
+def _repeat_kv(x, num_heads: int):
+  """(B, S, Hkv, D) -> (B, S, H, D): each key/value head serves H / Hkv query heads."""
+  groups = num_heads // x.shape[2]
+  return x if groups == 1 else jnp.repeat(x, groups, axis=2)
+
+
+def _check(q, k, v):
+  if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+    raise ValueError(f"expected q (B, T, H, D) and k, v (B, S, Hkv, D); got {q.shape}, {k.shape}, {v.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} key/value heads")
+
+
+def _bias(q_pos, k_pos, causal: bool, key_valid, slopes):
+  """Additive scores for query positions (Tq,) and key positions (Sk,): (B|1, H|1, Tq, Sk)."""
+  bias = jnp.zeros((1, 1, q_pos.shape[0], k_pos.shape[0]), jnp.float32)
+  if slopes is not None:
+    distance = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)  # (Tq, Sk), >= 0 for past keys
+    bias = bias - slopes[None, :, None, None] * jnp.abs(distance)[None, None]
+  allowed = jnp.ones((1, 1, q_pos.shape[0], k_pos.shape[0]), bool)
+  if causal:
+    allowed = allowed & (k_pos[None, :] <= q_pos[:, None])[None, None]
+  if key_valid is not None:
+    allowed = allowed & key_valid[:, None, None, :]
+  return jnp.where(allowed, bias, MASK_VALUE)
+
+
+def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None):
+  """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
+
+  Args:
+    q: (B, T, H, D) queries.
+    k, v: (B, S, Hkv, D) keys and values, H divisible by Hkv.
+    causal: query i attends to keys j <= i + (S - T) (the last T of S positions: a cache).
+    mask: optional (B, S) boolean, True where a key is valid.
+    alibi: optional (H,) ALiBi slopes (see `alibi_slopes`).
+
+  Returns:
+    (B, T, H, D) in q's dtype; scores and softmax in float32.
+  """
+  _check(q, k, v)
+  t, s, h = q.shape[1], k.shape[1], q.shape[2]
+  k, v = _repeat_kv(k, h), _repeat_kv(v, h)
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+  scores = scores + _bias(jnp.arange(t) + (s - t), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
+  probs = jax.nn.softmax(scores, axis=-1)
+  return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# FlashAttention: an online softmax over key blocks, and a recomputing backward pass.
+
+
+class _Options(NamedTuple):
+  causal: bool
+  block_size: int
+
+
+class _Carry(NamedTuple):
+  """The online softmax's running state over key blocks (Dao et al., Algorithm 1)."""
+
+  acc: jax.Array  # (B, H, T, D) unnormalised output
+  row_max: jax.Array  # (B, H, T) running max of the scores
+  row_sum: jax.Array  # (B, H, T) running sum of exp(scores - row_max)
+
+
+def _blocks(x, block_size: int):
+  """(B, S, H, D) -> (S / block, B, block, H, D), S padded up to a multiple of the block."""
+  b, s = x.shape[:2]
+  n = -(-s // block_size)
+  x = jnp.pad(x, ((0, 0), (0, n * block_size - s), (0, 0), (0, 0)))
+  return jnp.moveaxis(x.reshape(b, n, block_size, *x.shape[2:]), 1, 0)
+
+
+def _block_bias(options: _Options, t: int, s: int, block: int, j, key_valid, slopes):
+  """Scores' bias for key block j: (B|1, H|1, T, block); padding keys beyond S get -inf."""
+  k_pos = j * block + jnp.arange(block)
+  valid = None
+  if key_valid is not None:
+    valid = jax.lax.dynamic_slice_in_dim(jnp.pad(key_valid, ((0, 0), (0, block))), j * block, block, axis=1)
+  bias = _bias(jnp.arange(t) + (s - t), k_pos, options.causal, valid, slopes)
+  return jnp.where((k_pos < s)[None, None, None, :], bias, -jnp.inf)
+
+
+def _flash_forward(options: _Options, q, k, v, key_valid, slopes):
+  """Returns (out (B, T, H, D), (row max, row sum) (B, H, T) each) by one pass over key blocks.
+
+  The softmax statistics are kept as max and sum rather than one log-sum-exp: in a row whose
+  keys are all masked, MASK_VALUE + log(S) rounds back to MASK_VALUE in float32.
+  """
+  b, t, h, d = q.shape
+  s, block = k.shape[1], options.block_size
+  scale = 1.0 / math.sqrt(d)
+  k_blocks, v_blocks = _blocks(k, block), _blocks(v, block)  # (n, B, block, H, D)
+
+  def body(carry: _Carry, xs):
+    k_j, v_j, j = xs
+    scores = jnp.einsum("bthd,bshd->bhts", q, k_j, preferred_element_type=jnp.float32) * scale
+    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes)  # (B, H, T, block)
+    new_max = jnp.maximum(carry.row_max, jnp.max(scores, axis=-1))
+    correction = jnp.exp(carry.row_max - new_max)  # rescales what was summed under the old max
+    p = jnp.exp(scores - new_max[..., None])
+    acc = carry.acc * correction[..., None] + jnp.einsum("bhts,bshd->bhtd", p, v_j.astype(jnp.float32))
+    return _Carry(acc, new_max, carry.row_sum * correction + jnp.sum(p, axis=-1)), None
+
+  init = _Carry(jnp.zeros((b, h, t, d), jnp.float32), jnp.full((b, h, t), -jnp.inf, jnp.float32),
+                jnp.zeros((b, h, t), jnp.float32))
+  carry, _ = jax.lax.scan(body, init, (k_blocks, v_blocks, jnp.arange(k_blocks.shape[0])))
+  out = carry.acc / carry.row_sum[..., None]  # (B, H, T, D)
+  return jnp.moveaxis(out, 1, 2).astype(q.dtype), (carry.row_max, carry.row_sum)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(options: _Options, q, k, v, key_valid, slopes):
+  return _flash_forward(options, q, k, v, key_valid, slopes)[0]
+
+
+def _flash_fwd(options, q, k, v, key_valid, slopes):
+  out, stats = _flash_forward(options, q, k, v, key_valid, slopes)
+  return out, (q, k, v, key_valid, slopes, out, stats)
+
+
+def _flash_bwd(options, residuals, d_out):
+  """Dao et al., Algorithm 2: per key block, P = exp(S - max) / sum is recomputed, never stored."""
+  q, k, v, key_valid, slopes, out, (row_max, row_sum) = residuals
+  b, t, h, d = q.shape
+  s, block = k.shape[1], options.block_size
+  scale = 1.0 / math.sqrt(d)
+  d_out = d_out.astype(jnp.float32)
+  delta = jnp.einsum("bthd,bthd->bht", d_out, out.astype(jnp.float32))  # rowsum(dO * O)
+  k_blocks, v_blocks = _blocks(k, block), _blocks(v, block)
+
+  def body(d_q, xs):
+    k_j, v_j, j = xs
+    scores = jnp.einsum("bthd,bshd->bhts", q, k_j, preferred_element_type=jnp.float32) * scale
+    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes)
+    p = jnp.exp(scores - row_max[..., None]) / row_sum[..., None]  # (B, H, T, block)
+    d_v = jnp.einsum("bhts,bthd->bshd", p, d_out)
+    d_p = jnp.einsum("bthd,bshd->bhts", d_out, v_j.astype(jnp.float32))
+    d_s = p * (d_p - delta[..., None]) * scale
+    d_q = d_q + jnp.einsum("bhts,bshd->bthd", d_s, k_j.astype(jnp.float32))
+    d_k = jnp.einsum("bhts,bthd->bshd", d_s, q.astype(jnp.float32))
+    return d_q, (d_k, d_v)
+
+  d_q, (d_k, d_v) = jax.lax.scan(body, jnp.zeros(q.shape, jnp.float32), (k_blocks, v_blocks,
+                                                                          jnp.arange(k_blocks.shape[0])))
+  unblock = lambda x: jnp.moveaxis(x, 0, 1).reshape(b, -1, h, d)[:, :s]  # (B, S, H, D)
+  d_k, d_v = unblock(d_k), unblock(d_v)
+  d_slopes = None if slopes is None else jnp.zeros_like(slopes)  # slopes are fixed, not trained
+  d_valid = None if key_valid is None else np.zeros(key_valid.shape, jax.dtypes.float0)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_valid, d_slopes
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, block_size: int = 128):
+  """FlashAttention (Dao et al. 2022): the reference's values and gradients in memory linear in S.
+
+  Args:
+    q: (B, T, H, D) queries.
+    k, v: (B, S, Hkv, D); S need not be a multiple of `block_size` (the last block is padded).
+    causal: as in `dot_product_attention`.
+    mask: optional (B, S) boolean key mask.
+    alibi: optional (H,) ALiBi slopes.
+    block_size: keys per block of the online softmax.
+
+  Returns:
+    (B, T, H, D) in q's dtype.
+  """
+  _check(q, k, v)
+  h = q.shape[2]
+  k, v = _repeat_kv(k, h), _repeat_kv(v, h)
+  block = max(1, min(block_size, k.shape[1]))
+  return _flash(_Options(causal, block), q, k, v, mask, alibi)
+
+
+# ---------------------------------------------------------------------------------------
+# Positions.
+
+
+def apply_rope(x, positions, base: float = 10000.0):
+  """Rotary position embedding (Su et al. 2021, eq. 34) in the half-split layout.
+
+  Channel pairs (i, i + D/2) are rotated by the angle position * base^(-2i / D), so the
+  score between a query at m and a key at n depends on their positions only through m - n.
+
+  Args:
+    x: (B, T, H, D) queries or keys, D even.
+    positions: (T,) or (B, T) integer positions.
+    base: the frequency base.
+  """
+  d = x.shape[-1]
+  if d % 2:
+    raise ValueError(f"RoPE needs an even head dimension, got {d}")
+  freqs = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)  # (D/2,)
+  positions = jnp.asarray(positions, jnp.float32)
+  angles = (positions[..., None] * freqs)  # (T, D/2) or (B, T, D/2)
+  angles = angles[None, :, None, :] if angles.ndim == 2 else angles[:, :, None, :]  # (B|1, T, 1, D/2)
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+  """ALiBi's head slopes (Press et al. 2022): a geometric sequence 2^(-8 / n), 2^(-16 / n), ...
+
+  For a head count that is not a power of two, the closest power of two's slopes are
+  completed with every other slope of the next power of two, as the paper's code does.
+  """
+
+  def powers(n):
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
+
+  closest = 2 ** int(math.floor(math.log2(num_heads)))
+  slopes = powers(closest)
+  if closest < num_heads:
+    slopes += powers(2 * closest)[0::2][:num_heads - closest]
+  return jnp.asarray(slopes, jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-head attention.
+
+
+def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, mask=None, alibi=None,
+           block_size: int = 128):
+  """Dispatches to one attention implementation (see IMPLEMENTATIONS); all take the same arrays.
+
+  "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
+  bf16/fp16); "pallas" uses the Pallas FlashAttention kernels of jax.experimental on GPU/TPU,
+  falling back to `flash_attention` where they do not import.
+  """
+  if implementation == "reference":
+    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi)
+  if implementation == "flash":
+    return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
+  if implementation in ("xla", "cudnn"):
+    if alibi is not None:
+      bias = _bias(jnp.arange(q.shape[1]) + k.shape[1] - q.shape[1], jnp.arange(k.shape[1]), False, None, alibi)
+    else:
+      bias = None
+    key_mask = None if mask is None else mask[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask, is_causal=causal,
+                                        implementation=implementation)
+  if implementation == "pallas":
+    return _pallas_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
+  raise ValueError(f"unknown attention implementation {implementation!r}; choose one of: "
+                   f"{', '.join(IMPLEMENTATIONS)}")
+
+
+def _pallas_attention(q, k, v, *, causal, mask, alibi, block_size):
+  """The Pallas FlashAttention kernel of the platform (GPU Triton or TPU Mosaic), else ours."""
+  platform = jax.devices()[0].platform
+  if mask is None and alibi is None and q.shape[1] == k.shape[1] and platform in ("gpu", "tpu"):
+    try:
+      if platform == "gpu":
+        from jax.experimental.pallas.ops.gpu import attention as pallas_ops  # pylint: disable=import-outside-toplevel
+        h = q.shape[2]
+        return pallas_ops.mha(q, _repeat_kv(k, h), _repeat_kv(v, h), segment_ids=None, causal=causal,
+                              sm_scale=1.0 / math.sqrt(q.shape[-1]))
+      from jax.experimental.pallas.ops.tpu import flash_attention as pallas_ops  # pylint: disable=import-outside-toplevel
+      h = q.shape[2]
+      swap = lambda x: jnp.swapaxes(x, 1, 2)  # the TPU kernel takes (B, H, T, D)
+      out = pallas_ops.flash_attention(swap(q), swap(_repeat_kv(k, h)), swap(_repeat_kv(v, h)), causal=causal,
+                                       sm_scale=1.0 / math.sqrt(q.shape[-1]))
+      return swap(out)
+    except ImportError:
+      pass
+  return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head self-attention with grouped-query heads, RoPE or ALiBi, and a choice of kernel.
+
+  Attributes:
+    num_heads: query heads H.
+    num_kv_heads: key/value heads (H: multi-head; 1: multi-query; between: grouped-query).
+    head_dim: D per head.
+    causal: mask future positions.
+    positions: "rope" rotates q and k; "alibi" adds the linear bias; "learned"/"none" leave
+      positions to the caller (e.g. GPT-2's learned position embedding).
+    implementation: one of IMPLEMENTATIONS.
+    dropout: attention-output dropout rate (training only; needs rngs={'dropout'}).
+    dtype: compute dtype.
+  """
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  causal: bool = True
+  positions: str = "learned"
+  implementation: str = "reference"
+  dropout: float = 0.0
+  rope_base: float = 10000.0
+  out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x, *, mask=None, positions=None, train: bool = False):
+    b, t, width = x.shape
+    init = nn.initializers.normal(0.02)
+    proj = lambda heads, name: nn.DenseGeneral(
+        (heads, self.head_dim), name=name, dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "head_dim")))
+    q = proj(self.num_heads, "query")(x)  # (B, T, H, D)
+    k = proj(self.num_kv_heads, "key")(x)  # (B, T, Hkv, D)
+    v = proj(self.num_kv_heads, "value")(x)
+    alibi = None
+    if self.positions == "rope":
+      pos = jnp.arange(t) if positions is None else positions
+      q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+    elif self.positions == "alibi":
+      alibi = alibi_slopes(self.num_heads)
+    out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi)
+    out = nn.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
+                          kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
+    return nn.Dropout(self.dropout, deterministic=not train)(out)

@@ -1,0 +1,126 @@
+"""Attention: FlashAttention equals the reference in value and gradient, in memory linear in T;
+RoPE scores depend only on relative positions; ALiBi's slopes; grouped-query multi-head attention."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models import attention as attn
+
+
+def _qkv(t, s, h, hkv, d=16, b=2, seed=0):
+  kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(kq, (b, t, h, d)), jax.random.normal(kk, (b, s, hkv, d)),
+          jax.random.normal(kv, (b, s, hkv, d)))
+
+
+CASES = [  # (T, S, heads, kv heads, causal, padding mask, alibi): lengths not multiples of the block (16)
+    (37, 37, 4, 4, True, False, False),
+    (37, 50, 4, 2, False, True, False),
+    (29, 29, 4, 1, True, True, True),
+    (16, 16, 2, 2, False, False, True),
+    (5, 40, 2, 2, True, False, False),  # the last 5 positions of 40: decoding against a cache
+]
+
+
+@pytest.mark.parametrize("t,s,h,hkv,causal,masked,alibi", CASES)
+def test_flash_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv, causal, masked, alibi):
+  q, k, v = _qkv(t, s, h, hkv)
+  mask = jax.random.bernoulli(jax.random.key(9), 0.7, (2, s)) if masked else None
+  if masked:
+    mask = mask.at[0].set(False)  # a row of queries with no valid key at all
+  slopes = attn.alibi_slopes(h) if alibi else None
+  kwargs = dict(causal=causal, mask=mask, alibi=slopes)
+  ref = attn.dot_product_attention(q, k, v, **kwargs)
+  flash = attn.flash_attention(q, k, v, block_size=16, **kwargs)
+  np.testing.assert_allclose(flash, ref, atol=2e-6)
+
+  def objective(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, **kwargs)))
+
+  g_ref = jax.grad(objective(attn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+  g_flash = jax.grad(objective(lambda *a, **kw: attn.flash_attention(*a, block_size=16, **kw)),
+                     argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(g_flash, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_equals_jax_dot_product_attention(causal):
+  q, k, v = _qkv(12, 12, 4, 2)
+  mask = jax.random.bernoulli(jax.random.key(3), 0.8, (2, 12)).at[:, 0].set(True)
+  ours = attn.dot_product_attention(q, k, v, causal=causal, mask=mask)
+  theirs = jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask[:, None, None, :])
+  np.testing.assert_allclose(ours, theirs, atol=1e-6)
+  np.testing.assert_allclose(attn.attend(q, k, v, implementation="xla", causal=causal, mask=mask), ours, atol=1e-6)
+
+
+def test_flash_gradient_memory_is_linear_in_length():
+  """At T = 16k the reference's gradient needs ~3 GiB of temporaries (three T x T float32 matrices)."""
+  x = jax.ShapeDtypeStruct((1, 16384, 1, 64), jnp.float32)
+
+  def temp_bytes(fn):
+    grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, causal=True)), argnums=(0, 1, 2)))
+    return grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+  reference = temp_bytes(attn.dot_product_attention)
+  flash = temp_bytes(lambda *a, **kw: attn.flash_attention(*a, block_size=512, **kw))
+  assert reference > 2.5 * 2 ** 30
+  assert flash < 0.1 * reference
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  q, k, _ = _qkv(1, 1, 2, 2, d=32)
+
+  def score(m, n):
+    qm = attn.apply_rope(q, jnp.array([m]))
+    kn = attn.apply_rope(k, jnp.array([n]))
+    return jnp.einsum("bthd,bshd->bhts", qm, kn)
+
+  np.testing.assert_allclose(score(7, 3), score(104, 100), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(score(0, 0), jnp.einsum("bthd,bshd->bhts", q, k), rtol=1e-6)  # position 0: no rotation
+  assert float(jnp.max(jnp.abs(score(7, 3) - score(7, 4)))) > 1e-3
+  norms = jnp.linalg.norm(attn.apply_rope(q, jnp.array([1234])), axis=-1)
+  np.testing.assert_allclose(norms, jnp.linalg.norm(q, axis=-1), rtol=1e-5)  # a rotation
+
+
+def test_alibi_slopes_are_the_papers():
+  np.testing.assert_allclose(attn.alibi_slopes(8), [2.0 ** -(i + 1) for i in range(8)], rtol=1e-6)
+  six = attn.alibi_slopes(6)  # 4 from the 4-head sequence, then 2 from the 8-head one
+  np.testing.assert_allclose(six, [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3], rtol=1e-6)
+  # The bias is -slope * distance: with zero queries and keys, attention weights fall off geometrically.
+  q = jnp.zeros((1, 3, 1, 4))
+  v = jnp.eye(3)[None, :, None, :].astype(jnp.float32)[..., :3]
+  v = jnp.pad(v, ((0, 0), (0, 0), (0, 0), (0, 1)))
+  out = attn.dot_product_attention(q, q, v, causal=True, alibi=jnp.array([np.log(2.0)]))
+  weights = np.asarray(out[0, 2, 0, :3])
+  np.testing.assert_allclose(weights, np.array([1, 2, 4]) / 7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads,positions", [(4, "learned"), (2, "rope"), (1, "alibi")])
+def test_multi_head_attention_implementations_agree(kv_heads, positions):
+  x = jax.random.normal(jax.random.key(1), (2, 19, 32))
+  outs = []
+  for implementation in ("reference", "flash", "pallas"):  # pallas falls back to flash on CPU
+    module = attn.MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, head_dim=8, positions=positions,
+                                     implementation=implementation)
+    params = module.init(jax.random.key(0), x)
+    outs.append(module.apply(params, x))
+  assert jax.tree.leaves(params)[0].shape  # boxed with logical names
+  k_kernel = params["params"]["key"]["kernel"].value
+  assert k_kernel.shape == (32, kv_heads, 8)
+  for out in outs[1:]:
+    np.testing.assert_allclose(out, outs[0], atol=2e-6)
+  # Causal: the first position's output does not depend on later inputs.
+  changed = module.apply(params, x.at[:, 5:].add(1.0))
+  np.testing.assert_allclose(changed[:, :5], outs[-1][:, :5], atol=1e-6)
+  assert float(jnp.max(jnp.abs(changed[:, 5:] - outs[-1][:, 5:]))) > 1e-4
+
+
+def test_bad_shapes_and_names():
+  q, k, v = _qkv(4, 4, 3, 2)
+  with pytest.raises(ValueError, match="not a multiple"):
+    attn.dot_product_attention(q, k, v)
+  with pytest.raises(ValueError, match="unknown attention implementation"):
+    attn.attend(*_qkv(4, 4, 2, 2), implementation="fast")
