@@ -32,16 +32,16 @@ def test_flash_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv
     mask = mask.at[0].set(False)  # a row of queries with no valid key at all
   slopes = attn.alibi_slopes(h) if alibi else None
   kwargs = dict(causal=causal, mask=mask, alibi=slopes)
-  ref = attn.dot_product_attention(q, k, v, **kwargs)
-  flash = attn.flash_attention(q, k, v, block_size=16, **kwargs)
+  flash_fn = lambda *a, **kw: attn.flash_attention(*a, block_size=16, **kw)
+  ref = jax.jit(lambda q, k, v: attn.dot_product_attention(q, k, v, **kwargs))(q, k, v)
+  flash = jax.jit(lambda q, k, v: flash_fn(q, k, v, **kwargs))(q, k, v)
   np.testing.assert_allclose(flash, ref, atol=2e-6)
 
-  def objective(fn):
-    return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, **kwargs)))
+  def gradient(fn):
+    return jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, **kwargs))), argnums=(0, 1, 2)))
 
-  g_ref = jax.grad(objective(attn.dot_product_attention), argnums=(0, 1, 2))(q, k, v)
-  g_flash = jax.grad(objective(lambda *a, **kw: attn.flash_attention(*a, block_size=16, **kw)),
-                     argnums=(0, 1, 2))(q, k, v)
+  g_ref = gradient(attn.dot_product_attention)(q, k, v)
+  g_flash = gradient(flash_fn)(q, k, v)
   for a, b in zip(g_flash, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -106,14 +106,14 @@ def test_multi_head_attention_implementations_agree(kv_heads, positions):
     module = attn.MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, head_dim=8, positions=positions,
                                      implementation=implementation)
     params = module.init(jax.random.key(0), x)
-    outs.append(module.apply(params, x))
+    outs.append(jax.jit(module.apply)(params, x))
   assert jax.tree.leaves(params)[0].shape  # boxed with logical names
   k_kernel = params["params"]["key"]["kernel"].value
   assert k_kernel.shape == (32, kv_heads, 8)
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], atol=2e-6)
   # Causal: the first position's output does not depend on later inputs.
-  changed = module.apply(params, x.at[:, 5:].add(1.0))
+  changed = jax.jit(module.apply)(params, x.at[:, 5:].add(1.0))
   np.testing.assert_allclose(changed[:, :5], outs[-1][:, :5], atol=1e-6)
   assert float(jnp.max(jnp.abs(changed[:, 5:] - outs[-1][:, 5:]))) > 1e-4
 
