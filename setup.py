@@ -16,18 +16,22 @@ INSTALL_REQUIRES = [
     "clu",
     "scikit-learn",  # ships the bundled digits; reference for EM
     "pillow",
+    "safetensors",  # GPT-2 / BERT weights to and from transformers' files, without torch
     "matplotlib",
     "gymnax>=1.0",  # the 1.0 step signature; jittable classic-control environments for PPO
 ]
 
 EXTRAS_REQUIRE = {
     # Reference implementations are only used to check ours: torch (the PPO and vs_torch
-    # benchmarks' peers), gymnasium (environment dynamics).
+    # benchmarks' peers), transformers (GPT-2 logits, weights and generation), gymnasium
+    # (environment dynamics).
     "test": [
         "pytest",
         "pytest-xdist",
         "torch==2.13.0",
+        "transformers",
         "gymnasium",
+        "diffusers",  # reference for the DDPM/DDIM scheduler parity tests
     ],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],

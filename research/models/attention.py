@@ -61,15 +61,21 @@ def _bias(q_pos, k_pos, causal: bool, key_valid, slopes):
   return jnp.where(allowed, bias, MASK_VALUE)
 
 
-def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None):
+def _q_positions(t: int, s: int, q_start):
+  return jnp.arange(t) + (s - t if q_start is None else q_start)
+
+
+def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None):
   """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
 
   Args:
     q: (B, T, H, D) queries.
     k, v: (B, S, Hkv, D) keys and values, H divisible by Hkv.
-    causal: query i attends to keys j <= i + (S - T) (the last T of S positions: a cache).
+    causal: query i (at position q_start + i) attends to keys j <= q_start + i.
     mask: optional (B, S) boolean, True where a key is valid.
     alibi: optional (H,) ALiBi slopes (see `alibi_slopes`).
+    q_start: the key position of the first query (may be traced: a KV cache's index); by
+      default S - T, the queries being the last T positions.
 
   Returns:
     (B, T, H, D) in q's dtype; scores and softmax in float32.
@@ -78,7 +84,7 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   t, s, h = q.shape[1], k.shape[1], q.shape[2]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
   scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  scores = scores + _bias(jnp.arange(t) + (s - t), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
+  scores = scores + _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
   probs = jax.nn.softmax(scores, axis=-1)
   return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
 
@@ -108,17 +114,17 @@ def _blocks(x, block_size: int):
   return jnp.moveaxis(x.reshape(b, n, block_size, *x.shape[2:]), 1, 0)
 
 
-def _block_bias(options: _Options, t: int, s: int, block: int, j, key_valid, slopes):
+def _block_bias(options: _Options, t: int, s: int, block: int, j, key_valid, slopes, q_start):
   """Scores' bias for key block j: (B|1, H|1, T, block); padding keys beyond S get -inf."""
   k_pos = j * block + jnp.arange(block)
   valid = None
   if key_valid is not None:
     valid = jax.lax.dynamic_slice_in_dim(jnp.pad(key_valid, ((0, 0), (0, block))), j * block, block, axis=1)
-  bias = _bias(jnp.arange(t) + (s - t), k_pos, options.causal, valid, slopes)
+  bias = _bias(_q_positions(t, s, q_start), k_pos, options.causal, valid, slopes)
   return jnp.where((k_pos < s)[None, None, None, :], bias, -jnp.inf)
 
 
-def _flash_forward(options: _Options, q, k, v, key_valid, slopes):
+def _flash_forward(options: _Options, q, k, v, key_valid, slopes, q_start):
   """Returns (out (B, T, H, D), (row max, row sum) (B, H, T) each) by one pass over key blocks.
 
   The softmax statistics are kept as max and sum rather than one log-sum-exp: in a row whose
@@ -132,7 +138,7 @@ def _flash_forward(options: _Options, q, k, v, key_valid, slopes):
   def body(carry: _Carry, xs):
     k_j, v_j, j = xs
     scores = jnp.einsum("bthd,bshd->bhts", q, k_j, preferred_element_type=jnp.float32) * scale
-    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes)  # (B, H, T, block)
+    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes, q_start)  # (B, H, T, block)
     new_max = jnp.maximum(carry.row_max, jnp.max(scores, axis=-1))
     correction = jnp.exp(carry.row_max - new_max)  # rescales what was summed under the old max
     p = jnp.exp(scores - new_max[..., None])
@@ -147,18 +153,18 @@ def _flash_forward(options: _Options, q, k, v, key_valid, slopes):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(options: _Options, q, k, v, key_valid, slopes):
-  return _flash_forward(options, q, k, v, key_valid, slopes)[0]
+def _flash(options: _Options, q, k, v, key_valid, slopes, q_start):
+  return _flash_forward(options, q, k, v, key_valid, slopes, q_start)[0]
 
 
-def _flash_fwd(options, q, k, v, key_valid, slopes):
-  out, stats = _flash_forward(options, q, k, v, key_valid, slopes)
-  return out, (q, k, v, key_valid, slopes, out, stats)
+def _flash_fwd(options, q, k, v, key_valid, slopes, q_start):
+  out, stats = _flash_forward(options, q, k, v, key_valid, slopes, q_start)
+  return out, (q, k, v, key_valid, slopes, q_start, out, stats)
 
 
 def _flash_bwd(options, residuals, d_out):
   """Dao et al., Algorithm 2: per key block, P = exp(S - max) / sum is recomputed, never stored."""
-  q, k, v, key_valid, slopes, out, (row_max, row_sum) = residuals
+  q, k, v, key_valid, slopes, q_start, out, (row_max, row_sum) = residuals
   b, t, h, d = q.shape
   s, block = k.shape[1], options.block_size
   scale = 1.0 / math.sqrt(d)
@@ -169,7 +175,7 @@ def _flash_bwd(options, residuals, d_out):
   def body(d_q, xs):
     k_j, v_j, j = xs
     scores = jnp.einsum("bthd,bshd->bhts", q, k_j, preferred_element_type=jnp.float32) * scale
-    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes)
+    scores = scores + _block_bias(options, t, s, block, j, key_valid, slopes, q_start)
     p = jnp.exp(scores - row_max[..., None]) / row_sum[..., None]  # (B, H, T, block)
     d_v = jnp.einsum("bhts,bthd->bshd", p, d_out)
     d_p = jnp.einsum("bthd,bshd->bhts", d_out, v_j.astype(jnp.float32))
@@ -184,13 +190,14 @@ def _flash_bwd(options, residuals, d_out):
   d_k, d_v = unblock(d_k), unblock(d_v)
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)  # slopes are fixed, not trained
   d_valid = None if key_valid is None else np.zeros(key_valid.shape, jax.dtypes.float0)
-  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_valid, d_slopes
+  d_start = None if q_start is None else np.zeros(np.shape(q_start), jax.dtypes.float0)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), d_valid, d_slopes, d_start
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def flash_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, block_size: int = 128):
+def flash_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, block_size: int = 128):
   """FlashAttention (Dao et al. 2022): the reference's values and gradients in memory linear in S.
 
   Args:
@@ -199,6 +206,7 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, blo
     causal: as in `dot_product_attention`.
     mask: optional (B, S) boolean key mask.
     alibi: optional (H,) ALiBi slopes.
+    q_start: as in `dot_product_attention`.
     block_size: keys per block of the online softmax.
 
   Returns:
@@ -208,7 +216,9 @@ def flash_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, blo
   h = q.shape[2]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
   block = max(1, min(block_size, k.shape[1]))
-  return _flash(_Options(causal, block), q, k, v, mask, alibi)
+  if q_start is not None:
+    q_start = jnp.asarray(q_start, jnp.int32)
+  return _flash(_Options(causal, block), q, k, v, mask, alibi, q_start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,7 +271,7 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
 
 def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, mask=None, alibi=None,
-           block_size: int = 128):
+           q_start=None, block_size: int = 128):
   """Dispatches to one attention implementation (see IMPLEMENTATIONS); all take the same arrays.
 
   "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
@@ -269,18 +279,20 @@ def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, 
   falling back to `flash_attention` where they do not import.
   """
   if implementation == "reference":
-    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi)
+    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
   if implementation == "flash":
-    return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
+    return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
   if implementation in ("xla", "cudnn"):
-    if alibi is not None:
-      bias = _bias(jnp.arange(q.shape[1]) + k.shape[1] - q.shape[1], jnp.arange(k.shape[1]), False, None, alibi)
-    else:
-      bias = None
+    t, s = q.shape[1], k.shape[1]
+    if alibi is not None or q_start is not None or (causal and t != s):
+      # jax's is_causal aligns the first query with the first key; other offsets go in as a bias.
+      bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)
+      return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), implementation=implementation)
     key_mask = None if mask is None else mask[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask, is_causal=causal,
-                                        implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
   if implementation == "pallas":
+    if q_start is not None:
+      return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
     return _pallas_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
   raise ValueError(f"unknown attention implementation {implementation!r}; choose one of: "
                    f"{', '.join(IMPLEMENTATIONS)}")
@@ -334,7 +346,23 @@ class MultiHeadAttention(nn.Module):
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x, *, mask=None, positions=None, train: bool = False):
+  def __call__(self, x, *, mask=None, positions=None, cache: "KVCache | None" = None, cache_index=None,
+               train: bool = False):
+    """Attends x (B, T, width) to itself, or to a KV cache it writes into.
+
+    Args:
+      x: (B, T, width) inputs.
+      mask: (B, S) boolean key mask (S = T, or the cache's length).
+      positions: (T,) or (B, T) token positions for RoPE (default 0 .. T-1).
+      cache: a KVCache of (B, S, Hkv, D) arrays; this call's keys and values are written at
+        `cache_index` and the queries attend to every earlier cache entry (prefill with
+        cache_index 0, then one token per call).
+      cache_index: where this call's T positions start in the cache (a traced scalar).
+      train: enables dropout.
+
+    Returns:
+      (B, T, width), or ((B, T, width), the updated KVCache) when a cache is given.
+    """
     b, t, width = x.shape
     init = nn.initializers.normal(0.02)
     proj = lambda heads, name: nn.DenseGeneral(
@@ -349,7 +377,27 @@ class MultiHeadAttention(nn.Module):
       q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
     elif self.positions == "alibi":
       alibi = alibi_slopes(self.num_heads)
-    out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi)
+    q_start = None
+    if cache is not None:
+      write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), cache_index,
+                                                                      axis=1)
+      cache = KVCache(write(cache.k, k), write(cache.v, v))
+      k, v, q_start = cache.k, cache.v, cache_index
+    out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi,
+                 q_start=q_start)
     out = nn.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
                           kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
-    return nn.Dropout(self.dropout, deterministic=not train)(out)
+    out = nn.Dropout(self.dropout, deterministic=not train)(out)
+    return out if cache is None else (out, cache)
+
+
+class KVCache(NamedTuple):
+  """Keys and values of the positions seen so far, preallocated: (B, S, Hkv, D) each."""
+
+  k: jax.Array
+  v: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
+    shape = (batch, length, num_kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))

@@ -1,0 +1,424 @@
+"""GPT-2 (Radford et al., "Language Models are Unsupervised Multitask Learners", 2019).
+
+    cfg = gpt2.config("124m")                       # or GPT2Config(vocab_size=..., n_embd=...)
+    model = gpt2.GPT2(cfg)
+    logits = model.apply({"params": params}, input_ids)           # (B, T, vocab), eval mode
+    model, params = gpt2.load_hf("path/to/saved/gpt2")            # transformers' files, no torch
+    tokens = gpt2.generate(model, params, prompts, max_new_tokens=50)
+
+A decoder-only transformer: token embedding (+ learned positions; or RoPE / ALiBi inside
+attention), n_layer pre-LayerNorm blocks x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)) with
+causal multi-head attention (research/models/attention.py) and a GELU (tanh) MLP of 4 x n_embd,
+a final LayerNorm and the output projection tied to the token embedding. Weights are
+N(0, 0.02) and the two residual projections of each block N(0, 0.02 / sqrt(2 n_layer))
+(GPT-2 section 2.3), biases zero.
+
+Generation prefills the prompt into a preallocated KV cache and decodes inside one compiled
+`lax.scan`; prompts of different lengths are left-padded into a length bucket, so a new
+prompt length within the bucket compiles nothing new.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models import attention as attention_lib
+
+# The published sizes: name -> (n_layer, n_embd, n_head).
+SIZES = {"124m": (12, 768, 12), "350m": (24, 1024, 16), "774m": (36, 1280, 20), "1.5b": (48, 1600, 25)}
+HF_NAMES = {"gpt2": "124m", "gpt2-medium": "350m", "gpt2-large": "774m", "gpt2-xl": "1.5b"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  """GPT-2's hyperparameters under transformers' field names, plus this codebase's options.
+
+  Attributes:
+    vocab_size, n_positions, n_embd, n_layer, n_head: as transformers' GPT2Config.
+    n_inner: MLP width (None: 4 * n_embd).
+    layer_norm_epsilon: LayerNorm epsilon.
+    embd_pdrop, resid_pdrop: dropout on the embeddings and on each residual branch (training
+      only; off by default).
+    positions: "learned" (GPT-2), "rope" or "alibi".
+    num_kv_heads: key/value heads (None: n_head, i.e. GPT-2's multi-head attention).
+    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
+    dtype: compute dtype; parameters stay float32 and logits are float32.
+  """
+
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  n_inner: int | None = None
+  layer_norm_epsilon: float = 1e-5
+  embd_pdrop: float = 0.0
+  resid_pdrop: float = 0.0
+  positions: str = "learned"
+  num_kv_heads: int | None = None
+  attention: str = "reference"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.n_embd % self.n_head:
+      raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+    if self.positions not in attention_lib.POSITIONS[:3]:
+      raise ValueError(f"unknown positions {self.positions!r}; choose one of: learned, rope, alibi")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention {self.attention!r}; choose one of: "
+                       f"{', '.join(attention_lib.IMPLEMENTATIONS)}")
+    if self.n_head % self.kv_heads:
+      raise ValueError(f"n_head {self.n_head} is not a multiple of num_kv_heads {self.kv_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.n_head
+
+  @property
+  def inner(self) -> int:
+    return self.n_inner or 4 * self.n_embd
+
+
+def config(name: str, **overrides) -> GPT2Config:
+  """A published size by name ("124m", "350m", "774m", "1.5b", or transformers' "gpt2", "gpt2-medium", ...)."""
+  size = HF_NAMES.get(name, name)
+  if size not in SIZES:
+    raise ValueError(f"unknown GPT-2 size {name!r}; choose one of: {', '.join(list(SIZES) + list(HF_NAMES))}")
+  n_layer, n_embd, n_head = SIZES[size]
+  return GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, **overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# The model.
+
+
+def _init(std, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class MLP(nn.Module):
+  cfg: GPT2Config
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    cfg = self.cfg
+    h = nn.Dense(cfg.inner, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")), dtype=cfg.dtype)(x)
+    h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
+    out = nn.Dense(cfg.n_embd, name="c_proj", kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")),
+                   dtype=cfg.dtype)(h)
+    return nn.Dropout(cfg.resid_pdrop, deterministic=not train)(out)
+
+
+class Block(nn.Module):
+  """x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+  cfg: GPT2Config
+
+  @nn.compact
+  def __call__(self, x, mask, positions, cache, cache_index, train: bool):
+    cfg = self.cfg
+    ln = lambda name: nn.LayerNorm(cfg.layer_norm_epsilon, name=name, dtype=cfg.dtype)
+    attn = attention_lib.MultiHeadAttention(
+        num_heads=cfg.n_head, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, causal=True,
+        positions=cfg.positions, implementation=cfg.attention, dropout=cfg.resid_pdrop,
+        out_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)), dtype=cfg.dtype, name="attn")
+    out = attn(ln("ln_1")(x), mask=mask, positions=positions, cache=cache, cache_index=cache_index, train=train)
+    if cache is not None:
+      out, cache = out
+    x = x + out
+    return x + MLP(cfg, name="mlp")(ln("ln_2")(x), train), cache
+
+
+class GPT2(nn.Module):
+  """`apply({"params": p}, input_ids)` -> logits (B, T, vocab_size) float32.
+
+  Keyword arguments: `attention_mask` (B, S) booleans (False at padding), `positions` (B, T)
+  (default 0 .. T-1 after cache_index), `cache` (a list of per-layer KVCache; then the
+  updated list is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}).
+  """
+
+  cfg: GPT2Config
+
+  @nn.compact
+  def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None, cache_index=None,
+               train: bool = False):
+    cfg = self.cfg
+    b, t = input_ids.shape
+    if positions is None:
+      positions = jnp.arange(t)[None] + (0 if cache_index is None else cache_index)
+    wte = nn.Embed(cfg.vocab_size, cfg.n_embd, name="wte", embedding_init=_init(0.02, ("vocab", "embed")),
+                   dtype=cfg.dtype)
+    x = wte(input_ids)  # (B, T, E)
+    if cfg.positions == "learned":
+      wpe = self.param("wpe", _init(0.01, (None, "embed")), (cfg.n_positions, cfg.n_embd))
+      x = x + jnp.take(wpe, positions, axis=0).astype(x.dtype)
+    x = nn.Dropout(cfg.embd_pdrop, deterministic=not train)(x)
+    new_cache = []
+    for i in range(cfg.n_layer):
+      x, layer_cache = Block(cfg, name=f"h_{i}")(x, attention_mask, positions, None if cache is None else cache[i],
+                                                 cache_index, train)
+      new_cache.append(layer_cache)
+    x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
+    logits = wte.attend(x).astype(jnp.float32)  # tied output projection, (B, T, vocab)
+    return logits if cache is None else (logits, new_cache)
+
+  def init_cache(self, batch: int, length: int) -> list[attention_lib.KVCache]:
+    cfg = self.cfg
+    return [attention_lib.KVCache.zeros(batch, length, cfg.kv_heads, cfg.head_dim, cfg.dtype)
+            for _ in range(cfg.n_layer)]
+
+
+def count_params(cfg: GPT2Config, embeddings: bool = True) -> int:
+  """Parameters from shapes alone; without `embeddings`, Kaplan et al.'s non-embedding count."""
+  shapes = jax.eval_shape(lambda: GPT2(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+  total = 0
+  for path, leaf in flat:
+    names = [str(getattr(k, "key", k)) for k in path]
+    if not embeddings and names[-1] in ("embedding", "wpe"):
+      continue
+    total += math.prod(leaf.shape)
+  return total
+
+
+def lm_loss(logits, targets, mask=None):
+  """Mean next-token cross-entropy in nats (over positions where `mask` is True)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
+  if mask is None:
+    return jnp.mean(nll)
+  return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Weights to and from transformers: one explicit name table.
+
+
+def _hf_table(cfg: GPT2Config):
+  """(transformers name, our path, to ours, to theirs) for every tensor of a GPT2LMHeadModel.
+
+  transformers' Conv1D stores (in, out) like a Dense kernel; its fused c_attn (E, 3E) is split
+  into our query/key/value kernels (E, heads, head_dim), c_proj into (heads, head_dim, E).
+  """
+  e, h, d = cfg.n_embd, cfg.n_head, cfg.head_dim
+  same = (lambda x: x, lambda x: x)
+  table = [("wte.weight", ("wte", "embedding"), *same)]
+  if cfg.positions == "learned":
+    table.append(("wpe.weight", ("wpe",), *same))
+  for i in range(cfg.n_layer):
+    p, ours = f"h.{i}.", (f"h_{i}",)
+    for ln in ("ln_1", "ln_2"):
+      table += [(p + f"{ln}.weight", ours + (ln, "scale"), *same), (p + f"{ln}.bias", ours + (ln, "bias"), *same)]
+    for j, name in enumerate(("query", "key", "value")):
+      table.append((p + "attn.c_attn.weight", ours + ("attn", name, "kernel"),
+                    functools.partial(lambda w, j: w[:, j * e:(j + 1) * e].reshape(e, h, d), j=j), None))
+      table.append((p + "attn.c_attn.bias", ours + ("attn", name, "bias"),
+                    functools.partial(lambda b, j: b[j * e:(j + 1) * e].reshape(h, d), j=j), None))
+    table += [
+        (p + "attn.c_proj.weight", ours + ("attn", "out", "kernel"), lambda w: w.reshape(h, d, e),
+         lambda w: w.reshape(h * d, e)),
+        (p + "attn.c_proj.bias", ours + ("attn", "out", "bias"), *same),
+        (p + "mlp.c_fc.weight", ours + ("mlp", "c_fc", "kernel"), *same),
+        (p + "mlp.c_fc.bias", ours + ("mlp", "c_fc", "bias"), *same),
+        (p + "mlp.c_proj.weight", ours + ("mlp", "c_proj", "kernel"), *same),
+        (p + "mlp.c_proj.bias", ours + ("mlp", "c_proj", "bias"), *same),
+    ]
+  table += [("ln_f.weight", ("ln_f", "scale"), *same), ("ln_f.bias", ("ln_f", "bias"), *same)]
+  return table
+
+
+def _config_from_hf(hf: dict) -> GPT2Config:
+  if hf.get("model_type") != "gpt2":
+    raise ValueError(f"config.json describes a {hf.get('model_type')!r} model, not gpt2")
+  if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+    raise ValueError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
+  return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_embd=hf["n_embd"],
+                    n_layer=hf["n_layer"], n_head=hf["n_head"], n_inner=hf.get("n_inner"),
+                    layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
+  """Reads a directory saved by transformers (config.json + model.safetensors) without torch.
+
+  Names may carry the `transformer.` prefix or not; the output head is tied to `wte`.
+
+  Returns:
+    (GPT2 module, params) with params the dict to pass as {"params": params}.
+
+  Raises:
+    ValueError: without config.json or model.safetensors, for another architecture, or when a
+      tensor is missing or has another shape (the message names it).
+  """
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+  for required in (config_path, weights_path):
+    if not os.path.exists(required):
+      raise ValueError(f"{path} is not a saved GPT-2: {os.path.basename(required)} is missing")
+  with open(config_path) as f:
+    cfg = dataclasses.replace(_config_from_hf(json.load(f)), **overrides)
+  tensors = {k.removeprefix("transformer."): v for k, v in load_file(weights_path).items()}
+  shapes = nn.unbox(jax.eval_shape(lambda: GPT2(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
+  params: dict = {}
+  for hf_name, ours, to_ours, _ in _hf_table(cfg):
+    if hf_name not in tensors:
+      raise ValueError(f"tensor {hf_name} is missing from {weights_path}")
+    value = np.asarray(to_ours(tensors[hf_name]), np.float32)
+    expected = functools.reduce(lambda tree, key: tree[key], ours, shapes).shape
+    if value.shape != tuple(expected):
+      raise ValueError(f"tensor {hf_name} has shape {tensors[hf_name].shape}, which gives {value.shape} for "
+                       f"{'/'.join(ours)}; this config expects {tuple(expected)}")
+    node = params
+    for key in ours[:-1]:
+      node = node.setdefault(key, {})
+    node[ours[-1]] = jnp.asarray(value)
+  return GPT2(cfg), params
+
+
+def save_hf(path: str, cfg: GPT2Config, params) -> None:
+  """Writes config.json + model.safetensors that transformers' GPT2LMHeadModel.from_pretrained loads."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  if cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
+    raise ValueError("only GPT-2 itself (learned positions, multi-head attention) has a transformers layout")
+  params = nn.unbox(params)
+  get = lambda ours: np.asarray(functools.reduce(lambda tree, key: tree[key], ours, params), np.float32)
+  tensors = {}
+  qkv = {}
+  for hf_name, ours, _, to_theirs in _hf_table(cfg):
+    if to_theirs is None:  # a slice of the fused c_attn: gathered below
+      qkv.setdefault(hf_name, []).append(get(ours).reshape(cfg.n_embd, -1) if ours[-1] == "kernel"
+                                         else get(ours).reshape(-1))
+    else:
+      tensors["transformer." + hf_name] = np.ascontiguousarray(to_theirs(get(ours)))
+  for hf_name, parts in qkv.items():
+    tensors["transformer." + hf_name] = np.ascontiguousarray(np.concatenate(parts, axis=-1))
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head, "n_inner": cfg.n_inner, "activation_function": "gelu_new",
+        "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": cfg.resid_pdrop, "embd_pdrop": cfg.embd_pdrop,
+        "attn_pdrop": 0.0, "tie_word_embeddings": True, "bos_token_id": cfg.vocab_size - 1,
+        "eos_token_id": cfg.vocab_size - 1}
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(hf, f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------
+# Generation: prefill into a KV cache, then decode in one lax.scan.
+
+
+class DecodeCarry(NamedTuple):
+  """What the decoding scan carries from one new token to the next."""
+
+  cache: list
+  logits: jax.Array  # (B, vocab) for the next token
+  key: jax.Array
+
+
+def bucket(length: int, minimum: int = 8) -> int:
+  """The padded prompt length: the next power of two (at least `minimum`)."""
+  return max(minimum, 1 << max(0, length - 1).bit_length())
+
+
+def _choose(logits, key, temperature, top_k: int, top_p):
+  """Greedy where temperature == 0; else a sample from the temperature / top-k / top-p distribution."""
+  greedy = jnp.argmax(logits, axis=-1)
+  scaled = logits / jnp.maximum(temperature, 1e-6)
+  if top_k > 0:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+  # Nucleus: keep the smallest set of tokens whose probability reaches top_p.
+  order = jnp.argsort(-scaled, axis=-1)
+  sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+  cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+  keep_sorted = cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p
+  keep = jnp.zeros_like(keep_sorted).at[jnp.arange(scaled.shape[0])[:, None], order].set(keep_sorted)
+  sampled = jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf), axis=-1)
+  return jnp.where(temperature > 0, sampled, greedy)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int):
+  """One jitted program per (model, max_new_tokens, top_k); jax caches it per prompt bucket shape."""
+
+  @jax.jit
+  def run(params, tokens, prompt_mask, key, temperature, top_p):
+    b, p = tokens.shape
+    lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
+    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
+    cache = model.init_cache(b, p + max_new_tokens)
+    logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask, positions=positions, cache=cache,
+                                cache_index=0)
+
+    def step(carry: DecodeCarry, i):
+      k_choose, key = jax.random.split(carry.key)
+      token = _choose(carry.logits, k_choose, temperature, top_k, top_p)  # (B,)
+      logits, cache = model.apply({"params": params}, token[:, None], attention_mask=key_mask,
+                                  positions=(lengths + i)[:, None], cache=carry.cache, cache_index=p + i)
+      return DecodeCarry(cache, logits[:, -1], key), token
+
+    _, new = jax.lax.scan(step, DecodeCarry(cache, logits[:, -1], key), jnp.arange(max_new_tokens))
+    return new.T  # (B, N)
+
+  return run
+
+
+def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0):
+  """The prompt(s) followed by `max_new_tokens` new tokens; temperature 0 is greedy.
+
+  Args:
+    model: a GPT2 module.
+    params: its parameters (the inner dict, without the "params" key).
+    prompt: token ids: a (B, P) array, or a list of B lists of different lengths (left-padded
+      into a bucket of lengths, so new lengths within it reuse the compiled program).
+    max_new_tokens: tokens to add.
+    key: the sampling key (needed when temperature > 0).
+    temperature, top_k, top_p: sampling controls (top_k 0: off; top_p 1: off).
+
+  Returns:
+    A (B, P + N) numpy array for array input, or a list of lists for list input.
+
+  Raises:
+    ValueError: for an empty prompt, token ids outside the vocabulary, or a prompt plus new
+      tokens longer than the context (n_positions).
+  """
+  as_lists = not isinstance(prompt, (np.ndarray, jax.Array))
+  rows = [list(map(int, r)) for r in prompt] if as_lists else [list(map(int, r)) for r in np.asarray(prompt)]
+  if not rows or any(len(r) == 0 for r in rows):
+    raise ValueError("every prompt needs at least one token")
+  ids = np.concatenate([np.asarray(r) for r in rows])
+  if ids.min() < 0 or ids.max() >= model.cfg.vocab_size:
+    raise ValueError(f"token id {int(ids.max() if ids.max() >= model.cfg.vocab_size else ids.min())} is outside "
+                     f"the vocabulary of {model.cfg.vocab_size}")
+  longest = max(len(r) for r in rows)
+  if model.cfg.positions == "learned" and longest + max_new_tokens > model.cfg.n_positions:
+    raise ValueError(f"a prompt of {longest} tokens plus {max_new_tokens} new ones exceeds the context of "
+                     f"{model.cfg.n_positions}")
+  if temperature > 0 and key is None:
+    raise ValueError("sampling (temperature > 0) needs a key")
+  p = bucket(longest)
+  tokens = np.zeros((len(rows), p), np.int32)
+  mask = np.zeros((len(rows), p), bool)
+  for i, r in enumerate(rows):
+    tokens[i, p - len(r):], mask[i, p - len(r):] = r, True
+  run = _compiled_generate(model, int(max_new_tokens), int(top_k))
+  new = np.asarray(run(params, tokens, mask, key if key is not None else jax.random.key(0),
+                       jnp.float32(temperature), jnp.float32(top_p)))
+  if as_lists:
+    return [r + new[i].tolist() for i, r in enumerate(rows)]
+  return np.concatenate([np.asarray(prompt), new], axis=1)

@@ -1,0 +1,159 @@
+"""GPT-2 against transformers: logits, weights both ways, greedy generation; the KV cache; bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models import gpt2
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+ODD = dict(vocab_size=37, n_positions=19, n_embd=48, n_layer=2, n_head=3)  # 3 heads of 16
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """A random transformers GPT2LMHeadModel of odd sizes (init std 0.3: outputs that vary), saved."""
+  torch.manual_seed(0)
+  cfg = transformers.GPT2Config(**ODD, initializer_range=0.3, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                bos_token_id=0, eos_token_id=0)
+  model = transformers.GPT2LMHeadModel(cfg).eval()
+  path = tmp_path_factory.mktemp("hf")
+  model.save_pretrained(path)
+  return model, str(path)
+
+
+def _logits(hf_model, ids):
+  with torch.no_grad():
+    return hf_model(torch.tensor(np.asarray(ids))).logits.numpy()
+
+
+def test_logits_equal_transformers(reference):
+  hf_model, path = reference
+  model, params = gpt2.load_hf(path)
+  assert model.cfg.n_head == 3 and model.cfg.head_dim == 16
+  ids = np.random.default_rng(0).integers(0, 37, (3, 19))
+  ours = jax.jit(model.apply)({"params": params}, jnp.asarray(ids))
+  np.testing.assert_allclose(ours, _logits(hf_model, ids), atol=1e-4)
+  assert float(np.std(ours)) > 0.5  # not a near-constant output that anything would match
+
+
+def test_weights_round_trip_exactly_and_transformers_loads_ours(reference, tmp_path):
+  hf_model, path = reference
+  model, params = gpt2.load_hf(path)
+  gpt2.save_hf(str(tmp_path), model.cfg, params)
+  _, again = gpt2.load_hf(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+  ids = np.arange(19)[None] % 37
+  np.testing.assert_array_equal(_logits(loaded, ids), _logits(hf_model, ids))
+
+
+def test_names_without_the_transformer_prefix_load_too(reference, tmp_path):
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  _, path = reference
+  tensors = load_file(os.path.join(path, "model.safetensors"))
+  save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+  _, a = gpt2.load_hf(path)
+  _, b = gpt2.load_hf(str(tmp_path))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_greedy_generation_equals_transformers_for_left_padded_prompts(reference):
+  hf_model, path = reference
+  model, params = gpt2.load_hf(path)
+  prompts = [[3, 14, 15, 9, 26, 5], [20, 7], [1, 2, 3]]
+  ours = gpt2.generate(model, params, prompts, max_new_tokens=10)
+  for prompt, out in zip(prompts, ours):
+    with torch.no_grad():
+      theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert out == theirs[0].tolist()
+  assert len({tuple(o[-10:]) for o in ours}) > 1 and len(set(ours[0][-10:])) > 2  # the outputs vary
+
+
+def test_a_new_prompt_length_within_the_bucket_compiles_nothing(reference):
+  _, path = reference
+  model, params = gpt2.load_hf(path)
+  traces = []
+  original = model.init_cache
+
+  class Counting(gpt2.GPT2):
+    def init_cache(self, batch, length):
+      traces.append(length)  # runs only while the generation program is traced
+      return original(batch, length)
+
+  counting = Counting(model.cfg)
+  for length in (3, 5, 7):  # all in the bucket of 8
+    gpt2.generate(counting, params, [list(range(1, length + 1))], max_new_tokens=4)
+  assert len(traces) == 1
+  gpt2.generate(counting, params, [list(range(1, 12))], max_new_tokens=4)  # bucket 16: one more program
+  assert len(traces) == 2
+
+
+def test_kv_cache_decoding_equals_the_full_forward():
+  cfg = gpt2.GPT2Config(**ODD, positions="rope")
+  model = gpt2.GPT2(cfg)
+  ids = jnp.asarray(np.random.default_rng(1).integers(0, 37, (2, 12)))
+  params = model.init(jax.random.key(0), ids)["params"]
+  params = jax.tree.map(lambda p: p * 5.0, params)
+  full = model.apply({"params": params}, ids)
+  cache = model.init_cache(2, 12)
+  logits, cache = model.apply({"params": params}, ids[:, :8], cache=cache, cache_index=0)
+  steps = [logits]
+  for i in range(8, 12):
+    logits, cache = model.apply({"params": params}, ids[:, i:i + 1], cache=cache, cache_index=i)
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope", "alibi"])
+def test_positions_and_kernels(positions):
+  cfg = gpt2.GPT2Config(**ODD, positions=positions, num_kv_heads=1 if positions == "alibi" else None)
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 19)))
+  model = gpt2.GPT2(cfg)
+  params = model.init(jax.random.key(0), ids)["params"]
+  ref = jax.jit(model.apply)({"params": params}, ids)
+  flash = jax.jit(gpt2.GPT2(gpt2.GPT2Config(**ODD, positions=positions, num_kv_heads=cfg.num_kv_heads,
+                                            attention="flash")).apply)({"params": params}, ids)
+  np.testing.assert_allclose(flash, ref, atol=2e-5)
+  changed = jax.jit(model.apply)({"params": params}, ids.at[:, 10:].set(0))
+  np.testing.assert_allclose(changed[:, :10], ref[:, :10], atol=1e-6)  # causal
+
+
+def test_published_sizes_and_init():
+  assert 124.0e6 < gpt2.count_params(gpt2.config("124m")) < 124.7e6  # 124,439,808 with tied embeddings
+  assert 353e6 < gpt2.count_params(gpt2.config("gpt2-medium")) < 356e6
+  cfg = gpt2.GPT2Config(vocab_size=64, n_positions=32, n_embd=64, n_layer=8, n_head=4)
+  params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
+                        gpt2.GPT2(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"],
+                        is_leaf=lambda x: hasattr(x, "value"))
+  np.testing.assert_allclose(np.std(params["h_0"]["mlp"]["c_fc"]["kernel"]), 0.02, rtol=0.1)
+  np.testing.assert_allclose(np.std(params["h_0"]["mlp"]["c_proj"]["kernel"]), 0.02 / np.sqrt(16), rtol=0.1)
+  np.testing.assert_allclose(np.std(params["h_0"]["attn"]["out"]["kernel"]), 0.02 / np.sqrt(16), rtol=0.1)
+
+
+def test_bad_input(reference, tmp_path):
+  _, path = reference
+  model, params = gpt2.load_hf(path)
+  with pytest.raises(ValueError, match="exceeds the context of 19"):
+    gpt2.generate(model, params, [list(range(15))], max_new_tokens=10)
+  with pytest.raises(ValueError, match="token id 37 is outside the vocabulary of 37"):
+    gpt2.generate(model, params, [[1, 37]], max_new_tokens=2)
+  with pytest.raises(ValueError, match="n_embd 50 is not divisible by n_head 3"):
+    gpt2.GPT2Config(n_embd=50, n_head=3)
+  with pytest.raises(ValueError, match="config.json is missing"):
+    gpt2.load_hf(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  with pytest.raises(ValueError, match="a 'bert' model, not gpt2"):
+    gpt2.load_hf(str(tmp_path))
+  with pytest.raises(ValueError, match="unknown GPT-2 size"):
+    gpt2.config("2b")
