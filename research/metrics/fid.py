@@ -1,0 +1,233 @@
+"""Measuring samples in a classifier's feature space: FID, precision/recall, class shares.
+
+    fid.digits_fid(samples)                          # vs the digits training split
+    fid.precision_recall(real_feats, fake_feats)     # (precision, recall)
+    fid.class_shares(samples)                        # (10,) share of each predicted digit
+    fid.frechet_distance(feats_a, feats_b)           # any features
+
+Samples are (N, 8, 8, 1) images, float in [0, 1] or uint8. The features are the
+penultimate layer of a small digits classifier (research/metrics/features.py), trained by
+the training loop on the digits training split once and cached beside the data.
+
+The Fréchet distance between Gaussian fits N(mu1, S1), N(mu2, S2) of two feature sets
+(Heusel et al., 2017) is
+
+    d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+S1 S2 is not symmetric, and a general matrix square root of it (scipy.linalg.sqrtm) can
+return complex values or lose accuracy when the covariances are singular, as they are for
+fewer samples than features. Its eigenvalues are those of the symmetric PSD matrix
+S1^(1/2) S2 S1^(1/2), so (1) S1^(1/2) comes from an eigendecomposition of S1, and (2) the
+trace is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), all in
+float64, with round-off below zero clipped.
+
+Scale on digits against the training split (feature network digits_mlp_v1, measured by
+`fid.digits_reference_fids()`):
+    the real test split (300 held-out images):                          2.08
+    1000 images whose pixels are drawn independently from each
+    pixel's training marginal (a bad model):                           36.0
+FID is biased upwards for few samples: compare models at the same sample count.
+
+Precision and recall (Kynkäänniemi et al., 2019): each real feature's ball reaches its
+k-th nearest real neighbour (k = 3); precision is the fraction of generated samples inside
+some real ball, recall the fraction of real samples inside some generated ball (the balls
+of the generated set, built the same way).
+"""
+
+import numpy as np
+
+from research.data import load
+from research.metrics.features import Classifier, default_directory, digits_classifier
+
+__all__ = ["Classifier", "class_shares", "default_directory", "digits_classifier", "digits_fid",
+           "digits_reference_fids", "frechet_distance", "frechet_distance_from_stats", "gaussian_fit",
+           "independent_pixel_samples", "precision_recall"]
+
+REFERENCES = ("train", "test")
+# Rows of the pairwise-distance matrix computed at once: bounds memory at ROWS x N float64.
+ROWS = 1024
+
+
+def _features_2d(feats, name: str) -> np.ndarray:
+  feats = np.asarray(feats, np.float64)
+  if feats.ndim != 2:
+    raise ValueError(f"{name} must be (N, features), got shape {feats.shape}")
+  if feats.shape[0] < 2:
+    raise ValueError(f"{name} needs at least 2 rows to fit a covariance, got {feats.shape[0]}")
+  return feats
+
+
+def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and (unbiased, N - 1) covariance of features, as FID's reference code fits them.
+
+  Args:
+    feats: (N, D) features, N >= 2.
+
+  Returns:
+    (mean (D,), covariance (D, D)), float64.
+  """
+  feats = _features_2d(feats, "feats")
+  return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+  """The symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues -> 0)."""
+  eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+  return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+  """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+  Args:
+    mu1: (D,) mean of the first Gaussian.
+    sigma1: (D, D) its covariance (symmetric PSD).
+    mu2: (D,) mean of the second Gaussian.
+    sigma2: (D, D) its covariance.
+
+  Returns:
+    |mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), clipped at 0 (round-off).
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+    raise ValueError(f"mismatched statistics: means {mu1.shape} and {mu2.shape}, "
+                     f"covariances {sigma1.shape} and {sigma2.shape}")
+  root1 = _psd_sqrt(sigma1)  # (D, D)
+  inner = root1 @ sigma2 @ root1  # (D, D), symmetric PSD, same eigenvalues as sigma1 sigma2
+  eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)  # (D,)
+  trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None)))
+  distance = np.sum(np.square(mu1 - mu2)) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt
+  return float(max(distance, 0.0))
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+  """Squared Fréchet distance between Gaussian fits of two feature sets (FID on given features).
+
+  Args:
+    feats_a: (N, D) features, N >= 2.
+    feats_b: (M, D) features, M >= 2.
+
+  Returns:
+    The distance d^2 as a float (what papers report as FID).
+  """
+  return frechet_distance_from_stats(*gaussian_fit(feats_a), *gaussian_fit(feats_b))
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """(len(a), len(b)) squared Euclidean distances, float64, clipped at 0."""
+  out = np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None, :] - 2.0 * a @ b.T
+  return np.maximum(out, 0.0)
+
+
+def _knn_radii_sq(feats: np.ndarray, k: int) -> np.ndarray:
+  """Squared distance from each row to its k-th nearest other row."""
+  radii = np.empty(len(feats))
+  for start in range(0, len(feats), ROWS):
+    d = _sq_distances(feats[start:start + ROWS], feats)  # (rows, N)
+    # Column k of the sorted row: column 0 is the point itself (distance 0).
+    radii[start:start + ROWS] = np.partition(d, k, axis=1)[:, k]
+  return radii
+
+
+def _coverage(points: np.ndarray, centres: np.ndarray, radii_sq: np.ndarray) -> float:
+  """Fraction of `points` inside at least one ball (centre, radius)."""
+  inside = np.zeros(len(points), bool)
+  for start in range(0, len(points), ROWS):
+    d = _sq_distances(points[start:start + ROWS], centres)  # (rows, M)
+    inside[start:start + ROWS] = np.any(d <= radii_sq[None, :], 1)
+  return float(np.mean(inside))
+
+
+def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
+  """Improved precision and recall (Kynkäänniemi et al., 2019) of generated features.
+
+  Args:
+    real_feats: (N, D) features of real samples, N > k.
+    fake_feats: (M, D) features of generated samples, M > k.
+    k: each sample's ball reaches its k-th nearest neighbour within its own set.
+
+  Returns:
+    (precision, recall): the fraction of generated samples inside the real manifold
+    (quality) and of real samples inside the generated manifold (coverage).
+  """
+  real = np.asarray(real_feats, np.float64)
+  fake = np.asarray(fake_feats, np.float64)
+  if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+    raise ValueError(f"expected (N, D) and (M, D) features, got {real.shape} and {fake.shape}")
+  if k < 1 or min(len(real), len(fake)) <= k:
+    raise ValueError(f"k must be in 1..{min(len(real), len(fake)) - 1} for these sets, got {k}")
+  precision = _coverage(fake, real, _knn_radii_sq(real, k))
+  recall = _coverage(real, fake, _knn_radii_sq(fake, k))
+  return precision, recall
+
+
+def class_shares(images, classifier: Classifier | None = None) -> np.ndarray:
+  """The share of samples the digits classifier assigns to each class (mode dropping shows as zeros).
+
+  Args:
+    images: (N, 8, 8, 1) float in [0, 1] or uint8.
+    classifier: the feature network; `digits_classifier()` by default.
+
+  Returns:
+    (10,) float64 shares summing to 1.
+  """
+  classifier = classifier or digits_classifier()
+  predicted = classifier.predict(images)
+  return np.bincount(predicted, minlength=10).astype(np.float64) / max(len(predicted), 1)
+
+
+def digits_fid(images, reference: str = "train", classifier: Classifier | None = None) -> float:
+  """FID of digits samples against a real split, in the digits classifier's feature space.
+
+  Args:
+    images: (N, 8, 8, 1) samples, float in [0, 1] or uint8; N >= 2 (use the same N when
+      comparing models: FID's bias depends on it).
+    reference: the real split to compare with, "train" (1497 images) or "test" (300).
+    classifier: the feature network; `digits_classifier()` by default.
+
+  Returns:
+    The squared Fréchet distance between Gaussian fits of the two feature sets.
+  """
+  if reference not in REFERENCES:
+    raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+  classifier = classifier or digits_classifier()
+  return frechet_distance(classifier.features(images), classifier.reference_features(reference))
+
+
+def independent_pixel_samples(n: int, seed: int = 0) -> np.ndarray:
+  """Images whose pixels are drawn independently from each pixel's training-split marginal.
+
+  A bad model with the right per-pixel statistics and none of the structure: the scale's
+  far end.
+
+  Args:
+    n: number of images.
+    seed: seeds the draw.
+
+  Returns:
+    (n, 8, 8, 1) uint8.
+  """
+  train = load("digits", "train")["image"]  # (N, 8, 8, 1)
+  rng = np.random.default_rng(seed)
+  source = rng.integers(0, len(train), size=(n, *train.shape[1:]))  # (n, 8, 8, 1): a training image per pixel
+  _, row, col, channel = np.indices(source.shape)
+  return train[source, row, col, channel]
+
+
+def digits_reference_fids(classifier: Classifier | None = None, n_bad: int = 1000, seed: int = 0) -> dict:
+  """The two ends of the digits FID scale, against the training split's features.
+
+  Args:
+    classifier: the feature network; `digits_classifier()` by default.
+    n_bad: number of independent-pixel images.
+    seed: seeds the independent-pixel images.
+
+  Returns:
+    {"test_split": FID of the real test split, "independent_pixels": FID of `n_bad`
+    independent-pixel images, "test_accuracy": the classifier's}.
+  """
+  classifier = classifier or digits_classifier()
+  return {"test_split": digits_fid(load("digits", "test")["image"], "train", classifier),
+          "independent_pixels": digits_fid(independent_pixel_samples(n_bad, seed), "train", classifier),
+          "test_accuracy": classifier.test_accuracy}

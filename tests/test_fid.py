@@ -1,0 +1,236 @@
+"""FID, precision/recall and class shares: closed forms, scipy parity, and the digits feature network."""
+
+import glob
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from research import data
+from research.metrics import features, fid
+
+
+@pytest.fixture(scope="session")
+def classifier_root(tmp_path_factory):
+  # Trained once per session, by the real loop, into a private cache (never the user's).
+  root = str(tmp_path_factory.mktemp("fid_classifier"))
+  fid.digits_classifier(root)
+  return root
+
+
+@pytest.fixture(scope="session")
+def classifier(classifier_root):
+  return fid.digits_classifier(classifier_root)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+  return data.load("digits", "test")
+
+
+def scipy_frechet(a, b):
+  """The standard formula, as the FID reference code writes it, with scipy's general sqrtm."""
+  mu1, mu2 = a.mean(0), b.mean(0)
+  s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  covmean = scipy.linalg.sqrtm(s1 @ s2).real
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# Fréchet distance.
+
+
+@pytest.mark.parametrize("n,d,seed", [(200, 4, 0), (500, 16, 1), (300, 32, 2)])
+def test_frechet_matches_scipy_sqrtm(n, d, seed):
+  rng = np.random.default_rng(seed)
+  mixing = rng.normal(size=(d, d))
+  a = rng.normal(size=(n, d)) @ mixing
+  b = rng.normal(size=(n, d)) @ (mixing + 0.5 * rng.normal(size=(d, d))) + rng.normal(size=d)
+  np.testing.assert_allclose(fid.frechet_distance(a, b), scipy_frechet(a, b), rtol=1e-7)
+  np.testing.assert_allclose(fid.frechet_distance(b, a), fid.frechet_distance(a, b), rtol=1e-9)
+
+
+def test_frechet_identical_sets_is_zero():
+  a = np.random.default_rng(0).normal(size=(100, 8))
+  assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_shifted_means_is_squared_shift():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(100, 8)) @ rng.normal(size=(8, 8))
+  shift = rng.normal(size=8)
+  assert fid.frechet_distance(a, a + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-8)
+
+
+def test_frechet_diagonal_covariances_closed_form():
+  # Commuting covariances: Tr(S1 + S2 - 2 (S1 S2)^(1/2)) = sum (sqrt(a_i) - sqrt(b_i))^2.
+  var_a, var_b = np.array([1.0, 4.0, 0.25, 9.0]), np.array([4.0, 1.0, 0.25, 0.0])
+  mu_a, mu_b = np.zeros(4), np.array([1.0, 0.0, -2.0, 0.0])
+  expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+  got = fid.frechet_distance_from_stats(mu_a, np.diag(var_a), mu_b, np.diag(var_b))
+  assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_singular_covariances_stay_finite():
+  # Fewer samples than features: both covariances are singular, where sqrtm struggles.
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(10, 32)), rng.normal(size=(10, 32)) + 1.0
+  distance = fid.frechet_distance(a, b)
+  assert np.isfinite(distance) and distance > 32  # at least the squared mean shift, about 32
+
+
+def test_frechet_rejects_bad_shapes():
+  with pytest.raises(ValueError, match="at least 2"):
+    fid.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+  with pytest.raises(ValueError, match="mismatched"):
+    fid.frechet_distance(np.ones((5, 3)), np.ones((5, 4)))
+
+
+# Precision and recall.
+
+
+def _clusters(rng, per_cluster, centres):
+  return np.concatenate([c + rng.normal(size=(per_cluster, centres.shape[1])) for c in centres])
+
+
+def test_precision_recall_identical_sets():
+  a = np.random.default_rng(0).normal(size=(300, 8))
+  assert fid.precision_recall(a, a) == (1.0, 1.0)
+
+
+def test_precision_recall_one_of_five_modes():
+  rng = np.random.default_rng(0)
+  centres = 20.0 * rng.normal(size=(5, 8))
+  real = _clusters(rng, 200, centres)
+  fake = _clusters(rng, 200, centres[:1])  # fresh draws from the first mode only
+  precision, recall = fid.precision_recall(real, fake)
+  assert precision > 0.85
+  assert recall < 0.25
+
+
+def test_precision_recall_far_fakes():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(200, 8))
+  precision, recall = fid.precision_recall(real, rng.normal(size=(200, 8)) + 100.0)
+  assert (precision, recall) == (0.0, 0.0)
+
+
+def test_precision_recall_chunked_like_whole(monkeypatch):
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(150, 4)), rng.normal(size=(120, 4)) + 0.5
+  whole = fid.precision_recall(real, fake, k=5)
+  monkeypatch.setattr(fid, "ROWS", 16)
+  assert fid.precision_recall(real, fake, k=5) == whole
+
+
+def test_precision_recall_rejects_bad_k():
+  with pytest.raises(ValueError, match="k must be"):
+    fid.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)), k=3)
+
+
+# The digits feature network.
+
+
+def test_classifier_test_accuracy(classifier, digits_test):
+  assert classifier.test_accuracy >= 0.97
+  measured = np.mean(classifier.predict(digits_test["image"]) == digits_test["label"])
+  assert measured == pytest.approx(classifier.test_accuracy)
+
+
+def test_features_shape_and_input_forms(classifier, digits_test):
+  images = digits_test["image"][:50]
+  feats = classifier.features(images)
+  assert feats.shape == (50, features.FEATURES) and feats.dtype == np.float32
+  np.testing.assert_allclose(classifier.features(images.astype(np.float32) / 255.0), feats, atol=1e-5)
+  # More images than one chunk go through the same program, chunk by chunk.
+  many = np.concatenate([digits_test["image"]] * 4)  # (1200, 8, 8, 1)
+  np.testing.assert_allclose(classifier.features(many)[-50:], classifier.features(digits_test["image"][-50:]),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match=r"\(N, 8, 8, 1\)"):
+    classifier.features(images[..., 0])
+
+
+def test_cache_is_reused(classifier_root, classifier, digits_test, monkeypatch):
+  def refuse(workdir):
+    raise AssertionError(f"retrained into {workdir}")
+
+  monkeypatch.setattr(features, "_fit", refuse)
+  assert fid.digits_classifier(classifier_root) is classifier
+  from_disk = features._cached.__wrapped__(os.path.abspath(classifier_root))  # skips the in-process memo
+  np.testing.assert_array_equal(from_disk.features(digits_test["image"]), classifier.features(digits_test["image"]))
+  assert from_disk.test_accuracy == classifier.test_accuracy
+  assert sorted(os.listdir(os.path.join(classifier_root, features.VERSION))) == ["classifier.json", "params"]
+
+
+def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
+  calls = []
+
+  def fake_fit(workdir):
+    calls.append(workdir)
+    time.sleep(0.5)  # long enough for the other caller to reach the lock
+    return classifier.params, dict(classifier.info)
+
+  monkeypatch.setattr(features, "_fit", fake_fit)
+  root = str(tmp_path / "cache")
+  os.makedirs(os.path.join(root, f".{features.VERSION}.tmp-killed"))  # left by a killed process
+  got = []
+  threads = [threading.Thread(target=lambda: got.append(features._cached.__wrapped__(root))) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(calls) == 1 and len(got) == 2
+  assert all(c.test_accuracy == classifier.test_accuracy for c in got)
+  assert not glob.glob(os.path.join(root, ".*.tmp-*"))
+
+
+def test_failed_training_leaves_no_cache(tmp_path, monkeypatch):
+  def broken_fit(workdir):
+    os.makedirs(workdir)
+    raise RuntimeError("killed")
+
+  monkeypatch.setattr(features, "_fit", broken_fit)
+  root = str(tmp_path / "cache")
+  with pytest.raises(RuntimeError, match="killed"):
+    fid.digits_classifier(root)
+  assert not os.path.exists(os.path.join(root, features.VERSION))
+  assert not glob.glob(os.path.join(root, ".*.tmp-*"))
+
+
+# Digits FID and class shares.
+
+
+def test_digits_fid_scale(classifier, digits_test):
+  real = fid.digits_fid(digits_test["image"], "train", classifier)
+  bad = fid.digits_fid(fid.independent_pixel_samples(1000), "train", classifier)
+  assert 0.0 < real < 10.0
+  assert bad > 5 * real
+  assert fid.digits_fid(digits_test["image"].astype(np.float32) / 255.0, "train", classifier) == \
+      pytest.approx(real, rel=1e-4)
+  assert fid.digits_fid(digits_test["image"], "test", classifier) == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="reference"):
+    fid.digits_fid(digits_test["image"], "validation", classifier)
+
+
+def test_digits_precision_recall(classifier, digits_test):
+  real = classifier.reference_features("train")
+  test_precision, test_recall = fid.precision_recall(real, classifier.features(digits_test["image"]))
+  bad_precision, _ = fid.precision_recall(real, classifier.features(fid.independent_pixel_samples(300)))
+  assert test_precision > 0.8 and test_recall > 0.5
+  assert bad_precision < test_precision
+
+
+def test_independent_pixel_samples_match_marginals(digits_train):
+  samples = fid.independent_pixel_samples(3000)
+  assert samples.shape == (3000, 8, 8, 1) and samples.dtype == np.uint8
+  np.testing.assert_allclose(samples.mean(0), digits_train["image"].mean(0), atol=8.0)  # of 0..255
+
+
+def test_class_shares(classifier, digits_test):
+  shares = fid.class_shares(digits_test["image"], classifier)
+  assert shares.shape == (10,) and shares.sum() == pytest.approx(1.0)
+  np.testing.assert_allclose(shares, np.bincount(digits_test["label"], minlength=10) / 300, atol=0.02)
+  zeros = digits_test["image"][digits_test["label"] == 0]  # a model that dropped every other mode
+  assert fid.class_shares(zeros, classifier)[0] >= 0.95
