@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "clu",
     "scikit-learn",  # ships the bundled digits; reference for EM
     "pillow",
+    "tokenizers",  # byte-level BPE for the language models
     "safetensors",  # GPT-2 / BERT weights to and from transformers' files, without torch
     "matplotlib",
     "gymnax>=1.0",  # the 1.0 step signature; jittable classic-control environments for PPO

@@ -157,3 +157,46 @@ def test_bad_input(reference, tmp_path):
     gpt2.load_hf(str(tmp_path))
   with pytest.raises(ValueError, match="unknown GPT-2 size"):
     gpt2.config("2b")
+
+
+def test_tokenizers_round_trip_and_save(tmp_path):
+  from research.data import tokenizers  # pylint: disable=import-outside-toplevel
+  text = "def f(x):\n    return x ** 2  # square\n" * 20
+  char = tokenizers.make("char", [text])
+  assert char.decode(char.encode(text)) == text and char.vocab_size == len(set(text)) + 1
+  assert char.encode("é") == [0]  # unseen: the unknown id
+  bpe = tokenizers.make("bpe", [text], vocab_size=300)
+  ids = bpe.encode(text)
+  assert bpe.decode(ids) == text and len(ids) < len(text) / 2  # merges learned
+  for tok in (char, bpe):
+    tokenizers.save(str(tmp_path / "t.json"), tok)
+    again = tokenizers.load(str(tmp_path / "t.json"))
+    assert again.encode(text) == tok.encode(text)
+  with pytest.raises(ValueError, match="unknown tokenizer 'words'"):
+    tokenizers.make("words", [text])
+  with pytest.raises(ValueError, match="vocab.json is missing"):
+    tokenizers.make(f"gpt2:{tmp_path}")
+
+
+def test_experiment_smoke_run_writes_samples_and_validation_loss(tmp_path):
+  from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
+  config = experiment.get_config("smoke")
+  results = experiment.run(config, str(tmp_path))
+  assert results["step"] == 10 and results["val_loss"] < np.log(results["config"]["n_embd"] * 10)
+  np.testing.assert_allclose(results["val_bits_per_char"], results["val_loss"] / np.log(2), rtol=1e-9)
+  assert (tmp_path / "samples.txt").read_text().count("--- sample") == config.num_prompts
+  assert (tmp_path / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.tokenizer=words", "unknown tokenizer 'words'"),
+    ("--config.n_embd=33", "n_embd 33 is not divisible by n_head 2"),
+    ("--config.seq_len=64", "seq_len 64 exceeds n_positions 32"),
+])
+def test_experiment_bad_input_is_one_line(tmp_path, flag, message):
+  from conftest import run_python  # pylint: disable=import-outside-toplevel
+  proc = run_python(["-m", "experiments.gpt2", f"--workdir={tmp_path / 'w'}", "--config=experiments/gpt2.py:smoke",
+                     flag])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+  assert not (tmp_path / "w").exists()

@@ -422,3 +422,71 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
   if as_lists:
     return [r + new[i].tolist() for i, r in enumerate(rows)]
   return np.concatenate([np.asarray(prompt), new], axis=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The task: next-token prediction on the one training loop.
+
+
+def model_config(config, vocab_size: int) -> GPT2Config:
+  """The GPT2Config of an experiment config (experiments/gpt2.py)."""
+  return GPT2Config(vocab_size=vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+                    n_layer=config.n_layer, n_head=config.n_head, num_kv_heads=config.num_kv_heads or None,
+                    positions=config.positions, attention=config.attention, embd_pdrop=config.dropout,
+                    resid_pdrop=config.dropout, dtype=config.dtype)
+
+
+def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]], unit: str = "token"):
+  """GPT-2 language modelling as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/gpt2.py): model fields, seq_len, optimizer,
+      eval_batch_size, sample_tokens, temperature, top_k.
+    vocab_size: the tokenizer's vocabulary size.
+    decode: ids -> text, for the samples.
+    prompts: token ids of the prompts the samples continue.
+    unit: what a token is ("char" for a character-level model), naming `val_bits_per_<unit>`.
+
+  Returns:
+    A Task whose loss is the mean next-token cross-entropy of `tokens` windows (B, seq_len + 1),
+    whose `evaluate(params, key, windows)` gives `val_loss` (nats per token) and
+    `val_bits_per_<unit>` over evaluation windows, and whose `sample` writes continuations.
+  """
+  from research import optim  # pylint: disable=import-outside-toplevel
+  from research.train import Task  # pylint: disable=import-outside-toplevel
+  cfg = model_config(config, vocab_size)
+  if config.seq_len > cfg.n_positions and cfg.positions == "learned":
+    raise ValueError(f"seq_len {config.seq_len} exceeds n_positions {cfg.n_positions}")
+  model = GPT2(cfg)
+
+  def init(key, batch):
+    return model.init(key, batch["tokens"][:, :-1])
+
+  def loss(params, batch, key, train):
+    tokens = batch["tokens"]
+    logits = model.apply(params, tokens[:, :-1], train=train, rngs={"dropout": key})
+    value = lm_loss(logits, tokens[:, 1:])
+    return value, {f"bits_per_{unit}": value / math.log(2)}
+
+  @jax.jit
+  def batch_nll(params, tokens):
+    logits = model.apply(params, tokens[:, :-1])
+    return lm_loss(logits, tokens[:, 1:]) * tokens[:, 1:].size, tokens[:, 1:].size
+
+  def evaluate(params, key, windows):
+    del key
+    windows = np.asarray(windows["tokens"])
+    total, count = 0.0, 0
+    for start in range(0, len(windows), config.eval_batch_size):
+      nll, n = batch_nll(params, jnp.asarray(windows[start:start + config.eval_batch_size]))
+      total, count = total + float(nll), count + int(n)
+    value = total / count
+    return {"val_loss": value, f"val_bits_per_{unit}": value / math.log(2), "val_tokens": count}
+
+  def sample(params, key):
+    out = generate(model, params["params"], [list(p) for p in prompts], config.sample_tokens, key=key,
+                   temperature=config.temperature, top_k=config.top_k)
+    return {"samples": [decode(prompt) + " ||| " + decode(o[len(prompt):]) for prompt, o in zip(prompts, out)]}
+
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
