@@ -583,3 +583,122 @@ def _ddim_invert(schedule, denoise_fn, x0, timesteps, prediction):
 
   final, _ = jax.lax.scan(step, SamplerCarry(x0), DDIMStepInput(start, timesteps))
   return final.x
+
+
+# ---------------------------------------------------------------------------------------
+# The task: a denoiser (U-Net or DiT) trained on the one loop, sampled and scored.
+
+DENOISERS = ("unet", "dit")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def make_denoiser(config, image_shape, num_classes: int):
+  """The denoiser module of an experiment config, and `apply(params, x, t, y, train, key)`."""
+  from research.models import dit as dit_lib  # pylint: disable=import-outside-toplevel
+  from research.models import unet as unet_lib  # pylint: disable=import-outside-toplevel
+  if config.model == "unet":
+    model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels), groups=config.unet_groups,
+                                              attention_heads=config.unet_heads, dropout=config.dropout,
+                                              num_classes=num_classes, out_channels=image_shape[-1],
+                                              dtype=config.dtype))
+
+    def apply(params, x, t, y, train, key):
+      return model.apply(params, x, t, y, train=train, rngs={"dropout": key} if train else None)
+  else:
+    cfg = dit_lib.config(config.dit, input_size=image_shape[0], in_channels=image_shape[-1],
+                         num_classes=num_classes, learn_sigma=False, conditioning=config.dit_conditioning,
+                         dtype=config.dtype)
+    model = dit_lib.DiT(cfg)
+
+    def apply(params, x, t, y, train, key):
+      del train, key
+      return model.apply(params, x, t, y)
+  return model, apply
+
+
+def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
+  """Class-conditional (or unconditional) diffusion on images as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/diffusion.py).
+    image_shape: (H, W, C) of the images; pixels are scaled to [-1, 1].
+    num_classes: classes of the labels; 0 trains an unconditional model.
+
+  Returns:
+    A Task: `loss` is the denoising loss of `config.prediction` with label dropout
+    (`class_dropout`) replacing labels by the null class `num_classes`; `evaluate` draws
+    `num_samples` images with the configured sampler (labels cycling through the classes) and
+    reports FID, precision and recall against the training digits' classifier features, and
+    the share of each class; `sample` returns the images that evaluation scored.
+  """
+  from research import optim  # pylint: disable=import-outside-toplevel
+  from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
+  from research.models.dit import drop_labels  # pylint: disable=import-outside-toplevel
+  from research.train import Task  # pylint: disable=import-outside-toplevel
+  schedule = make_schedule(config.schedule, config.num_train_steps)
+  model, apply = make_denoiser(config, image_shape, num_classes)
+  conditional = num_classes > 0
+
+  def to_x0(batch):
+    return batch["image"].astype(jnp.float32) / 127.5 - 1.0  # (batch, H, W, C) in [-1, 1]
+
+  def init(key, batch):
+    x = to_x0(batch)
+    return model.init(key, x, jnp.zeros((x.shape[0],), jnp.int32), jnp.zeros((x.shape[0],), jnp.int32))
+
+  def loss_fn(params, batch, key, train):
+    k_labels, k_loss, k_dropout = jax.random.split(key, 3)
+    y = batch["label"].astype(jnp.int32) if conditional else jnp.zeros((batch["image"].shape[0],), jnp.int32)
+    if conditional and train:
+      y = drop_labels(k_labels, y, config.class_dropout, num_classes)
+    value = loss(schedule, lambda x_t, t: apply(params, x_t, t, y, train, k_dropout), to_x0(batch), k_loss,
+                 config.prediction)
+    return value, {}
+
+  timesteps = ddim_timesteps(config.num_train_steps, config.sample_steps, config.tau) \
+      if config.sampler == "ddim" else None
+
+  @jax.jit
+  def draw(params, key, labels, guidance, eta):
+    cond_fn = lambda x, t, y: apply(params, x, t, y, False, None)
+    if conditional and config.guidance_scale != 1.0:
+      denoise = classifier_free_guidance(cond_fn, labels, num_classes, guidance)
+    else:  # w = 1 is the conditional model alone: no unconditional half to compute
+      denoise = lambda x, t: cond_fn(x, t, labels)
+    shape = (labels.shape[0],) + tuple(image_shape)
+    if config.sampler == "ddpm":
+      x = sample_ddpm(schedule, denoise, key, shape, prediction=config.prediction, variance=config.variance)
+    else:
+      x = sample_ddim(schedule, denoise, key, shape, timesteps, eta, prediction=config.prediction)
+    return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # images in [0, 1]
+
+  def generate(params, key, n):
+    labels = jnp.arange(n, dtype=jnp.int32) % max(num_classes, 1)
+    chunks = []
+    for i, start in enumerate(range(0, n, config.sample_batch)):
+      chunk = labels[start:start + config.sample_batch]
+      chunks.append(np.asarray(draw(params, jax.random.fold_in(key, i), chunk, jnp.float32(config.guidance_scale),
+                                    jnp.float32(config.eta))))
+    return np.concatenate(chunks)
+
+  scored = {}
+
+  def evaluate(params, key, data):
+    del data  # scored against the training digits' features
+    images = generate(params, key, config.num_samples)
+    scored.update(params=params, images=images)  # `sample` writes exactly the scored images
+    classifier = fid_lib.digits_classifier()
+    feats = classifier.features(images)
+    real = classifier.reference_features("train")
+    precision, recall = fid_lib.precision_recall(real, feats)
+    shares = fid_lib.class_shares(images, classifier)
+    return {"fid": fid_lib.frechet_distance(real, feats), "precision": precision, "recall": recall,
+            "classes_covered": int(np.sum(shares >= 0.02)), "class_shares": shares.round(4).tolist(),
+            "num_samples": int(config.num_samples)}
+
+  def sample(params, key):
+    images = scored["images"] if scored.get("params") is params else generate(params, key, config.num_samples)
+    return {"samples": images}
+
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss_fn, evaluate=evaluate,
+              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
