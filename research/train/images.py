@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+MAX_GRID_IMAGES = 100  # a 10 x 10 grid: larger ones are too small to look at
+
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
   """Tiles (N, H, W, C) images in [0, 1] into one (rows*(H+pad), cols*(W+pad), C) uint8 image."""
@@ -63,8 +65,9 @@ def sample_kind(value) -> str:
 def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str]:
   """Writes each named sample as files a person (and other tools) can read.
 
-  images -> `<name>.png` (a grid) + `<name>.npz` (`images`, float32 in [0, 1], NHWC), and
-  the grid as a TensorBoard image; points -> `<name>.png` (a scatter) + `<name>.npz`
+  images -> `<name>.png` (a grid of the first MAX_GRID_IMAGES, large enough to see) +
+  `<name>.npz` (all of them: `images`, float32 in [0, 1], NHWC), and the grid as a
+  TensorBoard image; points -> `<name>.png` (a scatter) + `<name>.npz`
   (`points`); text -> `<name>.txt`, one sample per block.
 
   Returns:
@@ -81,10 +84,13 @@ def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str
       paths.append(path)
       continue
     array = np.asarray(value, np.float32)
-    paths.append(save_png(os.path.join(workdir, f"{name}.png"), array, title=f"{name} (step {step})"))
+    shown = array[:MAX_GRID_IMAGES] if kind == "images" else array
+    title = f"{name} (step {step})" if len(shown) == len(array) else \
+        f"{name} (step {step}; the first {len(shown)} of {len(array)})"
+    paths.append(save_png(os.path.join(workdir, f"{name}.png"), shown, title=title))
     npz = os.path.join(workdir, f"{name}.npz")
     np.savez_compressed(npz, **{kind: np.clip(array, 0.0, 1.0) if kind == "images" else array})
     paths.append(npz)
     if kind == "images" and writer is not None:
-      writer.write_images(step, {name: image_grid(array)[None]})
+      writer.write_images(step, {name: image_grid(shown)[None]})
   return paths
