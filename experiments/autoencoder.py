@@ -35,6 +35,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer.eps = 1e-4  # Adam epsilon as in the IWAE paper
   config.checkpoint_every = 5000  # save a checkpoint every this many steps (and at the end)
   config.log_every = 1000  # metrics and a progress line every this many steps
+  config.steps_per_call = 25  # steps per compiled call: a model this small is dispatch-bound (bench/vs_torch.py)
   if preset == "smoke":
     config.steps = 20
     config.batch_size = 32

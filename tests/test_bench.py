@@ -6,7 +6,9 @@ the agreement between the benchmark's peers where they compute the same thing.
 """
 
 import json
+import math
 import shlex
+from importlib import metadata
 
 import flax
 import gymnasium
@@ -20,11 +22,16 @@ from experiments import autoencoder as autoencoder_experiment
 from experiments import gan as gan_experiment
 from experiments import ppo as ppo_experiment
 
+# The data benchmark runs the default config: two calls of its steps_per_call.
+DATA_STEPS = 2 * autoencoder_experiment.get_config().steps_per_call
 BENCHES = {
+    "data": [f"--steps={DATA_STEPS}", "--repeats=1", "--gather_calls=2"],
     "em": ["--n_samples=2000", "--n_features=2", "--n_components=3", "--iters=3", "--repeats=1"],
-    "loop_overhead": ["--repeats=1", "--short_steps=5", "--span=10"],
+    "loop_overhead": ["--repeats=1", "--short_steps=5", "--span=10", "--steps_per_call=5"],
     "ppo": ["--total_timesteps=1024", "--seeds=2", "--peer_updates=1"],
     "sweep": ["--seeds=2", "--steps=3", "--preset=gan,smoke"],
+    "vs_torch": ["--vae_steps=40", "--gan_steps=20", "--vae_steps_per_call=1,10", "--gan_steps_per_call=1,5",
+                 "--torch_steps=40", "--torch_seconds=600", "--torch_warmup=2", "--torch_threads=1", "--repeats=1"],
 }
 
 
@@ -39,13 +46,30 @@ def _check_em(report):
   assert report["versions"]["scikit-learn"] == sklearn.__version__
 
 
+def _check_data(report):
+  config = autoencoder_experiment.get_config()
+  runs = report["runs"]
+  assert {(run["source"], run["prefetch"]) for run in runs.values()} == {
+      (source, prefetch) for source in ("in_memory", "memmap", "records") for prefetch in (config.prefetch, 0)}
+  # Every source yields the same batches, so every run trains to the same bits.
+  assert report["same_train_loss"] and len({run["train_loss"] for run in runs.values()}) == 1
+  assert runs[f"in_memory/prefetch={config.prefetch}"]["ratio_vs_in_memory"] == 1.0
+  assert report["steps_per_call"] == config.steps_per_call and report["steps"] == DATA_STEPS
+  # Reading the raw records is part of what the record source's gather costs.
+  records = report["gather"]["records"]
+  assert 0 < records["read_us_per_example"] < records["us_per_example"]
+
+
 def _check_loop_overhead(report):
   config = autoencoder_experiment.get_config()
   assert (report["short_steps"], report["span"], report["repeats"]) == (5, 10, 1)
-  assert len(report["bare_s_per_step"]) == len(report["loop_s_per_step"]) == 1
-  # The loop is timed with the default config's cadence and batch, as the report says.
-  assert (report["batch_size"], report["log_every"], report["checkpoint_every"]) == (
-      config.batch_size, config.log_every, config.checkpoint_every)
+  assert report["steps_per_call"] == [1, 5] and set(report["drivers"]) == {"1", "5"}
+  for driver in report["drivers"].values():
+    assert len(driver["bare_s_per_step"]) == len(driver["loop_s_per_step"]) == 1
+    assert driver["overhead"] == pytest.approx(driver["bare_steps_per_s"] / driver["loop_steps_per_s"] - 1.0)
+  # The loop is timed with the default config's cadence, batch and prefetch, as the report says.
+  assert (report["batch_size"], report["log_every"], report["checkpoint_every"], report["prefetch"]) == (
+      config.batch_size, config.log_every, config.checkpoint_every, config.prefetch)
 
 
 def _check_ppo(report):
@@ -69,7 +93,45 @@ def _check_sweep(report):
   assert report["config"]["batch_size"] == expected.batch_size
 
 
-CHECKS = {"em": _check_em, "loop_overhead": _check_loop_overhead, "ppo": _check_ppo, "sweep": _check_sweep}
+def _dense(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+def _conv(kernel, c_in, c_out):
+  return kernel * kernel * c_in * c_out + c_out
+
+
+def _check_vs_torch(report):
+  vae = autoencoder_experiment.get_config()
+  widths = [64, *vae.hidden, 2 * vae.latent_dim]
+  decoder = [vae.latent_dim, *reversed(vae.hidden), 64]
+  vae_params = sum(_dense(a, b) for w in (widths, decoder) for a, b in zip(w[:-1], w[1:]))
+  gan = gan_experiment.get_config()
+  f = gan.conv_features
+  gan_params = (_dense(gan.latent_dim, 8 * f) + _conv(4, 2 * f, f) + _conv(4, f, 1)  # generator
+                + _conv(3, 1, f) + _conv(3, f, 2 * f) + _dense(8 * f, 1))  # discriminator
+  expected = {"vae": (vae_params, ["1", "10"], 40, vae.batch_size),
+              "gan": (gan_params, ["1", "5"], 20, gan.batch_size)}
+  assert report["models"] == ["vae", "gan"] and report["torch_threads"] == [1]
+  for name, (params, ks, steps, batch_size) in expected.items():
+    m = report[name]
+    # Both sides build the same networks: the parameter counts match the layer shapes.
+    assert m["param_count"] == {"jax": params, "torch": params}, name
+    assert list(m["jax"]) == ks and (m["jax_steps"], m["batch_size"]) == (steps, batch_size), name
+    assert m["best_steps_per_call"] in {int(k) for k in ks} and str(m["recommended_steps_per_call"]) in ks
+    for k in ks:
+      run = m["jax"][k]
+      assert run["ratio_vs_torch"] == pytest.approx(run["steps_per_s"] / m["torch_best_steps_per_s"]), (name, k)
+      assert math.isfinite(run["train_loss"])
+    # Both sides learn: the loss of the last interval is below the loss at initialisation.
+    assert m["jax"][ks[-1]]["train_loss"] < m["jax_first_loss"], name
+    assert m["torch"]["1"]["final_loss"] < m["torch"]["1"]["first_loss"], name
+    assert m["torch"]["1"]["timed_steps_per_repeat"] == [40]
+  assert report["versions"]["torch"] == metadata.version("torch")
+
+
+CHECKS = {"data": _check_data, "em": _check_em, "loop_overhead": _check_loop_overhead, "ppo": _check_ppo,
+          "sweep": _check_sweep, "vs_torch": _check_vs_torch}
 
 
 @pytest.mark.parametrize("name", sorted(BENCHES))
