@@ -12,38 +12,87 @@ Writes `samples.png` (a scatter of generated points, or a grid of generated digi
 `high_quality_fraction`) of `eval_samples` generated points.
 
 The generator and the critic share one `optimizer` block (the papers use the same
-optimizer for both). Each loss comes with its paper's optimizer and n_critic
-(PAPER_SETTINGS below): a preset named after the loss applies them
-(`--config=experiments/gan.py:wgan_gp`), while `--config.loss=wgan_gp` alone changes the loss
-only, which the run then reports as a warning.
+optimizer for both). n_critic and the optimizer's name, learning_rate, b1, b2 and schedule
+follow the loss (LOSS_SETTINGS below) unless set explicitly: `--config.loss=wgan_gp` and the
+preset `--config=experiments/gan.py:wgan_gp` are the same run, and
+`--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4` changes that run's learning rate only.
+
+WGAN-GP's settings: on ring8 the paper's (Adam 1e-4, beta1 0, lambda 10, constant rate, n_critic 5)
+need far more than the default 3000 generator steps: in 3000 they capture 0 of 8 modes (0% high
+quality) for each of the seeds 11, 23, 37 and 0. What mattered, each change alone from the
+chosen settings, 3000 steps, seeds 11 and 23 (modes; % high-quality samples):
+  chosen: lambda 0.1, Adam 2e-3, beta1 0.5, beta2 0.9, cosine to 0  8, 8;  95, 96
+  lambda 10 (the paper's images) instead of 0.1 (its toy code)      2, 8;   1, 75
+  lambda 1                                                          8, 8;  92, 95
+  a constant learning rate instead of the cosine                    8, 8;  75, 30
+  learning rate 1e-4 / 1e-3 / 5e-3                                  8, 8;  58, 60 / 92, 93 / 95, 97
+  beta1 0 instead of 0.5 (both at 1e-3)                             8, 8;  92, 92 / 92, 93
+So a small lambda brings all modes within the budget and the annealed rate makes the samples
+sharp. The default nets (LinearMaxout critic, batch 128) suffice; Gulrajani et al.'s ReLU critic
+(`--config.disc_layer=relu`, 3 x 256 with a 3 x 256 generator, batch 256) did a little better at
+1500 steps at 1e-3 (89% against 85% high quality, 8 modes each) for a fifth more time per step.
+`python -m experiments.gan --workdir=/tmp/w --config.loss=wgan_gp --config.seed=S` for
+S = 11, 23, 37, 0 captured 8 of 8 modes each, with 95.5, 96.2, 95.1 and 93.6% high-quality
+samples, in about 2 minutes on one CPU core (the GAN's default run: 30 s).
 """
 
+import functools
+
 import ml_collections
-from absl import logging
+from ml_collections import config_dict
 
 from research import data as data_lib
 from research.models import gan
 from research.train import base_config, check_common, cli, train
 
-# Per loss: the optimizer and critic updates its paper uses. The `gan` entry is this
-# codebase's choice for the toy problems (Adam with beta1 = 0.5, as in DCGAN).
-PAPER_SETTINGS = {
-    "gan": {"n_critic": 1, "optimizer": {"name": "adam", "learning_rate": 1e-3, "b1": 0.5, "b2": 0.999}},
+# The settings that follow `config.loss`: each field holds a reference to the loss and reads
+# its value here until something sets it (a preset, --config.<field>=..., or code), after which it
+# keeps what it was given. So `--config.loss=wgan_gp` trains with the WGAN-GP column, and
+# `--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4` with that column but 3e-4.
+LOSS_SETTINGS = {
+    # Adam with beta1 = 0.5 as in DCGAN: this codebase's choice for the toy problems.
+    "gan": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 1e-3, "optimizer.b1": 0.5,
+            "optimizer.b2": 0.999, "optimizer.schedule": "constant"},
     # Arjovsky et al.: RMSProp 5e-5, n_critic 5 (decay 0.99 as in their reference code).
-    "wgan": {"n_critic": 5, "optimizer": {"name": "rmsprop", "learning_rate": 5e-5, "b1": 0.0, "b2": 0.99}},
-    # Gulrajani et al.: Adam(1e-4, beta1 0, beta2 0.9), n_critic 5.
-    "wgan_gp": {"n_critic": 5, "optimizer": {"name": "adam", "learning_rate": 1e-4, "b1": 0.0, "b2": 0.9}},
+    "wgan": {"n_critic": 5, "optimizer.name": "rmsprop", "optimizer.learning_rate": 5e-5, "optimizer.b1": 0.0,
+             "optimizer.b2": 0.99, "optimizer.schedule": "constant"},
+    # Gulrajani et al.'s toy experiments (Adam beta1 0.5, beta2 0.9, n_critic 5; their lambda 0.1
+    # is gp_weight's default) with a larger, cosine-annealed learning rate so that the default
+    # 3000 steps suffice (measured in the module docstring).
+    "wgan_gp": {"n_critic": 5, "optimizer.name": "adam", "optimizer.learning_rate": 2e-3, "optimizer.b1": 0.5,
+                "optimizer.b2": 0.9, "optimizer.schedule": "warmup_cosine"},
 }
 PRESETS = ("smoke", "mode_table") + gan.LOSSES
 
 
-def apply_loss_settings(config: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
-  """Sets `config.loss` and its paper's n_critic and optimizer fields (PAPER_SETTINGS)."""
-  settings = PAPER_SETTINGS[loss]
-  config.loss = loss
-  config.n_critic = settings["n_critic"]
-  for field, value in settings["optimizer"].items():
-    config.optimizer[field] = value
+def _loss_setting(field: str, _, loss: str):
+  # An unknown loss reads as None: check_config names the bad loss before anything uses the field.
+  return LOSS_SETTINGS.get(loss, {}).get(field)
+
+
+def _follow_loss(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Makes every LOSS_SETTINGS field of `config` a reference that reads its value from `config.loss`.
+
+  A reference stops following the loss once it is set, so whatever a user sets explicitly
+  survives a later change of the loss, in either order on the command line.
+
+  Args:
+    config: a config with `loss` and every field LOSS_SETTINGS names.
+
+  Returns:
+    `config`, changed in place.
+  """
+  loss = config.get_ref("loss")
+  for field, value in LOSS_SETTINGS["gan"].items():
+    *parents, name = field.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    kind = type(value)
+    # A derived reference, built as ml_collections builds `ref + 1` (its exported _Op): the op
+    # reads the loss and ignores the reference's own value, an unused default of the field's type.
+    op = config_dict._Op(functools.partial(_loss_setting, field), [loss])  # pylint: disable=protected-access
+    node[name] = ml_collections.FieldReference(kind(), field_type=kind, op=op)
   return config
 
 
@@ -56,19 +105,21 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000  # save a checkpoint every this many steps (and at the end)
   config.log_every = 250  # write metrics and a progress line every this many steps
   config.loss = "gan"  # gan (non-saturating), wgan (weight clipping) or wgan_gp (gradient penalty)
-  config.n_critic = 1  # critic updates per generator update (set by the loss presets)
+  config.n_critic = 1  # critic updates per generator update (follows the loss: LOSS_SETTINGS)
   config.pack = 1  # PacGAN packing degree m: the discriminator judges m samples at once
   config.latent_dim = 2  # dimension of the Gaussian latent code z
   config.gen_width = 128  # units per hidden layer of the MLP generator
   config.gen_depth = 3  # hidden ReLU layers of the MLP generator
   config.disc_width = 128  # units per hidden layer of the MLP discriminator
-  config.disc_depth = 2  # hidden LinearMaxout layers of the MLP discriminator
+  config.disc_depth = 2  # hidden layers of the MLP discriminator
+  config.disc_layer = "maxout"  # the MLP discriminator's hidden layers: maxout (LinearMaxout) or relu
   config.maxout_pieces = 5  # linear pieces per LinearMaxout unit
   config.conv_features = 32  # base channel count of the conv pair (digits)
   config.clip = 0.01  # wgan: critic weights are clipped to [-clip, clip]
-  config.gp_weight = 10.0  # wgan_gp: lambda of the gradient penalty
+  config.gp_weight = 0.1  # wgan_gp: lambda of the gradient penalty (Gulrajani et al.'s toy value)
   config.eval_samples = 2500  # generated points scored for mode coverage (and drawn in the scatter)
-  apply_loss_settings(config, "gan")
+  # The optimizer's name, learning_rate, b1, b2 and schedule follow the loss too.
+  _follow_loss(config)
 
   tokens = [t for t in preset.split(",") if t]
   unknown = [t for t in tokens if t not in PRESETS]
@@ -78,7 +129,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   if len(losses) > 1:
     raise ValueError(f"presets name several losses: {losses}")
   if losses:
-    apply_loss_settings(config, losses[0])
+    config.loss = losses[0]
   if "mode_table" in tokens:
     # The sizes of experiments/tables/gan_modes.py: the VEEGAN/PacGAN kinds of layers at a
     # CPU budget, each loss's learning rate annealed with a cosine so short runs end sharp.
@@ -99,16 +150,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError on bad input and warns when a loss runs without its paper's settings."""
+  """Raises ConfigError on bad input, before anything is compiled or written."""
   gan.check_config(config)
   check_common(config)
-  settings = PAPER_SETTINGS[config.loss]
-  differing = {k: v for k, v in settings["optimizer"].items() if config.optimizer[k] != v}
-  if config.n_critic != settings["n_critic"]:
-    differing["n_critic"] = settings["n_critic"]
-  if differing:
-    logging.warning("loss %s runs with other settings than its paper's %s (the %s preset sets them)",
-                    config.loss, differing, config.loss)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

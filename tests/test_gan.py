@@ -1,5 +1,6 @@
 """GAN family: contract tests, closed forms, mode coverage, packing, and experiment smoke runs."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from experiments import gan as gan_experiment
 from research import data as data_lib
@@ -66,7 +69,9 @@ def test_train_step_contract(loss, dataset, pack):
   for name in ("loss", "gen_loss", "disc_loss", "grad_norm", "gen/grad_norm", "disc/update_norm"):
     assert np.isfinite(float(metrics[name])), name
   if loss == "wgan_gp":
-    assert float(metrics["gradient_penalty"]) >= 0.0
+    # The critic's objective is the Wasserstein estimate's negative plus the penalty, term by term.
+    np.testing.assert_allclose(float(metrics["disc_loss"]),
+                               float(metrics["d_fake"] - metrics["d_real"] + metrics["gradient_penalty"]), rtol=1e-5)
   if loss == "wgan":
     # Weight clipping: the initialisation lies outside [-c, c]; after a step every critic
     # parameter is inside, some on the boundary, and the generator is untouched by it.
@@ -88,14 +93,63 @@ def test_train_step_contract(loss, dataset, pack):
     assert samples.shape == (4, 2)
 
 
-def test_paper_settings_per_loss():
-  wgan_gp = gan_experiment.get_config("wgan_gp")
-  assert (wgan_gp.n_critic, wgan_gp.optimizer.name, wgan_gp.optimizer.learning_rate,
-          wgan_gp.optimizer.b1, wgan_gp.optimizer.b2, wgan_gp.gp_weight) == (5, "adam", 1e-4, 0.0, 0.9, 10.0)
-  wgan = gan_experiment.get_config("wgan")
-  assert (wgan.n_critic, wgan.optimizer.name, wgan.optimizer.learning_rate, wgan.clip) == (5, "rmsprop", 5e-5, 0.01)
+def _settings(config) -> dict:
+  """The LOSS_SETTINGS fields of `config` as {dotted name: value}."""
+  flat = {"n_critic": config.n_critic}
+  flat.update({f"optimizer.{k}": config.optimizer[k] for k in ("name", "learning_rate", "b1", "b2", "schedule")})
+  return {k: flat[k] for k in gan_experiment.LOSS_SETTINGS["gan"]}
+
+
+def test_loss_settings():
+  assert all(set(v) == set(gan_experiment.LOSS_SETTINGS["gan"]) for v in gan_experiment.LOSS_SETTINGS.values())
+  wgan = gan_experiment.LOSS_SETTINGS["wgan"]  # Arjovsky et al.
+  assert (wgan["n_critic"], wgan["optimizer.name"], wgan["optimizer.learning_rate"]) == (5, "rmsprop", 5e-5)
+  # Gulrajani et al.'s toy settings with the learning rate and schedule of the experiment's docstring.
+  assert gan_experiment.LOSS_SETTINGS["wgan_gp"] == {
+      "n_critic": 5, "optimizer.name": "adam", "optimizer.learning_rate": 2e-3, "optimizer.b1": 0.5,
+      "optimizer.b2": 0.9, "optimizer.schedule": "warmup_cosine"}
+  assert gan_experiment.get_config().gp_weight == 0.1
   with pytest.raises(ValueError, match="unknown preset"):
     gan_experiment.get_config("wgan_gpp")
+
+
+@pytest.mark.parametrize("loss", gan.LOSSES)
+def test_settings_follow_the_loss(loss):
+  preset = gan_experiment.get_config(loss)
+  changed = gan_experiment.get_config()
+  changed.loss = loss
+  assert _settings(preset) == _settings(changed) == gan_experiment.LOSS_SETTINGS[loss]
+  # And back: a config switched to another loss and back again is the default one.
+  changed.loss = "wgan" if loss != "wgan" else "gan"
+  changed.loss = "gan"
+  assert _settings(changed) == gan_experiment.LOSS_SETTINGS["gan"]
+
+
+def _parse(*args):
+  """The config `python -m experiments.gan <args>` runs with, parsed by the script's own config flag."""
+  argv = ["gan"] + list(args)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", os.path.join(REPO, "experiments", "gan.py"), flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_command_line_overrides_survive_the_loss():
+  wgan_gp = gan_experiment.LOSS_SETTINGS["wgan_gp"]
+  assert _settings(_parse("--config.loss=wgan_gp")) == wgan_gp
+  # An explicit field keeps its value whichever side of --config.loss it stands on; the rest follow.
+  for args in (("--config.loss=wgan_gp", "--config.optimizer.learning_rate=3e-4"),
+               ("--config.optimizer.learning_rate=3e-4", "--config.loss=wgan_gp")):
+    assert _settings(_parse(*args)) == {**wgan_gp, "optimizer.learning_rate": 3e-4}
+  # Even when the explicit value is another loss's default.
+  assert _parse("--config.loss=wgan_gp", "--config.n_critic=1").n_critic == 1
+  # A preset's loss is a default like any other: --config.loss replaces it and its settings.
+  assert _settings(_parse(f"--config={os.path.join(REPO, 'experiments', 'gan.py')}:wgan_gp", "--config.loss=gan")) \
+      == gan_experiment.LOSS_SETTINGS["gan"]
+  # Of these fields the mode table's preset sets the schedule only (to the cosine WGAN-GP uses anyway).
+  table = gan_experiment.get_config("wgan_gp,mode_table")
+  assert _settings(table) == wgan_gp
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,6 +181,21 @@ def test_gradient_penalty_is_taken_at_interpolates():
   norms = jnp.linalg.norm(eps * real, axis=-1)
   expected = 10.0 * jnp.mean(jnp.square(norms - 1.0))
   np.testing.assert_allclose(float(gan.gradient_penalty(critic, real, fake, key, 10.0)), float(expected), rtol=1e-5)
+
+
+def test_train_step_penalty_scales_with_its_weight():
+  """With one critic update the penalty is taken at the initial critic, so it is linear in lambda."""
+  penalties, losses = {}, {}
+  for weight in (0.0, 0.1, 0.3):
+    config = _smoke_config("wgan_gp", n_critic=1, gp_weight=weight)
+    task = gan.make_task(config)
+    state, batch = _initial_state(config, task)
+    metrics = jax.jit(make_train_step(task, config.ema_decay))(state, batch, jax.random.key(1))[1]
+    penalties[weight] = float(metrics["gradient_penalty"])
+    losses[weight] = float(metrics["disc_loss"] - metrics["d_fake"] + metrics["d_real"])
+  assert penalties[0.0] == 0.0 and penalties[0.1] > 1e-6
+  np.testing.assert_allclose(penalties[0.3], 3.0 * penalties[0.1], rtol=1e-5)
+  np.testing.assert_allclose([losses[0.1], losses[0.3]], [penalties[0.1], penalties[0.3]], rtol=1e-4)
 
 
 def test_non_saturating_losses_match_their_definitions():
@@ -182,22 +251,37 @@ def test_mode_coverage_on_hand_made_samples():
   np.testing.assert_array_equal(np.asarray(batched.modes_captured), [8, 0])
 
 
-def test_pack_shapes_and_order():
+@pytest.mark.parametrize("shape", [(2,), (8, 8, 1), (4, 4, 3)])
+@pytest.mark.parametrize("m", [2, 3])
+def test_pack_concatenates_consecutive_samples(shape, m):
+  x = np.random.default_rng(0).standard_normal((6,) + shape).astype(np.float32)
+  # PacGAN's packing written out: example i is samples i*m, ..., i*m + m - 1 side by side.
+  expected = np.stack([np.concatenate([x[i * m + j] for j in range(m)], axis=-1) for i in range(6 // m)])
+  np.testing.assert_array_equal(np.asarray(gan.pack(jnp.asarray(x), m)), expected)
+
+
+def test_pack_of_one_and_packed_discriminator():
   points = jnp.arange(12.0).reshape(6, 2)
-  packed = gan.pack(points, 3)
-  assert packed.shape == (2, 6)
-  np.testing.assert_array_equal(np.asarray(packed[1]), np.arange(6.0, 12.0))  # samples 3, 4, 5 side by side
-  images = jnp.arange(4 * 8 * 8, dtype=jnp.float32).reshape(4, 8, 8, 1)
-  packed = gan.pack(images, 2)
-  assert packed.shape == (2, 8, 8, 2)
-  np.testing.assert_array_equal(np.asarray(packed[1, ..., 0]), np.asarray(images[2, ..., 0]))
-  np.testing.assert_array_equal(np.asarray(packed[1, ..., 1]), np.asarray(images[3, ..., 0]))
   assert gan.pack(points, 1) is points
   # The discriminator of a packed config takes pack * 2 inputs.
   config = _smoke_config("gan", pack=4)
   state, _ = _initial_state(config, gan.make_task(config))
-  first = jax.tree.leaves(state.params["disc"]["params"]["LinearMaxout_0"])
-  assert {leaf.shape for leaf in first} >= {(8, config.disc_width * config.maxout_pieces)}
+  kernel = state.params["disc"]["params"]["LinearMaxout_0"]["Dense_0"]["kernel"]
+  assert kernel.shape == (8, config.disc_width * config.maxout_pieces)
+
+
+@pytest.mark.parametrize("layer,name", [("maxout", "LinearMaxout_0"), ("relu", "Dense_0")])
+def test_discriminator_layers(layer, name):
+  config = _smoke_config("wgan_gp", disc_layer=layer, disc_depth=2)
+  disc = gan.make_models(config).disc
+  params = disc.init(jax.random.key(0), jnp.zeros((1, 2)))
+  assert name in params["params"]
+  if layer == "relu":
+    # A ReLU critic with every hidden unit off is its output bias everywhere.
+    p = params["params"]
+    zeroed = {**p, "Dense_0": {"kernel": p["Dense_0"]["kernel"], "bias": -1e3 * jnp.ones_like(p["Dense_0"]["bias"])}}
+    values = disc.apply({"params": zeroed}, jax.random.normal(jax.random.key(1), (5, 2)))
+    np.testing.assert_allclose(np.asarray(values), float(p["Dense_2"]["bias"][0]), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,22 +289,44 @@ def test_pack_shapes_and_order():
 
 
 @pytest.mark.parametrize("loss,dataset", [("gan", "ring8"), ("wgan", "grid25"), ("wgan_gp", "digits")])
-def test_experiment_smoke(tmp_path, loss, dataset):
+def test_experiment_smoke(tmp_path, monkeypatch, loss, dataset):
   config = _smoke_config(loss, dataset)
+  evaluated, make_task = [], gan.make_task
+
+  def recording_make_task(config):
+    task = make_task(config)
+
+    def evaluate(params, key, *rest):
+      evaluated.append((params, key))
+      return task.evaluate(params, key, *rest)
+
+    return dataclasses.replace(task, evaluate=evaluate)
+
+  monkeypatch.setattr(gan, "make_task", recording_make_task)
   results = gan_experiment.run(config, str(tmp_path))
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["step"] == config.steps and np.isfinite(on_disk["train_loss"])
   assert on_disk["config"]["loss"] == loss
   assert (tmp_path / "samples.png").stat().st_size > 0
+  # What results.json records is what this config resolves to (the loss's settings).
+  assert on_disk["config"]["n_critic"] == config.n_critic == gan_experiment.LOSS_SETTINGS[loss]["n_critic"]
   if dataset in toy2d.MIXTURES:
-    assert on_disk["modes_total"] == len(toy2d.MIXTURES[dataset][0])
-    assert 0 <= on_disk["modes_captured"] <= on_disk["modes_total"]
-    assert 0.0 <= on_disk["high_quality_fraction"] <= 1.0
-    assert results["modes_captured"] == on_disk["modes_captured"]
+    # The coverage in results.json is PacGAN's, recomputed here in numpy on the generator and
+    # key the loop evaluated.
+    params, key = evaluated[-1]
+    points = np.asarray(gan.generate(gan.make_models(config).gen, params["gen"], key, config.eval_samples,
+                                     config.latent_dim))
+    centres, std = toy2d.MIXTURES[dataset]
+    distances = np.linalg.norm(points[:, None, :] - centres[None, :, :], axis=-1)  # (n, modes)
+    high = distances.min(-1) <= 3 * std
+    assert on_disk["modes_total"] == len(centres)
+    assert on_disk["modes_captured"] == results["modes_captured"] == len(set(distances.argmin(-1)[high]))
+    np.testing.assert_allclose(on_disk["high_quality_fraction"], high.mean(), atol=1e-6)
 
 
 @pytest.mark.parametrize("field,value", [("loss", "lsgan"), ("dataset", "mnist"), ("pack", 0), ("pack", 3),
-                                         ("n_critic", -1), ("gp_weight", -1.0)])
+                                         ("n_critic", -1), ("gp_weight", -1.0),
+                                         ("disc_layer", "tanh")])
 def test_bad_config_raises_before_writing(tmp_path, field, value):
   config = _smoke_config("gan")
   config[field] = value

@@ -5,7 +5,8 @@
 
 Two architectures, chosen by the data: an MLP pair for 2D points (toy2d: ring8, grid25,
 swissroll; the VEEGAN/PacGAN setup of a ReLU MLP generator and a LinearMaxout
-discriminator) and a small conv pair for 8x8 images (digits, pixels scaled to [-1, 1]).
+discriminator, or with `disc_layer = "relu"` the ReLU MLP critic of Gulrajani et al.'s toy
+experiments) and a small conv pair for 8x8 images (digits, pixels scaled to [-1, 1]).
 
 Losses (D is the discriminator's logit / the critic's value, G the generator):
   gan      Goodfellow et al., non-saturating: D minimises -log s(D(x)) - log(1 - s(D(G(z)))),
@@ -15,7 +16,8 @@ Losses (D is the discriminator's logit / the critic's value, G the generator):
            updates per generator update (the paper: c = 0.01, RMSProp 5e-5, n_critic 5).
   wgan_gp  Gulrajani et al.: the WGAN critic loss plus lambda * E (||grad D(x_hat)|| - 1)^2 on
            random interpolates x_hat between real and generated samples, no clipping
-           (the paper: lambda = 10, n_critic 5, Adam(1e-4, beta1 0, beta2 0.9)).
+           (the paper: lambda = 10, n_critic 5, Adam(1e-4, beta1 0, beta2 0.9); its toy
+           experiments: lambda = 0.1, Adam beta1 0.5).
 PacGAN (Lin et al.): with `pack` m > 1 the discriminator judges m samples at once,
 concatenated along the feature (points) or channel (images) axis; a batch of B samples
 becomes B / m packed examples, real packed with real and generated with generated.
@@ -40,6 +42,7 @@ from research.train.step import TrainState, apply_gradients
 from research.train.task import Task
 
 LOSSES = ("gan", "wgan", "wgan_gp")
+DISC_LAYERS = ("maxout", "relu")  # hidden layers of the MLP discriminator
 POINT_DATASETS = toy2d.NAMES
 IMAGE_DATASETS = ("digits",)
 IMAGE_SHAPE = (8, 8, 1)
@@ -89,6 +92,20 @@ class MLPDiscriminator(nn.Module):
     h = x.reshape(x.shape[0], -1)  # (batch, pack * 2)
     for _ in range(self.depth):
       h = LinearMaxout(self.width, self.pieces)(h)  # (batch, width)
+    return nn.Dense(1)(h)[:, 0]  # (batch,)
+
+
+class ReLUDiscriminator(nn.Module):
+  """(packed) points -> ReLU MLP -> one critic value per example (Gulrajani et al.'s toy critic)."""
+
+  width: int
+  depth: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.reshape(x.shape[0], -1)  # (batch, pack * 2)
+    for _ in range(self.depth):
+      h = nn.relu(nn.Dense(self.width)(h))  # (batch, width)
     return nn.Dense(1)(h)[:, 0]  # (batch,)
 
 
@@ -212,8 +229,11 @@ def make_models(config) -> Models:
   """The MLP pair for 2D points, the conv pair for 8x8 images."""
   if is_image_dataset(config.dataset):
     return Models(ConvGenerator(config.conv_features, IMAGE_SHAPE[-1]), ConvDiscriminator(config.conv_features))
-  return Models(MLPGenerator(config.gen_width, config.gen_depth),
-                MLPDiscriminator(config.disc_width, config.disc_depth, config.maxout_pieces))
+  if config.disc_layer == "relu":
+    disc = ReLUDiscriminator(config.disc_width, config.disc_depth)
+  else:
+    disc = MLPDiscriminator(config.disc_width, config.disc_depth, config.maxout_pieces)
+  return Models(MLPGenerator(config.gen_width, config.gen_depth), disc)
 
 
 def real_examples(batch, dataset: str) -> jax.Array:
@@ -355,6 +375,7 @@ def check_config(config, choices: Sequence[str] = POINT_DATASETS + IMAGE_DATASET
   """
   check_choice("dataset", config.dataset, choices)
   check_choice("loss", config.loss, LOSSES)
+  check_choice("disc_layer", config.disc_layer, DISC_LAYERS)
   for name in ("n_critic", "pack", "latent_dim", "gen_width", "gen_depth", "disc_width", "disc_depth",
                "maxout_pieces", "conv_features", "eval_samples", "clip"):
     check_positive(name, config[name])
