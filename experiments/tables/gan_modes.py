@@ -121,8 +121,9 @@ def markdown(cells: dict, steps: int, wgan_gp_steps: int, seeds: int, total_s: f
     for (paper_data, method), (modes_value, hq_value) in PAPER.items():
       if paper_data == dataset and method not in METHODS:
         lines.append(f"| {dataset} ({total} modes) | {method} (paper only) | — | — | {modes_value:g} | {hq_value:g} |")
-  lines += ["", "Setup: experiments/gan.py's loss presets (GAN: Adam 1e-3, beta1 0.5; WGAN-GP: Adam 1e-4, "
-            "beta1 0, beta2 0.9, n_critic 5, lambda 10; PacGAN-2: the GAN with the discriminator judging "
+  lines += ["", "Setup: experiments/gan.py's settings per loss (GAN: Adam 1e-3, beta1 0.5; WGAN-GP: Adam 2e-3, "
+            "beta1 0.5, beta2 0.9, n_critic 5, lambda 0.1 as in Gulrajani et al.'s toy code; PacGAN-2: the GAN "
+            "with the discriminator judging "
             "2 samples at once), each annealed with a cosine schedule; generator 3 x 128 ReLU on a 2-D "
             "Gaussian latent, discriminator 2 x 64 LinearMaxout with 5 pieces. The papers train a 4 x 400 "
             "generator with batch norm and a 3 x 200 maxout discriminator for far longer, so this table "
