@@ -54,11 +54,6 @@ class Batcher:
     self._rows = slice(process_index * local, (process_index + 1) * local)
     self._epoch, self._perm = None, None
 
-  @property
-  def data(self):
-    """The in-memory arrays, for an ArraySource (the sweep gathers on device from them)."""
-    return self.source.arrays
-
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._epoch:
       self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
