@@ -5,6 +5,8 @@ Run:
   python -m experiments.gpt2 --workdir=/tmp/gpt2_rope --config.positions=rope
   python -m experiments.gpt2 --workdir=/tmp/gpt2_bpe --config.tokenizer=bpe
   python -m experiments.gpt2 --workdir=/tmp/smoke --config=experiments/gpt2.py:smoke
+  python -m experiments.gpt2 --workdir=/tmp/shakespeare --config.dataset=tiny_shakespeare --config.eval_split=validation
+  python -m experiments.gpt2 --workdir=/scratch/runs/gpt2_124m --config=experiments/gpt2.py:124m   # GPU/TPU hosts
 
 By default a small character-level GPT (4 layers, 128 wide, context 128) on python_docs (the
 English documentation topics shipped with CPython; every 10th topic held out). Each training
@@ -12,6 +14,14 @@ example is a random window of seq_len + 1 tokens of the training text. Writes in
 checkpoints, TensorBoard events (the validation loss every eval_every steps under eval/),
 tokenizer.json, samples.txt (continuations of held-out prompts) and results.json with
 val_loss (nats per token) and val_bits_per_char (val_bits_per_token for BPE).
+
+Any TFDS text dataset works the same way (tiny_shakespeare, lm1b, c4, pg19 from the catalog,
+prepared where there is a network): each split is tokenized once into a token stream cached
+under the TFDS data directory (research/data/tokens.py), and training windows are drawn from
+it. Preset `124m` is GPT-2 small (124M parameters) with GPT-2's own BPE on c4, set as nanoGPT's
+124M recipe (about 0.5M tokens per update, 600k updates, AdamW 6e-4 with betas (0.9, 0.95),
+weight decay 0.1, warmup 2000, cosine to 6e-5, bf16); it needs GPT-2's vocab.json and
+merges.txt in ./gpt2 (or --config.tokenizer=gpt2:DIR) and a prepared c4 (BUILD.md).
 """
 
 import os
@@ -20,21 +30,26 @@ import ml_collections
 import numpy as np
 
 from research import data as data_lib
-from research.data import tokenizers
+from research.data import tokenizers, tokens
 from research.models import gpt2
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 from research.models import attention as attention_lib
 
-PRESETS = ("smoke",)
+PRESETS = ("smoke", "124m")
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config (a character-level GPT on python_docs, minutes on 2 CPU cores); preset "smoke" for tests."""
   config = base_config()
-  config.dataset = "python_docs"  # a text dataset: python_docs (bundled) or tiny_shakespeare / lm1b (TFDS)
+  config.dataset = "python_docs"  # a text dataset: python_docs (bundled) or a TFDS catalog one (c4, lm1b, ...)
+  config.train_split = "train"  # TFDS split trained on
+  config.eval_split = "test"  # TFDS split of the validation loss and the sample prompts
+  config.max_train_tokens = 0  # tokens of the training split used, tokenized once (0: the whole split)
   config.tokenizer = "char"  # char, bpe (byte-level BPE trained on the training text) or gpt2:<dir>
   config.bpe_vocab_size = 2048  # bpe: vocabulary size
+  config.tokenizer_train_chars = 20_000_000  # char / bpe: fitted on this many leading characters of the train split
+  config.vocab_multiple = 1  # the model's vocabulary is rounded up to a multiple of this (64: faster matmuls)
   config.n_layer = 4  # transformer blocks
   config.n_embd = 128  # model width
   config.n_head = 4  # attention heads
@@ -76,6 +91,26 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.log_every = config.eval_every = config.checkpoint_every = 5
     config.eval_windows, config.eval_batch_size = 16, 8
     config.num_prompts, config.prompt_len, config.sample_tokens = 2, 8, 8
+  if "124m" in tokens:
+    config.dataset, config.eval_split = "c4", "validation"  # TFDS c4/en
+    config.max_train_tokens = 10_000_000_000  # a 20 GB stream of uint16 ids, tokenized once
+    config.tokenizer = "gpt2:gpt2"  # GPT-2's vocab.json and merges.txt in ./gpt2
+    config.vocab_multiple = 64  # 50,257 -> 50,304 rows, as nanoGPT
+    config.n_layer, config.n_embd, config.n_head = 12, 768, 12
+    config.n_positions = config.seq_len = 1024
+    config.attention = "xla"  # jax.nn.dot_product_attention; "cudnn" on GPUs in bf16
+    config.dtype = "bfloat16"
+    # nanoGPT: 12 windows x 5 microbatches x 8 GPUs = 480 windows (491,520 tokens) per update.
+    config.batch_size, config.grad_accum = 480, 5
+    config.steps = 600_000
+    config.optimizer.learning_rate = 6e-4
+    config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
+    config.optimizer.warmup_steps = 2000
+    config.optimizer.final_lr_fraction = 0.1  # to 6e-5
+    config.log_every = 10
+    config.eval_every = config.checkpoint_every = 2000
+    config.eval_windows, config.eval_batch_size = 1000, 40
+    config.num_prompts, config.prompt_len, config.sample_tokens = 4, 32, 256
   return config
 
 
@@ -87,8 +122,10 @@ def check_config(config) -> None:
   if not (config.tokenizer in ("char", "bpe") or config.tokenizer.startswith("gpt2:")):
     raise ConfigError(f"unknown tokenizer {config.tokenizer!r}; choose one of: {', '.join(tokenizers.KINDS)}")
   for name in ("n_layer", "n_embd", "n_head", "n_positions", "seq_len", "eval_windows", "eval_batch_size",
-               "num_prompts", "prompt_len", "sample_tokens", "bpe_vocab_size"):
+               "num_prompts", "prompt_len", "sample_tokens", "bpe_vocab_size", "tokenizer_train_chars",
+               "vocab_multiple"):
     check_positive(name, config[name])
+  check_positive("max_train_tokens", config.max_train_tokens, allow_zero=True)
   check_positive("temperature", config.temperature, allow_zero=True)
   check_positive("top_k", config.top_k, allow_zero=True)
   if config.n_embd % config.n_head:
@@ -104,37 +141,51 @@ def check_config(config) -> None:
     raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
 
 
-def _texts(split) -> list[str]:
-  return [t.decode() if isinstance(t, bytes) else str(t) for t in split["text"]]
+def _separator(tokenizer) -> list[int]:
+  """Ids put after every document: GPT-2's <|endoftext|> for its own vocabulary, else a blank line."""
+  end_of_text = tokenizer.tokenizer.token_to_id("<|endoftext|>") if tokenizer.kind == "gpt2" else None
+  return [end_of_text] if end_of_text is not None else tokenizer.encode("\n\n")
 
 
 def run(config, workdir: str) -> dict:
   """Trains the GPT described by `config` in `workdir`; returns what results.json holds."""
   check_config(config)
   check_workdir(workdir)
-  train_split, test_split = data_lib.load(config.dataset, "train"), data_lib.load(config.dataset, "test")
-  if "text" not in train_split:
-    raise ConfigError(f"dataset {config.dataset!r} has no text (features: {', '.join(sorted(train_split))})")
+  data_lib.check_name(config.dataset)
   saved = os.path.join(workdir, "tokenizer.json")
   try:
-    tokenizer = tokenizers.load(saved) if os.path.exists(saved) else \
-        tokenizers.make(config.tokenizer, _texts(train_split), config.bpe_vocab_size)
+    if os.path.exists(saved):
+      tokenizer = tokenizers.load(saved)
+    elif config.tokenizer in ("char", "bpe"):
+      texts = tokens.read_texts(config.dataset, config.train_split, max_chars=config.tokenizer_train_chars)
+      tokenizer = tokenizers.make(config.tokenizer, texts, config.bpe_vocab_size)
+    else:
+      tokenizer = tokenizers.make(config.tokenizer)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  separator = _separator(tokenizer)
+  span = config.seq_len + 1
+  train_stream = tokens.token_stream(config.dataset, config.train_split, tokenizer, separator,
+                                     config.max_train_tokens)
+  # Held-out windows: consecutive, non-overlapping, from the start of the evaluation split.
+  eval_stream = tokens.token_stream(config.dataset, config.eval_split, tokenizer, separator,
+                                    config.eval_windows * span + config.prompt_len)
+  try:
+    windows = data_lib.TokenWindows(train_stream, config.seq_len)
+  except ValueError as e:
+    raise ConfigError(f"dataset {config.dataset!r} split {config.train_split!r}: {e}") from None
+  count = min(config.eval_windows, len(eval_stream) // span)
+  if count < 1:
+    raise ConfigError(f"split {config.eval_split!r} of {config.dataset!r} has {len(eval_stream)} tokens, fewer "
+                      f"than one window of seq_len + 1 = {span}")
+  eval_windows = {"tokens": np.asarray(eval_stream[:count * span], np.int32).reshape(count, span)}
+  prompts = [np.asarray(eval_stream[i * 997 % (len(eval_stream) - config.prompt_len):][:config.prompt_len],
+                        np.int32) for i in range(config.num_prompts)]
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run decodes with the same vocabulary
-  separator = tokenizer.encode("\n\n")
-  train_docs = [np.asarray(tokenizer.encode(t) + separator, np.int32) for t in _texts(train_split)]
-  test_stream = np.concatenate([np.asarray(tokenizer.encode(t) + separator, np.int32) for t in _texts(test_split)])
-  windows = data_lib.TokenWindows(train_docs, config.seq_len)
-  # Held-out windows: consecutive, non-overlapping, from the start of the test text.
-  span = config.seq_len + 1
-  count = min(config.eval_windows, len(test_stream) // span)
-  eval_windows = {"tokens": test_stream[:count * span].reshape(count, span)}
-  prompts = [test_stream[i * 997 % (len(test_stream) - config.prompt_len):][:config.prompt_len]
-             for i in range(config.num_prompts)]
+  vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
   unit = "char" if config.tokenizer == "char" else "token"
-  task = gpt2.make_task(config, tokenizer.vocab_size, tokenizer.decode, prompts, unit)
+  task = gpt2.make_task(config, vocab_size, tokenizer.decode, prompts, unit)
   return train(task, config, workdir, windows, eval_windows).results
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from research.checks import ConfigError
-from research.data import toy2d
+from research.data import tokens, toy2d
 from research.data.batching import Batcher
 from research.data.sources import ArraySource, RecordSource, Source, TokenWindows, as_source
 
@@ -35,7 +35,7 @@ BUNDLED = {
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")
 
 __all__ = ["BUNDLED", "CATALOG", "ArraySource", "Batcher", "RecordSource", "Source", "TokenWindows", "as_source",
-           "check_name", "data_dir", "load", "source", "toy2d"]
+           "check_name", "data_dir", "load", "lock", "source", "tokens", "toy2d"]
 
 
 def _tfds():
@@ -72,8 +72,8 @@ def check_name(name: str) -> None:
 
 
 @contextlib.contextmanager
-def _lock(directory: str, name: str):
-  # Two processes preparing the same dataset at once would race on its files.
+def lock(directory: str, name: str):
+  """An exclusive file lock named `name` in `directory`: one process at a time prepares or writes it."""
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "." + name.replace("/", "_") + ".lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
@@ -137,7 +137,7 @@ def _prepared_builder(name: str, directory: str):
   """
   tfds = _tfds()
   tfds_name = _tfds_name(name)
-  with _lock(directory, tfds_name):
+  with lock(directory, tfds_name):
     top = os.path.join(directory, tfds_name.split(":")[0].split("/")[0])
     fresh = not os.path.exists(top)
     offline = name not in BUNDLED and not _is_prepared(tfds.builder(tfds_name, data_dir=directory)) \

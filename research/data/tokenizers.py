@@ -37,6 +37,9 @@ class CharTokenizer:
   def encode(self, text: str) -> list[int]:
     return [self._ids.get(c, 0) for c in text]
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [self.encode(t) for t in texts]
+
   def decode(self, ids: Sequence[int]) -> str:
     return "".join(self.alphabet[i] if 0 <= i < len(self.alphabet) else self.UNKNOWN for i in ids)
 
@@ -75,6 +78,9 @@ class HFTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self.tokenizer.encode(text).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self.tokenizer.encode_batch(list(texts))]  # encoded in parallel threads
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tokenizer.decode(list(ids))
