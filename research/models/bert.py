@@ -1,0 +1,415 @@
+"""BERT (Devlin et al., "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding", 2019).
+
+    cfg = bert.config("base")                                      # or BertConfig(vocab_size=..., hidden_size=...)
+    model = bert.BertForMaskedLM(cfg)
+    logits = model.apply({"params": params}, input_ids, attention_mask=mask, token_type_ids=types)  # (B, T, vocab)
+    model, params = bert.load_hf("path/to/saved/bert")             # transformers' files, no torch
+    masked = bert.mask_tokens(key, input_ids, eligible, vocab_size=cfg.vocab_size, mask_id=4)
+
+An encoder-only transformer: token + learned position + token-type (segment) embeddings and a
+LayerNorm, then num_hidden_layers post-LayerNorm blocks x = LN(x + attn(x)); x = LN(x + mlp(x))
+with bidirectional multi-head attention over the non-padding keys (research/models/attention.py)
+and an exact (erf) GELU MLP. Two heads:
+
+  BertForMaskedLM                 dense + GELU + LayerNorm, then the output projection tied to
+                                  the word embeddings plus an output bias: (B, T, vocab) logits.
+  BertForSequenceClassification   the pooler (dense + tanh on the [CLS] position) and a linear
+                                  classifier: (B, num_labels) logits.
+
+Both hold the encoder under "bert", so a pre-trained encoder moves into a classifier by
+copying that subtree. Weights are N(0, initializer_range), biases zero, LayerNorms one (the
+paper's and transformers' initialisation). Dropout (hidden_dropout_prob) acts on the embeddings
+and on each residual branch; the shared attention has no dropout on its probabilities, so
+attention_probs_dropout_prob is not modelled (evaluation is unaffected).
+
+Pre-training masks tokens inside the compiled step from the step's key (section 3.1, "Task #1"):
+15% of the non-special, non-padding positions are chosen; of those 80% become [MASK], 10% a
+random token and 10% stay; the loss counts only the chosen positions. The mix is an argument,
+for the ablation of the paper's Table 8.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.models import attention as attention_lib
+
+# The published sizes: name -> (num_hidden_layers, hidden_size, num_attention_heads, intermediate_size).
+SIZES = {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048), "medium": (8, 512, 8, 2048),
+         "base": (12, 768, 12, 3072), "large": (24, 1024, 16, 4096)}
+HF_NAMES = {"bert-base-uncased": "base", "bert-base-cased": "base", "bert-large-uncased": "large",
+            "bert-large-cased": "large"}
+ARCHITECTURES = ("BertForMaskedLM", "BertForSequenceClassification")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """BERT's hyperparameters under transformers' field names, plus this codebase's options.
+
+  Attributes:
+    vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+      max_position_embeddings, type_vocab_size, layer_norm_eps, initializer_range,
+      hidden_dropout_prob, pad_token_id: as transformers' BertConfig.
+    num_labels: classes of the sequence-classification head.
+    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
+    dtype: compute dtype; parameters stay float32 and logits are float32.
+  """
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  hidden_dropout_prob: float = 0.0
+  pad_token_id: int = 0
+  num_labels: int = 2
+  attention: str = "reference"
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                       f"{self.num_attention_heads}")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention {self.attention!r}; choose one of: "
+                       f"{', '.join(attention_lib.IMPLEMENTATIONS)}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+def config(name: str, **overrides) -> BertConfig:
+  """A published size by name ("base", "large", the compact "tiny" .. "medium", or "bert-base-uncased", ...)."""
+  size = HF_NAMES.get(name, name)
+  if size not in SIZES:
+    raise ValueError(f"unknown BERT size {name!r}; choose one of: {', '.join(list(SIZES) + list(HF_NAMES))}")
+  layers, width, heads, inner = SIZES[size]
+  return BertConfig(num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads, intermediate_size=inner,
+                    **overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# The model.
+
+
+def _init(std, axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _dense(cfg: BertConfig, features: int, axes, name: str):
+  return nn.Dense(features, name=name, kernel_init=_init(cfg.initializer_range, axes), dtype=cfg.dtype)
+
+
+def _layer_norm(cfg: BertConfig, name: str):
+  return nn.LayerNorm(cfg.layer_norm_eps, name=name, dtype=cfg.dtype)
+
+
+def check_inputs(cfg: BertConfig, input_ids, attention_mask=None, token_type_ids=None) -> None:
+  """Raises ValueError for inputs the model cannot read (shapes are static, so this runs under jit too)."""
+  if input_ids.ndim != 2:
+    raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+  if input_ids.shape[1] > cfg.max_position_embeddings:
+    raise ValueError(f"a sequence of {input_ids.shape[1]} tokens is longer than max_position_embeddings "
+                     f"{cfg.max_position_embeddings}")
+  for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+    if value is not None and tuple(value.shape) != tuple(input_ids.shape):
+      raise ValueError(f"{name} has shape {tuple(value.shape)}; input_ids have {tuple(input_ids.shape)}")
+
+
+class Layer(nn.Module):
+  """LN(x + attn(x)), then LN(x + mlp(x)): BERT's post-LayerNorm block."""
+
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, train: bool):
+    cfg = self.cfg
+    attn = attention_lib.MultiHeadAttention(
+        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
+        causal=False, positions="none", implementation=cfg.attention, dropout=cfg.hidden_dropout_prob,
+        out_init=nn.initializers.normal(cfg.initializer_range), dtype=cfg.dtype, name="attention")
+    x = _layer_norm(cfg, "attention_ln")(x + attn(x, mask=mask, train=train))
+    h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)  # (B, T, intermediate)
+    h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(nn.gelu(h, approximate=False))
+    h = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(h)
+    return _layer_norm(cfg, "output_ln")(x + h)
+
+
+class BertEncoder(nn.Module):
+  """Embeddings and the encoder blocks: (B, T) ids -> ((B, T, hidden), the word-embedding table)."""
+
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids, train: bool):
+    cfg = self.cfg
+    check_inputs(cfg, input_ids, attention_mask, token_type_ids)
+    t = input_ids.shape[1]
+    mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
+    types = jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+    word = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings", dtype=cfg.dtype,
+                    embedding_init=_init(cfg.initializer_range, ("vocab", "embed")))
+    position = self.param("position_embeddings", _init(cfg.initializer_range, (None, "embed")),
+                          (cfg.max_position_embeddings, cfg.hidden_size))
+    token_type = self.param("token_type_embeddings", _init(cfg.initializer_range, (None, "embed")),
+                            (cfg.type_vocab_size, cfg.hidden_size))
+    x = word(input_ids) + position[None, :t].astype(cfg.dtype) + jnp.take(token_type, types, axis=0).astype(cfg.dtype)
+    x = _layer_norm(cfg, "embeddings_ln")(x)  # (B, T, hidden)
+    x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
+    for i in range(cfg.num_hidden_layers):
+      x = Layer(cfg, name=f"layer_{i}")(x, mask, train)
+    return x, word.embedding
+
+
+class BertForMaskedLM(nn.Module):
+  """`apply({"params": p}, input_ids, attention_mask=, token_type_ids=, train=)` -> (B, T, vocab) float32.
+
+  `attention_mask` (B, T) is 1/True at real tokens and 0/False at padding; `token_type_ids`
+  (B, T) the segment of each token (default 0); `train` enables dropout (rngs={'dropout'}).
+  """
+
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False):
+    cfg = self.cfg
+    x, table = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train)
+    h = nn.gelu(_dense(cfg, cfg.hidden_size, ("embed", None), "mlm_dense")(x), approximate=False)
+    h = _layer_norm(cfg, "mlm_ln")(h)
+    bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,))
+    # The output projection is the word-embedding table itself (tied), plus its own bias.
+    logits = jnp.einsum("bte,ve->btv", h, table.astype(h.dtype), preferred_element_type=jnp.float32)
+    return logits + bias  # (B, T, vocab)
+
+
+class BertForSequenceClassification(nn.Module):
+  """`apply({"params": p}, input_ids, attention_mask=, token_type_ids=, train=)` -> (B, num_labels) float32."""
+
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False):
+    cfg = self.cfg
+    x, _ = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train)
+    pooled = jnp.tanh(_dense(cfg, cfg.hidden_size, ("embed", None), "pooler")(x[:, 0]))  # (B, hidden) from [CLS]
+    pooled = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(pooled)
+    return _dense(cfg, cfg.num_labels, ("embed", None), "classifier")(pooled).astype(jnp.float32)
+
+
+MODELS = {"BertForMaskedLM": BertForMaskedLM, "BertForSequenceClassification": BertForSequenceClassification}
+
+
+def count_params(cfg: BertConfig, architecture: str = "BertForMaskedLM") -> int:
+  """Parameters from shapes alone."""
+  model = MODELS[architecture](cfg)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(shapes)))
+
+
+# ---------------------------------------------------------------------------------------
+# Masked language modelling: the masking, inside the compiled step, and the loss.
+
+
+class MaskedTokens(NamedTuple):
+  """What the model reads and where the loss looks."""
+
+  input_ids: jax.Array  # (B, T) with the chosen positions replaced
+  chosen: jax.Array  # (B, T) bool: the positions whose original token the loss predicts
+
+
+def mask_tokens(key, input_ids, eligible, *, vocab_size: int, mask_id: int, rate=0.15, mix=(0.8, 0.1, 0.1)):
+  """Chooses positions for the MLM loss and corrupts them (Devlin et al., section 3.1 and appendix C.2).
+
+  Each eligible position is chosen independently with probability `rate`; a chosen position
+  becomes [MASK], stays, or becomes a uniformly random token of the vocabulary with the
+  probabilities `mix` = (MASK, same, random), the order of the paper's Table 8.
+
+  Args:
+    key: the step's masking key.
+    input_ids: (B, T) token ids.
+    eligible: (B, T) bool, False at padding and special tokens ([CLS], [SEP], ...).
+    vocab_size: random replacements are drawn from 0 .. vocab_size - 1.
+    mask_id: the [MASK] id.
+    rate: the chosen fraction of eligible positions (may be traced).
+    mix: (MASK, same, random) probabilities summing to 1 (may be traced).
+
+  Returns:
+    MaskedTokens(input_ids with the corruption, chosen).
+  """
+  k_choose, k_kind, k_random = jax.random.split(key, 3)
+  p_mask, p_same = mix[0], mix[1]
+  chosen = eligible & (jax.random.uniform(k_choose, input_ids.shape) < rate)
+  kind = jax.random.uniform(k_kind, input_ids.shape)  # < p_mask: [MASK]; then same; the rest random
+  random_ids = jax.random.randint(k_random, input_ids.shape, 0, vocab_size, input_ids.dtype)
+  out = jnp.where(chosen & (kind < p_mask), jnp.asarray(mask_id, input_ids.dtype), input_ids)
+  out = jnp.where(chosen & (kind >= p_mask + p_same), random_ids, out)
+  return MaskedTokens(out, chosen)
+
+
+def mlm_loss(logits, targets, chosen):
+  """(Mean cross-entropy in nats, accuracy) over the chosen positions only."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
+  weight = chosen.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weight), 1.0)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return jnp.sum(nll * weight) / count, jnp.sum(correct * weight) / count
+
+
+# ---------------------------------------------------------------------------------------
+# Weights to and from transformers: one explicit name table.
+
+
+def _hf_table(cfg: BertConfig, architecture: str):
+  """(transformers name, our path, to ours, to theirs) for every tensor of `architecture`.
+
+  torch's Linear stores (out, in): kernels are transposed; the attention's query/key/value
+  kernels (hidden, hidden) become (hidden, heads, head_dim), its output (heads, head_dim, hidden).
+  The MLM decoder is tied to the word embeddings, so only its bias is a tensor of its own.
+  """
+  e, h, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
+  same = (lambda x: x, lambda x: x)
+  linear = (lambda w: w.T, lambda w: w.T)
+  ln = lambda theirs, ours: [(theirs + ".weight", ours + ("scale",), *same), (theirs + ".bias", ours + ("bias",), *same)]
+  dense = lambda theirs, ours: [(theirs + ".weight", ours + ("kernel",), *linear),
+                                (theirs + ".bias", ours + ("bias",), *same)]
+  emb, enc = "bert.embeddings.", ("bert",)
+  table = [(emb + "word_embeddings.weight", enc + ("word_embeddings", "embedding"), *same),
+           (emb + "position_embeddings.weight", enc + ("position_embeddings",), *same),
+           (emb + "token_type_embeddings.weight", enc + ("token_type_embeddings",), *same)]
+  table += ln(emb + "LayerNorm", enc + ("embeddings_ln",))
+  for i in range(cfg.num_hidden_layers):
+    p, ours = f"bert.encoder.layer.{i}.", enc + (f"layer_{i}",)
+    for name in ("query", "key", "value"):
+      table += [(p + f"attention.self.{name}.weight", ours + ("attention", name, "kernel"),
+                 lambda w: w.T.reshape(e, h, d), lambda w: w.reshape(e, e).T),
+                (p + f"attention.self.{name}.bias", ours + ("attention", name, "bias"),
+                 lambda b: b.reshape(h, d), lambda b: b.reshape(e))]
+    table += [(p + "attention.output.dense.weight", ours + ("attention", "out", "kernel"),
+               lambda w: w.T.reshape(h, d, e), lambda w: w.reshape(e, e).T),
+              (p + "attention.output.dense.bias", ours + ("attention", "out", "bias"), *same)]
+    table += ln(p + "attention.output.LayerNorm", ours + ("attention_ln",))
+    table += dense(p + "intermediate.dense", ours + ("intermediate",))
+    table += dense(p + "output.dense", ours + ("output",))
+    table += ln(p + "output.LayerNorm", ours + ("output_ln",))
+  if architecture == "BertForMaskedLM":
+    table += dense("cls.predictions.transform.dense", ("mlm_dense",))
+    table += ln("cls.predictions.transform.LayerNorm", ("mlm_ln",))
+    table.append(("cls.predictions.bias", ("mlm_bias",), *same))
+  else:
+    table += dense("bert.pooler.dense", ("pooler",)) + dense("classifier", ("classifier",))
+  return table
+
+
+def _config_from_hf(hf: dict, path: str) -> BertConfig:
+  if hf.get("model_type") != "bert":
+    raise ValueError(f"{path}/config.json describes a {hf.get('model_type')!r} model, not bert")
+  if hf.get("hidden_act", "gelu") != "gelu":
+    raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (BERT uses gelu)")
+  if hf.get("position_embedding_type", "absolute") != "absolute":
+    raise ValueError(f"unsupported position_embedding_type {hf['position_embedding_type']!r} (BERT uses absolute)")
+  labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
+  return BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+                    num_hidden_layers=hf["num_hidden_layers"], num_attention_heads=hf["num_attention_heads"],
+                    intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
+                    type_vocab_size=hf.get("type_vocab_size", 2), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+                    initializer_range=hf.get("initializer_range", 0.02), pad_token_id=hf.get("pad_token_id") or 0,
+                    num_labels=labels)
+
+
+def read_hf_config(path: str) -> tuple[BertConfig, str]:
+  """(BertConfig, architecture) of a directory saved by transformers.
+
+  Raises:
+    ValueError: without config.json, or for another model type or architecture.
+  """
+  config_path = os.path.join(path, "config.json")
+  if not os.path.exists(config_path):
+    raise ValueError(f"{path} is not a saved BERT: config.json is missing")
+  with open(config_path) as f:
+    hf = json.load(f)
+  cfg = _config_from_hf(hf, path)
+  architecture = (hf.get("architectures") or ["BertForMaskedLM"])[0]
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"{path} holds a {architecture}; readable: {', '.join(ARCHITECTURES)}")
+  return cfg, architecture
+
+
+def load_hf(path: str, architecture: str | None = None, **overrides):
+  """Reads a directory saved by transformers (config.json + model.safetensors) without torch.
+
+  Args:
+    path: the directory.
+    architecture: "BertForMaskedLM" or "BertForSequenceClassification" (default: the one in
+      config.json). Reading an encoder-only subset is done by taking params["bert"].
+    **overrides: BertConfig fields to replace (attention, dtype, hidden_dropout_prob, ...).
+
+  Returns:
+    (module, params) with params the dict to pass as {"params": params}.
+
+  Raises:
+    ValueError: without config.json or model.safetensors, for another architecture, or when a
+      tensor is missing or has another shape (the message names it).
+  """
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  cfg, saved_architecture = read_hf_config(path)
+  architecture = architecture or saved_architecture
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+  weights_path = os.path.join(path, "model.safetensors")
+  if not os.path.exists(weights_path):
+    raise ValueError(f"{path} is not a saved BERT: model.safetensors is missing")
+  cfg = dataclasses.replace(cfg, **overrides)
+  tensors = load_file(weights_path)
+  model = MODELS[architecture](cfg)
+  shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
+  params: dict = {}
+  for hf_name, ours, to_ours, _ in _hf_table(cfg, architecture):
+    if hf_name not in tensors:
+      raise ValueError(f"tensor {hf_name} is missing from {weights_path}")
+    value = np.asarray(to_ours(tensors[hf_name]), np.float32)
+    expected = tuple(functools.reduce(lambda tree, key: tree[key], ours, shapes).shape)
+    if value.shape != expected:
+      raise ValueError(f"tensor {hf_name} has shape {tensors[hf_name].shape}, which gives {value.shape} for "
+                       f"{'/'.join(ours)}; this config expects {expected}")
+    node = params
+    for key in ours[:-1]:
+      node = node.setdefault(key, {})
+    node[ours[-1]] = jnp.asarray(value)
+  return model, params
+
+
+def save_hf(path: str, cfg: BertConfig, params, architecture: str = "BertForMaskedLM") -> None:
+  """Writes config.json + model.safetensors that transformers' `architecture`.from_pretrained loads."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  params = nn.unbox(params)
+  get = lambda ours: np.asarray(functools.reduce(lambda tree, key: tree[key], ours, params), np.float32)
+  tensors = {hf_name: np.ascontiguousarray(to_theirs(get(ours)))
+             for hf_name, ours, _, to_theirs in _hf_table(cfg, architecture)}
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  hf = {"model_type": "bert", "architectures": [architecture], "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.initializer_range, "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.hidden_dropout_prob, "attention_probs_dropout_prob": 0.0,
+        "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True, "position_embedding_type": "absolute"}
+  if architecture == "BertForSequenceClassification":
+    hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+    hf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(hf, f, indent=2)

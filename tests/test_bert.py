@@ -1,0 +1,199 @@
+"""BERT against transformers: MLM and classifier logits, weights both ways; the MLM masking; bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models import bert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+# 3 heads of 10, an MLP width that is no multiple of anything, three segment types.
+ODD = dict(vocab_size=41, hidden_size=30, num_hidden_layers=2, num_attention_heads=3, intermediate_size=37,
+           max_position_embeddings=23, type_vocab_size=3)
+
+
+def _hf_config(**extra):
+  # Init std 0.3: outputs that vary, so agreement is not agreement on near-constants.
+  return transformers.BertConfig(**ODD, initializer_range=0.3, hidden_dropout_prob=0.0,
+                                 attention_probs_dropout_prob=0.0, **extra)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Random transformers BertForMaskedLM and BertForSequenceClassification of odd sizes, saved."""
+  torch.manual_seed(0)
+  mlm = transformers.BertForMaskedLM(_hf_config()).eval()
+  # LayerNorms and biases away from 1 and 0, so a swapped or missed tensor shows.
+  with torch.no_grad():
+    for name, p in mlm.named_parameters():
+      if "LayerNorm" in name or name.endswith("bias"):
+        p.add_(0.2 * torch.randn_like(p))
+  classifier = transformers.BertForSequenceClassification(_hf_config(num_labels=5)).eval()
+  paths = {}
+  for name, model in (("mlm", mlm), ("cls", classifier)):
+    paths[name] = str(tmp_path_factory.mktemp(name))
+    model.save_pretrained(paths[name])
+  return {"mlm": mlm, "cls": classifier}, paths
+
+
+def _inputs():
+  """Three rows of 23 tokens: two segments, and padding of 0, 5 and 19 positions."""
+  rng = np.random.default_rng(0)
+  ids = rng.integers(1, 41, (3, 23))
+  mask = np.ones((3, 23), np.int64)
+  mask[1, 18:], mask[2, 4:] = 0, 0
+  types = np.zeros((3, 23), np.int64)
+  types[0, 11:], types[1, 9:18], types[2, 2:4] = 1, 2, 1
+  return ids, mask, types
+
+
+def _torch_logits(model, ids, mask, types):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 token_type_ids=torch.tensor(types)).logits.numpy()
+
+
+@pytest.mark.parametrize("architecture", ["mlm", "cls"])
+def test_logits_equal_transformers_with_padding_and_segments(reference, architecture):
+  models, paths = reference
+  model, params = bert.load_hf(paths[architecture])
+  ids, mask, types = _inputs()
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                         token_type_ids=jnp.asarray(types)))
+  theirs = _torch_logits(models[architecture], ids, mask, types)
+  assert ours.shape == theirs.shape == ((3, 23, 41) if architecture == "mlm" else (3, 5))
+  # Padded positions included: their queries still attend to the real keys in both.
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+  assert float(np.std(ours)) > 0.3
+
+
+def test_padding_changes_nothing_at_real_positions(reference):
+  _, paths = reference
+  model, params = bert.load_hf(paths["mlm"])
+  ids, mask, types = _inputs()
+  apply = jax.jit(model.apply)
+  full = apply({"params": params}, jnp.asarray(ids[2:, :4]), token_type_ids=jnp.asarray(types[2:, :4]))
+  padded = apply({"params": params}, jnp.asarray(ids[2:]), attention_mask=jnp.asarray(mask[2:]),
+                 token_type_ids=jnp.asarray(types[2:]))
+  np.testing.assert_allclose(padded[:, :4], full, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["mlm", "cls"])
+def test_save_hf_round_trips_exactly_and_transformers_loads_it(reference, tmp_path, architecture):
+  models, paths = reference
+  model, params = bert.load_hf(paths[architecture])
+  name = type(model).__name__
+  bert.save_hf(str(tmp_path), model.cfg, params, name)
+  _, again = bert.load_hf(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  loaded = getattr(transformers, name).from_pretrained(str(tmp_path)).eval()
+  ids, mask, types = _inputs()
+  np.testing.assert_array_equal(_torch_logits(loaded, ids, mask, types),
+                                _torch_logits(models[architecture], ids, mask, types))
+
+
+def test_parameter_count_equals_transformers_and_published_sizes(reference):
+  models, _ = reference
+  cfg, _ = bert.read_hf_config(reference[1]["mlm"])
+  # transformers counts the tied decoder once, as we do.
+  assert bert.count_params(cfg) == sum(p.numel() for p in models["mlm"].parameters())
+  cls_cfg, architecture = bert.read_hf_config(reference[1]["cls"])
+  assert architecture == "BertForSequenceClassification" and cls_cfg.num_labels == 5
+  assert bert.count_params(cls_cfg, architecture) == sum(p.numel() for p in models["cls"].parameters())
+  # bert-base MLM: 110M in the paper; 109.5M encoder + the MLM transform and output bias.
+  base = bert.config("bert-base-uncased")
+  assert (base.num_hidden_layers, base.hidden_size, base.num_attention_heads) == (12, 768, 12)
+  assert bert.count_params(base) == sum(p.numel() for p in transformers.BertForMaskedLM(
+      transformers.BertConfig()).parameters())
+  assert bert.config("large").hidden_size == 1024
+
+
+def test_parameters_carry_logical_axis_names():
+  cfg = bert.BertConfig(**ODD)
+  boxed = bert.BertForMaskedLM(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  names = lambda leaf: leaf.names
+  assert names(boxed["bert"]["word_embeddings"]["embedding"]) == ("vocab", "embed")
+  assert names(boxed["bert"]["layer_0"]["attention"]["query"]["kernel"]) == ("embed", "heads", "head_dim")
+  assert names(boxed["bert"]["layer_1"]["intermediate"]["kernel"]) == ("embed", "mlp")
+  assert names(boxed["mlm_bias"]) == ("vocab",)
+
+
+def test_masking_proportions_on_a_million_tokens():
+  b, t, vocab, mask_id = 1000, 1000, 30_000, 3
+  key_ids, key_mask = jax.random.split(jax.random.key(0))
+  ids = jax.random.randint(key_ids, (b, t), 5, vocab)
+  eligible = jnp.arange(t)[None] % 10 != 0  # every 10th position "special"
+  eligible = eligible & (jnp.arange(b)[:, None] < 900)  # the last 100 rows "padding"
+  out, chosen = jax.jit(lambda k: bert.mask_tokens(k, ids, eligible, vocab_size=vocab, mask_id=mask_id))(key_mask)
+  out, chosen, ids, eligible = map(np.asarray, (out, chosen, ids, eligible))
+  n_eligible = eligible.sum()
+  assert not chosen[~eligible].any() and (out[~eligible] == ids[~eligible]).all()
+  assert (out[~chosen] == ids[~chosen]).all()
+  # Binomial standard errors: 15% of 810,000 -> 0.0004; shares of ~121,500 chosen -> <= 0.0012.
+  assert abs(chosen.sum() / n_eligible - 0.15) < 0.002
+  masked = (out == mask_id) & chosen
+  randomised = (out != ids) & (out != mask_id) & chosen
+  same = (out == ids) & chosen
+  n = chosen.sum()
+  assert abs(masked.sum() / n - 0.8) < 0.005
+  assert abs(randomised.sum() / n - 0.1) < 0.004  # a random draw equal to the original: 1 in 30,000
+  assert abs(same.sum() / n - 0.1) < 0.004
+  # Other mixes, e.g. the ablation's 0/20/80 (MASK/same/random).
+  out, chosen = bert.mask_tokens(key_mask, jnp.asarray(ids), jnp.asarray(eligible), vocab_size=vocab,
+                                 mask_id=mask_id, mix=(0.0, 0.2, 0.8))
+  out, chosen = np.asarray(out), np.asarray(chosen)
+  assert ((out == mask_id) & chosen).sum() / chosen.sum() < 0.001  # only random draws of the [MASK] id
+  assert abs(((out != ids) & chosen).sum() / chosen.sum() - 0.8) < 0.005
+
+
+def test_mlm_loss_counts_only_chosen_positions():
+  logits = jax.random.normal(jax.random.key(1), (2, 5, 7))
+  targets = jnp.asarray([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]])
+  chosen = jnp.asarray([[True, False, False, True, False], [False, False, True, False, False]])
+  loss, accuracy = bert.mlm_loss(logits, targets, chosen)
+  logp = jax.nn.log_softmax(logits)
+  picks = [(0, 0), (0, 3), (1, 2)]
+  np.testing.assert_allclose(loss, -np.mean([logp[i, j, targets[i, j]] for i, j in picks]), rtol=1e-6)
+  np.testing.assert_allclose(accuracy, np.mean([int(jnp.argmax(logits[i, j]) == targets[i, j]) for i, j in picks]))
+  # Changing logits at positions not chosen changes nothing.
+  np.testing.assert_allclose(bert.mlm_loss(logits.at[0, 1].add(5.0), targets, chosen)[0], loss, rtol=1e-6)
+
+
+def test_bad_input(reference, tmp_path):
+  _, paths = reference
+  model, params = bert.load_hf(paths["mlm"])
+  ids = jnp.zeros((2, 24), jnp.int32)
+  with pytest.raises(ValueError, match="a sequence of 24 tokens is longer than max_position_embeddings 23"):
+    model.apply({"params": params}, ids)
+  with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\); input_ids have \(2, 6\)"):
+    model.apply({"params": params}, ids[:, :6], attention_mask=jnp.ones((2, 5)))
+  with pytest.raises(ValueError, match="hidden_size 50 is not divisible by num_attention_heads 3"):
+    bert.BertConfig(hidden_size=50, num_attention_heads=3)
+  with pytest.raises(ValueError, match="config.json is missing"):
+    bert.load_hf(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8}))
+  with pytest.raises(ValueError, match="a 'gpt2' model, not bert"):
+    bert.load_hf(str(tmp_path))
+  with pytest.raises(ValueError, match="unknown BERT size"):
+    bert.config("huge")
+
+
+def test_a_mismatched_tensor_is_named(reference, tmp_path):
+  from safetensors.numpy import load_file, save_file  # pylint: disable=import-outside-toplevel
+  _, paths = reference
+  tensors = load_file(f"{paths['mlm']}/model.safetensors")
+  (tmp_path / "config.json").write_text(open(f"{paths['mlm']}/config.json").read())
+  shrunk = dict(tensors, **{"bert.encoder.layer.1.intermediate.dense.weight": np.zeros((36, 30), np.float32)})
+  save_file(shrunk, str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match=r"tensor bert.encoder.layer.1.intermediate.dense.weight has shape \(36, 30\)"):
+    bert.load_hf(str(tmp_path))
+  del tensors["cls.predictions.bias"]
+  save_file(tensors, str(tmp_path / "model.safetensors"))
+  with pytest.raises(ValueError, match="tensor cls.predictions.bias is missing"):
+    bert.load_hf(str(tmp_path))
