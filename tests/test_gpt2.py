@@ -3,10 +3,12 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import log_softmax
 
 from research.models import gpt2
 
@@ -200,3 +202,31 @@ def test_experiment_bad_input_is_one_line(tmp_path, flag, message):
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
+  from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
+  config = experiment.get_config("smoke")
+  config.positions = "rope"
+  task = gpt2.make_task(config, 37, str, [[1, 2]])
+  windows = np.random.default_rng(3).integers(0, 37, (11, config.seq_len + 1))
+  variables = jax.tree.map(lambda x: x * 4.0, nn.unbox(task.init(jax.random.key(0), {"tokens": windows[:2]})))
+  model = gpt2.GPT2(gpt2.model_config(config, 37))
+  # Another batch size than the task's: the mean is over predictions, not over batches.
+  ours = gpt2.eval_loss(model, variables["params"], windows, batch_size=4)
+  assert ours == pytest.approx(task.evaluate(variables, None, {"tokens": windows})["val_loss"], rel=1e-6)
+
+  # Twice the length, scored from the middle: a direct log-softmax over the full forward.
+  long = np.random.default_rng(4).integers(0, 37, (3, 2 * config.seq_len + 1))
+  logits = np.asarray(model.apply(variables, jnp.asarray(long[:, :-1])), np.float64)
+  nll = -np.take_along_axis(log_softmax(logits, axis=-1), long[:, 1:, None], axis=-1)[..., 0]  # (3, 2 T)
+  second_half = gpt2.eval_loss(model, variables["params"], long, batch_size=2, from_position=config.seq_len)
+  assert second_half == pytest.approx(nll[:, config.seq_len:].mean(), rel=1e-5)
+  assert gpt2.eval_loss(model, variables["params"], long) == pytest.approx(nll.mean(), rel=1e-5)
+  assert abs(nll[:, config.seq_len:].mean() - nll.mean()) > 1e-3  # the two spans score differently
+
+  learned = gpt2.GPT2(gpt2.GPT2Config(vocab_size=37, n_positions=8, n_embd=32, n_layer=1, n_head=2))
+  with pytest.raises(ValueError, match="exceed the learned context of 8"):
+    gpt2.eval_loss(learned, {}, np.zeros((1, 10), np.int32))
+  with pytest.raises(ValueError, match="from_position 8 is outside"):
+    gpt2.eval_loss(model, variables["params"], long[:, :9], from_position=8)

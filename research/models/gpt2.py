@@ -490,3 +490,52 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
               sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation at any context length.
+
+
+@functools.partial(jax.jit, static_argnames=("model", "from_position"))
+def _window_nll(model: GPT2, params, tokens, from_position: int):
+  """(summed next-token NLL, number of predictions) of (B, L + 1) windows, from position `from_position`."""
+  logits = model.apply({"params": params}, tokens[:, :-1])  # (B, L, vocab)
+  scored = jnp.broadcast_to(jnp.arange(tokens.shape[1] - 1) >= from_position, tokens[:, 1:].shape)  # (B, L)
+  count = jnp.sum(scored)
+  return lm_loss(logits, tokens[:, 1:], scored) * count, count
+
+
+def eval_loss(model: GPT2, params, windows, *, batch_size: int = 64, from_position: int = 0) -> float:
+  """Mean next-token cross-entropy (nats per token) of windows of any length L, e.g. beyond the training context.
+
+  Each window's first L tokens are the input (positions 0 .. L-1) and each predicts the token after
+  it, as the task's `evaluate` scores windows of seq_len + 1; at L = seq_len the two agree.
+
+  Args:
+    model: a GPT2 module.
+    params: its parameters (the inner dict, without the "params" key).
+    windows: (N, L + 1) token ids.
+    batch_size: windows per forward pass.
+    from_position: score only the predictions made at positions >= this (0: all L), e.g. the
+      positions a model never saw in training.
+
+  Returns:
+    The mean NLL in nats over the scored predictions of all windows.
+
+  Raises:
+    ValueError: for windows longer than a learned position table (n_positions + 1 tokens), no
+      windows, or from_position outside 0 .. L-1.
+  """
+  windows = np.asarray(windows)
+  if windows.ndim != 2 or len(windows) == 0 or windows.shape[1] < 2:
+    raise ValueError(f"expected (N, L + 1) token windows with N >= 1 and L >= 1, got shape {windows.shape}")
+  length = windows.shape[1] - 1
+  if model.cfg.positions == "learned" and length > model.cfg.n_positions:
+    raise ValueError(f"windows of {length} input tokens exceed the learned context of {model.cfg.n_positions}")
+  if not 0 <= from_position < length:
+    raise ValueError(f"from_position {from_position} is outside the window's positions 0 .. {length - 1}")
+  total, count = 0.0, 0
+  for start in range(0, len(windows), batch_size):
+    nll, n = _window_nll(model, params, jnp.asarray(windows[start:start + batch_size], jnp.int32), from_position)
+    total, count = total + float(nll), count + int(n)
+  return total / count
