@@ -1,5 +1,7 @@
 """research.sweep: a vmapped member is the run research.train.train makes; swept hyperparameters take effect."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -60,3 +62,43 @@ def test_bad_hparams_shape_raises(digits):
     sweep.run(task, config, digits, seeds=[0, 1], hparams={"learning_rate": [1e-3]})
   with pytest.raises(ValueError, match="cannot sweep"):
     sweep.run(task, config, digits, seeds=[0], hparams={"momentum_typo": [0.9]})
+
+
+def _noisy_task(config):
+  """tiny_run's classifier with input noise drawn from the step's key, so the key streams matter."""
+  task = tiny_run.make_task(config, hidden=8)
+
+  def loss(params, batch, key, train):
+    noisy = batch["image"].astype(np.float32) + 4.0 * jax.random.normal(key, batch["image"].shape)
+    return task.loss(params, {**batch, "image": noisy}, key, train)
+
+  return dataclasses.replace(task, loss=loss)
+
+
+def test_chained_runs_equal_one_run(digits):
+  config = _config(steps=7)
+  task = _noisy_task(config)
+  seeds = [config.seed, config.seed + 5]
+  whole = sweep.run(task, config, digits, seeds=seeds)
+  first = sweep.run(task, config, digits, seeds=seeds, steps=3)
+  rest = sweep.run(task, config, digits, seeds=seeds, state=first.state)  # the 4 steps still to go
+  assert np.asarray(rest.state.step).tolist() == [7, 7]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), rest.state, whole.state)
+  np.testing.assert_allclose(np.concatenate([first.metrics["loss"], rest.metrics["loss"]], axis=1),
+                             whole.metrics["loss"], rtol=1e-5)
+  # The continuation is not a fresh start: from the initial state the same 4 steps end elsewhere.
+  fresh = sweep.run(task, config, digits, seeds=seeds, steps=4)
+  assert not np.allclose(fresh.state.params["params"]["Dense_0"]["kernel"],
+                         rest.state.params["params"]["Dense_0"]["kernel"])
+
+
+def test_continuing_needs_a_common_step_and_no_new_hparams(digits):
+  config = _config(steps=4)
+  task = tiny_run.make_task(config, hidden=8)
+  first = sweep.run(task, config, digits, seeds=[0, 1], steps=2)
+  with pytest.raises(ValueError, match="hparams are set at initialisation"):
+    sweep.run(task, config, digits, seeds=[0, 1], state=first.state, hparams={"learning_rate": [1e-3, 1e-3]})
+  with pytest.raises(ValueError, match="state must hold 3 members"):
+    sweep.run(task, config, digits, seeds=[0, 1, 2], state=first.state)
+  with pytest.raises(ValueError, match="a sweep needs steps >= 1, got 0"):
+    sweep.run(task, config, digits, seeds=[0, 1], state=first.state, steps=0)
