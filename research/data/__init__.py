@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from research.checks import ConfigError
-from research.data import tokens, toy2d
+from research.data import encoder, tokens, toy2d
 from research.data.batching import Batcher
 from research.data.sources import ArraySource, RecordSource, Source, TokenWindows, as_source
 
@@ -30,12 +30,13 @@ BUNDLED = {
     "grid25": "toy2d/grid25",
     "swissroll": "toy2d/swissroll",
     "python_docs": "python_docs",
+    "python_docs_topics": "python_docs_topics",
 }
 # Catalog datasets the experiments know; they download on first use when online.
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")
 
 __all__ = ["BUNDLED", "CATALOG", "ArraySource", "Batcher", "RecordSource", "Source", "TokenWindows", "as_source",
-           "check_name", "data_dir", "load", "lock", "source", "tokens", "toy2d"]
+           "check_name", "data_dir", "encoder", "load", "lock", "source", "tokens", "toy2d"]
 
 
 def _tfds():

@@ -3,6 +3,9 @@
 digits       scikit-learn's 8x8 handwritten digits, a fixed 1497/300 train/test split.
 toy2d        ring8, grid25 and swissroll point clouds (research/data/toy2d.py).
 python_docs  the English documentation text shipped with CPython (pydoc_data.topics).
+python_docs_topics  paragraphs of that text labelled with the part of the documentation they come
+             from (statements, expressions, data model, built-in types, execution): a small
+             sentence-classification task for fine-tuning encoders offline.
 """
 
 import numpy as np
@@ -90,3 +93,64 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, names, texts):
     for name in names:
       yield name, {"topic": name, "text": texts[name]}
+
+
+# The part of the documentation each pydoc topic belongs to: the classes of PythonDocsTopics.
+# Grouped by hand from the Language and Library Reference chapters the topics are taken from.
+TOPIC_GROUPS = {
+    "statements": ("assert", "assignment", "async", "augassign", "break", "class", "compound", "continue", "del",
+                   "else", "for", "function", "global", "if", "import", "nonlocal", "pass", "raise", "return", "try",
+                   "while", "with", "yield"),
+    "expressions": ("atom-identifiers", "atom-literals", "attribute-references", "await", "binary", "bitwise",
+                    "booleans", "calls", "comparisons", "conversions", "dict", "exprlists", "floating", "id-classes",
+                    "identifiers", "imaginary", "in", "integers", "lambda", "lists", "numbers", "operator-summary",
+                    "power", "shifting", "slicings", "strings", "subscriptions", "unary"),
+    "data_model": ("attribute-access", "callable-types", "context-managers", "customization", "numeric-types",
+                   "objects", "sequence-types", "specialattrs", "specialnames", "types"),
+    "builtin_types": ("bltin-code-objects", "bltin-ellipsis-object", "bltin-null-object", "bltin-type-objects",
+                      "formatstrings", "string-methods", "truth", "typesfunctions", "typesmapping", "typesmethods",
+                      "typesmodules", "typesseq", "typesseq-mutable"),
+    "execution": ("debugger", "dynamic-features", "exceptions", "execmodel", "naming"),
+}
+MIN_PARAGRAPH_WORDS = 12  # shorter paragraphs are headings, grammar rules or fragments
+TOPICS_TEST_EVERY = 5  # every 5th paragraph (in class, topic, paragraph order) is held out
+
+
+class PythonDocsTopics(tfds.core.GeneratorBasedBuilder):
+  """Which part of the Python documentation a paragraph comes from: 5 classes, about 1,250 paragraphs.
+
+  Paragraphs are the blank-line separated blocks of each pydoc topic with at least
+  MIN_PARAGRAPH_WORDS words, each kept once (topics repeat one another: "else" is "if",
+  "compound" holds every compound statement). In the order class, topic name, paragraph,
+  every TOPICS_TEST_EVERY-th is in "test" and the rest in "train": deterministic, and every
+  class is in both. Topics of another CPython version that TOPIC_GROUPS does not name are left out.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release (ArrayRecord files)."}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=list(TOPIC_GROUPS)),
+            "topic": tfds.features.Text(),
+        }),
+        supervised_keys=("text", "label"))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+    seen, examples = set(), []
+    for label, group in enumerate(TOPIC_GROUPS.values()):
+      for name in sorted(n for n in group if n in topics.topics):
+        for paragraph in topics.topics[name].split("\n\n"):
+          paragraph = paragraph.strip()
+          if len(paragraph.split()) >= MIN_PARAGRAPH_WORDS and paragraph not in seen:
+            seen.add(paragraph)
+            examples.append((f"{name}/{len(examples)}", {"text": paragraph, "label": label, "topic": name}))
+    return {"train": self._generate_examples([e for i, e in enumerate(examples) if i % TOPICS_TEST_EVERY]),
+            "test": self._generate_examples(examples[::TOPICS_TEST_EVERY])}
+
+  def _generate_examples(self, examples):
+    yield from examples

@@ -2,6 +2,8 @@
 
     tok = research.data.tokenizers.make("char", texts)         # or "bpe" (trained on texts), or
     tok = research.data.tokenizers.make("gpt2:/path/to/dir")   # vocab.json + merges.txt of GPT-2
+    tok = research.data.tokenizers.make("wordpiece", texts)    # BERT's WordPiece, trained on texts
+    tok = research.data.tokenizers.make("bert:/path/to/dir")   # vocab.txt of a BERT
     ids = tok.encode("def f(x):")                              # list of ints
     text = tok.decode(ids)
 
@@ -13,7 +15,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
-KINDS = ("char", "bpe", "gpt2:<dir>")
+KINDS = ("char", "bpe", "gpt2:<dir>", "wordpiece", "bert:<dir>")
 
 
 class CharTokenizer:
@@ -90,8 +92,69 @@ class HFTokenizer:
     return {"kind": self.kind, "tokenizer": json.loads(raw.to_str())}
 
 
+class WordPieceTokenizer(HFTokenizer):
+  """BERT's WordPiece (Wu et al. 2016; Devlin et al. 2019), with [PAD] [UNK] [CLS] [SEP] [MASK].
+
+  `encode` gives the word pieces only; the [CLS] ... [SEP] frame and padding are the data
+  pipeline's (research.data.encoder), so one stream of ids serves every sequence length.
+  """
+
+  SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+  @classmethod
+  def train(cls, texts: Iterable[str], vocab_size: int = 8192) -> "WordPieceTokenizer":
+    """WordPiece trained on `texts`, cased (code and identifiers keep their case); the special tokens are ids 0-4."""
+    from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
+    tokenizer = BertWordPieceTokenizer(lowercase=False)
+    tokenizer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2,
+                                  special_tokens=list(cls.SPECIAL), show_progress=False)
+    return cls(tokenizer._tokenizer, "wordpiece")  # pylint: disable=protected-access
+
+  @classmethod
+  def bert_files(cls, directory: str) -> "WordPieceTokenizer":
+    """A BERT's own vocab.txt (as transformers saves it) from a local directory; lower-cased if
+    tokenizer_config.json says so (bert-*-uncased)."""
+    from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
+    vocab, settings = os.path.join(directory, "vocab.txt"), os.path.join(directory, "tokenizer_config.json")
+    if not os.path.exists(vocab):
+      raise ValueError(f"no BERT tokenizer in {directory}: vocab.txt is missing")
+    lowercase = True
+    if os.path.exists(settings):
+      with open(settings) as f:
+        lowercase = bool(json.load(f).get("do_lower_case", True))
+    return cls(BertWordPieceTokenizer(vocab, lowercase=lowercase)._tokenizer, "bert")  # pylint: disable=protected-access
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+  def special_ids(self) -> dict[str, int]:
+    """{"[PAD]": id, "[UNK]": id, "[CLS]": id, "[SEP]": id, "[MASK]": id}.
+
+    Raises:
+      ValueError: if the vocabulary lacks one of them.
+    """
+    ids = {token: self.tokenizer.token_to_id(token) for token in self.SPECIAL}
+    missing = [token for token, i in ids.items() if i is None]
+    if missing:
+      raise ValueError(f"the vocabulary has no {', '.join(missing)}")
+    return ids
+
+  def save_vocab(self, directory: str) -> None:
+    """Writes vocab.txt (one token per line, in id order), the file transformers' BertTokenizer reads."""
+    vocab = self.tokenizer.get_vocab()
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.txt"), "w") as f:
+      f.writelines(token + "\n" for token, _ in sorted(vocab.items(), key=lambda item: item[1]))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+      lowercase = (json.loads(self.tokenizer.to_str()).get("normalizer") or {}).get("lowercase", False)
+      json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": bool(lowercase)}, f)
+
+
 def make(kind: str, texts: Iterable[str] = (), vocab_size: int = 2048):
-  """A tokenizer: "char" or "bpe" fitted on `texts`, or "gpt2:<dir>" read from local files.
+  """A tokenizer: "char", "bpe" or "wordpiece" fitted on `texts`, or "gpt2:<dir>" / "bert:<dir>" read from files.
 
   Raises:
     ValueError: for an unknown kind.
@@ -102,6 +165,10 @@ def make(kind: str, texts: Iterable[str] = (), vocab_size: int = 2048):
     return HFTokenizer.train_bpe(texts, vocab_size)
   if kind.startswith("gpt2:"):
     return HFTokenizer.gpt2_files(kind.split(":", 1)[1])
+  if kind == "wordpiece":
+    return WordPieceTokenizer.train(texts, vocab_size)
+  if kind.startswith("bert:"):
+    return WordPieceTokenizer.bert_files(kind.split(":", 1)[1])
   raise ValueError(f"unknown tokenizer {kind!r}; choose one of: {', '.join(KINDS)}")
 
 
@@ -119,4 +186,5 @@ def load(path: str):
   if data["kind"] == "char":
     return CharTokenizer(data["alphabet"])
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
-  return HFTokenizer(Tokenizer.from_str(json.dumps(data["tokenizer"])), data["kind"])
+  cls = WordPieceTokenizer if data["kind"] in ("wordpiece", "bert") else HFTokenizer
+  return cls(Tokenizer.from_str(json.dumps(data["tokenizer"])), data["kind"])

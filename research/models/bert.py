@@ -259,6 +259,21 @@ def mask_tokens(key, input_ids, eligible, *, vocab_size: int, mask_id: int, rate
   return MaskedTokens(out, chosen)
 
 
+def parse_mix(mix: str) -> tuple[float, float, float]:
+  """"80/10/10" -> (0.8, 0.1, 0.1): percentages of chosen tokens made [MASK], kept, made random.
+
+  Raises:
+    ValueError: unless three non-negative numbers summing to 100.
+  """
+  try:
+    parts = tuple(float(p) for p in mix.split("/"))
+  except ValueError:
+    parts = ()
+  if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 100.0) > 1e-6:
+    raise ValueError(f"a masking mix is MASK/same/random percentages summing to 100, like 80/10/10; got {mix!r}")
+  return tuple(p / 100.0 for p in parts)
+
+
 def mlm_loss(logits, targets, chosen):
   """(Mean cross-entropy in nats, accuracy) over the chosen positions only."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
@@ -413,3 +428,132 @@ def save_hf(path: str, cfg: BertConfig, params, architecture: str = "BertForMask
     hf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------
+# The tasks: MLM pre-training and sequence classification on the one training loop.
+
+
+def with_encoder(variables, encoder):
+  """`variables` (a classifier's init, boxed) with its "bert" subtree replaced by `encoder`'s values.
+
+  The logical axis names of the fresh init are kept, so the loop shards the copied weights
+  like any others. Shapes must agree (the caller builds the classifier from the same config).
+  """
+  keep_box = lambda box, value: box.replace_boxed(jnp.asarray(value)) if isinstance(box, nn.meta.AxisMetadata) \
+      else jnp.asarray(value)
+  params = dict(variables["params"])
+  params["bert"] = jax.tree.map(keep_box, params["bert"], nn.unbox(encoder),
+                                is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  return {**variables, "params": params}
+
+
+def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
+  """Masked language modelling as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/bert.py): mask_rate, mask_mix and eval_mask_mix
+      as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size, optimizer, steps.
+    cfg: the model's config.
+    special: ids of "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"; all but [UNK] are never chosen.
+
+  Returns:
+    A Task over batches of research.data.encoder sequences whose loss masks each batch from
+    the step's key, and whose `evaluate(params, key, sequences)` gives `mlm_loss` and
+    `mlm_accuracy` on the chosen positions of held-out sequences, masked with a fixed key and
+    `eval_mask_mix`, so every run and every evaluation scores the same positions.
+  """
+  from research import optim  # pylint: disable=import-outside-toplevel
+  from research.train import Task  # pylint: disable=import-outside-toplevel
+  model = BertForMaskedLM(cfg)
+  never = jnp.asarray([i for token, i in special.items() if token != "[UNK]"], jnp.int32)
+
+  def masked_loss(params, batch, key, mix, train):
+    ids = batch["input_ids"]
+    eligible = batch["attention_mask"].astype(bool) & ~jnp.isin(ids, never)
+    k_mask, k_dropout = jax.random.split(key)
+    masked = mask_tokens(k_mask, ids, eligible, vocab_size=cfg.vocab_size, mask_id=special["[MASK]"],
+                         rate=config.mask_rate, mix=mix)
+    logits = model.apply(params, masked.input_ids, attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], train=train, rngs={"dropout": k_dropout})
+    value, accuracy = mlm_loss(logits, ids, masked.chosen)
+    return value, accuracy, jnp.sum(masked.chosen)
+
+  def init(key, batch):
+    return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"])
+
+  def loss(params, batch, key, train):
+    value, accuracy, _ = masked_loss(params, batch, key, parse_mix(config.mask_mix), train)
+    return value, {"mlm_accuracy": accuracy}
+
+  @jax.jit
+  def batch_sums(params, batch, key):
+    value, accuracy, count = masked_loss(params, batch, key, parse_mix(config.eval_mask_mix), False)
+    return value * count, accuracy * count, count
+
+  def evaluate(params, key, sequences):
+    del key  # a fixed key: the same held-out positions every time
+    n = len(sequences["input_ids"])
+    nll = correct = count = 0.0
+    for i, start in enumerate(range(0, n, config.eval_batch_size)):
+      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in sequences.items()}
+      sums = batch_sums(params, batch, jax.random.fold_in(jax.random.key(0), i))
+      nll, correct, count = nll + float(sums[0]), correct + float(sums[1]), count + float(sums[2])
+    count = max(count, 1.0)
+    return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
+
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+
+
+def make_classifier_task(config, cfg: BertConfig, encoder=None):
+  """Sequence classification (fine-tuning) as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/bert.py): optimizer, steps, eval_batch_size.
+    cfg: the model's config (num_labels classes).
+    encoder: pre-trained "bert" parameters to start from, or None for a random encoder.
+
+  Returns:
+    A Task over research.data.encoder sequences with a `label`, whose loss is the mean
+    cross-entropy and whose `evaluate(params, key, examples)` gives `accuracy` and `eval_loss`.
+  """
+  from research import optim  # pylint: disable=import-outside-toplevel
+  from research.train import Task  # pylint: disable=import-outside-toplevel
+  model = BertForSequenceClassification(cfg)
+
+  def forward(params, batch, train, key):
+    return model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], train=train, rngs={"dropout": key})
+
+  def init(key, batch):
+    variables = model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=batch["token_type_ids"])
+    return variables if encoder is None else with_encoder(variables, encoder)
+
+  def cross_entropy(logits, labels):
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]  # (B,)
+
+  def loss(params, batch, key, train):
+    logits = forward(params, batch, train, key)
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    return jnp.mean(cross_entropy(logits, batch["label"])), {"accuracy": accuracy}
+
+  @jax.jit
+  def batch_sums(params, batch):
+    logits = forward(params, batch, False, jax.random.key(0))
+    return jnp.sum(cross_entropy(logits, batch["label"])), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+
+  def evaluate(params, key, examples):
+    del key
+    n = len(examples["label"])
+    nll = correct = 0.0
+    for start in range(0, n, config.eval_batch_size):
+      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in examples.items()}
+      sums = batch_sums(params, batch)
+      nll, correct = nll + float(sums[0]), correct + float(sums[1])
+    return {"accuracy": correct / n, "eval_loss": nll / n, "eval_examples": n}
+
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))

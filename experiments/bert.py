@@ -1,0 +1,266 @@
+"""BERT: masked-language-model pre-training on the bundled Python documentation, then fine-tuning.
+
+Run:
+  python -m experiments.bert --workdir=/tmp/bert
+  python -m experiments.bert --workdir=/tmp/bert_cls --config.mode=finetune --config.init=/tmp/bert
+  python -m experiments.bert --workdir=/tmp/bert_hf --config.mode=finetune --config.init=/path/to/bert-base-uncased
+  python -m experiments.bert --workdir=/tmp/bert_scratch --config.mode=finetune     # no pre-training
+  python -m experiments.bert --workdir=/tmp/sst2 --config.mode=finetune --config.init=/tmp/bert \\
+      --config.task_dataset=glue/sst2 --config.task_eval_split=validation             # needs a prepared glue/sst2
+  python -m experiments.bert --workdir=/tmp/smoke --config=experiments/bert.py:smoke
+
+mode=pretrain (the default) trains a small BERT (4 layers, 128 wide) by masked language
+modelling on python_docs (every 10th documentation topic held out) with a WordPiece vocabulary
+trained here on the training text. Each example is [CLS] + a random window of the token
+stream + [SEP], cut at the end of its document and padded (research/data/encoder.py); 15% of
+the tokens are chosen inside the compiled step from the step's key and corrupted by `mask_mix`.
+Writes checkpoints, tokenizer.json, results.json (mlm_accuracy: the held-out accuracy at the
+chosen positions of eval_sequences held-out windows, masked by `eval_mask_mix` with a fixed
+key) and hf/: the trained model as transformers saves a BertForMaskedLM (config.json,
+model.safetensors, vocab.txt), which fine-tuning and transformers both read.
+
+mode=finetune trains BertForSequenceClassification on `task_dataset` (the bundled
+python_docs_topics: which of 5 parts of the documentation a paragraph is from), starting from
+`init`: a pre-training workdir of this script, or any directory where transformers saved a
+BERT with its vocab.txt; empty init starts from random weights. The model's sizes then come
+from init's config.json; steps, batch size and learning rate from the `finetune` fields.
+results.json holds the held-out `accuracy`.
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+
+from research import data as data_lib
+from research.data import encoder as encoder_data
+from research.data import tokenizers, tokens
+from research.models import attention as attention_lib
+from research.models import bert
+from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
+from research.train import cli, train
+
+PRESETS = ("smoke",)
+MODES = ("pretrain", "finetune")
+# The text feature of sentence-classification datasets; others use "text".
+SENTENCE_FEATURES = {"glue/sst2": "sentence", "glue/cola": "sentence"}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """Default config (MLM pre-training of a small BERT on python_docs, minutes on 2 CPU cores); "smoke" for tests."""
+  config = base_config()
+  config.mode = "pretrain"  # pretrain (masked LM) or finetune (sequence classification)
+  config.init = ""  # finetune: a pre-training workdir of this script or a transformers BERT directory; "": random
+  config.dataset = "python_docs"  # pre-training text (a bundled or TFDS catalog text dataset)
+  config.train_split = "train"  # TFDS split pre-trained on
+  config.eval_split = "test"  # TFDS split of the held-out MLM accuracy
+  config.max_train_tokens = 0  # tokens of the training split used, tokenized once (0: the whole split)
+  config.vocab_size = 2048  # WordPiece vocabulary trained on the pre-training text (when not read from init)
+  config.tokenizer_train_chars = 20_000_000  # the WordPiece vocabulary is fitted on this many leading characters
+  config.hidden_size = 128  # model width
+  config.num_hidden_layers = 4  # encoder blocks
+  config.num_attention_heads = 4  # attention heads
+  config.intermediate_size = 512  # MLP width
+  config.max_position_embeddings = 128  # rows of the learned position table
+  config.type_vocab_size = 2  # segment types
+  config.attention = "reference"  # one of research.models.attention.IMPLEMENTATIONS
+  config.dropout = 0.1  # hidden_dropout_prob: embeddings, residual branches, pooled output
+  config.seq_len = 128  # tokens per sequence, [CLS] and [SEP] included
+  config.mask_rate = 0.15  # fraction of non-special, non-padding tokens chosen for the MLM loss
+  config.mask_mix = "80/10/10"  # chosen tokens made [MASK] / kept / made random, in percent (Table 8's columns)
+  config.eval_mask_mix = "100/0/0"  # the held-out accuracy's mix: predicting [MASK]ed tokens, alike for every run
+  config.eval_sequences = 512  # held-out sequences (consecutive windows of the eval split) scored
+  config.eval_batch_size = 64  # sequences per evaluation batch
+  config.task_dataset = "python_docs_topics"  # finetune: a sentence-classification dataset with text and label
+  config.task_train_split = "train"  # finetune: TFDS split trained on
+  config.task_eval_split = "test"  # finetune: TFDS split of the held-out accuracy
+  config.steps = 800  # optimizer updates (pretrain)
+  config.batch_size = 32  # sequences per update (pretrain)
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-3  # peak, after warmup (pretrain)
+  config.optimizer.b2 = 0.98  # as RoBERTa's small-batch settings
+  config.optimizer.weight_decay = 0.01  # BERT's
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_steps = 50  # pretrain
+  config.optimizer.final_lr_fraction = 0.0
+  config.optimizer.grad_clip_norm = 1.0
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.steps = 300  # finetune: optimizer updates (about 10 epochs of python_docs_topics)
+  config.finetune.batch_size = 32  # finetune: examples per update
+  config.finetune.learning_rate = 3e-4  # finetune: peak learning rate
+  config.finetune.warmup_steps = 30  # finetune: linear warmup
+  config.log_every = 50  # metrics and a progress line every this many steps
+  config.eval_every = 200  # held-out evaluation every this many steps
+  config.checkpoint_every = 200  # save a checkpoint every this many steps (and at the end)
+  presets = [t for t in preset.split(",") if t]
+  unknown = [t for t in presets if t not in PRESETS]
+  if unknown:
+    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
+  if "smoke" in presets:
+    config.vocab_size = 512
+    config.tokenizer_train_chars = 100_000
+    config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size = 32, 1, 2, 64
+    config.max_position_embeddings = config.seq_len = 32
+    config.steps, config.batch_size = 10, 8
+    config.optimizer.warmup_steps = 2
+    config.finetune.steps, config.finetune.batch_size, config.finetune.warmup_steps = 10, 8, 2
+    config.log_every = config.eval_every = config.checkpoint_every = 5
+    config.eval_sequences, config.eval_batch_size = 16, 8
+  return config
+
+
+def check_config(config) -> None:
+  """Raises ConfigError on a bad field, before anything is loaded, compiled or written."""
+  check_choice("mode", config.mode, MODES)
+  check_common(config)
+  check_choice("attention", config.attention, attention_lib.IMPLEMENTATIONS)
+  for name in ("vocab_size", "tokenizer_train_chars", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "intermediate_size", "max_position_embeddings", "type_vocab_size", "eval_sequences",
+               "eval_batch_size"):
+    check_positive(name, config[name])
+  for name in ("steps", "batch_size", "learning_rate", "warmup_steps"):
+    check_positive(f"finetune.{name}", config.finetune[name], allow_zero=name in ("steps", "warmup_steps"))
+  check_positive("max_train_tokens", config.max_train_tokens, allow_zero=True)
+  if config.seq_len < 3:
+    raise ConfigError(f"seq_len must be >= 3 ([CLS], a token, [SEP]), got {config.seq_len}")
+  for name in ("mask_mix", "eval_mask_mix"):
+    try:
+      bert.parse_mix(config[name])
+    except ValueError as e:
+      raise ConfigError(f"{name}: {e}") from None
+  if not 0.0 < config.mask_rate < 1.0:
+    raise ConfigError(f"mask_rate must be in (0, 1), got {config.mask_rate}")
+  if not 0.0 <= config.dropout < 1.0:
+    raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
+  if config.mode == "pretrain" and config.init:
+    raise ConfigError("init is for mode=finetune; pre-training starts from random weights")
+  if not config.init:
+    if config.hidden_size % config.num_attention_heads:
+      raise ConfigError(f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
+                        f"{config.num_attention_heads}")
+    if config.seq_len > config.max_position_embeddings:
+      raise ConfigError(f"seq_len {config.seq_len} exceeds max_position_embeddings {config.max_position_embeddings}")
+
+
+def model_config(config, vocab_size: int, **overrides) -> bert.BertConfig:
+  """The BertConfig of an experiment config's model fields."""
+  return bert.BertConfig(vocab_size=vocab_size, hidden_size=config.hidden_size,
+                         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+                         intermediate_size=config.intermediate_size,
+                         max_position_embeddings=config.max_position_embeddings,
+                         type_vocab_size=config.type_vocab_size, hidden_dropout_prob=config.dropout,
+                         attention=config.attention, dtype=config.dtype, **overrides)
+
+
+def _train_tokenizer(config):
+  texts = tokens.read_texts(config.dataset, config.train_split, max_chars=config.tokenizer_train_chars)
+  return tokenizers.make("wordpiece", texts, config.vocab_size)
+
+
+def _init_dir(path: str) -> str:
+  """The transformers directory of `init`: the directory itself, or a pre-training workdir's hf/."""
+  for candidate in (path, os.path.join(path, "hf")):
+    if os.path.exists(os.path.join(candidate, "config.json")):
+      return candidate
+  raise ConfigError(f"--config.init {path} is neither a transformers BERT directory (config.json) nor a "
+                    "pre-training workdir of experiments.bert (hf/config.json)")
+
+
+def pretrain(config, workdir: str) -> dict:
+  """MLM pre-training; returns what results.json holds and exports the model to workdir/hf."""
+  data_lib.check_name(config.dataset)
+  saved = os.path.join(workdir, "tokenizer.json")
+  try:
+    tokenizer = tokenizers.load(saved) if os.path.exists(saved) else _train_tokenizer(config)
+    special = tokenizer.special_ids()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  width = config.seq_len - 2
+  train_stream = tokens.token_stream(config.dataset, config.train_split, tokenizer, [special["[SEP]"]],
+                                     config.max_train_tokens)
+  eval_stream = tokens.token_stream(config.dataset, config.eval_split, tokenizer, [special["[SEP]"]],
+                                    config.eval_sequences * width)
+  try:
+    windows = encoder_data.EncoderWindows(train_stream, config.seq_len, special)
+  except ValueError as e:
+    raise ConfigError(f"dataset {config.dataset!r} split {config.train_split!r}: {e}") from None
+  count = min(config.eval_sequences, len(eval_stream) // width)
+  if count < 1:
+    raise ConfigError(f"split {config.eval_split!r} of {config.dataset!r} has {len(eval_stream)} tokens, fewer "
+                      f"than one sequence of {width}")
+  # Held-out sequences: consecutive windows from the start of the evaluation split.
+  eval_sequences = encoder_data.EncoderWindows(eval_stream, config.seq_len, special).__getitems__(
+      np.arange(count) * width)
+  cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
+  os.makedirs(workdir, exist_ok=True)
+  tokenizers.save(saved, tokenizer)  # a resumed run uses the same vocabulary
+  run = train(bert.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences)
+  export = os.path.join(workdir, "hf")
+  bert.save_hf(export, dataclasses.replace(cfg, hidden_dropout_prob=config.dropout), run.state.params["params"])
+  tokenizer.save_vocab(export)
+  return run.results
+
+
+def _finetune_config(config) -> ml_collections.ConfigDict:
+  """The config the loop runs in finetune mode: steps, batch size and learning rate from `finetune`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.steps, config.batch_size = config.finetune.steps, config.finetune.batch_size
+  config.optimizer.learning_rate = config.finetune.learning_rate
+  config.optimizer.warmup_steps = config.finetune.warmup_steps
+  return config
+
+
+def _examples(config, split: str, tokenizer, special) -> dict[str, np.ndarray]:
+  """A classification split as encoder inputs plus `label`."""
+  rows = data_lib.load(config.task_dataset, split)
+  feature = SENTENCE_FEATURES.get(config.task_dataset, "text")
+  if feature not in rows or "label" not in rows:
+    raise ConfigError(f"dataset {config.task_dataset!r} has no {feature!r} and 'label' features "
+                      f"(features: {', '.join(sorted(rows))})")
+  texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in rows[feature]]
+  examples = encoder_data.frame(tokenizer.encode_batch(texts), config.seq_len, special)
+  return {**examples, "label": np.asarray(rows["label"], np.int32)}
+
+
+def finetune(config, workdir: str) -> dict:
+  """Sequence classification from `init`; returns what results.json holds."""
+  data_lib.check_name(config.task_dataset)
+  encoder = None
+  try:
+    if config.init:
+      path = _init_dir(config.init)
+      cfg, _ = bert.read_hf_config(path)
+      tokenizer = tokenizers.make(f"bert:{path}")
+      if config.seq_len > cfg.max_position_embeddings:
+        raise ConfigError(f"seq_len {config.seq_len} exceeds max_position_embeddings {cfg.max_position_embeddings} "
+                          f"of {path}")
+    else:
+      data_lib.check_name(config.dataset)
+      tokenizer, cfg = _train_tokenizer(config), None
+    special = tokenizer.special_ids()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  train_examples = _examples(config, config.task_train_split, tokenizer, special)
+  eval_examples = _examples(config, config.task_eval_split, tokenizer, special)
+  num_labels = int(train_examples["label"].max()) + 1
+  if cfg is None:
+    cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"], num_labels=num_labels)
+  else:
+    cfg = dataclasses.replace(cfg, num_labels=num_labels, hidden_dropout_prob=config.dropout,
+                              attention=config.attention, dtype=config.dtype)
+    encoder = bert.load_hf(path)[1]["bert"]
+  config = _finetune_config(config)
+  task = bert.make_classifier_task(config, cfg, encoder)
+  return train(task, config, workdir, train_examples, eval_examples).results
+
+
+def run(config, workdir: str) -> dict:
+  """Pre-trains or fine-tunes the BERT described by `config` in `workdir`; returns what results.json holds."""
+  check_config(config)
+  check_workdir(workdir)
+  return pretrain(config, workdir) if config.mode == "pretrain" else finetune(config, workdir)
+
+
+if __name__ == "__main__":
+  cli.main(__file__, run)
