@@ -27,6 +27,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.hidden = (100, 100)  # encoder tanh layer widths; the decoder mirrors them (IWAE paper, 784 pixels: 200, 200)
   config.corruption = "gaussian"  # DAE corruption: gaussian (additive noise) or mask (pixels set to 0)
   config.noise_level = 0.3  # DAE: Gaussian noise std, or masking probability
+  config.kl_weight = 1.0  # VAE with the ELBO: beta, the KL term's weight (1: the ELBO; a beta-VAE otherwise)
   config.objective = "elbo"  # VAE training bound: elbo (analytic KL) or iwae (log-mean-exp of k weights)
   config.k = 1  # samples per image in the training bound
   config.eval_k = 5000  # importance samples per test image for test_nll_nats (IWAE paper: 5000)
@@ -49,8 +50,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   return config
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, members=None) -> dict:
   """Trains the autoencoder named by config.model and returns the results.json dict.
+
+  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
 
   Raises:
     ConfigError: on a bad field, a dataset without images, or a workdir whose checkpoint
@@ -64,7 +67,7 @@ def run(config, workdir: str) -> dict:
     raise ConfigError(f"dataset {config.dataset!r} has no images (features: {', '.join(sorted(train_data))})")
   test_images = data_lib.load(config.dataset, "test")["image"]
   task = autoencoder.make_task(config, test_images)
-  return train(task, config, workdir, {"image": train_data["image"]}, {"image": test_images}).results
+  return train(task, config, workdir, {"image": train_data["image"]}, {"image": test_images}, members).results
 
 
 if __name__ == "__main__":

@@ -155,11 +155,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_common(config)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains the GAN described by `config` in `workdir`; returns what results.json holds."""
+def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
+  """Trains the GAN described by `config` in `workdir`; returns what results.json holds.
+
+  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
+  """
   check_config(config)
   task = gan.make_task(config)
-  return train(task, config, workdir, data_lib.load(config.dataset, "train")).results
+  return train(task, config, workdir, data_lib.load(config.dataset, "train"), members=members).results
 
 
 if __name__ == "__main__":

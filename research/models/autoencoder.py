@@ -64,6 +64,7 @@ class AutoencoderConfig:
     hidden: widths of the encoder's tanh layers; the decoder mirrors them.
     corruption: DAE input corruption, one of CORRUPTIONS.
     noise_level: DAE: the Gaussian noise's standard deviation, or the masking probability.
+    kl_weight: VAE with the ELBO: β, the weight of the KL term (1: the ELBO; β-VAE otherwise).
     objective: VAE training bound, one of OBJECTIVES.
     k: samples per image in the training bound.
     dtype: the compute dtype of the layers (parameters stay float32; log-densities are
@@ -76,6 +77,7 @@ class AutoencoderConfig:
   hidden: tuple[int, ...] = (200, 200)
   corruption: str = "gaussian"
   noise_level: float = 0.3
+  kl_weight: float = 1.0
   objective: str = "elbo"
   k: int = 1
   dtype: str = "float32"
@@ -85,7 +87,8 @@ class AutoencoderConfig:
     """Picks the model's fields out of an experiment config."""
     return cls(model=config.model, image_shape=tuple(int(d) for d in image_shape), latent_dim=config.latent_dim,
                hidden=tuple(int(h) for h in config.hidden), corruption=config.corruption,
-               noise_level=float(config.noise_level), objective=config.objective, k=config.k,
+               noise_level=float(config.noise_level), kl_weight=float(config.kl_weight),
+               objective=config.objective, k=config.k,
                dtype=config.dtype)
 
 
@@ -103,6 +106,7 @@ def check_config(config) -> None:
   if config.corruption == "mask" and not 0.0 <= config.noise_level < 1.0:
     raise ConfigError(f"noise_level (the masking probability) must be in [0, 1), got {config.noise_level}")
   check_positive("noise_level", config.noise_level, allow_zero=True)
+  check_positive("kl_weight", config.kl_weight, allow_zero=True)
 
 
 class Gaussian(NamedTuple):
@@ -249,37 +253,54 @@ def iwae_bound(terms: VAETerms):
   return log_mean_exp(terms.log_weights, axis=0)
 
 
-def corrupt(config: AutoencoderConfig, x, key):
+def corrupt(config: AutoencoderConfig, x, key, noise_level=None):
   """The DAE's input corruption of [0, 1] images x.
 
   "gaussian" adds N(0, noise_level^2) noise per pixel; "mask" sets each pixel to 0 with
-  probability noise_level (Vincent et al.'s masking noise).
+  probability noise_level (Vincent et al.'s masking noise). `noise_level` (traced, for
+  sweeps) defaults to the config's.
   """
+  level = config.noise_level if noise_level is None else noise_level
   if config.corruption == "gaussian":
-    return x + config.noise_level * jax.random.normal(key, x.shape, x.dtype)
-  keep = jax.random.bernoulli(key, 1.0 - config.noise_level, x.shape)
+    return x + level * jax.random.normal(key, x.shape, x.dtype)
+  keep = jax.random.bernoulli(key, 1.0 - level, x.shape)
   return jnp.where(keep, x, 0.0)
 
 
+def traced_hparams(config: AutoencoderConfig) -> dict[str, float] | None:
+  """The fields the loss reads as traced values (sweepable in one program): the DAE's noise level, the VAE's β."""
+  if config.model == "dae":
+    return {"noise_level": config.noise_level}
+  if config.model == "vae" and config.objective == "elbo":
+    return {"kl_weight": config.kl_weight}
+  return None
+
+
 def make_loss(config: AutoencoderConfig, model: Autoencoder):
-  """Returns `loss(params, batch, key, train) -> (scalar, metrics)` for the research.train loop.
+  """Returns `loss(params, batch, key, train, hparams=None) -> (scalar, metrics)` for the research.train loop.
 
   Losses are per image (nats), averaged over the batch. The AE/DAE minimise the Bernoulli
-  cross-entropy of the clean intensities; the VAE minimises -ELBO (2) or -L_k (6) of a
-  dynamically binarised batch.
+  cross-entropy of the clean intensities; the VAE minimises -ELBO (2) (with the KL term
+  weighted by β = kl_weight) or -L_k (6) of a dynamically binarised batch. `hparams`
+  ({name: traced scalar}, see `traced_hparams`) overrides the config's values.
   """
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams=None):
     del train  # no dropout or batch statistics
+    hparams = hparams or {}
     x = nll_lib.to_unit_interval(batch["image"])  # (batch, H, W, C)
     if config.model == "vae":
       k_binarize, k_latent = jax.random.split(key)
       x_binary = nll_lib.binarize(k_binarize, x)
       terms = vae_terms(model, params, x_binary, k_latent, config.k)
-      bound = elbo(terms) if config.objective == "elbo" else iwae_bound(terms)  # (batch,)
+      if config.objective == "elbo":
+        beta = hparams.get("kl_weight", config.kl_weight)
+        bound = jnp.mean(terms.log_px_z, axis=0) - beta * terms.kl  # (batch,): (2) with β on the KL term
+      else:
+        bound = iwae_bound(terms)  # (batch,)
       return -jnp.mean(bound), {"elbo": jnp.mean(elbo(terms)), "reconstruction": jnp.mean(terms.log_px_z),
                                 "kl": jnp.mean(terms.kl)}
-    inputs = corrupt(config, x, key) if config.model == "dae" else x
+    inputs = corrupt(config, x, key, hparams.get("noise_level")) if config.model == "dae" else x
     logits = model.apply(params, inputs)  # (batch, H, W, C)
     bce = -bernoulli_log_likelihood(x, logits)  # (batch,)
     mse = jnp.mean(jnp.square(jax.nn.sigmoid(logits) - x))
@@ -382,4 +403,5 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     return draw(params, eval_x, key)
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps),
+              hparams=traced_hparams(model_config))

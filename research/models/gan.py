@@ -289,14 +289,14 @@ def make_task(config) -> Task:
     real = pack(real_examples(batch, dataset)[:m], m)  # (1, ...) one packed example
     return {"gen": models.gen.init(k_gen, z), "disc": models.disc.init(k_disc, real)}
 
-  def critic_loss(disc_params, real, fake, key):
+  def critic_loss(disc_params, real, fake, key, hparams):
     critic = lambda x: models.disc.apply(disc_params, x)
     real, fake = pack(real, m), pack(fake, m)  # (batch/m, ...)
     d_real, d_fake = critic(real), critic(fake)  # (batch/m,), (batch/m,)
     value = discriminator_loss(loss_name, d_real, d_fake)
     aux = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
     if loss_name == "wgan_gp":
-      penalty = gradient_penalty(critic, real, fake, key, config.gp_weight)
+      penalty = gradient_penalty(critic, real, fake, key, hparams["gp_weight"])
       value, aux = value + penalty, {**aux, "gradient_penalty": penalty}
     return value, aux
 
@@ -311,10 +311,11 @@ def make_task(config) -> Task:
       real_i, i = xs
       k_z, k_penalty = jax.random.split(jax.random.fold_in(k_critic, i))
       fake = generate(models.gen, gen_params, k_z, batch_size, latent_dim)  # (batch, ...)
-      (value, aux), grads = jax.value_and_grad(critic_loss, has_aux=True)(carry.params, real_i, fake, k_penalty)
+      (value, aux), grads = jax.value_and_grad(critic_loss, has_aux=True)(carry.params, real_i, fake, k_penalty,
+                                                                          state.hparams)
       params, opt_state, health = apply_gradients(tx["disc"], carry.params, carry.opt_state, grads)
       if loss_name == "wgan":
-        params = clip_weights(params, config.clip)
+        params = clip_weights(params, state.hparams["clip"])
       return CriticCarry(params, opt_state), {"disc_loss": value, **aux, **health}
 
     critic, per_critic = jax.lax.scan(critic_update, CriticCarry(state.params["disc"], state.opt_state["disc"]),
@@ -363,7 +364,7 @@ def make_task(config) -> Task:
   gen_learning_rate = optim.learning_rate_fn(config.optimizer, config.steps)
   return Task(init=init, tx=tx, train_step=train_step, evaluate=evaluate, sample=sample,
               learning_rate=lambda opt_state, step: gen_learning_rate(opt_state["gen"], step),
-              batches_per_step=n_critic)
+              batches_per_step=n_critic, hparams={"gp_weight": config.gp_weight, "clip": config.clip})
 
 
 def check_config(config, choices: Sequence[str] = POINT_DATASETS + IMAGE_DATASETS) -> None:

@@ -63,6 +63,8 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
 
   Args:
     config_file: the experiment script's `__file__`; it must define `get_config(preset)`.
+      None for a script that runs other experiments' configs (experiments/sweep.py):
+      then --config is required.
     run: `run(config, directory)`, importable by tests and notebooks.
     workdir_required: whether the directory flag must be given.
     dir_flag: the directory flag's name: "workdir" for runs, "outdir" for tables and benchmarks.
@@ -86,6 +88,8 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if config_flag.value is None:
+      fail("--config is required: --config=experiments/<name>.py[:preset]")
     distributed.initialize_distributed()
     try:
       run(config_flag.value, workdir_flag.value)

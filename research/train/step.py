@@ -36,6 +36,8 @@ class TrainState:
     ema_params: exponential moving average of params, or None when ema_decay is 0.
     extra: state that is carried, sharded and checkpointed but not trained by the
       optimizer (batch statistics; a frozen reference or reward model), or None.
+    hparams: {name: float32 scalar}, the task's traced hyperparameters (Task.hparams), or
+      None; a sweep's members each carry their own values.
   """
 
   step: jax.Array
@@ -43,6 +45,7 @@ class TrainState:
   opt_state: Any
   ema_params: Any = None
   extra: Any = None
+  hparams: Any = None
 
 
 def init_opt_state(tx, params):
@@ -75,8 +78,10 @@ def init_state(task: Task, key: jax.Array, batch, ema_decay: float, params=None)
   if params is None:
     params = nn.unbox(init_params(task, key, batch))
   extra = task.init_extra(jax.random.fold_in(key, 1), batch) if task.init_extra is not None else None
+  hparams = {name: jnp.asarray(value, jnp.float32) for name, value in task.hparams.items()} \
+      if task.hparams is not None else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=init_opt_state(task.tx, params),
-                    ema_params=params if ema_decay > 0 else None, extra=extra)
+                    ema_params=params if ema_decay > 0 else None, extra=extra, hparams=hparams)
 
 
 def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads):
@@ -129,6 +134,8 @@ def make_train_step(task: Task, ema_decay: float, grad_accum: int = 1):
 
   def default_step(state: TrainState, batch, key):
     def loss_fn(params, micro, k):
+      if task.hparams is not None:
+        return task.loss(params, micro, k, True, state.hparams)
       return task.loss(params, micro, k, True)
 
     (loss, metrics), grads = accumulate_gradients(loss_fn, state.params, batch, key, grad_accum)

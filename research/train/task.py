@@ -21,7 +21,8 @@ class Task:
       groups trained by separate optimizer states (GAN: 'gen' and 'disc'), a mapping
       group -> transformation.
     loss: `loss(params, batch, key, train) -> (scalar, metrics)`; the loop differentiates
-      it and applies `tx`. Give either `loss` or `train_step`.
+      it and applies `tx`. Give either `loss` or `train_step`. A task with `hparams` gets
+      them as a fifth argument: `loss(params, batch, key, train, hparams)`.
     train_step: `train_step(state, batch, key) -> (state, metrics)` for updates that are
       not one optimizer on one loss; metrics must contain 'loss'. Build it from
       research.train.step.apply_gradients so the health metrics come for free.
@@ -40,6 +41,12 @@ class Task:
       (TrainState.extra); only a task with its own `train_step` can update it.
     batches_per_step: how many batches one step consumes (GAN: n_critic); the loop hands
       `train_step` batch_size * batches_per_step examples.
+    hparams: {config field: value} of the hyperparameters the update reads as traced
+      float32 scalars (loss weights, noise levels), never as Python constants: they live
+      in TrainState.hparams, so one compiled program serves every value and a sweep
+      (research.train.Members) gives each member its own. `loss` receives them as its
+      fifth argument; a `train_step` reads `state.hparams`. The optimizer's injected
+      hyperparameters (research/optim.py) are swept through its state instead.
   """
 
   init: Callable[..., Params]
@@ -51,6 +58,7 @@ class Task:
   learning_rate: Callable[..., Any] | None = None
   init_extra: Callable[..., Any] | None = None
   batches_per_step: int = 1
+  hparams: Mapping[str, float] | None = None
 
   def __post_init__(self):
     if (self.loss is None) == (self.train_step is None):

@@ -1,0 +1,144 @@
+"""Sweeps through the one loop (research.train.Members) and from the command line (experiments/sweep.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FAST_COMPILE, ROOT, run_python
+from experiments import autoencoder as autoencoder_experiment
+from experiments import gan as gan_experiment
+from research.train import ConfigError, Members
+
+
+def _single(experiment, config, workdir, **fields):
+  config = config.copy_and_resolve_references()
+  for name, value in fields.items():
+    node = config
+    *parents, leaf = name.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return experiment.run(config, str(workdir))
+
+
+def test_autoencoder_members_equal_their_single_runs(tmp_path):
+  config = autoencoder_experiment.get_config("smoke")
+  members = Members(seeds=(0, 1, 0), hparams={"optimizer.learning_rate": (1e-3, 1e-3, 3e-3),
+                                               "kl_weight": (1.0, 1.0, 0.5)})
+  swept = autoencoder_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  for i, member in enumerate(swept):
+    single = _single(autoencoder_experiment, config, tmp_path / str(i), seed=member["seed"],
+                     **{"optimizer.learning_rate": member["values"]["optimizer.learning_rate"],
+                        "kl_weight": member["values"]["kl_weight"]})
+    np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(member["test_nll_nats"], single["test_nll_nats"], rtol=1e-5)
+  # The settings differ, so the members do.
+  assert len({round(m["train_loss"], 3) for m in swept}) == 3
+
+
+def test_gan_gradient_penalty_members_equal_their_single_runs(tmp_path):
+  config = gan_experiment.get_config("wgan_gp,smoke")
+  members = Members(seeds=(2, 2), hparams={"gp_weight": (0.1, 10.0)})
+  swept = gan_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  for i, member in enumerate(swept):
+    single = _single(gan_experiment, config, tmp_path / str(i), seed=2, gp_weight=member["values"]["gp_weight"])
+    np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-5)
+    assert member["modes_captured"] == single["modes_captured"]
+  assert swept[0]["train_loss"] != pytest.approx(swept[1]["train_loss"], rel=1e-3)
+
+
+def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
+  config = autoencoder_experiment.get_config("smoke")
+  members = Members(seeds=(0, 0), hparams={"optimizer.learning_rate": (1e-3, 1e9)})
+  swept = autoencoder_experiment.run(config, str(tmp_path), members=members)["members"]
+  assert np.isfinite(swept[0]["train_loss"]) and "diverged_at_step" not in swept[0]
+  assert swept[1]["train_loss"] is None and 1 <= swept[1]["diverged_at_step"] <= config.steps
+
+
+def test_shape_changing_fields_are_refused_by_name(tmp_path):
+  config = autoencoder_experiment.get_config("smoke")
+  with pytest.raises(ConfigError, match="cannot vary latent_dim: it is not a traced hyperparameter.*traced: kl_weight, "
+                                        "optimizer.b1, optimizer.learning_rate, optimizer.weight_decay"):
+    autoencoder_experiment.run(config, str(tmp_path / "w"), members=Members((0, 1), {"latent_dim": (4.0, 8.0)}))
+  assert not (tmp_path / "w").exists()
+
+
+def _sweep_command(workdir, *flags):
+  return ["-m", "experiments.sweep", "--config=experiments/autoencoder.py:smoke", f"--workdir={workdir}", *flags]
+
+
+def test_command_line_sweep_writes_members_table_and_plot(tmp_path):
+  proc = run_python(_sweep_command(tmp_path / "s", "--seeds=2", "--vary=kl_weight=0.5,1",
+                                   "--vary=optimizer.learning_rate=1e-3,3e-3", "--max_members_per_program=4",
+                                   "--metric=test_nll_nats"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads((tmp_path / "s" / "results.json").read_text())
+  assert [(m["seed"], m["values"]) for m in out["members"]] == [
+      (s, {"kl_weight": k, "optimizer.learning_rate": lr}) for k in (0.5, 1.0) for lr in (1e-3, 3e-3) for s in (0, 1)]
+  assert sorted(os.listdir(tmp_path / "s" / "programs")) == ["0", "1"]  # 8 members, 4 per program
+  # Each setting's mean and standard error are those of its two seeds.
+  for row in out["settings"]:
+    losses = [m["train_loss"] for m in out["members"] if m["values"] == row["values"]]
+    mean, se = row["metrics"]["train_loss"]
+    np.testing.assert_allclose(mean, np.mean(losses), rtol=1e-9)
+    np.testing.assert_allclose(se, np.std(losses, ddof=1) / np.sqrt(2), rtol=1e-6)
+  table = (tmp_path / "s" / "sweep.md").read_text()
+  assert "| kl_weight | optimizer.learning_rate | train_loss | test_nll_nats" in table
+  assert (tmp_path / "s" / "sweep.png").stat().st_size > 1000
+  # A group of 4 members equals the same members trained in another grouping (here: one at a time).
+  single = run_python(_sweep_command(tmp_path / "one", "--seeds=1", "--zip=kl_weight=0.5",
+                                     "--zip=optimizer.learning_rate=3e-3"))
+  assert single.returncode == 0, single.stderr[-3000:]
+  alone = json.loads((tmp_path / "one" / "results.json").read_text())["members"][0]
+  grouped = next(m for m in out["members"] if m["seed"] == 0 and m["values"] == alone["values"])
+  np.testing.assert_allclose(alone["train_loss"], grouped["train_loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--vary=latent_dim=4,8"], "cannot vary latent_dim: it is not a traced hyperparameter"),
+    (["--vary=latnet_dim=4,8"], "unknown config field 'latnet_dim'"),
+    (["--vary=model=1,2"], "cannot vary model: it holds 'vae', not a number"),
+    (["--seeds=two"], "--seeds must be a count or a comma-separated list of integers"),
+    (["--zip=kl_weight=1,2", "--zip=optimizer.learning_rate=1e-3"], "--zip lists must have equal lengths"),
+    (["--vary=kl_weight"], "--vary must be field=value1,value2,..."),
+])
+def test_bad_sweeps_are_one_line_exit_2(tmp_path, flags, message):
+  proc = run_python(_sweep_command(tmp_path / "w", *flags))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+def test_missing_config_is_one_line_exit_2(tmp_path):
+  proc = run_python(["-m", "experiments.sweep", f"--workdir={tmp_path / 'w'}"])
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+      "error: --config is required: --config=experiments/<name>.py[:preset]"]
+
+
+def test_killed_sweep_resumes_to_the_same_members(tmp_path):
+  flags = ["--seeds=2", "--vary=optimizer.learning_rate=1e-3,3e-3", "--config.steps=1500",
+           "--config.log_every=10", "--config.checkpoint_every=500", "--config.steps_per_call=5"]
+  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)
+  reference = run_python(_sweep_command(tmp_path / "reference", *flags))
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, *_sweep_command(workdir, *flags)], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:  # wait until training is under way
+    if line.startswith("step 20/"):
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-2000:]
+  assert not (workdir / "results.json").exists()
+  resumed = run_python(_sweep_command(workdir, *flags))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step" in resumed.stderr
+  ours = json.loads((workdir / "results.json").read_text())["members"]
+  theirs = json.loads((tmp_path / "reference" / "results.json").read_text())["members"]
+  assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]
