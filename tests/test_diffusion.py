@@ -295,6 +295,59 @@ def test_ddim_eta_one_on_full_sequence_is_ddpm(name):
   np.testing.assert_allclose(sigma**2, schedule.posterior_variance, rtol=1e-4, atol=1e-12)
 
 
+def test_sigma_hat_step_matches_direct_formula():
+  """DDIM's σ̂ step in float64 numpy: the posterior of the sub-sequence chain, variance 1 - ᾱ_t / ᾱ_prev."""
+  schedule = diffusion.make_schedule("linear", T)
+  abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, T))  # float64
+  x_t, eps, noise = _normal(0), _normal(1), _normal(2)
+  for t, t_prev in [(999, 899), (500, 250), (100, 0), (1, 0), (0, -1), (300, 300)]:
+    a_t, a_prev = abar[t], (abar[t_prev] if t_prev >= 0 else 1.0)
+    beta_hat = 1.0 - a_t / a_prev
+    x0 = (x_t - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    mean = (math.sqrt(a_prev) * beta_hat * x0 + math.sqrt(1.0 - beta_hat) * (1.0 - a_prev) * x_t) / (1.0 - a_t)
+    expected = mean + (math.sqrt(beta_hat) if t > 0 else 0.0) * noise
+    got = diffusion.sigma_hat_step(schedule, x_t, eps, t, t_prev, noise)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"t={t} t_prev={t_prev}")
+  # The last step returns x0_hat; a repeated τ leaves the sample where it is.
+  np.testing.assert_allclose(diffusion.sigma_hat_step(schedule, x_t, eps, 0, -1, noise),
+                             (x_t - math.sqrt(1.0 - abar[0]) * eps) / math.sqrt(abar[0]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(diffusion.sigma_hat_step(schedule, x_t, eps, 300, 300, noise), x_t, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_sigma_hat_step_matches_diffusers_ddpm_on_a_subsequence(name, prediction):
+  """diffusers' DDPMScheduler with fixed_large and 10 inference steps is the σ̂ update along τ."""
+  torch = _torch()
+  ref = _in_float64(_schedulers().DDPMScheduler(
+      num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=False,
+      prediction_type=DIFFUSERS_PREDICTION[prediction], variance_type="fixed_large", timestep_spacing="leading",
+      steps_offset=0))
+  ref.set_timesteps(10)
+  taus = np.asarray(diffusion.ddim_timesteps(T, 10, "linear"))
+  np.testing.assert_array_equal(ref.timesteps.numpy(), taus[::-1])
+  schedule = diffusion.make_schedule(name, T)
+  x_t, output = _normal(0), _normal(1)
+  for seed, t in enumerate([900, 500, 100, 0]):
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    expected = ref.step(_f64(torch, output), t, _f64(torch, x_t),
+                        generator=torch.Generator().manual_seed(seed)).prev_sample.numpy()
+    x0, eps = diffusion.to_x0_eps(schedule, x_t, t, output, prediction)
+    got = diffusion.sigma_hat_step(schedule, x_t, eps, t, t - 100 if t else -1, noise.astype(np.float32), x0=x0)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"t={t}")
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_sigma_hat_on_full_sequence_is_ddpm_fixed_large(name):
+  schedule = diffusion.make_schedule(name, T)
+  t = jnp.arange(T)
+  x_t, eps, noise = (jnp.asarray(_normal(i, (T, 3))) for i in range(3))
+  hat = jax.jit(diffusion.sigma_hat_step)(schedule, x_t, eps, t, t - 1, noise)
+  ddpm = jax.jit(diffusion.ddpm_step, static_argnames="variance")(schedule, x_t, eps, t, noise, variance="fixed_large")
+  np.testing.assert_allclose(hat[:-1], ddpm[:-1], atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(hat[-1], ddpm[-1], atol=1e-2 if name == "cosine" else 1e-4)  # see the η = 1 test
+
+
 # ---------------------------------------------------------------------------------------
 # Samplers.
 
@@ -306,6 +359,14 @@ def test_samplers_ddim_eta_one_equals_ddpm():
   ddpm = diffusion.sample_ddpm(schedule, denoise_fn, key, (6, 2))
   ddim = diffusion.sample_ddim(schedule, denoise_fn, key, (6, 2), jnp.arange(50), eta=1.0)
   np.testing.assert_allclose(ddim, ddpm, atol=1e-5)
+  # The σ̂ sampler on every step is DDPM with β_t, from the same x_T and step noise.
+  large = diffusion.sample_ddpm(schedule, denoise_fn, key, (6, 2), variance="fixed_large")
+  np.testing.assert_allclose(diffusion.sample_sigma_hat(schedule, denoise_fn, key, (6, 2), jnp.arange(50)), large,
+                             atol=1e-5)
+  # On a point mass every sampler lands on the point, whatever τ (quadratic τ repeats its first entries).
+  point = _gaussian_denoiser(schedule, -0.75, 0.0)
+  for taus in (diffusion.ddim_timesteps(50, 5), diffusion.ddim_timesteps(50, 20, "quadratic")):
+    np.testing.assert_allclose(diffusion.sample_sigma_hat(schedule, point, key, (6, 2), taus), -0.75, atol=1e-4)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])

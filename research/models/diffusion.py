@@ -15,9 +15,9 @@ Conventions, the same as diffusers' schedulers so their numbers can be compared 
     v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 of Salimans & Ho, 2022) or "x0" (the clean data).
 
 The file reads top-down: the Schedule and its two β schedules; the forward process, the
-training targets and the loss; the two update rules (one function each, with the papers'
-equation numbers); classifier-free guidance; the samplers, each one `lax.scan` over the
-timesteps with a typed carry. The samplers are jitted with the denoiser, the shape and the
+training targets and the loss; the update rules (DDPM, DDIM and DDIM's σ̂ variant, one function
+each, with the papers' equation numbers); classifier-free guidance; the samplers, each one
+`lax.scan` over the timesteps with a typed carry. The samplers are jitted with the denoiser, the shape and the
 prediction type static: τ, η and the guidance scale are traced, so one program serves every
 τ of a given length, and a sweep over η or w is a `jax.vmap`. Pass the same denoiser object
 across calls (not a new lambda each time) to reuse the compiled program.
@@ -372,6 +372,47 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
   return x_prev + eta * jnp.sqrt(terms.one_minus_prev * terms.ratio) * noise
 
 
+def sigma_hat_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, t_prev: jax.Array,
+                   noise: jax.Array, x0: jax.Array | None = None) -> jax.Array:
+  """The DDPM-like step x_t -> x_{t_prev} with DDIM's larger variance σ̂ (Song et al., section 5.1, Table 1).
+
+  Restricted to the sub-sequence τ, the forward process is Markov with β̂_t = 1 - ᾱ_t / ᾱ_prev.
+  This is Ho et al.'s ancestral step of that chain: the mean is its posterior's (Ho et al.,
+  eq. 7 with β̂ in place of β) at x0_hat,
+
+      μ̂ = sqrt(ᾱ_prev) β̂_t / (1 - ᾱ_t) x0 + sqrt(ᾱ_t / ᾱ_prev) (1 - ᾱ_prev) / (1 - ᾱ_t) x_t,
+
+  and the variance is σ̂_t² = β̂_t = 1 - ᾱ_t / ᾱ_prev, the paper's σ̂_{τ_i} = sqrt(1 - α_{τ_i} /
+  α_{τ_{i-1}}) (its α is ᾱ here): "fixed_large" on the sub-sequence. σ̂ does not fit eq. 12
+  (1 - ᾱ_prev - σ̂² can be negative), so the σ̂ row of Table 1 uses this mean, as the DDIM
+  repository's `ddpm_steps` and diffusers' DDPMScheduler (variance_type="fixed_large", with
+  num_inference_steps) do. On the full sequence (t_prev = t - 1) it is `ddpm_step` with
+  "fixed_large". As there, no noise is added at t = 0, so the last step of a τ starting at 0
+  returns x0_hat; a repeated τ (t_prev = t) leaves the sample unchanged.
+
+  Args:
+    schedule: the Schedule.
+    x_t: current sample, (batch, ...).
+    eps: the ε estimate at (x_t, t), shaped like x_t.
+    t: current timesteps in [0, T), a scalar or (batch,).
+    t_prev: target timesteps, same shape as t, t_prev <= t; -1 means ᾱ_prev = 1 (the last step).
+    noise: z ~ N(0, I), shaped like x_t.
+    x0: optional x0 estimate consistent with eps (see `ddpm_step`).
+
+  Returns:
+    x_{t_prev}, shaped like x_t.
+  """
+  terms = _ddim_terms(schedule, t, t_prev, x_t)
+  if x0 is None:
+    x0 = (x_t - jnp.sqrt(terms.one_minus) * eps) / jnp.sqrt(terms.abar)
+  # ratio = β̂ / (1 - ᾱ_t), from expm1 of log ᾱ: β̂ and 1 - ᾱ_t both cancel in float32 at small t.
+  coef_x0 = jnp.sqrt(terms.abar_prev) * terms.ratio
+  coef_xt = jnp.sqrt(terms.abar / terms.abar_prev) * terms.one_minus_prev / terms.one_minus
+  t_b = jnp.asarray(t).reshape(jnp.shape(t) + (1,) * (x_t.ndim - jnp.ndim(t)))
+  sigma = jnp.where(t_b > 0, jnp.sqrt(terms.ratio * terms.one_minus), 0.0)  # σ̂ = sqrt(β̂)
+  return coef_x0 * x0 + coef_xt * x_t + sigma * noise
+
+
 def ddim_timesteps(num_train_steps: int, num_sample_steps: int, kind: str = "linear") -> jax.Array:
   """The DDIM sub-sequence τ of [0, T), ascending (Song et al., section 4.2 and appendix D.2).
 
@@ -527,12 +568,37 @@ def sample_ddim(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape
     x_0 samples, shaped `shape`.
   """
   _check_prediction(prediction)
-  return _sample_ddim(schedule, denoise_fn, key, tuple(shape), jnp.asarray(timesteps, jnp.int32), eta, prediction,
-                      x_T)
+  return _sample_along(schedule, denoise_fn, key, tuple(shape), jnp.asarray(timesteps, jnp.int32), eta, prediction,
+                       x_T, "ddim")
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction"))
-def _sample_ddim(schedule, denoise_fn, key, shape, timesteps, eta, prediction, x_T):
+def sample_sigma_hat(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape: tuple[int, ...],
+                     timesteps: jax.Array, *, prediction: str = "epsilon", x_T: jax.Array | None = None) -> jax.Array:
+  """Sampling along τ with `sigma_hat_step` (the σ̂ row of Song et al.'s Table 1), one `lax.scan`.
+
+  The same walk as `sample_ddim` (τ_{S-1} -> ... -> τ_0 -> clean data) with the same x_T and
+  step noise for the same key, so its samples pair with DDIM's. `timesteps` is traced.
+
+  Args:
+    schedule: the Schedule.
+    denoise_fn: (x_t, t of shape (batch,)) -> output, read through `prediction`.
+    key: PRNG key.
+    shape: the batch's shape, a tuple (batch, ...).
+    timesteps: τ, ascending int array of shape (S,) (see `ddim_timesteps`).
+    prediction: what denoise_fn predicts, one of PREDICTIONS.
+    x_T: optional starting noise, shaped `shape`; drawn from the key when None.
+
+  Returns:
+    x_0 samples, shaped `shape`.
+  """
+  _check_prediction(prediction)
+  return _sample_along(schedule, denoise_fn, key, tuple(shape), jnp.asarray(timesteps, jnp.int32), 0.0, prediction,
+                       x_T, "sigma_hat")
+
+
+@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction", "update"))
+def _sample_along(schedule, denoise_fn, key, shape, timesteps, eta, prediction, x_T, update):
+  """The scan over τ shared by `sample_ddim` (update "ddim") and `sample_sigma_hat` ("sigma_hat")."""
   k_start, k_steps = _start_and_step_keys(key)
   x = jax.random.normal(k_start, shape) if x_T is None else x_T
   prev = jnp.concatenate([jnp.array([-1], jnp.int32), timesteps[:-1]])  # τ_{i-1}, with -1 before τ_0
@@ -541,6 +607,8 @@ def _sample_ddim(schedule, denoise_fn, key, shape, timesteps, eta, prediction, x
     t_batch = jnp.full((shape[0],), s.t, jnp.int32)  # (batch,)
     x0, eps = to_x0_eps(schedule, carry.x, s.t, denoise_fn(carry.x, t_batch), prediction)
     noise = jax.random.normal(jax.random.fold_in(k_steps, s.t), shape)
+    if update == "sigma_hat":
+      return SamplerCarry(sigma_hat_step(schedule, carry.x, eps, s.t, s.t_prev, noise, x0=x0)), None
     return SamplerCarry(ddim_step(schedule, carry.x, eps, s.t, s.t_prev, eta, noise, x0=x0)), None
 
   final, _ = jax.lax.scan(step, SamplerCarry(x), DDIMStepInput(timesteps[::-1], prev[::-1]))
