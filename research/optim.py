@@ -7,14 +7,21 @@ learning rate, applied inside the chain, so a swept peak keeps its warmup + cosi
 
 Names:
   adam      Adam (Kingma & Ba).
-  adamw     Adam with decoupled weight decay (Loshchilov & Hutter): the decay is added to
-            the Adam update, not to the gradient.
+  adamw     Adam with decoupled weight decay as optax and PyTorch define it: the decay is added
+            to the Adam update, not to the gradient, and scaled by the learning rate with it:
+            θ -= α η_t (m̂ / (√v̂ + ε) + λ θ).
+  adamw_paper  Loshchilov & Hutter's AdamW (Algorithm 2, line 12): the decay is scaled by the
+            schedule multiplier η_t only, not by α: θ -= η_t (α m̂ / (√v̂ + ε) + λ θ), so α and λ
+            can be tuned independently (MosaicML Composer's DecoupledAdamW).
   adam_l2   Adam with L2 added to the gradient (the coupled form AdamW argues against).
   sgd       SGD with (optionally Nesterov) momentum.
+  sgd_l2    SGD with momentum and L2 added to the gradient.
+  sgdw      Loshchilov & Hutter's SGDW (Algorithm 1): θ -= η_t (α m + λ θ), the decay decoupled
+            from the gradient and from α.
   rmsprop   RMSProp (used by WGAN with weight clipping).
 
-Weight decay (adamw, adam_l2) applies only to kernels (rank >= 2), never to biases or
-normalisation scales, and to embeddings only with `decay_embeddings` (see `decay_mask`).
+Weight decay (every name with a decay) applies only to kernels (rank >= 2), never to biases
+or normalisation scales, and to embeddings only with `decay_embeddings` (see `decay_mask`).
 """
 
 from collections.abc import Callable
@@ -26,7 +33,9 @@ import optax
 
 from research.checks import ConfigError, check_choice, check_positive
 
-OPTIMIZERS = ("adam", "adamw", "adam_l2", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "adamw_paper", "adam_l2", "sgd", "sgd_l2", "sgdw", "rmsprop")
+# The decay is scaled by the schedule multiplier only, not by the learning rate (Loshchilov & Hutter's form).
+SCHEDULE_SCALED_DECAY = ("adamw_paper", "sgdw")
 SCHEDULES = ("constant", "warmup_cosine")
 
 
@@ -38,7 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.b1 = 0.9  # Adam beta1 (also the SGD momentum)
   config.b2 = 0.999  # Adam beta2 / RMSProp decay
   config.eps = 1e-8  # Adam / RMSProp epsilon
-  config.weight_decay = 0.0  # adamw: decoupled decay; adam_l2: L2 coefficient
+  config.weight_decay = 0.0  # adamw / adamw_paper / sgdw: decoupled decay; adam_l2 / sgd_l2: L2 coefficient
   config.nesterov = False  # sgd: Nesterov momentum
   config.schedule = "constant"  # one of SCHEDULES
   config.warmup_steps = 0  # warmup_cosine: linear warmup steps
@@ -115,14 +124,19 @@ def make(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientT
     parts = []
     if config.grad_clip_norm > 0:
       parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if config.name == "adam_l2":
-      parts.append(optax.add_decayed_weights(weight_decay, mask))  # L2: decay enters Adam's moments
-    if config.name in ("adam", "adamw", "adam_l2"):
+    if config.name in ("adam_l2", "sgd_l2"):
+      parts.append(optax.add_decayed_weights(weight_decay, mask))  # L2: decay enters the moments
+    if config.name in ("adam", "adamw", "adamw_paper", "adam_l2"):
       parts.append(optax.scale_by_adam(b1=b1, b2=config.b2, eps=config.eps))
-    elif config.name == "sgd":
+    elif config.name in ("sgd", "sgd_l2", "sgdw"):
       parts.append(optax.trace(decay=b1, nesterov=config.nesterov))
     elif config.name == "rmsprop":
       parts.append(optax.scale_by_rms(decay=config.b2, eps=config.eps))
+    if config.name in SCHEDULE_SCALED_DECAY:
+      # η_t (α u + λ θ): the rate scales the update before the decay joins it; the schedule scales both.
+      parts += [optax.scale(learning_rate), optax.add_decayed_weights(weight_decay, mask),
+                optax.scale_by_schedule(lambda count: -multiplier(count))]
+      return optax.chain(*parts)
     if config.name == "adamw":
       parts.append(optax.add_decayed_weights(weight_decay, mask))  # decoupled: after Adam
     parts.append(optax.scale_by_schedule(lambda count: -learning_rate * multiplier(count)))

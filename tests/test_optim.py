@@ -113,3 +113,56 @@ def test_vmapped_learning_rates_in_one_program():
 def test_bad_optimizer_config(fields, message):
   with pytest.raises(ConfigError, match=message):
     optim.make(_config(**fields), total_steps=10)
+
+
+def _paper_run(name, lr, wd, b1, steps, multiplier):
+  """Loshchilov & Hutter's Algorithms 1 (SGDW, momentum without dampening) and 2 (AdamW), written directly."""
+  params = {k: np.asarray(v, np.float64) for k, v in _params().items()}
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in params.items()}
+  b2, eps = 0.999, 1e-8
+  for t in range(steps):
+    eta = multiplier(t)
+    for k, p in params.items():
+      g = np.asarray(_grads(t)[k], np.float64)
+      decay = wd * p * (p.ndim >= 2)  # kernels only
+      if name == "sgdw":
+        m[k] = b1 * m[k] + g
+        params[k] = p - eta * (lr * m[k] + decay)
+      else:
+        m[k] = b1 * m[k] + (1 - b1) * g
+        v[k] = b2 * v[k] + (1 - b2) * g * g
+        m_hat, v_hat = m[k] / (1 - b1 ** (t + 1)), v[k] / (1 - b2 ** (t + 1))
+        params[k] = p - eta * (lr * m_hat / (np.sqrt(v_hat) + eps) + decay)
+  return params
+
+
+@pytest.mark.parametrize("name", ["adamw_paper", "sgdw"])
+def test_paper_forms_scale_the_decay_by_the_schedule_only(name):
+  config = _config(name=name, learning_rate=0.02, weight_decay=0.3, b1=0.9, schedule="warmup_cosine",
+                   warmup_steps=2, final_lr_fraction=0.1)
+  multiplier = optim.schedule(config, 8)
+  ours = _run(optim.make(config, total_steps=8), steps=8)
+  theirs = _paper_run(name, 0.02, 0.3, 0.9, 8, lambda t: float(multiplier(t)))
+  for key in ours:
+    np.testing.assert_allclose(ours[key], theirs[key], rtol=2e-5, atol=1e-7)
+  # The decay does not scale with the learning rate: with a zero rate only the decay acts,
+  # shrinking kernels by (1 - η_t λ) each step, and leaving biases alone.
+  config.learning_rate = 0.0
+  frozen = _run(optim.make(config, total_steps=8), steps=8)
+  shrink = np.prod([1 - float(multiplier(t)) * 0.3 for t in range(8)])
+  np.testing.assert_allclose(frozen["w"], _params()["w"] * shrink, rtol=1e-5)
+  np.testing.assert_allclose(frozen["b"], _params()["b"], rtol=1e-7)
+
+
+def test_sgd_l2_adds_the_decay_to_the_gradient():
+  ours = _run(optim.make(_config(name="sgd_l2", learning_rate=0.1, b1=0.9, weight_decay=0.05), total_steps=5))
+  params = _params()
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = tx.init(params)
+  for t in range(5):
+    grads = jax.tree.map(lambda g, p: g + 0.05 * p * (p.ndim >= 2), _grads(t), params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
