@@ -185,7 +185,7 @@ def diffusers_unet(config) -> UNet2DModel:
 
 
 def diffusers_ddim_sampler(config, sample_batch: int, ddim_steps: int):
-  """(parameter count, draw(max_seconds) -> (images NCHW, steps)) for diffusers' DDIM loop with the matching UNet2DModel."""
+  """(parameter count, draw(max_seconds) -> (images NCHW, steps)): diffusers' DDIM loop on the matching UNet2DModel."""
   torch.manual_seed(config.seed)
   unet = diffusers_unet(config).eval()
   # The experiment's linear β and ε-prediction; "leading" spacing gives the same τ as ours.
