@@ -1,0 +1,270 @@
+"""DDIM Table 1 (Song et al., 2021) in shape: FID against the number of sampling steps S and η, from one model.
+
+One model, experiments/diffusion.py's default (a class-conditional DDPM U-Net on the bundled
+digits, T = 1000, EMA), is trained through the one loop into --model_workdir (a rerun reuses
+it). Its EMA weights then sample `--num_samples` digits per cell, scored by FID against the
+training digits in the digits classifier's feature space (research/metrics/fid.py), with
+precision and recall in results.json:
+
+  * rows η ∈ --etas (DDIM's σ_t(η), eq. 16) on the first τ of --taus (linear: the paper's
+    uniform skip), plus one η = 0 row for each further τ (quadratic);
+  * the σ̂ row: the DDPM-like update on the sub-sequence with the larger variance
+    σ̂² = 1 - ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`);
+  * columns S ∈ --sample_steps.
+
+The η and τ rows of one S are ONE vmapped program (jax.vmap of the lax.scan sampler over η and
+τ); the σ̂ row is a second program. Every cell of every S starts from the same x_T and sees the
+same step noise (one key), so the comparison is paired. The paper's CIFAR-10 numbers are
+printed beside ours for the shape of the table only.
+
+Run:
+  python -m experiments.tables.ddim --outdir=experiments/tables/results/ddim
+  python -m experiments.tables.ddim --outdir=/tmp/ddim --config=experiments/diffusion.py:smoke \\
+      --sample_steps=2,4 --num_samples=20
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from experiments import report
+from experiments.tables import diffusion_model
+from research.models import diffusion
+from research.train import ConfigError
+from research.train import cli
+from research.train.images import image_grid
+
+_SAMPLE_STEPS = flags.DEFINE_list("sample_steps", ["10", "20", "50", "100", "1000"], "Sampling steps S (columns).")
+_ETAS = flags.DEFINE_list("etas", ["0.0", "0.2", "0.5", "1.0"], "DDIM η of the rows (on the first --taus).")
+_TAUS = flags.DEFINE_list("taus", ["linear", "quadratic"], "Timestep sub-sequences τ: the first carries the η rows "
+                          "and the σ̂ row, each further one adds an η = 0 row.")
+_SEED = flags.DEFINE_integer("sample_seed", 0, "Seeds x_T and the step noise (shared by every cell).")
+
+# Song et al. (2021), Table 1, CIFAR-10 (32 x 32) FID for S = 10, 20, 50, 100, 1000.
+PAPER_S = (10, 20, 50, 100, 1000)
+PAPER_CIFAR10 = {
+    "0.0": (13.36, 6.84, 4.67, 4.16, 4.04),
+    "0.2": (14.04, 7.11, 4.77, 4.25, 4.09),
+    "0.5": (16.66, 8.35, 5.25, 4.46, 4.29),
+    "1.0": (41.07, 18.36, 8.01, 5.78, 4.73),
+    "sigma_hat": (367.43, 133.37, 32.72, 9.99, 3.17),
+}
+SIGMA_HAT = "sigma_hat"
+
+
+class Flags:
+  """The table's parsed and checked flags."""
+
+  def __init__(self, config):
+    try:
+      self.steps = [int(s) for s in _SAMPLE_STEPS.value]
+      self.etas = [float(e) for e in _ETAS.value]
+    except ValueError as e:
+      raise ConfigError(f"--sample_steps takes integers and --etas numbers: {e}") from None
+    if not self.steps or not self.etas or not _TAUS.value:
+      raise ConfigError("--sample_steps, --etas and --taus must not be empty")
+    diffusion_model.check_sample_steps(config, self.steps)
+    for eta in self.etas:
+      if eta < 0:
+        raise ConfigError(f"η must be >= 0, got {eta}")
+    for tau in _TAUS.value:
+      if tau not in diffusion.TIMESTEP_KINDS:
+        raise ConfigError(f"unknown τ {tau!r}; choose from: {', '.join(diffusion.TIMESTEP_KINDS)}")
+    if len(set(_TAUS.value)) != len(_TAUS.value) or len(set(self.etas)) != len(self.etas):
+      raise ConfigError("--etas and --taus must not repeat a value")
+    self.taus = list(_TAUS.value)
+    # The vmapped members of one S: every η on the first τ, then η = 0 on each further τ.
+    self.members = [(eta, self.taus[0]) for eta in self.etas] + [(0.0, tau) for tau in self.taus[1:]]
+
+
+def row_name(eta: float, tau: str) -> str:
+  return f"η = {eta:g}, {tau} τ"
+
+
+def sample_one_s(model: diffusion_model.TrainedModel, members, steps: int, key: jax.Array, n: int) -> dict:
+  """Samples every row of one S: the η / τ members as one vmapped program, then the σ̂ program."""
+  etas = jnp.asarray([eta for eta, _ in members], jnp.float32)  # (M,)
+  taus = jnp.stack([diffusion.ddim_timesteps(model.config.num_train_steps, steps, tau) for _, tau in members])
+  sigma_hat_taus = taus[0]  # the first τ: linear by default, as the paper's σ̂ row
+  prediction = model.config.prediction
+
+  def eta_program(params, key, labels):
+    denoise = model.denoiser(params, labels)
+    shape = (labels.shape[0],) + model.image_shape
+
+    def one(eta, tau):
+      return diffusion.sample_ddim(model.schedule, denoise, key, shape, tau, eta, prediction=prediction)
+
+    return diffusion_model.to_images(jax.vmap(one)(etas, taus))  # (M, batch, H, W, C)
+
+  def sigma_hat_program(params, key, labels):
+    x = diffusion.sample_sigma_hat(model.schedule, model.denoiser(params, labels), key,
+                                   (labels.shape[0],) + model.image_shape, sigma_hat_taus, prediction=prediction)
+    return diffusion_model.to_images(x)[None]  # (1, batch, H, W, C)
+
+  eta_drawn = diffusion_model.draw(eta_program, model, key, n)
+  hat_drawn = diffusion_model.draw(sigma_hat_program, model, key, n)
+  return {"images": {**{m: eta_drawn.images[i] for i, m in enumerate(members)}, SIGMA_HAT: hat_drawn.images[0]},
+          "eta_program": {"members": len(members), "compile_s": eta_drawn.compile_s, "run_s": eta_drawn.run_s},
+          "sigma_hat_program": {"compile_s": hat_drawn.compile_s, "run_s": hat_drawn.run_s}}
+
+
+def trend(cells: dict, etas: list[float], tau: str, steps: list[int]) -> list[str]:
+  """Sentences on the paper's trend, read off the numbers: η = 0 best at few steps, the gap closing as S grows."""
+  if len(etas) < 2 or 0.0 not in etas or len(steps) < 2:
+    return ["(The trend needs η = 0, another η and two step counts.)"]
+  largest_eta, few = max(etas), min(steps)
+  fids = {eta: cells[(eta, tau)][few]["fid"] for eta in etas}
+  best_at_few = min(fids, key=fids.get) == 0.0
+  gaps = [cells[(largest_eta, tau)][s]["fid"] - cells[(0.0, tau)][s]["fid"] for s in steps]
+  narrowing = all(abs(b) < abs(a) for a, b in zip(gaps, gaps[1:]))
+  closed = gaps[0] > 0 and abs(gaps[-1]) < 0.25 * gaps[0]
+  at_s = {eta: [cells[(eta, tau)][i_s]["fid"] for i_s in steps] for eta in etas}
+  ordered = [s for i, s in enumerate(steps) if all(at_s[a][i] <= at_s[b][i] for a, b in zip(etas, etas[1:]))]
+  verdict = "holds" if best_at_few and closed else ("holds in part" if best_at_few or closed else "does not hold")
+  return [f"- η = 0 has the lowest FID of the η rows at the fewest steps (S = {few}): "
+          f"**{'yes' if best_at_few else 'no'}** ("
+          + ", ".join(f"η = {eta:g}: {fids[eta]:.2f}" for eta in etas) + ").",
+          f"- gap FID(η = {largest_eta:g}) − FID(η = 0) at S = {', '.join(map(str, steps))}: "
+          + ", ".join(f"{g:+.2f}" for g in gaps) + f" (positive: η = 0 better). Its size falls at every larger S: "
+          f"**{'yes' if narrowing else 'no'}**; positive at S = {steps[0]} and under a quarter of that at "
+          f"S = {steps[-1]}: **{'yes' if closed else 'no'}**.",
+          "- S at which FID rises (weakly) with η through every η row: "
+          f"{', '.join(map(str, ordered)) if ordered else 'none'}.",
+          f"- The paper's trend (η = 0 best at few steps, the gap closing as S grows) **{verdict}** here."]
+
+
+def markdown(flags_: Flags, cells: dict, timings: dict, floor: dict, model, n: int, total_s: float) -> str:
+  """The table, the paper's numbers, the per-S wall times and the trend, with the command."""
+  steps = flags_.steps
+  header = "| row | " + " | ".join(f"S = {s}" for s in steps) + " |"
+  rule = "|---|" + "---|" * len(steps)
+  rows = [(m, row_name(*m)) for m in flags_.members] + [(SIGMA_HAT, f"σ̂, {flags_.taus[0]} τ")]
+  env = report.environment()
+  train = diffusion_model.train_summary(model.workdir)
+  lines = ["# DDIM Table 1 in shape: FID against sampling steps S and η (digits)", "",
+           f"Command: `{report.command()}`", "",
+           f"One model: experiments/diffusion.py's config ({model.config.model}, T = {model.config.num_train_steps} "
+           f"{model.config.schedule} β, {model.config.prediction}-prediction, {model.config.steps} steps of batch "
+           f"{model.config.batch_size}, EMA {model.config.ema_decay}, class-conditional: "
+           f"{bool(model.num_classes)}), trained through the one loop"
+           + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
+           + (f"; its own evaluation (DDIM, S = {model.config.sample_steps}, {train['num_samples']} samples): "
+              f"FID {train['fid']:.2f}" if "fid" in train else "") + ".",
+           f"Each cell: FID of {n} samples (labels cycling 0-9) against the digits training split in the digits "
+           "classifier's features; every cell starts from the same x_T and step noise. Whole table "
+           f"{total_s:.0f} s wall on {env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).", "",
+           "## FID (this codebase, digits 8 x 8)", "", header, rule]
+  for key, name in rows:
+    lines.append(f"| {name} | " + " | ".join(f"{cells[key][s]['fid']:.2f}" for s in steps) + " |")
+  lines += ["", f"Floor: real held-out digits score FID {floor['test_split_at_num_samples']:.2f} at "
+            f"{floor['test_split_images_at_num_samples']} images (the test split's first) and "
+            f"{floor['test_split']:.2f} at all 300; images whose pixels are drawn independently (1000) score "
+            f"{floor['independent_pixels']:.2f}. Precision and recall of every cell are in results.json.", ""]
+  paper_steps = [s for s in steps if s in PAPER_S]
+  if paper_steps:
+    lines += ["## Song et al. (2021), Table 1, CIFAR-10 FID (for the table's shape only)", "",
+              "| row | " + " | ".join(f"S = {s}" for s in paper_steps) + " |", "|---|" + "---|" * len(paper_steps)]
+    for key, values in PAPER_CIFAR10.items():
+      name = "σ̂" if key == SIGMA_HAT else f"η = {float(key):g}"
+      lines.append(f"| {name} | " + " | ".join(f"{values[PAPER_S.index(s)]:.2f}" for s in paper_steps) + " |")
+    lines += ["", "CIFAR-10 at 32 x 32 with Inception features and 50k samples is not comparable in value with "
+              "digits at 8 x 8 with a small classifier's features; compare the shape: how FID moves along a row "
+              "and down a column.", ""]
+  lines += ["## Wall time per S", "",
+            "| S | η / τ program: members | compile (s) | sampling (s) | σ̂ program: compile (s) | sampling (s) |",
+            "|---|---|---|---|---|---|"]
+  for s in steps:
+    eta_p, hat_p = timings[s]["eta_program"], timings[s]["sigma_hat_program"]
+    lines.append(f"| {s} | {eta_p['members']} | {eta_p['compile_s']:.1f} | {eta_p['run_s']:.1f} | "
+                 f"{hat_p['compile_s']:.1f} | {hat_p['run_s']:.1f} |")
+  lines += ["", f"Sampling is {n} images per member on a CPU shared with other jobs: the times compare S with S "
+            "within this run, not with other machines.", "",
+            "## The paper's trend, read from the numbers above", ""]
+  lines += trend(cells, flags_.etas, flags_.taus[0], steps)
+  lines += ["", "The σ̂ row and each η row use the same τ; the σ̂ update is DDPM's ancestral step on the "
+            "sub-sequence with β̂ = 1 − ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`), "
+            "no clipping of x0.",
+            ""]
+  return "\n".join(lines)
+
+
+def figure(flags_: Flags, cells: dict, images: dict, floor: dict) -> Figure:
+  """FID against S per row (log x), and the first ten samples of every row at the smallest S."""
+  steps = flags_.steps
+  rows = list(flags_.members) + [SIGMA_HAT]
+  fig = Figure(figsize=(12, 4.6), dpi=100)
+  left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+  for key in rows:
+    label = f"σ̂, {flags_.taus[0]} τ" if key == SIGMA_HAT else row_name(*key)
+    style = "--" if key == SIGMA_HAT else (":" if key[1] != flags_.taus[0] else "-")
+    left.plot(steps, [cells[key][s]["fid"] for s in steps], style, marker="o", label=label)
+  left.axhline(floor["test_split_at_num_samples"], color="gray", lw=1,
+               label=f"held-out digits ({floor['test_split_images_at_num_samples']})")
+  left.set_xscale("log")
+  left.set_yscale("log")
+  left.set_xticks(steps, [str(s) for s in steps])
+  left.xaxis.set_minor_formatter(ticker.NullFormatter())
+  left.set_xlabel("sampling steps S")
+  left.set_ylabel("FID (digits classifier features)")
+  left.set_title("FID against S")
+  left.legend(fontsize=7)
+  few = min(steps)
+  grid = np.concatenate([image_grid(images[few][key][:10], columns=10) for key in rows], axis=0)
+  right.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  height = grid.shape[0] / len(rows)
+  right.set_yticks([height * (i + 0.5) for i in range(len(rows))],
+                   ["σ̂" if key == SIGMA_HAT else f"η={key[0]:g}, {key[1]}" for key in rows], fontsize=7)
+  right.set_xticks([])
+  right.set_title(f"samples at S = {few} (same x_T per column)")
+  fig.tight_layout()
+  return fig
+
+
+def main(outdir: str) -> None:
+  start = time.perf_counter()
+  config = diffusion_model.CONFIG.value
+  workdir = diffusion_model.model_workdir(outdir)
+  n = diffusion_model.NUM_SAMPLES.value
+  try:
+    flags_ = Flags(config)
+    diffusion_model.check_model_flags(config, workdir)
+    model = diffusion_model.trained_model(config, workdir)
+  except ConfigError as e:
+    cli.fail(str(e))
+  scorer = diffusion_model.Scorer()
+  key = jax.random.key(_SEED.value)
+  cells = {m: {} for m in flags_.members + [SIGMA_HAT]}
+  timings, images = {}, {}
+  for steps in flags_.steps:
+    drawn = sample_one_s(model, flags_.members, steps, key, n)
+    timings[steps] = {k: v for k, v in drawn.items() if k != "images"}
+    images[steps] = {k: v[:10] for k, v in drawn["images"].items()}
+    for member, member_images in drawn["images"].items():
+      cells[member][steps] = scorer(member_images)
+    print(f"S = {steps}: " + ", ".join(
+        f"{'σ̂' if m == SIGMA_HAT else row_name(*m)} FID {cells[m][steps]['fid']:.2f}" for m in cells)
+          + f" ({timings[steps]['eta_program']['run_s']:.0f} s + {timings[steps]['sigma_hat_program']['run_s']:.0f} s)",
+          flush=True)
+  floor = scorer.floor(n)
+  total_s = time.perf_counter() - start
+  text = markdown(flags_, cells, timings, floor, model, n, total_s)
+  names = {m: SIGMA_HAT if m == SIGMA_HAT else f"eta={m[0]:g},tau={m[1]}" for m in cells}
+  results = {"sample_steps": flags_.steps, "etas": flags_.etas, "taus": flags_.taus, "num_samples": n,
+             "cells": {names[m]: {str(s): v for s, v in row.items()} for m, row in cells.items()},
+             "timings": {str(s): v for s, v in timings.items()}, "reference_fids": floor,
+             "model_workdir": workdir, "model_train_results": diffusion_model.train_summary(workdir),
+             "model_train_s": model.train_s,
+             "paper_cifar10": {"sample_steps": list(PAPER_S), **PAPER_CIFAR10}}
+  report.write_report(outdir, "ddim", results, text, figure=figure(flags_, cells, images, floor), config=config,
+                      wall_time_s=total_s)
+  print(text)
+
+
+if __name__ == "__main__":
+  report.main(main)

@@ -1,0 +1,247 @@
+"""The trained diffusion model the DDIM and guidance tables sample from, and how they score samples.
+
+Both tables (experiments/tables/ddim.py, experiments/tables/guidance.py) import this module,
+which defines the flags they share:
+
+  --config          the model: experiments/diffusion.py's config (its default: the class-
+                    conditional DDPM U-Net on digits), `:smoke` and `--config.<field>=...` as there;
+  --model_workdir   where that model is trained through `experiments.diffusion.run` (the one
+                    training loop); a rerun finds the finished checkpoint and reuses it, and an
+                    unfinished one resumes;
+  --num_samples     the samples scored per table cell.
+
+Samples are scored as experiments/diffusion.py scores its own: FID, precision and recall
+against the digits training split in the digits classifier's feature space
+(research/metrics/fid.py).
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import diffusion as diffusion_experiment
+from research import data as data_lib
+from research.metrics import fid as fid_lib
+from research.models import diffusion
+from research.train import Checkpointer, ConfigError, Keys, check_workdir, eval_params, init_state, restore_pytree
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffusion.py"),
+    "The model's experiments/diffusion.py config[:preset]; --config.<field>=... overrides a field.", lock_config=True)
+MODEL_WORKDIR = flags.DEFINE_string(
+    "model_workdir", None, "Where the model is trained and checkpointed (default: <outdir>/model); a rerun "
+    "reuses a finished model and resumes an unfinished one.")
+NUM_SAMPLES = flags.DEFINE_integer("num_samples", 128, "Samples scored per table cell (FID's bias depends on it).")
+
+MIN_SAMPLES = 4  # precision/recall's k-th neighbour (k = 3) needs more samples than k
+
+
+class TrainedModel(NamedTuple):
+  """A trained denoiser with what sampling it needs.
+
+  Attributes:
+    config: the experiments/diffusion.py config it was trained with.
+    params: the EMA parameters (what the experiment evaluates and samples with).
+    apply: `apply(params, x, t, y, train, key)` from `diffusion.make_denoiser`.
+    schedule: the diffusion Schedule.
+    image_shape: (H, W, C).
+    num_classes: classes of the labels; 0 for an unconditional model.
+    workdir: the model's run directory.
+    train_s: seconds spent training in this process (0 when the model was reused).
+  """
+
+  config: Any
+  params: Any
+  apply: Callable
+  schedule: diffusion.Schedule
+  image_shape: tuple[int, ...]
+  num_classes: int
+  workdir: str
+  train_s: float
+
+  def denoiser(self, params, labels: jax.Array) -> diffusion.DenoiseFn:
+    """The conditional (or unconditional) denoiser at `labels`, guided by config.guidance_scale if not 1."""
+    cond_fn = lambda x, t, y: self.apply(params, x, t, y, False, None)
+    if self.num_classes and self.config.guidance_scale != 1.0:
+      return diffusion.classifier_free_guidance(cond_fn, labels, self.num_classes, self.config.guidance_scale)
+    return lambda x, t: cond_fn(x, t, labels)
+
+  def labels(self, n: int) -> jax.Array:
+    """Labels cycling through the classes, as experiments/diffusion.py samples (zeros if unconditional)."""
+    return jnp.arange(n, dtype=jnp.int32) % max(self.num_classes, 1)
+
+
+def model_workdir(outdir: str) -> str:
+  """The --model_workdir flag, or `<outdir>/model`."""
+  return MODEL_WORKDIR.value or os.path.join(outdir, "model")
+
+
+def check_model_flags(config, workdir: str) -> None:
+  """Raises ConfigError for a bad model config, model directory or sample count (nothing is written)."""
+  diffusion_experiment.check_config(config)
+  check_workdir(workdir)
+  if NUM_SAMPLES.value < MIN_SAMPLES:
+    raise ConfigError(f"--num_samples must be at least {MIN_SAMPLES}, got {NUM_SAMPLES.value}")
+
+
+def check_sample_steps(config, steps) -> None:
+  """Raises ConfigError unless every S is in [1, T]."""
+  for s in steps:
+    if not 0 < s <= config.num_train_steps:
+      raise ConfigError(f"sample steps must be in [1, T = {config.num_train_steps}], got {s}")
+
+
+def _finished_step(workdir: str, config) -> int:
+  """The newest checkpointed step in workdir (0 if none)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return 0
+  checkpoints = Checkpointer(workdir, config.keep_checkpoints)
+  steps = checkpoints.steps()
+  checkpoints.close()
+  return max(steps, default=0)
+
+
+def _shapes(tree) -> dict:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def trained_model(config, workdir: str) -> TrainedModel:
+  """Trains the model of `config` in `workdir` unless it is already trained there, then restores its EMA.
+
+  Training goes through `experiments.diffusion.run` (the one loop, with its evaluation and
+  samples). The restore reads the loop's latest checkpoint (`<workdir>/checkpoints/<step>/state`)
+  with research.train's `restore_pytree` and keeps only the EMA parameters, checked leaf by
+  leaf against the parameters the config builds: sampling needs nothing else, and a finished
+  model stays readable when the loop's TrainState gains fields. Nothing in workdir is changed.
+
+  Args:
+    config: an experiments/diffusion.py config.
+    workdir: the model's run directory.
+
+  Returns:
+    The TrainedModel.
+
+  Raises:
+    ConfigError: if workdir holds a model of other shapes or of another number of steps.
+  """
+  train_split = data_lib.load(config.dataset, "train")
+  image_shape = tuple(train_split["image"].shape[1:])
+  num_classes = 10 if config.conditional else 0
+  task = diffusion.make_task(config, image_shape, num_classes)
+  batch = {"image": train_split["image"][:config.batch_size], "label": train_split["label"][:config.batch_size]}
+  abstract = jax.eval_shape(lambda k, b: init_state(task, k, b, config.ema_decay), Keys.from_seed(config.seed).init,
+                            batch)
+  train_s = 0.0
+  if _finished_step(workdir, config) < config.steps:
+    start = time.perf_counter()
+    diffusion_experiment.run(config, workdir)
+    train_s = time.perf_counter() - start
+  step = _finished_step(workdir, config)
+  if step != config.steps:
+    raise ConfigError(f"{workdir} holds a model trained for {step} steps, the config asks for {config.steps}; "
+                      "use another --model_workdir")
+  stored = restore_pytree(os.path.join(workdir, "checkpoints", str(step), "state"))
+  params = stored["ema_params"] if stored.get("ema_params") is not None else stored["params"]
+  built, found = _shapes(eval_params(abstract)), _shapes(params)
+  if built != found:
+    problem = next((k for k in built if built[k] != found.get(k)), None) or next(k for k in found if k not in built)
+    raise ConfigError(f"the model in {workdir} does not match this config ({problem}: {found.get(problem)} stored, "
+                      f"{built.get(problem)} built); use another --model_workdir")
+  _, apply = diffusion.make_denoiser(config, image_shape, num_classes)
+  schedule = diffusion.make_schedule(config.schedule, config.num_train_steps)
+  return TrainedModel(config, params, apply, schedule, image_shape, num_classes, workdir, train_s)
+
+
+def to_images(x: jax.Array) -> jax.Array:
+  """Samples in [-1, 1] as images in [0, 1], as experiments/diffusion.py writes them."""
+  return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
+
+
+class Drawn(NamedTuple):
+  """What `draw` returns."""
+
+  images: np.ndarray  # (members, n, H, W, C) float32 in [0, 1]
+  compile_s: float  # seconds spent compiling (once per chunk size)
+  run_s: float  # seconds the compiled calls took
+
+
+def draw(program: Callable, model: TrainedModel, key: jax.Array, n: int) -> Drawn:
+  """Runs `program(params, key, labels)` on chunks of `config.sample_batch` labels and joins the chunks.
+
+  `program` returns (members, chunk, H, W, C): one chunk of every member of a vmapped sweep.
+  Chunk i uses fold_in(key, i), as experiments/diffusion.py does, and every member the same
+  key: the members start from the same x_T and see the same step noise.
+
+  Args:
+    program: the sampling function (jitted here, compiled ahead of time once per chunk size).
+    model: the TrainedModel whose EMA parameters are passed to `program`.
+    key: PRNG key.
+    n: samples per member.
+
+  Returns:
+    Drawn: the images, and the compile and run times.
+  """
+  labels = model.labels(n)
+  batch = model.config.sample_batch
+  jitted, compiled = jax.jit(program), {}
+  chunks, compile_s, run_s = [], 0.0, 0.0
+  for i, start in enumerate(range(0, n, batch)):
+    args = (model.params, jax.random.fold_in(key, i), labels[start:start + batch])
+    size = args[2].shape[0]
+    if size not in compiled:
+      t0 = time.perf_counter()
+      compiled[size] = jitted.lower(*args).compile()
+      compile_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chunks.append(np.asarray(jax.block_until_ready(compiled[size](*args))))
+    run_s += time.perf_counter() - t0
+  return Drawn(np.concatenate(chunks, axis=1), compile_s, run_s)
+
+
+class Scorer:
+  """FID, precision and recall of digits samples against the training split's classifier features."""
+
+  def __init__(self):
+    self.classifier = fid_lib.digits_classifier()
+    self.real = self.classifier.reference_features("train")
+
+  def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
+    """Scores (N, H, W, C) images in [0, 1]; with labels, also the share the classifier agrees with."""
+    feats = self.classifier.features(images)
+    precision, recall = fid_lib.precision_recall(self.real, feats)
+    out = {"fid": fid_lib.frechet_distance(self.real, feats), "precision": precision, "recall": recall}
+    if labels is not None:
+      out["label_agreement"] = float(np.mean(self.classifier.predict(images) == np.asarray(labels)))
+    return out
+
+  def floor(self, n: int) -> dict[str, float]:
+    """The scale's ends: held-out real digits (all 300, and the first n as samples are counted), independent pixels.
+
+    FID is biased upwards for few samples, so the floor a table's cells can reach is the held-out
+    digits' FID at the cells' sample count.
+    """
+    out = fid_lib.digits_reference_fids(self.classifier)
+    test = data_lib.load("digits", "test")["image"]
+    out["test_split_at_num_samples"] = fid_lib.frechet_distance(self.real, self.classifier.features(test[:n]))
+    out["test_split_images_at_num_samples"] = int(min(n, len(test)))
+    return out
+
+
+def train_summary(workdir: str) -> dict:
+  """What the tables keep of the model's results.json (its own scores, its training time), or {} if absent."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    train_results = json.load(f)
+  keys = ("step", "train_loss", "fid", "precision", "recall", "classes_covered", "num_samples", "steps_per_second",
+          "wall_time_s")
+  return {k: train_results[k] for k in keys if k in train_results}

@@ -1,0 +1,188 @@
+"""The quality-diversity trade-off of classifier-free guidance (Ho & Salimans, 2022) on digits.
+
+From one trained class-conditional model (experiments/diffusion.py's default, trained through
+the one loop into --model_workdir, or reused from the DDIM table's), DDIM samples (S = 50,
+η = 0, linear τ by default) at every guidance scale w of --scales, ε = ε_u + w (ε_c − ε_u)
+(w = 0 unconditional, 1 conditional, > 1 guided): ALL w as ONE vmapped program over the traced
+scale of `research.models.diffusion.classifier_free_guidance`, every w from the same x_T.
+Each w is scored against the digits training split in the digits classifier's features: FID,
+precision (quality: samples inside the real manifold), recall (coverage: real digits inside
+the samples' manifold), and the share of samples the classifier reads as the digit asked for.
+Ho & Salimans' Figure 4 trend: as w grows, precision (IS in the paper) rises, recall falls,
+and FID is best at a small w.
+
+Run:
+  python -m experiments.tables.guidance --outdir=experiments/tables/results/guidance \\
+      --model_workdir=experiments/tables/results/ddim/model
+  python -m experiments.tables.guidance --outdir=/tmp/guidance --config=experiments/diffusion.py:smoke \\
+      --sample_steps=4 --num_samples=20
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from matplotlib.figure import Figure
+
+from experiments import report
+from experiments.tables import diffusion_model
+from research.models import diffusion
+from research.train import ConfigError
+from research.train import cli
+from research.train.images import image_grid
+
+_SCALES = flags.DEFINE_list("scales", ["0", "1", "1.5", "2", "3", "5"], "Guidance scales w, vmapped in one program.")
+_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 50, "DDIM steps S.")
+_ETA = flags.DEFINE_float("eta", 0.0, "DDIM η.")
+_TAU = flags.DEFINE_string("tau", "linear", "DDIM timestep sub-sequence τ: linear or quadratic.")
+_SEED = flags.DEFINE_integer("sample_seed", 0, "Seeds x_T and the step noise (shared by every w).")
+
+
+def check_flags(config) -> list[float]:
+  """The scales, after checking every flag (ConfigError on bad input)."""
+  try:
+    scales = [float(w) for w in _SCALES.value]
+  except ValueError as e:
+    raise ConfigError(f"--scales takes numbers: {e}") from None
+  if not scales or len(set(scales)) != len(scales):
+    raise ConfigError("--scales must name distinct values")
+  if min(scales) < 0:
+    raise ConfigError(f"guidance scales must be >= 0, got {min(scales)}")
+  if not config.conditional:
+    raise ConfigError("guidance needs a class-conditional model (config.conditional)")
+  diffusion_model.check_sample_steps(config, [_SAMPLE_STEPS.value])
+  if _ETA.value < 0:
+    raise ConfigError(f"η must be >= 0, got {_ETA.value}")
+  if _TAU.value not in diffusion.TIMESTEP_KINDS:
+    raise ConfigError(f"unknown τ {_TAU.value!r}; choose from: {', '.join(diffusion.TIMESTEP_KINDS)}")
+  return scales
+
+
+def sample_scales(model: diffusion_model.TrainedModel, scales: list[float], key: jax.Array,
+                  n: int) -> diffusion_model.Drawn:
+  """Every scale's samples from one vmapped program: (len(scales), n, H, W, C)."""
+  ws = jnp.asarray(scales, jnp.float32)  # (W,)
+  taus = diffusion.ddim_timesteps(model.config.num_train_steps, _SAMPLE_STEPS.value, _TAU.value)
+  eta = jnp.float32(_ETA.value)
+
+  def program(params, key, labels):
+    cond_fn = lambda x, t, y: model.apply(params, x, t, y, False, None)
+    shape = (labels.shape[0],) + model.image_shape
+
+    def one(w):
+      guided = diffusion.classifier_free_guidance(cond_fn, labels, model.num_classes, w)
+      return diffusion.sample_ddim(model.schedule, guided, key, shape, taus, eta, prediction=model.config.prediction)
+
+    return diffusion_model.to_images(jax.vmap(one)(ws))  # (W, batch, H, W, C)
+
+  return diffusion_model.draw(program, model, key, n)
+
+
+def trend(scales: list[float], rows: list[dict]) -> list[str]:
+  """Sentences on Ho & Salimans' trade-off, read off the numbers."""
+  order = np.argsort(scales)
+  ws = [scales[i] for i in order]
+  precision = [rows[i]["precision"] for i in order]
+  recall = [rows[i]["recall"] for i in order]
+  fid = [rows[i]["fid"] for i in order]
+
+  def monotone(values, sign):
+    return all(sign * (b - a) >= 0 for a, b in zip(values, values[1:]))
+
+  best = ws[int(np.argmin(fid))]
+  return [f"- precision non-decreasing in w: **{'yes' if monotone(precision, 1) else 'no'}** "
+          f"({precision[0]:.3f} at w = {ws[0]:g} → {precision[-1]:.3f} at w = {ws[-1]:g}).",
+          f"- recall non-increasing in w: **{'yes' if monotone(recall, -1) else 'no'}** "
+          f"({recall[0]:.3f} → {recall[-1]:.3f}).",
+          f"- best FID at w = {best:g} ({min(fid):.2f}); FID at the largest w = {ws[-1]:g}: {fid[-1]:.2f}."]
+
+
+def markdown(scales, rows, drawn, model, floor, n, total_s) -> str:
+  env = report.environment()
+  c = model.config
+  lines = ["# Classifier-free guidance: quality against diversity (Ho & Salimans 2022, in shape, digits)", "",
+           f"Command: `{report.command()}`", "",
+           f"One class-conditional model (experiments/diffusion.py's config: {c.model}, T = {c.num_train_steps}, "
+           f"{c.steps} steps, EMA {c.ema_decay}, label dropout {c.class_dropout}), trained through the one loop"
+           + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
+           + f". DDIM S = {_SAMPLE_STEPS.value}, η = {_ETA.value:g}, {_TAU.value} τ; {n} samples per w (labels "
+           f"cycling 0-9), all {len(scales)} scales as one vmapped program from the same x_T "
+           f"(compile {drawn.compile_s:.0f} s, sampling {drawn.run_s:.0f} s). Whole table {total_s:.0f} s wall on "
+           f"{env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).", "",
+           "| w | FID | precision | recall | label agreement |", "|---|---|---|---|---|"]
+  for w, row in zip(scales, rows):
+    lines.append(f"| {w:g} | {row['fid']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                 f"{row['label_agreement']:.3f} |")
+  lines += ["", "FID, precision and recall (k = 3) against the digits training split in the digits classifier's "
+            "features; label agreement: the share of samples the classifier reads as the digit they were "
+            f"conditioned on (w = 0 ignores the label). Held-out real digits: FID "
+            f"{floor['test_split_at_num_samples']:.2f} at {floor['test_split_images_at_num_samples']} images, "
+            f"{floor['test_split']:.2f} at all 300.", "", "## The trade-off, read from the numbers above", ""]
+  lines += trend(scales, rows)
+  lines.append("")
+  return "\n".join(lines)
+
+
+def figure(scales, rows, images) -> Figure:
+  """FID, precision and recall against w, and ten samples (digits 0-9) per w."""
+  fig = Figure(figsize=(12, 4.4), dpi=100)
+  left, right = fig.subplots(1, 2)
+  order = np.argsort(scales)
+  ws = [scales[i] for i in order]
+  left.plot(ws, [rows[i]["precision"] for i in order], "o-", label="precision")
+  left.plot(ws, [rows[i]["recall"] for i in order], "s-", label="recall")
+  left.plot(ws, [rows[i]["label_agreement"] for i in order], "^:", label="label agreement")
+  left.set_xlabel("guidance scale w")
+  left.set_ylabel("fraction")
+  fid_ax = left.twinx()
+  fid_ax.plot(ws, [rows[i]["fid"] for i in order], "kd--", label="FID (right axis)")
+  fid_ax.set_ylabel("FID")
+  handles = left.get_legend_handles_labels()
+  fid_handles = fid_ax.get_legend_handles_labels()
+  left.legend(handles[0] + fid_handles[0], handles[1] + fid_handles[1], fontsize=7)
+  left.set_title("quality (precision) against coverage (recall)")
+  grid = np.concatenate([image_grid(images[i][:10], columns=10) for i in order], axis=0)
+  right.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  height = grid.shape[0] / len(scales)
+  right.set_yticks([height * (k + 0.5) for k in range(len(scales))], [f"w={w:g}" for w in ws], fontsize=7)
+  right.set_xticks([])
+  right.set_title("samples per w (same x_T per column)")
+  fig.tight_layout()
+  return fig
+
+
+def main(outdir: str) -> None:
+  start = time.perf_counter()
+  config = diffusion_model.CONFIG.value
+  workdir = diffusion_model.model_workdir(outdir)
+  n = diffusion_model.NUM_SAMPLES.value
+  try:
+    scales = check_flags(config)
+    diffusion_model.check_model_flags(config, workdir)
+    model = diffusion_model.trained_model(config, workdir)
+  except ConfigError as e:
+    cli.fail(str(e))
+  scorer = diffusion_model.Scorer()
+  drawn = sample_scales(model, scales, jax.random.key(_SEED.value), n)
+  labels = np.asarray(model.labels(n))
+  rows = [scorer(images, labels) for images in drawn.images]
+  for w, row in zip(scales, rows):
+    print(f"w = {w:g}: FID {row['fid']:.2f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
+          f"label agreement {row['label_agreement']:.3f}", flush=True)
+  floor = scorer.floor(n)
+  total_s = time.perf_counter() - start
+  text = markdown(scales, rows, drawn, model, floor, n, total_s)
+  results = {"scales": scales, "sample_steps": _SAMPLE_STEPS.value, "eta": _ETA.value, "tau": _TAU.value,
+             "num_samples": n, "rows": {f"{w:g}": row for w, row in zip(scales, rows)},
+             "compile_s": drawn.compile_s, "sampling_s": drawn.run_s, "reference_fids": floor,
+             "model_workdir": workdir, "model_train_s": model.train_s,
+             "model_train_results": diffusion_model.train_summary(model.workdir)}
+  report.write_report(outdir, "guidance", results, text, figure=figure(scales, rows, drawn.images), config=config,
+                      wall_time_s=total_s)
+  print(text)
+
+
+if __name__ == "__main__":
+  report.main(main)

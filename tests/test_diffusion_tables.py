@@ -1,0 +1,135 @@
+"""The DDIM and guidance tables: their vmapped programs against separate calls, end-to-end runs, bad flags.
+
+The end-to-end runs train one tiny model (experiments/diffusion.py's smoke preset, fewer
+steps) inside the DDIM table's run; the guidance table then reuses that model directory, as
+its documented command reuses the DDIM table's.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_python
+from experiments.tables import ddim, diffusion_model
+from research.models import diffusion
+
+TINY = ["--config=experiments/diffusion.py:smoke", "--config.steps=2", "--config.num_samples=10",
+        "--config.sample_batch=10", "--num_samples=10"]
+
+
+def _toy_model(num_train_steps=50):
+  """A TrainedModel whose 'denoiser' is a fixed affine map of (x, t, label): the samplers' plumbing only."""
+
+  def apply(params, x, t, y, train, key):
+    del train, key
+    shift = params["w"] * y.astype(x.dtype) + 1e-3 * t.astype(x.dtype)  # (batch,)
+    return 0.3 * x + shift.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  class Config:
+    sample_batch = 5
+    prediction = "epsilon"
+    guidance_scale = 1.0
+
+  Config.num_train_steps = num_train_steps
+  schedule = diffusion.make_schedule("linear", num_train_steps)
+  return diffusion_model.TrainedModel(Config(), {"w": jnp.float32(0.05)}, apply, schedule, (2, 2, 1), 10, "", 0.0)
+
+
+def test_vmapped_rows_equal_separate_calls():
+  """Each member of one S's vmapped program is the sample_ddim (or sample_sigma_hat) call it stands for."""
+  model = _toy_model()
+  members = [(0.0, "linear"), (0.5, "linear"), (1.0, "linear"), (0.0, "quadratic")]
+  key, n, steps = jax.random.key(3), 8, 5
+  drawn = ddim.sample_one_s(model, members, steps, key, n)
+  labels = model.labels(n)
+  for i, start in enumerate(range(0, n, model.config.sample_batch)):  # the chunks `draw` makes
+    chunk = labels[start:start + model.config.sample_batch]
+    chunk_key = jax.random.fold_in(key, i)
+    denoise = lambda x, t, chunk=chunk: model.apply(model.params, x, t, chunk, False, None)
+    shape = (chunk.shape[0],) + model.image_shape
+    for member in members:
+      taus = diffusion.ddim_timesteps(model.config.num_train_steps, steps, member[1])
+      expected = diffusion.sample_ddim(model.schedule, denoise, chunk_key, shape, taus, member[0])
+      np.testing.assert_allclose(drawn["images"][member][start:start + len(chunk)],
+                                 diffusion_model.to_images(expected), atol=1e-5, err_msg=str(member))
+    taus = diffusion.ddim_timesteps(model.config.num_train_steps, steps, "linear")
+    expected = diffusion.sample_sigma_hat(model.schedule, denoise, chunk_key, shape, taus)
+    np.testing.assert_allclose(drawn["images"][ddim.SIGMA_HAT][start:start + len(chunk)],
+                               diffusion_model.to_images(expected), atol=1e-5)
+  # Paired: the rows differ (η and τ matter) but start from the same x_T.
+  assert np.abs(drawn["images"][members[0]] - drawn["images"][members[2]]).max() > 1e-3
+  assert drawn["eta_program"]["members"] == len(members)
+
+
+def test_trend_reads_the_numbers():
+  steps, etas = [10, 100], [0.0, 1.0]
+  paper_like = {(0.0, "linear"): {10: {"fid": 10.0}, 100: {"fid": 4.0}},
+                (1.0, "linear"): {10: {"fid": 40.0}, 100: {"fid": 5.0}}}
+  assert "**holds**" in ddim.trend(paper_like, etas, "linear", steps)[-1]
+  reversed_ = {(0.0, "linear"): {10: {"fid": 40.0}, 100: {"fid": 5.0}},
+               (1.0, "linear"): {10: {"fid": 10.0}, 100: {"fid": 30.0}}}
+  assert "**does not hold**" in ddim.trend(reversed_, etas, "linear", steps)[-1]
+
+
+@pytest.fixture(scope="module")
+def ddim_run(tmp_path_factory):
+  outdir = tmp_path_factory.mktemp("ddim")
+  proc = run_python(["-m", "experiments.tables.ddim", f"--outdir={outdir}", "--sample_steps=2,4",
+                     "--etas=0,1", *TINY], timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return outdir
+
+
+def test_ddim_table_end_to_end(ddim_run):
+  for name in ("ddim.md", "ddim.png", "results.json"):
+    assert os.path.getsize(ddim_run / name) > 0
+  with open(ddim_run / "results.json") as f:
+    results = json.load(f)
+  rows = ["eta=0,tau=linear", "eta=1,tau=linear", "eta=0,tau=quadratic", "sigma_hat"]
+  assert sorted(results["cells"]) == sorted(rows)
+  for row in rows:
+    for s in ("2", "4"):
+      cell = results["cells"][row][s]
+      assert np.isfinite(cell["fid"]) and cell["fid"] >= 0 and 0 <= cell["precision"] <= 1
+  assert results["model_train_results"]["step"] == 2  # trained (through the loop) in this run
+  assert results["model_train_s"] > 0
+  text = (ddim_run / "ddim.md").read_text()
+  assert "python -m experiments.tables.ddim" in text and "| σ̂, linear τ |" in text
+  assert f"{results['cells']['sigma_hat']['4']['fid']:.2f}" in text
+
+
+def test_guidance_reuses_the_model_and_writes_its_report(ddim_run, tmp_path):
+  outdir = tmp_path / "guidance"
+  stamp = os.path.getmtime(ddim_run / "model" / "results.json")
+  proc = run_python(["-m", "experiments.tables.guidance", f"--outdir={outdir}", f"--model_workdir={ddim_run / 'model'}",
+                     "--scales=0,1,3", "--sample_steps=4", *TINY], timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert os.path.getmtime(ddim_run / "model" / "results.json") == stamp  # reused, not retrained
+  with open(outdir / "results.json") as f:
+    results = json.load(f)
+  assert results["model_train_s"] == 0
+  assert sorted(results["rows"]) == ["0", "1", "3"]
+  for row in results["rows"].values():
+    assert np.isfinite(row["fid"]) and 0 <= row["label_agreement"] <= 1
+  assert os.path.getsize(outdir / "guidance.png") > 0
+  assert "| 3 |" in (outdir / "guidance.md").read_text()
+
+
+@pytest.mark.parametrize("script,flag,message", [
+    ("ddim", "--sample_steps=10,2000", "sample steps must be in [1, T = 1000], got 2000"),
+    ("ddim", "--etas=0,-0.5", "η must be >= 0, got -0.5"),
+    ("ddim", "--taus=linear,cubic", "unknown τ 'cubic'"),
+    ("guidance", "--tau=cubic", "unknown τ 'cubic'"),
+    ("guidance", "--scales=1,-2", "guidance scales must be >= 0"),
+])
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path, script, flag, message):
+  outdir = tmp_path / "out"
+  proc = run_python(["-m", f"experiments.tables.{script}", f"--outdir={outdir}", flag], timeout=300)
+  assert proc.returncode != 0
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]
+  assert not outdir.exists()
