@@ -22,6 +22,7 @@ from typing import Any
 import jax
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from research.train import results
 
@@ -118,6 +119,9 @@ def main(run: Callable[[str], Any]) -> None:
                                required=True)
 
   def guarded(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:
+      # Warnings and errors only, as for runs (research/train/cli.py): the tables' own lines stay readable.
+      absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     run(outdir.value)

@@ -120,10 +120,15 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     logits, _ = model.apply(params, to_unit_images_traced(batch["image"]))
     return _cross_entropy(logits, batch["label"]), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
+  @jax.jit
+  def scores(params, images, labels):
+    logits, _ = model.apply(params, images)
+    return _cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
+
   def evaluate(params, key, eval_data):
     del key
-    predicted = np.asarray(jnp.argmax(model.apply(params, to_unit_images(eval_data["image"]))[0], -1))
-    return {"test_accuracy": float(np.mean(predicted == eval_data["label"]))}
+    loss, accuracy = scores(params, to_unit_images(eval_data["image"]), jnp.asarray(eval_data["label"], jnp.int32))
+    return {"test_accuracy": float(accuracy), "test_error": 1.0 - float(accuracy), "test_loss": float(loss)}
 
   return Task(init=lambda k, b: model.init(k, to_unit_images_traced(b["image"])),
               tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
