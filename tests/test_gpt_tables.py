@@ -1,0 +1,122 @@
+"""The attention memory table and the GPT scaling table, end to end on tiny flags; the power-law fit; bad flags.
+
+The table modules define absl flags when imported, so they run in subprocesses here (as a reader
+would run them), never imported into the test process next to other tables' flags.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_python
+from research.models import gpt2
+
+F32 = 4  # bytes
+
+
+def _report(outdir, name):
+  for suffix in (".md", ".png"):
+    assert (outdir / f"{name}{suffix}").stat().st_size > 0, suffix
+  results = json.loads((outdir / "results.json").read_text())
+  assert results["command"].startswith(f"python -m experiments.tables.{name} --outdir=")
+  assert results["command"] in (outdir / f"{name}.md").read_text()
+  return results
+
+
+def test_attention_memory_end_to_end(tmp_path):
+  batch, heads, head_dim = 1, 2, 8
+  proc = run_python(["-m", "experiments.tables.attention_memory", f"--outdir={tmp_path}", "--lengths=64,32",
+                     f"--batch={batch}", f"--heads={heads}", f"--head_dim={head_dim}", "--block_size=16", "--repeats=1",
+                     "--naive_max_len=32"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = _report(tmp_path, "attention_memory")
+  rows = results["rows"]
+  assert [r["length"] for r in rows] == [32, 64]
+  for row in rows:
+    t = row["length"]
+    qkv = batch * t * heads * head_dim * F32
+    for name in ("naive", "flash"):
+      cell = row[name]
+      # Arguments are q, k, v; outputs are O and its three gradients (plus a tuple's few bytes).
+      assert cell["argument_bytes"] == 3 * qkv
+      assert 4 * qkv <= cell["output_bytes"] < 4 * qkv + 1024
+      assert cell["peak_bytes"] == cell["temp_bytes"] + cell["argument_bytes"] + cell["output_bytes"] - \
+          cell["alias_bytes"]
+    # The naive program holds the (B, H, T, T) float32 scores; flash's blocks of 16 keys are smaller.
+    assert row["naive"]["temp_bytes"] >= batch * heads * t * t * F32
+    assert row["flash"]["temp_bytes"] < row["naive"]["temp_bytes"]
+  # Naive runs (timed and compared) up to --naive_max_len only; flash runs everywhere; memory everywhere.
+  assert "median_s" in rows[0]["naive"] and "median_s" not in rows[1]["naive"]
+  assert all(len(r["flash"]["times_s"]) == 1 for r in rows)
+  assert rows[0]["max_abs_diff_output"] < 1e-5 and rows[0]["max_abs_diff_grads"] < 1e-4 * rows[0]["max_abs_grads"]
+  assert "max_abs_diff_output" not in rows[1]
+
+
+def test_fit_recovers_a_known_power_law():
+  code = """
+import json
+import numpy as np
+from experiments.tables import gpt_scaling
+n = np.geomspace(1e4, 3e6, 6)
+exact = gpt_scaling.fit_power_law(n, (8.8e13 / n) ** 0.076)
+noisy = gpt_scaling.fit_power_law(n, (1e5 / n) ** 0.3 * np.exp(np.random.default_rng(0).normal(0, 0.01, 6)))
+print(json.dumps({"exact": exact, "noisy": noisy}))
+"""
+  proc = run_python(["-c", code])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  fits = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert fits["exact"][0] == pytest.approx(0.076, rel=1e-9)
+  assert fits["exact"][1] == pytest.approx(8.8e13, rel=1e-6)
+  assert fits["noisy"][0] == pytest.approx(0.3, abs=0.02)
+
+
+def test_gpt_scaling_end_to_end(tmp_path):
+  sizes = [(1, 16, 2), (1, 32, 2)]
+  proc = run_python(["-m", "experiments.tables.gpt_scaling", f"--outdir={tmp_path}",
+                     f"--sizes={','.join(':'.join(map(str, s)) for s in sizes)}", "--ablation_size=1:16:2",
+                     "--positions=learned", "--steps=6", "--batch_size=4", "--seq_len=16", "--warmup_steps=2",
+                     "--eval_windows=6"], timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = _report(tmp_path, "gpt_scaling")
+  scaling = results["scaling"]
+  for row, (n_layer, n_embd, n_head) in zip(scaling, sizes):
+    cfg = gpt2.GPT2Config(vocab_size=7, n_positions=32, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
+    assert row["non_embedding_params"] == gpt2.count_params(cfg, embeddings=False)
+    assert row["train_flops"] == row["flops_per_step"] * 6
+    assert row["six_n_d"] == 6 * row["non_embedding_params"] * 6 * 4 * 16
+  # Two points: the least-squares line passes through both.
+  alpha, n_c = results["fit"]["alpha_n"], results["fit"]["n_c"]
+  for row in scaling:
+    assert (n_c / row["non_embedding_params"]) ** alpha == pytest.approx(row["val_loss"], rel=1e-6)
+
+  positions = {r["positions"]: r for r in results["positions"]}
+  assert set(positions) == {"learned"}
+  for row in positions.values():
+    # gpt2.eval_loss at the training length scores the loop's own windows: the loop's val_loss.
+    assert abs(row["eval_loss_minus_loop_val_loss"]) < 1e-5
+    assert row["windows_at_2t"] == (row["windows_at_t"] * 17) // 33
+    assert np.isfinite([row["loss_at_2t"], row["loss_at_2t_beyond_t"]]).all()
+  # The learned run of the ablation is the scaling run of the same size (one workdir, trained once).
+  assert positions["learned"]["val_loss"] == scaling[0]["val_loss"]
+  attention = results["attention"]
+  assert attention["runs"]["reference"]["val_loss"] == scaling[0]["val_loss"]
+  assert abs(attention["val_loss_difference"]) < 1e-4
+  assert abs(attention["same_weights_difference"]) < 1e-5
+  assert len(results["runs"]["trained"]) == 3 and not results["runs"]["reused"]
+  assert all(d.startswith("model_") and (tmp_path / "models" / d / "results.json").exists()
+             for d in results["runs"]["trained"])
+
+
+@pytest.mark.parametrize("table,flag,message", [
+    ("attention_memory", "--lengths=0,256", "--lengths must be positive"),
+    ("attention_memory", "--heads=0", "--heads must be positive, got 0"),
+    ("gpt_scaling", "--sizes=1:32:2", "--sizes needs at least 2 different sizes"),
+    ("gpt_scaling", "--sizes=1:33:2,1:32:2", "n_embd 33 is not divisible by n_head 2"),
+    ("gpt_scaling", "--positions=learned,sinusoid", "unknown --positions 'sinusoid'"),
+])
+def test_bad_flags_are_one_line(tmp_path, table, flag, message):
+  proc = run_python(["-m", f"experiments.tables.{table}", f"--outdir={tmp_path / 'out'}", flag])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr[-2000:]
+  assert not (tmp_path / "out").exists()
