@@ -153,7 +153,8 @@ def model_config(config, vocab_size: int, **overrides) -> bert.BertConfig:
                          attention=config.attention, dtype=config.dtype, **overrides)
 
 
-def _train_tokenizer(config):
+def train_tokenizer(config):
+  """WordPiece with vocab_size entries fitted on the leading tokenizer_train_chars of the pre-training text."""
   texts = tokens.read_texts(config.dataset, config.train_split, max_chars=config.tokenizer_train_chars)
   return tokenizers.make("wordpiece", texts, config.vocab_size)
 
@@ -167,15 +168,9 @@ def _init_dir(path: str) -> str:
                     "pre-training workdir of experiments.bert (hf/config.json)")
 
 
-def pretrain(config, workdir: str) -> dict:
-  """MLM pre-training; returns what results.json holds and exports the model to workdir/hf."""
-  data_lib.check_name(config.dataset)
-  saved = os.path.join(workdir, "tokenizer.json")
-  try:
-    tokenizer = tokenizers.load(saved) if os.path.exists(saved) else _train_tokenizer(config)
-    special = tokenizer.special_ids()
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+def mlm_data(config, tokenizer, special) -> tuple[encoder_data.EncoderWindows, dict[str, np.ndarray]]:
+  """(training windows, held-out sequences): the pre-training split's random windows, and
+  consecutive windows from the start of the evaluation split (eval_sequences of them at most)."""
   width = config.seq_len - 2
   train_stream = tokens.token_stream(config.dataset, config.train_split, tokenizer, [special["[SEP]"]],
                                      config.max_train_tokens)
@@ -189,20 +184,31 @@ def pretrain(config, workdir: str) -> dict:
   if count < 1:
     raise ConfigError(f"split {config.eval_split!r} of {config.dataset!r} has {len(eval_stream)} tokens, fewer "
                       f"than one sequence of {width}")
-  # Held-out sequences: consecutive windows from the start of the evaluation split.
-  eval_sequences = encoder_data.EncoderWindows(eval_stream, config.seq_len, special).__getitems__(
-      np.arange(count) * width)
+  held_out = encoder_data.EncoderWindows(eval_stream, config.seq_len, special).__getitems__(np.arange(count) * width)
+  return windows, held_out
+
+
+def pretrain(config, workdir: str) -> dict:
+  """MLM pre-training; returns what results.json holds and exports the model to workdir/hf."""
+  data_lib.check_name(config.dataset)
+  saved = os.path.join(workdir, "tokenizer.json")
+  try:
+    tokenizer = tokenizers.load(saved) if os.path.exists(saved) else train_tokenizer(config)
+    special = tokenizer.special_ids()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  windows, eval_sequences = mlm_data(config, tokenizer, special)
   cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run uses the same vocabulary
   run = train(bert.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences)
   export = os.path.join(workdir, "hf")
-  bert.save_hf(export, dataclasses.replace(cfg, hidden_dropout_prob=config.dropout), run.state.params["params"])
+  bert.save_hf(export, cfg, run.state.params["params"])
   tokenizer.save_vocab(export)
   return run.results
 
 
-def _finetune_config(config) -> ml_collections.ConfigDict:
+def finetune_config(config) -> ml_collections.ConfigDict:
   """The config the loop runs in finetune mode: steps, batch size and learning rate from `finetune`."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.steps, config.batch_size = config.finetune.steps, config.finetune.batch_size
@@ -211,7 +217,7 @@ def _finetune_config(config) -> ml_collections.ConfigDict:
   return config
 
 
-def _examples(config, split: str, tokenizer, special) -> dict[str, np.ndarray]:
+def classification_examples(config, split: str, tokenizer, special) -> dict[str, np.ndarray]:
   """A classification split as encoder inputs plus `label`."""
   rows = data_lib.load(config.task_dataset, split)
   feature = SENTENCE_FEATURES.get(config.task_dataset, "text")
@@ -237,12 +243,12 @@ def finetune(config, workdir: str) -> dict:
                           f"of {path}")
     else:
       data_lib.check_name(config.dataset)
-      tokenizer, cfg = _train_tokenizer(config), None
+      tokenizer, cfg = train_tokenizer(config), None
     special = tokenizer.special_ids()
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  train_examples = _examples(config, config.task_train_split, tokenizer, special)
-  eval_examples = _examples(config, config.task_eval_split, tokenizer, special)
+  train_examples = classification_examples(config, config.task_train_split, tokenizer, special)
+  eval_examples = classification_examples(config, config.task_eval_split, tokenizer, special)
   num_labels = int(train_examples["label"].max()) + 1
   if cfg is None:
     cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"], num_labels=num_labels)
@@ -250,7 +256,7 @@ def finetune(config, workdir: str) -> dict:
     cfg = dataclasses.replace(cfg, num_labels=num_labels, hidden_dropout_prob=config.dropout,
                               attention=config.attention, dtype=config.dtype)
     encoder = bert.load_hf(path)[1]["bert"]
-  config = _finetune_config(config)
+  config = finetune_config(config)
   task = bert.make_classifier_task(config, cfg, encoder)
   return train(task, config, workdir, train_examples, eval_examples).results
 
