@@ -45,8 +45,9 @@ def _unet_params(channels, num_classes, in_channels=1):
   return embed + encoder + middle + decoder + norm(c0) + conv(3, c0, in_channels)
 
 
-def test_smoke_run_writes_its_report(tmp_path):
-  args = ["-m", "experiments.bench.diffusion", f"--outdir={tmp_path}", *SMOKE]
+def _smoke(tmp_path, part):
+  """Runs the smoke mode of one part (the two parts run as separate tests, in parallel under xdist)."""
+  args = ["-m", "experiments.bench.diffusion", f"--outdir={tmp_path}", *SMOKE, f"--parts={part}"]
   proc = run_python(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / "diffusion.json").read_text())
@@ -56,9 +57,13 @@ def test_smoke_run_writes_its_report(tmp_path):
   assert "|---" in markdown
   assert report["versions"]["torch"] == metadata.version("torch")
   assert report["versions"]["diffusers"] == metadata.version("diffusers")
-  assert report["parts"] == ["sampling", "dit"] and report["torch_threads"] == [1]
+  assert report["parts"] == [part] and report["torch_threads"] == [1]
+  assert set(report) & {"sampling", "dit"} == {part}
+  return report
 
-  s = report["sampling"]
+
+def test_smoke_sampling(tmp_path):
+  s = _smoke(tmp_path, "sampling")["sampling"]
   config = diffusion_experiment.get_config()
   assert (s["sample_batch"], s["num_train_steps"], s["ddim_steps"]) == (4, 40, 2)
   # Ours is the default experiment's U-Net; diffusers' differs only by the time MLP's input
@@ -76,7 +81,9 @@ def test_smoke_run_writes_its_report(tmp_path):
   assert s["ddim_vs_ddpm"] == pytest.approx(s["images_per_s"]["ddim"] / s["images_per_s"]["ddpm"])
   assert s["ddim_vs_diffusers"] == pytest.approx(s["images_per_s"]["ddim"] / s["images_per_s"]["torch_1"])
 
-  d = report["dit"]
+
+def test_smoke_dit(tmp_path):
+  d = _smoke(tmp_path, "dit")["dit"]
   cfg = dit.config("DiT-T/2", input_size=8, in_channels=4, num_classes=10, learn_sigma=True)
   # Both sides have exactly the parameters of the paper's model (one shared embedder).
   assert d["param_count"] == {"jax": dit.count_params(cfg), "diffusers": dit.count_params(cfg)}
@@ -88,7 +95,7 @@ def test_smoke_run_writes_its_report(tmp_path):
     assert math.isfinite(d["loss_first"][name]) and math.isfinite(d["loss_last"][name]), name
 
 
-@pytest.mark.parametrize("flag", ["--parts=sampling,video", "--ddim_steps=41", "--dit=DiT-T/3", "--dit_input_size=9"])
+@pytest.mark.parametrize("flag", ["--parts=sampling,video", "--ddim_steps=41", "--dit_input_size=9"])
 def test_bad_input_is_refused_before_anything_runs(tmp_path, flag):
   proc = run_python(["-m", "experiments.bench.diffusion", f"--outdir={tmp_path / 'out'}", *SMOKE, flag])
   assert proc.returncode != 0
