@@ -65,7 +65,7 @@ def make_run(task: Task, config, steps: int):
   function is pure, so it can be vmapped and jitted.
   """
   del steps  # the scan runs as many steps as the index table has rows
-  continue_one = make_continue(task, config)
+  continue_one = make_continue(task, config.ema_decay)
 
   def run_one(data, seed, index_table, hparams: Mapping[str, Any]):
     keys = Keys.from_seed(seed)
@@ -76,13 +76,13 @@ def make_run(task: Task, config, steps: int):
   return run_one
 
 
-def make_continue(task: Task, config):
+def make_continue(task: Task, ema_decay: float):
   """Returns `continue_one(data, seed, index_table, state) -> (state, metrics)` for one member.
 
   Runs len(index_table) steps from `state`; step s draws its key from
   `fold_in(Keys.from_seed(seed).train, s)` with s counted from `state.step`, as the loop does.
   """
-  step_fn = make_train_step(task, config.ema_decay)
+  step_fn = make_train_step(task, ema_decay)
 
   def continue_one(data, seed, index_table, state: TrainState):
     train_key = Keys.from_seed(seed).train
@@ -145,7 +145,20 @@ def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int]
                       out_shardings=member_sharding)
     state, metrics = run_all(device_data, put(seeds), put(tables), put(hparams))
   else:
-    continue_all = jax.jit(jax.vmap(make_continue(task, config), in_axes=(None, 0, 0, 0)),
-                           out_shardings=member_sharding)
+    continue_all = _continue_program(task, config.ema_decay, member_sharding)
     state, metrics = continue_all(device_data, put(seeds), put(tables), put(state))
   return SweepResult(state, metrics)
+
+
+# The last continuation program: evaluating part-way continues one task chunk after chunk,
+# and a fresh closure each time would recompile the same program for every chunk.
+_last_continue: dict[str, Any] = {}
+
+
+def _continue_program(task: Task, ema_decay: float, member_sharding: NamedSharding):
+  key = (ema_decay, member_sharding)
+  if _last_continue.get("task") is not task or _last_continue.get("key") != key:
+    program = jax.jit(jax.vmap(make_continue(task, ema_decay), in_axes=(None, 0, 0, 0)),
+                      out_shardings=member_sharding)
+    _last_continue.update(task=task, key=key, program=program)
+  return _last_continue["program"]

@@ -1,0 +1,402 @@
+"""DiT's ablations in shape on 8x8 digits: FID against forward Gflops (sizes x patch sizes), and conditioning.
+
+Peebles & Xie (2023), "Scalable Diffusion Models with Transformers":
+  (1) Figure 2 / Table 4: FID falls as a DiT's forward Gflops grow, and the patch size (the number
+      of tokens) matters more than the parameter count: at one size a smaller patch costs more
+      Gflops with nearly the same parameters and gives a lower FID; a smaller model with more
+      tokens can beat a bigger one with fewer.
+  (2) Figure 5: the conditioning mechanisms at one size, FID over training: adaLN-Zero below
+      cross-attention, in-context and adaLN.
+
+Every cell trains `--seeds` class-conditional DiTs on the digits training split as ONE vmapped
+program (research.sweep.run: the training loop's own step under lax.scan and vmap) with
+experiments/diffusion.py's recipe (linear β, T = 1000, ε-prediction, 10% label dropout, Adam
+1e-3 with warmup and cosine decay, gradient clipping, an EMA of the weights), then scores each member as that
+experiment scores a run: `--num_samples` DDIM samples (S = 50, η = 0, labels cycling 0..9) from
+the EMA parameters, FID, precision and recall against the training digits in the digits
+classifier's feature space (research/metrics/fid.py; real held-out digits score 2.1). Member s is
+the run `python -m experiments.diffusion --config.model=dit --config.seed=s` would make with the
+same fields (same key streams, data order and evaluation key). The conditioning ablation trains
+in `--eval_points` chunks, each continuing the last (sweep.run's `state`), and scores the members
+after every chunk. Forward Gflops per image come from XLA's cost analysis (dit.forward_flops),
+halved to count multiply-adds as the paper does.
+
+Run:
+  python -m experiments.tables.dit --outdir=experiments/tables/results/dit
+  python -m experiments.tables.dit --outdir=/tmp/dit --sizes=DiT-T --patches=4 --steps=4 --num_samples=20 \
+      --conditioning_model=DiT-T/4 --conditionings=adaln_zero,in_context --conditioning_steps=4 --eval_points=2
+
+The default (DiT-T and DiT-XS x patches 4 and 2, 600 steps at batch 32, 400 samples per member,
+adaLN-Zero / adaLN / cross-attention / in-context on DiT-T/2 scored at steps 200, 400 and 600)
+is sized for about 15-20 minutes on 2 CPU cores; patch 1 (64 tokens) costs DiT-XS about 8x the
+compute of DiT-T/2 per step (add it with --patches=4,2,1 on a faster machine). When the
+ablation's model and length match a grid cell, its adaLN-Zero run is that cell (chunks chain
+exactly), so it trains once.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import flags
+from absl import logging as absl_logging
+from matplotlib.figure import Figure
+
+from experiments import diffusion as diffusion_experiment
+from experiments import report
+from research import data as data_lib
+from research import sweep
+from research.models import diffusion, dit
+from research.train import ConfigError, Keys, cli, eval_params
+
+_SIZES = flags.DEFINE_list("sizes", ["DiT-T", "DiT-XS"], "DiT sizes of the Gflops grid (research.models.dit.SIZES).")
+_PATCHES = flags.DEFINE_list("patches", ["4", "2"], "Patch sizes of the Gflops grid (each must divide 8).")
+_STEPS = flags.DEFINE_integer("steps", 600, "Training steps of every cell of the Gflops grid.")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "Members per cell, trained as one vmapped program.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per update.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "DDIM samples scored per member (FID's bias depends on it).")
+_COND_MODEL = flags.DEFINE_string("conditioning_model", "DiT-T/2", "The DiT of the conditioning ablation.")
+_CONDITIONINGS = flags.DEFINE_list("conditionings", list(dit.CONDITIONINGS), "Conditioning mechanisms compared.")
+_COND_STEPS = flags.DEFINE_integer("conditioning_steps", 600, "Training steps of the conditioning ablation.")
+_EVAL_POINTS = flags.DEFINE_integer("eval_points", 3, "Evaluations along the conditioning ablation's training, "
+                                    "equally spaced (must divide --conditioning_steps).")
+
+IMAGE_SHAPE = (8, 8, 1)
+NUM_CLASSES = 10
+EMA_DECAY = 0.999  # experiments/diffusion.py's, kept for runs long enough to average over it
+MIN_SAMPLES = 4  # precision/recall's k-th neighbour (k = 3) needs more samples than k
+LABELS = {"adaln_zero": "adaLN-Zero", "adaln": "adaLN", "cross_attention": "cross-attention",
+          "in_context": "in-context"}
+
+
+class Grid:
+  """The checked flags."""
+
+  def __init__(self):
+    try:
+      self.patches = [int(p) for p in _PATCHES.value]
+    except ValueError as e:
+      raise ConfigError(f"--patches takes integers: {e}") from None
+    self.sizes, self.conditionings = list(_SIZES.value), list(_CONDITIONINGS.value)
+    self.steps, self.seeds, self.num_samples = _STEPS.value, list(range(_SEEDS.value)), _NUM_SAMPLES.value
+    self.cond_model, self.cond_steps, self.eval_points = _COND_MODEL.value, _COND_STEPS.value, _EVAL_POINTS.value
+    if not self.sizes or not self.patches or not self.conditionings:
+      raise ConfigError("--sizes, --patches and --conditionings must not be empty")
+    for name, values in (("sizes", self.sizes), ("patches", self.patches), ("conditionings", self.conditionings)):
+      if len(set(values)) != len(values):
+        raise ConfigError(f"--{name} must not repeat a value")
+    for size in self.sizes:
+      if size not in dit.SIZES:
+        raise ConfigError(f"unknown DiT size {size!r}; choose from: {', '.join(dit.SIZES)}")
+    for conditioning in self.conditionings:
+      if conditioning not in dit.CONDITIONINGS:
+        raise ConfigError(f"unknown conditioning {conditioning!r}; choose from: {', '.join(dit.CONDITIONINGS)}")
+    for name, value in (("steps", self.steps), ("seeds", len(self.seeds)), ("conditioning_steps", self.cond_steps),
+                        ("eval_points", self.eval_points)):
+      if value < 1:
+        raise ConfigError(f"--{name} must be positive, got {value}")
+    if self.num_samples < MIN_SAMPLES:
+      raise ConfigError(f"--num_samples must be at least {MIN_SAMPLES}, got {self.num_samples}")
+    if self.cond_steps % self.eval_points:
+      raise ConfigError(f"--eval_points {self.eval_points} must divide --conditioning_steps {self.cond_steps}")
+    # The EMA is read as early as the first evaluation: its horizon 1 / (1 - decay) is a tenth of
+    # that, or the averaged weights would still be mostly the initialisation (the experiment's
+    # 0.999 keeps 74% of it after 300 steps).
+    first_eval = min(self.steps, self.cond_steps // self.eval_points)
+    self.ema_decay = max(0.0, min(EMA_DECAY, 1.0 - 10.0 / first_eval))
+    # Every cell's config through the experiment's own checks (names, patch sizes, batch size).
+    for name in self.names():
+      diffusion_experiment.check_config(cell_config(name, "adaln_zero", self.steps, self.num_samples, self.ema_decay))
+    for conditioning in self.conditionings:
+      diffusion_experiment.check_config(cell_config(self.cond_model, conditioning, self.cond_steps, self.num_samples,
+                                                     self.ema_decay))
+
+  def names(self) -> list[str]:
+    return [f"{size}/{p}" for size in self.sizes for p in self.patches]
+
+
+def cell_config(name: str, conditioning: str, steps: int, num_samples: int, ema_decay: float):
+  """The experiments/diffusion.py config of one cell: a conditional DiT with the experiment's recipe.
+
+  The warmup shrinks to a tenth of a short run so that the cosine decay still gets most of it.
+  """
+  config = diffusion_experiment.get_config()
+  config.model, config.dit, config.dit_conditioning = "dit", name, conditioning
+  config.steps, config.batch_size = steps, _BATCH.value
+  config.num_samples, config.sample_batch = num_samples, min(config.sample_batch, num_samples)
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
+  config.ema_decay = ema_decay
+  return config
+
+
+def model_cfg(config) -> dit.DiTConfig:
+  """The DiT the diffusion task builds for `config` (research.models.diffusion.make_denoiser)."""
+  return dit.config(config.dit, input_size=IMAGE_SHAPE[0], in_channels=IMAGE_SHAPE[-1], num_classes=NUM_CLASSES,
+                    learn_sigma=False, conditioning=config.dit_conditioning)
+
+
+def mean_se(values) -> tuple[float, float]:
+  """Mean and standard error over members (NaN error for one member)."""
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+  return float(values.mean()), float(se)
+
+
+def evaluate_members(task, state, seeds) -> tuple[list[dict], np.ndarray]:
+  """Scores every member's EMA parameters as research.train.train's final evaluation would.
+
+  Returns:
+    (one metrics dict per member, member 0's first 10 scored samples: one per class).
+  """
+  scores, first = [], None
+  params = eval_params(state)
+  for i, seed in enumerate(seeds):
+    member = jax.tree.map(lambda x, i=i: x[i], params)
+    # The key research.train.train evaluates seed s with (see its Keys and evaluate).
+    key = jax.random.split(Keys.from_seed(seed).eval)[0]
+    metrics = task.evaluate(member, key, None)
+    scores.append({k: metrics[k] for k in ("fid", "precision", "recall", "classes_covered")})
+    if first is None:
+      first = task.sample(member, key)["samples"][:NUM_CLASSES]  # the images just scored
+  return scores, first
+
+
+def summarize(scores: list[dict]) -> dict:
+  return {f"{k}_mean_se": mean_se([s[k] for s in scores]) for k in ("fid", "precision", "recall")}
+
+
+def run_gflops_cell(name: str, grid: Grid, data, shared: dict | None = None) -> dict:
+  """Trains one (size, patch) cell's members in one vmapped program and scores them.
+
+  `shared`: the conditioning ablation's adaLN-Zero run of this very config, whose last chunk ends
+  in the state one run of `steps` would reach (sweep.run chains exactly), so it is not retrained.
+  """
+  config = cell_config(name, "adaln_zero", grid.steps, grid.num_samples, grid.ema_decay)
+  cfg = model_cfg(config)
+  if shared is not None:
+    scores, samples, train_s, eval_s, final_loss = (shared["final_scores"], shared["samples_seed0"],
+                                                     shared["train_s"], shared["last_eval_s"], shared["final_loss"])
+  else:
+    task = diffusion.make_task(config, IMAGE_SHAPE, NUM_CLASSES)
+    start = time.perf_counter()
+    result = sweep.run(task, config, data, seeds=grid.seeds)
+    jax.block_until_ready(result.state)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, samples = evaluate_members(task, result.state, grid.seeds)
+    eval_s = time.perf_counter() - start
+    final_loss = np.asarray(result.metrics["loss"])[:, -1]
+  return {"model": name, "size": name.split("/")[0], "patch": cfg.patch_size, "tokens": cfg.num_patches,
+          "params": dit.count_params(cfg), "gflops": dit.forward_flops(cfg) / 2e9, "members": scores,
+          **summarize(scores), "final_loss_mean_se": mean_se(final_loss), "train_s": round(train_s, 1),
+          "eval_s": round(eval_s, 1), "shared_with_conditioning": shared is not None, "samples_seed0": samples}
+
+
+def run_conditioning(conditioning: str, grid: Grid, data) -> dict:
+  """Trains one conditioning's members in `eval_points` chained chunks, scoring them after each."""
+  config = cell_config(grid.cond_model, conditioning, grid.cond_steps, grid.num_samples, grid.ema_decay)
+  cfg = model_cfg(config)
+  task = diffusion.make_task(config, IMAGE_SHAPE, NUM_CLASSES)
+  chunk = grid.cond_steps // grid.eval_points
+  state, points, train_s, eval_s = None, [], 0.0, 0.0
+  for _ in range(grid.eval_points):
+    start = time.perf_counter()
+    result = sweep.run(task, config, data, seeds=grid.seeds, steps=chunk, state=state)
+    state = jax.block_until_ready(result.state)
+    train_s += time.perf_counter() - start
+    start = time.perf_counter()
+    scores, samples = evaluate_members(task, state, grid.seeds)
+    last_eval_s = time.perf_counter() - start
+    eval_s += last_eval_s
+    step = int(np.asarray(state.step)[0])
+    points.append({"step": step, "members": scores, **summarize(scores)})
+    print(f"{conditioning} at step {step}: FID {_fmt(points[-1]['fid_mean_se'], 2)}", flush=True)
+  return {"conditioning": conditioning, "model": grid.cond_model, "params": dit.count_params(cfg),
+          "gflops": dit.forward_flops(cfg) / 2e9, "points": points, "train_s": round(train_s, 1),
+          "eval_s": round(eval_s, 1), "final_scores": scores, "samples_seed0": samples,
+          "last_eval_s": round(last_eval_s, 1), "final_loss": np.asarray(result.metrics["loss"])[:, -1]}
+
+
+def _fmt(mean_se_pair, digits: int) -> str:
+  mean, se = mean_se_pair
+  return f"{mean:.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{mean:.{digits}f}"
+
+
+def spearman(a, b) -> float:
+  """Spearman's rank correlation (no tie correction: Gflops and FIDs here are distinct)."""
+  ranks = lambda v: np.argsort(np.argsort(np.asarray(v, np.float64))).astype(np.float64)
+  if len(a) < 2:
+    return float("nan")
+  return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def trends(cells: list[dict], conditionings: list[dict]) -> dict:
+  """The paper's claims checked against this run's means.
+
+  Returns:
+    {"rho": Spearman(Gflops, FID) over cells, "monotone": {size: FID falls with every smaller
+     patch}, "pairs": [(fewer-params-more-Gflops cell, more-params-fewer-Gflops cell, first
+     wins)], "best_conditioning": the lowest final FID}.
+  """
+  fid = {c["model"]: c["fid_mean_se"][0] for c in cells}
+  out = {"rho": spearman([c["gflops"] for c in cells], [fid[c["model"]] for c in cells]), "monotone": {}}
+  for size in dict.fromkeys(c["size"] for c in cells):
+    row = sorted((c for c in cells if c["size"] == size), key=lambda c: -c["patch"])  # growing Gflops
+    out["monotone"][size] = all(b["fid_mean_se"][0] < a["fid_mean_se"][0] for a, b in zip(row, row[1:]))
+  out["pairs"] = [(a["model"], b["model"], fid[a["model"]] < fid[b["model"]]) for a in cells for b in cells
+                  if a["params"] < b["params"] and a["gflops"] > b["gflops"]]
+  if conditionings:
+    finals = {c["conditioning"]: c["points"][-1]["fid_mean_se"][0] for c in conditionings}
+    out["best_conditioning"] = min(finals, key=finals.get)
+  return out
+
+
+def markdown(grid: Grid, cells: list[dict], conditionings: list[dict], found: dict, total_s: float) -> str:
+  """The two tables, the trend checks and the setup, with the command that produced them."""
+  seeds = len(grid.seeds)
+  lines = ["# DiT ablations in shape on 8x8 digits (Peebles & Xie 2023, Figure 2 / Table 4 and Figure 5)", "",
+           f"Command: `{report.command()}`", "",
+           f"{seeds} seeds per cell, each cell one vmapped program (research.sweep.run); batch {_BATCH.value}; "
+           f"{grid.num_samples} DDIM samples (S = 50, η = 0, labels cycling 0..9, EMA parameters) per member "
+           "scored against the digits training split (FID on the digits classifier's features; real held-out "
+           "digits score 2.1). Values are mean ± standard error over seeds. Whole table: "
+           f"{total_s:.0f} s wall on {report.environment()['devices']['kind']} (shared with other jobs, so the "
+           "wall times compare cells only roughly).", "",
+           f"## FID against forward Gflops ({grid.steps} training steps per cell, adaLN-Zero)", "",
+           "| model | patch | tokens | params | Gflops | FID | precision | recall | train s | sample + score s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for c in cells:
+    lines.append(f"| {c['model']} | {c['patch']} | {c['tokens']} | {c['params'] / 1e6:.3f}M | {c['gflops']:.5f} | "
+                 f"{_fmt(c['fid_mean_se'], 2)} | {_fmt(c['precision_mean_se'], 3)} | "
+                 f"{_fmt(c['recall_mean_se'], 3)} | {c['train_s']:.0f} | {c['eval_s']:.0f} |")
+  lines += ["", "Gflops per image are multiply-adds (the paper's convention: half of XLA's flop count)."]
+  shared = [c["model"] for c in cells if c["shared_with_conditioning"]]
+  if shared:
+    lines.append(f"{shared[0]} is the conditioning ablation's adaLN-Zero run (trained in chunks, which end in the "
+                 "state one uninterrupted run reaches), not trained twice; its times are that run's.")
+  if conditionings:
+    steps = [p["step"] for p in conditionings[0]["points"]]
+    lines += ["", f"## Conditioning ({grid.cond_model}, FID over training)", "",
+              "| conditioning | params | Gflops | " + " | ".join(f"FID @ {s}" for s in steps)
+              + " | precision (last) | recall (last) | train s | sample + score s |",
+              "|---|---|---|" + "---|" * len(steps) + "---|---|---|---|"]
+    for c in conditionings:
+      last = c["points"][-1]
+      lines.append(f"| {LABELS[c['conditioning']]} | {c['params'] / 1e6:.3f}M | {c['gflops']:.5f} | "
+                   + " | ".join(_fmt(p["fid_mean_se"], 2) for p in c["points"])
+                   + f" | {_fmt(last['precision_mean_se'], 3)} | {_fmt(last['recall_mean_se'], 3)} | "
+                   f"{c['train_s']:.0f} | {c['eval_s']:.0f} |")
+  lines += ["", "## Do the paper's trends show at this scale?", ""]
+  rho = found["rho"]
+  if np.isfinite(rho):
+    lines.append(f"- FID falls as Gflops grow (paper: yes): Spearman rank correlation of Gflops and mean FID over "
+                 f"the {len(cells)} cells ρ = {rho:.2f} — " + ("shows" if rho < 0 else "does not show") + ".")
+  for size, monotone in found["monotone"].items():
+    row = sorted((c for c in cells if c["size"] == size), key=lambda c: -c["patch"])
+    if len(row) < 2:
+      continue  # one patch size: nothing to compare
+    path = " → ".join(f"/{c['patch']} {c['fid_mean_se'][0]:.2f}" for c in row)
+    lines.append(f"- {size}, smaller patches at nearly equal parameters: FID {path} — "
+                 + ("falls with every smaller patch" if monotone else "does not fall with every smaller patch") + ".")
+  if found["pairs"]:
+    wins = sum(w for _, _, w in found["pairs"])
+    examples = "; ".join(f"{a} vs {b}: {'lower' if w else 'higher'}" for a, b, w in found["pairs"])
+    lines.append(f"- Tokens over parameters (paper: a smaller model with more Gflops can beat a larger one with "
+                 f"fewer): the cell with fewer parameters and more Gflops has the lower FID in {wins} of "
+                 f"{len(found['pairs'])} such pairs ({examples}).")
+  if conditionings:
+    best = found["best_conditioning"]
+    lines.append(f"- Conditioning (paper: adaLN-Zero lowest FID throughout training): lowest final FID here is "
+                 f"{LABELS[best]} — " + ("shows" if best == "adaln_zero" else "does not show") + "; differences "
+                 "within a few standard errors are not resolved by this many seeds.")
+  lines += ["", "Setup: pixel-space DiTs on 8x8x1 digits (the paper's are latent-space on 32x32x4 ImageNet "
+            "latents); sizes from research/models/dit.py (DiT-T: depth 4, width 64, 4 heads; DiT-XS: depth 6, width "
+            "128, 4 heads), learn_sigma off, experiments/diffusion.py's training recipe with the warmup cut to a "
+            f"tenth of short runs and EMA decay {grid.ema_decay:.3f} (a horizon of a tenth of the first evaluation's "
+            "steps; the experiment's 0.999 would leave mostly the initialisation in the EMA of runs this short). "
+            "The paper trains for 400K steps at batch 256; this table trains for minutes on a CPU, so it reproduces "
+            "the comparisons' shape, not the paper's numbers.", ""]
+  return "\n".join(lines)
+
+
+def figure(grid: Grid, cells: list[dict], conditionings: list[dict]) -> Figure:
+  """FID vs Gflops (log x; a marker per size, a line per patch), FID over training, and samples."""
+  fig = Figure(figsize=(15, 4.6), dpi=100)
+  ax_flops, ax_cond, ax_samples = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.1, 1.1, 0.9]})
+  markers = dict(zip(grid.sizes, "osD^v<>"))
+  for patch in grid.patches:
+    row = [c for c in cells if c["patch"] == patch]
+    ax_flops.plot([c["gflops"] for c in row], [c["fid_mean_se"][0] for c in row], "-", color="0.6", lw=1)
+    ax_flops.annotate(f"/{patch}", (row[-1]["gflops"], row[-1]["fid_mean_se"][0]), textcoords="offset points",
+                      xytext=(5, 3), fontsize=8)
+  for size in grid.sizes:
+    row = [c for c in cells if c["size"] == size]
+    ax_flops.errorbar([c["gflops"] for c in row], [c["fid_mean_se"][0] for c in row],
+                      yerr=[np.nan_to_num(c["fid_mean_se"][1]) for c in row], fmt=markers[size], ms=7, capsize=3,
+                      label=size)
+  ax_flops.set_xscale("log")
+  ax_flops.set_xlabel("forward Gflops per image (multiply-adds)")
+  ax_flops.set_ylabel("FID (digits classifier features)")
+  ax_flops.set_title(f"FID vs Gflops, {grid.steps} steps (lines: same patch)", fontsize=10)
+  ax_flops.legend(fontsize=8)
+  for c in conditionings:
+    steps = [p["step"] for p in c["points"]]
+    ax_cond.errorbar(steps, [p["fid_mean_se"][0] for p in c["points"]],
+                     yerr=[np.nan_to_num(p["fid_mean_se"][1]) for p in c["points"]], marker="o", capsize=3,
+                     label=LABELS[c["conditioning"]])
+  ax_cond.set_xlabel("training steps")
+  ax_cond.set_ylabel("FID")
+  ax_cond.set_title(f"Conditioning, {grid.cond_model}", fontsize=10)
+  if conditionings:
+    ax_cond.legend(fontsize=8)
+  # One row of seed 0's samples (digits 0..9) per cell of the Gflops grid.
+  mosaic = np.concatenate([np.concatenate(list(c["samples_seed0"][..., 0]), axis=1) for c in cells], axis=0)
+  ax_samples.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0)
+  ax_samples.set_yticks([IMAGE_SHAPE[0] * (i + 0.5) for i in range(len(cells))], [c["model"] for c in cells],
+                        fontsize=8)
+  ax_samples.set_xticks([])
+  ax_samples.set_title("seed 0 samples, labels 0..9", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def main(outdir: str) -> None:
+  if not flags.FLAGS["verbosity"].present:
+    # Checking a config starts JAX's backends, whose INFO lines would break bad input's one line.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  try:
+    grid = Grid()
+  except ConfigError as e:
+    cli.fail(str(e))
+  start = time.perf_counter()
+  split = data_lib.load("digits", "train")
+  data = {"image": split["image"], "label": split["label"]}
+  conditionings = []
+  for conditioning in grid.conditionings:
+    conditionings.append(run_conditioning(conditioning, grid, data))
+  # The ablation's adaLN-Zero run is the grid's cell of the same model when they train as long.
+  shared_run = next((c for c in conditionings if c["conditioning"] == "adaln_zero"), None) \
+      if grid.cond_steps == grid.steps else None
+  cells = []
+  for name in grid.names():
+    cells.append(run_gflops_cell(name, grid, data, shared_run if name == grid.cond_model else None))
+    c = cells[-1]
+    print(f"{name}: {c['gflops']:.5f} Gflops, FID {_fmt(c['fid_mean_se'], 2)} "
+          f"(train {c['train_s']:.0f} s, sample + score {c['eval_s']:.0f} s)", flush=True)
+  total = time.perf_counter() - start
+  sampler = cell_config(grid.names()[0], "adaln_zero", grid.steps, grid.num_samples, grid.ema_decay)
+  found = trends(cells, conditionings)
+  text = markdown(grid, cells, conditionings, found, total)
+  results = {"steps": grid.steps, "seeds": grid.seeds, "batch_size": _BATCH.value, "num_samples": grid.num_samples,
+             "ema_decay": grid.ema_decay,
+             "sampler": {k: sampler[k] for k in ("sampler", "sample_steps", "eta", "tau", "guidance_scale")},
+             "cells": [{k: v for k, v in c.items() if k != "samples_seed0"} for c in cells],
+             "conditioning": {"model": grid.cond_model, "steps": grid.cond_steps,
+                              "runs": [{k: v for k, v in c.items() if k != "samples_seed0"} for c in conditionings]},
+             "trends": found}
+  report.write_report(outdir, "dit", results, text, figure=figure(grid, cells, conditionings), wall_time_s=total)
+  print(text)
+
+
+if __name__ == "__main__":
+  report.main(main)
