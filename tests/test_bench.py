@@ -85,7 +85,7 @@ def _check_ppo(report):
 
 def _check_sweep(report):
   # Every peer trains the same seeds from the same keys and batches: same parameters.
-  assert set(report["peers"]) == {"vmapped", "sequential_scans", "python_loop"}
+  assert set(report["peers"]) == {"vmapped", "sequential_scans", "python_loop", "loop_members"}
   for name, peer in report["peers"].items():
     assert peer["max_abs_diff_vs_vmapped"] < 1e-5, name
   expected = gan_experiment.get_config("gan,smoke")
@@ -149,3 +149,14 @@ def test_benchmark_writes_its_report(tmp_path, name):
       report["versions"].items())
   assert report["devices"]["platform"] == jax.devices()[0].platform
   CHECKS[name](report)
+
+
+def test_sweep_benchmark_of_the_classifier(tmp_path):
+  proc = run_python(["-m", "experiments.bench.sweep", f"--outdir={tmp_path}", "--model=classifier", "--seeds=3",
+                     "--steps=4"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "sweep.json").read_text())
+  assert report["model"] == "classifier" and report["seeds"] == 3
+  for name, peer in report["peers"].items():
+    assert peer["max_abs_diff_vs_vmapped"] < 1e-5, name
+    assert peer["steps_per_s"] > 0, name

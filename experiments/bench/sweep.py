@@ -1,10 +1,11 @@
-"""Sweep speed: 16 GAN seeds as one vmapped program vs 16 sequential runs of the same step.
+"""Sweep speed: N seeds as one vmapped program vs N sequential runs of the same step.
 
-All three train the same task (experiments/gan.py's GAN on ring8; by default its mode_table
-preset, the sizes of the gan_modes table) for the same steps from the same seeds, and end
-with the same parameters (checked, reported as max_abs_diff). Compilation is done before
-every timing; a timing runs from the host arrays to the final states (block_until_ready),
-batch indexing included.
+Every peer trains the same task for the same steps from the same seeds: `--model=gan`,
+experiments/gan.py's GAN on ring8 (by default its mode_table preset, the sizes of the gan_modes
+table), or `--model=classifier`, experiments/classifier.py's digits MLP (the model of the
+Adam vs AdamW table). The peers' final parameters are compared (max_abs_diff). Compilation is
+done before every timing; a timing runs from the host arrays to the final states
+(block_until_ready), batch indexing included.
 
   vmapped           research.sweep: the loop's train step under lax.scan, vmapped over the
                     seeds, one compiled program.
@@ -13,12 +14,19 @@ batch indexing included.
                     batches, seed after seed: research.train.train without checkpoints or logs.
   sequential_scans  research.sweep's one-seed scan, jitted once and called per seed: separates
                     what vmap gains from what the scan gains.
+  loop_members      research.train.train with research.train.Members (what experiments/sweep.py
+                    runs): the vmapped step with the loop's prefetching, logging and
+                    checkpoints; its rate is the loop's own steps_per_second (after the compiling
+                    call), as member-steps per second.
 
 Run:
   python -m experiments.bench.sweep --outdir=experiments/bench/results/sweep
+  python -m experiments.bench.sweep --outdir=experiments/bench/results/sweep_classifier64 --model=classifier --seeds=64
   python -m experiments.bench.sweep --outdir=/tmp/sweep_bench --preset=gan,smoke
 """
 
+import dataclasses
+import tempfile
 import time
 
 import jax
@@ -26,18 +34,21 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import classifier
 from experiments import gan as gan_experiment
 from experiments import report
 from research import data as data_lib
 from research import sweep
 from research.data import Batcher
+from research.metrics import features
 from research.models import gan
-from research.train import Keys, init_state, make_train_step
+from research.train import Keys, Members, init_state, make_train_step, train
 
 _SEEDS = flags.DEFINE_integer("seeds", 16, "Seeds (runs) per peer.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Train steps per run.")
 _PRESET = flags.DEFINE_string("preset", "gan,mode_table", "experiments/gan.py preset of the benchmarked GAN "
                               "(gan,smoke: tiny nets, where per-step dispatch dominates).")
+_MODEL = flags.DEFINE_enum("model", "gan", ["gan", "classifier"], "The benchmarked task.")
 
 
 def _first(tree):
@@ -94,6 +105,18 @@ def time_python_loop(task, config, data, seeds, steps):
   return elapsed, jax.device_get(finals[0].params)
 
 
+def time_loop_members(task, config, data, seeds, steps):
+  """research.train.train with Members: the loop's rate after its compiling call, as the time of all steps."""
+  config = config.copy_and_resolve_references()
+  config.steps, config.log_every, config.checkpoint_every = steps, steps, steps
+  # The rate counts the calls after the first (compiling) one: keep at least two.
+  config.steps_per_call = max(1, min(config.steps_per_call, steps // 2))
+  training_only = dataclasses.replace(task, evaluate=None, sample=None)  # the rate is of the training steps
+  with tempfile.TemporaryDirectory() as workdir:
+    run = train(training_only, config, workdir, data, members=Members(tuple(seeds)))
+  return steps / run.results["steps_per_second"], jax.device_get(_first(run.state.params))
+
+
 def _max_abs_diff(a, b) -> float:
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a),
                                                                                    jax.tree.leaves(b)))
@@ -103,14 +126,25 @@ def main(outdir: str) -> None:
   seeds, steps = list(range(_SEEDS.value)), _STEPS.value
   if steps <= 0 or not seeds:
     raise app.UsageError("--steps and --seeds must be positive")
-  config = gan_experiment.get_config(_PRESET.value)
-  config.steps = steps
-  task = gan.make_task(config)
-  data = data_lib.load(config.dataset, "train")
+  if _MODEL.value == "gan":
+    config = gan_experiment.get_config(_PRESET.value)
+    config.steps = steps
+    task = gan.make_task(config)
+    data = data_lib.load(config.dataset, "train")
+    what = (f"GAN seeds x {steps} steps (ring8, preset {_PRESET.value}, batch {config.batch_size}, generator "
+            f"{config.gen_depth} x {config.gen_width}, discriminator {config.disc_depth} x {config.disc_width} "
+            f"maxout {config.maxout_pieces})")
+  else:
+    config = classifier.get_config()
+    config.steps = steps
+    task = features.make_task(config)
+    split = data_lib.load("digits", "train")
+    data = {"image": split["image"], "label": split["label"]}
+    what = f"digits classifier seeds x {steps} steps (MLP 64-256-64-10, batch {config.batch_size}, AdamW)"
 
   timings, params = {}, {}
   for name, fn in (("vmapped", time_vmapped), ("sequential_scans", time_sequential_scans),
-                   ("python_loop", time_python_loop)):
+                   ("python_loop", time_python_loop), ("loop_members", time_loop_members)):
     timings[name], params[name] = fn(task, config, data, seeds, steps)
   total_steps = steps * len(seeds)
   rows = {name: {"seconds": round(t, 3), "steps_per_s": round(total_steps / t, 1),
@@ -118,10 +152,7 @@ def main(outdir: str) -> None:
                  "max_abs_diff_vs_vmapped": _max_abs_diff(params[name], params["vmapped"])}
           for name, t in timings.items()}
   env = report.environment()
-  lines = [f"Sweep speed: {len(seeds)} GAN seeds x {steps} steps (ring8, preset {_PRESET.value}, "
-           f"batch {config.batch_size}, generator {config.gen_depth} x {config.gen_width}, "
-           f"discriminator {config.disc_depth} x {config.disc_width} maxout {config.maxout_pieces}), "
-           f"{env['devices']['kind']}, jax {env['versions']['jax']}", "",
+  lines = [f"Sweep speed: {len(seeds)} {what}, {env['devices']['kind']}, jax {env['versions']['jax']}", "",
            "| peer | seconds | steps/s (all seeds) | vmapped speedup | max abs param diff vs vmapped |",
            "|---|---|---|---|---|"]
   for name, row in rows.items():
@@ -129,7 +160,7 @@ def main(outdir: str) -> None:
                  f"{row['max_abs_diff_vs_vmapped']:.2e} |")
   table = "\n".join(lines)
   print(table)
-  result = {"seeds": len(seeds), "steps": steps, "preset": _PRESET.value, "peers": rows}
+  result = {"model": _MODEL.value, "seeds": len(seeds), "steps": steps, "preset": _PRESET.value, "peers": rows}
   report.write_report(outdir, "sweep", result, f"{table}\n\nCommand: `{report.command()}`\n", config=config,
                       json_file="sweep.json")
 
