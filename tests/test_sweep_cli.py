@@ -58,6 +58,9 @@ def test_a_diverging_member_is_reported_and_the_others_finish(tmp_path):
   swept = autoencoder_experiment.run(config, str(tmp_path), members=members)["members"]
   assert np.isfinite(swept[0]["train_loss"]) and "diverged_at_step" not in swept[0]
   assert swept[1]["train_loss"] is None and 1 <= swept[1]["diverged_at_step"] <= config.steps
+  # The checkpoint remembers it: the same sweep resumed at its end reports the same member.
+  resumed = autoencoder_experiment.run(config, str(tmp_path), members=members)["members"]
+  assert resumed[1]["diverged_at_step"] == swept[1]["diverged_at_step"] and "diverged_at_step" not in resumed[0]
 
 
 def test_shape_changing_fields_are_refused_by_name(tmp_path):

@@ -450,12 +450,14 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   member_evals: list[dict[str, Any]] = []
   train_loss = None
   member_losses = None
-  diverged: dict[int, tuple[int, str, float]] = {}  # member -> its first non-finite (step, metric, value)
+  # member -> its first non-finite (step, metric, value); kept in checkpoints, so a resumed sweep still knows.
+  diverged: dict[int, tuple[int, str, float]] = {int(i): tuple(v) for i, v in position.get("diverged", {}).items()}
 
   def save(step: int):
     position = {"step": step, "seed": config.seed, "interval": interval.to_json()}
     if members is not None:
       position["members"] = members.to_json()
+      position["diverged"] = {str(i): list(v) for i, v in diverged.items()}
     checkpoints.save(step, state, position, config)
     last["saved"] = step
 
