@@ -83,11 +83,8 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   _check(q, k, v)
   t, s, h = q.shape[1], k.shape[1], q.shape[2]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
-  # Scaling the (B, T, H, D) queries rather than the (B, H, T, S) scores saves a pass over the
-  # layer's largest array in the forward pass and another in the backward pass.
-  q = q * (1.0 / math.sqrt(q.shape[-1]))
-  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B|1, H|1, T, S)
-  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) + bias  # (B, H, T, S)
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+  scores = scores + _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
   probs = jax.nn.softmax(scores, axis=-1)
   return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
 
