@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -226,3 +227,31 @@ def test_two_processes_match_one_process(tmp_path, digits_train):
   single = _train_tiny(tmp_path / "single", 20, digits_train)
   np.testing.assert_allclose(results[0]["train_loss"], single.results["train_loss"], rtol=1e-5)
   assert results[1]["train_loss"] == results[0]["train_loss"]
+
+
+def test_checkpoint_written_before_a_state_field_existed_restores(tmp_path):
+  # A state saved without TrainState.hparams (as checkpoints were before the field) restores
+  # into a state whose hparams is None, rather than being set aside as unreadable.
+  from typing import Any  # pylint: disable=import-outside-toplevel
+  import flax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from research.train import Checkpointer, TrainState  # pylint: disable=import-outside-toplevel
+
+  @flax.struct.dataclass
+  class EarlierState:
+    step: Any
+    params: Any
+    opt_state: Any
+    ema_params: Any = None
+    extra: Any = None
+
+  earlier = EarlierState(step=jnp.int32(7), params={"w": jnp.arange(3.0)}, opt_state=(jnp.ones(3),))
+  saver = Checkpointer(str(tmp_path), keep=2)
+  saver.save(7, earlier, {"step": 7}, ml_collections.ConfigDict({"seed": 0}))
+  saver.close()
+  now = TrainState(step=jnp.int32(0), params={"w": jnp.zeros(3)}, opt_state=(jnp.zeros(3),))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), now)
+  state, position = Checkpointer(str(tmp_path), keep=2).restore(abstract)
+  assert isinstance(state, TrainState) and state.hparams is None and position == {"step": 7}
+  np.testing.assert_array_equal(state.params["w"], [0.0, 1.0, 2.0])
+  assert int(state.step) == 7 and not (tmp_path / "checkpoints_unreadable").exists()

@@ -7,6 +7,7 @@ into a temporary directory it renames only when complete, so a run killed mid-sa
 the previous checkpoints intact and never a half-written one as the latest.
 """
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping
@@ -91,10 +92,11 @@ class Checkpointer:
     steps = self.steps()
     for step in reversed(steps):
       try:
+        target, rebuild = self._target(step, abstract_state)
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore()))
-        return restored["state"], restored["data"]
+        return rebuild(restored["state"]), restored["data"]
       except Exception as e:  # pylint: disable=broad-except
         aside = self._set_aside(step)
         logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s and trying the previous one",
@@ -103,6 +105,27 @@ class Checkpointer:
       raise RuntimeError(f"no readable checkpoint among steps {steps} in {self.directory}; "
                          "refusing to start from scratch over them")
     return None
+
+  def _target(self, step: int, abstract_state):
+    """What to restore into, and how to make the state from it.
+
+    A checkpoint written before a state field existed (TrainState.hparams, say) holds the
+    fields it had: when every missing field is empty (None) in this run too, it restores into
+    those fields and the state is rebuilt around them, instead of failing on the tree's shape.
+    """
+    keep = (abstract_state, lambda tree: tree)
+    if not dataclasses.is_dataclass(abstract_state):
+      return keep
+    try:
+      stored = set(self._manager.item_metadata(step)["state"].keys())
+    except Exception:  # pylint: disable=broad-except
+      return keep
+    fields = [f.name for f in dataclasses.fields(abstract_state)]
+    missing = [f for f in fields if f not in stored]
+    if not missing or any(getattr(abstract_state, f) is not None for f in missing):
+      return keep
+    return ({f: getattr(abstract_state, f) for f in fields if f in stored},
+            lambda tree: abstract_state.replace(**tree))
 
   def _set_aside(self, step: int) -> str:
     """Moves an unreadable checkpoint out of the manager's directory, keeping it for inspection.
