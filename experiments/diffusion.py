@@ -104,13 +104,17 @@ def check_config(config) -> None:
       raise ConfigError(str(e)) from None
 
 
-def run(config, workdir: str) -> dict:
-  """Trains and samples the diffusion model described by `config`; returns what results.json holds."""
+def run(config, workdir: str, members=None) -> dict:
+  """Trains and samples the diffusion model described by `config`; returns what results.json holds.
+
+  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
+  """
   check_config(config)
   check_workdir(workdir)
   train_split = data_lib.load(config.dataset, "train")
   task = diffusion.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0)
-  return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]}).results
+  return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]},
+               members=members).results
 
 
 if __name__ == "__main__":

@@ -147,8 +147,11 @@ def _separator(tokenizer) -> list[int]:
   return [end_of_text] if end_of_text is not None else tokenizer.encode("\n\n")
 
 
-def run(config, workdir: str) -> dict:
-  """Trains the GPT described by `config` in `workdir`; returns what results.json holds."""
+def run(config, workdir: str, members=None) -> dict:
+  """Trains the GPT described by `config` in `workdir`; returns what results.json holds.
+
+  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
+  """
   check_config(config)
   check_workdir(workdir)
   data_lib.check_name(config.dataset)
@@ -186,7 +189,7 @@ def run(config, workdir: str) -> dict:
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
   unit = "char" if config.tokenizer == "char" else "token"
   task = gpt2.make_task(config, vocab_size, tokenizer.decode, prompts, unit)
-  return train(task, config, workdir, windows, eval_windows).results
+  return train(task, config, workdir, windows, eval_windows, members).results
 
 
 if __name__ == "__main__":

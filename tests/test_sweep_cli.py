@@ -145,3 +145,14 @@ def test_killed_sweep_resumes_to_the_same_members(tmp_path):
   ours = json.loads((workdir / "results.json").read_text())["members"]
   theirs = json.loads((tmp_path / "reference" / "results.json").read_text())["members"]
   assert [m["train_loss"] for m in ours] == [m["train_loss"] for m in theirs]
+
+
+def test_gpt2_members_equal_their_single_runs(tmp_path):
+  from experiments import gpt2 as gpt2_experiment  # pylint: disable=import-outside-toplevel
+  config = gpt2_experiment.get_config("smoke")
+  members = Members(seeds=(0, 1), hparams={"optimizer.learning_rate": (2e-3, 5e-3)})
+  swept = gpt2_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  single = _single(gpt2_experiment, config, tmp_path / "one", seed=1, **{"optimizer.learning_rate": 5e-3})
+  np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
+  np.testing.assert_allclose(swept[1]["val_loss"], single["val_loss"], rtol=1e-5)
+  assert (tmp_path / "sweep" / "member_1" / "samples.txt").exists()
