@@ -24,6 +24,7 @@ def config_for(model: str, steps: int, mesh=(-1, 1, 1)):
   if model == "vae":
     config.model, config.latent_dim, config.hidden = "vae", 4, (64,)
     config.corruption, config.noise_level, config.objective, config.k, config.eval_k = "gaussian", 0.3, "elbo", 1, 4
+    config.kl_weight = 1.0
   config.steps, config.batch_size, config.log_every, config.checkpoint_every = steps, 32, 2, 4
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
   return config

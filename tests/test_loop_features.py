@@ -22,6 +22,7 @@ def _ae_config(steps, **overrides):
   config = base_config()
   config.model, config.latent_dim, config.hidden = "ae", 4, (32,)
   config.corruption, config.noise_level, config.objective, config.k, config.eval_k = "gaussian", 0.3, "elbo", 1, 4
+  config.kl_weight = 1.0
   config.steps, config.batch_size, config.log_every, config.checkpoint_every = steps, 32, 5, 100
   for name, value in overrides.items():
     config[name] = value
