@@ -147,14 +147,16 @@ class GPT2(nn.Module):
 
   Keyword arguments: `attention_mask` (B, S) booleans (False at padding), `positions` (B, T)
   (default 0 .. T-1 after cache_index), `cache` (a list of per-layer KVCache; then the
-  updated list is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}).
+  updated list is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}),
+  `return_hidden` (then (logits, hidden) with the final LayerNorm's output (B, T, n_embd)
+  in place of the logits, for heads on the backbone: reward and value models).
   """
 
   cfg: GPT2Config
 
   @nn.compact
   def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None, cache_index=None,
-               train: bool = False):
+               train: bool = False, return_hidden: bool = False):
     cfg = self.cfg
     b, t = input_ids.shape
     if positions is None:
@@ -173,7 +175,8 @@ class GPT2(nn.Module):
       new_cache.append(layer_cache)
     x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
     logits = wte.attend(x).astype(jnp.float32)  # tied output projection, (B, T, vocab)
-    return logits if cache is None else (logits, new_cache)
+    out = (logits, x) if return_hidden else logits
+    return out if cache is None else (out, new_cache)
 
   def init_cache(self, batch: int, length: int) -> list[attention_lib.KVCache]:
     cfg = self.cfg
@@ -350,29 +353,53 @@ def _choose(logits, key, temperature, top_k: int, top_p):
   return jnp.where(temperature > 0, sampled, greedy)
 
 
+def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_tokens: int, temperature=1.0,
+                     top_k: int = 0, top_p=1.0):
+  """New tokens after left-padded prompts: a KV-cache prefill, then one `lax.scan` over the new tokens.
+
+  A pure function (no jit of its own), so it can run inside a larger compiled program, e.g. the
+  rollouts of RLHF's PPO (research/rl/rlhf.py); `generate` is its host-side front end.
+
+  Args:
+    model: a GPT2 module.
+    params: its parameters (the inner dict, without the "params" key).
+    tokens: (B, P) prompt ids, left-padded.
+    prompt_mask: (B, P) booleans, False at the padding.
+    key: the sampling key.
+    max_new_tokens: N, the tokens to add.
+    temperature: 0 is greedy; 1 samples from the model's own distribution (traced).
+    top_k: top-k sampling (0: off); a Python int, it fixes the program.
+    top_p: nucleus sampling threshold (1: off; traced).
+
+  Returns:
+    (B, N) int32 new tokens.
+  """
+  b, p = tokens.shape
+  lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
+  key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
+  cache = model.init_cache(b, p + max_new_tokens)
+  logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask, positions=positions, cache=cache,
+                              cache_index=0)
+
+  def step(carry: DecodeCarry, i):
+    k_choose, key = jax.random.split(carry.key)
+    token = _choose(carry.logits, k_choose, temperature, top_k, top_p)  # (B,)
+    logits, cache = model.apply({"params": params}, token[:, None], attention_mask=key_mask,
+                                positions=(lengths + i)[:, None], cache=carry.cache, cache_index=p + i)
+    return DecodeCarry(cache, logits[:, -1], key), token
+
+  _, new = jax.lax.scan(step, DecodeCarry(cache, logits[:, -1], key), jnp.arange(max_new_tokens))
+  return new.T.astype(jnp.int32)  # (B, N)
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int):
   """One jitted program per (model, max_new_tokens, top_k); jax caches it per prompt bucket shape."""
 
   @jax.jit
   def run(params, tokens, prompt_mask, key, temperature, top_p):
-    b, p = tokens.shape
-    lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
-    key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
-    cache = model.init_cache(b, p + max_new_tokens)
-    logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask, positions=positions, cache=cache,
-                                cache_index=0)
-
-    def step(carry: DecodeCarry, i):
-      k_choose, key = jax.random.split(carry.key)
-      token = _choose(carry.logits, k_choose, temperature, top_k, top_p)  # (B,)
-      logits, cache = model.apply({"params": params}, token[:, None], attention_mask=key_mask,
-                                  positions=(lengths + i)[:, None], cache=carry.cache, cache_index=p + i)
-      return DecodeCarry(cache, logits[:, -1], key), token
-
-    _, new = jax.lax.scan(step, DecodeCarry(cache, logits[:, -1], key), jnp.arange(max_new_tokens))
-    return new.T  # (B, N)
+    return continue_prompts(model, params, tokens, prompt_mask, key, max_new_tokens, temperature, top_k, top_p)
 
   return run
 
