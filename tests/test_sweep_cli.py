@@ -1,11 +1,13 @@
 """Sweeps through the one loop (research.train.Members) and from the command line (experiments/sweep.py)."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -156,3 +158,34 @@ def test_gpt2_members_equal_their_single_runs(tmp_path):
   np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
   np.testing.assert_allclose(swept[1]["val_loss"], single["val_loss"], rtol=1e-5)
   assert (tmp_path / "sweep" / "member_1" / "samples.txt").exists()
+
+
+def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, monkeypatch):
+  from experiments import classifier as classifier_experiment  # pylint: disable=import-outside-toplevel
+  from research.metrics import features  # pylint: disable=import-outside-toplevel
+  make_task = features.make_task
+  traces = []
+
+  def counting_task(config):
+    task = make_task(config)
+    assert task.evaluate_pure
+
+    def evaluate(params, key, data):
+      traces.append(jax.tree.leaves(params)[0].shape)  # runs when traced, not per call
+      return task.evaluate(params, key, data)
+    return dataclasses.replace(task, evaluate=evaluate)
+
+  monkeypatch.setattr(features, "make_task", counting_task)
+  config = classifier_experiment.get_config("smoke")
+  config.eval_every = 20  # two evaluations: at step 20 and at the end
+  members = Members(seeds=(0, 1, 1), hparams={"optimizer.learning_rate": (3e-3, 3e-3, 1e-2)})
+  swept = classifier_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert len(traces) == 1  # one compiled evaluation for every member and every evaluation step
+  for i, member in enumerate(swept):
+    single = _single(classifier_experiment, config, tmp_path / str(i), seed=member["seed"],
+                     **{"optimizer.learning_rate": member["values"]["optimizer.learning_rate"]})
+    np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(member["test_loss"], single["test_loss"], rtol=1e-4)  # float32 batched sums
+    assert member["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=1e-6)
+  assert len(traces) == 4  # each single run compiles its own (unbatched) evaluation once
+  assert swept[1]["test_loss"] != pytest.approx(swept[2]["test_loss"], rel=1e-4)

@@ -120,18 +120,18 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
     logits, _ = model.apply(params, to_unit_images_traced(batch["image"]))
     return _cross_entropy(logits, batch["label"]), {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
-  @jax.jit
-  def scores(params, images, labels):
-    logits, _ = model.apply(params, images)
-    return _cross_entropy(logits, labels), jnp.mean(jnp.argmax(logits, -1) == labels)
-
   def evaluate(params, key, eval_data):
+    # Pure: a sweep's members are evaluated together in one vmapped program.
     del key
-    loss, accuracy = scores(params, to_unit_images(eval_data["image"]), jnp.asarray(eval_data["label"], jnp.int32))
-    return {"test_accuracy": float(accuracy), "test_error": 1.0 - float(accuracy), "test_loss": float(loss)}
+    images = eval_data["image"]
+    x = to_unit_images_traced(images) if images.dtype == jnp.uint8 else jnp.clip(images.astype(jnp.float32), 0, 1)
+    logits, _ = model.apply(params, x)
+    labels = eval_data["label"].astype(jnp.int32)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return {"test_accuracy": accuracy, "test_error": 1.0 - accuracy, "test_loss": _cross_entropy(logits, labels)}
 
   return Task(init=lambda k, b: model.init(k, to_unit_images_traced(b["image"])),
-              tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate, evaluate_pure=True,
               learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
 
 

@@ -221,6 +221,14 @@ def _member_means(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
+def _summarize(task: Task, arrays: dict[str, Any]) -> dict[str, Any]:
+  """One member's pure evaluation (NumPy arrays) as results.json holds it: the task's `summarize`, or floats."""
+  if task.summarize is not None:
+    return dict(task.summarize(arrays))
+  return {name: np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+          for name, value in arrays.items() if name != "samples"}
+
+
 def _chunks(start: int, steps: int, config):
   """(first step, number of steps) of each call: up to steps_per_call, ending on every event step.
 
@@ -445,6 +453,10 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   interval = _Interval(position.get("interval"))
   # Each member evaluates and samples with the keys of its own single run.
   eval_keys = [jax.random.split(Keys.from_seed(seed).eval) for seed in seeds]  # [(k_evaluate, k_sample)]
+  if task.evaluate_pure:
+    pure_evaluate = jax.jit(task.evaluate if members is None else jax.vmap(task.evaluate, in_axes=(0, 0, None)))
+    eval_key_array = eval_keys[0][0] if members is None else jnp.stack([k[0] for k in eval_keys])
+  scored_samples: dict[str, Any] = {}  # a pure evaluation's "samples" and its step
   last = {"saved": start if restored is not None else None, "eval_step": None, "sample_step": None}
   eval_metrics: dict[str, Any] = {}
   member_evals: list[dict[str, Any]] = []
@@ -469,7 +481,15 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
     nonlocal eval_metrics, member_evals
     if task.evaluate is None:
       return
-    member_evals = [dict(task.evaluate(member_params(i), eval_keys[i][0], eval_data)) for i in range(len(seeds))]
+    if task.evaluate_pure:
+      # One compiled program for every member: their params and keys batched, the data shared.
+      arrays = jax.device_get(pure_evaluate(eval_params(state), eval_key_array, eval_data))
+      member_arrays = [jax.tree.map(lambda x: x if members is None else x[i], arrays) for i in range(len(seeds))]
+      member_evals = [_summarize(task, a) for a in member_arrays]
+      # Generated samples the evaluation scored are what `write_samples` writes at this step.
+      scored_samples.update(step=step, samples=[a.get("samples") for a in member_arrays])
+    else:
+      member_evals = [dict(task.evaluate(member_params(i), eval_keys[i][0], eval_data)) for i in range(len(seeds))]
     eval_metrics = member_evals[0] if members is None else _member_means(member_evals)
     scalars = {f"eval/{k}": v for k, v in eval_metrics.items() if isinstance(v, (int, float, np.number))
                and not isinstance(v, bool)}
@@ -488,8 +508,11 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
       try:
         directory = workdir if members is None else os.path.join(workdir, f"member_{i}")
         os.makedirs(directory, exist_ok=True)
-        images.write_samples(directory, task.sample(member_params(i), eval_keys[i][1]),
-                             writer if i == 0 else None, step)
+        if scored_samples.get("step") == step and scored_samples["samples"][i] is not None:
+          drawn = {"samples": scored_samples["samples"][i]}
+        else:
+          drawn = task.sample(member_params(i), eval_keys[i][1])
+        images.write_samples(directory, drawn, writer if i == 0 else None, step)
       except Exception as e:  # pylint: disable=broad-except
         # A picture must never cost the run its results.
         monitor.say(f"warning: could not write samples at step {step}: {type(e).__name__}: {e}")

@@ -30,6 +30,17 @@ class Task:
       handed to `train`, or None), every `config.eval_every` steps and at the end, on the
       EMA parameters when there are any. Scalars go to TensorBoard under `eval/`, the last
       evaluation's metrics into results.json.
+    evaluate_pure: True when `evaluate` (if any) is a pure, jittable function of (params, key, data)
+      returning a dict of arrays (NLL, accuracy, the classifier features of generated samples,
+      mode counts): the loop then compiles it once, and a sweep evaluates all its members in
+      one `jax.vmap`ped program (params and keys batched over members, the data shared)
+      instead of one Python evaluation per member. An entry "samples" (generated images the
+      evaluation scored) is what the loop writes as the samples of that step, so samples.npz
+      holds exactly the scored images.
+    summarize: with `evaluate_pure`, `summarize(metrics) -> metrics` turns one member's
+      evaluation arrays (NumPy) into what results.json holds (a Fréchet distance from the
+      features, Python floats); by default every scalar array becomes a float and other
+      arrays lists ("samples" left out).
     sample: `sample(params, key) -> {name: sample}`, every `config.sample_every` steps and
       at the end: images (N, H, W, C) in [0, 1] become `<name>.png` (a grid) and
       `<name>.npz` (`images`), points (N, 2) a scatter plot and `<name>.npz` (`points`),
@@ -54,6 +65,8 @@ class Task:
   loss: Callable[..., tuple[Any, Metrics]] | None = None
   train_step: Callable[..., tuple[Any, Metrics]] | None = None
   evaluate: Callable[..., Metrics] | None = None
+  evaluate_pure: bool = False
+  summarize: Callable[..., Metrics] | None = None
   sample: Callable[..., Mapping[str, Any]] | None = None
   learning_rate: Callable[..., Any] | None = None
   init_extra: Callable[..., Any] | None = None
