@@ -49,8 +49,8 @@ from absl import app, flags
 
 from experiments import bert as bert_experiment
 from experiments import report
+from experiments.bench.steps import StepTimer
 from research.models import bert
-from research.train import Keys, init_state, make_train_step
 
 _LAYERS = flags.DEFINE_integer("num_hidden_layers", 4, "Encoder blocks.")
 _WIDTH = flags.DEFINE_integer("hidden_size", 128, "Model width.")
@@ -108,15 +108,11 @@ class Setup:
     return out
 
 
-def _param_count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
 def _rotated(items: list, r: int) -> list:
   return items[r % len(items):] + items[:r % len(items)]
 
 
-class JaxSide:
+class JaxSide(StepTimer):
   """research.train's jitted step on experiments/bert.py's MLM task, and the jitted forward pass."""
 
   def __init__(self, setup: Setup, batches: list[dict[str, np.ndarray]]):
@@ -124,28 +120,15 @@ class JaxSide:
     self.optimizer = config.optimizer
     self.cfg = setup.model_config()
     task = dataclasses.replace(bert.make_pretrain_task(config, self.cfg, SPECIAL), evaluate=None)
-    self.batches = [{k: jnp.asarray(v) for k, v in b.items()} for b in batches]
-    self.keys = Keys.from_seed(config.seed)
-    self.state = init_state(task, self.keys.init, self.batches[0], 0.0)
-    self.step = jax.jit(make_train_step(task, 0.0), donate_argnums=0)
-    self.param_count = _param_count(self.state.params)
+    super().__init__(task, [{k: jnp.asarray(v) for k, v in b.items()} for b in batches], config.seed)
     model = bert.BertForMaskedLM(self.cfg)
     self.forward = jax.jit(lambda params, b: model.apply({"params": params}, b["input_ids"],
                                                          attention_mask=b["attention_mask"],
                                                          token_type_ids=b["token_type_ids"]))
     self.params = None  # inference weights, set by the caller
-    self.losses: list[float] = []
 
   def train(self, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-      s = int(self.state.step)
-      start = time.perf_counter()
-      self.state, metrics = self.step(self.state, self.batches[s % len(self.batches)],
-                                      jax.random.fold_in(self.keys.train, s))
-      self.losses.append(float(metrics["loss"]))  # waits for the step
-      times.append(time.perf_counter() - start)
-    return times
+    return self.run(steps)
 
   def infer(self, calls: int, batch) -> tuple[list[float], np.ndarray]:
     times, logits = [], None

@@ -53,10 +53,10 @@ from torch.nn import functional as F
 
 from experiments import gpt2 as gpt2_experiment
 from experiments import report
+from experiments.bench.steps import StepTimer
 from research import optim
 from research.models import attention as attention_lib
 from research.models import gpt2
-from research.train import Keys, init_state, make_train_step
 
 _N_LAYER = flags.DEFINE_integer("n_layer", 6, "Transformer blocks.")
 _N_EMBD = flags.DEFINE_integer("n_embd", 384, "Model width.")
@@ -111,15 +111,11 @@ class Setup:
             for _ in range(count)]
 
 
-def _param_count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
 # ---------------------------------------------------------------------------------------
 # The training step on both sides.
 
 
-class JaxTrainer:
+class JaxTrainer(StepTimer):
   """research.train's jitted step on the GPT-2 task; `run(n)` trains n steps and returns seconds per step."""
 
   def __init__(self, setup: Setup, attention: str, batches: list[np.ndarray]):
@@ -127,24 +123,8 @@ class JaxTrainer:
     self.optimizer = config.optimizer
     task = gpt2.make_task(config, setup.vocab_size, lambda ids: "", [[0]])
     self.task = dataclasses.replace(task, evaluate=None, sample=None)
-    self.batches = [{"tokens": jnp.asarray(b)} for b in batches]
-    self.keys = Keys.from_seed(config.seed)
-    self.state = init_state(self.task, self.keys.init, self.batches[0], 0.0)
-    self.step = jax.jit(make_train_step(self.task, 0.0), donate_argnums=0)
-    self.param_count = _param_count(self.state.params)
-    self.losses: list[float] = []
+    super().__init__(self.task, [{"tokens": jnp.asarray(b)} for b in batches], config.seed)
     self.compile_s = 0.0  # the first call's seconds, set by the caller
-
-  def run(self, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-      s = int(self.state.step)
-      start = time.perf_counter()
-      self.state, metrics = self.step(self.state, self.batches[s % len(self.batches)],
-                                      jax.random.fold_in(self.keys.train, s))
-      self.losses.append(float(metrics["loss"]))  # waits for the step
-      times.append(time.perf_counter() - start)
-    return times
 
 
 class TorchTrainer:
