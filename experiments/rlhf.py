@@ -24,7 +24,26 @@ Then every policy (the SFT reference, PPO, DPO) completes the same held-out prom
 split: `samples.txt` shows some of them with gold and proxy (reward-model) scores, and
 `results.json` holds the gold reward's means and standard errors (gold_reward_ref,
 gold_reward_ppo, gold_reward_dpo and *_se), the mean per-sequence KL to the reference (kl_ppo,
-kl_dpo) and the reward model's held-out pair accuracy (reward_model_accuracy).
+kl_dpo) and the reward model's held-out pair accuracy (reward_model_accuracy); `preferences.npz`
+keeps the rankings, so a resumed run labels nothing again. The stages are importable functions
+(`pretrain`, `supervised_finetune`, `preferences`, `train_reward_model`, `run_ppo`, `run_dpo`,
+`evaluate`) for tables that vary their sizes.
+
+Default run (`python -m experiments.rlhf --workdir=/tmp/rlhf`, a 2-layer, 64-wide character GPT;
+438 s on 2 shared CPU cores at a load average of 10-15; two runs gave the same numbers), on 256
+held-out prompts:
+
+  policy  gold reward (mean +- s.e.)  KL to the SFT model (nats per completion)
+  SFT     1.156 +- 0.062              0
+  PPO     2.234 +- 0.084              13.69
+  DPO     2.570 +- 0.112              12.24
+
+reward_model_accuracy 0.656 on the held-out rankings' noisy labels, where the gold score itself
+gets 0.658 (samples.txt's first line: 28% of the held-out pairs tie in gold, and the label of a
+tie is a coin flip). Run again on the finished workdir, every stage is restored (26 s). PPO's
+held-out evaluations at rollouts 50 / 100 / 150: gold 2.17 / 2.14 / 2.23, proxy 0.94 / 0.86 / 1.01,
+KL 13.2 / 12.9 / 13.7; some of its samples repeat keywords ("not not", "for ... for"), which the
+gold score penalises (samples.txt).
 """
 
 import dataclasses
@@ -226,11 +245,12 @@ def finished(stage_dir: str, steps: int) -> dict | None:
 def final_params(workdir: str):
   """The trained parameters ({"params": ...}) of the latest checkpoint of a loop run in `workdir`."""
   checkpoints = Checkpointer(workdir, keep=1)
-  steps = checkpoints.steps()
+  steps, directory = checkpoints.steps(), checkpoints.directory
+  checkpoints.close()
   if not steps:
     raise ConfigError(f"{workdir} holds no checkpoint")
-  state = ocp.StandardCheckpointer().restore(os.path.join(checkpoints.directory, str(steps[-1]), "state"))
-  return state["params"]
+  # Restored as saved (nested dicts of arrays): no abstract state of the run needs rebuilding.
+  return ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), "state"))["params"]
 
 
 def _word_starts(stream: np.ndarray, tokenizer, length: int) -> np.ndarray:
@@ -254,6 +274,10 @@ def _draw(stream, tokenizer, count: int, length: int, rng: np.random.Generator) 
 
 def pretrain(config, workdir: str) -> Setup:
   """Stage 0: the GPT of experiments/gpt2.py (config.pretrain) in `workdir`/pretrain, then the prompts.
+
+  Args:
+    config: the experiment config.
+    workdir: the run's directory.
 
   Returns:
     The Setup of the later stages.
@@ -289,6 +313,11 @@ def _gold(config, tokenizer, completions: np.ndarray) -> np.ndarray:
 
 def supervised_finetune(config, workdir: str, setup: Setup):
   """Stage 1: fine-tunes the pretrained model on the best-scoring continuations of training text.
+
+  Args:
+    config: the experiment config (config.sft is the loop's).
+    workdir: the run's directory; the stage trains in `workdir`/sft.
+    setup: from `pretrain`.
 
   Returns:
     The SFT model's lm_params (the reference of PPO and DPO).
@@ -334,6 +363,12 @@ def _rankings(config, setup: Setup, lm_params, prompts: np.ndarray, key: jax.Arr
 def preferences(config, workdir: str, setup: Setup, sft_params) -> tuple[dict, dict]:
   """Rankings of the SFT model's completions of the training and held-out prompts (cached in workdir).
 
+  Args:
+    config: the experiment config.
+    workdir: the run's directory; the rankings are kept in `workdir`/preferences.npz.
+    setup: from `pretrain`.
+    sft_params: the SFT model that writes the completions.
+
   Returns:
     (train rankings, held-out rankings): {"tokens": (M, K, L), "completion": (M, K, L), "gold": (M, K)}.
   """
@@ -361,6 +396,13 @@ def reward_model_config(config, setup: Setup) -> gpt2.GPT2Config:
 
 def train_reward_model(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict, dict]):
   """Stage 2: the reward model on the training rankings; it starts from the SFT model when it has its size.
+
+  Args:
+    config: the experiment config (config.reward is the loop's).
+    workdir: the directory whose `reward` sub-directory the stage trains in.
+    setup: from `pretrain`.
+    sft_params: the SFT model.
+    rankings: (train, held-out) rankings from `preferences`.
 
   Returns:
     (reward-model config, its variables, held-out pair accuracy).
@@ -398,6 +440,14 @@ def _summary(scores: dict[str, Any]) -> dict[str, float]:
 def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
   """Stage 3: PPO from the SFT model against the reward model, KL-penalised towards the SFT model.
 
+  Args:
+    config: the experiment config (config.ppo is the loop's; its steps are rollouts).
+    workdir: the run's directory; the stage trains in `workdir`/ppo.
+    setup: from `pretrain`.
+    sft_params: the SFT model: the starting policy and the reference.
+    rm_cfg: the reward model's config.
+    rm_params: its variables.
+
   Returns:
     The PPO policy's lm_params.
   """
@@ -422,6 +472,13 @@ def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
 def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict, dict]):
   """Stage 4: DPO from the SFT model on the reward model's training rankings.
 
+  Args:
+    config: the experiment config (config.dpo is the loop's).
+    workdir: the run's directory; the stage trains in `workdir`/dpo.
+    setup: from `pretrain`.
+    sft_params: the SFT model: the starting policy and the reference.
+    rankings: (train, held-out) rankings from `preferences`.
+
   Returns:
     The DPO policy's lm_params.
   """
@@ -437,6 +494,17 @@ def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict
 
 # ---------------------------------------------------------------------------------------
 # Evaluation and the whole run.
+
+
+def gold_label_agreement(rankings: dict[str, np.ndarray]) -> tuple[float, float]:
+  """How well the gold score itself predicts noisy labels: (share of pairs it orders strictly right, share tied).
+
+  A tie's label is a coin flip no strict scorer can beat, so the first number bounds what the
+  reward model's strict pair accuracy can be expected to reach on these labels.
+  """
+  better, worse = rlhf.ranked_pairs(rankings["gold"].shape[1])
+  gold = rankings["gold"]
+  return float(np.mean(gold[:, better] > gold[:, worse])), float(np.mean(gold[:, better] == gold[:, worse]))
 
 
 def evaluate(config, setup: Setup, rm_cfg, rm_params, policies: dict[str, Any]) -> tuple[dict[str, dict], str]:
@@ -489,7 +557,10 @@ def run(config, workdir: str) -> dict:
   ppo_params = run_ppo(config, workdir, setup, sft_params, rm_cfg, rm_params)
   dpo_params = run_dpo(config, workdir, setup, sft_params, rankings)
   scores, text = evaluate(config, setup, rm_cfg, rm_params, {"ref": sft_params, "ppo": ppo_params, "dpo": dpo_params})
+  agreement, ties = gold_label_agreement(rankings[1])
   with open(os.path.join(workdir, "samples.txt"), "w") as f:
+    f.write(f"Reward model: held-out pair accuracy {accuracy:.4f}; the gold score itself orders {agreement:.4f} "
+            f"of the held-out pairs as their noisy labels do ({ties:.4f} of the pairs tie in gold).\n")
     f.write(text)
   results = {}
   for name in ("ref", "ppo", "dpo"):
