@@ -495,20 +495,28 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
     value = lm_loss(logits, tokens[:, 1:])
     return value, {f"bits_per_{unit}": value / math.log(2)}
 
-  @jax.jit
-  def batch_nll(params, tokens):
-    logits = model.apply(params, tokens[:, :-1])
-    return lm_loss(logits, tokens[:, 1:]) * tokens[:, 1:].size, tokens[:, 1:].size
-
   def evaluate(params, key, windows):
+    # Pure: chunks of eval_batch_size windows in one lax.map (the last padded, its padding masked),
+    # so a sweep's members are scored together in one vmapped program.
     del key
-    windows = np.asarray(windows["tokens"])
-    total, count = 0.0, 0
-    for start in range(0, len(windows), config.eval_batch_size):
-      nll, n = batch_nll(params, jnp.asarray(windows[start:start + config.eval_batch_size]))
-      total, count = total + float(nll), count + int(n)
-    value = total / count
-    return {"val_loss": value, f"val_bits_per_{unit}": value / math.log(2), "val_tokens": count}
+    tokens = windows["tokens"]
+    n, length = tokens.shape
+    batch = min(config.eval_batch_size, n)
+    chunks = -(-n // batch)
+    padded = jnp.pad(tokens, ((0, chunks * batch - n), (0, 0))).reshape(chunks, batch, length)
+    valid = (jnp.arange(chunks * batch) < n).reshape(chunks, batch)
+
+    def chunk_nll(chunk):
+      window, ok = chunk
+      mask = jnp.broadcast_to(ok[:, None], (batch, length - 1))
+      return lm_loss(model.apply(params, window[:, :-1]), window[:, 1:], mask) * jnp.sum(mask)
+
+    count = n * (length - 1)
+    return {"val_loss": jnp.sum(jax.lax.map(chunk_nll, (padded, valid))) / count, "val_tokens": count}
+
+  def summarize(arrays):
+    value = float(arrays["val_loss"])
+    return {"val_loss": value, f"val_bits_per_{unit}": value / math.log(2), "val_tokens": int(arrays["val_tokens"])}
 
   def sample(params, key):
     out = generate(model, params["params"], [list(p) for p in prompts], config.sample_tokens, key=key,
@@ -516,7 +524,8 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
     return {"samples": [decode(prompt) + " ||| " + decode(o[len(prompt):]) for prompt, o in zip(prompts, out)]}
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              evaluate_pure=True, summarize=summarize, sample=sample,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
 
 
 # ---------------------------------------------------------------------------------------
