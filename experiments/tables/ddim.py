@@ -36,7 +36,6 @@ from experiments import report
 from experiments.tables import diffusion_model
 from research.models import diffusion
 from research.train import ConfigError
-from research.train import cli
 from research.train.images import image_grid
 
 _SAMPLE_STEPS = flags.DEFINE_list("sample_steps", ["10", "20", "50", "100", "1000"], "Sampling steps S (columns).")
@@ -228,16 +227,8 @@ def figure(flags_: Flags, cells: dict, images: dict, floor: dict) -> Figure:
 
 def main(outdir: str) -> None:
   start = time.perf_counter()
-  config = diffusion_model.CONFIG.value
-  workdir = diffusion_model.model_workdir(outdir)
-  n = diffusion_model.NUM_SAMPLES.value
-  try:
-    flags_ = Flags(config)
-    diffusion_model.check_model_flags(config, workdir)
-    model = diffusion_model.trained_model(config, workdir)
-  except ConfigError as e:
-    cli.fail(str(e))
-  scorer = diffusion_model.Scorer()
+  flags_, model, n, scorer = diffusion_model.prepare(outdir, Flags)
+  config, workdir = model.config, model.workdir
   key = jax.random.key(_SEED.value)
   cells = {m: {} for m in flags_.members + [SIGMA_HAT]}
   timings, images = {}, {}

@@ -31,7 +31,7 @@ from experiments import diffusion as diffusion_experiment
 from research import data as data_lib
 from research.metrics import fid as fid_lib
 from research.models import diffusion
-from research.train import Checkpointer, ConfigError, Keys, check_workdir, eval_params, init_state, restore_pytree
+from research.train import Checkpointer, ConfigError, Keys, check_workdir, cli, eval_params, init_state, restore_pytree
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffusion.py"),
@@ -90,6 +90,28 @@ def check_model_flags(config, workdir: str) -> None:
   check_workdir(workdir)
   if NUM_SAMPLES.value < MIN_SAMPLES:
     raise ConfigError(f"--num_samples must be at least {MIN_SAMPLES}, got {NUM_SAMPLES.value}")
+
+
+def prepare(outdir: str, check_flags: Callable[[Any], Any]) -> tuple[Any, "TrainedModel", int, "Scorer"]:
+  """Checks a table's flags, trains or restores its model, and makes its scorer; bad input exits 2 in one line.
+
+  Args:
+    outdir: the table's output directory (the model lives in `model_workdir(outdir)`).
+    check_flags: `check_flags(config) -> checked`, the table's own checks (raising ConfigError),
+      run before the model's and before anything is trained or written.
+
+  Returns:
+    (what check_flags returned, the trained model, --num_samples, a Scorer).
+  """
+  config = CONFIG.value
+  workdir = model_workdir(outdir)
+  try:
+    checked = check_flags(config)
+    check_model_flags(config, workdir)
+    model = trained_model(config, workdir)
+  except ConfigError as e:
+    cli.fail(str(e))
+  return checked, model, NUM_SAMPLES.value, Scorer()
 
 
 def check_sample_steps(config, steps) -> None:

@@ -30,7 +30,6 @@ from experiments import report
 from experiments.tables import diffusion_model
 from research.models import diffusion
 from research.train import ConfigError
-from research.train import cli
 from research.train.images import image_grid
 
 _SCALES = flags.DEFINE_list("scales", ["0", "1", "1.5", "2", "3", "5"], "Guidance scales w, vmapped in one program.")
@@ -155,16 +154,8 @@ def figure(scales, rows, images) -> Figure:
 
 def main(outdir: str) -> None:
   start = time.perf_counter()
-  config = diffusion_model.CONFIG.value
-  workdir = diffusion_model.model_workdir(outdir)
-  n = diffusion_model.NUM_SAMPLES.value
-  try:
-    scales = check_flags(config)
-    diffusion_model.check_model_flags(config, workdir)
-    model = diffusion_model.trained_model(config, workdir)
-  except ConfigError as e:
-    cli.fail(str(e))
-  scorer = diffusion_model.Scorer()
+  scales, model, n, scorer = diffusion_model.prepare(outdir, check_flags)
+  config, workdir = model.config, model.workdir
   drawn = sample_scales(model, scales, jax.random.key(_SEED.value), n)
   labels = np.asarray(model.labels(n))
   rows = [scorer(images, labels) for images in drawn.images]
