@@ -330,19 +330,34 @@ def _markdown(results: dict, config, wall_s: float) -> str:
   lines += ["", "## Verdict", ""]
   if over:
     lines.append(f"Along training, the proxy kept rising while the gold reward peaked and fell in {len(over)} of "
-                 f"{len(runs)} PPO runs ({', '.join(over)}).")
+                 f"{len(runs)} PPO runs ({'; '.join(over)}).")
   else:
     lines.append(f"Along training, in none of the {len(runs)} PPO runs did the proxy keep rising while the gold reward "
                  "peaked and fell by more than twice its standard error.")
+  # Where the best block is the first, the shape's rising half is not resolved by the blocks: compare the
+  # first block with the SFT reference (held-out prompts, the blocks are training prompts' rollouts).
+  first = [(n, b, results["ppo"][n][b]["along"]["gold"][0]) for n, b, v in runs if v["peak"] == 0]
+  rose = [f"RM {n}, beta {b} ({g:+.2f})" for n, b, g in first if g > ref["gold"] + 2 * ref["gold_se"]]
+  never = [f"RM {n}, beta {b} ({g:+.2f})" for n, b, g in first if g <= ref["gold"] + 2 * ref["gold_se"]]
+  if first:
+    lines.append(
+        f"In {len(first)} of the {len(runs)} runs the best gold block is the first ({results['window']} updates). Its "
+        f"gold is above the SFT reference's held-out {ref['gold']:+.2f} ± {ref['gold_se']:.2f} by more than twice "
+        f"that error in {len(rose)} ({'; '.join(rose) or 'none'}): the gold rose within the first block and fell "
+        f"after it. It is not above it in {len(never)} ({'; '.join(never) or 'none'}): the gold never rose, those "
+        "runs only lost gold reward while the proxy climbed.")
   falls_only = [f"RM {n}, beta {b}" for n, b, v in runs if v["gold_falls"] and not v["proxy_rises"]]
   if falls_only:
-    lines.append(f"The gold reward fell after a peak without the proxy still rising in: {', '.join(falls_only)}.")
+    lines.append(f"The gold reward fell after a peak without the proxy still rising in: {'; '.join(falls_only)}.")
   for name in rms:
     v = results["dpo_verdict"][name]
     lines.append(f"DPO across betas (ordered by KL), proxy of RM {name}: gold "
                  + ("peaks and falls" if v["gold_falls"] else "does not peak and fall")
                  + ", proxy " + ("keeps rising beyond the gold peak" if v["proxy_rises"] else "does not keep rising")
                  + ".")
+  above = [b for b, d in dpo.items() if d["gold"] - 2 * math.hypot(d["gold_se"], ref["gold_se"]) > ref["gold"]]
+  lines.append(f"DPO's gold is above the SFT reference's by more than twice their combined error at {len(above)} of "
+               f"{len(dpo)} betas" + (f" ({', '.join(sorted(above, key=float))})." if above else "."))
   lines += ["", f"Whole table: {wall_s:.0f} s wall (stages already in {results['model_dir_name']}/ are reused).", ""]
   return "\n".join(lines)
 
