@@ -9,7 +9,11 @@ Run:
 Writes into the workdir: checkpoints, TensorBoard events, reconstructions.png (test images
 and their reconstructions in alternating rows; for the DAE: clean, corrupted, denoised),
 samples.png (VAE: Bernoulli means of decoded prior samples) and results.json with
-test_nll_nats and nll_k (VAE) or the test reconstruction errors (AE/DAE).
+test_nll_nats and nll_k (VAE) or the test reconstruction errors (AE/DAE). On digits the VAE's
+`num_samples` prior samples are scored as the GAN's and the diffusion model's are: FID,
+precision and recall against the training digits' classifier features, and the share of
+each class (research/metrics/fid.py; real held-out digits score FID 2.1); samples.npz and
+samples.png then hold those samples.
 """
 
 import ml_collections
@@ -31,6 +35,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.objective = "elbo"  # VAE training bound: elbo (analytic KL) or iwae (log-mean-exp of k weights)
   config.k = 1  # samples per image in the training bound
   config.eval_k = 5000  # importance samples per test image for test_nll_nats (IWAE paper: 5000)
+  config.num_samples = 1000  # VAE on digits: prior samples scored (FID, precision, recall) and written; 0: none
   config.steps = 10_000  # optimizer updates (about 670 epochs of the 1497 training digits)
   config.batch_size = 100  # images per step
   config.optimizer.eps = 1e-4  # Adam epsilon as in the IWAE paper
@@ -43,11 +48,21 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.latent_dim = 4
     config.hidden = (32,)
     config.eval_k = 16
+    config.num_samples = 40
     config.checkpoint_every = 10
     config.log_every = 10
   elif preset:
     raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
   return config
+
+
+def check_config(config) -> None:
+  """Raises ConfigError on bad input, before anything is loaded, compiled or written."""
+  check_common(config)
+  autoencoder.check_config(config)
+  # Precision/recall's k-th nearest neighbour (k = 3) needs more samples than k.
+  if config.num_samples != 0 and config.num_samples < 4:
+    raise ConfigError(f"num_samples must be 0 (no sample metrics) or at least 4, got {config.num_samples}")
 
 
 def run(config, workdir: str, members=None) -> dict:
@@ -59,14 +74,15 @@ def run(config, workdir: str, members=None) -> dict:
     ConfigError: on a bad field, a dataset without images, or a workdir whose checkpoint
       has other shapes; before anything is compiled or written to the workdir.
   """
-  check_common(config)
-  autoencoder.check_config(config)
+  check_config(config)
   check_workdir(workdir)
   train_data = data_lib.load(config.dataset, "train")
   if "image" not in train_data:
     raise ConfigError(f"dataset {config.dataset!r} has no images (features: {', '.join(sorted(train_data))})")
   test_images = data_lib.load(config.dataset, "test")["image"]
-  task = autoencoder.make_task(config, test_images)
+  # The digits classifier scores 8x8 digits only.
+  num_samples = config.num_samples if config.model == "vae" and config.dataset == "digits" else 0
+  task = autoencoder.make_task(config, test_images, num_samples)
   return train(task, config, workdir, {"image": train_data["image"]}, {"image": test_images}, members).results
 
 

@@ -1,21 +1,69 @@
-"""GAN, WGAN (weight clipping) and WGAN-GP on 2D mixtures or 8x8 digits, with PacGAN packing.
+"""GAN, WGAN (weight clipping), WGAN-GP and the hinge loss on 2D mixtures or 8x8 digits, with PacGAN packing.
 
 Run:
   python -m experiments.gan --workdir=/tmp/gan
   python -m experiments.gan --workdir=/tmp/wgan_gp --config=experiments/gan.py:wgan_gp
   python -m experiments.gan --workdir=/tmp/pacgan --config.pack=2 --config.dataset=grid25
   python -m experiments.gan --workdir=/tmp/gan_digits --config.dataset=digits
+  python -m experiments.gan --workdir=/tmp/wgan_gp_digits --config.dataset=digits --config.loss=wgan_gp
+  python -m experiments.gan --workdir=/tmp/pacgan_digits --config.dataset=digits --config.pack=2
+  python -m experiments.gan --workdir=/tmp/cgan_digits --config.dataset=digits --config.conditional=True
   python -m experiments.gan --workdir=/tmp/smoke --config=experiments/gan.py:wgan,smoke
 
-Writes `samples.png` (a scatter of generated points, or a grid of generated digits) and
-`results.json`; on ring8 / grid25 it holds PacGAN's mode coverage (`modes_captured`,
-`high_quality_fraction`) of `eval_samples` generated points.
+Writes `samples.png` (a scatter of generated points, or a grid of generated digits),
+`samples.npz` and `results.json`; on ring8 / grid25 it holds PacGAN's mode coverage
+(`modes_captured`, `high_quality_fraction`) of `eval_samples` generated points. On digits the
+run draws `num_samples` images (1000) from the EMA generator, writes exactly those to
+samples.npz, and results.json holds their FID, precision and recall against the training
+digits in the digits classifier's feature space, the share of each class the classifier reads
+(`class_shares`) and `classes_covered` (classes with at least 2% of the samples), as the
+diffusion experiment reports them (research/metrics/fid.py; real held-out digits: FID 2.08).
+With `--config.conditional=True` the generator reads a label and the discriminator is a
+projection discriminator; the scored images are asked for the digits 0, 1, ..., 9 in turn, and
+results.json adds `label_accuracy`, how often the classifier reads the digit asked for.
 
-The generator and the critic share one `optimizer` block (the papers use the same
-optimizer for both). n_critic and the optimizer's name, learning_rate, b1, b2 and schedule
-follow the loss (LOSS_SETTINGS below) unless set explicitly: `--config.loss=wgan_gp` and the
-preset `--config=experiments/gan.py:wgan_gp` are the same run, and
-`--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4` changes that run's learning rate only.
+The generator and the critic share one `optimizer` block (the papers use the same optimizer
+for both); the critic's learning rate is the generator's times `disc_lr_ratio` (TTUR).
+n_critic, the optimizer's name, learning_rate, b1, b2 and schedule and the fields of
+IMAGE_SETTINGS follow the loss and the dataset (LOSS_SETTINGS and POINT_SETTINGS on 2D
+points, IMAGE_SETTINGS on digits) unless set explicitly: `--config.loss=wgan_gp` and the
+preset `--config=experiments/gan.py:wgan_gp` are the same run, `--config.dataset=digits`
+alone gives the image settings, and `--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4`
+changes that run's learning rate only.
+
+Digits. The two-layer conv pair with the points' settings (latent 2, Adam(1e-3, 0.5), batch
+128, no EMA: the preset `small_conv`, this experiment's digits run before the image settings)
+drops classes: among its 1000 samples the classifier reads no 0, no 5 and 0.6% 4s, FID 34.2
+(16x real held-out digits). What mattered, each change alone from the chosen settings, seed 0,
+3000 steps, 1000 samples (FID ratio: FID / 2.08; classes covered; the smallest class share;
+the run's wall seconds on a 2-core CPU shared with other jobs (load 8-13), so only roughly
+comparable):
+  chosen: DCGAN-style pair, 16 channels, latent 32, spectral norm,
+          Adam(2e-4, 0.5), critic at 2x (TTUR), batch 64, EMA 0.999    2.28  10  0.072   223
+  latent 2 instead of 32                                            33.1    6  0.000   243
+  no EMA: the last generator instead of the average                  3.81  10  0.081   237
+  no spectral normalisation                                          2.55  10  0.076   418
+  TTUR off: the critic at the generator's 2e-4                       2.32  10  0.072   420
+  1500 steps (5 seeds, gan_digits table with --steps=1500)         8.40  10    -     462
+So the 2-dimensional latent was what dropped the classes (alone it takes the chosen run from 10
+classes to 6 and from 2.3x to 33x), and the EMA of the generator cuts the last iterate's FID by
+40%. At 1500 steps the EMA (decay 0.999, a time constant of 1000 steps) still carries the early
+generators. Spectral normalisation and TTUR help a little here. A first version of the pair (32
+channels; in the critic a stride-1 3x3 conv and two 4x4 stride-2 convs) made 1.5 steps/s (5.4
+at 16 channels) where the two-layer pair made 57 in the same process: too slow for a run of a
+few minutes. The chosen pair at 16 channels has 30k parameters and 40% of the two-layer pair's
+FLOPs per step (7.9e7 against 2.0e8).
+
+The default command, `python -m experiments.gan --workdir=/tmp/g --config.dataset=digits
+--config.seed=S`: S = 0 FID 4.75 (2.28x), S = 1 FID 3.75 (1.80x); 10 of 10 classes each, the
+smallest class share 7.2% and 6.0%, precision 0.40 / 0.40, recall 0.87 / 0.89; 3000 steps at
+27 steps/s on the shared machine (under 4 minutes with compilation and scoring). WGAN-GP with
+Gulrajani et al.'s image settings (`--config.loss=wgan_gp`: lambda 10, n_critic 5, Adam(1e-4, 0,
+0.9), no spectral norm, seed 0): FID 4.76 (2.29x), 10 classes, smallest share 6.6%, in 3000 steps
+(7 steps/s, 516 s; each step makes 5 critic updates with a double backward pass). PacGAN-2
+(`--config.pack=2`, the GAN's settings as in Lin et al.): FID 4.16 (2.00x), 10 classes, smallest
+share 8.2%. Conditional (`--config.conditional=True`): FID 1.41 (0.68x), 10 classes, smallest
+share 9.4%, label accuracy 0.96.
 
 WGAN-GP's settings: on ring8 the paper's (Adam 1e-4, beta1 0, lambda 10, constant rate, n_critic 5)
 need far more than the default 3000 generator steps: in 3000 they capture 0 of 8 modes (0% high
@@ -45,10 +93,12 @@ from research import data as data_lib
 from research.models import gan
 from research.train import base_config, check_common, cli, train
 
-# The settings that follow `config.loss`: each field holds a reference to the loss and reads
-# its value here until something sets it (a preset, --config.<field>=..., or code), after which it
-# keeps what it was given. So `--config.loss=wgan_gp` trains with the WGAN-GP column, and
-# `--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4` with that column but 3e-4.
+# The settings that follow `config.loss` (and, for images, `config.dataset`): each field holds a
+# reference to the loss and the dataset and reads its value here until something sets it (a preset,
+# --config.<field>=..., or code), after which it keeps what it was given. So `--config.loss=wgan_gp`
+# trains with the WGAN-GP column, and `--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4`
+# with that column but 3e-4.
+# On 2D points (ring8, grid25, swissroll):
 LOSS_SETTINGS = {
     # Adam with beta1 = 0.5 as in DCGAN: this codebase's choice for the toy problems.
     "gan": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 1e-3, "optimizer.b1": 0.5,
@@ -61,37 +111,85 @@ LOSS_SETTINGS = {
     # 3000 steps suffice (measured in the module docstring).
     "wgan_gp": {"n_critic": 5, "optimizer.name": "adam", "optimizer.learning_rate": 2e-3, "optimizer.b1": 0.5,
                 "optimizer.b2": 0.9, "optimizer.schedule": "warmup_cosine"},
+    # The hinge loss with the GAN's optimizer.
+    "hinge": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 1e-3, "optimizer.b1": 0.5,
+              "optimizer.b2": 0.999, "optimizer.schedule": "constant"},
 }
-PRESETS = ("smoke", "mode_table") + gan.LOSSES
+# What the fields that LOSS_SETTINGS leaves out read on 2D points, whatever the loss.
+POINT_SETTINGS = {"steps": 3000, "batch_size": 128, "latent_dim": 2, "gp_weight": 0.1, "ema_decay": 0.0,
+                  "spectral_norm": False, "disc_lr_ratio": 1.0, "conv_features": 32}
+# On 8x8 digits (the conv pair), every following field per loss (measured in the module docstring).
+IMAGE_SETTINGS = {
+    # DCGAN's Adam(2e-4, 0.5), TTUR (critic at 2x), spectral normalisation, generator EMA.
+    "gan": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 2e-4, "optimizer.b1": 0.5,
+            "optimizer.b2": 0.999, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
+            "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": True, "disc_lr_ratio": 2.0,
+            "conv_features": 16},
+    # Arjovsky et al.'s RMSProp 5e-5 with the image pair (not measured on digits).
+    "wgan": {"n_critic": 5, "optimizer.name": "rmsprop", "optimizer.learning_rate": 5e-5, "optimizer.b1": 0.0,
+             "optimizer.b2": 0.99, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
+             "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": False, "disc_lr_ratio": 1.0,
+             "conv_features": 16},
+    # Gulrajani et al.'s image settings: Adam(1e-4, beta1 0, beta2 0.9), lambda 10, n_critic 5.
+    "wgan_gp": {"n_critic": 5, "optimizer.name": "adam", "optimizer.learning_rate": 1e-4, "optimizer.b1": 0.0,
+                "optimizer.b2": 0.9, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
+                "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": False,
+                "disc_lr_ratio": 1.0, "conv_features": 16},
+    # The hinge loss with the GAN's settings (Miyato et al. pair it with spectral normalisation).
+    "hinge": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 2e-4, "optimizer.b1": 0.5,
+              "optimizer.b2": 0.999, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
+              "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": True, "disc_lr_ratio": 2.0,
+              "conv_features": 16},
+}
+FOLLOWING = tuple(IMAGE_SETTINGS["gan"])  # every field that follows the loss and the dataset
+PRESETS = ("smoke", "mode_table", "small_conv") + gan.LOSSES
 
 
-def _loss_setting(field: str, _, loss: str):
-  # An unknown loss reads as None: check_config names the bad loss before anything uses the field.
-  return LOSS_SETTINGS.get(loss, {}).get(field)
+def setting(field: str, loss: str, dataset: str):
+  """The value `field` follows for this loss and dataset (None for an unknown loss or dataset).
+
+  Args:
+    field: a name of FOLLOWING (dotted for the optimizer's).
+    loss: a name of gan.LOSSES.
+    dataset: a dataset name.
+
+  Returns:
+    The value, or None: check_config names the bad loss or dataset before anything uses it.
+  """
+  if gan.is_image_dataset(dataset):
+    return IMAGE_SETTINGS.get(loss, {}).get(field)
+  if dataset not in gan.POINT_DATASETS or loss not in LOSS_SETTINGS:
+    return None
+  return LOSS_SETTINGS[loss].get(field, POINT_SETTINGS.get(field))
+
+
+def _setting(field: str, _, loss: str, dataset: str):
+  return setting(field, loss, dataset)
 
 
 def _follow_loss(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Makes every LOSS_SETTINGS field of `config` a reference that reads its value from `config.loss`.
+  """Makes every FOLLOWING field of `config` a reference that reads its value from the loss and dataset.
 
-  A reference stops following the loss once it is set, so whatever a user sets explicitly
-  survives a later change of the loss, in either order on the command line.
+  A reference stops following once it is set, so whatever a user sets explicitly survives a
+  later change of the loss or the dataset, in either order on the command line.
 
   Args:
-    config: a config with `loss` and every field LOSS_SETTINGS names.
+    config: a config with `loss`, `dataset` and every field FOLLOWING names.
 
   Returns:
     `config`, changed in place.
   """
-  loss = config.get_ref("loss")
-  for field, value in LOSS_SETTINGS["gan"].items():
+  loss, dataset = config.get_ref("loss"), config.get_ref("dataset")
+  for field, value in IMAGE_SETTINGS["gan"].items():
     *parents, name = field.split(".")
     node = config
     for parent in parents:
       node = node[parent]
     kind = type(value)
     # A derived reference, built as ml_collections builds `ref + 1` (its exported _Op): the op
-    # reads the loss and ignores the reference's own value, an unused default of the field's type.
-    op = config_dict._Op(functools.partial(_loss_setting, field), [loss])  # pylint: disable=protected-access
+    # reads the loss and the dataset and ignores the reference's own value, an unused default of
+    # the field's type.
+    op = config_dict._Op(functools.partial(_setting, field), [loss, dataset])  # pylint: disable=protected-access
     node[name] = ml_collections.FieldReference(kind(), field_type=kind, op=op)
   return config
 
@@ -100,25 +198,31 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; `preset` is a comma-separated list of PRESETS (a loss name, mode_table, smoke)."""
   config = base_config()
   config.dataset = "ring8"  # ring8, grid25, swissroll (2D points: MLP pair) or digits (8x8: conv pair)
-  config.steps = 3000  # generator updates (each after n_critic critic updates)
-  config.batch_size = 128  # samples per critic (and generator) update
+  config.steps = 3000  # generator updates (each after n_critic critic updates; follows the loss and data)
+  config.batch_size = 128  # samples per critic (and generator) update (follows the loss and data)
   config.checkpoint_every = 1000  # save a checkpoint every this many steps (and at the end)
   config.log_every = 250  # write metrics and a progress line every this many steps
-  config.loss = "gan"  # gan (non-saturating), wgan (weight clipping) or wgan_gp (gradient penalty)
+  config.loss = "gan"  # gan (non-saturating), wgan (weight clipping), wgan_gp (gradient penalty) or hinge
   config.n_critic = 1  # critic updates per generator update (follows the loss: LOSS_SETTINGS)
   config.pack = 1  # PacGAN packing degree m: the discriminator judges m samples at once
-  config.latent_dim = 2  # dimension of the Gaussian latent code z
+  config.latent_dim = 2  # dimension of the Gaussian latent code z (follows the data: 2 points, 32 images)
   config.gen_width = 128  # units per hidden layer of the MLP generator
   config.gen_depth = 3  # hidden ReLU layers of the MLP generator
   config.disc_width = 128  # units per hidden layer of the MLP discriminator
   config.disc_depth = 2  # hidden layers of the MLP discriminator
   config.disc_layer = "maxout"  # the MLP discriminator's hidden layers: maxout (LinearMaxout) or relu
   config.maxout_pieces = 5  # linear pieces per LinearMaxout unit
-  config.conv_features = 32  # base channel count of the conv pair (digits)
+  config.conv_arch = "dcgan"  # digits: the conv pair, dcgan (labels, spectral norm) or small (see small_conv)
+  config.conv_features = 32  # base channel count of the conv pair (digits; follows the data: 16 dcgan, 32 small_conv)
+  config.spectral_norm = False  # conv critic: spectral normalisation of every layer (follows the loss and data)
+  config.conditional = False  # digits: class-conditional generator and projection discriminator
+  config.disc_lr_ratio = 1.0  # critic learning rate / generator learning rate (TTUR; follows the loss and data)
   config.clip = 0.01  # wgan: critic weights are clipped to [-clip, clip]
-  config.gp_weight = 0.1  # wgan_gp: lambda of the gradient penalty (Gulrajani et al.'s toy value)
+  config.gp_weight = 0.1  # wgan_gp: lambda of the penalty (0.1 on points as Gulrajani et al.'s toy code, 10 on images)
   config.eval_samples = 2500  # generated points scored for mode coverage (and drawn in the scatter)
-  # The optimizer's name, learning_rate, b1, b2 and schedule follow the loss too.
+  config.num_samples = 1000  # digits: generated images scored (FID, precision, recall) and written to samples.npz
+  config.ema_decay = 0.0  # generator EMA, used by evaluation and samples (follows the data: 0.999 on images)
+  # The optimizer's name, learning_rate, b1, b2 and schedule follow the loss (and the data) too.
   _follow_loss(config)
 
   tokens = [t for t in preset.split(",") if t]
@@ -136,6 +240,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.disc_width = 64
     config.optimizer.schedule = "warmup_cosine"
+  if "small_conv" in tokens:
+    # The digits GAN before the image settings: the two-layer conv pair with the 2D points' settings
+    # (latent 2, Adam 1e-3 beta1 0.5, batch 128, no EMA), which experiments/bench/vs_torch.py's
+    # PyTorch peer mirrors.
+    config.dataset = "digits"
+    config.conv_arch = "small"
+    for field in FOLLOWING:
+      value = setting(field, config.loss, "ring8")
+      *parents, name = field.split(".")
+      (config.optimizer if parents else config)[name] = value
   if "smoke" in tokens:
     config.steps = 6
     config.batch_size = 32
@@ -146,6 +260,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.maxout_pieces = 2
     config.conv_features = 4
     config.eval_samples = 200
+    config.num_samples = 40
   return config
 
 

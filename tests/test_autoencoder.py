@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from experiments import autoencoder as experiment
+from research.metrics import fid as fid_lib
 from research.metrics import nll as nll_lib
 from research.models import autoencoder
 from research.train import ConfigError
@@ -185,6 +186,17 @@ def test_smoke_run_writes_results_and_pictures_and_refuses_another_latent_dim(tm
   assert results["test_nll_nats"] == stored["test_nll_nats"]
   for name in ("reconstructions.png", "samples.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
+  # The VAE's prior samples are scored like the GAN's and the diffusion model's: the numbers in
+  # results.json are those of the images in samples.npz.
+  samples = np.load(os.path.join(workdir, "samples.npz"))["images"]
+  config = experiment.get_config("smoke")
+  assert samples.shape == (config.num_samples,) + IMAGE_SHAPE
+  assert 0.0 <= samples.min() and samples.max() <= 1.0
+  recomputed = fid_lib.sample_metrics(samples)
+  assert stored["num_samples"] == config.num_samples and len(stored["class_shares"]) == 10
+  assert sum(stored["class_shares"]) == pytest.approx(1.0, abs=1e-3)
+  for name in ("fid", "precision", "recall", "classes_covered"):
+    assert stored[name] == pytest.approx(recomputed[name], rel=1e-4, abs=1e-6), name
 
   # A resume with another latent_dim fails before writing (the CLI turns this into exit 2).
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
@@ -217,6 +229,7 @@ def test_bad_model_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
     ("corruption", "blur", "corruption"),
     ("hidden", (32, 0), "hidden"),
     ("batch_size", 0, "batch_size"),
+    ("num_samples", 2, "num_samples"),
 ])
 def test_bad_config_raises_before_writing(tmp_path, field, value, words):
   config = experiment.get_config("smoke")

@@ -234,3 +234,22 @@ def test_class_shares(classifier, digits_test):
   np.testing.assert_allclose(shares, np.bincount(digits_test["label"], minlength=10) / 300, atol=0.02)
   zeros = digits_test["image"][digits_test["label"] == 0]  # a model that dropped every other mode
   assert fid.class_shares(zeros, classifier)[0] >= 0.95
+
+
+def test_sample_metrics_equal_their_parts(classifier, digits_test):
+  images = digits_test["image"]
+  zeros = images[digits_test["label"] == 0]
+  metrics = fid.sample_metrics(images, classifier)
+  real, feats = classifier.reference_features("train"), classifier.features(images)
+  assert metrics["fid"] == fid.frechet_distance(real, feats) == pytest.approx(fid.digits_fid(images, "train",
+                                                                                              classifier))
+  assert (metrics["precision"], metrics["recall"]) == fid.precision_recall(real, feats)
+  np.testing.assert_allclose(metrics["class_shares"], fid.class_shares(images, classifier), atol=5e-5)
+  assert metrics["classes_covered"] == 10 and metrics["num_samples"] == 300
+  # A model that dropped every other digit covers one class, and its FID is far worse.
+  dropped = fid.sample_metrics(zeros, classifier)
+  assert dropped["classes_covered"] == 1 and dropped["fid"] > 5 * metrics["fid"]
+  assert dropped["recall"] < metrics["recall"]
+  # A diverged model's samples score NaN instead of raising.
+  broken = fid.sample_metrics(np.full((8, 8, 8, 1), np.nan, np.float32), classifier)
+  assert np.isnan(broken["fid"]) and broken["classes_covered"] == 0 and broken["num_samples"] == 8

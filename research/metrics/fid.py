@@ -4,6 +4,7 @@
     fid.precision_recall(real_feats, fake_feats)     # (precision, recall)
     fid.class_shares(samples)                        # (10,) share of each predicted digit
     fid.frechet_distance(feats_a, feats_b)           # any features
+    fid.sample_metrics(samples)                      # all of the above, as a generative run reports them
 
 Samples are (N, 8, 8, 1) images, float in [0, 1] or uint8. The features are the
 penultimate layer of a small digits classifier (research/metrics/features.py), trained by
@@ -41,9 +42,12 @@ from research.metrics.features import Classifier, default_directory, digits_clas
 
 __all__ = ["Classifier", "class_shares", "default_directory", "digits_classifier", "digits_fid",
            "digits_reference_fids", "frechet_distance", "frechet_distance_from_stats", "gaussian_fit",
-           "independent_pixel_samples", "precision_recall"]
+           "independent_pixel_samples", "precision_recall", "sample_metrics"]
 
 REFERENCES = ("train", "test")
+# A class counts as covered when at least this share of the samples is predicted as it (a tenth of
+# its 10% share among balanced digits).
+COVERED_SHARE = 0.02
 # Rows of the pairwise-distance matrix computed at once: bounds memory at ROWS x N float64.
 ROWS = 1024
 
@@ -193,6 +197,34 @@ def digits_fid(images, reference: str = "train", classifier: Classifier | None =
     raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
   classifier = classifier or digits_classifier()
   return frechet_distance(classifier.features(images), classifier.reference_features(reference))
+
+
+def sample_metrics(images, classifier: Classifier | None = None) -> dict:
+  """What a generative run on digits reports about its samples (results.json's sample metrics).
+
+  Args:
+    images: (N, 8, 8, 1) samples, float in [0, 1] or uint8; N >= 4.
+    classifier: the feature network; `digits_classifier()` by default.
+
+  Returns:
+    {"fid": against the training split, "precision", "recall" (k = 3), "classes_covered":
+    classes with a share >= COVERED_SHARE, "class_shares": the 10 shares, rounded to 4 places,
+    "num_samples": N}. Samples with a NaN or infinite pixel (a diverged model) score NaN and
+    cover no class, rather than failing the run that reports them.
+  """
+  images = np.asarray(images)
+  if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
+    nan = float("nan")
+    return {"fid": nan, "precision": nan, "recall": nan, "classes_covered": 0, "class_shares": [nan] * 10,
+            "num_samples": int(len(images))}
+  classifier = classifier or digits_classifier()
+  feats = classifier.features(images)
+  real = classifier.reference_features("train")
+  precision, recall = precision_recall(real, feats)
+  shares = class_shares(images, classifier)
+  return {"fid": frechet_distance(real, feats), "precision": precision, "recall": recall,
+          "classes_covered": int(np.sum(shares >= COVERED_SHARE)), "class_shares": shares.round(4).tolist(),
+          "num_samples": int(len(feats))}
 
 
 def independent_pixel_samples(n: int, seed: int = 0) -> np.ndarray:

@@ -319,7 +319,7 @@ def _interleave(rows: Sequence[jax.Array], width: int) -> jax.Array:
   return jnp.stack(groups, axis=1).reshape((-1,) + rows[0].shape[1:])
 
 
-def make_task(config, eval_images: np.ndarray) -> Task:
+def make_task(config, eval_images: np.ndarray, num_samples: int = 0) -> Task:
   """The autoencoder family as a research.train.Task.
 
   Args:
@@ -327,6 +327,10 @@ def make_task(config, eval_images: np.ndarray) -> Task:
       model, latent_dim, hidden, corruption, noise_level, objective, k, eval_k.
     eval_images: uint8 test images (N, H, W, C) for the reconstruction grid; `evaluate`
       reads the evaluation split the loop hands it ({"image": uint8 (N, H, W, C)}).
+    num_samples: VAE on 8x8 digits: > 0 draws this many samples from the prior at each
+      evaluation and reports their FID, precision, recall and class shares in the digits
+      classifier's feature space (research.metrics.fid.sample_metrics); `sample` then writes
+      those images as `samples`. 0: no sample metrics.
 
   Returns:
     A Task. Its `evaluate` reports, for the VAE, `test_nll_nats` (importance-sampled with
@@ -334,6 +338,8 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     `test_bits_per_dim` and `test_elbo_nats`; for the AE/DAE, `test_reconstruction_bce`
     (nats per image) and `test_reconstruction_mse` (per pixel) of clean test images, plus
     for the DAE `test_denoising_bce` / `test_denoising_mse` of corrupted test images. `sample` draws reconstructions (and VAE samples).
+    With `num_samples`, the VAE's evaluation adds `fid`, `precision`, `recall`, `classes_covered`,
+    `class_shares` and `num_samples` of its prior samples (Bernoulli means).
 
   Raises:
     ConfigError: on a bad field.
@@ -371,9 +377,16 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     k_nll, k_elbo = jax.random.split(key)
     if model_config.model == "vae":
       nll = nll_lib.test_nll_nats(log_weights, params, test_images, k_nll, config.eval_k)
-      return {"test_nll_nats": nll, "nll_k": int(config.eval_k),
-              "test_bits_per_dim": nll_lib.bits_per_dim(nll, math.prod(model_config.image_shape)),
-              "test_elbo_nats": float(test_elbo(params, test_x, k_elbo))}
+      out = {"test_nll_nats": nll, "nll_k": int(config.eval_k),
+             "test_bits_per_dim": nll_lib.bits_per_dim(nll, math.prod(model_config.image_shape)),
+             "test_elbo_nats": float(test_elbo(params, test_x, k_elbo))}
+      if num_samples:
+        from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
+        # Its own stream: the NLL and ELBO keys stay what they were without sample metrics.
+        images = np.asarray(prior_samples(params, jax.random.fold_in(key, 2)))
+        scored.update(params=params, images=images)  # `sample` writes exactly the scored images
+        out.update(fid_lib.sample_metrics(images))
+      return out
     # The clean reconstruction error, and (DAE) the error of denoising corrupted test images.
     clean = reconstruction_errors(params, test_x, k_nll, corrupted=False)
     out = {"test_reconstruction_bce": float(clean["bce"]), "test_reconstruction_mse": float(clean["mse"])}
@@ -399,8 +412,18 @@ def make_task(config, eval_images: np.ndarray) -> Task:
       out["samples"] = jax.nn.sigmoid(model.apply(params, z, method=Autoencoder.decode))  # Bernoulli means
     return out
 
+  @jax.jit
+  def prior_samples(params, key):
+    z = jax.random.normal(key, (num_samples, model_config.latent_dim))  # (num_samples, latent)
+    return jax.nn.sigmoid(model.apply(params, z, method=Autoencoder.decode))  # Bernoulli means in [0, 1]
+
+  scored = {}
+
   def sample(params, key):
-    return draw(params, eval_x, key)
+    out = draw(params, eval_x, key)
+    if scored.get("params") is params:
+      out = {**out, "samples": scored["images"]}
+    return out
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
               sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps),

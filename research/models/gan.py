@@ -6,7 +6,16 @@
 Two architectures, chosen by the data: an MLP pair for 2D points (toy2d: ring8, grid25,
 swissroll; the VEEGAN/PacGAN setup of a ReLU MLP generator and a LinearMaxout
 discriminator, or with `disc_layer = "relu"` the ReLU MLP critic of Gulrajani et al.'s toy
-experiments) and a small conv pair for 8x8 images (digits, pixels scaled to [-1, 1]).
+experiments) and a conv pair for 8x8 images (digits, pixels scaled to [-1, 1]): `conv_arch`
+"dcgan" (DCGANGenerator / DCGANDiscriminator) or "small", the two-layer pair
+(ConvGenerator / ConvDiscriminator) that experiments/bench/vs_torch.py mirrors in PyTorch.
+
+The DCGAN pair follows DCGAN's rules (strided convolutions instead of pooling, no batch norm in
+the critic, LeakyReLU(0.2) in the critic, ReLU and a tanh output in the generator); with
+`spectral_norm` every critic layer's weight is divided by its largest singular value (Miyato et
+al., 2018). With `conditional` the generator reads a one-hot label beside z and the
+discriminator is a projection discriminator (Miyato & Koyama, 2018):
+D(x, y) = psi(phi(x)) + <embed(y), phi(x)>, so the generator can be asked for a digit.
 
 Losses (D is the discriminator's logit / the critic's value, G the generator):
   gan      Goodfellow et al., non-saturating: D minimises -log s(D(x)) - log(1 - s(D(G(z)))),
@@ -18,6 +27,8 @@ Losses (D is the discriminator's logit / the critic's value, G the generator):
            random interpolates x_hat between real and generated samples, no clipping
            (the paper: lambda = 10, n_critic 5, Adam(1e-4, beta1 0, beta2 0.9); its toy
            experiments: lambda = 0.1, Adam beta1 0.5).
+  hinge    Lim & Ye; Miyato et al.: D minimises E relu(1 - D(x)) + E relu(1 + D(G(z))),
+           G minimises -E D(G(z)).
 PacGAN (Lin et al.): with `pack` m > 1 the discriminator judges m samples at once,
 concatenated along the feature (points) or channel (images) axis; a batch of B samples
 becomes B / m packed examples, real packed with real and generated with generated.
@@ -33,6 +44,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research import optim
 from research.data import toy2d
@@ -41,12 +53,14 @@ from research.checks import ConfigError, check_choice, check_positive
 from research.train.step import TrainState, apply_gradients
 from research.train.task import Task
 
-LOSSES = ("gan", "wgan", "wgan_gp")
+LOSSES = ("gan", "wgan", "wgan_gp", "hinge")
 DISC_LAYERS = ("maxout", "relu")  # hidden layers of the MLP discriminator
+CONV_ARCHS = ("dcgan", "small")  # the conv pair: DCGANGenerator / DCGANDiscriminator, or the two-layer pair
 POINT_DATASETS = toy2d.NAMES
 IMAGE_DATASETS = ("digits",)
 IMAGE_SHAPE = (8, 8, 1)
-SAMPLE_IMAGES = 64  # images in the sample grid
+NUM_CLASSES = 10  # digit classes (conditional runs)
+SQUARINGS = 8  # spectral norm: W^T W is raised to the power 2^SQUARINGS
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,8 +123,70 @@ class ReLUDiscriminator(nn.Module):
     return nn.Dense(1)(h)[:, 0]  # (batch,)
 
 
+def spectral_norm(kernel: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+  """The largest singular value sigma(W) of `kernel` reshaped to (fan_in, features).
+
+  Miyato et al. carry one power-iteration vector across updates (one matrix-vector product
+  per update). Here nothing is carried: the power iteration runs afresh on every call, as
+  `squarings` repeated squarings of the small (features, features) matrix W^T W, which
+  raises it to the power 2^squarings, so the top right singular vector v emerges even when
+  the top singular values are close (a fresh initialisation's are). As in their method no
+  gradient flows through the singular vectors: sigma = |W v| with v held fixed, whose
+  gradient is u v^T (u = W v / sigma), the exact derivative of sigma(W).
+
+  Args:
+    kernel: (..., features), a dense or conv kernel.
+    squarings: how many times W^T W is squared.
+
+  Returns:
+    The scalar sigma(W).
+  """
+  w = kernel.reshape(-1, kernel.shape[-1])  # (fan_in, features)
+  power = jax.lax.stop_gradient(w.T @ w)  # (features, features)
+  for _ in range(squarings):
+    power = power @ power
+    power = power / (jnp.max(jnp.abs(power)) + 1e-30)  # rescaled: only the direction matters
+  # power is now close to c v v^T: its largest column points along v.
+  column = power[:, jnp.argmax(jnp.sum(jnp.square(power), 0))]  # (features,)
+  v = column / (jnp.linalg.norm(column) + 1e-30)
+  return jnp.linalg.norm(w @ v)
+
+
+class CriticConv(nn.Module):
+  """A SAME-padded convolution whose kernel is divided by its spectral norm when `spectral`."""
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  spectral: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), self.kernel_size + (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    if self.spectral:
+      kernel = kernel / spectral_norm(kernel)
+    y = jax.lax.conv_general_dilated(x, kernel, self.strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias  # (batch, H / stride, W / stride, features)
+
+
+class CriticDense(nn.Module):
+  """A dense layer whose kernel is divided by its spectral norm when `spectral`."""
+
+  features: int
+  spectral: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    if self.spectral:
+      kernel = kernel / spectral_norm(kernel)
+    return x @ kernel + bias
+
+
 class ConvGenerator(nn.Module):
-  """z -> 2x2 feature map -> two stride-2 transposed convs -> 8x8 image in [-1, 1]."""
+  """z -> 2x2 feature map -> two stride-2 transposed convs -> 8x8 image in [-1, 1] (conv_arch "small")."""
 
   features: int
   channels: int = 1
@@ -124,7 +200,7 @@ class ConvGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-  """(packed) 8x8 images -> two stride-2 convs -> one logit / critic value per example.
+  """(packed) 8x8 images -> two stride-2 convs -> one logit / critic value per example (conv_arch "small").
 
   No normalisation layer: batch statistics would couple examples, which WGAN-GP's
   per-example gradient penalty forbids.
@@ -137,6 +213,49 @@ class ConvDiscriminator(nn.Module):
     h = nn.leaky_relu(nn.Conv(self.features, (3, 3), strides=(2, 2))(x), 0.2)  # (batch, 4, 4, f)
     h = nn.leaky_relu(nn.Conv(2 * self.features, (3, 3), strides=(2, 2))(h), 0.2)  # (batch, 2, 2, 2f)
     return nn.Dense(1)(h.reshape(h.shape[0], -1))[:, 0]  # (batch,)
+
+
+class DCGANGenerator(nn.Module):
+  """z (and a one-hot label) -> 4x4 feature map -> stride-2 transposed conv -> 3x3 conv -> 8x8 image in [-1, 1]."""
+
+  features: int
+  channels: int = 1
+  num_classes: int = 0  # > 0: the generator also reads a label
+
+  @nn.compact
+  def __call__(self, z, labels=None):
+    if self.num_classes:
+      z = jnp.concatenate([z, jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype)], -1)  # (batch, latent + K)
+    h = nn.relu(nn.Dense(4 * 4 * 2 * self.features)(z))
+    h = h.reshape(z.shape[0], 4, 4, 2 * self.features)  # (batch, 4, 4, 2f)
+    h = nn.relu(nn.ConvTranspose(self.features, (4, 4), strides=(2, 2))(h))  # (batch, 8, 8, f)
+    return jnp.tanh(nn.Conv(self.channels, (3, 3))(h))  # (batch, 8, 8, c)
+
+
+class DCGANDiscriminator(nn.Module):
+  """(packed) 8x8 images -> two stride-2 convs -> one logit / critic value per example.
+
+  No normalisation layer: batch statistics would couple examples, which WGAN-GP's
+  per-example gradient penalty forbids. With `num_classes` > 0 it is a projection
+  discriminator: the features phi(x) before the last layer also meet a learned class
+  embedding, D(x, y) = w . phi(x) + b + embed(y) . phi(x).
+  """
+
+  features: int
+  spectral: bool = False
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, x, labels=None):
+    f, sn = self.features, self.spectral
+    h = nn.leaky_relu(CriticConv(f, (3, 3), (2, 2), spectral=sn)(x), 0.2)  # (batch, 4, 4, f)
+    h = nn.leaky_relu(CriticConv(2 * f, (3, 3), (2, 2), spectral=sn)(h), 0.2)  # (batch, 2, 2, 2f)
+    phi = h.reshape(h.shape[0], -1)  # (batch, 8f)
+    out = CriticDense(1, spectral=sn)(phi)[:, 0]  # (batch,)
+    if self.num_classes:
+      embed = nn.Embed(self.num_classes, phi.shape[-1], name="class_embed")(labels)  # (batch, 8f)
+      out = out + jnp.sum(embed * phi, -1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,11 +311,13 @@ def discriminator_loss(loss: str, d_real: jax.Array, d_fake: jax.Array) -> jax.A
   if loss == "gan":
     # -log s(D(x)) - log(1 - s(D(G(z)))), with log(1 - s(t)) = -softplus(t).
     return jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
+  if loss == "hinge":
+    return jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
   return jnp.mean(d_fake) - jnp.mean(d_real)
 
 
 def generator_loss(loss: str, d_fake: jax.Array) -> jax.Array:
-  """The generator objective, to minimise (non-saturating for `gan`)."""
+  """The generator objective, to minimise (non-saturating for `gan`; -E D(G(z)) for the others)."""
   if loss == "gan":
     return jnp.mean(jax.nn.softplus(-d_fake))  # -log s(D(G(z)))
   return -jnp.mean(d_fake)
@@ -226,9 +347,13 @@ def is_image_dataset(dataset: str) -> bool:
 
 
 def make_models(config) -> Models:
-  """The MLP pair for 2D points, the conv pair for 8x8 images."""
+  """The MLP pair for 2D points, the conv pair for 8x8 images (conditional when `config.conditional`)."""
   if is_image_dataset(config.dataset):
-    return Models(ConvGenerator(config.conv_features, IMAGE_SHAPE[-1]), ConvDiscriminator(config.conv_features))
+    if config.conv_arch == "small":
+      return Models(ConvGenerator(config.conv_features, IMAGE_SHAPE[-1]), ConvDiscriminator(config.conv_features))
+    num_classes = NUM_CLASSES if config.conditional else 0
+    return Models(DCGANGenerator(config.conv_features, IMAGE_SHAPE[-1], num_classes),
+                  DCGANDiscriminator(config.conv_features, config.spectral_norm, num_classes))
   if config.disc_layer == "relu":
     disc = ReLUDiscriminator(config.disc_width, config.disc_depth)
   else:
@@ -243,10 +368,27 @@ def real_examples(batch, dataset: str) -> jax.Array:
   return batch["point"].astype(jnp.float32)  # (batch, 2)
 
 
-def generate(gen: nn.Module, params, key: jax.Array, n: int, latent_dim: int) -> jax.Array:
-  """n samples of the generator with parameters `params` (the 'gen' group)."""
+def generate(gen: nn.Module, params, key: jax.Array, n: int, latent_dim: int, labels=None) -> jax.Array:
+  """n samples of the generator with parameters `params` (the 'gen' group).
+
+  Args:
+    gen: the generator module.
+    params: its parameters.
+    key: draws the latent codes.
+    n: number of samples.
+    latent_dim: dimension of z.
+    labels: (n,) int class labels for a conditional generator, else None.
+
+  Returns:
+    (n, 2) points or (n, 8, 8, 1) images in [-1, 1].
+  """
   z = jax.random.normal(key, (n, latent_dim))  # (n, latent)
-  return gen.apply(params, z)
+  return gen.apply(params, z) if labels is None else gen.apply(params, z, labels)
+
+
+def cycling_labels(n: int) -> jax.Array:
+  """(n,) labels 0, 1, ..., 9, 0, 1, ...: what a conditional generator is asked for when scored."""
+  return jnp.arange(n, dtype=jnp.int32) % NUM_CLASSES
 
 
 def coverage(config, gen_params, key: jax.Array) -> modes_lib.Coverage:
@@ -265,38 +407,73 @@ def coverage(config, gen_params, key: jax.Array) -> modes_lib.Coverage:
   return modes_lib.mode_coverage(samples, jnp.asarray(centres), std)
 
 
+def generate_images(config, gen_params, key: jax.Array, n: int) -> np.ndarray:
+  """n generated digits as float32 in [0, 1] (a conditional generator is asked for labels cycling 0..9).
+
+  Args:
+    config: the experiment config (an image dataset).
+    gen_params: the generator's parameters (params['gen']).
+    key: draws the latent codes.
+    n: number of images.
+
+  Returns:
+    (n, 8, 8, 1) numpy float32.
+  """
+  gen = make_models(config).gen
+  labels = cycling_labels(n) if config.conditional else None
+  draw = jax.jit(lambda p, k, y: generate(gen, p, k, n, config.latent_dim, y))
+  return np.asarray((draw(gen_params, key, labels) + 1.0) / 2.0)
+
+
 def make_task(config) -> Task:
   """The GAN family's plug-in for research.train.train.
 
   Args:
     config: an experiment config (experiments/gan.py) with dataset, loss, n_critic, pack,
-      latent_dim, the architecture fields, clip, gp_weight, eval_samples, batch_size,
-      steps and optimizer (one block, used by both the generator and the critic).
+      latent_dim, the architecture fields, conditional, spectral_norm, clip, gp_weight,
+      eval_samples, num_samples, batch_size, steps, the optimizer block (the generator's;
+      the critic's is the same with its learning rate times `disc_lr_ratio`).
 
   Returns:
-    A Task with `train_step`, `evaluate` (mode coverage on mixtures) and `sample`.
+    A Task with `train_step`, `evaluate` (mode coverage on mixtures; on digits FID,
+    precision, recall and class shares of `num_samples` generated images) and `sample`
+    (the images that evaluation scored, or `eval_samples` points).
   """
   models = make_models(config)
   loss_name, n_critic, m, batch_size = config.loss, config.n_critic, config.pack, config.batch_size
   latent_dim, dataset = config.latent_dim, config.dataset
+  conditional = is_image_dataset(dataset) and config.conditional
+  disc_optimizer = config.optimizer.copy_and_resolve_references()
+  disc_optimizer.learning_rate = config.optimizer.learning_rate * config.disc_lr_ratio
   # The critic updates n_critic times per step: its schedule spans steps * n_critic updates.
   tx = {"gen": optim.make(config.optimizer, config.steps),
-        "disc": optim.make(config.optimizer, config.steps * n_critic)}
+        "disc": optim.make(disc_optimizer, config.steps * n_critic)}
+
+  def disc_apply(disc_params, x, labels):
+    return models.disc.apply(disc_params, x, labels) if conditional else models.disc.apply(disc_params, x)
+
+  def fake_labels(key):
+    # A conditional generator is asked for uniformly drawn digits (the training classes are balanced).
+    return jax.random.randint(key, (batch_size,), 0, NUM_CLASSES) if conditional else None
 
   def init(key, batch):
     k_gen, k_disc = jax.random.split(key)
     z = jnp.zeros((m, latent_dim))  # (pack, latent)
     real = pack(real_examples(batch, dataset)[:m], m)  # (1, ...) one packed example
+    if conditional:
+      labels = jnp.zeros((m,), jnp.int32)
+      return {"gen": models.gen.init(k_gen, z, labels), "disc": models.disc.init(k_disc, real, labels)}
     return {"gen": models.gen.init(k_gen, z), "disc": models.disc.init(k_disc, real)}
 
-  def critic_loss(disc_params, real, fake, key, hparams):
-    critic = lambda x: models.disc.apply(disc_params, x)
+  def critic_loss(disc_params, real, real_labels, fake, fake_labels_, key, hparams):
+    critic_real = lambda x: disc_apply(disc_params, x, real_labels)
     real, fake = pack(real, m), pack(fake, m)  # (batch/m, ...)
-    d_real, d_fake = critic(real), critic(fake)  # (batch/m,), (batch/m,)
+    d_real, d_fake = critic_real(real), disc_apply(disc_params, fake, fake_labels_)  # (batch/m,), (batch/m,)
     value = discriminator_loss(loss_name, d_real, d_fake)
     aux = {"d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
     if loss_name == "wgan_gp":
-      penalty = gradient_penalty(critic, real, fake, key, hparams["gp_weight"])
+      # Interpolates keep the real images' labels (conditional runs), as in conditional WGAN-GP code.
+      penalty = gradient_penalty(critic_real, real, fake, key, hparams["gp_weight"])
       value, aux = value + penalty, {**aux, "gradient_penalty": penalty}
     return value, aux
 
@@ -304,27 +481,33 @@ def make_task(config) -> Task:
     k_critic, k_gen = jax.random.split(key)
     real = real_examples(batch, dataset)
     real = real.reshape((n_critic, batch_size) + real.shape[1:])  # (n_critic, batch, ...)
+    labels = batch["label"].astype(jnp.int32).reshape(n_critic, batch_size) if conditional \
+        else jnp.zeros((n_critic, batch_size), jnp.int32)
     gen_params = state.params["gen"]
 
     # 1. n_critic critic updates against the current generator.
     def critic_update(carry: CriticCarry, xs):
-      real_i, i = xs
-      k_z, k_penalty = jax.random.split(jax.random.fold_in(k_critic, i))
-      fake = generate(models.gen, gen_params, k_z, batch_size, latent_dim)  # (batch, ...)
-      (value, aux), grads = jax.value_and_grad(critic_loss, has_aux=True)(carry.params, real_i, fake, k_penalty,
-                                                                          state.hparams)
+      real_i, labels_i, i = xs
+      k_z, k_penalty, k_labels = jax.random.split(jax.random.fold_in(k_critic, i), 3)
+      y_fake = fake_labels(k_labels)
+      fake = generate(models.gen, gen_params, k_z, batch_size, latent_dim, y_fake)  # (batch, ...)
+      (value, aux), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+          carry.params, real_i, labels_i if conditional else None, fake, y_fake, k_penalty, state.hparams)
       params, opt_state, health = apply_gradients(tx["disc"], carry.params, carry.opt_state, grads)
       if loss_name == "wgan":
         params = clip_weights(params, state.hparams["clip"])
       return CriticCarry(params, opt_state), {"disc_loss": value, **aux, **health}
 
     critic, per_critic = jax.lax.scan(critic_update, CriticCarry(state.params["disc"], state.opt_state["disc"]),
-                                      (real, jnp.arange(n_critic)))
+                                      (real, labels, jnp.arange(n_critic)))
 
     # 2. One generator update against the updated critic.
+    k_z, k_labels = jax.random.split(k_gen) if conditional else (k_gen, None)
+    y_fake = fake_labels(k_labels) if conditional else None
+
     def gen_objective(params):
-      fake = generate(models.gen, params, k_gen, batch_size, latent_dim)
-      return generator_loss(loss_name, models.disc.apply(critic.params, pack(fake, m)))
+      fake = generate(models.gen, params, k_z, batch_size, latent_dim, y_fake)
+      return generator_loss(loss_name, disc_apply(critic.params, pack(fake, m), y_fake))
 
     gen_loss, gen_grads = jax.value_and_grad(gen_objective)(gen_params)
     gen_params, gen_opt_state, gen_health = apply_gradients(tx["gen"], gen_params, state.opt_state["gen"], gen_grads)
@@ -333,7 +516,7 @@ def make_task(config) -> Task:
     disc_last = {k: v[-1] for k, v in per_critic.items()}
     metrics = {"loss": disc_metrics["disc_loss"], "gen_loss": gen_loss, "disc_loss": disc_metrics["disc_loss"],
                "d_real": disc_metrics["d_real"], "d_fake": disc_metrics["d_fake"]}
-    if loss_name != "gan":
+    if loss_name in ("wgan", "wgan_gp"):
       metrics["wasserstein_estimate"] = disc_metrics["d_real"] - disc_metrics["d_fake"]
     if loss_name == "wgan_gp":
       metrics["gradient_penalty"] = disc_metrics["gradient_penalty"]
@@ -346,8 +529,21 @@ def make_task(config) -> Task:
     opt_state = {"gen": gen_opt_state, "disc": critic.opt_state}
     return state.replace(params=params, opt_state=opt_state), metrics
 
+  scored = {}
+
   def evaluate(params, key, data):
-    del data  # coverage is measured against the known mixture, not a held-out split
+    del data  # coverage is measured against the known mixture, FID against the training digits
+    if is_image_dataset(dataset):
+      from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
+      images = generate_images(config, params["gen"], key, config.num_samples)
+      scored.update(params=params, images=images)  # `sample` writes exactly the scored images
+      classifier = fid_lib.digits_classifier()
+      metrics = fid_lib.sample_metrics(images, classifier)
+      if conditional:
+        # How often the generator draws the digit it was asked for, as the classifier reads it.
+        asked = np.asarray(cycling_labels(config.num_samples))
+        metrics["label_accuracy"] = float(np.mean(classifier.predict(images) == asked))
+      return metrics
     if dataset not in toy2d.MIXTURES:
       return {}
     result = jax.jit(lambda p, k: coverage(config, p, k))(params["gen"], key)
@@ -357,8 +553,9 @@ def make_task(config) -> Task:
 
   def sample(params, key):
     if is_image_dataset(dataset):
-      images = generate(models.gen, params["gen"], key, SAMPLE_IMAGES, latent_dim)
-      return {"samples": (images + 1.0) / 2.0}  # (64, 8, 8, 1) in [0, 1]
+      images = scored["images"] if scored.get("params") is params \
+          else generate_images(config, params["gen"], key, config.num_samples)
+      return {"samples": images}  # (num_samples, 8, 8, 1) in [0, 1]
     return {"samples": generate(models.gen, params["gen"], key, config.eval_samples, latent_dim)}  # (n, 2)
 
   gen_learning_rate = optim.learning_rate_fn(config.optimizer, config.steps)
@@ -377,9 +574,20 @@ def check_config(config, choices: Sequence[str] = POINT_DATASETS + IMAGE_DATASET
   check_choice("dataset", config.dataset, choices)
   check_choice("loss", config.loss, LOSSES)
   check_choice("disc_layer", config.disc_layer, DISC_LAYERS)
+  check_choice("conv_arch", config.conv_arch, CONV_ARCHS)
   for name in ("n_critic", "pack", "latent_dim", "gen_width", "gen_depth", "disc_width", "disc_depth",
-               "maxout_pieces", "conv_features", "eval_samples", "clip"):
+               "maxout_pieces", "conv_features", "eval_samples", "clip", "disc_lr_ratio"):
     check_positive(name, config[name])
+  # Precision/recall's k-th nearest neighbour (k = 3) needs more samples than k.
+  if config.num_samples < 4:
+    raise ConfigError(f"num_samples must be at least 4, got {config.num_samples}")
+  if config.conditional and not is_image_dataset(config.dataset):
+    raise ConfigError(f"conditional needs labelled images ({', '.join(IMAGE_DATASETS)}), not {config.dataset}")
+  if (config.conditional or config.spectral_norm) and is_image_dataset(config.dataset) \
+      and config.conv_arch != "dcgan":
+    raise ConfigError("conditional and spectral_norm need conv_arch dcgan")
+  if config.conditional and config.pack > 1:
+    raise ConfigError("conditional runs do not pack (PacGAN's packed examples would mix labels); set pack to 1")
   check_positive("gp_weight", config.gp_weight, allow_zero=True)
   check_positive("batch_size", config.batch_size)
   if config.batch_size % config.pack:

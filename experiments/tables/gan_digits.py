@@ -1,0 +1,257 @@
+"""GANs against a VAE and a diffusion model on 8x8 digits: FID, precision, recall, classes covered.
+
+Each method trains through its experiment's `run(config, workdir, members=...)` (the one
+training loop), its `--seeds` seeds side by side as ONE vmapped program (research.train.Members):
+  GAN       experiments/gan.py with dataset=digits: its image settings (the DCGAN-style conv
+            pair, spectral normalisation, TTUR, generator EMA; see that module's docstring)
+  WGAN-GP   the same with loss=wgan_gp (Gulrajani et al.'s image settings: lambda 10,
+            n_critic 5, Adam(1e-4, beta1 0, beta2 0.9), no spectral normalisation)
+  PacGAN-2  the GAN with pack=2 (Lin et al.: the discriminator judges two samples at once)
+  VAE       experiments/autoencoder.py (its default VAE; the NLL's importance samples cut to
+            --vae_eval_k, as this table does not report the NLL)
+  diffusion experiments/diffusion.py (class-conditional DDPM, DDIM 50 steps) with a U-Net of
+            --diffusion_channels, near the GAN pair's parameter count (both counted in the table)
+Every member is scored as its experiment scores a run (research.metrics.fid.sample_metrics):
+`--num_samples` samples against the training digits in the digits classifier's feature space,
+FID, precision and recall (k = 3), and the classes holding at least 2% of the samples. Member s
+is the run `python -m experiments.<name> --config.seed=s` would make with the same fields.
+Reported as mean ± standard error over the members, with the FID as a multiple of real
+held-out digits' (the 300-image test split against the training split, computed here).
+
+Run:
+  python -m experiments.tables.gan_digits --outdir=experiments/tables/results/gan_digits
+  python -m experiments.tables.gan_digits --outdir=/tmp/gan_digits --seeds=2 --steps=3 --wgan_gp_steps=2 \
+      --num_samples=20 --vae_steps=4 --diffusion_steps=2 --diffusion_sample_steps=2 --diffusion_channels=8,16
+"""
+
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from matplotlib.figure import Figure
+
+from experiments import autoencoder as autoencoder_experiment
+from experiments import diffusion as diffusion_experiment
+from experiments import gan as gan_experiment
+from experiments import report
+from research.metrics import fid as fid_lib
+from research.train import ConfigError, Members, images
+
+_METHODS = flags.DEFINE_list("methods", ["GAN", "WGAN-GP", "PacGAN-2", "VAE", "diffusion"], "Rows of the table.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Members (seeds) per method, trained as one vmapped program.")
+_STEPS = flags.DEFINE_integer("steps", None, "Generator updates of the GAN and PacGAN runs (default: "
+                              "experiments/gan.py's digits setting).")
+_WGAN_GP_STEPS = flags.DEFINE_integer("wgan_gp_steps", 1000, "Generator updates of the WGAN-GP runs, each after 5 "
+                                      "critic updates (experiments/gan.py's digits default is 3000; a WGAN-GP step "
+                                      "costs about 5 GAN steps, so 1000 keeps the table near 15-20 minutes and "
+                                      "still gives its critic more updates than the GAN's).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples scored per member (FID's bias depends on it).")
+_VAE_STEPS = flags.DEFINE_integer("vae_steps", None, "VAE updates (default: experiments/autoencoder.py's).")
+_VAE_EVAL_K = flags.DEFINE_integer("vae_eval_k", 100, "Importance samples of the VAE's test NLL (not reported "
+                                   "here; the experiment's 5000 cost time this table does not use).")
+_DIFFUSION_STEPS = flags.DEFINE_integer("diffusion_steps", None, "Diffusion updates (default: "
+                                        "experiments/diffusion.py's).")
+_DIFFUSION_SEEDS = flags.DEFINE_integer("diffusion_seeds", 2, "Members of the diffusion model (its DDIM sampling "
+                                        "of --num_samples images per member is this table's costliest part).")
+_DIFFUSION_CHANNELS = flags.DEFINE_list("diffusion_channels", ["8", "16"], "U-Net channels per resolution "
+                                        "(8, 16: 42k parameters, near the GAN pair's 30k).")
+_DIFFUSION_SAMPLE_STEPS = flags.DEFINE_integer("diffusion_sample_steps", None, "DDIM steps (default: "
+                                               "experiments/diffusion.py's).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Keep the runs' checkpoints and samples here (default: a "
+                               "temporary directory, removed at the end).")
+
+METHODS = ("GAN", "WGAN-GP", "PacGAN-2", "VAE", "diffusion")
+# name -> (loss preset of experiments/gan.py, PacGAN packing degree).
+GAN_METHODS = {"GAN": ("gan", 1), "WGAN-GP": ("wgan_gp", 1), "PacGAN-2": ("gan", 2)}
+CHECKS = {"VAE": autoencoder_experiment.check_config, "diffusion": diffusion_experiment.check_config}
+MIN_SAMPLES = 4  # precision/recall's k-th neighbour (k = 3) needs more samples than k
+
+
+def _positive(name: str, value) -> None:
+  if value is not None and value <= 0:
+    raise app.UsageError(f"--{name} must be positive, got {value}")
+
+
+def method_config(method: str):
+  """The experiment config of one method at this table's flags (checked by the experiment's run)."""
+  if method in GAN_METHODS:
+    loss, pack = GAN_METHODS[method]
+    config = gan_experiment.get_config(loss)
+    config.dataset = "digits"
+    config.pack = pack
+    steps = _WGAN_GP_STEPS.value if loss == "wgan_gp" else _STEPS.value
+    if steps is not None:
+      config.steps = steps
+  elif method == "VAE":
+    config = autoencoder_experiment.get_config()
+    config.eval_k = _VAE_EVAL_K.value
+    if _VAE_STEPS.value is not None:
+      config.steps = _VAE_STEPS.value
+  else:
+    config = diffusion_experiment.get_config()
+    config.unet_channels = tuple(int(c) for c in _DIFFUSION_CHANNELS.value)
+    if _DIFFUSION_STEPS.value is not None:
+      config.steps = _DIFFUSION_STEPS.value
+    if _DIFFUSION_SAMPLE_STEPS.value is not None:
+      config.sample_steps = _DIFFUSION_SAMPLE_STEPS.value
+  config.num_samples = _NUM_SAMPLES.value
+  # One log line and one checkpoint at the end: the table reads only the final evaluation.
+  config.log_every = config.checkpoint_every = max(config.steps, 1)
+  return config
+
+
+def param_count(method: str, config) -> int:
+  """Trainable parameters of the model that draws the samples (the GAN's generator and critic both counted)."""
+  from research.data import load  # pylint: disable=import-outside-toplevel
+  from research.models import autoencoder, diffusion, gan  # pylint: disable=import-outside-toplevel
+  train = load("digits", "train")
+  batch = {"image": train["image"][:4], "label": train["label"][:4]}
+  if method in GAN_METHODS:
+    task = gan.make_task(config)
+  elif method == "VAE":
+    task = autoencoder.make_task(config, train["image"][:4])
+  else:
+    task = diffusion.make_task(config, train["image"].shape[1:], 10)
+  shapes = jax.eval_shape(task.init, jax.random.key(0), batch)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def _mean_se(values) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+  return float(values.mean()), float(se)
+
+
+def run_method(method: str, seeds: list[int], workdir: str) -> dict:
+  """Trains one method's members as one program and collects each member's sample metrics."""
+  config = method_config(method)
+  run = {"GAN": gan_experiment.run, "WGAN-GP": gan_experiment.run, "PacGAN-2": gan_experiment.run,
+         "VAE": autoencoder_experiment.run, "diffusion": diffusion_experiment.run}[method]
+  directory = os.path.join(workdir, method)
+  start = time.perf_counter()
+  results = run(config, directory, members=Members(tuple(seeds)))
+  wall = time.perf_counter() - start
+  members = [m for m in results["members"] if "diverged_at_step" not in m]
+  metrics = {name: [float(m[name]) for m in members] for name in ("fid", "precision", "recall", "classes_covered")}
+  metrics["min_class_share"] = [float(min(m["class_shares"])) for m in members]
+  first = os.path.join(directory, "member_0", "samples.npz")
+  samples = np.load(first)["images"][:100] if os.path.exists(first) else None
+  return {"seeds": seeds, "steps": int(config.steps), "diverged_members": len(results["members"]) - len(members),
+          "params": param_count(method, config), "per_member": metrics,
+          "mean_se": {name: _mean_se(values) for name, values in metrics.items()},
+          "class_shares": [m["class_shares"] for m in members], "wall_time_s": round(wall, 1),
+          "config": config.to_dict(), "samples_seed0": samples}
+
+
+def _fmt(mean_se, digits: int) -> str:
+  mean, se = mean_se
+  return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
+
+
+def describe(method: str, cell: dict) -> str:
+  """What one row trained: steps and the settings that differ between the methods."""
+  config = cell["config"]
+  if method in GAN_METHODS:
+    return (f"{cell['steps']} steps × n_critic {config['n_critic']}, batch {config['batch_size']}, "
+            f"{config['loss']}, pack {config['pack']}, lr {config['optimizer']['learning_rate']:g} "
+            f"(critic ×{config['disc_lr_ratio']:g}), SN {'on' if config['spectral_norm'] else 'off'}")
+  if method == "VAE":
+    return f"{cell['steps']} steps, batch {config['batch_size']}, latent {config['latent_dim']}, MLP {config['hidden']}"
+  return (f"{cell['steps']} steps, batch {config['batch_size']}, U-Net {tuple(config['unet_channels'])}, "
+          f"DDIM {config['sample_steps']} steps")
+
+
+def markdown(cells: dict, reference_fid: float, num_samples: int, total_s: float) -> str:
+  """The table, with the command that produced it."""
+  lines = ["# GANs, a VAE and a diffusion model on 8x8 digits", "",
+           f"Command: `{report.command()}`", "",
+           f"Each row: its members (seeds) trained as one vmapped program through its experiment's `run`; "
+           f"{num_samples} samples per member scored against the 1497 training digits in the digits "
+           "classifier's features (FID, precision and recall with k = 3; a class is covered when at least 2% "
+           "of the samples are read as it). Mean ± standard error over the members. FID ratio: FID over real "
+           f"held-out digits' FID ({reference_fid:.2f}, the 300-image test split). Whole table: {total_s:.0f} s "
+           f"wall on {report.environment()['devices']['kind']} ({os.cpu_count()} CPUs).", "",
+           "| method | members | FID | FID ratio | precision | recall | classes covered | smallest class share "
+           "| parameters | wall s | trained |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for method, cell in cells.items():
+    stats = cell["mean_se"]
+    ratio = (stats["fid"][0] / reference_fid, stats["fid"][1] / reference_fid)
+    diverged = f" ({cell['diverged_members']} diverged)" if cell["diverged_members"] else ""
+    lines.append(f"| {method} | {len(cell['seeds'])}{diverged} | {_fmt(stats['fid'], 2)} | {_fmt(ratio, 2)} | "
+                 f"{_fmt(stats['precision'], 3)} | {_fmt(stats['recall'], 3)} | "
+                 f"{_fmt(stats['classes_covered'], 1)} / 10 | {_fmt(stats['min_class_share'], 3)} | "
+                 f"{cell['params']:,} | {cell['wall_time_s']:.0f} | {describe(method, cell)} |")
+  lines += ["", "Wall time covers training, sampling and scoring every member of the row (the machine's cores "
+            "are shared, so times are noisy). The VAE's samples are the Bernoulli means of decoded prior "
+            "draws; the diffusion model is class-conditional (labels cycling 0-9), the GANs unconditional.", ""]
+  return "\n".join(lines)
+
+
+def figure(cells: dict) -> Figure:
+  """The first 100 samples of each method's seed-0 member."""
+  fig = Figure(figsize=(2.4 * len(cells), 2.8), dpi=100)
+  axes = np.atleast_1d(fig.subplots(1, len(cells)))
+  for ax, (method, cell) in zip(axes, cells.items()):
+    if cell["samples_seed0"] is not None:
+      ax.imshow(images.image_grid(cell["samples_seed0"], 10)[..., 0], cmap="gray", vmin=0, vmax=255)
+    ax.set_title(f"{method}\nFID {cell['per_member']['fid'][0]:.2f}", fontsize=8)
+    ax.axis("off")
+  fig.tight_layout()
+  return fig
+
+
+def main(outdir: str) -> None:
+  for name, flag in (("seeds", _SEEDS), ("steps", _STEPS), ("wgan_gp_steps", _WGAN_GP_STEPS),
+                     ("vae_steps", _VAE_STEPS), ("vae_eval_k", _VAE_EVAL_K), ("diffusion_steps", _DIFFUSION_STEPS),
+                     ("diffusion_seeds", _DIFFUSION_SEEDS), ("diffusion_sample_steps", _DIFFUSION_SAMPLE_STEPS)):
+    _positive(name, flag.value)
+  if _NUM_SAMPLES.value < MIN_SAMPLES:
+    raise app.UsageError(f"--num_samples must be at least {MIN_SAMPLES}, got {_NUM_SAMPLES.value}")
+  try:
+    channels = [int(c) for c in _DIFFUSION_CHANNELS.value]
+  except ValueError as e:
+    raise app.UsageError(f"--diffusion_channels takes integers: {e}") from None
+  if not channels or min(channels) <= 0:
+    raise app.UsageError(f"--diffusion_channels must be positive integers, got {_DIFFUSION_CHANNELS.value}")
+  methods = list(_METHODS.value)
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise app.UsageError(f"--methods must name some of {', '.join(METHODS)}; got {_METHODS.value}")
+  # Every config is checked before anything trains, so a bad flag costs no compile.
+  for method in methods:
+    config = method_config(method)
+    try:
+      CHECKS.get(method, gan_experiment.check_config)(config)
+    except ConfigError as e:
+      raise app.UsageError(f"{method}: {e}") from None
+  seeds = list(range(_SEEDS.value))
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="gan_digits_")
+  start = time.perf_counter()
+  reference_fid = fid_lib.digits_reference_fids()["test_split"]
+  cells = {}
+  try:
+    for method in methods:
+      method_seeds = seeds[:_DIFFUSION_SEEDS.value] if method == "diffusion" else seeds
+      cell = run_method(method, method_seeds, workdir)
+      cells[method] = cell
+      print(f"{method}: FID {_fmt(cell['mean_se']['fid'], 2)}, classes {_fmt(cell['mean_se']['classes_covered'], 1)}"
+            f" ({cell['wall_time_s']} s)", flush=True)
+  finally:
+    if _WORKDIR.value is None:
+      shutil.rmtree(workdir, ignore_errors=True)
+  total = time.perf_counter() - start
+  text = markdown(cells, reference_fid, _NUM_SAMPLES.value, total)
+  results = {"reference_fid_test_split": reference_fid, "num_samples": _NUM_SAMPLES.value,
+             "cells": {m: {k: v for k, v in cell.items() if k != "samples_seed0"} for m, cell in cells.items()}}
+  report.write_report(outdir, "gan_digits", results, text, figure=figure(cells), wall_time_s=total)
+  print(text)
+
+
+if __name__ == "__main__":
+  report.main(main)
