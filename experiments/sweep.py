@@ -24,7 +24,8 @@ command is run again.
 What can be varied: the optimizer's injected hyperparameters (optimizer.learning_rate,
 optimizer.weight_decay, optimizer.b1) and the fields an experiment's update reads as traced
 values (Task.hparams: the VAE's kl_weight, the DAE's noise_level, WGAN-GP's gp_weight, WGAN's
-clip). Fields that change shapes or the program (sizes, steps, the model) are refused by name.
+clip), and the loop's ema_decay when the config keeps an EMA. Fields that change shapes or the
+program (sizes, steps, the model) are refused by name.
 
 Writes into the workdir: results.json (`members`: seed, values, train_loss and the
 experiment's evaluation metrics of each member; `settings`: mean and standard error over

@@ -189,3 +189,20 @@ def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, m
     assert member["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=1e-6)
   assert len(traces) == 4  # each single run compiles its own (unbatched) evaluation once
   assert swept[1]["test_loss"] != pytest.approx(swept[2]["test_loss"], rel=1e-4)
+
+
+def test_ema_decay_members_equal_their_single_runs(tmp_path):
+  config = autoencoder_experiment.get_config("smoke")
+  config.ema_decay = 0.9  # EMA on: the evaluation reads the EMA parameters
+  members = Members(seeds=(4, 4), hparams={"ema_decay": (0.5, 0.9)})
+  swept = autoencoder_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  for i, member in enumerate(swept):
+    single = _single(autoencoder_experiment, config, tmp_path / str(i), seed=4, ema_decay=member["values"]["ema_decay"])
+    np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(member["test_nll_nats"], single["test_nll_nats"], rtol=1e-5)
+  # Training does not read the EMA, its evaluation does.
+  assert swept[0]["train_loss"] == pytest.approx(swept[1]["train_loss"], rel=1e-6)
+  assert swept[0]["test_nll_nats"] != pytest.approx(swept[1]["test_nll_nats"], rel=1e-4)
+  config.ema_decay = 0.0
+  with pytest.raises(ConfigError, match="cannot vary ema_decay"):
+    autoencoder_experiment.run(config, str(tmp_path / "no_ema"), members=members)

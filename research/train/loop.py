@@ -78,15 +78,23 @@ class Members(NamedTuple):
 
 
 OPTIMIZER_PREFIX = "optimizer."
+EMA_DECAY = "ema_decay"  # the loop's own traced hyperparameter in a sweep (make_train_step reads it from hparams)
 
 
-def _check_members(members: Members, task: Task, injected) -> None:
+def _check_members(members: Members, task: Task, injected, ema_decay: float) -> None:
   """Raises ConfigError unless every swept name is a traced hyperparameter with one value per member."""
   if members.count < 1:
     raise ConfigError("a sweep needs at least one member (seed)")
   if jax.process_count() > 1:
     raise ConfigError("a sweep runs in one process (its members are split over that process's devices)")
   traced = sorted(task.hparams or {}) + sorted(OPTIMIZER_PREFIX + n for n in injected)
+  if EMA_DECAY in members.hparams:
+    if ema_decay <= 0:
+      raise ConfigError("cannot vary ema_decay in a config without an EMA (ema_decay 0): the EMA parameters are "
+                        "part of the state; set --config.ema_decay to one of the values")
+    if not all(0 < v < 1 for v in members.hparams[EMA_DECAY]):
+      raise ConfigError(f"ema_decay values must be in (0, 1), got {list(members.hparams[EMA_DECAY])}")
+    traced.append(EMA_DECAY)
   for name, values in members.hparams.items():
     if name not in traced:
       raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
@@ -97,14 +105,14 @@ def _check_members(members: Members, task: Task, injected) -> None:
 
 def _member_init(task: Task, members: Members, ema_decay: float):
   """`init(keys, batches) -> state` with a leading member axis: each member's own init, seed and values."""
-  task_names = [n for n in members.hparams if not n.startswith(OPTIMIZER_PREFIX)]
+  task_names = [n for n in members.hparams if not n.startswith(OPTIMIZER_PREFIX)]  # and the loop's ema_decay
   optimizer_names = [n for n in members.hparams if n.startswith(OPTIMIZER_PREFIX)]
   values = {n: jnp.asarray(members.hparams[n], jnp.float32) for n in members.hparams}
 
   def one(key, batch, member_values):
     state = init_state(task, key, batch, ema_decay)
     if task_names:
-      state = state.replace(hparams={**state.hparams, **{n: member_values[n] for n in task_names}})
+      state = state.replace(hparams={**(state.hparams or {}), **{n: member_values[n] for n in task_names}})
     if optimizer_names:
       overrides = {n[len(OPTIMIZER_PREFIX):]: member_values[n] for n in optimizer_names}
       state = state.replace(opt_state=optim.with_hyperparams(state.opt_state, overrides))
@@ -379,7 +387,7 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
       injected = optim.hyperparams(injected) if members.hparams else {}
     except AttributeError:
       injected = {}  # an optimizer without injected hyperparameters
-    _check_members(members, task, injected)
+    _check_members(members, task, injected, config.ema_decay)
     init_fn = _member_init(task, members, config.ema_decay)
     init_key = jnp.stack([k.init for k in member_keys])
     abstract = jax.eval_shape(init_fn, init_key, first_batch)

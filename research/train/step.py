@@ -149,7 +149,9 @@ def make_train_step(task: Task, ema_decay: float, grad_accum: int = 1):
     if task.learning_rate is not None:
       metrics = {**metrics, "learning_rate": task.learning_rate(state.opt_state, state.step)}
     if ema_decay > 0:
-      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_state.params)
+      # A sweep over the decay carries each member's in hparams (research.train.loop's EMA_DECAY).
+      decay = state.hparams.get("ema_decay", ema_decay) if state.hparams is not None else ema_decay
+      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, new_state.params)
       new_state = new_state.replace(ema_params=ema)
     return new_state.replace(step=state.step + 1), metrics
 
