@@ -15,7 +15,7 @@ from conftest import run_python
 from experiments import gan as gan_experiment
 from research.metrics import fid as fid_lib
 from research.models import gan
-from research.train import ConfigError
+from research.train import ConfigError, Members
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,20 +172,24 @@ def test_bad_image_config_raises_before_writing(tmp_path, overrides, words):
 # A run scores the samples it writes.
 
 
-def test_conditional_digits_run_scores_the_samples_it_writes(tmp_path):
+def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
+  # Two members as one vmapped program: each member's results are those of its samples.npz.
   config = _digits_smoke("hinge", conditional=True)
-  results = gan_experiment.run(config, str(tmp_path))
+  results = gan_experiment.run(config, str(tmp_path), members=Members((0, 1)))
   stored = json.loads((tmp_path / "results.json").read_text())
-  samples = np.load(tmp_path / "samples.npz")["images"]
-  assert samples.shape == (config.num_samples,) + gan.IMAGE_SHAPE
-  recomputed = fid_lib.sample_metrics(samples)
-  for name in ("fid", "precision", "recall", "classes_covered", "num_samples"):
-    assert stored[name] == results[name] == pytest.approx(recomputed[name], rel=1e-4, abs=1e-6), name
-  assert len(stored["class_shares"]) == 10 and sum(stored["class_shares"]) == pytest.approx(1.0, abs=1e-3)
   assert stored["config"]["conditional"] and stored["config"]["loss"] == "hinge"
-  # Samples are asked for labels 0, 1, ..., 9, 0, ...: the accuracy is the classifier's agreement with them.
-  predicted = fid_lib.digits_classifier().predict(samples)
-  assert stored["label_accuracy"] == pytest.approx(np.mean(predicted == np.arange(len(samples)) % 10))
+  classifier = fid_lib.digits_classifier()
+  for i, member in enumerate(stored["members"]):
+    samples = np.load(tmp_path / f"member_{i}" / "samples.npz")["images"]
+    assert samples.shape == (config.num_samples,) + gan.IMAGE_SHAPE
+    recomputed = fid_lib.sample_metrics(samples, classifier)
+    for name in ("fid", "precision", "recall", "classes_covered", "num_samples"):
+      assert member[name] == results["members"][i][name] == pytest.approx(recomputed[name], rel=1e-4, abs=1e-6)
+    assert len(member["class_shares"]) == 10 and sum(member["class_shares"]) == pytest.approx(1.0, abs=1e-3)
+    # Samples are asked for labels 0, 1, ..., 9, 0, ...: the accuracy is the classifier's agreement with them.
+    asked = np.arange(len(samples)) % 10
+    assert member["label_accuracy"] == pytest.approx(np.mean(classifier.predict(samples) == asked))
+  assert stored["members"][0]["fid"] != stored["members"][1]["fid"]
 
 
 # ---------------------------------------------------------------------------------------

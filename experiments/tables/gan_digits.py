@@ -5,7 +5,9 @@ training loop), its `--seeds` seeds side by side as ONE vmapped program (researc
   GAN       experiments/gan.py with dataset=digits: its image settings (the DCGAN-style conv
             pair, spectral normalisation, TTUR, generator EMA; see that module's docstring)
   WGAN-GP   the same with loss=wgan_gp (Gulrajani et al.'s image settings: lambda 10,
-            n_critic 5, Adam(1e-4, beta1 0, beta2 0.9), no spectral normalisation)
+            n_critic 5, Adam(1e-4, beta1 0, beta2 0.9), no spectral normalisation), for
+            --wgan_gp_steps (1000 by default, a third of the experiment's 3000: each step makes
+            5 critic updates with a double backward pass)
   PacGAN-2  the GAN with pack=2 (Lin et al.: the discriminator judges two samples at once)
   VAE       experiments/autoencoder.py (its default VAE; the NLL's importance samples cut to
             --vae_eval_k, as this table does not report the NLL)

@@ -28,6 +28,7 @@ The VAE objective, in parts:
       importance weights (research/metrics/nll.py).
 """
 
+import collections
 import dataclasses
 import functools
 import math
@@ -319,6 +320,22 @@ def _interleave(rows: Sequence[jax.Array], width: int) -> jax.Array:
   return jnp.stack(groups, axis=1).reshape((-1,) + rows[0].shape[1:])
 
 
+# Evaluations whose images `sample` can still write: a sweep evaluates every member before it
+# writes any member's samples.
+SCORED_KEPT = 64
+
+
+def _scored_images(scored, params):
+  """The images evaluated for parameters equal to `params` (a sweep hands out fresh copies), or None."""
+  leaves = jax.tree.leaves(params)
+  for kept, images in reversed(scored):
+    others = jax.tree.leaves(kept)
+    if len(others) == len(leaves) and all(
+        x.shape == y.shape and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(others, leaves)):
+      return images
+  return None
+
+
 def make_task(config, eval_images: np.ndarray, num_samples: int = 0) -> Task:
   """The autoencoder family as a research.train.Task.
 
@@ -384,7 +401,7 @@ def make_task(config, eval_images: np.ndarray, num_samples: int = 0) -> Task:
         from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
         # Its own stream: the NLL and ELBO keys stay what they were without sample metrics.
         images = np.asarray(prior_samples(params, jax.random.fold_in(key, 2)))
-        scored.update(params=params, images=images)  # `sample` writes exactly the scored images
+        scored.append((params, images))  # `sample` writes exactly the scored images
         out.update(fid_lib.sample_metrics(images))
       return out
     # The clean reconstruction error, and (DAE) the error of denoising corrupted test images.
@@ -417,12 +434,13 @@ def make_task(config, eval_images: np.ndarray, num_samples: int = 0) -> Task:
     z = jax.random.normal(key, (num_samples, model_config.latent_dim))  # (num_samples, latent)
     return jax.nn.sigmoid(model.apply(params, z, method=Autoencoder.decode))  # Bernoulli means in [0, 1]
 
-  scored = {}
+  scored = collections.deque(maxlen=SCORED_KEPT)  # (params, images) of recent evaluations
 
   def sample(params, key):
     out = draw(params, eval_x, key)
-    if scored.get("params") is params:
-      out = {**out, "samples": scored["images"]}
+    images = _scored_images(scored, params)
+    if images is not None:
+      out = {**out, "samples": images}
     return out
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,

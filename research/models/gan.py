@@ -38,6 +38,7 @@ step takes n_critic batches (the loop hands it batch_size * n_critic rows), make
 critic updates in a `lax.scan`, then one generator update.
 """
 
+import collections
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -425,6 +426,22 @@ def generate_images(config, gen_params, key: jax.Array, n: int) -> np.ndarray:
   return np.asarray((draw(gen_params, key, labels) + 1.0) / 2.0)
 
 
+# Evaluations whose images `sample` can still write: a sweep evaluates every member before it
+# writes any member's samples.
+SCORED_KEPT = 64
+
+
+def _scored_images(scored, params):
+  """The images evaluated for parameters equal to `params` (a sweep hands out fresh copies), or None."""
+  leaves = jax.tree.leaves(params)
+  for kept, images in reversed(scored):
+    others = jax.tree.leaves(kept)
+    if len(others) == len(leaves) and all(
+        x.shape == y.shape and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(others, leaves)):
+      return images
+  return None
+
+
 def make_task(config) -> Task:
   """The GAN family's plug-in for research.train.train.
 
@@ -529,14 +546,14 @@ def make_task(config) -> Task:
     opt_state = {"gen": gen_opt_state, "disc": critic.opt_state}
     return state.replace(params=params, opt_state=opt_state), metrics
 
-  scored = {}
+  scored = collections.deque(maxlen=SCORED_KEPT)  # (params, images) of recent evaluations
 
   def evaluate(params, key, data):
     del data  # coverage is measured against the known mixture, FID against the training digits
     if is_image_dataset(dataset):
       from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
       images = generate_images(config, params["gen"], key, config.num_samples)
-      scored.update(params=params, images=images)  # `sample` writes exactly the scored images
+      scored.append((params, images))  # `sample` writes exactly the scored images
       classifier = fid_lib.digits_classifier()
       metrics = fid_lib.sample_metrics(images, classifier)
       if conditional:
@@ -553,8 +570,9 @@ def make_task(config) -> Task:
 
   def sample(params, key):
     if is_image_dataset(dataset):
-      images = scored["images"] if scored.get("params") is params \
-          else generate_images(config, params["gen"], key, config.num_samples)
+      images = _scored_images(scored, params)
+      if images is None:
+        images = generate_images(config, params["gen"], key, config.num_samples)
       return {"samples": images}  # (num_samples, 8, 8, 1) in [0, 1]
     return {"samples": generate(models.gen, params["gen"], key, config.eval_samples, latent_dim)}  # (n, 2)
 
