@@ -67,6 +67,7 @@ from torch import nn as torch_nn
 from torch.nn import functional as F
 
 from experiments import report
+from experiments.bench.steps import param_count
 from research.models import gpt2
 from research.rl import rlhf
 
@@ -168,10 +169,6 @@ def make_weights(setup: Setup, seed: int) -> Weights:
 def policy_variables(weights: Weights) -> dict:
   """Our PolicyWithValue variables from `weights`."""
   return {"params": {"backbone": weights.lm, "value_head": weights.value_head}}
-
-
-def _param_count(tree) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,8 +348,8 @@ class JaxUpdate:
     self.rng = np.random.default_rng(seed)
     self.iterations = 0
     self.step = jax.jit(rlhf.make_ppo_update(setup.gpt2_config(), setup.settings(), tx), donate_argnums=(0, 1))
-    self.param_count = _param_count(self.params)
-    self.rm_param_count = _param_count(weights.rm)
+    self.param_count = param_count(self.params)
+    self.rm_param_count = param_count(weights.rm)
     self.scores: list[float] = []
     start = time.perf_counter()
     self.run(1)  # compiles

@@ -714,11 +714,13 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
     x = to_x0(batch)
     return model.init(key, x, jnp.zeros((x.shape[0],), jnp.int32), jnp.zeros((x.shape[0],), jnp.int32))
 
-  def loss_fn(params, batch, key, train):
+  def loss_fn(params, batch, key, train, hparams=None):
     k_labels, k_loss, k_dropout = jax.random.split(key, 3)
     y = batch["label"].astype(jnp.int32) if conditional else jnp.zeros((batch["image"].shape[0],), jnp.int32)
     if conditional and train:
-      y = drop_labels(k_labels, y, config.class_dropout, num_classes)
+      # The label-dropout rate is traced (Task.hparams), so a sweep over it is one program.
+      rate = config.class_dropout if hparams is None else hparams["class_dropout"]
+      y = drop_labels(k_labels, y, rate, num_classes)
     value = loss(schedule, lambda x_t, t: apply(params, x_t, t, y, train, k_dropout), to_x0(batch), k_loss,
                  config.prediction)
     return value, {}
@@ -741,32 +743,29 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # images in [0, 1]
 
   def generate(params, key, n):
-    labels = jnp.arange(n, dtype=jnp.int32) % max(num_classes, 1)
-    chunks = []
-    for i, start in enumerate(range(0, n, config.sample_batch)):
-      chunk = labels[start:start + config.sample_batch]
-      chunks.append(np.asarray(draw(params, jax.random.fold_in(key, i), chunk, jnp.float32(config.guidance_scale),
-                                    jnp.float32(config.eta))))
-    return np.concatenate(chunks)
-
-  scored = {}
+    # Chunks of sample_batch as one lax.map (the last padded), so a sweep's members draw
+    # theirs in one vmapped program; chunk i uses fold_in(key, i).
+    batch = min(config.sample_batch, n)
+    chunks = -(-n // batch)
+    labels = (jnp.arange(chunks * batch, dtype=jnp.int32) % max(num_classes, 1)).reshape(chunks, batch)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(chunks))
+    guidance, eta = jnp.float32(config.guidance_scale), jnp.float32(config.eta)
+    images = jax.lax.map(lambda chunk: draw(params, chunk[0], chunk[1], guidance, eta), (keys, labels))
+    return images.reshape((chunks * batch,) + tuple(image_shape))[:n]
 
   def evaluate(params, key, data):
+    # Pure: the samples are drawn in the compiled program; `summarize` scores them on the host.
     del data  # scored against the training digits' features
-    images = generate(params, key, config.num_samples)
-    scored.update(params=params, images=images)  # `sample` writes exactly the scored images
-    classifier = fid_lib.digits_classifier()
-    feats = classifier.features(images)
-    real = classifier.reference_features("train")
-    precision, recall = fid_lib.precision_recall(real, feats)
-    shares = fid_lib.class_shares(images, classifier)
-    return {"fid": fid_lib.frechet_distance(real, feats), "precision": precision, "recall": recall,
-            "classes_covered": int(np.sum(shares >= 0.02)), "class_shares": shares.round(4).tolist(),
-            "num_samples": int(config.num_samples)}
+    return {"samples": generate(params, key, config.num_samples)}
+
+  def summarize(arrays):
+    return fid_lib.sample_metrics(arrays["samples"])
+
+  draw_all = jax.jit(generate, static_argnums=2)
 
   def sample(params, key):
-    images = scored["images"] if scored.get("params") is params else generate(params, key, config.num_samples)
-    return {"samples": images}
+    return {"samples": np.asarray(draw_all(params, key, config.num_samples))}
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss_fn, evaluate=evaluate,
-              sample=sample, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              evaluate_pure=True, summarize=summarize, sample=sample,
+              hparams={"class_dropout": config.class_dropout} if conditional else None, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
