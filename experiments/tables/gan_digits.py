@@ -28,7 +28,8 @@ WGAN-GP at 3000 steps (4.99 ± 0.23, 2.39x, 10 classes; wgan_gp_3000/, 1411 s), 
 10000 steps (3.93 ± 0.08, 1.89x; vae_10000/) and the U-Net of 8 and 16 channels at
 3000 steps (55.6 ± 5.1, 26.7x; diffusion_3000/: at the GAN's size the U-Net is far from the
 experiment's default of 32 and 64 channels, 657k parameters, whose run in
-experiments/tables/results/ddim/model scored 2.34). Short runs suffer from the EMA (decay 0.999, a time
+experiments/tables/results/ddim/model scored 2.34; at 16 and 32 channels, 166k parameters, one
+member scored 6.18, 2.97x: diffusion_16_32/). Short runs suffer from the EMA (decay 0.999, a time
 constant of 1000 steps): the diffusion row at 1500 steps scored 150, WGAN-GP at this table's
 1000 steps 87.4 ± 4.2 with 8.4 classes.
 
