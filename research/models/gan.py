@@ -505,8 +505,9 @@ def make_task(config) -> Task:
     # 1. n_critic critic updates against the current generator.
     def critic_update(carry: CriticCarry, xs):
       real_i, labels_i, i = xs
-      k_z, k_penalty, k_labels = jax.random.split(jax.random.fold_in(k_critic, i), 3)
-      y_fake = fake_labels(k_labels)
+      k_update = jax.random.fold_in(k_critic, i)
+      k_z, k_penalty = jax.random.split(k_update)
+      y_fake = fake_labels(jax.random.fold_in(k_update, 1))  # its own stream: unconditional draws stay as they were
       fake = generate(models.gen, gen_params, k_z, batch_size, latent_dim, y_fake)  # (batch, ...)
       (value, aux), grads = jax.value_and_grad(critic_loss, has_aux=True)(
           carry.params, real_i, labels_i if conditional else None, fake, y_fake, k_penalty, state.hparams)
