@@ -297,7 +297,9 @@ def test_experiment_smoke(tmp_path, monkeypatch, loss, dataset):
     task = make_task(config)
 
     def evaluate(params, key, *rest):
-      evaluated.append((params, key))
+      # The loop compiles the pure evaluation: the values it is called with come back through a callback.
+      jax.debug.callback(lambda p, k: evaluated.append((p, jax.random.wrap_key_data(k))), params,
+                         jax.random.key_data(key))
       return task.evaluate(params, key, *rest)
 
     return dataclasses.replace(task, evaluate=evaluate)

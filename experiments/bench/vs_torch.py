@@ -4,7 +4,8 @@ Two models, each as its experiment's default config defines it:
   vae  experiments/autoencoder.py's default: MLP encoder 64-100-100-(16 + 16) with tanh, the
        mirrored decoder, batch 100, Adam(1e-3, eps 1e-4), dynamic binarisation and the
        analytic-KL ELBO; runs of its 10,000 steps, logging every 1000, checkpoints every 5000.
-  gan  experiments/gan.py with dataset=digits: the conv pair (32 base channels, latent 2),
+  gan  experiments/gan.py's preset small_conv (its digits GAN before the DCGAN-style image
+       settings): the two-layer conv pair (32 base channels, latent 2),
        batch 128, the non-saturating loss, one critic update per generator update,
        Adam(1e-3, b1 0.5) for both; logging every 250, checkpoints every 1000, runs of
        --gan_steps steps.
@@ -105,9 +106,8 @@ def vae_problem(steps: int | None) -> Problem:
 
 
 def gan_problem(steps: int | None) -> Problem:
-  """experiments/gan.py's default with dataset=digits (the conv pair)."""
-  config = gan_experiment.get_config()
-  config.dataset = "digits"
+  """experiments/gan.py's two-layer conv pair on digits (preset small_conv), which the PyTorch side mirrors."""
+  config = gan_experiment.get_config("small_conv")
   if steps is not None:
     config.steps = steps
   if (config.loss, config.n_critic, config.pack) != ("gan", 1, 1):
@@ -372,7 +372,7 @@ def _markdown(results: dict) -> str:
   env = report.environment(*PACKAGES)
   versions, devices = env["versions"], env["devices"]
   titles = {"vae": "VAE (experiments/autoencoder.py defaults)",
-            "gan": "digits GAN (experiments/gan.py, dataset=digits)"}
+            "gan": "digits GAN (experiments/gan.py, preset small_conv)"}
   load = results["load_average"]
   lines = [
       "# Small models: research.train.train vs PyTorch eager",

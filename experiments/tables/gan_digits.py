@@ -6,8 +6,8 @@ training loop), its `--seeds` seeds side by side as ONE vmapped program (researc
             pair, spectral normalisation, TTUR, generator EMA; see that module's docstring)
   WGAN-GP   the same with loss=wgan_gp (Gulrajani et al.'s image settings: lambda 10,
             n_critic 5, Adam(1e-4, beta1 0, beta2 0.9), no spectral normalisation), for
-            --wgan_gp_steps (1000 by default, a third of the experiment's 3000: each step makes
-            5 critic updates with a double backward pass)
+            --wgan_gp_steps (the experiment's 3000 by default; each step makes 5 critic
+            updates with a double backward pass, so this row takes about 25 minutes on 2 cores)
   PacGAN-2  the GAN with pack=2 (Lin et al.: the discriminator judges two samples at once)
   VAE       experiments/autoencoder.py (its default VAE; the NLL's importance samples cut to
             --vae_eval_k, as this table does not report the NLL)
@@ -21,7 +21,8 @@ Reported as mean ± standard error over the members, with the FID as a multiple 
 held-out digits' (the 300-image test split against the training split, computed here).
 
 Committed results (experiments/tables/results/gan_digits/, on a 2-core CPU shared with other
-jobs): the table with `--vae_steps=3000 --diffusion_steps=1500 --diffusion_seeds=1` (GAN FID
+jobs): the table with `--vae_steps=3000 --diffusion_steps=1500 --diffusion_seeds=1
+--wgan_gp_steps=1000` (GAN FID
 3.91 ± 0.24, 1.88x held-out digits; PacGAN-2 4.57 ± 0.23, 2.20x; 10 of 10 classes in every
 member), and rows rerun at their experiments' defaults with `--methods=...` in subdirectories:
 WGAN-GP at 3000 steps (4.99 ± 0.23, 2.39x, 10 classes; wgan_gp_3000/, 1411 s), the VAE at
@@ -30,8 +31,8 @@ WGAN-GP at 3000 steps (4.99 ± 0.23, 2.39x, 10 classes; wgan_gp_3000/, 1411 s), 
 experiment's default of 32 and 64 channels, 657k parameters, whose run in
 experiments/tables/results/ddim/model scored 2.34; at 16 and 32 channels, 166k parameters, one
 member scored 6.18, 2.97x: diffusion_16_32/). Short runs suffer from the EMA (decay 0.999, a time
-constant of 1000 steps): the diffusion row at 1500 steps scored 150, WGAN-GP at this table's
-1000 steps 87.4 ± 4.2 with 8.4 classes.
+constant of 1000 steps): the diffusion row at 1500 steps scored 150, WGAN-GP at 1000 steps
+87.4 ± 4.2 with 8.4 classes.
 
 Run:
   python -m experiments.tables.gan_digits --outdir=experiments/tables/results/gan_digits
@@ -61,10 +62,10 @@ _METHODS = flags.DEFINE_list("methods", ["GAN", "WGAN-GP", "PacGAN-2", "VAE", "d
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Members (seeds) per method, trained as one vmapped program.")
 _STEPS = flags.DEFINE_integer("steps", None, "Generator updates of the GAN and PacGAN runs (default: "
                               "experiments/gan.py's digits setting).")
-_WGAN_GP_STEPS = flags.DEFINE_integer("wgan_gp_steps", 1000, "Generator updates of the WGAN-GP runs, each after 5 "
-                                      "critic updates (experiments/gan.py's digits default is 3000; a WGAN-GP step "
-                                      "costs about 5 GAN steps, so 1000 keeps the table near 15-20 minutes and "
-                                      "still gives its critic more updates than the GAN's).")
+_WGAN_GP_STEPS = flags.DEFINE_integer("wgan_gp_steps", None, "Generator updates of the WGAN-GP runs, each after 5 "
+                                      "critic updates (default: experiments/gan.py's digits setting, 3000; a "
+                                      "WGAN-GP step costs about 5 GAN steps, and at 1000 its EMA generator still "
+                                      "carries the early weights).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples scored per member (FID's bias depends on it).")
 _VAE_STEPS = flags.DEFINE_integer("vae_steps", None, "VAE updates (default: experiments/autoencoder.py's).")
 _VAE_EVAL_K = flags.DEFINE_integer("vae_eval_k", 100, "Importance samples of the VAE's test NLL (not reported "

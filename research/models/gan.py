@@ -38,7 +38,6 @@ step takes n_critic batches (the loop hands it batch_size * n_critic rows), make
 critic updates in a `lax.scan`, then one generator update.
 """
 
-import collections
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -426,22 +425,6 @@ def generate_images(config, gen_params, key: jax.Array, n: int) -> np.ndarray:
   return np.asarray((draw(gen_params, key, labels) + 1.0) / 2.0)
 
 
-# Evaluations whose images `sample` can still write: a sweep evaluates every member before it
-# writes any member's samples.
-SCORED_KEPT = 64
-
-
-def _scored_images(scored, params):
-  """The images evaluated for parameters equal to `params` (a sweep hands out fresh copies), or None."""
-  leaves = jax.tree.leaves(params)
-  for kept, images in reversed(scored):
-    others = jax.tree.leaves(kept)
-    if len(others) == len(leaves) and all(
-        x.shape == y.shape and np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(others, leaves)):
-      return images
-  return None
-
-
 def make_task(config) -> Task:
   """The GAN family's plug-in for research.train.train.
 
@@ -452,9 +435,10 @@ def make_task(config) -> Task:
       the critic's is the same with its learning rate times `disc_lr_ratio`).
 
   Returns:
-    A Task with `train_step`, `evaluate` (mode coverage on mixtures; on digits FID,
-    precision, recall and class shares of `num_samples` generated images) and `sample`
-    (the images that evaluation scored, or `eval_samples` points).
+    A Task with `train_step`, a pure `evaluate` (mode coverage on mixtures; on digits the
+    `num_samples` generated images, whose FID, precision, recall and class shares `summarize`
+    reports; the loop writes those scored images as the step's samples) and `sample`
+    (`num_samples` images, or `eval_samples` points).
   """
   models = make_models(config)
   loss_name, n_critic, m, batch_size = config.loss, config.n_critic, config.pack, config.batch_size
@@ -547,14 +531,24 @@ def make_task(config) -> Task:
     opt_state = {"gen": gen_opt_state, "disc": critic.opt_state}
     return state.replace(params=params, opt_state=opt_state), metrics
 
-  scored = collections.deque(maxlen=SCORED_KEPT)  # (params, images) of recent evaluations
-
   def evaluate(params, key, data):
+    # Pure (Task.evaluate_pure): a sweep's members draw their samples and count their modes in one
+    # vmapped program; `summarize` scores the images on the host.
     del data  # coverage is measured against the known mixture, FID against the training digits
     if is_image_dataset(dataset):
+      labels = cycling_labels(config.num_samples) if conditional else None
+      images = (generate(models.gen, params["gen"], key, config.num_samples, latent_dim, labels) + 1.0) / 2.0
+      return {"samples": images}  # the loop writes exactly these as the step's samples
+    if dataset not in toy2d.MIXTURES:
+      return {}
+    result = coverage(config, params["gen"], key)
+    return {"modes_captured": result.modes_captured, "high_quality_fraction": result.high_quality_fraction,
+            "counts": result.counts}
+
+  def summarize(arrays):
+    if is_image_dataset(dataset):
       from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
-      images = generate_images(config, params["gen"], key, config.num_samples)
-      scored.append((params, images))  # `sample` writes exactly the scored images
+      images = np.asarray(arrays["samples"], np.float32)
       classifier = fid_lib.digits_classifier()
       metrics = fid_lib.sample_metrics(images, classifier)
       if conditional:
@@ -564,21 +558,17 @@ def make_task(config) -> Task:
       return metrics
     if dataset not in toy2d.MIXTURES:
       return {}
-    result = jax.jit(lambda p, k: coverage(config, p, k))(params["gen"], key)
-    return {"modes_captured": int(result.modes_captured), "modes_total": int(result.counts.shape[0]),
-            "high_quality_fraction": float(result.high_quality_fraction),
-            "eval_samples": config.eval_samples}
+    return {"modes_captured": int(arrays["modes_captured"]), "modes_total": int(np.shape(arrays["counts"])[0]),
+            "high_quality_fraction": float(arrays["high_quality_fraction"]), "eval_samples": config.eval_samples}
 
   def sample(params, key):
     if is_image_dataset(dataset):
-      images = _scored_images(scored, params)
-      if images is None:
-        images = generate_images(config, params["gen"], key, config.num_samples)
-      return {"samples": images}  # (num_samples, 8, 8, 1) in [0, 1]
+      return {"samples": generate_images(config, params["gen"], key, config.num_samples)}  # (n, 8, 8, 1) in [0, 1]
     return {"samples": generate(models.gen, params["gen"], key, config.eval_samples, latent_dim)}  # (n, 2)
 
   gen_learning_rate = optim.learning_rate_fn(config.optimizer, config.steps)
-  return Task(init=init, tx=tx, train_step=train_step, evaluate=evaluate, sample=sample,
+  return Task(init=init, tx=tx, train_step=train_step, evaluate=evaluate, evaluate_pure=True, summarize=summarize,
+              sample=sample,
               learning_rate=lambda opt_state, step: gen_learning_rate(opt_state["gen"], step),
               batches_per_step=n_critic, hparams={"gp_weight": config.gp_weight, "clip": config.clip})
 

@@ -461,7 +461,7 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   interval = _Interval(position.get("interval"))
   # Each member evaluates and samples with the keys of its own single run.
   eval_keys = [jax.random.split(Keys.from_seed(seed).eval) for seed in seeds]  # [(k_evaluate, k_sample)]
-  if task.evaluate_pure:
+  if task.evaluate_pure and task.evaluate is not None:
     pure_evaluate = jax.jit(task.evaluate if members is None else jax.vmap(task.evaluate, in_axes=(0, 0, None)))
     eval_key_array = eval_keys[0][0] if members is None else jnp.stack([k[0] for k in eval_keys])
   scored_samples: dict[str, Any] = {}  # a pure evaluation's "samples" and its step
