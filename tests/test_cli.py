@@ -66,8 +66,7 @@ def _stored(workdir, step):
   return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_saves_the_current_step_and_the_same_command_resumes_to_the_same_bits(tmp_path, signum):
+def test_signals_save_the_current_step_and_the_same_command_resumes_to_the_same_bits(tmp_path):
   # Seven steps per call, logs and checkpoints every 10: the stop lands between event steps.
   command = [sys.executable, "-m", "experiments.autoencoder", SMOKE, "--config.steps=2000",
              "--config.steps_per_call=7", "--config.checkpoint_every=500", "--config.log_every=10"]
@@ -75,33 +74,35 @@ def test_signal_saves_the_current_step_and_the_same_command_resumes_to_the_same_
   reference = subprocess.run(command + [f"--workdir={tmp_path / 'reference'}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600, check=False)
   assert reference.returncode == 0, reference.stderr[-2000:]
+  expected = json.loads((tmp_path / "reference" / "results.json").read_text())
 
-  workdir = tmp_path / "stopped"
-  proc = subprocess.Popen(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  for line in proc.stderr:  # wait until training is under way
-    if line.startswith("step 20/"):
-      break
-  proc.send_signal(signum)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 128 + signum, err[-2000:]
-  line = err.strip().splitlines()[-1]
-  stopped_at = int(line.split(" at step ")[1].split(":")[0])
-  assert line == (f"interrupted by {signal.Signals(signum).name} at step {stopped_at}: saved a checkpoint in "
-                  f"{workdir}/checkpoints; run the same command to resume")
-  assert 20 <= stopped_at < 2000 and (workdir / "checkpoints" / str(stopped_at)).is_dir()
-  assert not (workdir / "results.json").exists()
+  for signum in (signal.SIGTERM, signal.SIGINT):  # one uninterrupted reference serves both
+    workdir = tmp_path / f"stopped_{signum.name}"
+    proc = subprocess.Popen(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until training is under way
+      if line.startswith("step 20/"):
+        break
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    stopped_at = int(line.split(" at step ")[1].split(":")[0])
+    assert line == (f"interrupted by {signal.Signals(signum).name} at step {stopped_at}: saved a checkpoint in "
+                    f"{workdir}/checkpoints; run the same command to resume")
+    assert 20 <= stopped_at < 2000 and (workdir / "checkpoints" / str(stopped_at)).is_dir()
+    assert not (workdir / "results.json").exists()
 
-  resumed = subprocess.run(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=600, check=False)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"resuming from step {stopped_at} of" in resumed.stderr
-  ours, theirs = _stored(workdir, 2000), _stored(tmp_path / "reference", 2000)
-  for a, b in zip(jax_leaves(ours), jax_leaves(theirs)):
-    np.testing.assert_array_equal(a, b)
-  results = [json.loads((d / "results.json").read_text()) for d in (workdir, tmp_path / "reference")]
-  assert results[0]["train_loss"] == results[1]["train_loss"]
-  assert results[0]["test_nll_nats"] == results[1]["test_nll_nats"]
+    resumed = subprocess.run(command + [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from step {stopped_at} of" in resumed.stderr
+    ours, theirs = _stored(workdir, 2000), _stored(tmp_path / "reference", 2000)
+    for a, b in zip(jax_leaves(ours), jax_leaves(theirs)):
+      np.testing.assert_array_equal(a, b)
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["train_loss"] == expected["train_loss"]
+    assert results["test_nll_nats"] == expected["test_nll_nats"]
 
 
 def jax_leaves(tree):
