@@ -49,3 +49,15 @@ def run_python(args, env=None, timeout=600, **kwargs) -> subprocess.CompletedPro
   full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
                         timeout=timeout, check=False, **kwargs)
+
+
+def parse_gan_config(*args):
+  """The config `python -m experiments.gan <args>` runs with, parsed by the script's own config flag."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = ["gan"] + list(args)
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", os.path.join(ROOT, "experiments", "gan.py"), flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config

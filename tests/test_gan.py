@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
+from conftest import parse_gan_config
 from experiments import gan as gan_experiment
 from research import data as data_lib
 from research import optim
@@ -125,14 +124,7 @@ def test_settings_follow_the_loss(loss):
   assert _settings(changed) == gan_experiment.LOSS_SETTINGS["gan"]
 
 
-def _parse(*args):
-  """The config `python -m experiments.gan <args>` runs with, parsed by the script's own config flag."""
-  argv = ["gan"] + list(args)
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", os.path.join(REPO, "experiments", "gan.py"), flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
+_parse = parse_gan_config
 
 
 def test_command_line_overrides_survive_the_loss():

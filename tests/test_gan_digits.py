@@ -2,22 +2,18 @@
 settings, the scored samples of a run, and the gan_digits table end to end."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
-from conftest import run_python
+from conftest import parse_gan_config, run_python
 from experiments import gan as gan_experiment
 from research.metrics import fid as fid_lib
 from research.models import gan
 from research.train import ConfigError, Members
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _digits_smoke(loss: str = "gan", **overrides):
@@ -111,13 +107,7 @@ def test_conditional_generator_follows_the_label():
 # The settings that follow the dataset.
 
 
-def _parse(*args):
-  argv = ["gan"] + list(args)
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", os.path.join(REPO, "experiments", "gan.py"), flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
+_parse = parse_gan_config
 
 
 @pytest.mark.parametrize("loss", gan.LOSSES)
