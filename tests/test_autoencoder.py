@@ -244,7 +244,7 @@ def test_dae_evaluation_reports_clean_reconstruction_and_denoising_separately():
   images = _images(40, seed=3)
   task = autoencoder.make_task(config, images)
   params = task.init(jax.random.key(0), {"image": images})
-  metrics = task.evaluate(params, jax.random.key(1), {"image": images})
+  metrics = task.summarize(jax.device_get(jax.jit(task.evaluate)(params, jax.random.key(1), {"image": images})))
   # The clean error, computed directly: reconstruct the uncorrupted images.
   net = autoencoder.Autoencoder(autoencoder.AutoencoderConfig.from_config(config, IMAGE_SHAPE))
   x = nll_lib.to_unit_interval(images)

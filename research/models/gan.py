@@ -531,10 +531,11 @@ def make_task(config) -> Task:
     opt_state = {"gen": gen_opt_state, "disc": critic.opt_state}
     return state.replace(params=params, opt_state=opt_state), metrics
 
-  def evaluate(params, key, data):
+  def evaluate(params, key, data, hparams=None):
     # Pure (Task.evaluate_pure): a sweep's members draw their samples and count their modes in one
     # vmapped program; `summarize` scores the images on the host.
     del data  # coverage is measured against the known mixture, FID against the training digits
+    del hparams  # the penalty weight and the clipping act on training only
     if is_image_dataset(dataset):
       labels = cycling_labels(config.num_samples) if conditional else None
       images = (generate(models.gen, params["gen"], key, config.num_samples, latent_dim, labels) + 1.0) / 2.0
@@ -561,7 +562,8 @@ def make_task(config) -> Task:
     return {"modes_captured": int(arrays["modes_captured"]), "modes_total": int(np.shape(arrays["counts"])[0]),
             "high_quality_fraction": float(arrays["high_quality_fraction"]), "eval_samples": config.eval_samples}
 
-  def sample(params, key):
+  def sample(params, key, hparams=None):
+    del hparams  # training-only hyperparameters
     if is_image_dataset(dataset):
       return {"samples": generate_images(config, params["gen"], key, config.num_samples)}  # (n, 8, 8, 1) in [0, 1]
     return {"samples": generate(models.gen, params["gen"], key, config.eval_samples, latent_dim)}  # (n, 2)

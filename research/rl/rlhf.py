@@ -396,8 +396,8 @@ def make_dpo_task(cfg: gpt2.GPT2Config, lm_params, tx: optax.GradientTransformat
     pairs = implicit.shape[0] * len(ranked_pairs(implicit.shape[1])[0])
     return implicit_loss * pairs, pair_accuracy(implicit) * pairs, pairs
 
-  def evaluate(params, key, data):
-    del key
+  def evaluate(params, key, data, hparams=None):
+    del key, hparams  # the held-out loss is at the config's beta, for every member
     return _summed_over_batches(lambda p, b: eval_batch_sums(p, lm_params, b), params, data, eval_batch,
                                 ("dpo_loss", "implicit_reward_accuracy"))
 
@@ -613,7 +613,8 @@ def make_ppo_task(cfg: gpt2.GPT2Config, settings: PPOSettings, tx: optax.Gradien
     rm_params: the frozen reward model's variables.
     hparams: {PPOHParams field: value}, traced (TrainState.hparams), so a sweep over kl_coef
       is one vmapped program.
-    evaluate: `evaluate(params, key, data) -> metrics`, or None.
+    evaluate: `evaluate(params, key, data) -> metrics`, or None; the PPO hyperparameters the
+      loop hands a task's evaluation (Task.evaluate) are not passed on.
     learning_rate: `learning_rate(opt_state, step)` to log, or None.
 
   Returns:
@@ -631,8 +632,12 @@ def make_ppo_task(cfg: gpt2.GPT2Config, settings: PPOSettings, tx: optax.Gradien
                                                    hp)
     return state.replace(params=params, opt_state=opt_state, extra=frozen), metrics._asdict()
 
+  def evaluate_policy(params, key, data, hparams=None):
+    del hparams
+    return evaluate(params, key, data)
+
   return Task(init=lambda key, batch: init_policy(cfg, key, lm_params), tx=tx, train_step=train_step,
-              evaluate=evaluate, learning_rate=learning_rate,
+              evaluate=evaluate_policy if evaluate is not None else None, learning_rate=learning_rate,
               init_extra=lambda key, batch: Frozen(ref_params, rm_params, jnp.ones((), jnp.float32)),
               hparams={name: float(hparams[name]) for name in PPOHParams._fields})
 

@@ -234,7 +234,13 @@ def _summarize(task: Task, arrays: dict[str, Any]) -> dict[str, Any]:
   if task.summarize is not None:
     return dict(task.summarize(arrays))
   return {name: np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
-          for name, value in arrays.items() if name != "samples"}
+          for name, value in arrays.items() if name not in task.pictures}
+
+
+def _hparams_last(task: Task, fn):
+  """`fn` as the loop calls it, `fn(*args, hparams)`: a task with traced hyperparameters (Task.hparams)
+  gets them as the last argument, as its `loss` does; a task without them is called without."""
+  return fn if task.hparams is not None else lambda *args: fn(*args[:-1])
 
 
 def _chunks(start: int, steps: int, config):
@@ -324,10 +330,10 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
     eval_data: the evaluation split handed to `task.evaluate` (any form the task reads), or None.
     members: a sweep: train these runs side by side as one vmapped program (their seeds
       replace config.seed). The state gains a leading member axis, split over the `data`
-      devices when they divide it; every member is evaluated with the key its single run
-      would use and writes its samples to `member_<i>/`; results.json lists the members. A
-      member whose metrics turn non-finite is reported and the others go on; the run stops
-      only when all have.
+      devices when they divide it; every member is evaluated with the key and the hparams
+      its single run would use and writes its samples to `member_<i>/`; results.json lists
+      the members. A member whose metrics turn non-finite is reported and the others go on;
+      the run stops only when all have.
 
   Returns:
     Run(final state, results dict).
@@ -461,10 +467,12 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   interval = _Interval(position.get("interval"))
   # Each member evaluates and samples with the keys of its own single run.
   eval_keys = [jax.random.split(Keys.from_seed(seed).eval) for seed in seeds]  # [(k_evaluate, k_sample)]
-  if task.evaluate_pure and task.evaluate is not None:
-    pure_evaluate = jax.jit(task.evaluate if members is None else jax.vmap(task.evaluate, in_axes=(0, 0, None)))
+  evaluate_fn = _hparams_last(task, task.evaluate) if task.evaluate is not None else None
+  sample_fn = _hparams_last(task, task.sample) if task.sample is not None else None
+  if task.evaluate_pure and evaluate_fn is not None:
+    pure_evaluate = jax.jit(evaluate_fn if members is None else jax.vmap(evaluate_fn, in_axes=(0, 0, None, 0)))
     eval_key_array = eval_keys[0][0] if members is None else jnp.stack([k[0] for k in eval_keys])
-  scored_samples: dict[str, Any] = {}  # a pure evaluation's "samples" and its step
+  evaluated: dict[str, Any] = {}  # the step of the last pure evaluation and each member's pictures from it
   last = {"saved": start if restored is not None else None, "eval_step": None, "sample_step": None}
   eval_metrics: dict[str, Any] = {}
   member_evals: list[dict[str, Any]] = []
@@ -485,19 +493,24 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
     params = eval_params(state)
     return params if members is None else jax.tree.map(lambda x: x[i], params)
 
+  def member_hparams(i: int):
+    return state.hparams if members is None else jax.tree.map(lambda x: x[i], state.hparams)
+
   def evaluate(step: int):
     nonlocal eval_metrics, member_evals
     if task.evaluate is None:
       return
     if task.evaluate_pure:
-      # One compiled program for every member: their params and keys batched, the data shared.
-      arrays = jax.device_get(pure_evaluate(eval_params(state), eval_key_array, eval_data))
+      # One compiled program for every member: their params, keys and hparams batched, the data shared.
+      arrays = jax.device_get(pure_evaluate(eval_params(state), eval_key_array, eval_data, state.hparams))
       member_arrays = [jax.tree.map(lambda x: x if members is None else x[i], arrays) for i in range(len(seeds))]
       member_evals = [_summarize(task, a) for a in member_arrays]
-      # Generated samples the evaluation scored are what `write_samples` writes at this step.
-      scored_samples.update(step=step, samples=[a.get("samples") for a in member_arrays])
+      # The pictures the evaluation made (the samples it scored) are what `write_samples` writes at this step.
+      evaluated.update(step=step, pictures=[{name: a[name] for name in task.pictures if a.get(name) is not None}
+                                            for a in member_arrays])
     else:
-      member_evals = [dict(task.evaluate(member_params(i), eval_keys[i][0], eval_data)) for i in range(len(seeds))]
+      member_evals = [dict(evaluate_fn(member_params(i), eval_keys[i][0], eval_data, member_hparams(i)))
+                      for i in range(len(seeds))]
     eval_metrics = member_evals[0] if members is None else _member_means(member_evals)
     scalars = {f"eval/{k}": v for k, v in eval_metrics.items() if isinstance(v, (int, float, np.number))
                and not isinstance(v, bool)}
@@ -516,10 +529,10 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
       try:
         directory = workdir if members is None else os.path.join(workdir, f"member_{i}")
         os.makedirs(directory, exist_ok=True)
-        if scored_samples.get("step") == step and scored_samples["samples"][i] is not None:
-          drawn = {"samples": scored_samples["samples"][i]}
+        if evaluated.get("step") == step and evaluated["pictures"][i]:
+          drawn = evaluated["pictures"][i]
         else:
-          drawn = task.sample(member_params(i), eval_keys[i][1])
+          drawn = sample_fn(member_params(i), eval_keys[i][1], member_hparams(i))
         images.write_samples(directory, drawn, writer if i == 0 else None, step)
       except Exception as e:  # pylint: disable=broad-except
         # A picture must never cost the run its results.

@@ -29,22 +29,30 @@ class Task:
     evaluate: `evaluate(params, key, data) -> metrics` on the evaluation split `data` (as
       handed to `train`, or None), every `config.eval_every` steps and at the end, on the
       EMA parameters when there are any. Scalars go to TensorBoard under `eval/`, the last
-      evaluation's metrics into results.json.
-    evaluate_pure: True when `evaluate` (if any) is a pure, jittable function of (params, key, data)
-      returning a dict of arrays (NLL, accuracy, the classifier features of generated samples,
-      mode counts): the loop then compiles it once, and a sweep evaluates all its members in
-      one `jax.vmap`ped program (params and keys batched over members, the data shared)
-      instead of one Python evaluation per member. An entry "samples" (generated images the
-      evaluation scored) is what the loop writes as the samples of that step, so samples.npz
-      holds exactly the scored images.
+      evaluation's metrics into results.json. A task with `hparams` gets them as a fourth
+      argument, `evaluate(params, key, data, hparams)` (as `loss` gets them as its fifth), so
+      a hyperparameter that only the evaluation reads (a sampler's guidance scale) is swept
+      like one the loss reads; each sweep member gets its own values.
+    evaluate_pure: True when `evaluate` (if any) is a pure, jittable function of (params, key, data
+      [, hparams]) returning a dict of arrays (NLL, accuracy, the classifier features of generated
+      samples, mode counts): the loop then compiles it once, and a sweep evaluates all its members
+      in one `jax.vmap`ped program (params, keys and hparams batched over members, the data shared)
+      instead of one Python evaluation per member.
+    pictures: with `evaluate_pure`, the entries of the evaluation that are pictures (images in
+      [0, 1], (N, H, W, C)): generated samples the evaluation scored, reconstructions of the test
+      images. At a step whose evaluation returned any of them, the loop writes those as the
+      step's samples (each as `sample` output is written) instead of calling `sample`, so
+      samples.npz holds exactly the scored images and no sampler runs twice; at other sample
+      steps it calls `sample`. They stay out of results.json.
     summarize: with `evaluate_pure`, `summarize(metrics) -> metrics` turns one member's
       evaluation arrays (NumPy) into what results.json holds (a Fréchet distance from the
       features, Python floats); by default every scalar array becomes a float and other
-      arrays lists ("samples" left out).
+      arrays lists (`pictures` left out).
     sample: `sample(params, key) -> {name: sample}`, every `config.sample_every` steps and
-      at the end: images (N, H, W, C) in [0, 1] become `<name>.png` (a grid) and
-      `<name>.npz` (`images`), points (N, 2) a scatter plot and `<name>.npz` (`points`),
-      text (a string or a list of strings) `<name>.txt`.
+      at the end (a task with `hparams` gets them as a third argument, so a member's pictures
+      are drawn as its evaluation draws them): images (N, H, W, C) in [0, 1] become
+      `<name>.png` (a grid) and `<name>.npz` (`images`), points (N, 2) a scatter plot and
+      `<name>.npz` (`points`), text (a string or a list of strings) `<name>.txt`.
     learning_rate: `learning_rate(opt_state, step) -> scalar`, the rate the update at
       `step` applies (research.optim.learning_rate_fn gives it for its optimizers); logged
       when given. The loop never reads an optimizer's state layout itself.
@@ -56,7 +64,8 @@ class Task:
       float32 scalars (loss weights, noise levels), never as Python constants: they live
       in TrainState.hparams, so one compiled program serves every value and a sweep
       (research.train.Members) gives each member its own. `loss` receives them as its
-      fifth argument; a `train_step` reads `state.hparams`. The optimizer's injected
+      fifth argument, `evaluate` as its fourth and `sample` as its third; a `train_step`
+      reads `state.hparams`. The optimizer's injected
       hyperparameters (research/optim.py) are swept through its state instead.
   """
 
@@ -66,6 +75,7 @@ class Task:
   train_step: Callable[..., tuple[Any, Metrics]] | None = None
   evaluate: Callable[..., Metrics] | None = None
   evaluate_pure: bool = False
+  pictures: tuple[str, ...] = ("samples",)
   summarize: Callable[..., Metrics] | None = None
   sample: Callable[..., Mapping[str, Any]] | None = None
   learning_rate: Callable[..., Any] | None = None
