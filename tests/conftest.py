@@ -35,6 +35,21 @@ def _allow_flag_redefinition():
 _allow_flag_redefinition()
 
 
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: an end-to-end run of tens of seconds; such tests start first")
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the tests marked slow first (in their collected order), then the rest (in theirs).
+
+  With `-n 2 --dist loadgroup` (README) every test is scheduled on its own as a worker frees up,
+  so the long ones, started first, spread over the workers and no worker ends the suite alone on
+  one; a file whose module fixture is costly keeps its tests on one worker with
+  `pytestmark = pytest.mark.xdist_group(...)`.
+  """
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def digits_train():
   from research import data  # pylint: disable=import-outside-toplevel

@@ -134,6 +134,7 @@ CHECKS = {"data": _check_data, "em": _check_em, "loop_overhead": _check_loop_ove
           "sweep": _check_sweep, "vs_torch": _check_vs_torch}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BENCHES))
 def test_benchmark_writes_its_report(tmp_path, name):
   args = ["-m", f"experiments.bench.{name}", f"--outdir={tmp_path}", *BENCHES[name]]

@@ -62,6 +62,7 @@ def _smoke(tmp_path, part):
   return report
 
 
+@pytest.mark.slow
 def test_smoke_sampling(tmp_path):
   s = _smoke(tmp_path, "sampling")["sampling"]
   config = diffusion_experiment.get_config()
@@ -82,6 +83,7 @@ def test_smoke_sampling(tmp_path):
   assert s["ddim_vs_diffusers"] == pytest.approx(s["images_per_s"]["ddim"] / s["images_per_s"]["torch_1"])
 
 
+@pytest.mark.slow
 def test_smoke_dit(tmp_path):
   d = _smoke(tmp_path, "dit")["dit"]
   cfg = dit.config("DiT-T/2", input_size=8, in_channels=4, num_classes=10, learn_sigma=True)

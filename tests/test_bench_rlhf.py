@@ -27,6 +27,7 @@ def _gpt2_params(n_layer, e, vocab, context):
   return vocab * e + context * e + n_layer * block + 2 * e
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_the_report_and_the_peer_computes_the_same_rollout(tmp_path):
   args = ["-m", "experiments.bench.rlhf", f"--outdir={tmp_path}", *SMOKE]
   proc = run_python(args)

@@ -66,6 +66,7 @@ def _stored(workdir, step):
   return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
+@pytest.mark.slow
 def test_signals_save_the_current_step_and_the_same_command_resumes_to_the_same_bits(tmp_path):
   # Seven steps per call, logs and checkpoints every 10: the stop lands between event steps.
   command = [sys.executable, "-m", "experiments.autoencoder", SMOKE, "--config.steps=2000",
@@ -114,6 +115,7 @@ def jax_leaves(tree):
     ("experiments.autoencoder", ["--config.steps=2500", "--config.eval_k=64"]),
     ("experiments.gan", ["--config.steps=600"]),
 ])
+@pytest.mark.slow
 def test_default_commands_run_on_four_simulated_devices(tmp_path, module, args):
   """The default log and checkpoint intervals (1000 / 5000 for the VAE), not a smoke preset's."""
   proc = run_python(["-m", module, f"--workdir={tmp_path}", *args],

@@ -17,6 +17,9 @@ from conftest import run_python
 from experiments.tables import ddim, diffusion_model
 from research.models import diffusion
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("ddim_run")
+
 TINY = ["--config=experiments/diffusion.py:smoke", "--config.steps=2", "--config.num_samples=10",
         "--config.sample_batch=10", "--num_samples=10"]
 

@@ -13,6 +13,7 @@ TINY = ["--sizes=DiT-T", "--patches=4", "--steps=2", "--seeds=2", "--num_samples
         "--eval_points=2"]
 
 
+@pytest.mark.slow
 def test_tiny_table_writes_report_with_its_rows(tmp_path):
   from research.models import dit  # pylint: disable=import-outside-toplevel
   outdir = tmp_path / "dit"

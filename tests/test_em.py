@@ -15,6 +15,9 @@ from experiments import em_gmm
 from research import em
 from research.train import ConfigError
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("em_fits")
+
 K, D, N = 3, 2, 600
 
 

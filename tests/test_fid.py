@@ -12,6 +12,9 @@ import scipy.linalg
 from research import data
 from research.metrics import features, fid
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("fid_classifier")
+
 
 @pytest.fixture(scope="session")
 def classifier_root(tmp_path_factory):

@@ -162,6 +162,7 @@ def test_bad_image_config_raises_before_writing(tmp_path, overrides, words):
 # A run scores the samples it writes.
 
 
+@pytest.mark.slow
 def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
   # Two members as one vmapped program: each member's results are those of its samples.npz.
   config = _digits_smoke("hinge", conditional=True)
@@ -189,6 +190,7 @@ def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
 TABLE_FLAGS = ["--methods=PacGAN-2,VAE", "--seeds=2", "--steps=2", "--num_samples=12", "--vae_steps=2"]
 
 
+@pytest.mark.slow
 def test_table_end_to_end(tmp_path):
   proc = run_python(["-m", "experiments.tables.gan_digits", f"--outdir={tmp_path}", *TABLE_FLAGS], timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

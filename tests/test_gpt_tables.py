@@ -24,6 +24,7 @@ def _report(outdir, name):
   return results
 
 
+@pytest.mark.slow
 def test_attention_memory_end_to_end(tmp_path):
   batch, heads, head_dim = 1, 2, 8
   proc = run_python(["-m", "experiments.tables.attention_memory", f"--outdir={tmp_path}", "--lengths=64,32",
@@ -71,6 +72,7 @@ print(json.dumps({"exact": exact, "noisy": noisy}))
   assert fits["noisy"][0] == pytest.approx(0.3, abs=0.02)
 
 
+@pytest.mark.slow
 def test_gpt_scaling_end_to_end(tmp_path):
   sizes = [(1, 16, 2), (1, 32, 2)]
   proc = run_python(["-m", "experiments.tables.gpt_scaling", f"--outdir={tmp_path}",

@@ -14,6 +14,9 @@ from experiments import ppo as ppo_experiment
 from research.rl import ppo
 from research.train import ConfigError, restore_pytree
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("ppo_smoke_run")
+
 
 def _tiny_config(algorithm="ppo"):
   """Two updates of a small network: compiles like the real thing, runs in milliseconds."""

@@ -106,6 +106,7 @@ def models() -> Models:
   return build(jax.random.key(1))
 
 
+@pytest.mark.slow
 def test_ppo_update_rollout_rewards_gae_and_kl_controller_match_direct_loops(models):
   lm, ref, rm, policy = models
   b, p, n = 4, 3, 5
@@ -195,6 +196,7 @@ def _linear_rankings(key, m: int, k: int, weights: np.ndarray) -> dict[str, np.n
           "completion": np.take_along_axis(completion, order[..., None], 1)}
 
 
+@pytest.mark.slow
 def test_reward_model_learns_a_linear_preference(tmp_path):
   weights = np.array([0.0, 1.0, -1.0, 0.5, 0.0, -0.5])
   k_train, k_eval = jax.random.split(jax.random.key(7))

@@ -19,6 +19,7 @@ def _results(workdir) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_rlhf_smoke_runs_every_stage_and_resumes_at_its_stage(tmp_path):
   workdir = str(tmp_path / "run")
   # A run stopped after two of DPO's four steps (the other stages finished) ...

@@ -46,6 +46,7 @@ def test_parse_size():
       table.parse_size(bad)
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_smoke_preset(tmp_path):
   # One reward-model size keeps the test short (each size compiles its own reward-model step, PPO program and
   # sampler); the table loops over sizes the same way for two or more.

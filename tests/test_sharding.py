@@ -9,6 +9,9 @@ import pytest
 import mesh_run
 from conftest import run_python
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("eight_devices")
+
 
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
@@ -26,6 +29,7 @@ def one_device(tmp_path_factory):
           ("vae", "transformer")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vae", "transformer"])
 @pytest.mark.parametrize("mesh", mesh_run.MESHES, ids=lambda m: "x".join(map(str, m)))
 def test_every_mesh_gives_the_one_device_loss(eight_devices, one_device, model, mesh):

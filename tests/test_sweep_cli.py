@@ -28,6 +28,7 @@ def _single(experiment, config, workdir, **fields):
   return experiment.run(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_autoencoder_members_equal_their_single_runs(tmp_path):
   config = autoencoder_experiment.get_config("smoke")
   members = Members(seeds=(0, 1, 0), hparams={"optimizer.learning_rate": (1e-3, 1e-3, 3e-3),
@@ -43,6 +44,7 @@ def test_autoencoder_members_equal_their_single_runs(tmp_path):
   assert len({round(m["train_loss"], 3) for m in swept}) == 3
 
 
+@pytest.mark.slow
 def test_gan_gradient_penalty_members_equal_their_single_runs(tmp_path):
   config = gan_experiment.get_config("wgan_gp,smoke")
   members = Members(seeds=(2, 2), hparams={"gp_weight": (0.1, 10.0)})
@@ -77,6 +79,7 @@ def _sweep_command(workdir, *flags):
   return ["-m", "experiments.sweep", "--config=experiments/autoencoder.py:smoke", f"--workdir={workdir}", *flags]
 
 
+@pytest.mark.slow
 def test_command_line_sweep_writes_members_table_and_plot(tmp_path):
   proc = run_python(_sweep_command(tmp_path / "s", "--seeds=2", "--vary=kl_weight=0.5,1",
                                    "--vary=optimizer.learning_rate=1e-3,3e-3", "--max_members_per_program=4",
@@ -125,6 +128,7 @@ def test_missing_config_is_one_line_exit_2(tmp_path):
       "error: --config is required: --config=experiments/<name>.py[:preset]"]
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_members(tmp_path):
   flags = ["--seeds=2", "--vary=optimizer.learning_rate=1e-3,3e-3", "--config.steps=1500",
            "--config.log_every=10", "--config.checkpoint_every=500", "--config.steps_per_call=5"]
@@ -160,6 +164,7 @@ def test_gpt2_members_equal_their_single_runs(tmp_path):
   assert (tmp_path / "sweep" / "member_1" / "samples.txt").exists()
 
 
+@pytest.mark.slow
 def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, monkeypatch):
   from experiments import classifier as classifier_experiment  # pylint: disable=import-outside-toplevel
   from research.metrics import features  # pylint: disable=import-outside-toplevel
@@ -208,6 +213,7 @@ def test_ema_decay_members_equal_their_single_runs(tmp_path):
     autoencoder_experiment.run(config, str(tmp_path / "no_ema"), members=members)
 
 
+@pytest.mark.slow
 def test_diffusion_label_dropout_members_equal_their_single_runs(tmp_path):
   from experiments import diffusion as diffusion_experiment  # pylint: disable=import-outside-toplevel
   config = diffusion_experiment.get_config("smoke")
