@@ -9,23 +9,31 @@ Run:
       --vary=gp_weight=0.01,0.1,1 --vary=optimizer.learning_rate=3e-4,2e-3 --metric=high_quality_fraction
   python -m experiments.sweep --config=experiments/autoencoder.py:smoke --workdir=/tmp/pairs --seeds=3,7 \
       --zip=optimizer.learning_rate=1e-3,3e-3 --zip=kl_weight=1,0.5
+  python -m experiments.sweep --config=experiments/ppo.py:smoke --workdir=/tmp/ppo_ent --seeds=2 \
+      --vary=ent_coef=0,0.01,0.1 --metric=final_return_mean
 
 The grid is every seed (`--seeds=N`: 0 ... N-1; `--seeds=3,7`: those) times every combination
 of the `--vary` lists (`--zip` lists advance together instead). Its members train side by side
 in ONE compiled program, the experiment's own training step under `jax.vmap`
 (research.train.train with research.train.Members): member (seed s, values v) is the run
 `python -m experiments.<name> --config.seed=s --config.<field>=v` would make, with the same
-data order, keys and update, so it ends with the same train_loss to float tolerance. The
-members are split over the devices when there are several; `--max_members_per_program=K`
+data order, keys and update, so it ends with the same train_loss to float tolerance. An
+experiment whose whole training is one scan (experiments/ppo.py) vmaps that scan over the
+members instead; its members' train_loss is the final update's loss. The members are split
+over the devices when there are several (loop experiments); `--max_members_per_program=K`
 trains them K at a time (bounding memory), each group a program of its own under
-`<workdir>/programs/<i>/`, checkpointed like a run: a killed sweep resumes when the same
-command is run again.
+`<workdir>/programs/<i>/`. A killed sweep resumes when the same command is run again: the
+finished groups are read back, and a loop experiment's unfinished group resumes from its
+checkpoint (a scan's group trains again).
 
 What can be varied: the optimizer's injected hyperparameters (optimizer.learning_rate,
 optimizer.weight_decay, optimizer.b1) and the fields an experiment's update reads as traced
 values (Task.hparams: the VAE's kl_weight, the DAE's noise_level, WGAN-GP's gp_weight, WGAN's
-clip), and the loop's ema_decay when the config keeps an EMA. Fields that change shapes or the
-program (sizes, steps, the model) are refused by name.
+clip, diffusion's class_dropout and guidance_scale (evaluation), GPT-2's and BERT's dropout
+(BERT's attention_dropout too)), the loop's ema_decay when the config keeps an EMA, and PPO's
+research.rl.ppo.HParams (learning_rate, gamma, gae_lambda, clip_eps, ent_coef, vf_coef; each
+member keeps the config's num_seeds inner seeds). Fields that change shapes or the program
+(sizes, steps, the model, PPO's environment or num_envs) are refused by name.
 
 Writes into the workdir: results.json (`members`: seed, values, train_loss and the
 experiment's evaluation metrics of each member; `settings`: mean and standard error over

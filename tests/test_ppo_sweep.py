@@ -31,6 +31,7 @@ def _sweep(workdir, *flags):
                      *flags])
 
 
+@pytest.mark.slow
 def test_command_line_sweep_members_equal_their_single_runs(tmp_path):
   proc = _sweep(tmp_path / "s", "--seeds=1", "--vary=ent_coef=0,0.1", "--metric=final_return_mean")
   assert proc.returncode == 0, proc.stderr[-3000:]
