@@ -97,11 +97,28 @@ def test_smoke_dit(tmp_path):
     assert math.isfinite(d["loss_first"][name]) and math.isfinite(d["loss_last"][name]), name
 
 
-@pytest.mark.parametrize("flag", ["--parts=sampling,video", "--ddim_steps=41", "--dit_input_size=9"])
-def test_bad_input_is_refused_before_anything_runs(tmp_path, flag):
-  proc = run_python(["-m", "experiments.bench.diffusion", f"--outdir={tmp_path / 'out'}", *SMOKE, flag])
+def test_bad_flag_is_one_line_exit_before_anything_runs(tmp_path):
+  proc = run_python(["-m", "experiments.bench.diffusion", f"--outdir={tmp_path / 'out'}", *SMOKE, "--ddim_steps=41"])
   assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr and "--ddim_steps must be in [1, T = 40], got 41" in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"parts": ["sampling", "video"]}, "--parts must name some of"),
+    ({"dit_input_size": 9}, "patch size 2 does not divide the input size 9"),
+    ({"repeats": 0}, "--repeats, --torch_threads and --torch_seconds must be positive"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, change, message):
+  from absl import app  # pylint: disable=import-outside-toplevel
+  args = {"parts": ["sampling", "dit"], "repeats": 1, "threads": [1], "tolerance": 0.02, "torch_seconds": 10.0,
+          "sample_batch": 4, "num_train_steps": 40, "ddim_steps": 2, "dit_input_size": 8}
+  args.update(change)
+  sampling = {k: args.pop(k) for k in ("sample_batch", "num_train_steps", "ddim_steps")}
+  dit_args = {"name": "DiT-T/2", "input_size": args.pop("dit_input_size"), "channels": 4, "num_classes": 10,
+              "batch_size": 4, "steps": 2, "warmup": 1}
+  with pytest.raises(app.UsageError, match=message):
+    bench.run_bench(str(tmp_path / "out"), sampling=sampling, dit_args=dit_args, **args)
   assert not (tmp_path / "out").exists()
 
 
