@@ -6,6 +6,8 @@ Run:
   python -m experiments.diffusion --workdir=/tmp/dit --config.model=dit --config.dit=DiT-T/2
   python -m experiments.diffusion --workdir=/tmp/cfg --config.guidance_scale=2.0
   python -m experiments.diffusion --workdir=/tmp/smoke --config=experiments/diffusion.py:smoke
+  python -m experiments.sweep --workdir=/tmp/cfg_sweep --config=experiments/diffusion.py:smoke \
+      --vary=guidance_scale=0,1,3
 
 By default a class-conditional DDPM (linear β, T = 1000, ε-prediction, 10% label dropout for
 classifier-free guidance) with the small U-Net, EMA weights, sampled with DDIM (50 linear
@@ -13,7 +15,8 @@ steps, η = 0). Writes checkpoints, TensorBoard events, samples.png and samples.
 `num_samples` images whose scores are reported; labels cycle through 0..9) and results.json
 with FID, precision and recall against the training digits' classifier features
 (research/metrics/fid.py; real held-out digits score FID 2.1), and the share of samples the
-classifier puts in each class.
+classifier puts in each class. Sweepable in one program (experiments/sweep.py): class_dropout
+and guidance_scale (the sampler's classifier-free guidance w, traced).
 """
 
 import ml_collections
@@ -104,15 +107,32 @@ def check_config(config) -> None:
       raise ConfigError(str(e)) from None
 
 
+def check_members(config, members) -> None:
+  """Raises ConfigError on a swept value this experiment cannot take (before anything is compiled or written)."""
+  swept = members.hparams if members is not None else {}
+  if "guidance_scale" in swept:
+    if not config.conditional:
+      raise ConfigError("cannot vary guidance_scale of an unconditional model: guidance needs the "
+                        "conditional one (config.conditional)")
+    if any(w < 0 for w in swept["guidance_scale"]):
+      raise ConfigError(f"guidance_scale values must be >= 0, got {list(swept['guidance_scale'])}")
+  if "class_dropout" in swept and not all(0.0 <= p < 1.0 for p in swept["class_dropout"]):
+    raise ConfigError(f"class_dropout values must be in [0, 1), got {list(swept['class_dropout'])}")
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains and samples the diffusion model described by `config`; returns what results.json holds.
 
-  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
+  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py);
+  a sweep over guidance_scale runs the guided sampler for every member, at w = 1 too.
   """
   check_config(config)
+  check_members(config, members)
   check_workdir(workdir)
   train_split = data_lib.load(config.dataset, "train")
-  task = diffusion.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0)
+  sweeps_guidance = members is not None and "guidance_scale" in members.hparams
+  task = diffusion.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0,
+                             sweeps_guidance=sweeps_guidance)
   return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]},
                members=members).results
 

@@ -684,20 +684,27 @@ def make_denoiser(config, image_shape, num_classes: int):
   return model, apply
 
 
-def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
+def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guidance: bool = False):
   """Class-conditional (or unconditional) diffusion on images as a research.train.Task.
 
   Args:
     config: an experiment config (experiments/diffusion.py).
     image_shape: (H, W, C) of the images; pixels are scaled to [-1, 1].
     num_classes: classes of the labels; 0 trains an unconditional model.
+    sweeps_guidance: a sweep varies `guidance_scale` (conditional models only): the guided
+      denoiser then runs for every member, at w = 1 too.
 
   Returns:
     A Task: `loss` is the denoising loss of `config.prediction` with label dropout
-    (`class_dropout`) replacing labels by the null class `num_classes`; `evaluate` draws
-    `num_samples` images with the configured sampler (labels cycling through the classes) and
-    reports FID, precision and recall against the training digits' classifier features, and
-    the share of each class; `sample` returns the images that evaluation scored.
+    (`class_dropout`) replacing labels by the null class `num_classes`; the pure `evaluate`
+    draws `num_samples` images with the configured sampler (labels cycling through the
+    classes), whose FID, precision and recall against the training digits' classifier
+    features and share of each class `summarize` reports; the loop writes those images as
+    the step's samples, and `sample` draws such images at other steps. A conditional model's
+    traced hyperparameters (Task.hparams) are `class_dropout` and, when guided (a
+    `guidance_scale` other than 1, or `sweeps_guidance`), `guidance_scale`: the classifier-free
+    guidance w of the samplers, read from the hparams `evaluate` and `sample` get. Unguided
+    (w = 1), the conditional model runs alone, without the unconditional half.
   """
   from research import optim  # pylint: disable=import-outside-toplevel
   from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
@@ -706,6 +713,7 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
   schedule = make_schedule(config.schedule, config.num_train_steps)
   model, apply = make_denoiser(config, image_shape, num_classes)
   conditional = num_classes > 0
+  guided = conditional and (config.guidance_scale != 1.0 or sweeps_guidance)
 
   def to_x0(batch):
     return batch["image"].astype(jnp.float32) / 127.5 - 1.0  # (batch, H, W, C) in [-1, 1]
@@ -731,7 +739,7 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
   @jax.jit
   def draw(params, key, labels, guidance, eta):
     cond_fn = lambda x, t, y: apply(params, x, t, y, False, None)
-    if conditional and config.guidance_scale != 1.0:
+    if guided:
       denoise = classifier_free_guidance(cond_fn, labels, num_classes, guidance)
     else:  # w = 1 is the conditional model alone: no unconditional half to compute
       denoise = lambda x, t: cond_fn(x, t, labels)
@@ -742,30 +750,37 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10):
       x = sample_ddim(schedule, denoise, key, shape, timesteps, eta, prediction=config.prediction)
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # images in [0, 1]
 
-  def generate(params, key, n):
+  def generate(params, key, n, guidance):
     # Chunks of sample_batch as one lax.map (the last padded), so a sweep's members draw
     # theirs in one vmapped program; chunk i uses fold_in(key, i).
     batch = min(config.sample_batch, n)
     chunks = -(-n // batch)
     labels = (jnp.arange(chunks * batch, dtype=jnp.int32) % max(num_classes, 1)).reshape(chunks, batch)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(chunks))
-    guidance, eta = jnp.float32(config.guidance_scale), jnp.float32(config.eta)
+    eta = jnp.float32(config.eta)
     images = jax.lax.map(lambda chunk: draw(params, chunk[0], chunk[1], guidance, eta), (keys, labels))
     return images.reshape((chunks * batch,) + tuple(image_shape))[:n]
 
-  def evaluate(params, key, data):
+  def guidance_scale(hparams):
+    # A member's own traced w when guided; the config's otherwise (the unguided denoiser ignores it).
+    return hparams["guidance_scale"] if guided and hparams is not None else jnp.float32(config.guidance_scale)
+
+  def evaluate(params, key, data, hparams=None):
     # Pure: the samples are drawn in the compiled program; `summarize` scores them on the host.
     del data  # scored against the training digits' features
-    return {"samples": generate(params, key, config.num_samples)}
+    return {"samples": generate(params, key, config.num_samples, guidance_scale(hparams))}
 
   def summarize(arrays):
     return fid_lib.sample_metrics(arrays["samples"])
 
   draw_all = jax.jit(generate, static_argnums=2)
 
-  def sample(params, key):
-    return {"samples": np.asarray(draw_all(params, key, config.num_samples))}
+  def sample(params, key, hparams=None):
+    return {"samples": np.asarray(draw_all(params, key, config.num_samples, guidance_scale(hparams)))}
 
+  traced = None
+  if conditional:
+    traced = {"class_dropout": config.class_dropout, **({"guidance_scale": config.guidance_scale} if guided else {})}
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss_fn, evaluate=evaluate,
-              evaluate_pure=True, summarize=summarize, sample=sample,
-              hparams={"class_dropout": config.class_dropout} if conditional else None, learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              evaluate_pure=True, summarize=summarize, sample=sample, hparams=traced,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
