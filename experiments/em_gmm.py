@@ -10,12 +10,19 @@ Run:
   python -m experiments.em_gmm --workdir=/tmp/em_gmm
   python -m experiments.em_gmm --workdir=/tmp/em_gmm --config=experiments/em_gmm.py:smoke
   python -m experiments.em_gmm --workdir=/tmp/em_grid --config.data=grid25 --config.n_components=25
+  python -m experiments.sweep --config=experiments/em_gmm.py --workdir=/tmp/em_reg --seeds=3 \
+      --vary=reg_covar=1e-6,1e-2,1e-1 --metric=lower_bound
+
+A sweep (experiments/sweep.py) varies the traced `tol` and `reg_covar`: every member (its own
+seed's data and k-means++ seeding, its values) is fitted in one jitted program, a vmap of
+`fit_gmm` over members.
 """
 
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
@@ -29,7 +36,8 @@ from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
 from research import em  # pylint: disable=wrong-import-position
 from research.data import toy2d  # pylint: disable=wrong-import-position
-from research.train import ConfigError, check_choice, check_positive, cli, write_results  # pylint: disable=wrong-import-position
+from research.train import (ConfigError, Members, check_choice, check_positive, cli,  # pylint: disable=wrong-import-position
+                            write_results)
 
 # The anisotropic mixture: weights, means and covariances (elongated, rotated components).
 _ANGLES = np.array([0.3, -0.8, 1.2, 0.0])
@@ -143,17 +151,122 @@ def _plot(path: str, x: np.ndarray, gmm: em.GMM, truth: dict[str, np.ndarray], c
   plt.close(fig)
 
 
-def run(config, workdir: str) -> dict:
+# The config fields fit_gmm takes as arrays, so a sweep's members share one program.
+TRACED_FIELDS = ("reg_covar", "tol")
+
+
+def member_configs(config, members: Members) -> list:
+  """Each member's config: `config` with that member's seed and values, checked as a single run's.
+
+  Raises:
+    ConfigError: on a field outside TRACED_FIELDS, a wrong number of values or a bad value.
+  """
+  if members.count < 1:
+    raise ConfigError("a sweep needs at least one member (seed)")
+  for name, values in members.hparams.items():
+    if name not in TRACED_FIELDS:
+      raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
+                        f"may change shapes or the program); traced: {', '.join(TRACED_FIELDS)}")
+    if len(values) != members.count:
+      raise ConfigError(f"{name} has {len(values)} values for {members.count} members")
+  configs = []
+  for i, seed in enumerate(members.seeds):
+    member = config.copy_and_resolve_references()
+    member.seed = int(seed)
+    for name, value in members.values(i).items():
+      member[name] = float(value)
+    check_config(member)
+    configs.append(member)
+  return configs
+
+
+def _plot_members(path: str, lower_bounds: np.ndarray, n_iters: np.ndarray, members: Members, config) -> None:
+  """The lower bound per EM iteration of every member, coloured by setting."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  settings = list(dict.fromkeys(tuple(members.values(i).items()) for i in range(members.count)))
+  colors = plt.get_cmap("tab10")
+  labelled = set()
+  for i in range(members.count):
+    setting = settings.index(tuple(members.values(i).items()))
+    trace = lower_bounds[i, :int(n_iters[i])]
+    label = None
+    if setting not in labelled:  # one legend entry per setting
+      labelled.add(setting)
+      label = ", ".join(f"{k}={v:g}" for k, v in settings[setting]) or "every member"
+    ax.plot(np.arange(1, trace.shape[0] + 1), trace, color=colors(setting % 10), marker="o", ms=2, label=label)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("EM iteration")
+  ax.set_ylabel("mean log-likelihood per sample")
+  ax.set_title(f"{config.covariance_type} GMM, K={config.n_components} on {config.data}: {members.count} members")
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _run_members(config, workdir: str, members: Members, start: float) -> dict:
+  """A sweep: every member's fit in one jitted program (see `run`)."""
+  configs = member_configs(config, members)
+  data = [sample_data(c.data, c.n_samples, c.seed) for c in configs]
+  x = jnp.stack([d[0] for d in data])  # (members, n_samples, 2)
+  keys = jnp.stack([jax.random.key(c.seed) for c in configs])
+  tol = jnp.asarray([c.tol for c in configs], x.dtype)
+  reg_covar = jnp.asarray([c.reg_covar for c in configs], x.dtype)
+
+  def fit(x, key, tol, reg_covar):
+    return em.fit_gmm(x, config.n_components, key=key, covariance_type=config.covariance_type, tol=tol,
+                      reg_covar=reg_covar, max_iter=config.max_iter, n_init=config.n_init)
+
+  fit_start = time.perf_counter()
+  gmm = jax.block_until_ready(jax.jit(jax.vmap(fit))(x, keys, tol, reg_covar))
+  fit_time = time.perf_counter() - fit_start
+  print(f"{config.covariance_type} GMM, K={config.n_components}: {members.count} members fitted in one program, "
+        f"compile + fit {fit_time:.1f}s")
+  lower_bound = np.asarray(gmm.lower_bound, np.float64)
+  n_iter = np.asarray(gmm.n_iter)
+  results = []
+  for i, seed in enumerate(members.seeds):
+    finite = bool(np.isfinite(lower_bound[i]))
+    results.append({
+        "seed": int(seed), "values": members.values(i),
+        # EM maximises the mean log-likelihood; the sweep's loss is its negative (None where it is not finite).
+        "train_loss": -float(lower_bound[i]) if finite else None,
+        "lower_bound": float(lower_bound[i]) if finite else None,
+        "n_iter": int(n_iter[i]),
+        "converged": bool(gmm.converged[i]),
+        "generating_mixture_log_likelihood": mean_log_likelihood(data[i][0], data[i][1]),
+    })
+    print(f"member {i} (seed {seed}, {members.values(i)}): lower bound {lower_bound[i]:.4f} after {int(n_iter[i])} "
+          "iterations")
+  os.makedirs(workdir, exist_ok=True)
+  _plot_members(os.path.join(workdir, "gmm.png"), np.asarray(gmm.lower_bounds), n_iter, members, config)
+  metrics = {"members": results, "fit_time_s": round(fit_time, 3)}
+  return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
+
+
+def run(config, workdir: str, members: Members | None = None) -> dict:
   """Checks the config, samples the data, fits the mixture, writes gmm.png and results.json.
+
+  With `members` (a sweep, experiments/sweep.py), member i is the run with config.seed =
+  seeds[i] (its data and seeding) and its values of TRACED_FIELDS; all members are fitted in
+  one jitted program. results.json then lists `members` (seed, values, train_loss: the
+  negative lower bound, lower_bound, n_iter, converged, the generating mixture's
+  log-likelihood) and gmm.png draws every member's lower bound per iteration.
 
   Args:
     config: a config from `get_config`.
     workdir: output directory (created).
+    members: research.train.Members: seeds and {tol or reg_covar: one value per member}, or None.
 
   Returns:
     The dict written to results.json.
+
+  Raises:
+    ConfigError: on a bad config or sweep, before anything is compiled or written.
   """
   start = time.perf_counter()
+  if members is not None:
+    return _run_members(config, workdir, members, start)
   check_config(config)
   x, truth = sample_data(config.data, config.n_samples, config.seed)
   fit_start = time.perf_counter()

@@ -18,11 +18,11 @@ in ONE compiled program, the experiment's own training step under `jax.vmap`
 (research.train.train with research.train.Members): member (seed s, values v) is the run
 `python -m experiments.<name> --config.seed=s --config.<field>=v` would make, with the same
 data order, keys and update, so it ends with the same train_loss to float tolerance. An
-experiment whose whole training is one scan (experiments/ppo.py) vmaps that scan over the
-members instead; its members' train_loss is the final update's loss. The members are split
-over the devices when there are several (loop experiments); `--max_members_per_program=K`
-trains them K at a time (bounding memory), each group a program of its own under
-`<workdir>/programs/<i>/`. A killed sweep resumes when the same command is run again: the
+experiment whose whole training is one scan (experiments/ppo.py, experiments/em_gmm.py) vmaps
+that scan over the members instead; PPO's members' train_loss is the final update's loss.
+The members are split over the devices when there are several (loop experiments);
+`--max_members_per_program=K` trains them K at a time (bounding memory), each group a
+program of its own under `<workdir>/programs/<i>/`. A killed sweep resumes when the same command is run again: the
 finished groups are read back, and a loop experiment's unfinished group resumes from its
 checkpoint (a scan's group trains again).
 
@@ -32,8 +32,10 @@ values (Task.hparams: the VAE's kl_weight, the DAE's noise_level, WGAN-GP's gp_w
 clip, diffusion's class_dropout and guidance_scale (evaluation), GPT-2's and BERT's dropout
 (BERT's attention_dropout too)), the loop's ema_decay when the config keeps an EMA, and PPO's
 research.rl.ppo.HParams (learning_rate, gamma, gae_lambda, clip_eps, ent_coef, vf_coef; each
-member keeps the config's num_seeds inner seeds). Fields that change shapes or the program
-(sizes, steps, the model, PPO's environment or num_envs) are refused by name.
+member keeps the config's num_seeds inner seeds) and EM's tol and reg_covar
+(experiments/em_gmm.py, a vmap of fit_gmm; its members' train_loss is the negative lower bound). Fields that change
+shapes or the program (sizes, steps, the model, PPO's environment or num_envs) are refused by
+name.
 
 Writes into the workdir: results.json (`members`: seed, values, train_loss and the
 experiment's evaluation metrics of each member; `settings`: mean and standard error over
