@@ -110,6 +110,23 @@ def test_value_loss_by_hand():
   np.testing.assert_allclose(ppo.value_loss(values, old_values, targets, 0.5), 0.5 * (6.25 + 1.0) / 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(4, 64), (64, 64), (64, 2), (64, 1), (3, 5)])
+def test_orthogonal_init_is_flax_orthogonal_without_a_lapack_call(shape):
+  from flax import linen as nn  # pylint: disable=import-outside-toplevel
+  key = jax.random.key(3)
+  np.testing.assert_allclose(ppo.orthogonal(2.0)(key, shape), nn.initializers.orthogonal(2.0)(key, shape),
+                             atol=2e-5)
+  q = np.asarray(ppo.orthogonal(1.0)(key, shape), np.float64)
+  small = min(shape)
+  np.testing.assert_allclose(q.T @ q if shape[0] >= shape[1] else q @ q.T, np.eye(small), atol=1e-5)
+  # Vmapped over seeds (as the training program is) it stays matrix products, where Flax's is a batched
+  # LAPACK QR (the call that can hang a two-core machine).
+  keys = jax.random.split(key, 4)
+  lowered = lambda init: jax.jit(jax.vmap(lambda k: init(k, shape))).lower(keys).as_text()
+  assert "lapack" in lowered(nn.initializers.orthogonal(1.0))
+  assert "lapack" not in lowered(ppo.orthogonal(1.0))
+
+
 def test_log_prob_and_entropy_closed_form():
   logits = np.array([[0.3, -1.2, 2.0], [0.0, 0.0, 0.0], [5.0, -5.0, 1.0]], np.float32)
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)

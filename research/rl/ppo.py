@@ -47,10 +47,39 @@ CONFIG_FIELDS = ("env_name", "algorithm", "num_envs", "num_steps", "total_timest
 # ----------------------------------------------------------------------------- network
 
 
+def orthogonal(scale: float = 1.0) -> nn.initializers.Initializer:
+  """Flax's `nn.initializers.orthogonal` (the same matrix up to rounding), without a LAPACK QR.
+
+  The Q of a Gaussian matrix's QR with R's diagonal made positive is what Gram-Schmidt on its
+  columns gives; here classical Gram-Schmidt, applied twice per column for float32 accuracy, in
+  a `lax.fori_loop` of matrix-vector products. The training program is vmapped over seeds, and
+  a vmapped QR becomes a batched LAPACK call that jaxlib fans out over XLA's CPU thread pool; on
+  two cores two such calls can wait on each other forever, hanging the run at initialisation.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    if len(shape) != 2:
+      raise ValueError(f"orthogonal initialisation needs a 2-D kernel, got shape {shape}")
+    rows, cols = shape
+    m, n = (cols, rows) if rows < cols else (rows, cols)
+    a = jax.random.normal(key, (m, n), jnp.float32)
+
+    def column(j, q):
+      v = a[:, j]
+      for _ in range(2):  # "twice is enough" (Giraud et al. 2005); unfilled columns of q are zero
+        v = v - q @ (q.T @ v)
+      return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    q = jax.lax.fori_loop(0, n, column, jnp.zeros((m, n), jnp.float32))
+    return (scale * (q.T if rows < cols else q)).astype(dtype)
+
+  return init
+
+
 class ActorCritic(nn.Module):
   """Separate tanh MLPs for the policy logits and the state value.
 
-  Orthogonal initialisation with gain sqrt(2) for hidden layers, 0.01 for the policy head
+  Orthogonal initialisation (`orthogonal`) with gain sqrt(2) for hidden layers, 0.01 for the policy head
   (near-uniform initial policy) and 1 for the value head, zero biases.
   """
 
@@ -60,15 +89,15 @@ class ActorCritic(nn.Module):
   @nn.compact
   def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Maps observations (..., obs_dim) to (logits (..., num_actions), value (...))."""
-    hidden_init = nn.initializers.orthogonal(np.sqrt(2.0))
+    hidden_init = orthogonal(np.sqrt(2.0))
     x = obs
     for i in range(2):
       x = nn.tanh(nn.Dense(self.hidden_size, kernel_init=hidden_init, name=f"actor_{i}")(x))
-    logits = nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01), name="actor_head")(x)
+    logits = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), name="actor_head")(x)
     v = obs
     for i in range(2):
       v = nn.tanh(nn.Dense(self.hidden_size, kernel_init=hidden_init, name=f"critic_{i}")(v))
-    value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="critic_head")(v)
+    value = nn.Dense(1, kernel_init=orthogonal(1.0), name="critic_head")(v)
     return logits, value[..., 0]
 
 
