@@ -5,6 +5,8 @@ Run:
   python -m experiments.gpt2 --workdir=/tmp/gpt2_rope --config.positions=rope
   python -m experiments.gpt2 --workdir=/tmp/gpt2_bpe --config.tokenizer=bpe
   python -m experiments.gpt2 --workdir=/tmp/smoke --config=experiments/gpt2.py:smoke
+  python -m experiments.sweep --config=experiments/gpt2.py --workdir=/tmp/gpt2_dropout --seeds=2 \\
+      --vary=dropout=0,0.1,0.2
   python -m experiments.gpt2 --workdir=/tmp/shakespeare --config.dataset=tiny_shakespeare --config.eval_split=validation
   python -m experiments.gpt2 --workdir=/scratch/runs/gpt2_124m --config=experiments/gpt2.py:124m   # GPU/TPU hosts
 
@@ -57,7 +59,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.n_positions = 128  # context of the learned position table
   config.positions = "learned"  # learned (GPT-2), rope or alibi
   config.attention = "reference"  # one of research.models.attention.IMPLEMENTATIONS
-  config.dropout = 0.0  # embedding and residual dropout
+  config.dropout = 0.0  # embedding and residual dropout (traced: experiments.sweep may vary it)
   config.seq_len = 128  # tokens per training window (the model sees seq_len, predicts the next of each)
   config.steps = 1500  # optimizer updates
   config.batch_size = 16  # windows per update

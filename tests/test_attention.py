@@ -124,3 +124,58 @@ def test_bad_shapes_and_names():
     attn.dot_product_attention(q, k, v)
   with pytest.raises(ValueError, match="unknown attention implementation"):
     attn.attend(*_qkv(4, 4, 2, 2), implementation="fast")
+
+
+def test_attention_dropout_at_rate_zero_changes_nothing():
+  q, k, v = _qkv(7, 7, 2, 2)
+  plain = attn.dot_product_attention(q, k, v, causal=True)
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(attn.dot_product_attention(q, k, v, causal=True, dropout_rate=0.0, dropout_rng=key),
+                                plain)
+  traced = jax.jit(lambda r: attn.dot_product_attention(q, k, v, causal=True, dropout_rate=r, dropout_rng=key))
+  np.testing.assert_allclose(traced(jnp.float32(0.0)), plain, atol=1e-6)
+  # A module without an attention-dropout rate takes no 'dropout' key at all in training.
+  x = jax.random.normal(jax.random.key(1), (2, 7, 16))
+  module = attn.MultiHeadAttention(num_heads=2, num_kv_heads=2, head_dim=8)
+  params = module.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(module.apply(params, x, train=True), module.apply(params, x))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.4])
+def test_attention_dropout_keeps_the_expected_output_and_drops_a_fraction_rate(rate):
+  # Values are one-hot per key, so each output row is that query's (dropped, rescaled) probabilities.
+  b, t, h = 2, 16, 2
+  q, k, _ = _qkv(t, t, h, h, d=t)
+  v = jnp.broadcast_to(jnp.eye(t)[None, :, None, :], (b, t, h, t))  # (B, S, H, D = S)
+  plain = attn.dot_product_attention(q, k, v)  # (B, T, H, S): the probabilities themselves
+  keys = jax.random.split(jax.random.key(7), 4000)
+  # The traced rate, as a sweep hands it to the model.
+  dropped = jax.jit(jax.vmap(lambda key, r: attn.dot_product_attention(q, k, v, dropout_rate=r, dropout_rng=key),
+                             in_axes=(0, None)))(keys, jnp.float32(rate))
+  zeroed = float(jnp.mean(dropped == 0))
+  assert abs(zeroed - rate) < 0.01, zeroed  # 4000 x 1024 probabilities: the s.e. is below 1e-3
+  kept = np.asarray(dropped)[np.asarray(dropped) != 0].reshape(-1)
+  np.testing.assert_allclose(np.unique(np.round(kept / np.broadcast_to(plain, dropped.shape)[dropped != 0], 4)),
+                             [round(1 / (1 - rate), 4)], rtol=1e-4)  # survivors are scaled by 1 / (1 - p)
+  mean = jnp.mean(dropped, axis=0)
+  se = jnp.std(dropped, axis=0) / np.sqrt(len(keys))
+  assert float(jnp.max(jnp.abs(mean - plain) / (se + 1e-12))) < 5.0  # unbiased: E[output] = output
+
+
+def test_attention_dropout_is_refused_by_the_other_implementations():
+  q, k, v = _qkv(8, 8, 2, 2)
+  key = jax.random.key(0)
+  for implementation in ("flash", "xla", "pallas"):
+    with pytest.raises(ValueError, match="attention dropout needs the reference attention"):
+      attn.attend(q, k, v, implementation=implementation, dropout_rate=0.1, dropout_rng=key)
+    # Evaluation (no key) and a rate of exactly 0 still run.
+    np.testing.assert_allclose(attn.attend(q, k, v, implementation=implementation, dropout_rate=0.1),
+                               attn.dot_product_attention(q, k, v), atol=2e-6)
+    np.testing.assert_allclose(attn.attend(q, k, v, implementation=implementation, dropout_rate=0.0,
+                                           dropout_rng=key), attn.dot_product_attention(q, k, v), atol=2e-6)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 16))
+  module = attn.MultiHeadAttention(num_heads=2, num_kv_heads=2, head_dim=8, implementation="flash",
+                                   attention_dropout=0.1)
+  params = module.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="attention dropout needs the reference attention"):
+    module.apply(params, x, train=True, rngs={"dropout": key})

@@ -1,5 +1,6 @@
 """BERT against transformers: MLM and classifier logits, weights both ways; the MLM masking; bad input."""
 
+import dataclasses
 import json
 
 import jax
@@ -197,3 +198,19 @@ def test_a_mismatched_tensor_is_named(reference, tmp_path):
   save_file(tensors, str(tmp_path / "model.safetensors"))
   with pytest.raises(ValueError, match="tensor cls.predictions.bias is missing"):
     bert.load_hf(str(tmp_path))
+
+
+def test_dropout_rates_are_read_and_written_under_transformers_names(reference, tmp_path):
+  models, paths = reference
+  model, params = bert.load_hf(paths["mlm"])
+  assert (model.cfg.hidden_dropout_prob, model.cfg.attention_probs_dropout_prob) == (0.0, 0.0)
+  cfg = dataclasses.replace(model.cfg, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.3)
+  bert.save_hf(str(tmp_path), cfg, params)
+  assert bert.read_hf_config(str(tmp_path))[0] == cfg
+  theirs = transformers.BertConfig.from_pretrained(str(tmp_path))
+  assert (theirs.hidden_dropout_prob, theirs.attention_probs_dropout_prob) == (0.2, 0.3)
+  # Evaluation ignores the rates: the logits still equal transformers'.
+  ids, mask, types = _inputs()
+  ours = bert.BertForMaskedLM(cfg).apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                                         token_type_ids=jnp.asarray(types))
+  np.testing.assert_allclose(ours, _torch_logits(models["mlm"], ids, mask, types), atol=1e-4)

@@ -5,7 +5,8 @@ values may have fewer heads than queries (grouped-query / multi-query attention)
 head serves num_heads / num_kv_heads query heads.
 
   dot_product_attention  softmax(Q K^T / sqrt(d) + bias) V with causal and padding masks: the
-                         reference every other implementation is tested against.
+                         reference every other implementation is tested against, and the one
+                         path with dropout on the attention probabilities.
   flash_attention        FlashAttention's algorithm (Dao et al. 2022) in JAX: an online softmax
                          over key blocks in a `lax.scan`, never materialising the T x S matrix;
                          a `jax.custom_vjp` whose backward recomputes each block's probabilities
@@ -18,6 +19,11 @@ head serves num_heads / num_kv_heads query heads.
 Masks: `mask` is a boolean key mask (batch, kv_len), True where a key may be attended to
 (padding is False). Masked scores get MASK_VALUE, a large finite negative number, so a row
 with no valid key attends uniformly instead of producing NaN, in every implementation alike.
+
+Attention dropout (BERT's attention_probs_dropout_prob) drops probabilities of the plain path
+only. The other implementations never form the probabilities, so training with a rate that is
+not the Python number 0 is refused there with a ValueError rather than quietly falling back to
+the plain path and its (T, S) memory; evaluation (no dropout key) runs on any of them.
 """
 
 import functools
@@ -28,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research.models import layers
 
 MASK_VALUE = -1e30
 IMPLEMENTATIONS = ("reference", "flash", "xla", "cudnn", "pallas")
@@ -65,7 +73,8 @@ def _q_positions(t: int, s: int, q_start):
   return jnp.arange(t) + (s - t if q_start is None else q_start)
 
 
-def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None):
+def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, dropout_rate=0.0,
+                          dropout_rng=None):
   """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
 
   Args:
@@ -76,6 +85,9 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
     alibi: optional (H,) ALiBi slopes (see `alibi_slopes`).
     q_start: the key position of the first query (may be traced: a KV cache's index); by
       default S - T, the queries being the last T positions.
+    dropout_rate: dropout on the probabilities (a Python float or a traced scalar), applied
+      only with a `dropout_rng`, i.e. in training.
+    dropout_rng: the key of the dropout mask; None: no dropout.
 
   Returns:
     (B, T, H, D) in q's dtype; scores and softmax in float32.
@@ -86,6 +98,8 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
   scores = scores + _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
   probs = jax.nn.softmax(scores, axis=-1)
+  if dropout_rng is not None:
+    probs = layers.dropout(probs, dropout_rate, dropout_rng)  # each row sums to 1 in expectation only
   return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
 
 
@@ -271,15 +285,23 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
 
 def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, mask=None, alibi=None,
-           q_start=None, block_size: int = 128):
+           q_start=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
   """Dispatches to one attention implementation (see IMPLEMENTATIONS); all take the same arrays.
 
   "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
   bf16/fp16); "pallas" uses the Pallas FlashAttention kernels of jax.experimental on GPU/TPU,
-  falling back to `flash_attention` where they do not import.
+  falling back to `flash_attention` where they do not import. Dropout on the probabilities
+  (`dropout_rng` given and a rate that is not the Python number 0) is the reference's alone.
+
+  Raises:
+    ValueError: for an unknown implementation, or attention dropout asked of another one.
   """
   if implementation == "reference":
-    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
+    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
+                                 dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  if implementation in IMPLEMENTATIONS and dropout_rng is not None and not layers.is_static_zero(dropout_rate):
+    raise ValueError(f"attention dropout needs the reference attention (it drops the probabilities that "
+                     f"{implementation!r} never forms); set the attention dropout to 0 or use 'reference'")
   if implementation == "flash":
     return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
   if implementation in ("xla", "cudnn"):
@@ -331,6 +353,8 @@ class MultiHeadAttention(nn.Module):
       positions to the caller (e.g. GPT-2's learned position embedding).
     implementation: one of IMPLEMENTATIONS.
     dropout: attention-output dropout rate (training only; needs rngs={'dropout'}).
+    attention_dropout: dropout rate of the attention probabilities (training only; the
+      reference implementation only, see `attend`).
     dtype: compute dtype.
   """
 
@@ -341,13 +365,14 @@ class MultiHeadAttention(nn.Module):
   positions: str = "learned"
   implementation: str = "reference"
   dropout: float = 0.0
+  attention_dropout: float = 0.0
   rope_base: float = 10000.0
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, *, mask=None, positions=None, cache: "KVCache | None" = None, cache_index=None,
-               train: bool = False):
+               train: bool = False, dropout_rate=None, attention_dropout_rate=None):
     """Attends x (B, T, width) to itself, or to a KV cache it writes into.
 
     Args:
@@ -359,6 +384,8 @@ class MultiHeadAttention(nn.Module):
         cache_index 0, then one token per call).
       cache_index: where this call's T positions start in the cache (a traced scalar).
       train: enables dropout.
+      dropout_rate, attention_dropout_rate: this call's rates in place of the attributes (may
+        be traced scalars, e.g. a sweep's hyperparameters).
 
     Returns:
       (B, T, width), or ((B, T, width), the updated KVCache) when a cache is given.
@@ -383,11 +410,13 @@ class MultiHeadAttention(nn.Module):
                                                                       axis=1)
       cache = KVCache(write(cache.k, k), write(cache.v, v))
       k, v, q_start = cache.k, cache.v, cache_index
+    attention_rate = self.attention_dropout if attention_dropout_rate is None else attention_dropout_rate
+    dropout_rng = self.make_rng("dropout") if train and not layers.is_static_zero(attention_rate) else None
     out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi,
-                 q_start=q_start)
+                 q_start=q_start, dropout_rate=attention_rate, dropout_rng=dropout_rng)
     out = nn.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
                           kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
-    out = nn.Dropout(self.dropout, deterministic=not train)(out)
+    out = layers.Dropout(self.dropout)(out, train, rate=dropout_rate)
     return out if cache is None else (out, cache)
 
 

@@ -18,9 +18,11 @@ and an exact (erf) GELU MLP. Two heads:
 
 Both hold the encoder under "bert", so a pre-trained encoder moves into a classifier by
 copying that subtree. Weights are N(0, initializer_range), biases zero, LayerNorms one (the
-paper's and transformers' initialisation). Dropout (hidden_dropout_prob) acts on the embeddings
-and on each residual branch; the shared attention has no dropout on its probabilities, so
-attention_probs_dropout_prob is not modelled (evaluation is unaffected).
+paper's and transformers' initialisation). In training, dropout (hidden_dropout_prob) acts on
+the embeddings, on each residual branch and on the pooled output, and attention dropout
+(attention_probs_dropout_prob) on the attention probabilities, which only the reference
+attention forms (research/models/attention.py refuses it elsewhere). A call may override
+both rates with traced scalars, so a sweep over them is one compiled program.
 
 Pre-training masks tokens inside the compiled step from the step's key (section 3.1, "Task #1"):
 15% of the non-special, non-padding positions are chosen; of those 80% become [MASK], 10% a
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import layers
 
 # The published sizes: name -> (num_hidden_layers, hidden_size, num_attention_heads, intermediate_size).
 SIZES = {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048), "medium": (8, 512, 8, 2048),
@@ -57,7 +60,8 @@ class BertConfig:
   Attributes:
     vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
       max_position_embeddings, type_vocab_size, layer_norm_eps, initializer_range,
-      hidden_dropout_prob, pad_token_id: as transformers' BertConfig.
+      hidden_dropout_prob, attention_probs_dropout_prob, pad_token_id: as transformers'
+      BertConfig (the dropout rates default to 0 here: dropout is asked for, not assumed).
     num_labels: classes of the sequence-classification head.
     attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
     dtype: compute dtype; parameters stay float32 and logits are float32.
@@ -73,6 +77,7 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   initializer_range: float = 0.02
   hidden_dropout_prob: float = 0.0
+  attention_probs_dropout_prob: float = 0.0
   pad_token_id: int = 0
   num_labels: int = 2
   attention: str = "reference"
@@ -129,22 +134,31 @@ def check_inputs(cfg: BertConfig, input_ids, attention_mask=None, token_type_ids
       raise ValueError(f"{name} has shape {tuple(value.shape)}; input_ids have {tuple(input_ids.shape)}")
 
 
+class Rates(NamedTuple):
+  """A call's dropout rates in place of the config's: Python floats, traced scalars, or None (the config's)."""
+
+  hidden: object = None
+  attention: object = None
+
+
 class Layer(nn.Module):
   """LN(x + attn(x)), then LN(x + mlp(x)): BERT's post-LayerNorm block."""
 
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, x, mask, train: bool):
+  def __call__(self, x, mask, train: bool, rates: Rates):
     cfg = self.cfg
     attn = attention_lib.MultiHeadAttention(
         num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
         causal=False, positions="none", implementation=cfg.attention, dropout=cfg.hidden_dropout_prob,
-        out_init=nn.initializers.normal(cfg.initializer_range), dtype=cfg.dtype, name="attention")
-    x = _layer_norm(cfg, "attention_ln")(x + attn(x, mask=mask, train=train))
+        attention_dropout=cfg.attention_probs_dropout_prob, out_init=nn.initializers.normal(cfg.initializer_range),
+        dtype=cfg.dtype, name="attention")
+    out = attn(x, mask=mask, train=train, dropout_rate=rates.hidden, attention_dropout_rate=rates.attention)
+    x = _layer_norm(cfg, "attention_ln")(x + out)
     h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)  # (B, T, intermediate)
     h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(nn.gelu(h, approximate=False))
-    h = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(h)
+    h = layers.Dropout(cfg.hidden_dropout_prob)(h, train, rate=rates.hidden)
     return _layer_norm(cfg, "output_ln")(x + h)
 
 
@@ -154,7 +168,7 @@ class BertEncoder(nn.Module):
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids, train: bool):
+  def __call__(self, input_ids, attention_mask, token_type_ids, train: bool, rates: Rates):
     cfg = self.cfg
     check_inputs(cfg, input_ids, attention_mask, token_type_ids)
     t = input_ids.shape[1]
@@ -168,9 +182,9 @@ class BertEncoder(nn.Module):
                             (cfg.type_vocab_size, cfg.hidden_size))
     x = word(input_ids) + position[None, :t].astype(cfg.dtype) + jnp.take(token_type, types, axis=0).astype(cfg.dtype)
     x = _layer_norm(cfg, "embeddings_ln")(x)  # (B, T, hidden)
-    x = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(x)
+    x = layers.Dropout(cfg.hidden_dropout_prob)(x, train, rate=rates.hidden)
     for i in range(cfg.num_hidden_layers):
-      x = Layer(cfg, name=f"layer_{i}")(x, mask, train)
+      x = Layer(cfg, name=f"layer_{i}")(x, mask, train, rates)
     return x, word.embedding
 
 
@@ -178,15 +192,19 @@ class BertForMaskedLM(nn.Module):
   """`apply({"params": p}, input_ids, attention_mask=, token_type_ids=, train=)` -> (B, T, vocab) float32.
 
   `attention_mask` (B, T) is 1/True at real tokens and 0/False at padding; `token_type_ids`
-  (B, T) the segment of each token (default 0); `train` enables dropout (rngs={'dropout'}).
+  (B, T) the segment of each token (default 0); `train` enables dropout (rngs={'dropout'});
+  `dropout_rate` and `attention_dropout_rate` replace hidden_dropout_prob and
+  attention_probs_dropout_prob in training (Python floats or traced scalars).
   """
 
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False):
+  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False,
+               dropout_rate=None, attention_dropout_rate=None):
     cfg = self.cfg
-    x, table = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train)
+    x, table = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train,
+                                             Rates(dropout_rate, attention_dropout_rate))
     h = nn.gelu(_dense(cfg, cfg.hidden_size, ("embed", None), "mlm_dense")(x), approximate=False)
     h = _layer_norm(cfg, "mlm_ln")(h)
     bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,))
@@ -196,16 +214,21 @@ class BertForMaskedLM(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-  """`apply({"params": p}, input_ids, attention_mask=, token_type_ids=, train=)` -> (B, num_labels) float32."""
+  """`apply({"params": p}, input_ids, attention_mask=, token_type_ids=, train=)` -> (B, num_labels) float32.
+
+  The keyword arguments are BertForMaskedLM's.
+  """
 
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False):
+  def __call__(self, input_ids, *, attention_mask=None, token_type_ids=None, train: bool = False,
+               dropout_rate=None, attention_dropout_rate=None):
     cfg = self.cfg
-    x, _ = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train)
+    x, _ = BertEncoder(cfg, name="bert")(input_ids, attention_mask, token_type_ids, train,
+                                         Rates(dropout_rate, attention_dropout_rate))
     pooled = jnp.tanh(_dense(cfg, cfg.hidden_size, ("embed", None), "pooler")(x[:, 0]))  # (B, hidden) from [CLS]
-    pooled = nn.Dropout(cfg.hidden_dropout_prob, deterministic=not train)(pooled)
+    pooled = layers.Dropout(cfg.hidden_dropout_prob)(pooled, train, rate=dropout_rate)
     return _dense(cfg, cfg.num_labels, ("embed", None), "classifier")(pooled).astype(jnp.float32)
 
 
@@ -341,8 +364,10 @@ def _config_from_hf(hf: dict, path: str) -> BertConfig:
                     num_hidden_layers=hf["num_hidden_layers"], num_attention_heads=hf["num_attention_heads"],
                     intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
                     type_vocab_size=hf.get("type_vocab_size", 2), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                    initializer_range=hf.get("initializer_range", 0.02), pad_token_id=hf.get("pad_token_id") or 0,
-                    num_labels=labels)
+                    initializer_range=hf.get("initializer_range", 0.02),
+                    hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),
+                    attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
+                    pad_token_id=hf.get("pad_token_id") or 0, num_labels=labels)
 
 
 def read_hf_config(path: str) -> tuple[BertConfig, str]:
@@ -421,7 +446,8 @@ def save_hf(path: str, cfg: BertConfig, params, architecture: str = "BertForMask
         "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
         "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
         "layer_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.initializer_range, "hidden_act": "gelu",
-        "hidden_dropout_prob": cfg.hidden_dropout_prob, "attention_probs_dropout_prob": 0.0,
+        "hidden_dropout_prob": cfg.hidden_dropout_prob,
+        "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
         "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True, "position_embedding_type": "absolute"}
   if architecture == "BertForSequenceClassification":
     hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
@@ -432,6 +458,23 @@ def save_hf(path: str, cfg: BertConfig, params, architecture: str = "BertForMask
 
 # ---------------------------------------------------------------------------------------
 # The tasks: MLM pre-training and sequence classification on the one training loop.
+
+
+def traced_rates(cfg: BertConfig) -> dict[str, float]:
+  """A BERT task's Task.hparams: its dropout rates under experiments/bert.py's field names.
+
+  `dropout` is hidden_dropout_prob; `attention_dropout` (attention_probs_dropout_prob) is
+  traced only for the reference attention, the one implementation that has it.
+  """
+  rates = {"dropout": cfg.hidden_dropout_prob}
+  if cfg.attention == "reference":
+    rates["attention_dropout"] = cfg.attention_probs_dropout_prob
+  return rates
+
+
+def _rates(hparams) -> Rates:
+  """The model's call-time rates from a task's traced `hparams` (None: the config's own)."""
+  return Rates() if hparams is None else Rates(hparams["dropout"], hparams.get("attention_dropout"))
 
 
 def with_encoder(variables, encoder):
@@ -459,23 +502,25 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
 
   Returns:
     A Task over batches of research.data.encoder sequences whose loss masks each batch from
-    the step's key, and whose `evaluate(params, key, sequences)` gives `mlm_loss` and
-    `mlm_accuracy` on the chosen positions of held-out sequences, masked with a fixed key and
-    `eval_mask_mix`, so every run and every evaluation scores the same positions.
+    the step's key, with the dropout rates traced (`traced_rates`), and whose
+    `evaluate(params, key, sequences)` gives `mlm_loss` and `mlm_accuracy` on the chosen
+    positions of held-out sequences, masked with a fixed key and `eval_mask_mix`, so every
+    run and every evaluation scores the same positions.
   """
   from research import optim  # pylint: disable=import-outside-toplevel
   from research.train import Task  # pylint: disable=import-outside-toplevel
   model = BertForMaskedLM(cfg)
   never = jnp.asarray([i for token, i in special.items() if token != "[UNK]"], jnp.int32)
 
-  def masked_loss(params, batch, key, mix, train):
+  def masked_loss(params, batch, key, mix, train, rates=Rates()):
     ids = batch["input_ids"]
     eligible = batch["attention_mask"].astype(bool) & ~jnp.isin(ids, never)
     k_mask, k_dropout = jax.random.split(key)
     masked = mask_tokens(k_mask, ids, eligible, vocab_size=cfg.vocab_size, mask_id=special["[MASK]"],
                          rate=config.mask_rate, mix=mix)
     logits = model.apply(params, masked.input_ids, attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], train=train, rngs={"dropout": k_dropout})
+                         token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
+                         attention_dropout_rate=rates.attention, rngs={"dropout": k_dropout})
     value, accuracy = mlm_loss(logits, ids, masked.chosen)
     return value, accuracy, jnp.sum(masked.chosen)
 
@@ -483,8 +528,8 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
     return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
                       token_type_ids=batch["token_type_ids"])
 
-  def loss(params, batch, key, train):
-    value, accuracy, _ = masked_loss(params, batch, key, parse_mix(config.mask_mix), train)
+  def loss(params, batch, key, train, hparams=None):
+    value, accuracy, _ = masked_loss(params, batch, key, parse_mix(config.mask_mix), train, _rates(hparams))
     return value, {"mlm_accuracy": accuracy}
 
   @jax.jit
@@ -492,8 +537,8 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
     value, accuracy, count = masked_loss(params, batch, key, parse_mix(config.eval_mask_mix), False)
     return value * count, accuracy * count, count
 
-  def evaluate(params, key, sequences):
-    del key  # a fixed key: the same held-out positions every time
+  def evaluate(params, key, sequences, hparams=None):
+    del key, hparams  # a fixed key: the same held-out positions every time; no dropout
     n = len(sequences["input_ids"])
     nll = correct = count = 0.0
     for i, start in enumerate(range(0, n, config.eval_batch_size)):
@@ -504,7 +549,7 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
     return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=traced_rates(cfg))
 
 
 def make_classifier_task(config, cfg: BertConfig, encoder=None):
@@ -517,15 +562,17 @@ def make_classifier_task(config, cfg: BertConfig, encoder=None):
 
   Returns:
     A Task over research.data.encoder sequences with a `label`, whose loss is the mean
-    cross-entropy and whose `evaluate(params, key, examples)` gives `accuracy` and `eval_loss`.
+    cross-entropy with the dropout rates traced (`traced_rates`), and whose
+    `evaluate(params, key, examples)` gives `accuracy` and `eval_loss`.
   """
   from research import optim  # pylint: disable=import-outside-toplevel
   from research.train import Task  # pylint: disable=import-outside-toplevel
   model = BertForSequenceClassification(cfg)
 
-  def forward(params, batch, train, key):
+  def forward(params, batch, train, key, rates=Rates()):
     return model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"], train=train, rngs={"dropout": key})
+                       token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
+                       attention_dropout_rate=rates.attention, rngs={"dropout": key})
 
   def init(key, batch):
     variables = model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -535,8 +582,8 @@ def make_classifier_task(config, cfg: BertConfig, encoder=None):
   def cross_entropy(logits, labels):
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]  # (B,)
 
-  def loss(params, batch, key, train):
-    logits = forward(params, batch, train, key)
+  def loss(params, batch, key, train, hparams=None):
+    logits = forward(params, batch, train, key, _rates(hparams))
     accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
     return jnp.mean(cross_entropy(logits, batch["label"])), {"accuracy": accuracy}
 
@@ -545,8 +592,8 @@ def make_classifier_task(config, cfg: BertConfig, encoder=None):
     logits = forward(params, batch, False, jax.random.key(0))
     return jnp.sum(cross_entropy(logits, batch["label"])), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
 
-  def evaluate(params, key, examples):
-    del key
+  def evaluate(params, key, examples, hparams=None):
+    del key, hparams  # no dropout in evaluation
     n = len(examples["label"])
     nll = correct = 0.0
     for start in range(0, n, config.eval_batch_size):
@@ -556,4 +603,4 @@ def make_classifier_task(config, cfg: BertConfig, encoder=None):
     return {"accuracy": correct / n, "eval_loss": nll / n, "eval_examples": n}
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=traced_rates(cfg))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import layers
 
 # The published sizes: name -> (n_layer, n_embd, n_head).
 SIZES = {"124m": (12, 768, 12), "350m": (24, 1024, 16), "774m": (36, 1280, 20), "1.5b": (48, 1600, 25)}
@@ -47,7 +48,7 @@ class GPT2Config:
     n_inner: MLP width (None: 4 * n_embd).
     layer_norm_epsilon: LayerNorm epsilon.
     embd_pdrop, resid_pdrop: dropout on the embeddings and on each residual branch (training
-      only; off by default).
+      only; off by default; a call may override both with one traced rate).
     positions: "learned" (GPT-2), "rope" or "alibi".
     num_kv_heads: key/value heads (None: n_head, i.e. GPT-2's multi-head attention).
     attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
@@ -113,13 +114,13 @@ class MLP(nn.Module):
   cfg: GPT2Config
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, dropout_rate=None):
     cfg = self.cfg
     h = nn.Dense(cfg.inner, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")), dtype=cfg.dtype)(x)
     h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
     out = nn.Dense(cfg.n_embd, name="c_proj", kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")),
                    dtype=cfg.dtype)(h)
-    return nn.Dropout(cfg.resid_pdrop, deterministic=not train)(out)
+    return layers.Dropout(cfg.resid_pdrop)(out, train, rate=dropout_rate)
 
 
 class Block(nn.Module):
@@ -128,18 +129,19 @@ class Block(nn.Module):
   cfg: GPT2Config
 
   @nn.compact
-  def __call__(self, x, mask, positions, cache, cache_index, train: bool):
+  def __call__(self, x, mask, positions, cache, cache_index, train: bool, dropout_rate):
     cfg = self.cfg
     ln = lambda name: nn.LayerNorm(cfg.layer_norm_epsilon, name=name, dtype=cfg.dtype)
     attn = attention_lib.MultiHeadAttention(
         num_heads=cfg.n_head, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, causal=True,
         positions=cfg.positions, implementation=cfg.attention, dropout=cfg.resid_pdrop,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)), dtype=cfg.dtype, name="attn")
-    out = attn(ln("ln_1")(x), mask=mask, positions=positions, cache=cache, cache_index=cache_index, train=train)
+    out = attn(ln("ln_1")(x), mask=mask, positions=positions, cache=cache, cache_index=cache_index, train=train,
+               dropout_rate=dropout_rate)
     if cache is not None:
       out, cache = out
     x = x + out
-    return x + MLP(cfg, name="mlp")(ln("ln_2")(x), train), cache
+    return x + MLP(cfg, name="mlp")(ln("ln_2")(x), train, dropout_rate), cache
 
 
 class GPT2(nn.Module):
@@ -148,15 +150,17 @@ class GPT2(nn.Module):
   Keyword arguments: `attention_mask` (B, S) booleans (False at padding), `positions` (B, T)
   (default 0 .. T-1 after cache_index), `cache` (a list of per-layer KVCache; then the
   updated list is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}),
-  `return_hidden` (then (logits, hidden) with the final LayerNorm's output (B, T, n_embd)
-  in place of the logits, for heads on the backbone: reward and value models).
+  `dropout_rate` (in training, the embedding and residual dropout rate in place of embd_pdrop
+  and resid_pdrop; may be a traced scalar, e.g. a sweep's), `return_hidden` (then (logits,
+  hidden) with the final LayerNorm's output (B, T, n_embd) in place of the logits, for heads
+  on the backbone: reward and value models).
   """
 
   cfg: GPT2Config
 
   @nn.compact
   def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None, cache_index=None,
-               train: bool = False, return_hidden: bool = False):
+               train: bool = False, dropout_rate=None, return_hidden: bool = False):
     cfg = self.cfg
     b, t = input_ids.shape
     if positions is None:
@@ -167,11 +171,11 @@ class GPT2(nn.Module):
     if cfg.positions == "learned":
       wpe = self.param("wpe", _init(0.01, (None, "embed")), (cfg.n_positions, cfg.n_embd))
       x = x + jnp.take(wpe, positions, axis=0).astype(x.dtype)
-    x = nn.Dropout(cfg.embd_pdrop, deterministic=not train)(x)
+    x = layers.Dropout(cfg.embd_pdrop)(x, train, rate=dropout_rate)
     new_cache = []
     for i in range(cfg.n_layer):
       x, layer_cache = Block(cfg, name=f"h_{i}")(x, attention_mask, positions, None if cache is None else cache[i],
-                                                 cache_index, train)
+                                                 cache_index, train, dropout_rate)
       new_cache.append(layer_cache)
     x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
     logits = wte.attend(x).astype(jnp.float32)  # tied output projection, (B, T, vocab)
@@ -475,7 +479,8 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
     unit: what a token is ("char" for a character-level model), naming `val_bits_per_<unit>`.
 
   Returns:
-    A Task whose loss is the mean next-token cross-entropy of `tokens` windows (B, seq_len + 1),
+    A Task whose loss is the mean next-token cross-entropy of `tokens` windows (B, seq_len + 1)
+    with `dropout` (embedding and residual) a traced hyperparameter (Task.hparams),
     whose `evaluate(params, key, windows)` gives `val_loss` (nats per token) and
     `val_bits_per_<unit>` over evaluation windows, and whose `sample` writes continuations.
   """
@@ -489,16 +494,17 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
   def init(key, batch):
     return model.init(key, batch["tokens"][:, :-1])
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams=None):
     tokens = batch["tokens"]
-    logits = model.apply(params, tokens[:, :-1], train=train, rngs={"dropout": key})
+    rate = config.dropout if hparams is None else hparams["dropout"]
+    logits = model.apply(params, tokens[:, :-1], train=train, dropout_rate=rate, rngs={"dropout": key})
     value = lm_loss(logits, tokens[:, 1:])
     return value, {f"bits_per_{unit}": value / math.log(2)}
 
-  def evaluate(params, key, windows):
+  def evaluate(params, key, windows, hparams=None):
     # Pure: chunks of eval_batch_size windows in one lax.map (the last padded, its padding masked),
-    # so a sweep's members are scored together in one vmapped program.
-    del key
+    # so a sweep's members are scored together in one vmapped program. No dropout: hparams are unused.
+    del key, hparams
     tokens = windows["tokens"]
     n, length = tokens.shape
     batch = min(config.eval_batch_size, n)
@@ -518,14 +524,16 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
     value = float(arrays["val_loss"])
     return {"val_loss": value, f"val_bits_per_{unit}": value / math.log(2), "val_tokens": int(arrays["val_tokens"])}
 
-  def sample(params, key):
+  def sample(params, key, hparams=None):
+    del hparams  # generation has no dropout
     out = generate(model, params["params"], [list(p) for p in prompts], config.sample_tokens, key=key,
                    temperature=config.temperature, top_k=config.top_k)
     return {"samples": [decode(prompt) + " ||| " + decode(o[len(prompt):]) for prompt, o in zip(prompts, out)]}
 
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
               evaluate_pure=True, summarize=summarize, sample=sample,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps),
+              hparams={"dropout": config.dropout})
 
 
 # ---------------------------------------------------------------------------------------
