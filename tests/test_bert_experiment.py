@@ -101,6 +101,7 @@ def test_finetune_from_our_pretraining_and_from_a_transformers_directory(pretrai
     ("--config.seq_len=64", "seq_len 64 exceeds max_position_embeddings 32"),
     ("--config.hidden_size=33", "hidden_size 33 is not divisible by num_attention_heads 2"),
     ("--config.mode=finetune --config.init=/nonexistent/bert", "--config.init /nonexistent/bert is neither"),
+    ("--config.attention=flash --config.attention_dropout=0.1", "attention_dropout 0.1 needs attention=reference"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flag, message):
   from conftest import run_python  # pylint: disable=import-outside-toplevel
