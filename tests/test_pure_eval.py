@@ -146,21 +146,14 @@ def test_dae_members_are_evaluated_at_their_own_noise_level():
 # Diffusion: the guidance scale as a traced, swept hyperparameter.
 
 
-@pytest.mark.slow
-def test_guidance_scale_members_equal_their_single_runs(tmp_path):
-  config = _with(diffusion_experiment.get_config("smoke"), steps=3, num_samples=20)
-  members = Members(seeds=(0, 0), hparams={"guidance_scale": (0.0, 3.0)})
-  swept = diffusion_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
-  single = diffusion_experiment.run(_with(config, guidance_scale=3.0), str(tmp_path / "guided"))
-  np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
-  np.testing.assert_allclose(_images(tmp_path / "sweep" / "member_1", "samples"), _images(tmp_path / "guided", "samples"),
-                             atol=1e-4)
-  np.testing.assert_allclose(swept[1]["fid"], single["fid"], rtol=1e-3)
+# The smoke U-Net narrowed and its sampler shortened: the test is about which denoiser runs with which w.
+TINY_SAMPLER = {"unet_channels": (4, 8), "unet_groups": 4, "unet_heads": 2, "sample_steps": 2, "num_samples": 10,
+                "sample_batch": 10}
 
 
 @pytest.mark.slow
 def test_guided_evaluation_at_one_is_the_conditional_model_and_other_scales_differ():
-  config = _with(diffusion_experiment.get_config("smoke"), num_samples=20)
+  config = _with(diffusion_experiment.get_config("smoke"), **TINY_SAMPLER)
   unguided = diffusion.make_task(config)
   guided = diffusion.make_task(config, sweeps_guidance=True)
   assert "guidance_scale" not in unguided.hparams and guided.hparams["guidance_scale"] == 1.0

@@ -214,15 +214,17 @@ def test_ema_decay_members_equal_their_single_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_diffusion_label_dropout_members_equal_their_single_runs(tmp_path):
+def test_diffusion_label_dropout_and_guidance_members_equal_their_single_runs(tmp_path):
   from experiments import diffusion as diffusion_experiment  # pylint: disable=import-outside-toplevel
   config = diffusion_experiment.get_config("smoke")
-  members = Members(seeds=(0, 3), hparams={"class_dropout": (0.1, 0.5)})
+  # The training step reads the label dropout, the evaluation's sampler the guidance scale w.
+  members = Members(seeds=(0, 3), hparams={"class_dropout": (0.1, 0.5), "guidance_scale": (1.0, 3.0)})
   swept = diffusion_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
-  single = _single(diffusion_experiment, config, tmp_path / "one", seed=3, class_dropout=0.5)
+  single = _single(diffusion_experiment, config, tmp_path / "one", seed=3, class_dropout=0.5, guidance_scale=3.0)
   np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
   # The members' samples come from one vmapped sampler program; scored as the single run's.
-  np.testing.assert_allclose(swept[1]["fid"], single["fid"], rtol=1e-3)
-  assert swept[1]["class_shares"] == pytest.approx(single["class_shares"], abs=0.03)
   samples = np.load(tmp_path / "sweep" / "member_1" / "samples.npz")["images"]
   assert samples.shape[0] == config.num_samples
+  np.testing.assert_allclose(samples, np.load(tmp_path / "one" / "samples.npz")["images"], atol=1e-4)
+  np.testing.assert_allclose(swept[1]["fid"], single["fid"], rtol=1e-3)
+  assert swept[1]["class_shares"] == pytest.approx(single["class_shares"], abs=0.03)

@@ -62,7 +62,7 @@ def run_row(objective: str, k: int, steps: int, eval_k: int, seeds: list[int], t
   members = []
   for i in range(len(seeds)):
     params = jax.tree.map(lambda a, i=i: a[i], result.state.params)
-    members.append(task.evaluate(params, jax.random.key(EVAL_SEED), {"image": test_images}))
+    members.append(task.summarize(jax.device_get(task.evaluate(params, jax.random.key(EVAL_SEED), {"image": test_images}))))
   eval_s = time.perf_counter() - start
   nll = np.asarray([m["test_nll_nats"] for m in members])
   return {"objective": objective, "k": k, "test_nll_nats": nll.tolist(), "mean": float(nll.mean()),
