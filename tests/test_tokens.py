@@ -116,3 +116,18 @@ def test_gpt2_tokenizer_files_separate_documents_with_end_of_text(tmp_path):
   end_of_text = json.loads((tmp_path / "vocab.json").read_text())["<|endoftext|>"]
   assert experiment._separator(files) == [end_of_text]  # pylint: disable=protected-access
   assert experiment._separator(bpe) == bpe.encode("\n\n")  # pylint: disable=protected-access
+
+
+def test_wordpiece_training_gives_the_same_ids_every_time_and_the_trainer_s_pieces():
+  from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
+  texts = [str(t) for t in data.load("python_docs", "train")["text"][:1500]]
+  first, second = (tokenizers.WordPieceTokenizer.train(texts, 400) for _ in range(2))
+  assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
+  assert [first.tokenizer.token_to_id(t) for t in tokenizers.WordPieceTokenizer.SPECIAL] == [0, 1, 2, 3, 4]
+  # Renumbering changes ids only: the pieces of every encoding are those of the trainer's own tokenizer.
+  trained = BertWordPieceTokenizer(lowercase=False)
+  trained.train_from_iterator(texts, vocab_size=400, min_frequency=2,
+                              special_tokens=list(tokenizers.WordPieceTokenizer.SPECIAL), show_progress=False)
+  assert set(trained.get_vocab()) == set(first.tokenizer.get_vocab())
+  for text in texts[:200]:
+    assert first.tokenizer.encode(text).tokens == trained.encode(text).tokens

@@ -105,9 +105,17 @@ class WordPieceTokenizer(HFTokenizer):
   def train(cls, texts: Iterable[str], vocab_size: int = 8192) -> "WordPieceTokenizer":
     """WordPiece trained on `texts`, cased (code and identifiers keep their case); the special tokens are ids 0-4."""
     from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
+    from tokenizers import models  # pylint: disable=import-outside-toplevel
     tokenizer = BertWordPieceTokenizer(lowercase=False)
     tokenizer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2,
                                   special_tokens=list(cls.SPECIAL), show_progress=False)
+    # The trainer finds the same pieces on every call but numbers them in hash-map order, which
+    # changes from call to call; numbered in a fixed order (the special tokens, then by length and
+    # text), the same texts give the same ids. Encoding depends only on the set of pieces.
+    pieces = [p for p in tokenizer.get_vocab() if p not in cls.SPECIAL]
+    pieces.sort(key=lambda p: (len(p.removeprefix("##")), p.startswith("##"), p))
+    tokenizer._tokenizer.model = models.WordPiece(  # pylint: disable=protected-access
+        {p: i for i, p in enumerate(list(cls.SPECIAL) + pieces)}, unk_token="[UNK]", continuing_subword_prefix="##")
     return cls(tokenizer._tokenizer, "wordpiece")  # pylint: disable=protected-access
 
   @classmethod
