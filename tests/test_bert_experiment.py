@@ -7,6 +7,9 @@ import pytest
 
 from research.data import encoder as encoder_data
 
+# One worker runs this file: its module fixture is costly (see conftest.py).
+pytestmark = pytest.mark.xdist_group("bert_pretrained")
+
 SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
 
 
