@@ -10,10 +10,9 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.7",
     "tensorflow-cpu>=2.18",  # TFDS encodes and reads records with it
     "importlib_resources",  # needed by TFDS builders defined outside its package
-    "tensorboard",  # clu's TensorBoard writer
+    "tensorboard",  # TensorBoard event files (research/train/tensorboard.py), written without TensorFlow
     "absl-py",
     "ml-collections",
-    "clu",
     "scikit-learn",  # ships the bundled digits; reference for EM
     "pillow",
     "tokenizers",  # byte-level BPE for the language models

@@ -47,7 +47,7 @@ _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", None,
                                        "Steps per call of the second pair (default: the experiment's default).")
 
 # Versions recorded beside jax/flax/optax: the loop's checkpointing and logging stack.
-PACKAGES = ("orbax-checkpoint", "clu")
+PACKAGES = ("orbax-checkpoint", "tensorboard")
 
 
 def _bare_seconds(task, config, data, steps: int, steps_per_call: int) -> float:

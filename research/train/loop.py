@@ -628,7 +628,7 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
          **(member_evals[i] if member_evals else {})}
         for i, seed in enumerate(seeds)]
   results["mesh"] = dict(mesh.shape)
-  writer.flush()
+  writer.close()
   checkpoints.close()
   out = results_lib.write_results(workdir, results, config, time.perf_counter() - t0)
   monitor.say(f"final: {monitor.format_metrics({k: v for k, v in out.items() if k not in ('step', 'mesh')})}")

@@ -1,4 +1,4 @@
-"""Logging for the loop: clu metric writers (TensorBoard + console) and a progress line."""
+"""Logging for the loop: TensorBoard event files, console lines and a progress line."""
 
 import datetime
 import math
@@ -68,11 +68,9 @@ def format_metrics(metrics, limit: int = 12) -> str:
 
 
 def make_writer(workdir: str):
-  """A clu MetricWriter: TensorBoard event files in `workdir` plus console lines, from process 0 only."""
-  # clu's TensorBoard writer pulls in TensorFlow: imported here, so the library (scans, sweeps)
-  # imports without it.
-  from clu import metric_writers  # pylint: disable=import-outside-toplevel
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  """TensorBoard event files in `workdir` (research/train/tensorboard.py, no TensorFlow), from process 0 only."""
+  from research.train import tensorboard  # pylint: disable=import-outside-toplevel
+  return tensorboard.SummaryWriter(workdir) if jax.process_index() == 0 else tensorboard.NullWriter()
 
 
 def say(message: str) -> None:
