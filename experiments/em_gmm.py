@@ -38,6 +38,7 @@ from research import em  # pylint: disable=wrong-import-position
 from research.data import toy2d  # pylint: disable=wrong-import-position
 from research.train import (ConfigError, Members, check_choice, check_positive, cli,  # pylint: disable=wrong-import-position
                             write_results)
+from research import train as train_lib  # pylint: disable=wrong-import-position
 
 # The anisotropic mixture: weights, means and covariances (elongated, rotated components).
 _ANGLES = np.array([0.3, -0.8, 1.2, 0.0])
@@ -156,28 +157,9 @@ TRACED_FIELDS = ("reg_covar", "tol")
 
 
 def member_configs(config, members: Members) -> list:
-  """Each member's config: `config` with that member's seed and values, checked as a single run's.
-
-  Raises:
-    ConfigError: on a field outside TRACED_FIELDS, a wrong number of values or a bad value.
-  """
-  if members.count < 1:
-    raise ConfigError("a sweep needs at least one member (seed)")
-  for name, values in members.hparams.items():
-    if name not in TRACED_FIELDS:
-      raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
-                        f"may change shapes or the program); traced: {', '.join(TRACED_FIELDS)}")
-    if len(values) != members.count:
-      raise ConfigError(f"{name} has {len(values)} values for {members.count} members")
-  configs = []
-  for i, seed in enumerate(members.seeds):
-    member = config.copy_and_resolve_references()
-    member.seed = int(seed)
-    for name, value in members.values(i).items():
-      member[name] = float(value)
-    check_config(member)
-    configs.append(member)
-  return configs
+  """Each member's config: `config` with that member's seed and values (TRACED_FIELDS), checked as a single
+  run's; ConfigError on another field, a wrong number of values or a bad value."""
+  return train_lib.member_configs(config, members, TRACED_FIELDS, check_config)
 
 
 def _plot_members(path: str, lower_bounds: np.ndarray, n_iters: np.ndarray, members: Members, config) -> None:

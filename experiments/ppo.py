@@ -25,8 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from research.rl import ppo  # pylint: disable=wrong-import-position
-from research.train import (ConfigError, Members, NonFiniteLossError, check_positive, cli, save_pytree,  # pylint: disable=wrong-import-position
+from research.train import (Members, NonFiniteLossError, check_positive, cli, save_pytree,  # pylint: disable=wrong-import-position
                             write_results)
+from research import train as train_lib  # pylint: disable=wrong-import-position
 
 # Share of the updates averaged into the initial and final returns; half of it is the plot's smoothing window.
 FINAL_FRACTION = 0.1
@@ -142,36 +143,9 @@ def _plot_members(path: str, metrics: ppo.UpdateMetrics, members: Members, confi
 
 
 def member_configs(config, members: Members) -> list:
-  """Each member's config: `config` with that member's seed and values, validated as a single run's.
-
-  Args:
-    config: the experiment config shared by the members.
-    members: seeds and {field: one value per member}; fields must be research.rl.ppo.HParams's.
-
-  Returns:
-    One config per member.
-
-  Raises:
-    ConfigError: on a field that is not traced, a wrong number of values or a bad value.
-  """
-  if members.count < 1:
-    raise ConfigError("a sweep needs at least one member (seed)")
-  traced = sorted(ppo.HParams._fields)
-  for name, values in members.hparams.items():
-    if name not in traced:
-      raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
-                        f"may change shapes or the program); traced: {', '.join(traced)}")
-    if len(values) != members.count:
-      raise ConfigError(f"{name} has {len(values)} values for {members.count} members")
-  configs = []
-  for i, seed in enumerate(members.seeds):
-    member = config.copy_and_resolve_references()
-    member.seed = int(seed)
-    for name, value in members.values(i).items():
-      member[name] = float(value)
-    ppo.check_config(member)
-    configs.append(member)
-  return configs
+  """Each member's config: `config` with that member's seed and values (research.rl.ppo.HParams's fields),
+  validated as a single run's; ConfigError on another field, a wrong number of values or a bad value."""
+  return train_lib.member_configs(config, members, sorted(ppo.HParams._fields), ppo.check_config)
 
 
 def _run_members(config, workdir: str, members: Members, start: float) -> dict:

@@ -78,6 +78,44 @@ class Members(NamedTuple):
 
 
 OPTIMIZER_PREFIX = "optimizer."
+
+
+def check_swept(members: Members, traced) -> None:
+  """Raises ConfigError unless every swept name is one of `traced`, with one value per member."""
+  for name, values in members.hparams.items():
+    if name not in traced:
+      raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
+                        f"may change shapes or the program); traced: {', '.join(traced) or 'none'}")
+    if len(values) != members.count:
+      raise ConfigError(f"{name} has {len(values)} values for {members.count} members")
+
+
+def member_configs(config, members: Members, traced, check) -> list:
+  """Each member's config (a scan experiment's sweep): `config` with its seed and values, `check`ed as a single run's.
+
+  Args:
+    config: the experiment config the members share.
+    members: seeds and {field: one value per member}; every field must be in `traced`.
+    traced: the config fields the experiment's program takes as arrays.
+    check: `check(config)`, the single run's validation (raises ConfigError).
+
+  Returns:
+    One config per member.
+  """
+  if members.count < 1:
+    raise ConfigError("a sweep needs at least one member (seed)")
+  check_swept(members, traced)
+  configs = []
+  for i, seed in enumerate(members.seeds):
+    member = config.copy_and_resolve_references()
+    member.seed = int(seed)
+    for name, value in members.values(i).items():
+      member[name] = float(value)
+    check(member)
+    configs.append(member)
+  return configs
+
+
 EMA_DECAY = "ema_decay"  # the loop's own traced hyperparameter in a sweep (make_train_step reads it from hparams)
 
 
@@ -95,12 +133,7 @@ def _check_members(members: Members, task: Task, injected, ema_decay: float) -> 
     if not all(0 < v < 1 for v in members.hparams[EMA_DECAY]):
       raise ConfigError(f"ema_decay values must be in (0, 1), got {list(members.hparams[EMA_DECAY])}")
     traced.append(EMA_DECAY)
-  for name, values in members.hparams.items():
-    if name not in traced:
-      raise ConfigError(f"cannot vary {name}: it is not a traced hyperparameter of this experiment (a field that "
-                        f"may change shapes or the program); traced: {', '.join(traced) or 'none'}")
-    if len(values) != members.count:
-      raise ConfigError(f"{name} has {len(values)} values for {members.count} members")
+  check_swept(members, traced)
 
 
 def _member_init(task: Task, members: Members, ema_decay: float):
