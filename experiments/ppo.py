@@ -148,6 +148,13 @@ def member_configs(config, members: Members) -> list:
   return train_lib.member_configs(config, members, sorted(ppo.HParams._fields), ppo.check_config)
 
 
+def _timing_metrics(config, steps: int, compile_time: float, run_time: float, steps_per_s: float) -> dict:
+  """The run-wide fields of results.json: environment steps, updates and timings."""
+  return {"env_steps_per_seed": steps, "num_updates": ppo.num_updates(config),
+          "compile_time_s": round(compile_time, 3), "train_time_s": round(run_time, 3),
+          "env_steps_per_s": round(steps_per_s, 1)}
+
+
 def _run_members(config, workdir: str, members: Members, start: float) -> dict:
   """A sweep: every member's num_seeds runs in one jitted program (see `run`)."""
   configs = member_configs(config, members)
@@ -198,11 +205,7 @@ def _run_members(config, workdir: str, members: Members, start: float) -> dict:
   save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))
   metrics = {
       "members": results,
-      "env_steps_per_seed": steps,
-      "num_updates": ppo.num_updates(config),
-      "compile_time_s": round(compile_time, 3),
-      "train_time_s": round(run_time, 3),
-      "env_steps_per_s": round(steps_per_s, 1),
+      **_timing_metrics(config, steps, compile_time, run_time, steps_per_s),
   }
   return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
 
@@ -264,11 +267,7 @@ def run(config, workdir: str, members: Members | None = None) -> dict:
   save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))
   metrics = {
       **_return_metrics(initial, final),
-      "env_steps_per_seed": steps,
-      "num_updates": ppo.num_updates(config),
-      "compile_time_s": round(compile_time, 3),
-      "train_time_s": round(run_time, 3),
-      "env_steps_per_s": round(steps_per_s, 1),
+      **_timing_metrics(config, steps, compile_time, run_time, steps_per_s),
   }
   return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
 
