@@ -46,6 +46,19 @@ def test_flash_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("t,s,h,hkv,causal,masked,alibi", CASES)
+def test_attention_on_the_cache_layout_equals_the_reference(t, s, h, hkv, causal, masked, alibi):
+  """The KV cache keeps (B, Hkv, S, D); attending there equals the reference on (B, S, Hkv, D)."""
+  q, k, v = _qkv(t, s, h, hkv, seed=1)
+  mask = jax.random.bernoulli(jax.random.key(4), 0.7, (2, s)).at[:, -1].set(True) if masked else None
+  kwargs = dict(causal=causal, mask=mask, alibi=attn.alibi_slopes(h) if alibi else None, q_start=s - t)
+  swap = lambda x: jnp.swapaxes(x, 1, 2)
+  ours = attn.cached_attention(q, swap(k), swap(v), **kwargs)
+  np.testing.assert_allclose(ours, attn.dot_product_attention(q, k, v, **kwargs), atol=2e-6)
+  with pytest.raises(ValueError, match="cached k, v"):
+    attn.cached_attention(q, k[:, :, :1], v[:, :, :1])
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_reference_equals_jax_dot_product_attention(causal):
   q, k, v = _qkv(12, 12, 4, 2)

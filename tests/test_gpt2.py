@@ -100,8 +100,10 @@ def test_a_new_prompt_length_within_the_bucket_compiles_nothing(reference):
   assert len(traces) == 2
 
 
-def test_kv_cache_decoding_equals_the_full_forward():
-  cfg = gpt2.GPT2Config(**ODD, positions="rope")
+@pytest.mark.parametrize("attention", ["reference", "flash"])
+def test_kv_cache_decoding_equals_the_full_forward(attention):
+  """Prefill then one token at a time; flash prefills through its own kernel on the swapped cache."""
+  cfg = gpt2.GPT2Config(**ODD, positions="rope", attention=attention)
   model = gpt2.GPT2(cfg)
   ids = jnp.asarray(np.random.default_rng(1).integers(0, 37, (2, 12)))
   params = model.init(jax.random.key(0), ids)["params"]

@@ -103,6 +103,33 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
 
 
+def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None):
+  """`dot_product_attention` against keys and values in the KV cache's layout, (B, Hkv, S, D).
+
+  The queries of each key/value head are grouped, (B, Hkv, H / Hkv, T, D), so neither the cache
+  nor a repeat of it is copied: each head's (S, D) keys and values are read where they lie.
+
+  Args:
+    q: (B, T, H, D) queries.
+    k, v: (B, Hkv, S, D) cached keys and values.
+    causal, mask, alibi, q_start: as in `dot_product_attention`.
+
+  Returns:
+    (B, T, H, D) in q's dtype; scores and softmax in float32.
+  """
+  b, t, h, d = q.shape
+  hkv, s = k.shape[1], k.shape[2]
+  if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[-1] != d or h % hkv:
+    raise ValueError(f"expected q (B, T, H, D) and cached k, v (B, Hkv, S, D); got {q.shape}, {k.shape}, {v.shape}")
+  groups = q.reshape(b, t, hkv, h // hkv, d)
+  scores = jnp.einsum("btkgd,bksd->bkgts", groups, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B|1, H|1, T, S)
+  scores = scores + bias.reshape(bias.shape[0], -1, 1 if bias.shape[1] == 1 else h // hkv, t, s)
+  probs = jax.nn.softmax(scores, axis=-1)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v.dtype), v)
+  return out.reshape(b, t, h, d).astype(q.dtype)
+
+
 # ---------------------------------------------------------------------------------------
 # FlashAttention: an online softmax over key blocks, and a recomputing backward pass.
 
@@ -379,7 +406,7 @@ class MultiHeadAttention(nn.Module):
       x: (B, T, width) inputs.
       mask: (B, S) boolean key mask (S = T, or the cache's length).
       positions: (T,) or (B, T) token positions for RoPE (default 0 .. T-1).
-      cache: a KVCache of (B, S, Hkv, D) arrays; this call's keys and values are written at
+      cache: a KVCache of (B, Hkv, S, D) arrays; this call's keys and values are written at
         `cache_index` and the queries attend to every earlier cache entry (prefill with
         cache_index 0, then one token per call).
       cache_index: where this call's T positions start in the cache (a traced scalar).
@@ -404,16 +431,23 @@ class MultiHeadAttention(nn.Module):
       q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
     elif self.positions == "alibi":
       alibi = alibi_slopes(self.num_heads)
-    q_start = None
-    if cache is not None:
-      write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), cache_index,
-                                                                      axis=1)
-      cache = KVCache(write(cache.k, k), write(cache.v, v))
-      k, v, q_start = cache.k, cache.v, cache_index
     attention_rate = self.attention_dropout if attention_dropout_rate is None else attention_dropout_rate
     dropout_rng = self.make_rng("dropout") if train and not layers.is_static_zero(attention_rate) else None
-    out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi,
-                 q_start=q_start, dropout_rate=attention_rate, dropout_rng=dropout_rng)
+    if cache is None:
+      out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi,
+                   dropout_rate=attention_rate, dropout_rng=dropout_rng)
+    else:
+      # The cache is (B, Hkv, S, D): this call's keys go in at cache_index along S.
+      write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
+          buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), cache_index, axis=2)
+      cache = KVCache(write(cache.k, k), write(cache.v, v))
+      if dropout_rng is None and (self.implementation == "reference" or t == 1):
+        out = cached_attention(q, cache.k, cache.v, causal=self.causal, mask=mask, alibi=alibi, q_start=cache_index)
+      else:  # a long prefill through another kernel, or training with attention dropout: (B, S, Hkv, D)
+        swap = lambda x: jnp.swapaxes(x, 1, 2)
+        out = attend(q, swap(cache.k), swap(cache.v), implementation=self.implementation, causal=self.causal,
+                     mask=mask, alibi=alibi, q_start=cache_index, dropout_rate=attention_rate,
+                     dropout_rng=dropout_rng)
     out = nn.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
                           kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
     out = layers.Dropout(self.dropout)(out, train, rate=dropout_rate)
@@ -421,12 +455,17 @@ class MultiHeadAttention(nn.Module):
 
 
 class KVCache(NamedTuple):
-  """Keys and values of the positions seen so far, preallocated: (B, S, Hkv, D) each."""
+  """Keys and values of the positions seen so far, preallocated: (B, Hkv, S, D) each.
+
+  Heads before positions, so that a decoding step's scores and weighted sum read each head's
+  keys and values as one contiguous (S, D) matrix; a (B, S, Hkv, D) cache would be transposed,
+  whole, by every layer at every new token.
+  """
 
   k: jax.Array
   v: jax.Array
 
   @classmethod
   def zeros(cls, batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> "KVCache":
-    shape = (batch, length, num_kv_heads, head_dim)
+    shape = (batch, num_kv_heads, length, head_dim)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
