@@ -166,6 +166,30 @@ def test_mlm_loss_counts_only_chosen_positions():
   np.testing.assert_allclose(bert.mlm_loss(logits.at[0, 1].add(5.0), targets, chosen)[0], loss, rtol=1e-6)
 
 
+@pytest.mark.parametrize("mix", ["0/0/100", "50/25/25", "100/0/0"])
+def test_a_traced_masking_mix_equals_the_configured_one(mix):
+  """The masking table's members carry their mix as traced hparams; each equals a run configured with it."""
+  from experiments import bert as bert_experiment  # pylint: disable=import-outside-toplevel
+  config = bert_experiment.get_config("smoke")
+  config.mask_mix = mix
+  cfg = bert.BertConfig(**ODD)
+  special = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+  ids = np.random.default_rng(3).integers(5, 41, (4, 23))
+  batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones((4, 23), jnp.int32),
+           "token_type_ids": jnp.zeros((4, 23), jnp.int32)}
+  fixed = bert.make_pretrain_task(config, cfg, special)
+  other = config.copy_and_resolve_references()
+  other.mask_mix = "80/10/10"  # the traced task starts elsewhere; its hparams carry the mix
+  traced = bert.make_pretrain_task(other, cfg, special, traced_mix=True)
+  params = fixed.init(jax.random.key(0), batch)
+  hparams = dict(traced.hparams, **dict(zip(bert.MIX_HPARAMS, map(jnp.float32, bert.parse_mix(mix)[:2]))))
+  key = jax.random.key(5)
+  want = jax.jit(fixed.loss, static_argnums=3)(params, batch, key, False, fixed.hparams)
+  got = jax.jit(traced.loss, static_argnums=3)(params, batch, key, False, hparams)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  assert traced.loss(params, batch, key, False, traced.hparams)[0] != want[0]  # another mix, another loss
+
+
 def test_bad_input(reference, tmp_path):
   _, paths = reference
   model, params = bert.load_hf(paths["mlm"])

@@ -3,25 +3,29 @@
 Devlin et al. (2019, appendix C.2, Table 8) pre-train with different treatments of the 15% of
 tokens chosen for the MLM loss: the share replaced by [MASK], kept, or replaced by a random
 token (80/10/10 in BERT), and report fine-tuned accuracies that differ by about a point at
-most. Here, for each mix of --mixes (MASK/same/random percentages):
+most. Here, for the mixes of --mixes (MASK/same/random percentages) and --seeds seeds:
 
-  1. pre-training: --seeds members in ONE vmapped program (research.sweep.run: the training
-     loop's own step under lax.scan and vmap) of experiments/bert.py's MLM task on python_docs
-     at the table's sizes (warmup at most a tenth of the steps); member s is the run
-     `python -m experiments.bert --config.seed=s` would make at those sizes, except that its
-     batches are drawn from a fixed set of windows (every --window_stride-th start of the
-     training stream) rather than from every start;
+  1. pre-training: every (mix, seed) member in ONE vmapped program (research.sweep.run: the
+     training loop's own step under lax.scan and vmap) of experiments/bert.py's MLM task on
+     python_docs at the table's sizes (warmup at most a tenth of the steps), the mix a traced
+     hyperparameter of the task (bert.make_pretrain_task(..., traced_mix=True)); member (mix, s)
+     is the run `python -m experiments.bert --config.seed=s --config.mask_mix=mix` would make at
+     those sizes, except that its batches are drawn from a fixed set of windows (every
+     --window_stride-th start of the training stream) rather than from every start. Seed s
+     gives every mix the same initial weights, batches and masking draws, so the mixes are
+     compared pairwise, seed by seed;
   2. MLM accuracy: each member's accuracy at the chosen positions of held-out python_docs
      sequences, all masked the same way ([MASK] at every chosen position, the config's
      eval_mask_mix "100/0/0", with one fixed key), so mixes are compared on the same question;
   3. fine-tuning: each member's encoder, with a fresh pooler and classifier, trained on
      python_docs_topics (which of 5 parts of the documentation a paragraph comes from), again
-     one vmapped program over the members (sweep.run continuing from the stacked states), and
-     its held-out accuracy.
+     one vmapped program over all members and the baseline's (sweep.run continuing from the
+     stacked states), and its held-out accuracy.
 
 A row "no pre-training" fine-tunes from random encoders, the floor the mixes improve on.
-Numbers are mean +- standard error over the seeds, with every seed's value, so a reader can
-tell which differences exceed the spread.
+Numbers are mean +- standard error over the seeds, with every seed's value, and the paired
+difference from the first mix (80/10/10 by default), so a reader can tell which differences
+exceed the spread.
 
 Run:
   python -m experiments.tables.bert_masking --outdir=experiments/tables/results/bert_masking
@@ -86,15 +90,25 @@ def _member(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def finetune(config, cfg: bert.BertConfig, seeds, encoders, train_examples, eval_examples, task=None) -> dict:
-  """Fine-tunes one classifier per member from `encoders` (stacked "bert" params, or None: random)."""
+  """Fine-tunes one classifier per member (seed), all in one vmapped program.
+
+  `encoders` (stacked "bert" params of the first k members, or None) replace those members'
+  random encoders; the others fine-tune from their random initialisation.
+  """
   ft_config = bert_experiment.finetune_config(config)
   task = task or bert.make_classifier_task(ft_config, cfg)
   first = {k: jnp.asarray(v[:ft_config.batch_size]) for k, v in train_examples.items()}
-  states = [init_state(task, Keys.from_seed(int(s)).init, first, ft_config.ema_decay) for s in seeds]
-  state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  state = _stack([init_state(task, Keys.from_seed(int(s)).init, first, ft_config.ema_decay) for s in seeds])
   if encoders is not None:
-    params = dict(state.params["params"], bert=encoders)
+    k = jax.tree.leaves(encoders)[0].shape[0]
+    own = state.params["params"]["bert"]
+    params = dict(state.params["params"], bert=jax.tree.map(lambda pre, x: jnp.concatenate([pre, x[k:]]), encoders,
+                                                            own))
     state = state.replace(params={**state.params, "params": params})
   result = sweep.run(task, ft_config, train_examples, seeds, state=state)
   scores = [task.evaluate(_member(result.state.params, i), None, eval_examples) for i in range(len(seeds))]
@@ -102,24 +116,22 @@ def finetune(config, cfg: bert.BertConfig, seeds, encoders, train_examples, eval
           "final_train_loss": np.asarray(result.metrics["loss"])[:, -10:].mean(axis=1).tolist()}
 
 
-def run_mix(mix: str, seeds, tokenizer, special, data, classifier) -> dict:
-  """Pre-trains the members of one mix, scores their MLM accuracy, fine-tunes them."""
-  config = table_config(mix)
-  cfg = bert_experiment.model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
-  task = bert.make_pretrain_task(config, cfg, special)
-  start = time.perf_counter()
-  result = sweep.run(task, config, data["train"], seeds)
-  scores = [task.evaluate(_member(result.state.params, i), None, data["eval"]) for i in range(len(seeds))]
-  pretrain_s = time.perf_counter() - start
-  tuned = finetune(config, classifier["cfg"], seeds, result.state.params["params"]["bert"], data["task_train"],
-                   data["task_eval"], classifier["task"])
-  out = {"mix": mix, "mlm_accuracy": [s["mlm_accuracy"] for s in scores], "mlm_loss": [s["mlm_loss"] for s in scores],
-         "final_train_mlm_loss": np.asarray(result.metrics["loss"])[:, -20:].mean(axis=1).tolist(),
-         "finetuned_accuracy": tuned["accuracy"], "finetune_eval_loss": tuned["eval_loss"],
-         "pretrain_seconds": pretrain_s, "seconds": time.perf_counter() - start}
-  print(f"{mix}: MLM accuracy {_fmt(out['mlm_accuracy'])}, fine-tuned accuracy {_fmt(out['finetuned_accuracy'])} "
-        f"({out['seconds']:.0f} s)", flush=True)
-  return out
+def pretrain(config, cfg: bert.BertConfig, special, mixes, seeds, data) -> tuple[dict, list[dict]]:
+  """Pre-trains every (mix, seed) member in one vmapped program; returns their stacked encoders and scores."""
+  task = bert.make_pretrain_task(config, cfg, special, traced_mix=True)
+  first = {k: jnp.asarray(v[:config.batch_size]) for k, v in data["train"].items()}
+  members = [(mix, s) for mix in mixes for s in seeds]
+  states = []
+  for mix, s in members:
+    state = init_state(task, Keys.from_seed(int(s)).init, first, config.ema_decay)
+    fractions = dict(zip(bert.MIX_HPARAMS, bert.parse_mix(mix)[:2]))
+    states.append(state.replace(hparams={**state.hparams, **{k: jnp.float32(v) for k, v in fractions.items()}}))
+  result = sweep.run(task, config, data["train"], [s for _, s in members], state=_stack(states))
+  scores = [task.evaluate(_member(result.state.params, i), None, data["eval"]) for i in range(len(members))]
+  final_loss = np.asarray(result.metrics["loss"])[:, -20:].mean(axis=1)
+  for score, loss in zip(scores, final_loss):
+    score["final_train_mlm_loss"] = float(loss)
+  return result.state.params["params"]["bert"], scores
 
 
 def _fmt(values, scale: float = 100.0) -> str:
@@ -162,22 +174,30 @@ def markdown(rows: list[dict], baseline: dict, seeds, config, wall_s: float) -> 
       f"{config.vocab_size} trained on python_docs. Pre-training: {config.steps} MLM updates of {config.batch_size} "
       f"sequences on python_docs (15% of the tokens chosen, corrupted by the row's mix); fine-tuning: "
       f"{config.finetune.steps} updates of {config.finetune.batch_size} paragraphs of python_docs_topics (5 classes). "
-      f"{len(seeds)} seeds per row, vmapped; mean ± standard error (percent), then every seed's value. "
+      f"{len(seeds)} seeds per row; every row's members train in one vmapped program (pre-training), and again with "
+      f"the baseline's (fine-tuning); mean ± standard error (percent), then every seed's value. "
       f"Total wall time {wall_s / 60:.1f} min.",
       "",
       "MLM accuracy is measured alike for every row: the held-out tokens chosen with one fixed key, all replaced by "
       "[MASK]. A mix that never shows [MASK] in training (0/20/80, 0/0/100) meets it first here.",
       "",
-      "| MASK / same / random | MLM accuracy | per seed | fine-tuned accuracy | per seed | train MLM loss |",
-      "|---|---:|---|---:|---|---:|",
+      f"The Δ columns are paired: each seed's difference from the same seed's {rows[0]['mix']} run (same initial "
+      "weights, batches and masking draws), mean ± standard error over the seeds.",
+      "",
+      f"| MASK / same / random | MLM accuracy | per seed | Δ MLM vs {rows[0]['mix']} | fine-tuned accuracy | per seed "
+      f"| Δ fine-tuned vs {rows[0]['mix']} | train MLM loss |",
+      "|---|---:|---|---:|---:|---|---:|---:|",
   ]
   for r in rows:
+    delta = {key: np.asarray(r[key]) - np.asarray(rows[0][key]) for key in ("mlm_accuracy", "finetuned_accuracy")}
     lines.append(f"| {r['mix']} | {_fmt(r['mlm_accuracy'])} | {', '.join(f'{100 * v:.1f}' for v in r['mlm_accuracy'])} "
+                 f"| {_fmt(delta['mlm_accuracy']) if r is not rows[0] else ''} "
                  f"| {_fmt(r['finetuned_accuracy'])} | "
-                 f"{', '.join(f'{100 * v:.1f}' for v in r['finetuned_accuracy'])} | "
+                 f"{', '.join(f'{100 * v:.1f}' for v in r['finetuned_accuracy'])} "
+                 f"| {_fmt(delta['finetuned_accuracy']) if r is not rows[0] else ''} | "
                  f"{np.mean(r['final_train_mlm_loss']):.3f} |")
-  lines.append(f"| no pre-training | | | {_fmt(baseline['accuracy'])} | "
-               f"{', '.join(f'{100 * v:.1f}' for v in baseline['accuracy'])} | |")
+  lines.append(f"| no pre-training | | | | {_fmt(baseline['accuracy'])} | "
+               f"{', '.join(f'{100 * v:.1f}' for v in baseline['accuracy'])} | | |")
   best = max(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
   worst = min(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
   spread = max(_mean_se(r["finetuned_accuracy"])[1] for r in rows)
@@ -221,11 +241,30 @@ def main(outdir: str) -> None:
                                          num_labels=num_labels)
   # One classifier task for every row: the fine-tuning program compiles once.
   classifier = {"cfg": cls_cfg, "task": bert.make_classifier_task(bert_experiment.finetune_config(config), cls_cfg)}
-  baseline = finetune(config, cls_cfg, seeds, None, data["task_train"], data["task_eval"], classifier["task"])
+  mixes, n = _MIXES.value, len(seeds)
+  pretrain_start = time.perf_counter()
+  mlm_cfg = bert_experiment.model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
+  encoders, scores = pretrain(config, mlm_cfg, special, mixes, seeds, data)
+  pretrain_s = time.perf_counter() - pretrain_start
+  print(f"pre-trained {len(mixes)} mixes x {n} seeds in {pretrain_s:.0f} s", flush=True)
+  finetune_start = time.perf_counter()
+  tuned = finetune(config, cls_cfg, seeds * len(mixes) + seeds, encoders, data["task_train"], data["task_eval"],
+                   classifier["task"])
+  finetune_s = time.perf_counter() - finetune_start
+  baseline = {k: v[-n:] for k, v in tuned.items()}
   print(f"no pre-training: fine-tuned accuracy {_fmt(baseline['accuracy'])}", flush=True)
-  rows = [run_mix(mix, seeds, tokenizer, special, data, classifier) for mix in _MIXES.value]
+  rows = []
+  for j, mix in enumerate(mixes):
+    part = slice(j * n, (j + 1) * n)
+    rows.append({"mix": mix, "mlm_accuracy": [s["mlm_accuracy"] for s in scores[part]],
+                 "mlm_loss": [s["mlm_loss"] for s in scores[part]],
+                 "final_train_mlm_loss": [s["final_train_mlm_loss"] for s in scores[part]],
+                 "finetuned_accuracy": tuned["accuracy"][part], "finetune_eval_loss": tuned["eval_loss"][part]})
+    print(f"{mix}: MLM accuracy {_fmt(rows[-1]['mlm_accuracy'])}, fine-tuned accuracy "
+          f"{_fmt(rows[-1]['finetuned_accuracy'])}", flush=True)
   wall = time.perf_counter() - start
-  results = {"rows": rows, "no_pretraining": baseline, "seeds": seeds, "train_windows": len(data["train"]["input_ids"]),
+  results = {"rows": rows, "no_pretraining": baseline, "seeds": seeds, "pretrain_seconds": pretrain_s,
+             "finetune_seconds": finetune_s, "train_windows": len(data["train"]["input_ids"]),
              "eval_sequences": len(held_out["input_ids"]), "task_examples": {
                  "train": len(data["task_train"]["label"]), "eval": len(data["task_eval"]["label"])}}
   text = markdown(rows, baseline, seeds, config, wall)

@@ -491,7 +491,10 @@ def with_encoder(variables, encoder):
   return {**variables, "params": params}
 
 
-def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
+MIX_HPARAMS = ("mask_fraction", "same_fraction")  # a traced masking mix: [MASK] and kept shares; random the rest
+
+
+def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False):
   """Masked language modelling as a research.train.Task.
 
   Args:
@@ -499,6 +502,10 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
       as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size, optimizer, steps.
     cfg: the model's config.
     special: ids of "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"; all but [UNK] are never chosen.
+    traced_mix: the training mix is read from the traced hparams `mask_fraction` and
+      `same_fraction` (fractions of the chosen tokens; the random share is the rest), starting
+      at `mask_mix`, so members of one vmapped program can train with different mixes
+      (experiments/tables/bert_masking.py).
 
   Returns:
     A Task over batches of research.data.encoder sequences whose loss masks each batch from
@@ -528,8 +535,14 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
     return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
                       token_type_ids=batch["token_type_ids"])
 
+  def train_mix(hparams):
+    if not traced_mix or hparams is None:
+      return parse_mix(config.mask_mix)
+    p_mask, p_same = (hparams[name] for name in MIX_HPARAMS)
+    return p_mask, p_same, 1.0 - p_mask - p_same
+
   def loss(params, batch, key, train, hparams=None):
-    value, accuracy, _ = masked_loss(params, batch, key, parse_mix(config.mask_mix), train, _rates(hparams))
+    value, accuracy, _ = masked_loss(params, batch, key, train_mix(hparams), train, _rates(hparams))
     return value, {"mlm_accuracy": accuracy}
 
   @jax.jit
@@ -548,8 +561,11 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int]):
     count = max(count, 1.0)
     return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
 
+  hparams = traced_rates(cfg)
+  if traced_mix:
+    hparams.update(zip(MIX_HPARAMS, parse_mix(config.mask_mix)[:2]))
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=traced_rates(cfg))
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=hparams)
 
 
 def make_classifier_task(config, cfg: BertConfig, encoder=None):
