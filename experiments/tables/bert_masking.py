@@ -174,7 +174,7 @@ def markdown(rows: list[dict], baseline: dict, seeds, config, wall_s: float) -> 
       f"{config.vocab_size} trained on python_docs. Pre-training: {config.steps} MLM updates of {config.batch_size} "
       f"sequences on python_docs (15% of the tokens chosen, corrupted by the row's mix); fine-tuning: "
       f"{config.finetune.steps} updates of {config.finetune.batch_size} paragraphs of python_docs_topics (5 classes). "
-      f"{len(seeds)} seeds per row; every row's members train in one vmapped program (pre-training), and again with "
+      f"{len(seeds)} seeds per row; all rows' members train together in one vmapped program (pre-training), and again with "
       f"the baseline's (fine-tuning); mean ± standard error (percent), then every seed's value. "
       f"Total wall time {wall_s / 60:.1f} min.",
       "",
