@@ -24,15 +24,21 @@ CASES = [  # (T, S, heads, kv heads, causal, padding mask, alibi): lengths not m
 ]
 
 
+BLOCKWISE = {"flash": attn.flash_attention, "dense": attn.dense_attention}
+
+
+@pytest.mark.parametrize("implementation", list(BLOCKWISE))
 @pytest.mark.parametrize("t,s,h,hkv,causal,masked,alibi", CASES)
-def test_flash_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv, causal, masked, alibi):
+def test_blockwise_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv, causal, masked, alibi,
+                                                                        implementation):
+  """FlashAttention (key blocks) and the dense attention (causal query blocks, its own backward)."""
   q, k, v = _qkv(t, s, h, hkv)
   mask = jax.random.bernoulli(jax.random.key(9), 0.7, (2, s)) if masked else None
   if masked:
     mask = mask.at[0].set(False)  # a row of queries with no valid key at all
   slopes = attn.alibi_slopes(h) if alibi else None
   kwargs = dict(causal=causal, mask=mask, alibi=slopes)
-  flash_fn = lambda *a, **kw: attn.flash_attention(*a, block_size=16, **kw)
+  flash_fn = lambda *a, **kw: BLOCKWISE[implementation](*a, block_size=16, **kw)
   ref = jax.jit(lambda q, k, v: attn.dot_product_attention(q, k, v, **kwargs))(q, k, v)
   flash = jax.jit(lambda q, k, v: flash_fn(q, k, v, **kwargs))(q, k, v)
   np.testing.assert_allclose(flash, ref, atol=2e-6)
@@ -43,6 +49,25 @@ def test_flash_attention_equals_the_reference_in_value_and_gradient(t, s, h, hkv
   g_ref = gradient(attn.dot_product_attention)(q, k, v)
   g_flash = gradient(flash_fn)(q, k, v)
   for a, b in zip(g_flash, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_dense_attention_with_an_offset_equals_the_reference(traced):
+  """Queries at positions 13.. of 40 keys: a static q_start splits them into causal blocks, a traced one does not."""
+  q, k, v = _qkv(27, 40, 4, 2, seed=3)
+  assert len(attn._dense_blocks(27, 40, True, 8, 13)) == 4  # pylint: disable=protected-access
+
+  def run(fn):
+    def loss(q, k, v, start):
+      return jnp.sum(jnp.sin(fn(q, k, v, causal=True, q_start=start)))
+    start = jnp.int32(13) if traced else 13
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=() if traced else (3,))(q, k, v, start)
+
+  (value, grads) = run(lambda *a, **kw: attn.dense_attention(*a, block_size=8, **kw))
+  (ref_value, ref_grads) = run(attn.dot_product_attention)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for a, b in zip(grads, ref_grads):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 

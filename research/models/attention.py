@@ -7,6 +7,9 @@ head serves num_heads / num_kv_heads query heads.
   dot_product_attention  softmax(Q K^T / sqrt(d) + bias) V with causal and padding masks: the
                          reference every other implementation is tested against, and the one
                          path with dropout on the attention probabilities.
+  dense_attention        the reference's values and gradients, fast to train on CPUs: causal
+                         query blocks that skip the keys above the diagonal, and a backward
+                         written from the saved probabilities (`jax.custom_vjp`).
   flash_attention        FlashAttention's algorithm (Dao et al. 2022) in JAX: an online softmax
                          over key blocks in a `lax.scan`, never materialising the T x S matrix;
                          a `jax.custom_vjp` whose backward recomputes each block's probabilities
@@ -38,7 +41,7 @@ import numpy as np
 from research.models import layers
 
 MASK_VALUE = -1e30
-IMPLEMENTATIONS = ("reference", "flash", "xla", "cudnn", "pallas")
+IMPLEMENTATIONS = ("reference", "dense", "flash", "xla", "cudnn", "pallas")
 POSITIONS = ("learned", "rope", "alibi", "none")
 
 
@@ -73,6 +76,52 @@ def _q_positions(t: int, s: int, q_start):
   return jnp.arange(t) + (s - t if q_start is None else q_start)
 
 
+def _grouped(x, num_kv_heads: int):
+  """(B, T, H, D) -> (B, Hkv, G, T, D), G = H / Hkv: the query heads of each key/value head together."""
+  b, t, h, d = x.shape
+  return jnp.transpose(x.reshape(b, t, num_kv_heads, h // num_kv_heads, d), (0, 2, 3, 1, 4))
+
+
+def _ungrouped(x):
+  """(B, Hkv, G, T, D) -> (B, T, H, D), the inverse of `_grouped`."""
+  b, hkv, g, t, d = x.shape
+  return jnp.transpose(x, (0, 3, 1, 2, 4)).reshape(b, t, hkv * g, d)
+
+
+def _rows(x):
+  """(B, Hkv, G, T, X) -> (B, Hkv, G * T, X): one matrix of rows per key/value head."""
+  return x.reshape(x.shape[0], x.shape[1], -1, x.shape[-1])
+
+
+def _grouped_bias(bias, num_kv_heads: int, groups: int):
+  """A (B|1, H|1, T, S) bias -> (B|1, Hkv|1, G * T, S), laid out like the rows of `_rows`."""
+  b, h, t, s = bias.shape
+  if groups == 1:
+    return bias
+  if h == 1:
+    return jnp.broadcast_to(bias[:, :, None], (b, 1, groups, t, s)).reshape(b, 1, groups * t, s)
+  return bias.reshape(b, num_kv_heads, groups * t, s)
+
+
+def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, dropout_rate=0.0, dropout_rng=None):
+  """softmax(Q K^T / sqrt(d) + bias) V for q (B, T, H, D) and k, v (B, Hkv, S, D): (B, T, H, D).
+
+  Heads lead the time axis in every product, (B, Hkv, G * T, D) against (B, Hkv, S, D): each
+  is a batch of plain matrix products. Contracting (B, T, H, D) arrays directly, in the layout
+  of the projections, makes XLA:CPU run the same products about 3x slower.
+  """
+  t, h, d = q.shape[1], q.shape[2], q.shape[3]
+  hkv, s = k.shape[1], k.shape[2]
+  scores = jnp.einsum("bkmd,bksd->bkms", _rows(_grouped(q, hkv)), k, preferred_element_type=jnp.float32)
+  scores = scores / math.sqrt(d)
+  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B|1, H|1, T, S)
+  probs = jax.nn.softmax(scores + _grouped_bias(bias, hkv, h // hkv), axis=-1)  # (B, Hkv, G * T, S)
+  if dropout_rng is not None:
+    probs = layers.dropout(probs, dropout_rate, dropout_rng)  # each row sums to 1 in expectation only
+  out = jnp.einsum("bkms,bksd->bkmd", probs.astype(v.dtype), v)
+  return _ungrouped(out.reshape(out.shape[0], hkv, h // hkv, t, d)).astype(q.dtype)
+
+
 def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, dropout_rate=0.0,
                           dropout_rng=None):
   """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
@@ -93,21 +142,16 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
     (B, T, H, D) in q's dtype; scores and softmax in float32.
   """
   _check(q, k, v)
-  t, s, h = q.shape[1], k.shape[1], q.shape[2]
-  k, v = _repeat_kv(k, h), _repeat_kv(v, h)
-  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-  scores = scores + _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B, H, T, S)
-  probs = jax.nn.softmax(scores, axis=-1)
-  if dropout_rng is not None:
-    probs = layers.dropout(probs, dropout_rate, dropout_rng)  # each row sums to 1 in expectation only
-  return jnp.einsum("bhts,bshd->bthd", probs.astype(v.dtype), v).astype(q.dtype)
+  swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D)
+  return _grouped_attention(q, swap(k), swap(v), causal=causal, mask=mask, alibi=alibi, q_start=q_start,
+                            dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
 def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None):
   """`dot_product_attention` against keys and values in the KV cache's layout, (B, Hkv, S, D).
 
-  The queries of each key/value head are grouped, (B, Hkv, H / Hkv, T, D), so neither the cache
-  nor a repeat of it is copied: each head's (S, D) keys and values are read where they lie.
+  The queries of each key/value head are grouped, (B, Hkv, H / Hkv * T, D), so neither the
+  cache nor a repeat of it is copied: each head's (S, D) keys and values are read where they lie.
 
   Args:
     q: (B, T, H, D) queries.
@@ -118,16 +162,132 @@ def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_
     (B, T, H, D) in q's dtype; scores and softmax in float32.
   """
   b, t, h, d = q.shape
-  hkv, s = k.shape[1], k.shape[2]
-  if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[-1] != d or h % hkv:
+  if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[-1] != d or h % k.shape[1]:
     raise ValueError(f"expected q (B, T, H, D) and cached k, v (B, Hkv, S, D); got {q.shape}, {k.shape}, {v.shape}")
-  groups = q.reshape(b, t, hkv, h // hkv, d)
-  scores = jnp.einsum("btkgd,bksd->bkgts", groups, k, preferred_element_type=jnp.float32) / math.sqrt(d)
-  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B|1, H|1, T, S)
-  scores = scores + bias.reshape(bias.shape[0], -1, 1 if bias.shape[1] == 1 else h // hkv, t, s)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v.dtype), v)
-  return out.reshape(b, t, h, d).astype(q.dtype)
+  return _grouped_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
+
+
+# ---------------------------------------------------------------------------------------
+# Dense attention for training on CPUs: causal query blocks and a backward from the saved
+# probabilities.
+
+
+class _DenseOptions(NamedTuple):
+  causal: bool
+  blocks: tuple  # ((first query, end query, end key), ...), static
+  offset: int | None  # the key position of the first query when static; None: q_start is traced
+
+
+def _dense_blocks(t: int, s: int, causal: bool, block_size: int, offset: int | None, max_blocks: int = 16):
+  """Query blocks [q0, q1) and the keys [0, k1) each can see: under a causal mask, none above the diagonal.
+
+  `offset` is the key position of the first query (None: traced, so one block of all keys).
+  """
+  if not causal or offset is None or offset < 0 or t <= block_size:
+    return ((0, t, s),)
+  block = max(block_size, -(-t // max_blocks))
+  blocks = []
+  for q0 in range(0, t, block):
+    q1 = min(t, q0 + block)
+    blocks.append((q0, q1, min(s, offset + q1)))
+  return tuple(blocks)
+
+
+def _dense_forward(options: _DenseOptions, q, k, v, key_valid, slopes, q_start):
+  """(out (B, Hkv, G, T, D), residuals): per query block, softmax(Q K^T / sqrt(d) + bias) V."""
+  b, t, h, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
+  g = h // hkv
+  qg = _grouped(q, hkv) * jnp.asarray(1.0 / math.sqrt(d), q.dtype)  # (B, Hkv, G, T, D), scaled
+  kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, S, D)
+  q_pos = _q_positions(t, s, q_start if options.offset is None else options.offset)
+  outs, probs = [], []
+  for q0, q1, k1 in options.blocks:
+    scores = jnp.einsum("bkmd,bksd->bkms", _rows(qg[:, :, :, q0:q1]), kh[:, :, :k1],
+                        preferred_element_type=jnp.float32)
+    valid = None if key_valid is None else key_valid[:, :k1]
+    bias = _bias(q_pos[q0:q1], jnp.arange(k1), options.causal, valid, slopes)
+    p = jax.nn.softmax(scores + _grouped_bias(bias, hkv, g), axis=-1)  # (B, Hkv, G * (q1 - q0), k1)
+    out = jnp.einsum("bkms,bksd->bkmd", p.astype(v.dtype), vh[:, :, :k1])
+    outs.append(out.reshape(b, hkv, g, q1 - q0, d))
+    probs.append(p)
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+  return out, (qg, kh, vh, probs, out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dense(options: _DenseOptions, q, k, v, key_valid, slopes, q_start):
+  return _ungrouped(_dense_forward(options, q, k, v, key_valid, slopes, q_start)[0]).astype(q.dtype)
+
+
+def _dense_fwd(options, q, k, v, key_valid, slopes, q_start):
+  out, residuals = _dense_forward(options, q, k, v, key_valid, slopes, q_start)
+  return _ungrouped(out).astype(q.dtype), (residuals, key_valid, slopes, q_start)
+
+
+def _dense_bwd(options, residuals, d_out):
+  """dS = P * (dP - rowsum(dO * O)), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d), dV = P^T dO, per block."""
+  (qg, kh, vh, probs, out), key_valid, slopes, q_start = residuals
+  d = qg.shape[-1]
+  f32 = lambda x: x.astype(jnp.float32)
+  d_out = _grouped(f32(d_out), kh.shape[1])  # (B, Hkv, G, T, D)
+  delta = jnp.sum(d_out * f32(out), axis=-1, keepdims=True)  # (B, Hkv, G, T, 1)
+  d_qs, d_k, d_v = [], jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32)
+  for (q0, q1, k1), p in zip(options.blocks, probs):
+    d_o = _rows(d_out[:, :, :, q0:q1])  # (B, Hkv, G * (q1 - q0), D)
+    d_p = jnp.einsum("bkmd,bksd->bkms", d_o, f32(vh[:, :, :k1]))
+    d_s = p * (d_p - _rows(delta[:, :, :, q0:q1]))
+    d_q = jnp.einsum("bkms,bksd->bkmd", d_s, f32(kh[:, :, :k1]))
+    d_qs.append(d_q.reshape(d_q.shape[:2] + (-1, q1 - q0, d)))
+    d_k_block = jnp.einsum("bkms,bkmd->bksd", d_s, f32(_rows(qg[:, :, :, q0:q1])))  # qg holds the 1/sqrt(d)
+    d_v_block = jnp.einsum("bkms,bkmd->bksd", p, d_o)
+    if k1 == kh.shape[2]:
+      d_k, d_v = d_k + d_k_block, d_v + d_v_block
+    else:
+      d_k, d_v = d_k.at[:, :, :k1].add(d_k_block), d_v.at[:, :, :k1].add(d_v_block)
+  d_q = (d_qs[0] if len(d_qs) == 1 else jnp.concatenate(d_qs, axis=3)) * (1.0 / math.sqrt(d))
+  swap = lambda x, like: jnp.swapaxes(x, 1, 2).astype(like.dtype)  # (B, S, Hkv, D)
+  d_valid = None if key_valid is None else np.zeros(key_valid.shape, jax.dtypes.float0)
+  d_slopes = None if slopes is None else jnp.zeros_like(slopes)  # slopes are fixed, not trained
+  d_start = None if q_start is None else np.zeros(np.shape(q_start), jax.dtypes.float0)
+  return _ungrouped(d_q).astype(qg.dtype), swap(d_k, kh), swap(d_v, vh), d_valid, d_slopes, d_start
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def dense_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, block_size: int = 64):
+  """`dot_product_attention`'s values and gradients, fast to train on CPUs; no dropout.
+
+  Like the reference it materialises the probabilities (memory quadratic in the length), but:
+  heads lead time in every product (see `_grouped_attention`); under a causal mask the queries
+  go in blocks of `block_size`, each against only the keys it can see, which skips nearly half
+  of the products; and a `jax.custom_vjp` computes the gradients from the saved probabilities
+  with one product each for dQ, dK, dV and dP. A traced `q_start` (a KV cache's index) makes
+  the block boundaries unknown at trace time, and a padding mask may leave a row without a
+  visible key (which attends uniformly to all keys): then all queries form one block.
+
+  Args:
+    q, k, v, causal, mask, alibi, q_start: as in `dot_product_attention`.
+    block_size: queries per causal block (at most 16 blocks: longer sequences get larger ones).
+
+  Returns:
+    (B, T, H, D) in q's dtype; scores and softmax in float32.
+  """
+  _check(q, k, v)
+  t, s = q.shape[1], k.shape[1]
+  offset = None
+  if q_start is None:
+    offset = s - t
+  elif isinstance(q_start, (int, np.integer)):
+    offset, q_start = int(q_start), None
+  # A row whose keys are all masked attends uniformly to all S keys, as in the reference; with a
+  # padding mask such rows can occur, so the keys are not split then.
+  blocks = _dense_blocks(t, s, causal, max(1, block_size), offset if mask is None else None)
+  options = _DenseOptions(causal, blocks, offset)
+  if q_start is not None:
+    q_start = jnp.asarray(q_start, jnp.int32)
+  return _dense(options, q, k, v, mask, alibi, q_start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,8 +487,10 @@ def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, 
     return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
                                  dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if implementation in IMPLEMENTATIONS and dropout_rng is not None and not layers.is_static_zero(dropout_rate):
-    raise ValueError(f"attention dropout needs the reference attention (it drops the probabilities that "
-                     f"{implementation!r} never forms); set the attention dropout to 0 or use 'reference'")
+    raise ValueError(f"attention dropout needs the reference attention (the one implementation that drops "
+                     f"probabilities; {implementation!r} does not); set the attention dropout to 0 or use 'reference'")
+  if implementation == "dense":
+    return dense_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
   if implementation == "flash":
     return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
   if implementation in ("xla", "cudnn"):
@@ -419,7 +581,7 @@ class MultiHeadAttention(nn.Module):
     """
     b, t, width = x.shape
     init = nn.initializers.normal(0.02)
-    proj = lambda heads, name: nn.DenseGeneral(
+    proj = lambda heads, name: layers.DenseGeneral(
         (heads, self.head_dim), name=name, dtype=self.dtype,
         kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "head_dim")))
     q = proj(self.num_heads, "query")(x)  # (B, T, H, D)
@@ -441,14 +603,14 @@ class MultiHeadAttention(nn.Module):
       write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
           buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), cache_index, axis=2)
       cache = KVCache(write(cache.k, k), write(cache.v, v))
-      if dropout_rng is None and (self.implementation == "reference" or t == 1):
+      if dropout_rng is None and (self.implementation in ("reference", "dense") or t == 1):
         out = cached_attention(q, cache.k, cache.v, causal=self.causal, mask=mask, alibi=alibi, q_start=cache_index)
       else:  # a long prefill through another kernel, or training with attention dropout: (B, S, Hkv, D)
         swap = lambda x: jnp.swapaxes(x, 1, 2)
         out = attend(q, swap(cache.k), swap(cache.v), implementation=self.implementation, causal=self.causal,
                      mask=mask, alibi=alibi, q_start=cache_index, dropout_rate=attention_rate,
                      dropout_rng=dropout_rng)
-    out = nn.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
+    out = layers.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
                           kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
     out = layers.Dropout(self.dropout)(out, train, rate=dropout_rate)
     return out if cache is None else (out, cache)

@@ -115,7 +115,7 @@ def _init(std, axes):
 
 
 def _dense(cfg: BertConfig, features: int, axes, name: str):
-  return nn.Dense(features, name=name, kernel_init=_init(cfg.initializer_range, axes), dtype=cfg.dtype)
+  return layers.Dense(features, name=name, kernel_init=_init(cfg.initializer_range, axes), dtype=cfg.dtype)
 
 
 def _layer_norm(cfg: BertConfig, name: str):
@@ -208,9 +208,11 @@ class BertForMaskedLM(nn.Module):
     h = nn.gelu(_dense(cfg, cfg.hidden_size, ("embed", None), "mlm_dense")(x), approximate=False)
     h = _layer_norm(cfg, "mlm_ln")(h)
     bias = self.param("mlm_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,))
-    # The output projection is the word-embedding table itself (tied), plus its own bias.
-    logits = jnp.einsum("bte,ve->btv", h, table.astype(h.dtype), preferred_element_type=jnp.float32)
-    return logits + bias  # (B, T, vocab)
+    # The output projection is the word-embedding table itself (tied), plus its own bias, on
+    # (B * T, hidden) rows (see layers.Dense).
+    b, t, e = h.shape
+    logits = jnp.einsum("ne,ve->nv", h.reshape(b * t, e), table.astype(h.dtype), preferred_element_type=jnp.float32)
+    return logits.reshape(b, t, -1) + bias  # (B, T, vocab)
 
 
 class BertForSequenceClassification(nn.Module):

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import layers
 
 CONDITIONINGS = ("adaln_zero", "adaln", "cross_attention", "in_context")
 # name -> (depth, hidden size, heads): the paper's Table 1, then small ones of this codebase.
@@ -155,7 +156,7 @@ def drop_labels(key, y, prob, num_classes: int):
 
 def _dense(features, name=None, init=nn.initializers.xavier_uniform(), axes=None, dtype="float32"):
   kernel_init = nn.with_logical_partitioning(init, axes) if axes else init
-  return nn.Dense(features, name=name, kernel_init=kernel_init, dtype=dtype)
+  return layers.Dense(features, name=name, kernel_init=kernel_init, dtype=dtype)
 
 
 class TimestepEmbedder(nn.Module):
@@ -204,12 +205,12 @@ class Attention(nn.Module):
     context = x if context is None else context
     head_dim = self.hidden_size // self.num_heads
     init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "heads", "head_dim"))
-    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name, kernel_init=init, dtype=self.dtype)
+    proj = lambda name: layers.DenseGeneral((self.num_heads, head_dim), name=name, kernel_init=init, dtype=self.dtype)
     q, k, v = proj("query")(x), proj("key")(context), proj("value")(context)  # (N, T, heads, head_dim)
     # The plain einsum-softmax-einsum: on CPU its XLA gradient is faster than jax.nn's (the DiT benchmark).
     out = attention_lib.dot_product_attention(q, k, v)  # (N, T, heads, head_dim)
     out_init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("heads", "head_dim", "embed"))
-    return nn.DenseGeneral(self.hidden_size, axis=(-2, -1), name="out", kernel_init=out_init, dtype=self.dtype)(out)
+    return layers.DenseGeneral(self.hidden_size, axis=(-2, -1), name="out", kernel_init=out_init, dtype=self.dtype)(out)
 
 
 class Mlp(nn.Module):
@@ -273,7 +274,7 @@ class FinalLayer(nn.Module):
       x = modulate(_layer_norm("norm_final", False, cfg.dtype)(x), shift, scale)
     else:
       x = _layer_norm("norm_final", True, cfg.dtype)(x)
-    return nn.Dense(cfg.patch_size * cfg.patch_size * cfg.out_channels, kernel_init=nn.initializers.zeros,
+    return layers.Dense(cfg.patch_size * cfg.patch_size * cfg.out_channels, kernel_init=nn.initializers.zeros,
                     name="linear", dtype=cfg.dtype)(x)  # (N, T, p * p * C')
 
 

@@ -116,9 +116,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool, dropout_rate=None):
     cfg = self.cfg
-    h = nn.Dense(cfg.inner, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")), dtype=cfg.dtype)(x)
+    h = layers.Dense(cfg.inner, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")), dtype=cfg.dtype)(x)
     h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
-    out = nn.Dense(cfg.n_embd, name="c_proj", kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")),
+    out = layers.Dense(cfg.n_embd, name="c_proj", kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")),
                    dtype=cfg.dtype)(h)
     return layers.Dropout(cfg.resid_pdrop)(out, train, rate=dropout_rate)
 
@@ -178,7 +178,8 @@ class GPT2(nn.Module):
                                                  cache_index, train, dropout_rate)
       new_cache.append(layer_cache)
     x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
-    logits = wte.attend(x).astype(jnp.float32)  # tied output projection, (B, T, vocab)
+    # The tied output projection, (B, T, vocab), on (B * T, E) rows (see layers.Dense).
+    logits = wte.attend(x.reshape(b * t, -1)).reshape(b, t, -1).astype(jnp.float32)
     out = (logits, x) if return_hidden else logits
     return out if cache is None else (out, new_cache)
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import attention as attention_lib
+from research.models import layers
 from research.models.dit import timestep_frequencies
 
 
@@ -77,9 +78,9 @@ class SelfAttention(nn.Module):
   def __call__(self, x):
     n, height, width, ch = x.shape
     h = nn.GroupNorm(self.groups, dtype=self.dtype)(x).reshape(n, height * width, ch)  # (N, HW, ch)
-    qkv = nn.DenseGeneral((3, self.heads, ch // self.heads), dtype=self.dtype)(h)  # (N, HW, 3, heads, d)
+    qkv = layers.DenseGeneral((3, self.heads, ch // self.heads), dtype=self.dtype)(h)  # (N, HW, 3, heads, d)
     out = attention_lib.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (N, HW, heads, d)
-    out = nn.DenseGeneral(ch, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype)(out)
+    out = layers.DenseGeneral(ch, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype)(out)
     return x + out.reshape(n, height, width, ch)
 
 
