@@ -9,6 +9,13 @@ Subpackages and modules (import what you use):
   research.em       EM for Gaussian mixtures
   research.optim    the optimizer factory
   research.sweep    many runs of one train step in one vmapped program
+
+Importing the package keeps freed host memory in the process (research.host_memory): XLA:CPU
+would otherwise page-fault its whole temporary arena in at every step.
 """
+
+from research import host_memory
+
+host_memory.keep_freed_memory()
 
 __version__ = "0.1.0"
