@@ -66,7 +66,7 @@ _VOCAB = flags.DEFINE_integer("vocab_size", 96, "Vocabulary size.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Windows per training step.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 5, "Timed training steps per repeat and side.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed training steps before each timing.")
-_ATTENTION = flags.DEFINE_list("attention", ["reference", "xla", "flash"],
+_ATTENTION = flags.DEFINE_list("attention", ["dense", "reference", "xla", "flash"],
                                "JAX attention implementations timed in the training step (the first one also "
                                "generates).")
 _GEN_BATCHES = flags.DEFINE_list("gen_batches", ["1", "8"], "Batch sizes of greedy generation.")
