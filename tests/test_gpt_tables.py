@@ -44,9 +44,13 @@ def test_attention_memory_end_to_end(tmp_path):
       assert 4 * qkv <= cell["output_bytes"] < 4 * qkv + 1024
       assert cell["peak_bytes"] == cell["temp_bytes"] + cell["argument_bytes"] + cell["output_bytes"] - \
           cell["alias_bytes"]
-    # The naive program holds the (B, H, T, T) float32 scores; flash's blocks of 16 keys are smaller.
+    # The naive program holds the (B, H, T, T) float32 scores.
     assert row["naive"]["temp_bytes"] >= batch * heads * t * t * F32
-    assert row["flash"]["temp_bytes"] < row["naive"]["temp_bytes"]
+  # Doubling T about quadruples the naive program's temporaries and at most doubles flash's (blocks of
+  # 16 keys), which at 64 is already the smaller (at 32 its fixed block buffers can still exceed the scores).
+  temp = {name: [r[name]["temp_bytes"] for r in rows] for name in ("naive", "flash")}
+  assert temp["naive"][1] > 3.5 * temp["naive"][0] and temp["flash"][1] < 2.2 * temp["flash"][0], temp
+  assert temp["flash"][1] < temp["naive"][1], temp
   # Naive runs (timed and compared) up to --naive_max_len only; flash runs everywhere; memory everywhere.
   assert "median_s" in rows[0]["naive"] and "median_s" not in rows[1]["naive"]
   assert all(len(r["flash"]["times_s"]) == 1 for r in rows)
