@@ -76,6 +76,11 @@ def test_trend_reads_the_numbers():
   reversed_ = {(0.0, "linear"): {10: {"fid": 40.0}, 100: {"fid": 5.0}},
                (1.0, "linear"): {10: {"fid": 10.0}, 100: {"fid": 30.0}}}
   assert "**does not hold**" in ddim.trend(reversed_, etas, "linear", steps)[-1]
+  # The paper's numbers, but each FID uncertain by 20: the gap at S = 10 is inside the noise.
+  noisy = {m: {s: {**cell, "fid_se": 20.0} for s, cell in row.items()} for m, row in paper_like.items()}
+  lines = ddim.trend(noisy, etas, "linear", steps)
+  assert "Above two standard errors at S = 10: **no**" in lines[1]
+  assert "**holds in part**" in lines[-1]  # η = 0 is still within noise of the best
 
 
 @pytest.fixture(scope="module")

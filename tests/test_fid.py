@@ -91,6 +91,42 @@ def test_frechet_rejects_bad_shapes():
     fid.frechet_distance(np.ones((5, 3)), np.ones((5, 4)))
 
 
+@pytest.mark.parametrize("m", [500, 2000])
+def test_frechet_se_matches_delta_method(m):
+  # Real N(0, I) with exact statistics, fakes N(shift, I): the distance is |mean - 0|^2 + O(1/m), whose
+  # standard deviation over draws of m fakes is 2 |shift| / sqrt(m) to first order (the covariance
+  # terms have zero first derivative at equal covariances).
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(20000, 2))
+  shift = np.array([3.0, 0.0])
+  fake = shift + rng.normal(size=(m, 2))
+  se = fid.frechet_distance_se(real, fake, num_resamples=400, seed=1)
+  assert se == pytest.approx(2 * 3.0 / np.sqrt(m), rel=0.15)
+  assert fid.frechet_distance_se(real, fake, num_resamples=400, seed=1) == se  # seeded
+
+
+def test_frechet_difference_se_paired_and_unpaired():
+  rng = np.random.default_rng(0)
+  real = rng.normal(size=(20000, 2))
+  base = rng.normal(size=(1000, 2))
+  a, b = base + [3.0, 0.0], base + [2.0, 0.0]
+  assert fid.frechet_difference_se(real, a, a) == 0.0
+  # Paired by one draw: |m + x|^2 - |m' + x|^2 = const + 2 (m - m') . x, so the SE is 2 |m - m'| / sqrt(M).
+  assert fid.frechet_difference_se(real, a, b, num_resamples=400) == pytest.approx(2 * 1.0 / np.sqrt(1000), rel=0.15)
+  # Unpaired draws add the two SEs in quadrature: 2 sqrt(9 + 4) / sqrt(M).
+  c = rng.normal(size=(1000, 2)) + [2.0, 0.0]
+  assert fid.frechet_difference_se(real, a, c, num_resamples=400) == pytest.approx(2 * np.sqrt(13 / 1000), rel=0.15)
+  with pytest.raises(ValueError, match="one shape"):
+    fid.frechet_difference_se(real, a, b[:10])
+
+
+def test_frechet_se_rejects_bad_input():
+  with pytest.raises(ValueError, match="at least 2"):
+    fid.frechet_distance_se(np.zeros((5, 3)), np.zeros((5, 3)), num_resamples=1)
+  with pytest.raises(ValueError, match="fake_feats"):
+    fid.frechet_distance_se(np.zeros((5, 3)), np.zeros((1, 3)))
+
+
 # Precision and recall.
 
 

@@ -1,10 +1,11 @@
 """DDIM Table 1 (Song et al., 2021) in shape: FID against the number of sampling steps S and η, from one model.
 
 One model, experiments/diffusion.py's default (a class-conditional DDPM U-Net on the bundled
-digits, T = 1000, EMA), is trained through the one loop into --model_workdir (a rerun reuses
-it). Its EMA weights then sample `--num_samples` digits per cell, scored by FID against the
-training digits in the digits classifier's feature space (research/metrics/fid.py), with
-precision and recall in results.json:
+digits, T = 1000, EMA) with its `long` preset (12000 steps, about 15 minutes on 2 CPU cores), is
+trained through the one loop into --model_workdir (a rerun reuses it). Its EMA weights then
+sample `--num_samples` digits per cell (1000), scored by FID against the training digits in the
+digits classifier's feature space (research/metrics/fid.py) with its bootstrap standard error,
+and precision and recall in results.json:
 
   * rows η ∈ --etas (DDIM's σ_t(η), eq. 16) on the first τ of --taus (linear: the paper's
     uniform skip), plus one η = 0 row for each further τ (quadratic);
@@ -14,8 +15,10 @@ precision and recall in results.json:
 
 The η and τ rows of one S are ONE vmapped program (jax.vmap of the lax.scan sampler over η and
 τ); the σ̂ row is a second program. Every cell of every S starts from the same x_T and sees the
-same step noise (one key), so the comparison is paired. The paper's CIFAR-10 numbers are
-printed beside ours for the shape of the table only.
+same step noise (one key), so the comparison is paired: the trend is read against the paired
+bootstrap standard error of each row's difference from η = 0. The paper's CIFAR-10 numbers are
+printed beside ours for the shape of the table only. The default takes about 45 minutes on 2 CPU
+cores after training, most of it the S = 1000 column.
 
 Run:
   python -m experiments.tables.ddim --outdir=experiments/tables/results/ddim
@@ -34,6 +37,7 @@ from matplotlib.figure import Figure
 
 from experiments import report
 from experiments.tables import diffusion_model
+from research.metrics import fid as fid_lib
 from research.models import diffusion
 from research.train import ConfigError
 from research.train.images import image_grid
@@ -113,26 +117,52 @@ def sample_one_s(model: diffusion_model.TrainedModel, members, steps: int, key: 
           "sigma_hat_program": {"compile_s": hat_drawn.compile_s, "run_s": hat_drawn.run_s}}
 
 
+def _se(cell: dict) -> float:
+  return cell.get("fid_se", 0.0)
+
+
+def _apart(eta0: dict, other: dict) -> float:
+  """Two standard errors of FID(other) − FID(η = 0) at one S and τ.
+
+  The paired bootstrap one (`fid_se_vs_eta0`, both rows resampled with the same indices: they start
+  from the same x_T) where main measured it, otherwise the unpaired standard errors combined, and 0
+  where neither was measured.
+  """
+  if "fid_se_vs_eta0" in other:
+    return 2.0 * other["fid_se_vs_eta0"]
+  return 2.0 * float(np.hypot(_se(eta0), _se(other)))
+
+
 def trend(cells: dict, etas: list[float], tau: str, steps: list[int]) -> list[str]:
-  """Sentences on the paper's trend, read off the numbers: η = 0 best at few steps, the gap closing as S grows."""
+  """Sentences on the paper's trend, read off the numbers: η = 0 best at few steps, the gap closing as S grows.
+
+  Differences are read against their noise: a row counts as different from η = 0 only when the
+  FIDs are more than two standard errors of their difference apart (see `_apart`).
+  """
   if len(etas) < 2 or 0.0 not in etas or len(steps) < 2:
     return ["(The trend needs η = 0, another η and two step counts.)"]
   largest_eta, few = max(etas), min(steps)
-  fids = {eta: cells[(eta, tau)][few]["fid"] for eta in etas}
-  best_at_few = min(fids, key=fids.get) == 0.0
-  gaps = [cells[(largest_eta, tau)][s]["fid"] - cells[(0.0, tau)][s]["fid"] for s in steps]
+  at_few = {eta: cells[(eta, tau)][few] for eta in etas}
+  best = min(at_few, key=lambda eta: at_few[eta]["fid"])
+  best_at_few = at_few[0.0]["fid"] - at_few[best]["fid"] <= _apart(at_few[0.0], at_few[best])
+  pairs = [(cells[(0.0, tau)][s], cells[(largest_eta, tau)][s]) for s in steps]
+  gaps = [hi["fid"] - lo["fid"] for lo, hi in pairs]
+  noise = [_apart(lo, hi) for lo, hi in pairs]
+  opened = gaps[0] > noise[0]
+  closed = opened and (abs(gaps[-1]) <= noise[-1] or abs(gaps[-1]) < 0.25 * gaps[0])
   narrowing = all(abs(b) < abs(a) for a, b in zip(gaps, gaps[1:]))
-  closed = gaps[0] > 0 and abs(gaps[-1]) < 0.25 * gaps[0]
   at_s = {eta: [cells[(eta, tau)][i_s]["fid"] for i_s in steps] for eta in etas}
   ordered = [s for i, s in enumerate(steps) if all(at_s[a][i] <= at_s[b][i] for a, b in zip(etas, etas[1:]))]
   verdict = "holds" if best_at_few and closed else ("holds in part" if best_at_few or closed else "does not hold")
-  return [f"- η = 0 has the lowest FID of the η rows at the fewest steps (S = {few}): "
-          f"**{'yes' if best_at_few else 'no'}** ("
-          + ", ".join(f"η = {eta:g}: {fids[eta]:.2f}" for eta in etas) + ").",
+  return [f"- η = 0 has the lowest FID of the η rows at the fewest steps (S = {few}), or is within two standard "
+          f"errors of the lowest: **{'yes' if best_at_few else 'no'}** ("
+          + ", ".join(f"η = {eta:g}: {at_few[eta]['fid']:.2f} ± {_se(at_few[eta]):.2f}" for eta in etas) + ").",
           f"- gap FID(η = {largest_eta:g}) − FID(η = 0) at S = {', '.join(map(str, steps))}: "
-          + ", ".join(f"{g:+.2f}" for g in gaps) + f" (positive: η = 0 better). Its size falls at every larger S: "
-          f"**{'yes' if narrowing else 'no'}**; positive at S = {steps[0]} and under a quarter of that at "
-          f"S = {steps[-1]}: **{'yes' if closed else 'no'}**.",
+          + ", ".join(f"{g:+.2f} (± {n / 2:.2f})" for g, n in zip(gaps, noise))
+          + " (positive: η = 0 better; ± one paired bootstrap standard error of the difference). "
+          f"Above two standard errors at S = {few}: **{'yes' if opened else 'no'}**; within two standard errors "
+          f"of zero or under a quarter of that at S = {steps[-1]}: **{'yes' if closed else 'no'}**; its size falls "
+          f"at every larger S: {'yes' if narrowing else 'no'}.",
           "- S at which FID rises (weakly) with η through every η row: "
           f"{', '.join(map(str, ordered)) if ordered else 'none'}.",
           f"- The paper's trend (η = 0 best at few steps, the gap closing as S grows) **{verdict}** here."]
@@ -156,11 +186,14 @@ def markdown(flags_: Flags, cells: dict, timings: dict, floor: dict, model, n: i
            + (f"; its own evaluation (DDIM, S = {model.config.sample_steps}, {train['num_samples']} samples): "
               f"FID {train['fid']:.2f}" if "fid" in train else "") + ".",
            f"Each cell: FID of {n} samples (labels cycling 0-9) against the digits training split in the digits "
-           "classifier's features; every cell starts from the same x_T and step noise. Whole table "
+           "classifier's features, ± its bootstrap standard error over the samples "
+           "(`research.metrics.fid.frechet_distance_se`); every cell starts from the same x_T and step noise. "
+           "Whole table "
            f"{total_s:.0f} s wall on {env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).", "",
            "## FID (this codebase, digits 8 x 8)", "", header, rule]
   for key, name in rows:
-    lines.append(f"| {name} | " + " | ".join(f"{cells[key][s]['fid']:.2f}" for s in steps) + " |")
+    lines.append(f"| {name} | " + " | ".join(f"{cells[key][s]['fid']:.2f} ± {_se(cells[key][s]):.2f}"
+                                               for s in steps) + " |")
   lines += ["", f"Floor: real held-out digits score FID {floor['test_split_at_num_samples']:.2f} at "
             f"{floor['test_split_images_at_num_samples']} images (the test split's first) and "
             f"{floor['test_split']:.2f} at all 300; images whose pixels are drawn independently (1000) score "
@@ -236,8 +269,14 @@ def main(outdir: str) -> None:
     drawn = sample_one_s(model, flags_.members, steps, key, n)
     timings[steps] = {k: v for k, v in drawn.items() if k != "images"}
     images[steps] = {k: v[:10] for k, v in drawn["images"].items()}
+    feats = {}
     for member, member_images in drawn["images"].items():
       cells[member][steps] = scorer(member_images)
+      feats[member] = scorer.classifier.features(member_images)
+    for eta, tau in flags_.members:  # paired: row i of every member starts from the same x_T
+      if eta != 0.0 and (0.0, tau) in feats:
+        cells[(eta, tau)][steps]["fid_se_vs_eta0"] = fid_lib.frechet_difference_se(
+            scorer.real, feats[(eta, tau)], feats[(0.0, tau)])
     print(f"S = {steps}: " + ", ".join(
         f"{'σ̂' if m == SIGMA_HAT else row_name(*m)} FID {cells[m][steps]['fid']:.2f}" for m in cells)
           + f" ({timings[steps]['eta_program']['run_s']:.0f} s + {timings[steps]['sigma_hat_program']['run_s']:.0f} s)",
