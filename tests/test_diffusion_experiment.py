@@ -23,6 +23,14 @@ def test_smoke_run_writes_scored_samples(tmp_path):
   np.testing.assert_allclose(fid.digits_fid(samples), results["fid"], rtol=1e-5)
 
 
+def test_long_preset_is_the_default_model_trained_longer():
+  default, long = experiment.get_config().to_dict(), experiment.get_config("long").to_dict()
+  changed = {k for k in default if default[k] != long[k]}
+  assert changed == {"steps", "checkpoint_every", "log_every"} and long["steps"] == 4 * default["steps"]
+  with pytest.raises(ValueError, match="unknown preset 'longer'"):
+    experiment.get_config("longer")
+
+
 @pytest.mark.parametrize("flag,message", [
     ("--config.schedule=quadratic", "unknown schedule 'quadratic'"),
     ("--config.sampler=euler", "unknown sampler 'euler'"),
