@@ -303,7 +303,9 @@ def markdown(grid: Grid, cells: list[dict], conditionings: list[dict], found: di
     lines.append(f"- Tokens over parameters (paper: a smaller model with more Gflops can beat a larger one with "
                  f"fewer): the cell with fewer parameters and more Gflops has the lower FID in {wins} of "
                  f"{len(found['pairs'])} such pairs ({examples}).")
-  if conditionings:
+  if len(conditionings) == 1:
+    lines.append("- Conditioning: only one mechanism was trained, so there is nothing to compare.")
+  elif conditionings:
     best = found["best_conditioning"]
     lines.append(f"- Conditioning (paper: adaLN-Zero lowest FID throughout training): lowest final FID here is "
                  f"{LABELS[best]} — " + ("shows" if best == "adaln_zero" else "does not show") + "; differences "
