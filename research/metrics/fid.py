@@ -118,6 +118,22 @@ def frechet_distance(feats_a, feats_b) -> float:
   return frechet_distance_from_stats(*gaussian_fit(feats_a), *gaussian_fit(feats_b))
 
 
+def _bootstrap_distances(real_feats, fakes: list, num_resamples: int, seed: int) -> np.ndarray:
+  """(num_resamples, len(fakes)) distances to the real fit, every set resampled with the same rows."""
+  fakes = [_features_2d(f, name) for f, name in zip(fakes, ("fake_feats", "fake_b"))]
+  if len({f.shape for f in fakes}) != 1:
+    raise ValueError(f"paired features must have one shape, got {' and '.join(str(f.shape) for f in fakes)}")
+  if num_resamples < 2:
+    raise ValueError(f"num_resamples must be at least 2, got {num_resamples}")
+  mu_real, sigma_real = gaussian_fit(real_feats)
+  rng = np.random.default_rng(seed)
+  out = np.empty((num_resamples, len(fakes)))
+  for i in range(num_resamples):
+    rows = rng.integers(0, len(fakes[0]), len(fakes[0]))
+    out[i] = [frechet_distance_from_stats(mu_real, sigma_real, *gaussian_fit(f[rows])) for f in fakes]
+  return out
+
+
 def frechet_distance_se(real_feats, fake_feats, num_resamples: int = 50, seed: int = 0) -> float:
   """Bootstrap standard error of `frechet_distance(real_feats, fake_feats)` over the generated samples.
 
@@ -135,25 +151,16 @@ def frechet_distance_se(real_feats, fake_feats, num_resamples: int = 50, seed: i
   Returns:
     The standard error as a float.
   """
-  fake = _features_2d(fake_feats, "fake_feats")
-  if num_resamples < 2:
-    raise ValueError(f"num_resamples must be at least 2, got {num_resamples}")
-  mu_real, sigma_real = gaussian_fit(real_feats)
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(num_resamples):
-    resampled = fake[rng.integers(0, len(fake), len(fake))]
-    values.append(frechet_distance_from_stats(mu_real, sigma_real, *gaussian_fit(resampled)))
-  return float(np.std(values, ddof=1))
+  return float(np.std(_bootstrap_distances(real_feats, [fake_feats], num_resamples, seed)[:, 0], ddof=1))
 
 
 def frechet_difference_se(real_feats, fake_a, fake_b, num_resamples: int = 50, seed: int = 0) -> float:
   """Paired bootstrap standard error of FID(real, fake_a) − FID(real, fake_b).
 
   Row i of `fake_a` and of `fake_b` are paired (made from the same starting noise, say), so both
-  sets are resampled with the same indices. For samplers compared from shared noise this is far
-  smaller than the two unpaired standard errors combined, because the draw of starting points
-  moves both scores alike.
+  sets are resampled with the same indices. For samplers compared from shared noise this is
+  smaller than the two unpaired standard errors combined (about half in the DDIM table), because
+  the draw of starting points moves both scores alike.
 
   Args:
     real_feats: (N, D) reference features.
@@ -165,19 +172,8 @@ def frechet_difference_se(real_feats, fake_a, fake_b, num_resamples: int = 50, s
   Returns:
     The standard error of the difference as a float.
   """
-  a, b = _features_2d(fake_a, "fake_a"), _features_2d(fake_b, "fake_b")
-  if a.shape != b.shape:
-    raise ValueError(f"paired features must have one shape, got {a.shape} and {b.shape}")
-  if num_resamples < 2:
-    raise ValueError(f"num_resamples must be at least 2, got {num_resamples}")
-  mu_real, sigma_real = gaussian_fit(real_feats)
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(num_resamples):
-    rows = rng.integers(0, len(a), len(a))
-    values.append(frechet_distance_from_stats(mu_real, sigma_real, *gaussian_fit(a[rows]))
-                  - frechet_distance_from_stats(mu_real, sigma_real, *gaussian_fit(b[rows])))
-  return float(np.std(values, ddof=1))
+  distances = _bootstrap_distances(real_feats, [fake_a, fake_b], num_resamples, seed)
+  return float(np.std(distances[:, 0] - distances[:, 1], ddof=1))
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
