@@ -32,6 +32,11 @@ took 491 s on 2 CPU cores shared with another job; patch 1 (64 tokens) costs DiT
 compute of DiT-T/2 per step (add it with --patches=4,2,1 on a faster machine). When the
 ablation's model and length match a grid cell, its adaLN-Zero run is that cell (chunks chain
 exactly), so it trains once.
+
+At 600 steps these pixel-space DiTs have not yet learnt where patches go (patch 4 beats patch 2);
+the paper's shapes appear with 12000 steps, e.g. (about 45 minutes on 2 CPU cores):
+  python -m experiments.tables.dit --outdir=experiments/tables/results/dit/long --sizes=DiT-T --patches=4,2 \
+      --steps=12000 --conditioning_steps=12000 --eval_points=3
 """
 
 import time
