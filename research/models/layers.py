@@ -19,11 +19,22 @@ becomes a select and every member's bits are drawn). For a Python rate the bits 
             the cotangent and runs the product at about half speed (a (16, 256, 384) x (384,
             1536) layer: 58 ms forward and backward against 30 ms flattened, on 2 cores); one
             flattened axis gives a plain matrix product in both directions.
+  DenseParams, dense_group   the kernels and biases of several DenseGeneral projections of one
+            input (each `DenseParams(features, name=n)` creates exactly the parameters of
+            `DenseGeneral(features, name=n)`) applied as one matrix product: the DiT's query,
+            key and value projections as one (E, 3, H, D) product, whose backward is one product
+            for the input's gradient rather than three and their sum (3% faster DiT-XS/2
+            training steps on 2 cores; at GPT-2's 384 width the stacked product is slower, and
+            its attention keeps three).
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
 
 
 def is_static_zero(rate) -> bool:
@@ -98,3 +109,66 @@ class DenseGeneral(nn.DenseGeneral):
     lead = inputs.shape[:inputs.ndim - n]
     out = super().__call__(inputs.reshape(-1, *inputs.shape[inputs.ndim - n:]))
     return out.reshape(*lead, *out.shape[1:])
+
+
+def _reshaped_init(init, flat_shape):
+  """`init` drawn at `flat_shape` and reshaped to the parameter's shape, as nn.DenseGeneral does."""
+
+  def wrapped(key, shape, dtype=jnp.float32):
+    value = init(key, flat_shape, dtype)
+    if isinstance(value, meta.AxisMetadata):
+      return meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
+    return jnp.reshape(value, shape)
+
+  return wrapped
+
+
+class DenseParams(nn.Module):
+  """The kernel (E, *features) and bias (*features) of `DenseGeneral(features)` over the last axis.
+
+  Same parameter names, shapes and initial values as that layer under the same name; called
+  with the input width E, it returns (kernel, bias) for `dense_group` instead of applying them.
+  """
+
+  features: tuple[int, ...]
+  use_bias: bool = True
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    size = int(np.prod(self.features))
+    kernel = self.param("kernel", _reshaped_init(self.kernel_init, (in_features, size)),
+                        (in_features,) + tuple(self.features), self.param_dtype)
+    bias = self.param("bias", _reshaped_init(self.bias_init, (size,)), tuple(self.features),
+                      self.param_dtype) if self.use_bias else None
+    return kernel, bias
+
+
+def dense_group(x, params, dtype=None) -> list:
+  """x (..., E) through each (kernel (E, *f), bias) of `params`: [x K_i + b_i], one product per run of equal shapes.
+
+  Consecutive projections with equal kernel shapes are stacked on a new axis after E, (E, n,
+  *f), which keeps any sharding of the feature axes, and contracted with the input's leading
+  axes flattened (see `Dense`). Values equal separate `DenseGeneral` layers' up to float
+  rounding; dtypes are promoted as flax promotes them (to `dtype` when given).
+  """
+  lead, width = x.shape[:-1], x.shape[-1]
+  rows = x.reshape(-1, width)
+  outs, i = [], 0
+  while i < len(params):
+    j = i + 1
+    while j < len(params) and params[j][0].shape == params[i][0].shape and \
+        (params[j][1] is None) == (params[i][1] is None):
+      j += 1
+    group = params[i:j]
+    kernel = jnp.stack([k for k, _ in group], axis=1)  # (E, n, *f)
+    bias = None if group[0][1] is None else jnp.stack([b for _, b in group])  # (n, *f)
+    inputs, kernel, bias = nn.dtypes.promote_dtype(rows, kernel, bias, dtype=dtype)
+    y = jax.lax.dot_general(inputs, kernel, (((1,), (0,)), ((), ())))  # (N, n, *f)
+    if bias is not None:
+      y = y + bias
+    outs += [y[:, m].reshape(lead + y.shape[2:]) for m in range(j - i)]
+    i = j
+  return outs
