@@ -97,7 +97,8 @@ _DIT_CHANNELS = flags.DEFINE_integer("dit_channels", 4, "Latent channels.")
 _DIT_CLASSES = flags.DEFINE_integer("dit_classes", 1000, "Classes of the labels.")
 _DIT_BATCH = flags.DEFINE_integer("dit_batch", 32, "Latents per training step.")
 _DIT_STEPS = flags.DEFINE_integer("dit_steps", 10, "Timed training steps of each measurement (PyTorch: at most).")
-_DIT_WARMUP = flags.DEFINE_integer("dit_warmup", 2, "Untimed steps before each PyTorch timing (JAX: compiles first).")
+_DIT_WARMUP = flags.DEFINE_integer("dit_warmup", 10, "Untimed steps on each side before the repeats (JAX: after the "
+                                   "compiling first step).")
 
 PARTS = ("sampling", "dit")
 PACKAGES = ("torch", "diffusers")
@@ -483,7 +484,7 @@ def bench_dit(name: str, input_size: int, channels: int, num_classes: int, batch
   cfg = dit_config(name, input_size, channels, num_classes)
   seed = 0
   data = dit_data(cfg, seed)
-  total_steps = 1 + repeats * steps
+  total_steps = 1 + warmup + repeats * steps
   ours = JaxDiT(cfg, data, batch_size, seed, total_steps)
   compile_s = ours.run(1)  # compiles and runs the first step
   peers = {t: TorchDiT(cfg, data, batch_size, seed) for t in threads}
@@ -493,6 +494,9 @@ def bench_dit(name: str, input_size: int, channels: int, num_classes: int, batch
   for t, peer in peers.items():
     torch.set_num_threads(t)
     peer.run(warmup)
+  # Ours too, last, right before the repeats: on a 2-core host the first blocks of steps
+  # dispatched back to back after the compile (and after PyTorch's first steps) ran 2-3x slower.
+  ours.run(warmup)
 
   names = ["jax"] + [f"torch_{t}" for t in threads]
   rates = {n: [] for n in names}
@@ -515,6 +519,7 @@ def bench_dit(name: str, input_size: int, channels: int, num_classes: int, batch
       "dit": name, "input_size": input_size, "channels": channels, "num_classes": num_classes,
       "learn_sigma": cfg.learn_sigma, "depth": cfg.depth, "hidden_size": cfg.hidden_size, "heads": cfg.num_heads,
       "patch_size": cfg.patch_size, "tokens": cfg.num_patches, "batch_size": batch_size, "timed_steps": steps,
+      "warmup_steps": warmup,
       "forward_flops_per_example": dit.forward_flops(cfg),
       "param_count": {"jax": ours.param_count, "diffusers": counts.pop()},
       "compile_and_first_step_s": compile_s,
@@ -599,7 +604,7 @@ def _markdown(results: dict) -> str:
         f"{d['tokens']} tokens) on {d['input_size']}x{d['input_size']}x{d['channels']} random latents, "
         f"{d['num_classes']} classes (10% label dropout), learn_sigma; loss L_simple + L_vlb; AdamW (lr "
         f"{DIT_LEARNING_RATE:g}, no weight decay), float32, batch {d['batch_size']}, {d['timed_steps']} timed steps "
-        f"per measurement; {d['forward_flops_per_example'] / 1e9:.2f} GFLOP per example forward (XLA's count). "
+        f"per measurement after {d['warmup_steps']} untimed steps on each side; {d['forward_flops_per_example'] / 1e9:.2f} GFLOP per example forward (XLA's count). "
         f"{d['param_count']['jax']:,} parameters on both sides (diffusers' per-block timestep/label embedders tied "
         f"into one, as in the paper). Ours: research.train.make_train_step jitted with the state donated, "
         f"in a Python for-loop (compile and first step {d['compile_and_first_step_s']:.1f} s, not in the rate).",
