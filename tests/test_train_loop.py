@@ -74,6 +74,17 @@ def test_sigkill_and_restart_gives_bit_identical_params(tmp_path, digits_train):
   assert json.loads((workdir / "results.json").read_text())["train_loss"] == reference.results["train_loss"]
 
 
+def test_a_run_killed_after_its_final_checkpoint_reports_the_same_results(tmp_path, digits_train):
+  workdir = tmp_path / "run"
+  first = _train_tiny(workdir, 40, digits_train)
+  assert first.results["train_loss"] is not None
+  # As a kill between the final checkpoint and results.json leaves it: run the command again.
+  (workdir / "results.json").unlink()
+  again = _train_tiny(workdir, 40, digits_train)
+  assert again.results["train_loss"] == first.results["train_loss"]
+  assert json.loads((workdir / "results.json").read_text())["train_loss"] == first.results["train_loss"]
+
+
 def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, digits_train):
   reference = _train_tiny(tmp_path / "reference", 40, digits_train)
   workdir = tmp_path / "run"

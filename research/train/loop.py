@@ -509,13 +509,17 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   last = {"saved": start if restored is not None else None, "eval_step": None, "sample_step": None}
   eval_metrics: dict[str, Any] = {}
   member_evals: list[dict[str, Any]] = []
-  train_loss = None
-  member_losses = None
+  # The last logged training loss, kept in checkpoints: a run killed after its final checkpoint
+  # but before results.json reports the same loss when the command is run again.
+  train_loss = position.get("train_loss")
+  member_losses = np.asarray(position["member_losses"], np.float64) if "member_losses" in position else None
   # member -> its first non-finite (step, metric, value); kept in checkpoints, so a resumed sweep still knows.
   diverged: dict[int, tuple[int, str, float]] = {int(i): tuple(v) for i, v in position.get("diverged", {}).items()}
 
   def save(step: int):
-    position = {"step": step, "seed": config.seed, "interval": interval.to_json()}
+    position = {"step": step, "seed": config.seed, "interval": interval.to_json(), "train_loss": train_loss}
+    if member_losses is not None:
+      position["member_losses"] = np.asarray(member_losses, np.float64).tolist()
     if members is not None:
       position["members"] = members.to_json()
       position["diverged"] = {str(i): list(v) for i, v in diverged.items()}
