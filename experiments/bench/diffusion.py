@@ -604,7 +604,8 @@ def _markdown(results: dict) -> str:
         f"{d['tokens']} tokens) on {d['input_size']}x{d['input_size']}x{d['channels']} random latents, "
         f"{d['num_classes']} classes (10% label dropout), learn_sigma; loss L_simple + L_vlb; AdamW (lr "
         f"{DIT_LEARNING_RATE:g}, no weight decay), float32, batch {d['batch_size']}, {d['timed_steps']} timed steps "
-        f"per measurement after {d['warmup_steps']} untimed steps on each side; {d['forward_flops_per_example'] / 1e9:.2f} GFLOP per example forward (XLA's count). "
+        f"per measurement after {d['warmup_steps']} untimed steps on each side; "
+        f"{d['forward_flops_per_example'] / 1e9:.2f} GFLOP per example forward (XLA's count). "
         f"{d['param_count']['jax']:,} parameters on both sides (diffusers' per-block timestep/label embedders tied "
         f"into one, as in the paper). Ours: research.train.make_train_step jitted with the state donated, "
         f"in a Python for-loop (compile and first step {d['compile_and_first_step_s']:.1f} s, not in the rate).",

@@ -256,12 +256,11 @@ def _dense_bwd(options, residuals, d_out):
     else:
       d_k_t, d_v_t = d_k_t.at[..., :k1].add(d_k_block), d_v_t.at[..., :k1].add(d_v_block)
   d_q = (d_qs[0] if len(d_qs) == 1 else jnp.concatenate(d_qs, axis=3)) * (1.0 / math.sqrt(d))
-  swap = lambda x, like: jnp.transpose(x, (0, 3, 1, 2)).astype(like.dtype)  # (B, Hkv, D, S) -> (B, S, Hkv, D)
-  d_k, d_v = d_k_t, d_v_t
+  untransposed = lambda x, like: jnp.transpose(x, (0, 3, 1, 2)).astype(like.dtype)  # (B, Hkv, D, S) -> (B, S, Hkv, D)
   d_valid = None if key_valid is None else np.zeros(key_valid.shape, jax.dtypes.float0)
   d_slopes = None if slopes is None else jnp.zeros_like(slopes)  # slopes are fixed, not trained
   d_start = None if q_start is None else np.zeros(np.shape(q_start), jax.dtypes.float0)
-  return _ungrouped(d_q).astype(qg.dtype), swap(d_k, kh), swap(d_v, vh), d_valid, d_slopes, d_start
+  return _ungrouped(d_q).astype(qg.dtype), untransposed(d_k_t, kh), untransposed(d_v_t, vh), d_valid, d_slopes, d_start
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
