@@ -78,8 +78,43 @@ def test_greedy_generation_equals_transformers_for_left_padded_prompts(reference
     with torch.no_grad():
       theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert out == theirs[0].tolist()
+    assert gpt2.generate(model, params, [prompt], max_new_tokens=10) == [out]  # alone: batch 1 (run as two rows)
   assert len({tuple(o[-10:]) for o in ours}) > 1 and len(set(ours[0][-10:])) > 2  # the outputs vary
 
+
+
+def test_sampling_follows_temperature_top_k_and_top_p(reference):
+  """One new token for 4000 copies of a prompt: frequencies against the model's own next-token probabilities."""
+  _, path = reference
+  model, params = gpt2.load_hf(path)
+  prompt = [3, 14, 15, 9]
+  logits = np.asarray(model.apply({"params": params}, jnp.asarray([prompt]))[0, -1], np.float64)
+  rows, temperature = 4000, 1.7
+
+  def frequencies(**kw):
+    out = gpt2.generate(model, params, np.asarray([prompt] * rows), max_new_tokens=1, key=jax.random.key(7), **kw)
+    return np.bincount(out[:, -1], minlength=37) / rows
+
+  def probabilities(keep=None):
+    p = np.exp(logits / temperature - np.max(logits / temperature))
+    p = p if keep is None else np.where(keep, p, 0.0)
+    return p / p.sum()
+
+  full = probabilities()
+  assert full.max() < 0.6 and np.sort(full)[-4] > 0.02  # several likely tokens: the checks below can fail
+  np.testing.assert_allclose(frequencies(temperature=temperature), full, atol=0.03)
+  order = np.argsort(-full)
+  top3 = np.isin(np.arange(37), order[:3])
+  np.testing.assert_allclose(frequencies(temperature=temperature, top_k=3), probabilities(top3), atol=0.03)
+  # Nucleus 0.5: the most likely tokens up to and including the one whose cumulative probability reaches 0.5.
+  cumulative = np.cumsum(full[order])
+  nucleus = np.isin(np.arange(37), order[:int(np.searchsorted(cumulative, 0.5)) + 1])
+  assert 1 < nucleus.sum() < 37
+  np.testing.assert_allclose(frequencies(temperature=temperature, top_p=0.5), probabilities(nucleus), atol=0.03)
+  # Temperature 0 is greedy with or without a key; a batch of one samples reproducibly from its key.
+  assert gpt2.generate(model, params, [prompt], 1, key=jax.random.key(1))[0][-1] == int(np.argmax(logits))
+  one = [gpt2.generate(model, params, [prompt], 8, key=jax.random.key(s), temperature=temperature) for s in (1, 1, 2)]
+  assert one[0] == one[1] and one[0] != one[2]
 
 def test_a_new_prompt_length_within_the_bucket_compiles_nothing(reference):
   _, path = reference

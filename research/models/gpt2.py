@@ -342,8 +342,13 @@ def bucket(length: int, minimum: int = 8) -> int:
 
 
 def _choose(logits, key, temperature, top_k: int, top_p):
-  """Greedy where temperature == 0; else a sample from the temperature / top-k / top-p distribution."""
+  """Greedy where temperature == 0; else a sample from the temperature / top-k / top-p distribution.
+
+  A Python 0 for temperature makes the program greedy only: no sampling code runs per token.
+  """
   greedy = jnp.argmax(logits, axis=-1)
+  if isinstance(temperature, (int, float)) and temperature == 0:
+    return greedy
   scaled = logits / jnp.maximum(temperature, 1e-6)
   if top_k > 0:
     kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
@@ -372,7 +377,8 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
     prompt_mask: (B, P) booleans, False at the padding.
     key: the sampling key.
     max_new_tokens: N, the tokens to add.
-    temperature: 0 is greedy; 1 samples from the model's own distribution (traced).
+    temperature: 0 is greedy; 1 samples from the model's own distribution (traced; a Python 0
+      compiles a greedy-only program).
     top_k: top-k sampling (0: off); a Python int, it fixes the program.
     top_p: nucleus sampling threshold (1: off; traced).
 
@@ -380,6 +386,14 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
     (B, N) int32 new tokens.
   """
   b, p = tokens.shape
+  if b == 1:
+    # A batch of one decodes as two equal rows: at batch 1, XLA:CPU copied every layer's whole
+    # KV cache three times per new token (it fused the cache update once into each differently
+    # shaped reader of it); two rows are updated in place, and the weights are read once per
+    # step either way. Measured at GPT-2 6 x 384, batch 1: 2.52 -> 2.16 ms per token.
+    two = lambda x: jnp.concatenate([x, x])
+    return continue_prompts(model, params, two(tokens), two(prompt_mask), key, max_new_tokens, temperature,
+                            top_k, top_p)[:1]
   lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
@@ -399,12 +413,13 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int):
-  """One jitted program per (model, max_new_tokens, top_k); jax caches it per prompt bucket shape."""
+def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int, greedy: bool):
+  """One jitted program per (model, max_new_tokens, top_k, greedy); jax caches it per prompt bucket shape."""
 
   @jax.jit
   def run(params, tokens, prompt_mask, key, temperature, top_p):
-    return continue_prompts(model, params, tokens, prompt_mask, key, max_new_tokens, temperature, top_k, top_p)
+    return continue_prompts(model, params, tokens, prompt_mask, key, max_new_tokens, 0.0 if greedy else temperature,
+                            top_k, top_p)
 
   return run
 
@@ -448,7 +463,7 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
   mask = np.zeros((len(rows), p), bool)
   for i, r in enumerate(rows):
     tokens[i, p - len(r):], mask[i, p - len(r):] = r, True
-  run = _compiled_generate(model, int(max_new_tokens), int(top_k))
+  run = _compiled_generate(model, int(max_new_tokens), int(top_k), temperature == 0)
   new = np.asarray(run(params, tokens, mask, key if key is not None else jax.random.key(0),
                        jnp.float32(temperature), jnp.float32(top_p)))
   if as_lists:
