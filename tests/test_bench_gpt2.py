@@ -51,6 +51,8 @@ def test_smoke_run_writes_the_report(tmp_path):
   bound = report["batch1_bound"]
   assert bound["param_bytes"] == 4 * expected and bound["copy_bandwidth_gb_s"] > 0
   assert bound["tokens_per_s"] == pytest.approx(1e9 * bound["copy_bandwidth_gb_s"] / bound["param_bytes"])
+  assert bound["weight_read_gb_s"] > 0
+  assert bound["weight_read_tokens_per_s"] == pytest.approx(1e9 * bound["weight_read_gb_s"] / bound["param_bytes"])
   assert report["versions"]["torch"] and report["versions"]["transformers"]
 
 

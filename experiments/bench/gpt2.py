@@ -22,8 +22,10 @@ from_pretrained): the initial weights times WEIGHT_SCALE, so that greedy decodin
 one token. The tokens are compared too.
 
 The physical limit of batch-1 decoding: every new token reads every weight once. The run
-measures the memory bandwidth with a numpy copy of a --bandwidth_mb array (bytes read plus
-bytes written per second) and divides it by the parameters' bytes.
+measures how fast this machine reads that many bytes (a jitted sum over one array of the
+parameters' size: from the last-level cache where they fit) and, for memory, a numpy copy of a
+--bandwidth_mb array (bytes read plus bytes written per second); each divided by the
+parameters' bytes is a bound on tokens per second.
 
 Everything runs in this process. Each repeat times every entry (PyTorch, then each JAX
 implementation) in an order rotated from repeat to repeat, so a drift in the host's load
@@ -229,6 +231,20 @@ def copy_bandwidth(megabytes: int, repeats: int = 3) -> float:
   return 2 * src.nbytes / best
 
 
+def read_bandwidth(nbytes: int, repeats: int = 5, calls: int = 20) -> float:
+  """Bytes read per second by a jitted sum over one float32 array of `nbytes` (all cores; cached if it fits)."""
+  x = jnp.ones(nbytes // 4, jnp.float32)
+  total = jax.jit(jnp.sum)
+  total(x).block_until_ready()  # compiles and touches the pages
+
+  def run():
+    for _ in range(calls):
+      out = total(x)
+    out.block_until_ready()
+
+  return calls * x.nbytes / min(_timed(run) for _ in range(repeats))
+
+
 def last_level_cache_bytes() -> int | None:
   """The largest CPU cache of cpu0 as Linux reports it (None elsewhere)."""
   sizes = []
@@ -389,18 +405,19 @@ def _markdown(results: dict) -> str:
       "## The limit at batch 1",
       "",
       f"Decoding one token at batch 1 reads every weight once: {bound['param_bytes'] / 1e6:.1f} MB of float32 "
-      f"parameters (the KV cache adds {bound['cache_bytes'] / 1e6:.2f} MB at the longest); "
-      + ("this CPU's last-level cache size is unknown. " if bound["cache_size_bytes"] is None else
-         f"this CPU's last-level cache holds {bound['cache_size_bytes'] / 2**20:.0f} MiB, so "
-         + ("they stream from memory for each token. " if bound["cache_size_bytes"] < bound["param_bytes"] else
-            "they can stay in cache and memory bandwidth is not the limit at this size. "))
-      + "A numpy copy of a "
-      f"{results['bandwidth_mb']} MB array moved {bound['copy_bandwidth_gb_s']:.1f} GB/s (bytes read plus bytes "
-      f"written) in this run, which bounds batch-1 decoding at about {bound['tokens_per_s']:,.0f} tokens/s "
-      "(bandwidth / parameter bytes)"
-      + ("" if bound["jax_batch1_share"] is None else f"; ours reached {bound['jax_batch1_share']:.0%} of it")
-      + ". A batch of b sequences reads the weights once per step for b tokens, so larger batches go faster per "
-      "token.",
+      f"parameters (the KV cache adds {bound['cache_bytes'] / 1e6:.2f} MB at the longest). "
+      + ("This CPU's last-level cache size is unknown. " if bound["cache_size_bytes"] is None else
+         f"This CPU's last-level cache holds {bound['cache_size_bytes'] / 2**20:.0f} MiB, so "
+         + ("the weights stream from memory for each token. " if bound["cache_size_bytes"] < bound["param_bytes"]
+            else "the weights can stay in it between tokens. "))
+      + f"A jitted sum over one array of the parameters' size read {bound['weight_read_gb_s']:.1f} GB/s in this run "
+      f"(all cores), which bounds batch-1 decoding at about {bound['weight_read_tokens_per_s']:,.0f} tokens/s"
+      + ("" if bound["jax_batch1_share_of_weight_read"] is None else
+         f"; ours reached {bound['jax_batch1_share_of_weight_read']:.0%} of it")
+      + f". From memory instead, a numpy copy of a {results['bandwidth_mb']} MB array moved "
+      f"{bound['copy_bandwidth_gb_s']:.1f} GB/s (bytes read plus bytes written), about "
+      f"{bound['tokens_per_s']:,.0f} tokens/s. A batch of b sequences reads the weights once per step for b tokens, "
+      "so larger batches go faster per token, until the products' arithmetic, not the reading, sets the pace.",
       "",
   ]
   return "\n".join(lines)
@@ -434,9 +451,13 @@ def run_bench(outdir: str, setup: Setup, attentions: list[str], gen_batches: lis
   bandwidth = copy_bandwidth(bandwidth_mb)
   param_bytes = 4 * train["param_count"]["jax"]
   cache_bytes = 4 * 2 * setup.n_layer * setup.n_embd * (gpt2.bucket(prompt_len) + new_tokens)
+  weight_read = read_bandwidth(param_bytes)
   bound = {"param_bytes": param_bytes, "cache_bytes": cache_bytes, "copy_bandwidth_gb_s": bandwidth / 1e9,
-           "tokens_per_s": bandwidth / param_bytes, "cache_size_bytes": last_level_cache_bytes()}
-  bound["jax_batch1_share"] = (generate["1"]["jax_tokens_per_s"] / bound["tokens_per_s"]) if "1" in generate else None
+           "tokens_per_s": bandwidth / param_bytes, "cache_size_bytes": last_level_cache_bytes(),
+           "weight_read_gb_s": weight_read / 1e9, "weight_read_tokens_per_s": weight_read / param_bytes}
+  share = lambda rate: (generate["1"]["jax_tokens_per_s"] / rate) if "1" in generate else None
+  bound["jax_batch1_share"] = share(bound["tokens_per_s"])
+  bound["jax_batch1_share_of_weight_read"] = share(bound["weight_read_tokens_per_s"])
   config = setup.config(attentions[0])
   results = {
       "model": dataclasses.asdict(setup), "train": train, "generate": generate, "batch1_bound": bound,
