@@ -1,5 +1,7 @@
 """The small DDPM U-Net: shapes, zero-initialised output, conditioning on time and class, dropout."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,12 +9,27 @@ import numpy as np
 from research.models import unet
 
 
+@functools.lru_cache
 def _setup(num_classes=10, dropout=0.0):
   cfg = unet.UNetConfig(channels=(16, 32), groups=4, attention_heads=2, num_classes=num_classes, dropout=dropout)
-  model = unet.UNet(cfg)
+  model = _Jitted(unet.UNet(cfg))
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
   t, y = jnp.array([0, 500, 999]), jnp.array([1, 2, 10])  # 10: the null class
   return model, model.init(jax.random.key(1), x, t, y), x, t, y
+
+
+def _perturbed(variables):
+  """Every parameter plus N(0, 0.02^2) noise (the zero-initialised layers too), drawn by numpy."""
+  rng = np.random.default_rng(5)
+  return jax.tree.map(lambda p: p + 0.02 * rng.standard_normal(p.shape, np.float32), variables)
+
+
+class _Jitted:
+  """The model's init and apply, each compiled once per input shape (op by op, the file took 90 s)."""
+
+  def __init__(self, model):
+    self.init = jax.jit(model.init)
+    self.apply = jax.jit(model.apply, static_argnames="train")
 
 
 def test_output_shape_and_zero_init_output():
@@ -24,7 +41,7 @@ def test_output_shape_and_zero_init_output():
 
 def test_prediction_depends_on_time_class_and_pixels():
   model, variables, x, t, y = _setup()
-  variables = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(5), p.shape), variables)
+  variables = _perturbed(variables)
   base = model.apply(variables, x, t, y)
   for changed in (model.apply(variables, x, t + 1, y), model.apply(variables, x, t, (y + 1) % 11),
                   model.apply(variables, x.at[:, 0, 0].add(1.0), t, y)):
@@ -36,7 +53,7 @@ def test_prediction_depends_on_time_class_and_pixels():
 def test_unconditional_model_has_no_class_embedding_and_dropout_is_train_only():
   model, variables, x, t, _ = _setup(num_classes=0, dropout=0.5)
   assert "class_embedding" not in variables["params"]
-  variables = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(5), p.shape), variables)
+  variables = _perturbed(variables)
   a = model.apply(variables, x, t)
   np.testing.assert_array_equal(a, model.apply(variables, x, t))
   noisy = model.apply(variables, x, t, train=True, rngs={"dropout": jax.random.key(3)})
