@@ -1,11 +1,8 @@
 """Shared fixtures: the bundled digits split and a helper to run scripts in a subprocess."""
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -15,17 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # compile time; numerics stay IEEE float32). Set before jax is imported anywhere.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-
-# One persistent compilation cache per test session, shared by the workers (which inherit this
-# environment from the process that starts them) and by the scripts they run as subprocesses:
-# many tests compile the same programs (a run and its resumption, every smoke run of a preset).
-# The signal-and-resume test of tests/test_cli.py, five runs of one command, took 149 s with it
-# against 281 s without.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _CACHE_DIR = tempfile.mkdtemp(prefix="jax-compilation-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
-  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 def _allow_flag_redefinition():
