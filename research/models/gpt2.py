@@ -463,7 +463,7 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
   mask = np.zeros((len(rows), p), bool)
   for i, r in enumerate(rows):
     tokens[i, p - len(r):], mask[i, p - len(r):] = r, True
-  run = _compiled_generate(model, int(max_new_tokens), int(top_k), temperature == 0)
+  run = _compiled_generate(model, int(max_new_tokens), int(top_k), float(temperature) == 0.0)
   new = np.asarray(run(params, tokens, mask, key if key is not None else jax.random.key(0),
                        jnp.float32(temperature), jnp.float32(top_p)))
   if as_lists:
