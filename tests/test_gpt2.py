@@ -111,6 +111,10 @@ def test_sampling_follows_temperature_top_k_and_top_p(reference):
   nucleus = np.isin(np.arange(37), order[:int(np.searchsorted(cumulative, 0.5)) + 1])
   assert 1 < nucleus.sum() < 37
   np.testing.assert_allclose(frequencies(temperature=temperature, top_p=0.5), probabilities(nucleus), atol=0.03)
+  # The most likely token always stays in the nucleus: top_p 0 is greedy. A top_k above the
+  # vocabulary keeps every token (transformers clamps it too): the same draws as no top_k.
+  np.testing.assert_array_equal(frequencies(temperature=temperature, top_p=0.0), np.eye(37)[np.argmax(logits)])
+  np.testing.assert_array_equal(frequencies(temperature=temperature, top_k=100), frequencies(temperature=temperature))
   # Temperature 0 is greedy with or without a key; a batch of one samples reproducibly from its key.
   assert gpt2.generate(model, params, [prompt], 1, key=jax.random.key(1))[0][-1] == int(np.argmax(logits))
   one = [gpt2.generate(model, params, [prompt], 8, key=jax.random.key(s), temperature=temperature) for s in (1, 1, 2)]
@@ -186,6 +190,13 @@ def test_bad_input(reference, tmp_path):
     gpt2.generate(model, params, [list(range(15))], max_new_tokens=10)
   with pytest.raises(ValueError, match="token id 37 is outside the vocabulary of 37"):
     gpt2.generate(model, params, [[1, 37]], max_new_tokens=2)
+  for bad, message in [(dict(max_new_tokens=-1), "max_new_tokens must be a non-negative integer, got -1"),
+                       (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+                       (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+                       (dict(top_k=-1), "top_k must be a non-negative integer"),
+                       (dict(top_p=1.5), r"top_p must be in \[0, 1\]"), (dict(top_p=float("nan")), "top_p must be in")]:
+    with pytest.raises(ValueError, match=message):
+      gpt2.generate(model, params, [[1, 2]], **{"max_new_tokens": 2, "key": jax.random.key(0), **bad})
   with pytest.raises(ValueError, match="n_embd 50 is not divisible by n_head 3"):
     gpt2.GPT2Config(n_embd=50, n_head=3)
   with pytest.raises(ValueError, match="config.json is missing"):

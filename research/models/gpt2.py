@@ -350,14 +350,15 @@ def _choose(logits, key, temperature, top_k: int, top_p):
   if isinstance(temperature, (int, float)) and temperature == 0:
     return greedy
   scaled = logits / jnp.maximum(temperature, 1e-6)
-  if top_k > 0:
-    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+  if top_k > 0:  # a k above the vocabulary keeps every token, as in transformers
+    kth = jax.lax.top_k(scaled, min(top_k, scaled.shape[-1]))[0][..., -1:]
     scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
   # Nucleus: keep the smallest set of tokens whose probability reaches top_p.
   order = jnp.argsort(-scaled, axis=-1)
   sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
   cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-  keep_sorted = cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p
+  # The most likely token always stays (top_p 0 is greedy), as transformers keeps at least one.
+  keep_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p).at[:, 0].set(True)
   keep = jnp.zeros_like(keep_sorted).at[jnp.arange(scaled.shape[0])[:, None], order].set(keep_sorted)
   sampled = jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf), axis=-1)
   return jnp.where(temperature > 0, sampled, greedy)
@@ -435,15 +436,25 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
       into a bucket of lengths, so new lengths within it reuse the compiled program).
     max_new_tokens: tokens to add.
     key: the sampling key (needed when temperature > 0).
-    temperature, top_k, top_p: sampling controls (top_k 0: off; top_p 1: off).
+    temperature, top_k, top_p: sampling controls: temperature >= 0; top_k >= 0 (0: off; above
+      the vocabulary, every token); top_p in [0, 1] (1: off; the most likely token always stays).
 
   Returns:
     A (B, P + N) numpy array for array input, or a list of lists for list input.
 
   Raises:
-    ValueError: for an empty prompt, token ids outside the vocabulary, or a prompt plus new
-      tokens longer than the context (n_positions).
+    ValueError: for an empty prompt, token ids outside the vocabulary, a prompt plus new
+      tokens longer than the context (n_positions), a negative max_new_tokens, or sampling
+      controls out of range.
   """
+  if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+  if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+  if int(top_k) != top_k or top_k < 0:
+    raise ValueError(f"top_k must be a non-negative integer (0: off), got {top_k!r}")
+  if not 0.0 <= float(top_p) <= 1.0:  # also rejects NaN
+    raise ValueError(f"top_p must be in [0, 1] (1: off), got {top_p!r}")
   as_lists = not isinstance(prompt, (np.ndarray, jax.Array))
   rows = [list(map(int, r)) for r in prompt] if as_lists else [list(map(int, r)) for r in np.asarray(prompt)]
   if not rows or any(len(r) == 0 for r in rows):
