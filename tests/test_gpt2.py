@@ -157,6 +157,27 @@ def test_kv_cache_decoding_equals_the_full_forward(attention):
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-4)
 
 
+def test_decoding_across_cache_phases_is_greedy_under_the_full_forward(monkeypatch):
+  """Left-padded prompts, 40 new tokens in phases of 16 (the cache grows twice): every new token is
+  the argmax of the full forward over the finished sequence at the position before it."""
+  monkeypatch.setattr(gpt2, "DECODE_PHASE", 16)
+  cfg = gpt2.GPT2Config(**{**ODD, "n_positions": 64})
+  model = gpt2.GPT2(cfg)
+  params = nn.unbox(model.init(jax.random.key(3), jnp.zeros((1, 1), jnp.int32))["params"])
+  params = jax.tree.map(lambda p: p * 5.0, params)
+  rows = [[3, 14, 15, 9, 26, 5], [20, 7], [1, 2, 3, 4]]
+  tokens, mask = np.zeros((3, 8), np.int32), np.zeros((3, 8), bool)
+  for i, r in enumerate(rows):
+    tokens[i, 8 - len(r):], mask[i, 8 - len(r):] = r, True
+  new = np.asarray(jax.jit(lambda p, t, m: gpt2.continue_prompts(model, p, t, m, jax.random.key(0), 40, 0.0))(
+      params, tokens, mask))
+  for r, n in zip(rows, new):
+    seq = np.asarray(r + n.tolist())
+    logits = np.asarray(model.apply({"params": params}, jnp.asarray(seq[None]))[0])
+    np.testing.assert_array_equal(np.argmax(logits[len(r) - 1:-1], axis=-1), n)
+  assert len(set(new[0].tolist())) > 3  # not one repeated token
+
+
 @pytest.mark.parametrize("positions", ["learned", "rope", "alibi"])
 def test_positions_and_kernels(positions):
   cfg = gpt2.GPT2Config(**ODD, positions=positions, num_kv_heads=1 if positions == "alibi" else None)

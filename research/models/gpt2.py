@@ -14,8 +14,9 @@ N(0, 0.02) and the two residual projections of each block N(0, 0.02 / sqrt(2 n_l
 (GPT-2 section 2.3), biases zero.
 
 Generation prefills the prompt into a preallocated KV cache and decodes inside one compiled
-`lax.scan`; prompts of different lengths are left-padded into a length bucket, so a new
-prompt length within the bucket compiles nothing new.
+program: a `lax.scan` over the new tokens, in phases of DECODE_PHASE tokens whose cache ends
+where the phase does; prompts of different lengths are left-padded into a length bucket, so a
+new prompt length within the bucket compiles nothing new.
 """
 
 import dataclasses
@@ -325,7 +326,7 @@ def save_hf(path: str, cfg: GPT2Config, params) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Generation: prefill into a KV cache, then decode in one lax.scan.
+# Generation: prefill into a KV cache, then decode in a lax.scan per phase of the cache.
 
 
 class DecodeCarry(NamedTuple):
@@ -334,6 +335,10 @@ class DecodeCarry(NamedTuple):
   cache: list
   logits: jax.Array  # (B, vocab) for the next token
   key: jax.Array
+
+
+# New tokens per decoding phase: the KV cache read by a phase's steps ends where the phase does.
+DECODE_PHASE = 64
 
 
 def bucket(length: int, minimum: int = 8) -> int:
@@ -366,7 +371,7 @@ def _choose(logits, key, temperature, top_k: int, top_p):
 
 def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_tokens: int, temperature=1.0,
                      top_k: int = 0, top_p=1.0):
-  """New tokens after left-padded prompts: a KV-cache prefill, then one `lax.scan` over the new tokens.
+  """New tokens after left-padded prompts: a KV-cache prefill, then a `lax.scan` over the new tokens.
 
   A pure function (no jit of its own), so it can run inside a larger compiled program, e.g. the
   rollouts of RLHF's PPO (research/rl/rlhf.py); `generate` is its host-side front end.
@@ -398,18 +403,33 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
   lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
-  cache = model.init_cache(b, p + max_new_tokens)
-  logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask, positions=positions, cache=cache,
-                              cache_index=0)
+  # The cache grows in phases of DECODE_PHASE new tokens: each phase's scan attends over the
+  # keys written by its end only, not over all P + N, so the steps read about half the cache
+  # bytes on average (one copy into the longer cache per phase).
+  ends = list(range(DECODE_PHASE, max_new_tokens, DECODE_PHASE)) + [max_new_tokens]
+  cache = model.init_cache(b, p + ends[0])
+  logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask[:, :p + ends[0]],
+                              positions=positions, cache=cache, cache_index=0)
 
-  def step(carry: DecodeCarry, i):
-    k_choose, key = jax.random.split(carry.key)
-    token = _choose(carry.logits, k_choose, temperature, top_k, top_p)  # (B,)
-    logits, cache = model.apply({"params": params}, token[:, None], attention_mask=key_mask,
-                                positions=(lengths + i)[:, None], cache=carry.cache, cache_index=p + i)
-    return DecodeCarry(cache, logits[:, -1], key), token
+  def phase(carry: DecodeCarry, start: int, end: int):
+    mask = key_mask[:, :p + end]
 
-  _, new = jax.lax.scan(step, DecodeCarry(cache, logits[:, -1], key), jnp.arange(max_new_tokens))
+    def step(carry: DecodeCarry, i):
+      k_choose, key = jax.random.split(carry.key)
+      token = _choose(carry.logits, k_choose, temperature, top_k, top_p)  # (B,)
+      logits, cache = model.apply({"params": params}, token[:, None], attention_mask=mask,
+                                  positions=(lengths + i)[:, None], cache=carry.cache, cache_index=p + i)
+      return DecodeCarry(cache, logits[:, -1], key), token
+
+    return jax.lax.scan(step, carry, jnp.arange(start, end))
+
+  carry, new = DecodeCarry(cache, logits[:, -1], key), []
+  for start, end in zip([0] + ends[:-1], ends):
+    grow = lambda x, end=end: jnp.pad(x, ((0, 0), (0, 0), (0, p + end - x.shape[2]), (0, 0)))
+    carry = carry._replace(cache=jax.tree.map(grow, carry.cache))
+    carry, tokens_out = phase(carry, start, end)
+    new.append(tokens_out)
+  new = new[0] if len(new) == 1 else jnp.concatenate(new)
   return new.T.astype(jnp.int32)  # (B, N)
 
 
