@@ -7,6 +7,7 @@ the agreement between the benchmark's peers where they compute the same thing.
 
 import json
 import math
+import os
 import shlex
 from importlib import metadata
 
@@ -29,6 +30,7 @@ BENCHES = {
     "em": ["--n_samples=2000", "--n_features=2", "--n_components=3", "--iters=3", "--repeats=1"],
     "loop_overhead": ["--repeats=1", "--short_steps=5", "--span=10", "--steps_per_call=5"],
     "ppo": ["--total_timesteps=1024", "--seeds=2", "--peer_updates=1"],
+    "products": ["--repeats=2", "--batch_size=2", "--n_head=2", "--seq_len=24", "--head_dim=8", "--block=8"],
     "sweep": ["--seeds=2", "--steps=3", "--preset=gan,smoke"],
     "vs_torch": ["--vae_steps=40", "--gan_steps=10", "--vae_steps_per_call=1,10", "--gan_steps_per_call=1",
                  "--torch_steps=40", "--torch_seconds=600", "--torch_warmup=2", "--torch_threads=1", "--repeats=1"],
@@ -83,6 +85,22 @@ def _check_ppo(report):
   assert report["versions"]["gymnasium"] == gymnasium.__version__
 
 
+def _check_products(report):
+  # Batch 2, 2 heads of 8, 24 keys, query blocks of 8: the products of one GPT-2 layer at that shape.
+  expected = {"attention scores Q K^T (one query block)": ([2, 2, 8, 8], [2, 2, 24, 8], 2 * 2 * 2 * 8 * 24 * 8),
+              "attention P V (one query block)": ([2, 2, 8, 24], [2, 2, 24, 8], 2 * 2 * 2 * 8 * 24 * 8),
+              "projection (query, key, value, out)": ([48, 16], [16, 16], 2 * 48 * 16 * 16),
+              "MLP c_fc": ([48, 16], [16, 64], 2 * 48 * 16 * 64)}
+  assert set(report["products"]) == set(expected)
+  for name, (lhs, rhs, flop) in expected.items():
+    row = report["products"][name]
+    assert (row["lhs"], row["rhs"]) == (lhs, rhs) and row["gflop"] == pytest.approx(flop / 1e9), name
+    one, every = row["one_core"], row["all_cores"]
+    assert row["speedup_all_vs_one"] == pytest.approx(one["ms"] / every["ms"]), name
+    assert one["gflop_per_s"] == pytest.approx(row["gflop"] / one["ms"] * 1e3), name
+  assert report["cores"]["one_core"] == 1 and report["cores"]["all_cores"] == len(os.sched_getaffinity(0))
+
+
 def _check_sweep(report):
   # Every peer trains the same seeds from the same keys and batches: same parameters.
   assert set(report["peers"]) == {"vmapped", "sequential_scans", "python_loop", "loop_members"}
@@ -131,7 +149,7 @@ def _check_vs_torch(report):
 
 
 CHECKS = {"data": _check_data, "em": _check_em, "loop_overhead": _check_loop_overhead, "ppo": _check_ppo,
-          "sweep": _check_sweep, "vs_torch": _check_vs_torch}
+          "products": _check_products, "sweep": _check_sweep, "vs_torch": _check_vs_torch}
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import warnings
 
 import jax
 import numpy as np
-from absl import flags
+from absl import app, flags
 
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -161,6 +161,12 @@ def run_bench(outdir: str, repeats: int, n_samples: int, n_features: int, n_comp
 
 
 def main(outdir: str) -> None:
+  for name, value in (("repeats", _REPEATS.value), ("n_features", _D.value), ("n_components", _K.value),
+                      ("iters", _ITERS.value)):
+    if value < 1:
+      raise app.UsageError(f"--{name} must be at least 1, got {value}")
+  if _N.value < _K.value:
+    raise app.UsageError(f"--n_samples ({_N.value}) must be at least --n_components ({_K.value})")
   run_bench(outdir, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value)
 
 
