@@ -127,6 +127,9 @@ def main(outdir: str) -> None:
   if _WORKER.value is not None:
     print(json.dumps(_time_products(json.loads(_WORKER.value), _REPEATS.value)))
     return
+  if not hasattr(os, "sched_setaffinity"):
+    raise app.UsageError("this benchmark pins its timing processes to cores with os.sched_setaffinity, "
+                         "which this platform lacks (Linux has it)")
   for name, value in (("repeats", _REPEATS.value), ("batch_size", _BATCH.value), ("n_head", _HEADS.value),
                       ("seq_len", _SEQ.value), ("head_dim", _HEAD_DIM.value), ("block", _BLOCK.value)):
     if value < 1:
