@@ -54,8 +54,11 @@ def test_directory_flag_is_the_one_the_script_documents(experiment):
 def test_printed_local_command_runs_a_table(tmp_path):
   outdir = tmp_path / "td"
   command = launch.local("tables.td_vs_mc", str(outdir), ["--config=experiments/tables/td_vs_mc.py:smoke"])
+  # The printed command says `python`: the interpreter running the tests, as an activated
+  # environment would put it first on PATH.
+  path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
   done = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                        check=False)
+                        check=False, env=dict(os.environ, PATH=path))
   assert done.returncode == 0, done.stderr[-2000:]
   assert (outdir / "results.json").is_file() and (outdir / "td_vs_mc.md").is_file()
 
