@@ -145,8 +145,8 @@ def test_unbounded_allocation_meets_the_memory_limit():
 
 
 def test_execute_many_keeps_order_and_bad_limits_are_one_line():
-  results = code.execute_many([f"assert {i} % 3 != 0" for i in range(6)], workers=3)
-  assert [r.status for r in results] == ["failed", "passed", "passed", "failed", "passed", "passed"]
+  results = code.execute_many([f"assert {i} % 3 != 0" for i in range(6)] + ["assert 0 % 3 != 0"], workers=3)
+  assert [r.status for r in results] == ["failed", "passed", "passed", "failed", "passed", "passed", "failed"]
   for call in (lambda: code.execute("pass", timeout_s=0), lambda: code.execute("pass", memory_mb=float("nan")),
                lambda: code.execute_many(["pass"], workers=-1)):
     with pytest.raises(ValueError, match=r"^execute"):

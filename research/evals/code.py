@@ -278,6 +278,8 @@ def execute_many(programs: Sequence[str], timeout_s: float = 3.0, workers: int |
                  cpu_s: float | None = None, memory_mb: int = 1024) -> list[Result]:
   """execute() over many programs, `workers` at a time (each in its own process); results in order.
 
+  Identical programs run once and share the result: samples drawn at a low temperature repeat.
+
   Args:
     programs: Python sources.
     timeout_s, cpu_s, memory_mb: as in execute(), for each program.
@@ -290,8 +292,11 @@ def execute_many(programs: Sequence[str], timeout_s: float = 3.0, workers: int |
   workers = workers or os.cpu_count() or 1
   if workers < 1:
     raise ValueError(f"execute_many needs workers >= 1, got {workers}")
+  unique = list(dict.fromkeys(programs))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # threads only wait on the processes
-    return list(pool.map(lambda source: execute(source, timeout_s, cpu_s=cpu_s, memory_mb=memory_mb), programs))
+    results = dict(zip(unique, pool.map(lambda source: execute(source, timeout_s, cpu_s=cpu_s, memory_mb=memory_mb),
+                                        unique)))
+  return [results[source] for source in programs]
 
 
 @functools.lru_cache(maxsize=1)
