@@ -173,11 +173,15 @@ def _verdict(report: str, cpu_s: float, stderr_path: str, returncode: int | None
 
 
 def _remove(path: str) -> None:
+  """Removes the run's folder; what cannot be removed stays (a run never fails for it)."""
   def writable(function, name, exc_info):  # a program may leave read-only folders behind
     del exc_info
-    os.chmod(os.path.dirname(name), 0o700)
-    os.chmod(name, 0o700)
-    function(name)
+    try:
+      os.chmod(os.path.dirname(name), 0o700)
+      os.chmod(name, 0o700)
+      function(name)
+    except OSError:
+      pass
   shutil.rmtree(path, onerror=writable)
 
 
