@@ -36,7 +36,7 @@ import numpy as np
 import optax
 
 from research.models import gpt2
-from research.rl.ppo import clipped_surrogate_loss, entropy, gae, log_prob, value_loss
+from research.rl.losses import clipped_surrogate_loss, entropy, gae, log_prob, value_loss
 from research.train import ConfigError, Task, TrainState, apply_gradients
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+"""A deep RL experiment's run: every seed (and a sweep's every member) as one jitted program, and its files.
+
+experiments/ppo.py, a2c.py and dqn.py are a config each and one call:
+
+    def run(config, workdir, members=None):
+      return experiment.run(ppo, config, workdir, members, name=config.algorithm)
+
+`algorithm` is a module with the scan convention of research/rl: `check_config(config)`,
+`make_train(config) -> train(key, hparams=None)` returning an output with `params` and
+per-update `metrics` (env_steps, episodes, episode_return, total_loss, ...), `HParams` (the
+traced fields), `default_hparams(config)` and `num_updates(config)`. An output with an
+`evaluation` (DQN's greedy episodes, research.rl.dqn.Evaluation) reports those as the final
+returns; otherwise the final return is that of the training episodes in the last
+FINAL_FRACTION of updates.
+"""
+
+import os
+import time
+import warnings
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from research.checks import check_positive  # pylint: disable=wrong-import-position
+from research.rl import rollout  # pylint: disable=wrong-import-position
+from research import train as train_lib  # pylint: disable=wrong-import-position
+from research.train import Members, NonFiniteLossError, save_pytree, write_results  # pylint: disable=wrong-import-position
+
+# Share of the updates averaged into the initial and final returns; half of it is the plot's smoothing window.
+FINAL_FRACTION = 0.1
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+  return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _check_finite(metrics) -> None:
+  """Raises NonFiniteLossError naming the first seed and update whose loss is not finite."""
+  bad = ~np.isfinite(np.asarray(metrics.total_loss))  # (seeds, updates)
+  if bad.any():
+    seed, update = np.argwhere(bad)[0]
+    raise NonFiniteLossError(f"non-finite loss in seed {seed} at update {update} "
+                             f"(env step {int(metrics.env_steps[seed, update])}); nothing was written")
+
+
+def smoothed(metrics, window: int) -> np.ndarray:
+  """Episode-weighted moving mean of the per-update returns: (runs, updates) -> same, NaN before any episode."""
+  episodes = np.asarray(metrics.episodes, np.float64)
+  returns = np.where(episodes > 0, np.asarray(metrics.episode_return, np.float64) * episodes, 0.0)
+  kernel = np.ones(window)
+  total = np.stack([np.convolve(r, kernel)[:r.shape[0]] for r in returns])
+  count = np.stack([np.convolve(e, kernel)[:e.shape[0]] for e in episodes])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def returns(out, fraction: float = FINAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+  """(initial, final) return per run, each (...): training episodes, or greedy evaluation episodes at the end.
+
+  Args:
+    out: a train output with leaves (..., num_updates) (and (..., num_evaluations, episodes)).
+    fraction: the share of the first and last updates whose training episodes are averaged.
+  """
+  initial = rollout.initial_return(out.metrics, fraction)
+  evaluation = getattr(out, "evaluation", None)
+  if evaluation is None:
+    return initial, rollout.final_return(out.metrics, fraction)
+  return initial, np.asarray(evaluation.episode_return, np.float64)[..., -1, :].mean(-1)
+
+
+def _plot_curves(ax, steps: np.ndarray, curves: np.ndarray, label: str, band: bool) -> None:
+  # Updates before any episode ended are NaN in every run: left out of the curve, silently.
+  with warnings.catch_warnings(), np.errstate(all="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    if band:
+      ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.3,
+                      label="min / max over seeds")
+    ax.plot(steps, np.nanmean(curves, 0), label=label)
+
+
+def _plot(path: str, out, title: str) -> None:
+  """Return vs environment steps: the mean and range over seeds (leaves (seeds, updates))."""
+  metrics = out.metrics
+  steps = np.asarray(metrics.env_steps[0])
+  window = max(1, int(round(steps.shape[0] * FINAL_FRACTION / 2)))
+  curves = smoothed(metrics, window)  # (seeds, updates)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  _plot_curves(ax, steps, curves, f"training episodes, mean of {curves.shape[0]} seeds", band=True)
+  evaluation = getattr(out, "evaluation", None)
+  if evaluation is not None:
+    greedy = np.asarray(evaluation.episode_return).mean(-1)  # (seeds, evaluations)
+    ax.errorbar(np.asarray(evaluation.env_steps[0]), greedy.mean(0),
+                yerr=[greedy.mean(0) - greedy.min(0), greedy.max(0) - greedy.mean(0)], fmt="o-", capsize=3,
+                label="greedy evaluation: mean, min / max over seeds")
+  ax.set_xlabel("environment steps")
+  ax.set_ylabel(f"episodic return ({window}-update moving mean)")
+  ax.set_title(title)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _return_metrics(initial: np.ndarray, final: np.ndarray) -> dict:
+  """One run's returns for results.json: initial and final per inner seed, and the final mean."""
+  return {
+      # None (JSON null) for a seed that completed no episode in the final updates.
+      "final_return_per_seed": _json_floats(final),
+      # The training episodes' return over the first FINAL_FRACTION of training (an untrained policy).
+      "initial_return_per_seed": _json_floats(initial),
+      "final_return_mean": float(np.nanmean(final)) if np.isfinite(final).any() else None,
+  }
+
+
+def _values_label(values: dict[str, float]) -> str:
+  return ", ".join(f"{name}={value:g}" for name, value in values.items()) or "every member"
+
+
+def _plot_members(path: str, metrics, members: Members, title: str) -> None:
+  """One mean curve per setting, over the inner seeds of all its members (seeds of the sweep)."""
+  steps = np.asarray(metrics.env_steps[0, 0])
+  window = max(1, int(round(steps.shape[0] * FINAL_FRACTION / 2)))
+  settings: dict[tuple, list[int]] = {}
+  for i in range(members.count):
+    settings.setdefault(tuple(members.values(i).items()), []).append(i)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for values, indices in settings.items():
+    runs = jax.tree.map(lambda x: np.asarray(x)[indices].reshape((-1, x.shape[-1])), metrics)
+    curves = smoothed(runs, window)  # (members of the setting * num_seeds, updates)
+    _plot_curves(ax, steps, curves, f"{_values_label(dict(values))} ({curves.shape[0]} runs)", band=False)
+  ax.set_xlabel("environment steps")
+  ax.set_ylabel(f"episodic return ({window}-update moving mean)")
+  ax.set_title(title)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def member_configs(algorithm: ModuleType, config, members: Members) -> list:
+  """Each member's config: `config` with that member's seed and values (the fields of algorithm.HParams),
+  validated as a single run's; ConfigError on another field, a wrong number of values or a bad value."""
+  return train_lib.member_configs(config, members, sorted(algorithm.HParams._fields), algorithm.check_config)
+
+
+def _timing_metrics(algorithm: ModuleType, config, steps: int, compile_time: float, run_time: float,
+                    steps_per_s: float) -> dict:
+  """The run-wide fields of results.json: environment steps, updates and timings."""
+  return {"env_steps_per_seed": steps, "num_updates": algorithm.num_updates(config),
+          "compile_time_s": round(compile_time, 3), "train_time_s": round(run_time, 3),
+          "env_steps_per_s": round(steps_per_s, 1)}
+
+
+def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, name: str, start: float) -> dict:
+  """A sweep: every member's num_seeds runs in one jitted program (see `run`)."""
+  configs = member_configs(algorithm, config, members)
+  check_positive("num_seeds", config.num_seeds)
+  train = algorithm.make_train(configs[0])  # the program; each member brings its own keys and hparams
+  keys = jnp.stack([jax.random.split(jax.random.key(c.seed), c.num_seeds) for c in configs])  # (members, seeds)
+  hparams = jax.tree.map(lambda *xs: jnp.stack(xs), *[algorithm.default_hparams(c) for c in configs])  # (members,)
+  program = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None))))
+
+  compiled = program.lower(keys, hparams).compile()
+  compile_time = time.perf_counter() - start
+  runs = members.count * config.num_seeds
+  print(f"compiled {name} on {config.env_name} x {members.count} members x {config.num_seeds} seeds "
+        f"in {compile_time:.1f}s")
+
+  run_start = time.perf_counter()
+  out = jax.block_until_ready(compiled(keys, hparams))
+  run_time = time.perf_counter() - run_start
+  steps = int(out.metrics.env_steps[0, 0, -1])
+  steps_per_s = runs * steps / run_time
+  print(f"trained {algorithm.num_updates(config)} updates x {runs} runs ({steps} env steps each) "
+        f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all runs")
+
+  total_loss = np.asarray(out.metrics.total_loss)  # (members, seeds, updates)
+  initial, final = returns(out)  # (members, seeds)
+  results = []
+  for i, seed in enumerate(members.seeds):
+    member = {"seed": int(seed), "values": members.values(i)}
+    bad_updates = np.flatnonzero(~np.isfinite(total_loss[i]).all(0))
+    if len(bad_updates):
+      # As the loop reports a diverged member: the first update (1-based) whose loss is not finite in some seed.
+      member.update(train_loss=None, diverged_at_step=int(bad_updates[0]) + 1)
+      print(f"member {i} (seed {seed}, {_values_label(members.values(i))}): non-finite loss at update "
+            f"{member['diverged_at_step']}")
+    else:
+      # The final update's loss (mean over its gradient steps), averaged over the inner seeds.
+      member.update(train_loss=float(total_loss[i, :, -1].mean()), **_return_metrics(initial[i], final[i]))
+      print(f"member {i} (seed {seed}, {_values_label(members.values(i))}): final return per seed "
+            + ", ".join(f"{r:.1f}" for r in final[i]))
+    results.append(member)
+  if all("diverged_at_step" in m for m in results):
+    raise NonFiniteLossError(f"every member's loss became non-finite (member 0 at update "
+                             f"{results[0]['diverged_at_step']}); nothing was written")
+
+  os.makedirs(workdir, exist_ok=True)
+  title = f"{name} on {config.env_name}: {members.count} members x {config.num_seeds} seeds"
+  _plot_members(os.path.join(workdir, "returns.png"), out.metrics, members, title)
+  save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))
+  metrics = {
+      "members": results,
+      **_timing_metrics(algorithm, config, steps, compile_time, run_time, steps_per_s),
+  }
+  return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
+
+
+def run(algorithm: ModuleType, config, workdir: str, members: Members | None = None, name: str = "") -> dict:
+  """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
+
+  Writes into workdir: results.json (final and initial return per seed, timings, config,
+  versions, wall time), returns.png (return vs environment steps, mean and range over seeds;
+  greedy evaluations where the algorithm has them) and params/ (an orbax checkpoint of the
+  final parameters, leaves (num_seeds, ...)).
+
+  With `members` (a sweep, experiments/sweep.py), member i is the run with config.seed =
+  seeds[i] and its values of the HParams fields, each with its own num_seeds inner seeds; all
+  members train in one jitted program (a vmap over members of the vmap over seeds).
+  results.json then lists `members` (seed, values, train_loss: the final update's loss averaged
+  over the inner seeds, and the returns above), returns.png draws one mean curve per setting
+  and params/ has leaves (members, num_seeds, ...). A member whose loss turns non-finite is
+  reported with `diverged_at_step` (an update, 1-based) and the others finish.
+
+  Args:
+    algorithm: the algorithm's module (research.rl.ppo, a2c or dqn; see the module docstring).
+    config: the experiment config; validated before anything is compiled.
+    workdir: output directory (created if missing).
+    members: research.train.Members: seeds and {HParams field: one value per member}, or None.
+    name: the algorithm's name in messages and plot titles.
+
+  Returns:
+    The dict written to results.json.
+
+  Raises:
+    ConfigError: on a bad config or sweep, before anything is compiled or written.
+    NonFiniteLossError: if a loss became NaN or infinite (in a sweep: in every member); nothing
+      is written then.
+  """
+  start = time.perf_counter()
+  name = name or algorithm.__name__.rsplit(".", 1)[-1]
+  if members is not None:
+    return _run_members(algorithm, config, workdir, members, name, start)
+  check_positive("num_seeds", config.num_seeds)
+  train = algorithm.make_train(config)  # validates the rest before anything is traced
+  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+
+  compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+  compile_time = time.perf_counter() - start
+  print(f"compiled {name} on {config.env_name} x {config.num_seeds} seeds in {compile_time:.1f}s")
+
+  run_start = time.perf_counter()
+  out = jax.block_until_ready(compiled(keys))
+  run_time = time.perf_counter() - run_start
+  steps = int(out.metrics.env_steps[0, -1])
+  steps_per_s = config.num_seeds * steps / run_time
+  print(f"trained {algorithm.num_updates(config)} updates x {config.num_seeds} seeds ({steps} env steps each) "
+        f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all seeds")
+
+  _check_finite(out.metrics)
+  initial, final = returns(out)
+  print("initial return per seed: " + ", ".join(f"{r:.1f}" for r in initial))
+  print("final return per seed: " + ", ".join(f"{r:.1f}" for r in final))
+  os.makedirs(workdir, exist_ok=True)
+  _plot(os.path.join(workdir, "returns.png"), out, f"{name} on {config.env_name}")
+  save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))
+  metrics = {
+      **_return_metrics(initial, final),
+      **_timing_metrics(algorithm, config, steps, compile_time, run_time, steps_per_s),
+  }
+  return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
