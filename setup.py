@@ -38,6 +38,7 @@ EXTRAS_REQUIRE = {
         "transformers>=5,<6",  # version 5's config fields and weight names
         "gymnasium>=1.0,<2",
         "diffusers>=0.30,<1",  # reference for the DDPM/DDIM scheduler parity tests
+        "MinAtar>=1.0.15,<2",  # reference dynamics of gymnax's MinAtar games (its torch is an extra, not pulled)
     ],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],

@@ -232,3 +232,21 @@ def test_unknown_environment_is_a_config_error():
   from research.checks import ConfigError  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConfigError, match="unknown env_name 'Pong-v0'; choose one of: CartPole-v1"):
     rollout.VecEnv.make("Pong-v0", 2)
+
+
+def test_tabular_environment_behind_gymnax_steps_resets_and_truncates():
+  env = rollout.VecEnv.make("cliff_walking", 2)
+  assert env.obs_shape == (48,) and env.num_actions == 4 and env.max_episode_steps == 200
+  state = env.reset(jax.random.key(0))
+  np.testing.assert_array_equal(state.obs.argmax(-1), [36, 36])
+  # Right from the start is the cliff: -100 and back to the start; up is -1.
+  state, step = env.step(jax.random.key(1), state, jnp.array([1, 0]))
+  np.testing.assert_array_equal(step.reward, [-100.0, -1.0])
+  np.testing.assert_array_equal(state.obs.argmax(-1), [36, 24])
+  assert not step.done.any()
+  # Walking into the wall for the whole time limit: truncated (not terminated) at step 200, then reset.
+  run = jax.jit(lambda s, k: rollout.collect(env, lambda obs, key: (jnp.array([3, 3]), None), s, k))
+  state, traj = run(env.reset(jax.random.key(2)), jax.random.split(jax.random.key(3), 201))
+  assert traj.done[199].all() and not traj.terminated.any() and not traj.done[:199].any()
+  np.testing.assert_array_equal(traj.episode_return[199], [-200.0, -200.0])
+  np.testing.assert_array_equal(state.stats.episode_length, [1, 1])

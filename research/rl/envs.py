@@ -10,7 +10,8 @@ reward 0.
   cliff_walking   Sutton & Barto Example 6.6 / gymnasium CliffWalking-v1: 4x12 grid.
   frozen_lake_*   gymnasium FrozenLake-v1 (4x4) and FrozenLake8x8-v1 maps, slippery or not.
 
-`make(name)` looks a constructor up in `ENVS`.
+`make(name)` looks a constructor up in `ENVS`. `GymnaxTabular(env)` puts any of them behind
+gymnax's interface (one-hot observations, a time limit) for the deep RL scans.
 """
 
 import functools
@@ -19,6 +20,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
 
 from research.rl.tabular import MDP, Env
 
@@ -259,3 +262,61 @@ def make(name: str, **kwargs) -> Env:
   if name not in ENVS:
     raise ValueError(f"unknown environment {name!r}; choose one of: {', '.join(ENVS)}")
   return ENVS[name](**kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Any of them as a gymnax environment, for the deep RL scans.
+# --------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class GymnaxState(environment.EnvState):
+  """A tabular environment's state inside gymnax: the cell and the step count."""
+  cell: jax.Array  # () int32
+
+
+@struct.dataclass
+class GymnaxParams(environment.EnvParams):
+  max_steps_in_episode: int = 200  # time limit: the episode is truncated after this many steps
+
+
+class GymnaxTabular(environment.Environment):
+  """A tabular `Env` behind gymnax's interface, observed as one-hot vectors of its states.
+
+  gymnax's `step` adds the auto-reset and the time limit (truncation, GymnaxParams), so
+  research.rl.rollout.VecEnv and every deep RL scan run on it unchanged; a network that is
+  linear in the observation is then a table.
+  """
+
+  def __init__(self, env: Env):
+    super().__init__()
+    self.tabular = env
+
+  @property
+  def default_params(self) -> GymnaxParams:
+    return GymnaxParams()
+
+  def _obs(self, cell: jax.Array) -> jax.Array:
+    return jax.nn.one_hot(cell, self.tabular.num_states, dtype=jnp.float32)  # (S,)
+
+  def step_env(self, key, state: GymnaxState, action, params: GymnaxParams):
+    cell, reward, terminated = self.tabular.step(key, state.cell, action)
+    state = GymnaxState(time=state.time + 1, cell=cell)
+    return self._obs(cell), state, reward, terminated, {}
+
+  def reset_env(self, key, params: GymnaxParams):
+    cell = self.tabular.reset(key)
+    return self._obs(cell), GymnaxState(time=0, cell=cell)
+
+  def is_terminated(self, state: GymnaxState, params: GymnaxParams) -> jax.Array:
+    return self.tabular.mdp.terminal[state.cell]
+
+  @property
+  def num_actions(self) -> int:
+    return self.tabular.num_actions
+
+  def action_space(self, params=None) -> spaces.Discrete:
+    return spaces.Discrete(self.tabular.num_actions)
+
+  def observation_space(self, params=None) -> spaces.Box:
+    return spaces.Box(0.0, 1.0, (self.tabular.num_states,), jnp.float32)

@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 from research.checks import check_positive  # pylint: disable=wrong-import-position
 from research.rl import rollout  # pylint: disable=wrong-import-position
 from research import train as train_lib  # pylint: disable=wrong-import-position
-from research.train import Members, NonFiniteLossError, save_pytree, write_results  # pylint: disable=wrong-import-position
+from research.train import (Members, NonFiniteLossError, save_pytree,  # pylint: disable=wrong-import-position
+                            write_results)
 
 # Share of the updates averaged into the initial and final returns; half of it is the plot's smoothing window.
 FINAL_FRACTION = 0.1

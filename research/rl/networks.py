@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TORSOS = ("mlp", "conv")
+TORSOS = ("mlp", "conv", "linear")
 
 
 def orthogonal(scale: float = 1.0) -> nn.initializers.Initializer:
@@ -89,6 +89,9 @@ class ActorCritic(nn.Module):
 class QNetwork(nn.Module):
   """Action values Q(s, .) from a ReLU MLP (two hidden layers) or ConvTorso and one hidden layer.
 
+  "linear": Q(s, .) is linear in the observation (no hidden layer): on one-hot observations of
+  a tabular environment, a table.
+
   With `dueling` (Wang et al. 2016) the last hidden layer feeds a value stream V(s) and an
   advantage stream A(s, a), combined as Q = V + A - mean_a A, so that V and A are identifiable.
   Flax's default (LeCun normal) initialisation, as in the common DQN implementations.
@@ -102,6 +105,8 @@ class QNetwork(nn.Module):
   @nn.compact
   def __call__(self, obs: jax.Array) -> jax.Array:
     """Maps observations (..., obs_dim) or (..., H, W, C) to Q values (..., num_actions)."""
+    if self.torso == "linear":
+      return nn.Dense(self.num_actions, name="q_head")(obs.astype(jnp.float32))
     if self.torso == "conv":
       x = nn.relu(nn.Dense(self.hidden_size, name="hidden_0")(ConvTorso(name="torso")(obs)))
     else:

@@ -23,12 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.train import check_choice
+from research.checks import check_choice
+from research.rl import envs
 
 CLASSIC_CONTROL = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
 # Young & Tian (2019)'s MinAtar games as gymnax ships them (10 x 10 grids, one channel per object kind).
 MINATAR = ("Breakout-MinAtar", "Asterix-MinAtar", "Freeway-MinAtar", "SpaceInvaders-MinAtar")
-ENV_NAMES = CLASSIC_CONTROL + MINATAR
+# research.rl.envs's tabular environments behind gymnax's interface: one-hot observations, a time limit.
+TABULAR = tuple(envs.ENVS)
+ENV_NAMES = CLASSIC_CONTROL + MINATAR + TABULAR
 
 
 class EpisodeStats(NamedTuple):
@@ -67,6 +70,9 @@ class VecEnv(NamedTuple):
   def make(cls, name: str, num_envs: int) -> "VecEnv":
     """Builds a registered gymnax environment; ConfigError (listing ENV_NAMES) for any other name."""
     check_choice("env_name", name, ENV_NAMES)
+    if name in TABULAR:
+      env = envs.GymnaxTabular(envs.make(name))
+      return cls(env, env.default_params, num_envs)
     env, params = gymnax.make(name)
     return cls(env, params, num_envs)
 

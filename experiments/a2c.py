@@ -1,0 +1,87 @@
+"""A2C (synchronous advantage actor-critic) on a gymnax environment, seeds vmapped in one jitted program.
+
+Run:
+  python -m experiments.a2c --workdir=/tmp/a2c
+  python -m experiments.a2c --workdir=/tmp/a2c --config=experiments/a2c.py:smoke
+  python -m experiments.a2c --workdir=/tmp/a2c_gae --config.gae_lambda=0.95 --config.optimizer=adam
+  python -m experiments.sweep --config=experiments/a2c.py --workdir=/tmp/a2c_lr --seeds=2 \
+      --vary=learning_rate=3e-4,7e-4,2e-3 --metric=final_return_mean
+
+The defaults are Stable-Baselines3's (rl-zoo) for CartPole: 8 environments x 5 steps per
+update, n-step returns (gae_lambda = 1), RMSProp 7e-4, no entropy bonus. A sweep
+(experiments/sweep.py) varies the fields of research.rl.a2c.HParams: learning_rate, gamma,
+gae_lambda, ent_coef and vf_coef.
+"""
+
+import ml_collections
+
+from research.rl import a2c, experiment
+from research.train import Members, cli
+
+FINAL_FRACTION = experiment.FINAL_FRACTION  # share of the updates averaged into the initial and final returns
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """Default config (CartPole-v1); presets: "smoke" shrinks it for tests, "minatar" for the MinAtar games."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # PRNG seed; seed i of num_seeds uses split(key(seed), num_seeds)[i]
+  config.env_name = "CartPole-v1"  # CartPole-v1, Acrobot-v1, MountainCar-v0 or a MinAtar game (Breakout-MinAtar, ...)
+  config.num_seeds = 4  # independent runs, vmapped in one program
+  config.num_envs = 8  # parallel environments per run
+  config.num_steps = 5  # steps per environment per update: the n of the n-step returns
+  config.total_timesteps = 500_000  # environment steps per run (summed over envs)
+  config.gamma = 0.99  # discount factor
+  config.gae_lambda = 1.0  # 1: n-step returns (the paper); below 1: GAE(lambda)
+  config.ent_coef = 0.0  # weight of the entropy bonus
+  config.vf_coef = 1.0  # weight of the value loss 0.5 * MSE (1.0 is Stable-Baselines3's 0.5 on the MSE)
+  config.max_grad_norm = 0.5  # clip gradients to this global norm
+  config.learning_rate = 7e-4  # learning rate (initial, if annealed)
+  config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
+  config.optimizer = "rmsprop"  # "rmsprop" (the paper's) or "adam"
+  config.rmsprop_decay = 0.99  # RMSProp's decay of the squared-gradient average (unused by adam)
+  config.optimizer_eps = 1e-5  # RMSProp's or Adam's epsilon
+  config.normalize_advantages = False  # standardise the advantages of each rollout (PPO does)
+  config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
+  if preset == "smoke":
+    # Short enough for a test, long enough that CartPole clearly learns.
+    config.num_seeds = 2
+    config.total_timesteps = 100_000
+  elif preset == "minatar":
+    config.env_name = "Breakout-MinAtar"
+    config.num_envs = 16
+    config.total_timesteps = 2_000_000
+    config.ent_coef = 0.01
+    config.hidden_size = 128
+    config.num_seeds = 3
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke, minatar")
+  return config
+
+
+def member_configs(config, members: Members) -> list:
+  """Each member's config: `config` with that member's seed and values (research.rl.a2c.HParams's fields),
+  validated as a single run's; ConfigError on another field, a wrong number of values or a bad value."""
+  return experiment.member_configs(a2c, config, members)
+
+
+def run(config, workdir: str, members: Members | None = None) -> dict:
+  """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
+
+  Writes into workdir: results.json (final and initial return per seed, timings, config,
+  versions, wall time), returns.png (return vs environment steps, mean and range over seeds)
+  and params/ (the final ActorCritic parameters, leaves (num_seeds, ...)). With `members` (a
+  sweep), every member's num_seeds runs train in one program; see research.rl.experiment.run.
+
+  Args:
+    config: the experiment config (see get_config); validated before anything is compiled.
+    workdir: output directory (created if missing).
+    members: research.train.Members: seeds and {HParams field: one value per member}, or None.
+
+  Returns:
+    The dict written to results.json.
+  """
+  return experiment.run(a2c, config, workdir, members, name="A2C")
+
+
+if __name__ == "__main__":
+  cli.main(__file__, run)

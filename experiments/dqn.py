@@ -1,0 +1,106 @@
+"""DQN or Double DQN on a gymnax environment, seeds vmapped in one jitted program.
+
+Run:
+  python -m experiments.dqn --workdir=/tmp/dqn
+  python -m experiments.dqn --workdir=/tmp/dqn --config=experiments/dqn.py:smoke
+  python -m experiments.dqn --workdir=/tmp/ddqn --config.double_dqn=True
+  python -m experiments.dqn --workdir=/tmp/dqn_breakout --config=experiments/dqn.py:minatar \
+      --config.env_name=Breakout-MinAtar
+  python -m experiments.sweep --config=experiments/dqn.py --workdir=/tmp/dqn_lr --seeds=2 \
+      --vary=learning_rate=1e-4,3e-4,1e-3 --metric=final_return_mean
+
+The final return of each seed is the mean of `eval_episodes` greedy (epsilon = 0) episodes
+after training; returns.png draws the epsilon-greedy training episodes and every greedy
+evaluation. A sweep (experiments/sweep.py) varies the fields of research.rl.dqn.HParams:
+learning_rate, gamma, epsilon_start, epsilon_end, exploration_fraction and tau.
+"""
+
+import ml_collections
+
+from research.rl import dqn, experiment
+from research.train import Members, cli
+
+FINAL_FRACTION = experiment.FINAL_FRACTION  # share of the updates averaged into the initial return
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """Default config (CartPole-v1); presets: "smoke" shrinks it for tests, "minatar" for the MinAtar games."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # PRNG seed; seed i of num_seeds uses split(key(seed), num_seeds)[i]
+  config.env_name = "CartPole-v1"  # CartPole-v1, Acrobot-v1, MountainCar-v0 or a MinAtar game (Breakout-MinAtar, ...)
+  config.num_seeds = 4  # independent runs, vmapped in one program
+  config.num_envs = 4  # parallel environments per run
+  config.num_steps = 1  # steps per environment between gradient phases
+  config.total_timesteps = 100_000  # environment steps per run (summed over envs)
+  config.buffer_size = 20_000  # replay buffer capacity in transitions
+  config.batch_size = 64  # transitions per gradient step
+  config.learning_starts = 1_000  # environment steps taken before the first gradient step
+  config.gradient_steps = 1  # gradient steps per update
+  config.epsilon_start = 1.0  # exploration rate at the first step
+  config.epsilon_end = 0.05  # exploration rate after the schedule
+  config.exploration_fraction = 0.2  # share of total_timesteps over which epsilon falls linearly
+  # Updates between target network updates. Values propagate one Bellman backup per target update, so a long
+  # period (or a small tau) caps the horizon DQN sees within a run: at 125 CartPole's Q stalled near
+  # (1 - 0.99^K) / 0.01 for K target updates and the cart drifted out of bounds after ~100 steps.
+  config.target_update_period = 25
+  config.tau = 1.0  # target <- tau * online + (1 - tau) * target (1: a copy; small with period 1: Polyak)
+  config.loss = "mse"  # TD loss: "mse" or "huber" (Mnih et al.'s error clipping)
+  config.double_dqn = False  # Double DQN's target: the online network picks a', the target network values it
+  config.dueling = False  # dueling head: Q = V + A - mean A
+  config.gamma = 0.99  # discount factor
+  config.learning_rate = 1e-3  # Adam learning rate (initial, if annealed)
+  config.anneal_lr = True  # anneal the learning rate linearly to 0 over the learning updates
+  config.max_grad_norm = 10.0  # clip gradients to this global norm
+  config.hidden_size = 128  # width of the Q-network's hidden layers (two ReLU; MinAtar: one after a conv)
+  config.num_evaluations = 10  # greedy evaluations during training, the last one at the end
+  config.eval_episodes = 8  # greedy episodes per evaluation
+  if preset == "smoke":
+    # Short enough for a test; CartPole's greedy return rises well above a random policy's ~22.
+    config.num_seeds = 2
+    config.total_timesteps = 20_000
+    config.exploration_fraction = 0.3
+    config.num_evaluations = 4
+    config.eval_episodes = 4
+  elif preset == "minatar":
+    config.env_name = "Breakout-MinAtar"
+    config.total_timesteps = 1_000_000
+    config.buffer_size = 100_000
+    config.batch_size = 32
+    config.learning_starts = 5_000
+    config.exploration_fraction = 0.1
+    config.target_update_period = 250
+    config.learning_rate = 2.5e-4
+    config.hidden_size = 128
+    config.num_seeds = 3
+  elif preset:
+    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke, minatar")
+  return config
+
+
+def member_configs(config, members: Members) -> list:
+  """Each member's config: `config` with that member's seed and values (research.rl.dqn.HParams's fields),
+  validated as a single run's; ConfigError on another field, a wrong number of values or a bad value."""
+  return experiment.member_configs(dqn, config, members)
+
+
+def run(config, workdir: str, members: Members | None = None) -> dict:
+  """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
+
+  Writes into workdir: results.json (the greedy final return and the initial return per seed,
+  timings, config, versions, wall time), returns.png (training and greedy returns vs environment
+  steps) and params/ (the final online Q-network, leaves (num_seeds, ...)). With `members` (a
+  sweep), every member's num_seeds runs train in one program; see research.rl.experiment.run.
+
+  Args:
+    config: the experiment config (see get_config); validated before anything is compiled.
+    workdir: output directory (created if missing).
+    members: research.train.Members: seeds and {HParams field: one value per member}, or None.
+
+  Returns:
+    The dict written to results.json.
+  """
+  return experiment.run(dqn, config, workdir, members, name="Double DQN" if config.double_dqn else "DQN")
+
+
+if __name__ == "__main__":
+  cli.main(__file__, run)
