@@ -184,3 +184,16 @@ def test_smoke_experiment_writes_greedy_returns(tmp_path):
   assert os.path.getsize(tmp_path / "returns.png") > 0
   for initial, final in zip(results["initial_return_per_seed"], results["final_return_per_seed"]):
     assert initial < 45 and final > 66, results  # a random policy returns about 22
+
+
+@pytest.mark.slow
+def test_tables_smoke_writes_both_tables(tmp_path):
+  from experiments.tables import dqn as table  # pylint: disable=import-outside-toplevel
+  config = table.get_config("smoke")
+  out = table.run(config, str(tmp_path))
+  assert set(out["greedy_return_per_seed"]) == set(table.CELLS)
+  assert all(np.shape(r) == (config.num_seeds, config.num_evaluations) for r in out["greedy_return_per_seed"].values())
+  assert set(out["start_value_estimate"]) == {"DQN", "Double DQN"}
+  text = (tmp_path / "dqn.md").read_text()
+  assert "| no replay, no target network |" in text and "| Double DQN |" in text
+  assert (tmp_path / "dqn.png").stat().st_size > 1000

@@ -46,3 +46,24 @@ def test_minatar_games_build_with_the_conv_torso(name):
   logits, value = actor_critic.apply(actor_critic.init(jax.random.key(0), obs), obs)
   assert q.shape == logits.shape == (2, env.num_actions) and value.shape == (2,)
   assert jnp.all(jnp.isfinite(q))
+
+
+@pytest.mark.slow
+def test_table_smoke_trains_every_algorithm_on_breakout(tmp_path):
+  from experiments.tables import minatar as table  # pylint: disable=import-outside-toplevel
+  config = table.get_config("smoke")
+  out = table.run(config, str(tmp_path))
+  finals = out["final_return_per_seed"]
+  assert set(finals) == set(table.ALGORITHMS)
+  for algorithm in table.ALGORITHMS:
+    assert len(finals[algorithm]["Breakout-MinAtar"]) == config.num_seeds
+  assert "| PPO |" in (tmp_path / "minatar.md").read_text()
+
+
+def test_table_rejects_an_unknown_game():
+  from experiments.tables import minatar as table  # pylint: disable=import-outside-toplevel
+  from research.train import ConfigError  # pylint: disable=import-outside-toplevel
+  config = table.get_config("smoke")
+  config.games = "Pong-MinAtar"
+  with pytest.raises(ConfigError, match="unknown game 'Pong-MinAtar'"):
+    table.run(config, "/nonexistent")

@@ -133,6 +133,8 @@ def plot(curves: dict) -> Figure:
       style = "k--" if label.startswith("DQN") else "-"
       ax.plot(result["steps"], returns.mean(0), style, marker="o", markersize=3, label=label)
     ax.set(xlabel="environment steps", ylabel="greedy return (environment reward)", title=env_name)
+    if env_name == "cliff_walking":
+      ax.set_yscale("symlog", linthresh=100)  # -13 (optimal) to thousands below (walking into the cliff)
     ax.legend(fontsize=7)
   fig.tight_layout()
   return fig
