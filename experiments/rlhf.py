@@ -86,13 +86,10 @@ def _stage_config(steps: int, batch_size: int, learning_rate: float) -> ml_colle
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """A one-block policy, a few prompts and a few steps of every stage, for tests."""
   pre = config.pretrain
-  pre.n_layer, pre.n_embd, pre.n_head = 1, 32, 2
-  pre.n_positions = pre.seq_len = 32
-  pre.steps, pre.batch_size = 6, 8
-  pre.optimizer.warmup_steps = 2
+  gpt2_experiment.PRESETS["smoke"](pre)  # experiments/gpt2.py's smoke GPT, trained shorter still
+  pre.steps = 6
   pre.log_every = pre.eval_every = pre.checkpoint_every = 3
-  pre.eval_windows, pre.eval_batch_size = 8, 8
-  pre.num_prompts, pre.prompt_len, pre.sample_tokens = 1, 8, 8
+  pre.eval_windows, pre.num_prompts = 8, 1
   config.prompt_len, config.new_tokens = 8, 12
   config.num_train_prompts, config.num_eval_prompts, config.ranking_size = 32, 16, 3
   config.eval_batch_size, config.samples_shown = 16, 2

@@ -7,13 +7,14 @@ Every experiment ends with
 
 which defines `--config` (the script's own `get_config`, so `--config=<script>.py:smoke`
 picks a preset and `--config.<field>=...` overrides a field) and `--workdir`, then calls
-`run(config, workdir)`. Tables and benchmarks end with `cli.main(__file__, run, dir_flag="outdir")`.
+`run(config, workdir)`. Tables and benchmarks end with
+`cli.main(__file__, run, dir_flag="outdir")`. Bad input (an unknown flag or config field, a
+ConfigError raised by the checks) is one line on stderr and exit code 2, before anything is
+compiled or written. A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
+where, and exit with 128 + the signal number (130 / 143).
 
 A script declares its presets once, as a dict of preset name -> function that edits the
-config, and ends `get_config(preset)` with `return cli.apply_presets(config, preset, PRESETS)`. Bad input (an unknown flag or config field, a ConfigError raised by
-the checks) is one line on stderr and exit code 2, before anything is compiled or written.
-A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
-where, and exit with 128 + the signal number (130 / 143).
+config, and ends `get_config(preset)` with `return cli.apply_presets(config, preset, PRESETS)`.
 """
 
 import sys
