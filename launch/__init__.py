@@ -3,7 +3,7 @@
 They only build text; nothing here submits or runs a job:
 
     python -m launch local autoencoder --workdir=/tmp/vae -- --config.steps=500
-    python -m launch local tables.gan_modes --outdir=/tmp/gan_modes -- --steps=200
+    python -m launch local tables.gan_modes --outdir=/tmp/gan_modes -- --config.steps=200
     python -m launch slurm gan --workdir=/scratch/gan --nodes=2 --gpus_per_node=4 | bash
     python -m launch tpu_vm ppo --workdir=/mnt/shared/ppo --tpu=my-tpu --zone=us-central2-b
 
