@@ -1,15 +1,12 @@
 """What every paper table and benchmark shares: its command line, its report, its Markdown and its timer.
 
-A table or benchmark is a script like an experiment (research/train/cli.py):
-
-    def get_config(preset: str = "") -> ml_collections.ConfigDict:  # one comment per field; a "smoke" preset
-    def run(config, outdir: str) -> dict:  # checks the config (ConfigError), measures, writes the report
-    if __name__ == "__main__":
-      cli.main(__file__, run, dir_flag="outdir")
-
-so `--config=<script>.py:smoke` picks a preset, `--config.<field>=...` overrides a field and
-`--outdir` names the report's directory; bad input is one line on stderr and exit code 2, before
-anything is written. Tests and notebooks import `run`.
+A table or benchmark is a script like an experiment (research/train/cli.py): `get_config(preset)`
+(an ml_collections config, one comment per field, a "smoke" preset for tests), `run(config,
+outdir) -> dict` (checks the config, raising ConfigError, then measures and writes the report) and
+`cli.main(__file__, run, dir_flag="outdir")` as its main block. So `--config=<script>.py:smoke`
+picks a preset, `--config.<field>=...` overrides a field and `--outdir` names the report's
+directory; bad input is one line on stderr and exit code 2, before anything is written. Tests and
+notebooks import `run`.
 
 Report. `write_report` writes `<name>.md` (the table, with the command that produced it), a JSON
 file of the measurements (`results.json` for tables, `<name>.json` for benchmarks) and for tables
@@ -50,6 +47,11 @@ import jax
 import numpy as np
 
 from research.train import ConfigError, results
+
+
+# ---------------------------------------------------------------------------------------
+# The report.
+
 
 def command() -> str:
   """The command line that started this process, the way a reader would retype it.
@@ -194,6 +196,12 @@ def check_names(field: str, values: Sequence[str], choices: Sequence[str]) -> No
     raise ConfigError(f"{field} names a value twice: {', '.join(values)}")
 
 
+def check_counts(field: str, values: Sequence[int]) -> None:
+  """Raises ConfigError unless `values` (a tuple field) is one or more positive integers."""
+  if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    raise ConfigError(f"{field} must be positive integers, got {values}")
+
+
 def mean_se(values) -> tuple[float, float]:
   """Mean and standard error of the mean (NaN for a single value)."""
   values = np.asarray(values, np.float64)
@@ -278,6 +286,15 @@ def steps(step: Callable[[], Any], count: int, warmup: int = 0, torch_threads: i
               warmup=(lambda: call_times(step, warmup)) if warmup else None, torch_threads=torch_threads)
 
 
+def host_threads() -> tuple[int, ...]:
+  """The thread counts a PyTorch peer is timed at by default: the host's cores, and 1.
+
+  A pool spanning every core can stall while other work holds one of them, so a benchmark times
+  both and compares the faster one in each repeat (`Timings.best_rates`).
+  """
+  return tuple(dict.fromkeys((os.cpu_count() or 1, 1)))
+
+
 def rotated(items: Sequence, r: int) -> list:
   """`items` starting at position r (mod its length): repeat r's order."""
   items = list(items)
@@ -331,6 +348,10 @@ class Timings:
     """Per repeat, the highest rate among `names` (e.g. a PyTorch side's thread settings)."""
     names = [names] if isinstance(names, str) else list(names)
     return [max(rates) for rates in zip(*(self.rates(n) for n in names))]
+
+  def best_seconds(self, names: str | Sequence[str]) -> list[float]:
+    """Per repeat, the fewest seconds per unit of work among `names`: 1 / best_rates(names)."""
+    return [1.0 / rate for rate in self.best_rates(names)]
 
   def ratios(self, name: str, against: str | Sequence[str]) -> list[float]:
     """Per repeat, `name`'s rate over the best rate of `against` (above 1: `name` is faster)."""

@@ -273,9 +273,9 @@ def run(config, workdir: str) -> dict:
   name = module.__name__.split(".")[-1]
   text = markdown(rows, fields, seeds, name, wall)
   out = harness.write_report(workdir, "sweep", {"experiment": module.__name__, "seeds": seeds, "vary": vary,
-                                               "zip": zipped, "metric": metric, "members": members,
-                                               "settings": rows},
-                            text, figure=figure(rows, members, fields, metric), config=config, wall_time_s=wall)
+                                                "zip": zipped, "metric": metric, "members": members,
+                                                "settings": rows},
+                             text, figure=figure(rows, members, fields, metric), config=config, wall_time_s=wall)
   print(text)
   return out
 

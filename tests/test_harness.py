@@ -105,6 +105,15 @@ def test_check_names():
     harness.check_names("models", ("vae", "vae"), ("vae", "gan"))
 
 
+def test_check_counts_and_host_threads():
+  harness.check_counts("lengths", (64, 128))
+  for bad in ((), (0, 1), (2.5,), ("4",), (True,)):
+    with pytest.raises(ConfigError, match="lengths must be positive integers"):
+      harness.check_counts("lengths", bad)
+  threads = harness.host_threads()
+  assert threads[0] == os.cpu_count() and threads[-1] == 1 and len(set(threads)) == len(threads)
+
+
 def test_presets_apply_in_their_declared_order_and_unknown_ones_are_named():
   presets = {"long": lambda c: c.update({"steps": 100, "log": 10}), "smoke": lambda c: c.update({"steps": 2})}
   config = lambda: ml_collections.ConfigDict({"steps": 10, "log": 1})
@@ -140,6 +149,7 @@ def test_compare_rotates_the_sides_and_reports_rates_and_ratios_per_repeat():
   assert timings.ratios("ours", "peer") == [4.0, 2.0, 2.0] and timings.median_ratio("ours", "peer") == 2.0
   # Against several sides (e.g. a peer's thread settings), each repeat's fastest.
   assert timings.best_rates(["peer", "peer_slow"]) == [2.5, 2.5, 5.0]
+  assert timings.best_seconds(["peer", "peer_slow"]) == [0.4, 0.4, 0.2]
   record = timings.record()
   assert record["repeats"] == 3 and set(record["load_average"]) == {"start", "end"}
   assert record["torch_threads"] == {} and record["cpu_count"] == os.cpu_count()

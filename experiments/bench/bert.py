@@ -34,7 +34,6 @@ Run:
 """
 
 import dataclasses
-import os
 import tempfile
 import time
 
@@ -78,8 +77,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.steps = 5  # timed training steps (and inference calls) per repeat and side
   config.warmup = 1  # untimed steps (and calls) before each timing
   config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
-  # torch.set_num_threads values timed, the faster one per repeat compared: the host's cores and 1.
-  config.torch_threads = tuple(dict.fromkeys((os.cpu_count() or 1, 1)))
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
   return cli.apply_presets(config, preset, PRESETS)
 
 
@@ -206,8 +204,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.seq_len < 4 or config.vocab_size <= len(SPECIAL):
     raise ConfigError(f"seq_len must be >= 4 and vocab_size > {len(SPECIAL)}, got {config.seq_len} and "
                       f"{config.vocab_size}")
-  if not config.torch_threads or min(config.torch_threads) < 1:
-    raise ConfigError(f"torch_threads must be positive integers, got {config.torch_threads}")
+  harness.check_counts("torch_threads", config.torch_threads)
 
 
 def run(config: ml_collections.ConfigDict, outdir: str) -> dict:

@@ -58,7 +58,6 @@ Run:
 """
 
 import math
-import os
 import statistics
 import time
 
@@ -103,7 +102,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.parts = PARTS  # what to measure: sampling, dit
   config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
-  config.torch_threads = tuple(sorted({os.cpu_count() or 1, 1}, reverse=True))  # torch.set_num_threads: cores, 1
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
   # A pool spanning every core can run a hundred times slower while other work holds one of them.
   config.torch_seconds = 60.0  # a PyTorch timing stops after the step that passes this many seconds
   config.param_tolerance = 0.02  # largest relative parameter-count difference accepted between peers
@@ -629,8 +628,7 @@ def _markdown(results: dict) -> str:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first bad field, before anything is built or timed."""
   harness.check_names("parts", config.parts, PARTS)
-  if not config.torch_threads or min(config.torch_threads) < 1:
-    raise ConfigError(f"torch_threads must be positive integers, got {config.torch_threads}")
+  harness.check_counts("torch_threads", config.torch_threads)
   for name in ("repeats", "torch_seconds"):
     check_positive(name, config[name])
   check_positive("param_tolerance", config.param_tolerance, allow_zero=True)

@@ -109,9 +109,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.iterations = 2  # timed rollout + update iterations per repeat and entry
   config.warmup = 1  # untimed iterations before each timing of a Python loop
   config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
-  # A pool spanning every core stalls when other processes share them, so the peer is timed at both settings
-  # and compared at its faster one in each repeat.
-  config.torch_threads = tuple(dict.fromkeys((os.cpu_count() or 1, 1)))  # torch.set_num_threads values of the peer
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
   config.seed = 0  # seeds the weights, the prompts and both samplers
   return cli.apply_presets(config, preset, PRESETS)
 
@@ -504,8 +502,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_positive(name, config[name])
   check_positive("warmup", config.warmup, allow_zero=True)
   check_positive("kl_coef", config.kl_coef, allow_zero=True)
-  if not config.torch_threads or min(config.torch_threads) < 1:
-    raise ConfigError(f"torch_threads must be positive integers, got {config.torch_threads}")
+  harness.check_counts("torch_threads", config.torch_threads)
   for prefix in ("", "rm_"):
     width, heads = config[f"{prefix}n_embd"], config[f"{prefix}n_head"]
     if width % heads:

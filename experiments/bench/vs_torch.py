@@ -39,7 +39,6 @@ Run:
 """
 
 import dataclasses
-import os
 import statistics
 import tempfile
 import time
@@ -88,7 +87,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.torch_steps = 2000  # timed steps of each PyTorch run (at most)
   config.torch_seconds = 20.0  # a PyTorch timing stops after this many seconds
   config.torch_warmup = 20  # untimed steps before each PyTorch timing
-  config.torch_threads = tuple(sorted({os.cpu_count() or 1, 1}, reverse=True))  # torch.set_num_threads: cores, 1
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
   config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
   return cli.apply_presets(config, preset, PRESETS)
 
@@ -430,8 +429,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first bad field (the steps_per_call values against each run: `run`)."""
   harness.check_names("models", config.models, MODELS)
   for name in ("vae_steps_per_call", "gan_steps_per_call", "torch_threads"):
-    if not config[name] or min(config[name]) < 1:
-      raise ConfigError(f"{name} must be positive integers, got {config[name]}")
+    harness.check_counts(name, config[name])
   for name in ("repeats", "torch_steps", "torch_seconds"):
     check_positive(name, config[name])
   for name in ("vae_steps", "gan_steps", "torch_warmup"):

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from experiments import harness
 from research.models import attention
-from research.train import ConfigError, check_positive, cli
+from research.train import check_positive, cli
 
 MIB = 2 ** 20
 
@@ -191,9 +191,8 @@ def figure(rows: list[dict]) -> Figure:
 
 def check_config(config: ml_collections.ConfigDict) -> list[int]:
   """The sorted lengths; raises ConfigError on a bad field, before anything is compiled or written."""
+  harness.check_counts("lengths", config.lengths)
   lengths = sorted(set(config.lengths))
-  if not lengths or not all(isinstance(t, int) and t > 0 for t in lengths):
-    raise ConfigError(f"lengths must be positive integers, got {config.lengths}")
   for name in ("batch", "heads", "head_dim", "block_size", "repeats"):
     check_positive(name, config[name])
   check_positive("naive_max_len", config.naive_max_len, allow_zero=True)

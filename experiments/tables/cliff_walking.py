@@ -208,7 +208,7 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   summaries = {name: summarize(*learned[name]) for name in config.algorithms}
   wall_time_s = time.time() - start
   return harness.write_report(outdir, NAME, summaries, markdown(config, summaries, wall_time_s),
-                             figure=plot(config, summaries), config=config, wall_time_s=wall_time_s)
+                              figure=plot(config, summaries), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

@@ -223,9 +223,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_positive(name, config[name], allow_zero=True)
   if config.num_samples < MIN_SAMPLES:
     raise ConfigError(f"num_samples must be at least {MIN_SAMPLES}, got {config.num_samples}")
-  channels = config.diffusion_channels
-  if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
-    raise ConfigError(f"diffusion_channels must be positive integers, got {channels}")
+  harness.check_counts("diffusion_channels", config.diffusion_channels)
   harness.check_names("methods", config.methods, METHODS)
   # Every experiment config is checked too, so a bad field costs no compile.
   for method in config.methods:

@@ -168,7 +168,7 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
       "rms_curves": {"td": rms["td"], "mc": rms["mc"]},
   }
   return harness.write_report(outdir, NAME, metrics, markdown(config, rms, wall_time_s),
-                             figure=plot(config, curves, rms), config=config, wall_time_s=wall_time_s)
+                              figure=plot(config, curves, rms), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

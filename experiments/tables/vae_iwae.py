@@ -27,7 +27,7 @@ from experiments import harness
 from research import data as data_lib
 from research import sweep
 from research.models import autoencoder
-from research.train import ConfigError, check_positive, cli
+from research.train import check_positive, cli
 
 # Burda, Grosse & Salakhutdinov (2016), Table 1, MNIST, one stochastic layer (50 units,
 # 2x200 tanh deterministic layers): test NLL in nats evaluated with k = 5000.
@@ -59,8 +59,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first bad field."""
   for name in ("steps", "eval_k", "seeds"):
     check_positive(name, config[name])
-  if not config.ks or not all(isinstance(k, int) and k > 0 for k in config.ks):
-    raise ConfigError(f"ks must be positive integers, got {config.ks}")
+  harness.check_counts("ks", config.ks)
 
 
 def row_config(objective: str, k: int, steps: int, eval_k: int):
