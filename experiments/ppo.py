@@ -20,6 +20,15 @@ from research.train import Members, cli
 FINAL_FRACTION = experiment.FINAL_FRACTION  # share of the updates averaged into the initial and final returns
 
 
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Short enough for a test (seconds once compiled), long enough that CartPole clearly learns."""
+  config.num_seeds = 2
+  config.total_timesteps = 50_000
+
+
+PRESETS = {"smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; preset "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
@@ -42,13 +51,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.learning_rate = 2.5e-4  # Adam learning rate (initial, if annealed)
   config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
   config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
-  if preset == "smoke":
-    # Short enough for a test (seconds once compiled), long enough that CartPole clearly learns.
-    config.num_seeds = 2
-    config.total_timesteps = 50_000
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def member_configs(config, members: Members) -> list:
