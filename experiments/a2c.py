@@ -21,8 +21,27 @@ from research.train import Members, cli
 FINAL_FRACTION = experiment.FINAL_FRACTION  # share of the updates averaged into the initial and final returns
 
 
+def _minatar(config: ml_collections.ConfigDict) -> None:
+  """Breakout by default (--config.env_name for the other games)."""
+  config.env_name = "Breakout-MinAtar"
+  config.num_envs = 16
+  config.total_timesteps = 2_000_000
+  config.ent_coef = 0.01
+  config.hidden_size = 128
+  config.num_seeds = 3
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Short enough for a test, long enough that CartPole clearly learns."""
+  config.num_seeds = 2
+  config.total_timesteps = 100_000
+
+
+PRESETS = {"minatar": _minatar, "smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config (CartPole-v1); presets: "smoke" shrinks it for tests, "minatar" for the MinAtar games."""
+  """Default config (CartPole-v1); presets: "minatar" for the MinAtar games, "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
   config.seed = 0  # PRNG seed; seed i of num_seeds uses split(key(seed), num_seeds)[i]
   config.env_name = "CartPole-v1"  # CartPole-v1, Acrobot-v1, MountainCar-v0 or a MinAtar game (Breakout-MinAtar, ...)
@@ -42,20 +61,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer_eps = 1e-5  # RMSProp's or Adam's epsilon
   config.normalize_advantages = False  # standardise the advantages of each rollout (PPO does)
   config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
-  if preset == "smoke":
-    # Short enough for a test, long enough that CartPole clearly learns.
-    config.num_seeds = 2
-    config.total_timesteps = 100_000
-  elif preset == "minatar":
-    config.env_name = "Breakout-MinAtar"
-    config.num_envs = 16
-    config.total_timesteps = 2_000_000
-    config.ent_coef = 0.01
-    config.hidden_size = 128
-    config.num_seeds = 3
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke, minatar")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def member_configs(config, members: Members) -> list:

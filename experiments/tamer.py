@@ -20,6 +20,26 @@ from research.train import Members, cli
 FINAL_FRACTION = experiment.FINAL_FRACTION  # share of the steps averaged into the initial return
 
 
+def _tabular(config: ml_collections.ConfigDict) -> None:
+  """Cliff walking, H^ a table."""
+  config.env_name = "cliff_walking"
+  config.total_timesteps = 5_000
+  config.learning_rate = 0.1
+  # A one-step delay: spread over 1..3 steps, the credit of a deterministic greedy walk blurs between
+  # neighbouring cells and the agent can loop (experiments/tables/tamer.py shows it).
+  config.delay_min = config.delay_max = 1
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  config.num_seeds = 2
+  config.total_timesteps = 2_000
+  config.num_evaluations = 4
+  config.eval_episodes = 4
+
+
+PRESETS = {"tabular": _tabular, "smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config (CartPole-v1); presets: "tabular" (cliff walking), "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
@@ -38,21 +58,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.hidden_size = 64  # width of H^'s two ReLU hidden layers (tabular environments: a table, unused)
   config.num_evaluations = 10  # greedy evaluations during training, the last one at the end
   config.eval_episodes = 8  # greedy episodes per evaluation
-  if preset == "tabular":
-    config.env_name = "cliff_walking"
-    config.total_timesteps = 5_000
-    config.learning_rate = 0.1
-    # A one-step delay: spread over 1..3 steps, the credit of a deterministic greedy walk blurs between
-    # neighbouring cells and the agent can loop (experiments/tables/tamer.py shows it).
-    config.delay_min = config.delay_max = 1
-  elif preset == "smoke":
-    config.num_seeds = 2
-    config.total_timesteps = 2_000
-    config.num_evaluations = 4
-    config.eval_episodes = 4
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: tabular, smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def member_configs(config, members: Members) -> list:

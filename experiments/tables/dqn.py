@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import dqn as dqn_experiment
-from experiments import report
+from experiments import harness
 from research.rl import dqn
 from research.train import check_positive, cli
 
@@ -37,6 +37,17 @@ CELLS = {  # name: (replay, target network)
 }
 
 
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Small enough for a test."""
+  config.num_seeds = 2
+  config.total_timesteps = 4_000
+  config.num_evaluations = 2
+  config.eval_episodes = 2
+
+
+PRESETS = {"smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; preset "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
@@ -45,14 +56,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.total_timesteps = 100_000  # environment steps per run; the rest of DQN's config is experiments/dqn.py's
   config.num_evaluations = 10  # greedy evaluations per run
   config.eval_episodes = 8  # greedy episodes per evaluation
-  if preset == "smoke":
-    config.num_seeds = 2
-    config.total_timesteps = 4_000
-    config.num_evaluations = 2
-    config.eval_episodes = 2
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:
@@ -76,11 +80,6 @@ def dqn_config(config, replay: bool = True, target: bool = True, double: bool = 
 def train(c) -> dqn.TrainOutput:
   keys = jax.random.split(jax.random.key(c.seed), c.num_seeds)
   return jax.device_get(jax.jit(jax.vmap(dqn.make_train(c)))(keys))
-
-
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-  x = np.asarray(x, np.float64)
-  return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
 def results(config) -> dict:
@@ -116,44 +115,34 @@ def plot(out: dict) -> Figure:
 
 
 def markdown(config, out: dict, wall_time_s: float) -> str:
-  ablation = ["| DQN variant | final greedy return | best evaluation |", "|---|---|---|"]
-  for name, returns in out["ablation"].items():
-    final, best = _mean_se(returns[:, -1]), _mean_se(returns.max(-1))
-    ablation.append(f"| {name} | {final[0]:.1f} ± {final[1]:.1f} | {best[0]:.1f} ± {best[1]:.1f} |")
-  over = ["| algorithm | estimate max_a Q(s0, a) | discounted return obtained | overestimation |", "|---|---|---|---|"]
+  ablation = harness.table(
+      ["DQN variant", "final greedy return", "best evaluation"],
+      [(name, harness.pm(harness.mean_se(returns[:, -1]), 1), harness.pm(harness.mean_se(returns.max(-1)), 1))
+       for name, returns in out["ablation"].items()], align="lrr")
+  rows = []
   for name, evaluation in out["overestimation"].items():
     value = np.asarray(evaluation.initial_value).mean(-1)  # (seeds, E)
     actual = np.asarray(evaluation.discounted_return).mean(-1)
-    v, a, d = _mean_se(value.mean(-1)), _mean_se(actual.mean(-1)), _mean_se((value - actual).mean(-1))
-    over.append(f"| {name} | {v[0]:.1f} ± {v[1]:.1f} | {a[0]:.1f} ± {a[1]:.1f} | {d[0]:+.1f} ± {d[1]:.1f} |")
-  return f"""# What made DQN work, and its overestimation (CartPole-v1)
-
-{config.num_seeds} seeds per row, {config.total_timesteps:,} environment steps each, experiments/dqn.py's
-defaults otherwise; returns are greedy (epsilon = 0), {config.eval_episodes} episodes per evaluation,
-mean ± standard error over seeds.
-
-```
-{report.command()}
-```
-
-## Replay and target network (Mnih et al. 2015, Extended Data Table 3 in shape)
-
-"No replay": a buffer of one batch (the latest transitions). "No target network": the target
-copies the online network after every update.
-
-{chr(10).join(ablation)}
-
-## Overestimation (van Hasselt et al. 2016, Figure 3 in shape)
-
-The start state's value estimate against the discounted return (gamma 0.99) the greedy policy
-obtained from it, averaged over the {config.num_evaluations} evaluations of training.
-
-{chr(10).join(over)}
-
-Wall time (compilation included): {wall_time_s:.0f} s.
-
-![curves]({NAME}.png)
-"""
+    rows.append((name, harness.pm(harness.mean_se(value.mean(-1)), 1), harness.pm(harness.mean_se(actual.mean(-1)), 1),
+                 harness.pm(harness.mean_se((value - actual).mean(-1)), 1),
+                 harness.pm(harness.mean_se(value[:, -1] - actual[:, -1]), 1)))
+  over = harness.table(["algorithm", "estimate max_a Q(s0, a)", "discounted return obtained",
+                        "overestimation (all evaluations)", "overestimation (last)"], rows, align="lrrrr")
+  return harness.document(
+      "What made DQN work, and its overestimation (CartPole-v1)",
+      f"{config.num_seeds} seeds per row, {config.total_timesteps:,} environment steps each, experiments/dqn.py's "
+      f"defaults otherwise; returns are greedy (epsilon = 0), {config.eval_episodes} episodes per evaluation, "
+      "mean ± standard error over seeds.",
+      "## Replay and target network (Mnih et al. 2015, Extended Data Table 3 in shape)",
+      '"No replay": a buffer of one batch (the latest transitions). "No target network": the target copies '
+      "the online network after every update.",
+      ablation,
+      "## Overestimation (van Hasselt et al. 2016, Figure 3 in shape)",
+      "The start state's value estimate against the discounted return (gamma 0.99) the greedy policy "
+      f"obtained from it, averaged over the {config.num_evaluations} evaluations of training and at the last.",
+      over,
+      f"Wall time (compilation included): {wall_time_s:.0f} s.",
+      f"![curves]({NAME}.png)")
 
 
 def run(config, outdir: str) -> dict:
@@ -170,7 +159,7 @@ def run(config, outdir: str) -> dict:
       "start_discounted_return": {k: np.asarray(e.discounted_return).mean(-1).tolist()
                                   for k, e in out["overestimation"].items()},
   }
-  return report.write_report(outdir, NAME, metrics, markdown(config, out, wall_time_s), figure=plot(out),
+  return harness.write_report(outdir, NAME, metrics, markdown(config, out, wall_time_s), figure=plot(out),
                              config=config, wall_time_s=wall_time_s)
 
 

@@ -23,12 +23,22 @@ import numpy as np
 from experiments import a2c as a2c_experiment
 from experiments import dqn as dqn_experiment
 from experiments import ppo as ppo_experiment
-from experiments import report
+from experiments import harness
 from research.rl import a2c, dqn, experiment, ppo, rollout
 from research.train import ConfigError, check_positive, cli
 
 NAME = "minatar"
 ALGORITHMS = ("DQN", "Double DQN", "A2C", "PPO")
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Small enough for a test."""
+  config.num_seeds = 1
+  config.games = "Breakout-MinAtar"
+  config.total_timesteps = 4_096
+
+
+PRESETS = {"smoke": _smoke}
+
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; preset "smoke" shrinks it for tests."""
@@ -37,13 +47,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.num_seeds = 3  # runs per cell
   config.games = ",".join(rollout.MINATAR)  # comma-separated gymnax MinAtar names
   config.total_timesteps = 1_000_000  # environment steps per run, every algorithm
-  if preset == "smoke":
-    config.num_seeds = 1
-    config.games = "Breakout-MinAtar"
-    config.total_timesteps = 4_096
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:
@@ -78,28 +82,16 @@ def run_cell(module, c) -> np.ndarray:
 
 def markdown(config, finals: dict, wall_time_s: float) -> str:
   games = config.games.split(",")
-  rows = ["| algorithm | " + " | ".join(games) + " |", "|---|" + "---|" * len(games)]
-  for algorithm in ALGORITHMS:
-    cells = []
-    for game in games:
-      values = np.asarray(finals[algorithm][game], np.float64)
-      se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-      cells.append(f"{values.mean():.1f} ± {se:.1f}")
-    rows.append(f"| {algorithm} | " + " | ".join(cells) + " |")
-  return f"""# MinAtar: DQN, Double DQN, A2C and PPO
-
-{config.total_timesteps:,} environment steps per run, {config.num_seeds} seeds per cell (mean ± s.e.),
-one vmapped program per cell. DQN: greedy evaluation at the end; A2C and PPO: training episodes
-of the last 10% of updates.
-
-```
-{report.command()}
-```
-
-{chr(10).join(rows)}
-
-Wall time (compilation included): {wall_time_s:.0f} s.
-"""
+  table = harness.table(["algorithm"] + games,
+                        [[algorithm] + [harness.pm(harness.mean_se(finals[algorithm][g]), 1) for g in games]
+                         for algorithm in ALGORITHMS], align="l" + "r" * len(games))
+  return harness.document(
+      "MinAtar: DQN, Double DQN, A2C and PPO",
+      f"{config.total_timesteps:,} environment steps per run, {config.num_seeds} seeds per cell (mean ± s.e.), one "
+      "vmapped program per cell. DQN: greedy evaluation at the end; A2C and PPO: training episodes of the last 10% "
+      "of updates.",
+      table,
+      f"Wall time (compilation included): {wall_time_s:.0f} s.")
 
 
 def run(config, outdir: str) -> dict:
@@ -113,7 +105,7 @@ def run(config, outdir: str) -> dict:
       print(f"{algorithm} on {game}: " + ", ".join(f"{r:.1f}" for r in finals[algorithm][game]))
   wall_time_s = time.time() - start
   metrics = {"final_return_per_seed": {a: {g: v.tolist() for g, v in per.items()} for a, per in finals.items()}}
-  return report.write_report(outdir, NAME, metrics, markdown(config, finals, wall_time_s), config=config,
+  return harness.write_report(outdir, NAME, metrics, markdown(config, finals, wall_time_s), config=config,
                              wall_time_s=wall_time_s)
 
 

@@ -21,12 +21,25 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import dqn as dqn_experiment
-from experiments import report
+from experiments import harness
 from experiments import tamer as tamer_experiment
 from research.rl import dqn, tamer
 from research.train import ConfigError, check_positive, cli
 
 NAME = "tamer"
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Small enough for a test."""
+  config.num_seeds = 2
+  config.trainers = ((0.0, 1.0), (0.3, 0.3))
+  config.cartpole_steps = 1_000
+  config.cliff_steps = 1_000
+  config.num_evaluations = 2
+  config.eval_episodes = 2
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -40,16 +53,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.cliff_steps = 5_000  # environment steps of every cliff-walking run
   config.num_evaluations = 10  # greedy evaluations per run (the curves' points)
   config.eval_episodes = 8  # greedy episodes per evaluation
-  if preset == "smoke":
-    config.num_seeds = 2
-    config.trainers = ((0.0, 1.0), (0.3, 0.3))
-    config.cartpole_steps = 1_000
-    config.cliff_steps = 1_000
-    config.num_evaluations = 2
-    config.eval_episodes = 2
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:
@@ -141,37 +145,28 @@ def plot(curves: dict) -> Figure:
 
 
 def markdown(config, curves: dict, wall_time_s: float) -> str:
-  sections = []
+  blocks = []
   for env_name, result in curves.items():
-    steps = result["steps"]
-    header = "| learner | " + " | ".join(f"{s:,}" for s in steps) + " |"
-    rows = [header, "|" + "---|" * (len(steps) + 1)]
-    for label, returns in result["curves"].items():
-      mean, se = returns.mean(0), returns.std(0, ddof=1) / np.sqrt(returns.shape[0])
-      rows.append(f"| {label} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, se)) + " |")
     delay = result["delay"]
-    sections.append(f"## {env_name}\n\nGreedy return after each number of environment steps (mean ± s.e. over "
-                    f"{config.num_seeds} seeds, {config.eval_episodes} episodes each); the trainer's signals arrive "
-                    f"{delay[0]}..{delay[1]} steps late.\n\n" + "\n".join(rows))
-  return f"""# TAMER with a simulated trainer vs DQN
-
-TAMER (Knox & Stone 2009) learns a model H^(s, a) of a trainer's +1/-1 signals and acts greedily
-on it; it never sees the reward. The trainer is simulated: it approves the best actions of a
-hidden action-value function (CartPole: a linear controller that balances the pole; cliff
-walking: Q* from value iteration), answers a share of the steps (sparsity), gets a share of its
-signals wrong (noise), and answers late; TAMER credits each signal uniformly over the steps of
-its assumed delay window. DQN learns from the environment's reward over the same steps.
-
-```
-{report.command()}
-```
-
-{chr(10).join(sections)}
-
-Wall time (compilation included): {wall_time_s:.0f} s.
-
-![learning curves]({NAME}.png)
-"""
+    blocks += [
+        f"## {env_name}",
+        f"Greedy return after each number of environment steps (mean ± s.e. over {config.num_seeds} seeds, "
+        f"{config.eval_episodes} episodes each); the trainer's signals arrive {delay[0]}..{delay[1]} steps late.",
+        harness.table(["learner"] + [f"{s:,}" for s in result["steps"]],
+                      [[label] + [harness.pm(harness.mean_se(returns[:, e]), 1) for e in range(returns.shape[1])]
+                       for label, returns in result["curves"].items()], align="l" + "r" * len(result["steps"]))]
+  return harness.document(
+      "TAMER with a simulated trainer vs DQN",
+      "TAMER (Knox & Stone 2009) learns a model H^(s, a) of a trainer's +1/-1 signals and acts greedily on it; it "
+      "never sees the reward. The trainer is simulated: it approves the best actions of a hidden action-value "
+      "function (CartPole: a linear controller that balances the pole; cliff walking: Q* from value iteration), "
+      "answers a share of the steps (sparsity), gets a share of its signals wrong (noise), and answers late; TAMER "
+      "credits each signal uniformly over the steps of its assumed delay window. DQN learns from the environment's "
+      "reward over the same steps (experiments/dqn.py's config, learning from a tenth of the run, epsilon falling "
+      "over half of it).",
+      *blocks,
+      f"Wall time (compilation included): {wall_time_s:.0f} s.",
+      f"![learning curves]({NAME}.png)")
 
 
 def run(config, outdir: str) -> dict:
@@ -184,7 +179,7 @@ def run(config, outdir: str) -> dict:
                         "greedy_return_mean": {k: v.mean(0).tolist() for k, v in r["curves"].items()},
                         "greedy_return_per_seed": {k: v.tolist() for k, v in r["curves"].items()}}
              for env_name, r in curves.items()}
-  return report.write_report(outdir, NAME, metrics, markdown(config, curves, wall_time_s), figure=plot(curves),
+  return harness.write_report(outdir, NAME, metrics, markdown(config, curves, wall_time_s), figure=plot(curves),
                              config=config, wall_time_s=wall_time_s)
 
 
