@@ -197,3 +197,13 @@ def test_tables_smoke_writes_both_tables(tmp_path):
   text = (tmp_path / "dqn.md").read_text()
   assert "| no replay, no target network |" in text and "| Double DQN |" in text
   assert (tmp_path / "dqn.png").stat().st_size > 1000
+
+
+def test_sweep_varies_only_traced_fields(tmp_path):
+  proc = run_python(["-m", "experiments.sweep", "--config=experiments/dqn.py:smoke", f"--workdir={tmp_path / 'w'}",
+                     "--vary=buffer_size=64,128"])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith("error: cannot vary buffer_size: it is not a traced hyperparameter")
+  assert lines[0].endswith("traced: epsilon_end, epsilon_start, exploration_fraction, gamma, learning_rate, tau")
+  assert not (tmp_path / "w").exists()
