@@ -166,7 +166,7 @@ def run(bench: ml_collections.ConfigDict, outdir: str) -> dict:
       f"Per-repeat ratios, {seeds} seeds: " + ", ".join(f"{r:.1f}x" for r in many["per_repeat_ratios"]) + ".\n"
       + harness.machine(env, timings.load_average, ("jax", "torch", "stable_baselines3", "gymnasium", "gymnax")))
   print(text)
-  return harness.write_report(outdir, "a2c", result, text, json_file="a2c.json", packages=PACKAGES)
+  return harness.write_report(outdir, "a2c", result, text, json_file="a2c.json", config=bench, packages=PACKAGES)
 
 
 if __name__ == "__main__":
