@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
+from trees import assert_trees_equal
 from research.models import gpt2
 
 torch = pytest.importorskip("torch")
@@ -50,8 +51,7 @@ def test_weights_round_trip_exactly_and_transformers_loads_ours(reference, tmp_p
   model, params = gpt2.load_hf(path)
   gpt2.save_hf(str(tmp_path), model.cfg, params)
   _, again = gpt2.load_hf(str(tmp_path))
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
-    np.testing.assert_array_equal(a, b)
+  assert_trees_equal(params, again)
   loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
   ids = np.arange(19)[None] % 37
   np.testing.assert_array_equal(_logits(loaded, ids), _logits(hf_model, ids))
@@ -65,8 +65,7 @@ def test_names_without_the_transformer_prefix_load_too(reference, tmp_path):
   (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
   _, a = gpt2.load_hf(path)
   _, b = gpt2.load_hf(str(tmp_path))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  assert_trees_equal(a, b)
 
 
 def test_greedy_generation_equals_transformers_for_left_padded_prompts(reference):

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import tiny_run
+from trees import assert_trees_close, leaf_pairs
 from research import data as data_lib
 from research import optim
 from research.models import autoencoder
@@ -27,11 +28,6 @@ def _ae_config(steps, **overrides):
   for name, value in overrides.items():
     config[name] = value
   return config
-
-
-def _leaves_close(a, b, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
 def _events(workdir):
@@ -90,13 +86,12 @@ def test_grad_accum_gives_the_same_update(tmp_path, digits_train):
     task = autoencoder.make_task(config, digits_train["image"][:32])
     runs[k] = train(task, config, str(tmp_path / f"k{k}"), {"image": digits_train["image"]},
                     {"image": digits_train["image"][:64]})
-  _leaves_close(runs[4].state.params, runs[1].state.params, atol=1e-6)
+  assert_trees_close(runs[4].state.params, runs[1].state.params, atol=1e-6)
   np.testing.assert_allclose(runs[4].results["train_loss"], runs[1].results["train_loss"], rtol=1e-6)
   # And it did train: the parameters moved.
   init = init_state(autoencoder.make_task(_ae_config(5), digits_train["image"][:32]), Keys.from_seed(0).init,
                     {"image": digits_train["image"][:32]}, 0.0).params
-  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
-             zip(jax.tree.leaves(init), jax.tree.leaves(runs[1].state.params))) > 1e-3
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in leaf_pairs(init, runs[1].state.params)) > 1e-3
 
 
 def test_train_loss_and_logged_scalars_are_interval_means(tmp_path, digits_train):
@@ -184,7 +179,7 @@ def test_steps_per_call_matches_one_step_per_call(tmp_path, digits_train, k):
   config = tiny_run.make_config(30)
   config.steps_per_call = k
   run = train(tiny_run.make_task(config), config, str(tmp_path / f"k{k}"), digits_train)
-  _leaves_close(run.state.params, ref.state.params, atol=2e-6)
+  assert_trees_close(run.state.params, ref.state.params, atol=2e-6)
   np.testing.assert_allclose(run.results["train_loss"], ref.results["train_loss"], rtol=1e-5)
   # Logging and checkpoints stay exact to the step (every 10 steps, whatever k).
   assert sorted(int(p.name) for p in (tmp_path / f"k{k}" / "checkpoints").iterdir() if p.name.isdigit()) == \
@@ -252,7 +247,7 @@ def test_record_source_and_arrays_feed_the_same_batches(tmp_path, digits_train):
   config = tiny_run.make_config(10)
   a = train(tiny_run.make_task(config), config, str(tmp_path / "a"), digits_train)
   b = train(tiny_run.make_task(config), config, str(tmp_path / "b"), source)
-  _leaves_close(a.state.params, b.state.params, atol=0)
+  assert_trees_close(a.state.params, b.state.params, atol=0)
 
 
 def test_prefetch_depth_does_not_change_the_run(tmp_path, digits_train):
@@ -261,7 +256,7 @@ def test_prefetch_depth_does_not_change_the_run(tmp_path, digits_train):
     config = tiny_run.make_config(15)
     config.prefetch = depth
     runs.append(train(tiny_run.make_task(config), config, str(tmp_path / str(depth)), digits_train))
-  _leaves_close(runs[0].state.params, runs[1].state.params, atol=0)
+  assert_trees_close(runs[0].state.params, runs[1].state.params, atol=0)
 
 
 def test_token_windows_are_windows_of_the_stream_deterministic_in_seed_and_step():

@@ -60,7 +60,7 @@ def test_bad_hparams_shape_raises(digits):
   task = tiny_run.make_task(config, hidden=8)
   with pytest.raises(ValueError, match="one value per seed"):
     sweep.run(task, config, digits, seeds=[0, 1], hparams={"learning_rate": [1e-3]})
-  with pytest.raises(ValueError, match="cannot sweep"):
+  with pytest.raises(ValueError, match="cannot vary optimizer.momentum_typo: it is not a traced"):
     sweep.run(task, config, digits, seeds=[0], hparams={"momentum_typo": [0.9]})
 
 
