@@ -2,36 +2,42 @@
 
 import setuptools
 
+# Lower bounds: the oldest releases the code is written against. Upper bounds: the next major
+# release (for 0.x libraries, the next minor, which they use for breaking changes), so that an
+# install a year from now still resolves to releases this code runs on; raise them after the
+# suite passes on the newer release.
 INSTALL_REQUIRES = [
-    "jax>=0.4.35",
-    "flax>=0.10",
-    "optax>=0.2.4",
-    "orbax-checkpoint>=0.11",
-    "tensorflow-datasets>=4.9.7",
-    "tensorflow-cpu>=2.18",  # TFDS encodes and reads records with it
+    "jax>=0.4.35,<0.11",
+    "flax>=0.10,<0.13",
+    "optax>=0.2.4,<0.3",
+    "orbax-checkpoint>=0.11,<0.13",
+    "tensorflow-datasets>=4.9.7,<5",
+    "tensorflow-cpu>=2.18,<3",  # TFDS encodes and reads records with it
     "importlib_resources",  # needed by TFDS builders defined outside its package
-    "tensorboard",  # TensorBoard event files (research/train/tensorboard.py), written without TensorFlow
-    "absl-py",
-    "ml-collections",
-    "scikit-learn",  # ships the bundled digits; reference for EM
-    "pillow",
-    "tokenizers",  # byte-level BPE for the language models
-    "safetensors",  # GPT-2 / BERT weights to and from transformers' files, without torch
-    "matplotlib",
-    "gymnax>=1.0",  # the 1.0 step signature; jittable classic-control environments for PPO
+    "tensorboard<3",  # TensorBoard event files (research/train/tensorboard.py), written without TensorFlow
+    "absl-py>=1.4,<3",
+    "ml-collections>=0.1.1,<2",
+    "numpy>=1.26,<3",
+    "scikit-learn>=1.3,<2",  # ships the bundled digits; reference for EM
+    "pillow>=10,<14",
+    "tokenizers>=0.19,<1",  # byte-level BPE for the language models
+    "safetensors>=0.4,<1",  # GPT-2 / BERT weights to and from transformers' files, without torch
+    "matplotlib>=3.7,<4",
+    "gymnax>=1.0,<2",  # the 1.0 step signature; jittable classic-control environments for PPO
 ]
 
 EXTRAS_REQUIRE = {
     # Reference implementations are only used to check ours: torch (the PPO and vs_torch
     # benchmarks' peers), transformers (GPT-2 logits, weights and generation), gymnasium
-    # (environment dynamics).
+    # (environment dynamics). torch is pinned to a CPU build's version: an open range would
+    # fetch a multi-GB CUDA build.
     "test": [
-        "pytest",
-        "pytest-xdist",
+        "pytest>=8,<10",
+        "pytest-xdist>=3.5,<4",
         "torch==2.13.0",
-        "transformers",
-        "gymnasium",
-        "diffusers",  # reference for the DDPM/DDIM scheduler parity tests
+        "transformers>=5,<6",  # version 5's config fields and weight names
+        "gymnasium>=1.0,<2",
+        "diffusers>=0.30,<1",  # reference for the DDPM/DDIM scheduler parity tests
     ],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],

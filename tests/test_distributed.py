@@ -38,13 +38,13 @@ def test_a_bad_timeout_names_the_variable(monkeypatch, value):
 
 @pytest.mark.parametrize("env", [
     {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
-    {"SLURM_NTASKS": "8"},
+    {"SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8"},
 ])
 def test_initialize_passes_the_timeouts(monkeypatch, env):
   calls = []
   monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
-  for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+  for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)
@@ -54,10 +54,18 @@ def test_initialize_passes_the_timeouts(monkeypatch, env):
   assert calls[0]["shutdown_timeout_seconds"] == distributed.DEFAULT_SHUTDOWN_TIMEOUT_S
 
 
-def test_single_process_does_not_initialize(monkeypatch):
+@pytest.mark.parametrize("env", [
+    {},
+    # A batch script that asked for several tasks but runs the experiment without srun: one process.
+    {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"},
+    {"SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "1"},
+])
+def test_single_process_does_not_initialize(monkeypatch, env):
   monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda **kwargs: pytest.fail("initialized"))
-  for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+  for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
     monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
   distributed.initialize_distributed()
 
 

@@ -31,6 +31,7 @@ BUNDLED = {
     "swissroll": "toy2d/swissroll",
     "python_docs": "python_docs",
     "python_docs_topics": "python_docs_topics",
+    "python_functions": "python_functions",
 }
 # Catalog datasets the experiments know; they download on first use when online.
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")

@@ -338,6 +338,14 @@ def ddim_sigma(schedule: Schedule, t: jax.Array, t_prev: jax.Array, eta: jax.Arr
   return _eta(eta, x) * jnp.sqrt(terms.one_minus_prev * terms.ratio)
 
 
+def _terms_and_x0(schedule: Schedule, x_t, eps, t, t_prev, x0):
+  """The DDIM terms of (t, t_prev) and x0_hat = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) (eq. 9), unless given."""
+  terms = _ddim_terms(schedule, t, t_prev, x_t)
+  if x0 is None:
+    x0 = (x_t - jnp.sqrt(terms.one_minus) * eps) / jnp.sqrt(terms.abar)
+  return terms, x0
+
+
 def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, t_prev: jax.Array,
               eta: jax.Array = 0.0, noise: jax.Array | None = None, x0: jax.Array | None = None) -> jax.Array:
   """The generalized DDIM update x_t -> x_{t_prev} (Song et al., eq. 12, with σ_t(η) from eq. 16).
@@ -360,9 +368,7 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
   Returns:
     x_{t_prev}, shaped like x_t.
   """
-  terms = _ddim_terms(schedule, t, t_prev, x_t)
-  if x0 is None:
-    x0 = (x_t - jnp.sqrt(terms.one_minus) * eps) / jnp.sqrt(terms.abar)
+  terms, x0 = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0)
   eta = _eta(eta, x_t)
   # 1 - ᾱ_prev - σ² in factored form, (1 - ᾱ_prev)(1 - η² r): "the direction pointing to x_t".
   direction = jnp.sqrt(terms.one_minus_prev * jnp.maximum(1.0 - eta**2 * terms.ratio, 0.0)) * eps
@@ -402,9 +408,7 @@ def sigma_hat_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Ar
   Returns:
     x_{t_prev}, shaped like x_t.
   """
-  terms = _ddim_terms(schedule, t, t_prev, x_t)
-  if x0 is None:
-    x0 = (x_t - jnp.sqrt(terms.one_minus) * eps) / jnp.sqrt(terms.abar)
+  terms, x0 = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0)
   # ratio = β̂ / (1 - ᾱ_t), from expm1 of log ᾱ: β̂ and 1 - ᾱ_t both cancel in float32 at small t.
   coef_x0 = jnp.sqrt(terms.abar_prev) * terms.ratio
   coef_xt = jnp.sqrt(terms.abar / terms.abar_prev) * terms.one_minus_prev / terms.one_minus

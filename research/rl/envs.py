@@ -99,6 +99,31 @@ def _grid_move(row: int, col: int, move, shape: tuple[int, int]) -> tuple[int, i
   return min(max(row + move[0], 0), shape[0] - 1), min(max(col + move[1], 0), shape[1] - 1)
 
 
+def _grid_tables(shape: tuple[int, int], terminal: np.ndarray, outcomes) -> tuple[np.ndarray, np.ndarray]:
+  """The exact (S, A, S) transition and (S, A) expected-reward tables of a 4-action grid world.
+
+  Args:
+    shape: (rows, columns); state = row * columns + column.
+    terminal: (S,) bool; a terminal state stays put with reward 0.
+    outcomes: `outcomes(row, col, action) -> [(next_state, probability, reward), ...]` from a
+      non-terminal cell.
+  """
+  rows, cols = shape
+  size = rows * cols
+  transitions = np.zeros((size, 4, size))
+  rewards = np.zeros((size, 4))
+  for s in range(size):
+    row, col = divmod(s, cols)
+    for a in range(4):
+      if terminal[s]:
+        transitions[s, a, s] = 1.0
+        continue
+      for new_state, probability, reward in outcomes(row, col, a):
+        transitions[s, a, new_state] += probability
+        rewards[s, a] += probability * reward
+  return transitions, rewards
+
+
 def _on_cliff(row, col):
   return (row == CLIFF_SHAPE[0] - 1) & (col >= 1) & (col <= CLIFF_SHAPE[1] - 2)
 
@@ -122,21 +147,13 @@ def cliff_walking(discount: float = 1.0) -> Env:
   terminal = np.zeros(size, bool)
   terminal[CLIFF_GOAL] = True
 
-  transitions = np.zeros((size, 4, size))
-  rewards = np.zeros((size, 4))
-  for s in range(size):
-    row, col = divmod(s, cols)
-    for a in range(4):
-      if terminal[s]:
-        transitions[s, a, s] = 1.0
-        continue
-      new_row, new_col = _grid_move(row, col, _CLIFF_MOVES[a], (rows, cols))
-      if _on_cliff(new_row, new_col):
-        transitions[s, a, CLIFF_START] = 1.0
-        rewards[s, a] = -100.0
-      else:
-        transitions[s, a, new_row * cols + new_col] = 1.0
-        rewards[s, a] = -1.0
+  def outcomes(row, col, a):
+    new_row, new_col = _grid_move(row, col, _CLIFF_MOVES[a], (rows, cols))
+    if _on_cliff(new_row, new_col):
+      return [(CLIFF_START, 1.0, -100.0)]
+    return [(new_row * cols + new_col, 1.0, -1.0)]
+
+  transitions, rewards = _grid_tables((rows, cols), terminal, outcomes)
 
   moves = jnp.asarray(_CLIFF_MOVES)
 
@@ -190,20 +207,15 @@ def frozen_lake(map_name: str = "4x4", is_slippery: bool = True, discount: float
   start = int(np.flatnonzero(desc.reshape(-1) == "S")[0])
   slips = (-1, 0, 1) if is_slippery else (0,)
 
-  transitions = np.zeros((size, 4, size))
-  rewards = np.zeros((size, 4))
-  for s in range(size):
-    row, col = divmod(s, cols)
-    for a in range(4):
-      if terminal[s]:
-        transitions[s, a, s] = 1.0
-        continue
-      for slip in slips:
-        direction = (a + slip) % 4
-        new_row, new_col = _grid_move(row, col, _LAKE_MOVES[direction], (rows, cols))
-        new_state = new_row * cols + new_col
-        transitions[s, a, new_state] += 1.0 / len(slips)
-        rewards[s, a] += float(goal[new_state]) / len(slips)
+  def outcomes(row, col, a):
+    out = []
+    for slip in slips:
+      new_row, new_col = _grid_move(row, col, _LAKE_MOVES[(a + slip) % 4], (rows, cols))
+      new_state = new_row * cols + new_col
+      out.append((new_state, 1.0 / len(slips), float(goal[new_state])))
+    return out
+
+  transitions, rewards = _grid_tables((rows, cols), terminal, outcomes)
 
   moves = jnp.asarray(_LAKE_MOVES)
   terminal_j, goal_j = jnp.asarray(terminal), jnp.asarray(goal)

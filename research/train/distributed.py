@@ -54,10 +54,14 @@ def timeouts() -> dict[str, int]:
 def initialize_distributed() -> None:
   """Joins a multi-process run when the environment describes one.
 
-  `jax.distributed.initialize()` auto-detects SLURM and Cloud TPU; an explicit
-  coordinator is read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-  A single process (the default) does nothing. If a process dies, the others exit with an
-  error about `timeouts()["heartbeat_timeout_seconds"]` later instead of hanging.
+  An explicit coordinator is read from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID. Otherwise `jax.distributed.initialize()` auto-detects Cloud TPU
+  (TPU_WORKER_HOSTNAMES) and a SLURM step of several tasks started by `srun`
+  (SLURM_STEP_NUM_TASKS > 1; it reads SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS,
+  SLURM_PROCID and SLURM_LOCALID). A single process does nothing, including a script run
+  directly in a batch job that asked for several tasks: that is one process, not a step of
+  several. If a process dies, the others exit with an error about
+  `timeouts()["heartbeat_timeout_seconds"]` later instead of hanging.
   """
   if jax.distributed.is_initialized():
     return
@@ -65,5 +69,5 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                                num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["JAX_PROCESS_ID"]), **timeouts())
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
+  elif int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
     jax.distributed.initialize(**timeouts())
