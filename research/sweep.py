@@ -57,27 +57,27 @@ def index_tables(data: Mapping[str, np.ndarray], batch_size: int, seeds: Sequenc
 
 
 def _training(engine: Engine):
-  """`train(data, keys, tables, values) -> (state, metrics)`: the members' init and steps in one scan.
+  """`train(data, keys, tables, values) -> (state, metrics)`: each member's init and steps as one scan.
 
-  `tables` (steps, [members,] batch) index the device-resident `data`; step s of a member is
-  its engine step on the examples of its row s.
+  `tables` ([members,] steps, batch) index the device-resident `data`; step s of a member is
+  its engine step on the examples of its row s. The members are mapped over the whole scan.
   """
 
-  def train(data, keys: Keys, tables, values):
-    gather = engine.over_members(lambda idx: _take(data, idx))
-    state = engine.init(keys.init, gather(tables[0]), values)
-    return engine.steps(state, tables, keys, gather)
+  def train_one(data, keys: Keys, table, values):
+    gather = lambda idx: _take(data, idx)
+    state = engine.init_one(keys.init, gather(table[0]), values)
+    return engine.steps_one(state, table, keys.train, gather)
 
-  return train
+  return engine.over_members(train_one, in_axes=(None, 0, 0, 0))
 
 
 def _continuation(engine: Engine):
-  """`continue_(data, keys, tables, state) -> (state, metrics)`: len(tables) more steps from `state`."""
+  """`continue_(data, keys, tables, state) -> (state, metrics)`: len(table) more steps of each member."""
 
-  def continue_(data, keys: Keys, tables, state: TrainState):
-    return engine.steps(state, tables, keys, engine.over_members(lambda idx: _take(data, idx)))
+  def continue_one(data, keys: Keys, table, state: TrainState):
+    return engine.steps_one(state, table, keys.train, lambda idx: _take(data, idx))
 
-  return continue_
+  return engine.over_members(continue_one, in_axes=(None, 0, 0, 0))
 
 
 def make_run(task: Task, config, steps: int):
@@ -137,13 +137,11 @@ def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int]
   engine = Engine(task, config, members)
   batchers = engine.batchers(data)
   engine.check(engine.host_batch(batchers, start))
-  tables = engine.index_table(batchers, start, steps)  # (steps, members, batch)
-
   mesh = parallel.make_mesh()
-  member_sharding, table_sharding = engine.member_sharding(mesh), engine.member_sharding(mesh, 1)
+  member_sharding = engine.member_sharding(mesh)
   device_data = jax.device_put({k: jnp.asarray(v) for k, v in data.items()}, parallel.replicated(mesh))
   keys = jax.device_put(engine.keys(), member_sharding)
-  tables = jax.device_put(tables, table_sharding)
+  tables = jax.device_put(engine.index_table(batchers, start, steps), member_sharding)  # (members, steps, batch)
   if state is None:
     program = _program(engine, member_sharding, fresh=True)
     state, metrics = program(device_data, keys, tables, jax.device_put(engine.values(), member_sharding))
@@ -159,15 +157,10 @@ _programs: dict[bool, tuple[Any, Any]] = {}
 
 
 def _program(engine: Engine, member_sharding, fresh: bool):
-  """The jitted training (or continuation) of `engine`'s members, metrics (members, steps); reused while it fits."""
+  """The jitted training (or continuation) of `engine`'s members; reused while it fits."""
   key = (engine.task, engine.ema_decay, engine.grad_accum, member_sharding)
   cached = _programs.get(fresh)
   if cached is None or cached[0][0] is not engine.task or cached[0][1:] != key[1:]:
     body = _training(engine) if fresh else _continuation(engine)
-
-    def members_first(*args):
-      state, metrics = body(*args)
-      return state, jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1), metrics)  # (steps, members) -> (members, steps)
-
-    _programs[fresh] = (key, jax.jit(members_first, out_shardings=member_sharding))
+    _programs[fresh] = (key, jax.jit(body, out_shardings=member_sharding))
   return _programs[fresh][1]

@@ -157,7 +157,7 @@ class Engine:
     return jax.vmap(fn, in_axes=in_axes) if self.sweep else fn
 
   def stack(self, trees: Sequence, axis: int = 0):
-    """The members' host arrays (one tree each) as the engine holds them: stacked at `axis` for a sweep."""
+    """The members' arrays (one tree each) as the engine holds them: stacked at `axis` for a sweep."""
     if not self.sweep:
       return trees[0]
     return jax.tree.map(lambda *xs: (jnp if isinstance(xs[0], jax.Array) else np).stack(xs, axis), *trees)
@@ -197,9 +197,9 @@ class Engine:
     return self.stack([b.stacked(start, count) for b in batchers], axis=1)
 
   def index_table(self, batchers, start: int, count: int) -> np.ndarray:
-    """Example indices of the members' batches of steps [start, start + count): (steps, [members,] batch) int32."""
-    tables = [np.stack([b.indices(s) for s in range(start, start + count)]).astype(np.int32) for b in batchers]
-    return self.stack(tables, axis=1)
+    """Example indices of the members' batches of steps [start, start + count): ([members,] steps, batch) int32."""
+    return self.stack([np.stack([b.indices(s) for s in range(start, start + count)]).astype(np.int32)
+                       for b in batchers])
 
   # ---------------------------------------------------------------------------------------
   # One member.
@@ -219,6 +219,15 @@ class Engine:
     """One member's update; its key is derived from its train stream and the step, inside the program."""
     return self._train_step(state, batch, jax.random.fold_in(train_key, state.step))
 
+  def steps_one(self, state: TrainState, batches, train_key: jax.Array, gather: Callable | None = None):
+    """len(batches) updates of one member as one `lax.scan`: (state, {name: (steps,)}).
+
+    `gather(x)` turns each scanned slice into the step's batch (device-side indexing of an
+    index table); by default the slices are the batches.
+    """
+    gather = gather or (lambda batch: batch)
+    return jax.lax.scan(lambda s, x: self.step_one(s, gather(x), train_key), state, batches)
+
   # ---------------------------------------------------------------------------------------
   # Every member.
 
@@ -229,18 +238,18 @@ class Engine:
     """One update of every member: (state, {name: ([members])})."""
     return self.over_members(self.step_one)(state, batch, keys.train)
 
-  def steps(self, state: TrainState, batches, keys: Keys, gather: Callable | None = None):
-    """len(batches) updates of every member as one `lax.scan`: (state, {name: (steps, [members])}).
+  def steps(self, state: TrainState, batches, keys: Keys):
+    """len(batches) updates of every member as one `lax.scan` of `step`: (state, {name: (steps, [members])}).
 
-    `gather(x)` turns each scanned slice into the step's batch (device-side indexing of a
-    sweep's index table); by default the slices are the batches.
+    The loop's several steps per call: the members' batches come stacked (steps, [members,] ...).
+    A whole run driven from the device maps `steps_one` over the members instead (research/sweep.py):
+    the same updates, though XLA may round the two programs' float sums differently.
     """
-    gather = gather or (lambda batch: batch)
-    return jax.lax.scan(lambda s, x: self.step(s, gather(x), keys), state, batches)
+    return jax.lax.scan(lambda s, batch: self.step(s, batch, keys), state, batches)
 
   def counted_step(self, state: TrainState, batch, keys: Keys):
     """The update without microbatching, whose lowered program gives the model FLOPs of one step."""
-    return self.over_members(lambda s, b, k: self._counted_step(s, b, k))(state, batch, keys.train)
+    return self.over_members(self._counted_step)(state, batch, keys.train)
 
   # ---------------------------------------------------------------------------------------
   # Checks and layout.
@@ -281,11 +290,11 @@ class Engine:
     A single run shards its parameters by their logical axis names and its batch over
     data x fsdp; a sweep splits its members over the devices instead.
     """
+    if self.sweep and mesh.shape[parallel.FSDP_AXIS] * mesh.shape[parallel.TENSOR_AXIS] > 1:
+      raise ConfigError("a sweep splits its members over the data axis; set mesh.fsdp and mesh.tensor to 1")
     self.check(batch)
     abstract = jax.eval_shape(self.init, self.keys().init, batch, self.values())
     if self.sweep:
-      if mesh.shape[parallel.FSDP_AXIS] * mesh.shape[parallel.TENSOR_AXIS] > 1:
-        raise ConfigError("a sweep splits its members over the data axis; set mesh.fsdp and mesh.tensor to 1")
       member = self.member_sharding(mesh)
       state = jax.tree.map(lambda _: member, abstract)
       batch_sharding, batches_sharding = member, self.member_sharding(mesh, 1)
