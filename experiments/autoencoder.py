@@ -23,6 +23,21 @@ from research.models import autoencoder
 from research.train import ConfigError, base_config, check_common, check_workdir, cli, train
 
 
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Shrinks the model, the run and the evaluation for tests."""
+  config.steps = 20
+  config.batch_size = 32
+  config.latent_dim = 4
+  config.hidden = (32,)
+  config.eval_k = 16
+  config.num_samples = 40
+  config.checkpoint_every = 10
+  config.log_every = 10
+
+
+PRESETS = {"smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config (the VAE on bundled digits, a few minutes on 2 CPU cores); preset "smoke" for tests."""
   config = base_config()
@@ -42,18 +57,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.checkpoint_every = 5000  # save a checkpoint every this many steps (and at the end)
   config.log_every = 1000  # metrics and a progress line every this many steps
   config.steps_per_call = 25  # steps per compiled call: a model this small is dispatch-bound (bench/vs_torch.py)
-  if preset == "smoke":
-    config.steps = 20
-    config.batch_size = 32
-    config.latent_dim = 4
-    config.hidden = (32,)
-    config.eval_k = 16
-    config.num_samples = 40
-    config.checkpoint_every = 10
-    config.log_every = 10
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:

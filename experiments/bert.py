@@ -49,10 +49,25 @@ from research.models import bert
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 
-PRESETS = ("smoke",)
 MODES = ("pretrain", "finetune")
 # The text feature of sentence-classification datasets; others use "text".
 SENTENCE_FEATURES = {"glue/sst2": "sentence", "glue/cola": "sentence"}
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """A one-block model, a small vocabulary and a few steps of both modes, for tests."""
+  config.vocab_size = 512
+  config.tokenizer_train_chars = 100_000
+  config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size = 32, 1, 2, 64
+  config.max_position_embeddings = config.seq_len = 32
+  config.steps, config.batch_size = 10, 8
+  config.optimizer.warmup_steps = 2
+  config.finetune.steps, config.finetune.batch_size, config.finetune.warmup_steps = 10, 8, 2
+  config.log_every = config.eval_every = config.checkpoint_every = 5
+  config.eval_sequences, config.eval_batch_size = 16, 8
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -102,21 +117,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.log_every = 50  # metrics and a progress line every this many steps
   config.eval_every = 200  # held-out evaluation every this many steps
   config.checkpoint_every = 200  # save a checkpoint every this many steps (and at the end)
-  presets = [t for t in preset.split(",") if t]
-  unknown = [t for t in presets if t not in PRESETS]
-  if unknown:
-    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
-  if "smoke" in presets:
-    config.vocab_size = 512
-    config.tokenizer_train_chars = 100_000
-    config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size = 32, 1, 2, 64
-    config.max_position_embeddings = config.seq_len = 32
-    config.steps, config.batch_size = 10, 8
-    config.optimizer.warmup_steps = 2
-    config.finetune.steps, config.finetune.batch_size, config.finetune.warmup_steps = 10, 8, 2
-    config.log_every = config.eval_every = config.checkpoint_every = 5
-    config.eval_sequences, config.eval_batch_size = 16, 8
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:

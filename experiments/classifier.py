@@ -18,7 +18,14 @@ from research import data as data_lib
 from research.metrics import features
 from research.train import base_config, check_choice, check_common, check_workdir, cli, train
 
-PRESETS = ("smoke",)
+def _smoke(config) -> None:
+  """A run of a few compiled calls, for tests."""
+  config.steps = config.log_every = config.checkpoint_every = 40
+  config.steps_per_call = 20
+  config.optimizer.warmup_steps = 5
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = ""):
@@ -26,15 +33,7 @@ def get_config(preset: str = ""):
   config = base_config()
   config.update(features.train_config())  # every loop field as the cached feature network uses it
   config.dataset = "digits"  # the bundled 8x8 digits (the only dataset the network's input fits)
-  tokens = [t for t in preset.split(",") if t]
-  unknown = [t for t in tokens if t not in PRESETS]
-  if unknown:
-    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
-  if "smoke" in tokens:
-    config.steps = config.log_every = config.checkpoint_every = 40
-    config.steps_per_call = 20
-    config.optimizer.warmup_steps = 5
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def run(config, workdir: str, members=None) -> dict:

@@ -54,6 +54,16 @@ DATASETS = ("anisotropic", "ring8", "grid25")
 ELLIPSE_SIGMAS = 2.0
 
 
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Fewer points, iterations and restarts, for tests."""
+  config.n_samples = 300
+  config.max_iter = 20
+  config.n_init = 2
+
+
+PRESETS = {"smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; preset "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
@@ -66,13 +76,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.reg_covar = 1e-6  # added to the diagonal of every covariance
   config.max_iter = 100  # maximum EM iterations per restart
   config.n_init = 4  # restarts from different k-means++ seeds, vmapped; the best is kept
-  if preset == "smoke":
-    config.n_samples = 300
-    config.max_iter = 20
-    config.n_init = 2
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:

@@ -142,7 +142,6 @@ IMAGE_SETTINGS = {
               "conv_features": 16},
 }
 FOLLOWING = tuple(IMAGE_SETTINGS["gan"])  # every field that follows the loss and the dataset
-PRESETS = ("smoke", "mode_table", "small_conv") + gan.LOSSES
 
 
 def setting(field: str, loss: str, dataset: str):
@@ -194,8 +193,59 @@ def _follow_loss(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return config
 
 
+def _loss(name: str):
+  """The preset of one loss: sets config.loss, which the FOLLOWING fields follow."""
+
+  def edit(config: ml_collections.ConfigDict) -> None:
+    config.loss = name
+
+  return edit
+
+
+def _mode_table(config: ml_collections.ConfigDict) -> None:
+  """The sizes of experiments/tables/gan_modes.py: the VEEGAN/PacGAN kinds of layers at a CPU budget.
+
+  Each loss's learning rate is annealed with a cosine so short runs end sharp.
+  """
+  config.batch_size = 64
+  config.disc_width = 64
+  config.optimizer.schedule = "warmup_cosine"
+
+
+def _small_conv(config: ml_collections.ConfigDict) -> None:
+  """The digits GAN before the image settings, which experiments/bench/vs_torch.py's PyTorch peer mirrors.
+
+  The two-layer conv pair with the 2D points' settings (latent 2, Adam 1e-3 beta1 0.5, batch 128, no EMA).
+  """
+  config.dataset = "digits"
+  config.conv_arch = "small"
+  for field in FOLLOWING:
+    value = setting(field, config.loss, "ring8")
+    *parents, name = field.split(".")
+    (config.optimizer if parents else config)[name] = value
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Tiny networks, a few steps and few samples, for tests."""
+  config.steps = 6
+  config.batch_size = 32
+  config.checkpoint_every = 3
+  config.log_every = 3
+  config.gen_width = config.disc_width = 16
+  config.gen_depth = config.disc_depth = 1
+  config.maxout_pieces = 2
+  config.conv_features = 4
+  config.eval_samples = 200
+  config.num_samples = 40
+
+
+# A loss name first (the later presets read config.loss), then the sizes; any combination, e.g. "wgan_gp,smoke".
+PRESETS = {**{loss: _loss(loss) for loss in gan.LOSSES}, "mode_table": _mode_table, "small_conv": _small_conv,
+           "smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config; `preset` is a comma-separated list of PRESETS (a loss name, mode_table, smoke)."""
+  """Default config; `preset` is a comma-separated list of PRESETS (a loss name, mode_table, small_conv, smoke)."""
   config = base_config()
   config.dataset = "ring8"  # ring8, grid25, swissroll (2D points: MLP pair) or digits (8x8: conv pair)
   config.steps = 3000  # generator updates (each after n_critic critic updates; follows the loss and data)
@@ -225,43 +275,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   # The optimizer's name, learning_rate, b1, b2 and schedule follow the loss (and the data) too.
   _follow_loss(config)
 
-  tokens = [t for t in preset.split(",") if t]
-  unknown = [t for t in tokens if t not in PRESETS]
-  if unknown:
-    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
-  losses = [t for t in tokens if t in gan.LOSSES]
+  losses = [name for name in preset.split(",") if name in gan.LOSSES]
   if len(losses) > 1:
     raise ValueError(f"presets name several losses: {losses}")
-  if losses:
-    config.loss = losses[0]
-  if "mode_table" in tokens:
-    # The sizes of experiments/tables/gan_modes.py: the VEEGAN/PacGAN kinds of layers at a
-    # CPU budget, each loss's learning rate annealed with a cosine so short runs end sharp.
-    config.batch_size = 64
-    config.disc_width = 64
-    config.optimizer.schedule = "warmup_cosine"
-  if "small_conv" in tokens:
-    # The digits GAN before the image settings: the two-layer conv pair with the 2D points' settings
-    # (latent 2, Adam 1e-3 beta1 0.5, batch 128, no EMA), which experiments/bench/vs_torch.py's
-    # PyTorch peer mirrors.
-    config.dataset = "digits"
-    config.conv_arch = "small"
-    for field in FOLLOWING:
-      value = setting(field, config.loss, "ring8")
-      *parents, name = field.split(".")
-      (config.optimizer if parents else config)[name] = value
-  if "smoke" in tokens:
-    config.steps = 6
-    config.batch_size = 32
-    config.checkpoint_every = 3
-    config.log_every = 3
-    config.gen_width = config.disc_width = 16
-    config.gen_depth = config.disc_depth = 1
-    config.maxout_pieces = 2
-    config.conv_features = 4
-    config.eval_samples = 200
-    config.num_samples = 40
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -38,7 +38,41 @@ from research.train import ConfigError, base_config, check_choice, check_common,
 from research.train import cli, train
 from research.models import attention as attention_lib
 
-PRESETS = ("smoke", "124m")
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """One tiny block, a few steps and short samples, for tests."""
+  config.n_layer, config.n_embd, config.n_head = 1, 32, 2
+  config.n_positions = config.seq_len = 32
+  config.steps, config.batch_size = 10, 8
+  config.optimizer.warmup_steps = 2
+  config.log_every = config.eval_every = config.checkpoint_every = 5
+  config.eval_windows, config.eval_batch_size = 16, 8
+  config.num_prompts, config.prompt_len, config.sample_tokens = 2, 8, 8
+
+
+def _124m(config: ml_collections.ConfigDict) -> None:
+  """GPT-2 small with GPT-2's BPE on c4, as nanoGPT's 124M recipe (GPU/TPU hosts)."""
+  config.dataset, config.eval_split = "c4", "validation"  # TFDS c4/en
+  config.max_train_tokens = 10_000_000_000  # a 20 GB stream of uint16 ids, tokenized once
+  config.tokenizer = "gpt2:gpt2"  # GPT-2's vocab.json and merges.txt in ./gpt2
+  config.vocab_multiple = 64  # 50,257 -> 50,304 rows, as nanoGPT
+  config.n_layer, config.n_embd, config.n_head = 12, 768, 12
+  config.n_positions = config.seq_len = 1024
+  config.attention = "xla"  # jax.nn.dot_product_attention; "cudnn" on GPUs in bf16
+  config.dtype = "bfloat16"
+  # nanoGPT: 12 windows x 5 microbatches x 8 GPUs = 480 windows (491,520 tokens) per update.
+  config.batch_size, config.grad_accum = 480, 5
+  config.steps = 600_000
+  config.optimizer.learning_rate = 6e-4
+  config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
+  config.optimizer.warmup_steps = 2000
+  config.optimizer.final_lr_fraction = 0.1  # to 6e-5
+  config.log_every = 10
+  config.eval_every = config.checkpoint_every = 2000
+  config.eval_windows, config.eval_batch_size = 1000, 40
+  config.num_prompts, config.prompt_len, config.sample_tokens = 4, 32, 256
+
+
+PRESETS = {"smoke": _smoke, "124m": _124m}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -81,39 +115,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.sample_tokens = 96  # new tokens per sample (prompt + sample must fit n_positions for learned positions)
   config.temperature = 0.8  # sampling temperature (0: greedy)
   config.top_k = 0  # top-k sampling; 0: off
-  tokens = [t for t in preset.split(",") if t]
-  unknown = [t for t in tokens if t not in PRESETS]
-  if unknown:
-    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
-  if "smoke" in tokens:
-    config.n_layer, config.n_embd, config.n_head = 1, 32, 2
-    config.n_positions = config.seq_len = 32
-    config.steps, config.batch_size = 10, 8
-    config.optimizer.warmup_steps = 2
-    config.log_every = config.eval_every = config.checkpoint_every = 5
-    config.eval_windows, config.eval_batch_size = 16, 8
-    config.num_prompts, config.prompt_len, config.sample_tokens = 2, 8, 8
-  if "124m" in tokens:
-    config.dataset, config.eval_split = "c4", "validation"  # TFDS c4/en
-    config.max_train_tokens = 10_000_000_000  # a 20 GB stream of uint16 ids, tokenized once
-    config.tokenizer = "gpt2:gpt2"  # GPT-2's vocab.json and merges.txt in ./gpt2
-    config.vocab_multiple = 64  # 50,257 -> 50,304 rows, as nanoGPT
-    config.n_layer, config.n_embd, config.n_head = 12, 768, 12
-    config.n_positions = config.seq_len = 1024
-    config.attention = "xla"  # jax.nn.dot_product_attention; "cudnn" on GPUs in bf16
-    config.dtype = "bfloat16"
-    # nanoGPT: 12 windows x 5 microbatches x 8 GPUs = 480 windows (491,520 tokens) per update.
-    config.batch_size, config.grad_accum = 480, 5
-    config.steps = 600_000
-    config.optimizer.learning_rate = 6e-4
-    config.optimizer.b1, config.optimizer.b2 = 0.9, 0.95
-    config.optimizer.warmup_steps = 2000
-    config.optimizer.final_lr_fraction = 0.1  # to 6e-5
-    config.log_every = 10
-    config.eval_every = config.checkpoint_every = 2000
-    config.eval_windows, config.eval_batch_size = 1000, 40
-    config.num_prompts, config.prompt_len, config.sample_tokens = 4, 32, 256
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:

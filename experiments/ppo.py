@@ -33,6 +33,15 @@ from research import train as train_lib  # pylint: disable=wrong-import-position
 FINAL_FRACTION = 0.1
 
 
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Short enough for a test (seconds once compiled), long enough that CartPole clearly learns."""
+  config.num_seeds = 2
+  config.total_timesteps = 50_000
+
+
+PRESETS = {"smoke": _smoke}
+
+
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config; preset "smoke" shrinks it for tests."""
   config = ml_collections.ConfigDict()
@@ -55,13 +64,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.learning_rate = 2.5e-4  # Adam learning rate (initial, if annealed)
   config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
   config.hidden_size = 64  # width of the two tanh hidden layers of actor and critic
-  if preset == "smoke":
-    # Short enough for a test (seconds once compiled), long enough that CartPole clearly learns.
-    config.num_seeds = 2
-    config.total_timesteps = 50_000
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def _json_floats(values: np.ndarray) -> list[float | None]:

@@ -65,7 +65,6 @@ from research.rl import rlhf
 from research.train import (ConfigError, Pipeline, base_config, check_common, check_positive, check_workdir, cli,
                             train, write_results)
 
-PRESETS = ("smoke",)
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
 
 
@@ -81,6 +80,27 @@ def _stage_config(steps: int, batch_size: int, learning_rate: float) -> ml_colle
   config.log_every = 25
   config.checkpoint_every = 100
   return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """A one-block policy, a few prompts and a few steps of every stage, for tests."""
+  pre = config.pretrain
+  gpt2_experiment.PRESETS["smoke"](pre)  # experiments/gpt2.py's smoke GPT, trained shorter still
+  pre.steps = 6
+  pre.log_every = pre.eval_every = pre.checkpoint_every = 3
+  pre.eval_windows, pre.num_prompts = 8, 1
+  config.prompt_len, config.new_tokens = 8, 12
+  config.num_train_prompts, config.num_eval_prompts, config.ranking_size = 32, 16, 3
+  config.eval_batch_size, config.samples_shown = 16, 2
+  for stage in (config.sft, config.reward, config.ppo, config.dpo):
+    stage.steps, stage.batch_size = 4, 8
+    stage.log_every = stage.checkpoint_every = 2
+  config.sft.demo_candidates = 64
+  config.ppo.eval_every = 0
+  config.ppo.update_epochs, config.ppo.num_minibatches = 1, 2
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -129,28 +149,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.dpo = _stage_config(steps=200, batch_size=16, learning_rate=1e-4)  # stage dpo: rankings per step
   config.dpo.beta = 0.1  # DPO's KL strength
 
-  names = [t for t in preset.split(",") if t]
-  unknown = [t for t in names if t not in PRESETS]
-  if unknown:
-    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(PRESETS)}")
-  if "smoke" in names:
-    pre.n_layer, pre.n_embd, pre.n_head = 1, 32, 2
-    pre.n_positions = pre.seq_len = 32
-    pre.steps, pre.batch_size = 6, 8
-    pre.optimizer.warmup_steps = 2
-    pre.log_every = pre.eval_every = pre.checkpoint_every = 3
-    pre.eval_windows, pre.eval_batch_size = 8, 8
-    pre.num_prompts, pre.prompt_len, pre.sample_tokens = 1, 8, 8
-    config.prompt_len, config.new_tokens = 8, 12
-    config.num_train_prompts, config.num_eval_prompts, config.ranking_size = 32, 16, 3
-    config.eval_batch_size, config.samples_shown = 16, 2
-    for stage in (config.sft, config.reward, config.ppo, config.dpo):
-      stage.steps, stage.batch_size = 4, 8
-      stage.log_every = stage.checkpoint_every = 2
-    config.sft.demo_candidates = 64
-    config.ppo.eval_every = 0
-    config.ppo.update_epochs, config.ppo.num_minibatches = 1, 2
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 # ---------------------------------------------------------------------------------------

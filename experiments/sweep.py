@@ -57,7 +57,7 @@ from absl import flags
 from matplotlib.figure import Figure
 from ml_collections import config_flags
 
-from experiments import report
+from experiments import harness
 from research.train import ConfigError, Members, check_workdir, cli
 
 _SEEDS = flags.DEFINE_string("seeds", "1", "N (seeds 0 ... N-1) or a comma-separated list of seeds.")
@@ -180,16 +180,14 @@ def _fmt(mean_se: tuple[float, float]) -> str:
 def markdown(rows: list[dict], fields: list[str], seeds: list[int], name: str, wall_s: float) -> str:
   """The sweep table: one row per setting, mean ± standard error over seeds of each metric."""
   names = list(rows[0]["metrics"]) if rows else []
-  lines = [f"# Sweep of experiments.{name}", "", f"Command: `{report.command()}`", "",
-           f"{len(rows)} settings x {len(seeds)} seeds (seeds {', '.join(map(str, seeds))}) = "
-           f"{len(rows) * len(seeds)} members in one vmapped program per group; mean ± standard error over "
-           f"seeds; {wall_s:.0f} s wall.", "",
-           "| " + " | ".join(fields + names + ["diverged"]) + " |",
-           "|" + "---|" * (len(fields) + len(names) + 1)]
-  for row in rows:
-    cells = [f"{row['values'][f]:g}" for f in fields] + [_fmt(row["metrics"][n]) for n in names]
-    lines.append("| " + " | ".join(cells + [str(row["diverged"])]) + " |")
-  return "\n".join(lines) + "\n"
+  return harness.document(
+      f"Sweep of experiments.{name}",
+      f"{len(rows)} settings x {len(seeds)} seeds (seeds {', '.join(map(str, seeds))}) = "
+      f"{len(rows) * len(seeds)} members in one vmapped program per group; mean ± standard error over "
+      f"seeds; {wall_s:.0f} s wall.",
+      harness.table(fields + names + ["diverged"],
+                    [[f"{row['values'][f]:g}" for f in fields] + [_fmt(row["metrics"][n]) for n in names]
+                     + [row["diverged"]] for row in rows]))
 
 
 def figure(rows: list[dict], members: list[dict], fields: list[str], metric: str) -> Figure:
@@ -274,10 +272,10 @@ def run(config, workdir: str) -> dict:
   wall = time.perf_counter() - start
   name = module.__name__.split(".")[-1]
   text = markdown(rows, fields, seeds, name, wall)
-  out = report.write_report(workdir, "sweep", {"experiment": module.__name__, "seeds": seeds, "vary": vary,
-                                               "zip": zipped, "metric": metric, "members": members,
-                                               "settings": rows},
-                            text, figure=figure(rows, members, fields, metric), config=config, wall_time_s=wall)
+  out = harness.write_report(workdir, "sweep", {"experiment": module.__name__, "seeds": seeds, "vary": vary,
+                                                "zip": zipped, "metric": metric, "members": members,
+                                                "settings": rows},
+                             text, figure=figure(rows, members, fields, metric), config=config, wall_time_s=wall)
   print(text)
   return out
 

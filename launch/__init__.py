@@ -1,7 +1,7 @@
 """Launchers: start an experiment locally, as a SLURM job, or on every worker of a Cloud TPU VM.
 
     python -m launch local autoencoder --workdir=/tmp/vae -- --config.steps=500
-    python -m launch local tables.gan_modes --outdir=/tmp/gan_modes -- --steps=200
+    python -m launch local tables.gan_modes --outdir=/tmp/gan_modes -- --config.steps=200
     python -m launch slurm gan --workdir=/scratch/gan --nodes=2 --gpus_per_node=4 --submit
     python -m launch slurm autoencoder --workdir=/scratch/vae --tasks_per_node=4 --partition=cpu --submit
     python -m launch tpu_vm ppo --workdir=/mnt/shared/ppo --tpu=my-tpu --zone=us-central2-b

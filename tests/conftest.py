@@ -14,27 +14,6 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 
-def _allow_flag_redefinition():
-  """Lets one test process import several table and benchmark scripts.
-
-  Each script defines its absl flags at import (--steps, --seeds, --repeats, ...), and a test
-  worker imports many of them for their functions; absl refuses a second definition of a
-  name. Tests never parse these flags in-process (scripts run as subprocesses), so a later
-  definition may replace an earlier one here.
-  """
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  register = flags.FlagValues.__setitem__
-
-  def setitem(self, name, flag):
-    flag.allow_override = True
-    register(self, name, flag)
-
-  flags.FlagValues.__setitem__ = setitem
-
-
-_allow_flag_redefinition()
-
-
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: an end-to-end run of tens of seconds; such tests start first")
 

@@ -19,10 +19,11 @@ from conftest import run_python
 from experiments import diffusion as diffusion_experiment
 from experiments.bench import diffusion as bench
 from research.models import dit
+from research.train import ConfigError
 
-SMOKE = ["--sample_batch=4", "--num_train_steps=40", "--ddim_steps=2", "--repeats=1", "--torch_threads=1",
-         "--dit=DiT-T/2", "--dit_input_size=8", "--dit_classes=10", "--dit_batch=4", "--dit_steps=2",
-         "--dit_warmup=1"]
+# The smoke preset: 4 images per call, T = 40, S = 2; DiT-T/2 on 8x8x4 latents of 10 classes, batch 4, 2 timed
+# steps after 1; one repeat at one PyTorch thread.
+SMOKE = ["--config=experiments/bench/diffusion.py:smoke"]
 
 
 def _unet_params(channels, num_classes, in_channels=1):
@@ -47,7 +48,7 @@ def _unet_params(channels, num_classes, in_channels=1):
 
 def _smoke(tmp_path, part):
   """Runs the smoke mode of one part (the two parts run as separate tests, in parallel under xdist)."""
-  args = ["-m", "experiments.bench.diffusion", f"--outdir={tmp_path}", *SMOKE, f"--parts={part}"]
+  args = ["-m", "experiments.bench.diffusion", f"--outdir={tmp_path}", *SMOKE, f"--config.parts={part}"]
   proc = run_python(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / "diffusion.json").read_text())
@@ -97,28 +98,25 @@ def test_smoke_dit(tmp_path):
     assert math.isfinite(d["loss_first"][name]) and math.isfinite(d["loss_last"][name]), name
 
 
-def test_bad_flag_is_one_line_exit_before_anything_runs(tmp_path):
-  proc = run_python(["-m", "experiments.bench.diffusion", f"--outdir={tmp_path / 'out'}", *SMOKE, "--ddim_steps=41"])
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr and "--ddim_steps must be in [1, T = 40], got 41" in proc.stderr
+def test_bad_flag_is_one_line_exit_2_before_anything_runs(tmp_path):
+  proc = run_python(["-m", "experiments.bench.diffusion", f"--outdir={tmp_path / 'out'}", *SMOKE,
+                     "--config.ddim_steps=41"])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and lines == ["error: ddim_steps must be in [1, T = 40], got 41"], proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"parts": ["sampling", "video"]}, "--parts must name some of"),
+    ({"parts": ("sampling", "video")}, "unknown parts value 'video'; choose from: sampling, dit"),
     ({"dit_input_size": 9}, "patch size 2 does not divide the input size 9"),
-    ({"repeats": 0}, "--repeats, --torch_threads and --torch_seconds must be positive"),
+    ({"repeats": 0}, "repeats must be > 0, got 0"),
+    ({"torch_threads": (1, 0)}, "torch_threads must be positive integers"),
 ])
-def test_bad_arguments_are_refused_before_anything_runs(tmp_path, change, message):
-  from absl import app  # pylint: disable=import-outside-toplevel
-  args = {"parts": ["sampling", "dit"], "repeats": 1, "threads": [1], "tolerance": 0.02, "torch_seconds": 10.0,
-          "sample_batch": 4, "num_train_steps": 40, "ddim_steps": 2, "dit_input_size": 8}
-  args.update(change)
-  sampling = {k: args.pop(k) for k in ("sample_batch", "num_train_steps", "ddim_steps")}
-  dit_args = {"name": "DiT-T/2", "input_size": args.pop("dit_input_size"), "channels": 4, "num_classes": 10,
-              "batch_size": 4, "steps": 2, "warmup": 1}
-  with pytest.raises(app.UsageError, match=message):
-    bench.run_bench(str(tmp_path / "out"), sampling=sampling, dit_args=dit_args, **args)
+def test_bad_config_is_refused_before_anything_runs(tmp_path, change, message):
+  config = bench.get_config("smoke")
+  config.update(change)
+  with pytest.raises(ConfigError, match=message):
+    bench.run(config, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
 
 

@@ -15,9 +15,9 @@ pytest.importorskip("transformers")
 
 from experiments.bench import gpt2 as bench  # pylint: disable=wrong-import-position
 
-SMOKE = ["--n_layer=1", "--n_embd=32", "--n_head=2", "--seq_len=16", "--batch_size=2", "--train_steps=2",
-         "--warmup=0", "--repeats=1", "--prompt_len=4", "--new_tokens=8", "--gen_batches=1,2",
-         "--attention=reference,flash", "--bandwidth_mb=8"]
+# The smoke preset: 1 layer of 32 (2 heads), context 16, batch 2, 2 timed steps, attention reference and flash;
+# generation of 8 tokens after 4 at batches 1 and 2.
+SMOKE = ["--config=experiments/bench/gpt2.py:smoke"]
 
 
 def _gpt2_params(n_layer, e, vocab, context):
@@ -67,7 +67,13 @@ def test_greedy_generation_equals_transformers_on_the_benchmark_model():
   assert len(set(ours.ravel().tolist())) > 5  # not one repeated token
 
 
-def test_bad_flags_fail_before_anything_is_written(tmp_path):
-  proc = run_python(["-m", "experiments.bench.gpt2", f"--outdir={tmp_path / 'out'}", "--n_embd=33", "--n_head=2"])
-  assert proc.returncode != 0 and "--n_embd 33 is not divisible by --n_head 2" in proc.stderr
+@pytest.mark.parametrize("flags,message", [
+    (["--config.n_embd=33", "--config.n_head=2"], "error: n_embd 33 is not divisible by n_head 2"),
+    (["--config.attention=reference,flash"], "error: unknown attention value 'reference,flash'"),
+    (["--config.new_tokens=250"], "error: prompt_len + new_tokens (266) exceeds the context seq_len 256"),
+])
+def test_bad_flags_are_one_line_before_anything_is_written(tmp_path, flags, message):
+  proc = run_python(["-m", "experiments.bench.gpt2", f"--outdir={tmp_path / 'out'}", *flags])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()

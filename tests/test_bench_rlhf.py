@@ -15,10 +15,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 VOCAB, E, PROMPT, NEW, BATCH = 96, 32, 4, 4, 4
-SMOKE = ["--n_layer=1", f"--n_embd={E}", "--n_head=2", "--rm_n_layer=1", "--rm_n_embd=16", "--rm_n_head=2",
-         f"--vocab_size={VOCAB}", f"--prompt_len={PROMPT}", f"--new_tokens={NEW}", f"--batch_size={BATCH}",
-         "--num_prompts=8", "--num_minibatches=2", "--update_epochs=1", "--iterations=1", "--warmup=0", "--repeats=1",
-         "--torch_threads=1"]
+# The smoke preset: a policy of 1 x E x 2, a reward model of 1 x 16 x 2, BATCH prompts of PROMPT tokens and NEW new
+# ones, 1 epoch of 2 minibatches, one iteration, one repeat at one PyTorch thread.
+SMOKE = ["--config=experiments/bench/rlhf.py:smoke"]
 
 
 def _gpt2_params(n_layer, e, vocab, context):
@@ -64,23 +63,25 @@ def test_smoke_run_writes_the_report_and_the_peer_computes_the_same_rollout(tmp_
 
 def test_bad_flags_fail_before_anything_is_written(tmp_path):
   out = tmp_path / "out"
-  proc = run_python(["-m", "experiments.bench.rlhf", f"--outdir={out}", "--batch_size=6", "--num_minibatches=4"])
-  assert proc.returncode != 0 and "--batch_size 6 must split into --num_minibatches 4" in proc.stderr
+  proc = run_python(["-m", "experiments.bench.rlhf", f"--outdir={out}", "--config.batch_size=6",
+                     "--config.num_minibatches=4"])
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and lines == ["error: batch_size 6 must split into num_minibatches 4 minibatches of at "
+                                            "least 2 sequences"], proc.stderr[-2000:]
   assert not out.exists()
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"rm_n_embd": 30, "rm_n_head": 4}, "--rm_n_embd 30 is not divisible by --rm_n_head 4"),
-    ({"n_embd": 30}, "--n_embd 30 is not divisible by --n_head 4"),
-    ({"new_tokens": 0}, "must be positive"),
-    ({"learning_rate": 0.0}, "--learning_rate must be positive"),
+    ({"rm_n_embd": 30, "rm_n_head": 4}, "rm_n_embd 30 is not divisible by rm_n_head 4"),
+    ({"n_embd": 30, "n_head": 4}, "n_embd 30 is not divisible by n_head 4"),
+    ({"new_tokens": 0}, "new_tokens must be > 0"),
+    ({"learning_rate": 0.0}, "learning_rate must be > 0"),
 ])
 def test_bad_setups_are_refused_before_anything_runs(tmp_path, change, message):
   from experiments.bench import rlhf as bench  # pylint: disable=import-outside-toplevel
-  fields = dict(n_layer=1, n_embd=32, n_head=4, rm_n_layer=1, rm_n_embd=32, rm_n_head=4, vocab_size=VOCAB,
-                prompt_len=PROMPT, new_tokens=NEW, batch_size=BATCH, num_prompts=8, update_epochs=1, num_minibatches=2,
-                learning_rate=1e-4, kl_coef=0.05)
-  fields.update(change)
-  with pytest.raises(bench.app.UsageError, match=message):
-    bench.run_bench(str(tmp_path / "out"), bench.Setup(**fields), 1, 0, 1, [1], 0)
+  from research.train import ConfigError  # pylint: disable=import-outside-toplevel
+  config = bench.get_config("smoke")
+  config.update(change)
+  with pytest.raises(ConfigError, match=message):
+    bench.run(config, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()

@@ -4,8 +4,8 @@ import json
 
 from conftest import run_python
 
-SMALL = ["--num_hidden_layers=1", "--hidden_size=32", "--num_attention_heads=2", "--seq_len=16", "--vocab_size=64",
-         "--batch_size=2", "--steps=2", "--repeats=1", "--torch_threads=1"]
+# The smoke preset: 1 layer of width 32 (2 heads), 16 tokens, vocabulary 64, batch 2, 2 steps, one repeat at one thread.
+SMALL = ["--config=experiments/bench/bert.py:smoke"]
 
 
 def test_smoke_run_writes_its_report(tmp_path):
@@ -24,7 +24,8 @@ def test_smoke_run_writes_its_report(tmp_path):
 
 
 def test_bad_flags_are_one_line(tmp_path):
-  proc = run_python(["-m", "experiments.bench.bert", f"--outdir={tmp_path / 'out'}", "--hidden_size=30",
-                     "--num_attention_heads=4"])
-  assert proc.returncode != 0 and "--hidden_size 30 is not divisible by --num_attention_heads 4" in proc.stderr
+  proc = run_python(["-m", "experiments.bench.bert", f"--outdir={tmp_path / 'out'}", "--config.hidden_size=30",
+                     "--config.num_attention_heads=4"])
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: hidden_size 30 is not divisible by num_attention_heads 4"
   assert not (tmp_path / "out").exists()

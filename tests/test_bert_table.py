@@ -6,8 +6,8 @@ import numpy as np
 
 from conftest import run_python
 
-SMALL = ["--mixes=0/0/100", "--seeds=2", "--steps=3", "--finetune_steps=3", "--hidden_size=16",
-         "--num_hidden_layers=1", "--seq_len=16", "--vocab_size=256", "--eval_sequences=16", "--batch_size=8"]
+# The smoke preset: mix 0/0/100, 2 seeds, 3 steps of each stage, a 1 x 16 model on 16 tokens, vocabulary 256.
+SMALL = ["--config=experiments/tables/bert_masking.py:smoke"]
 
 
 def test_smoke_run_writes_the_table(tmp_path):
@@ -27,6 +27,7 @@ def test_smoke_run_writes_the_table(tmp_path):
 
 
 def test_bad_mix_is_refused_before_anything_runs(tmp_path):
-  proc = run_python(["-m", "experiments.tables.bert_masking", f"--outdir={tmp_path / 'out'}", "--mixes=80/10"])
-  assert proc.returncode != 0 and "--mixes: a masking mix is MASK/same/random percentages" in proc.stderr
+  proc = run_python(["-m", "experiments.tables.bert_masking", f"--outdir={tmp_path / 'out'}", "--config.mixes=80/10"])
+  assert proc.returncode == 2 and proc.stderr.strip().startswith(
+      "error: mixes: a masking mix is MASK/same/random percentages"), proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()

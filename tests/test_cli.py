@@ -18,7 +18,7 @@ SMOKE = "--config=experiments/autoencoder.py:smoke"
 
 @pytest.mark.parametrize("args,message", [
     (["--config.stpes=100"], 'unknown config field stpes; Did you mean "steps" instead of "stpes"?'),
-    (["--config=experiments/autoencoder.py:smok"], "unknown preset 'smok'; choose one of: smoke"),
+    (["--config=experiments/autoencoder.py:smok"], "unknown preset 'smok'; choose from: smoke"),
     ([SMOKE, "--config.dataset=nope"], "unknown dataset 'nope'; available: digits"),
     ([SMOKE, "--config.mesh.fsdp=3"], "does not fit 1 devices"),
     ([SMOKE, "--config.grad_accum=5"], "batch_size 32 is not divisible by grad_accum 5"),

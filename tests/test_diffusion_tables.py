@@ -1,8 +1,8 @@
 """The DDIM and guidance tables: their vmapped programs against separate calls, end-to-end runs, bad flags.
 
-The end-to-end runs train one tiny model (experiments/diffusion.py's smoke preset, fewer
-steps) inside the DDIM table's run; the guidance table then reuses that model directory, as
-its documented command reuses the DDIM table's.
+The end-to-end runs train one tiny model (the tables' smoke preset: experiments/diffusion.py's
+smoke preset, fewer steps) inside the DDIM table's run; the guidance table then reuses that model
+directory, as its documented command reuses the DDIM table's.
 """
 
 import json
@@ -20,8 +20,6 @@ from research.models import diffusion
 # One worker runs this file: its module fixture is costly (see conftest.py).
 pytestmark = pytest.mark.xdist_group("ddim_run")
 
-TINY = ["--config=experiments/diffusion.py:smoke", "--config.steps=2", "--config.num_samples=10",
-        "--config.sample_batch=10", "--num_samples=10"]
 
 
 def _toy_model(num_train_steps=50):
@@ -86,8 +84,9 @@ def test_trend_reads_the_numbers():
 @pytest.fixture(scope="module")
 def ddim_run(tmp_path_factory):
   outdir = tmp_path_factory.mktemp("ddim")
-  proc = run_python(["-m", "experiments.tables.ddim", f"--outdir={outdir}", "--sample_steps=2,4",
-                     "--etas=0,1", *TINY], timeout=900)
+  # The smoke preset: S = 2 and 4, η = 0 and 1, the linear and quadratic τ, 10 samples per cell.
+  proc = run_python(["-m", "experiments.tables.ddim", f"--outdir={outdir}",
+                     "--config=experiments/tables/ddim.py:smoke"], timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return outdir
 
@@ -113,8 +112,10 @@ def test_ddim_table_end_to_end(ddim_run):
 def test_guidance_reuses_the_model_and_writes_its_report(ddim_run, tmp_path):
   outdir = tmp_path / "guidance"
   stamp = os.path.getmtime(ddim_run / "model" / "results.json")
-  proc = run_python(["-m", "experiments.tables.guidance", f"--outdir={outdir}", f"--model_workdir={ddim_run / 'model'}",
-                     "--scales=0,1,3", "--sample_steps=4", *TINY], timeout=900)
+  # The smoke preset: w = 0, 1 and 3, S = 4, the DDIM table's smoke model.
+  proc = run_python(["-m", "experiments.tables.guidance", f"--outdir={outdir}",
+                     "--config=experiments/tables/guidance.py:smoke", f"--config.model_workdir={ddim_run / 'model'}"],
+                    timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.getmtime(ddim_run / "model" / "results.json") == stamp  # reused, not retrained
   with open(outdir / "results.json") as f:
@@ -127,16 +128,17 @@ def test_guidance_reuses_the_model_and_writes_its_report(ddim_run, tmp_path):
   assert "| 3 |" in (outdir / "guidance.md").read_text()
 
 
-@pytest.mark.parametrize("script,flag,message", [
-    ("ddim", "--sample_steps=10,2000", "sample steps must be in [1, T = 1000], got 2000"),
-    ("ddim", "--etas=0,-0.5", "η must be >= 0, got -0.5"),
-    ("ddim", "--taus=linear,cubic", "unknown τ 'cubic'"),
-    ("guidance", "--tau=cubic", "unknown τ 'cubic'"),
-    ("guidance", "--scales=1,-2", "guidance scales must be >= 0"),
+@pytest.mark.parametrize("script,flags,message", [
+    ("ddim", ["--config.sample_steps=10,2000"], "sample steps must be in [1, T = 1000], got 2000"),
+    ("ddim", ["--config.etas=0,-0.5"], "η must be >= 0, got -0.5"),
+    ("ddim", ["--config.taus=linear", "--config.taus=cubic"], "unknown taus value 'cubic'"),
+    ("guidance", ["--config.tau=cubic"], "unknown τ 'cubic'"),
+    ("guidance", ["--config.scales=1,-2"], "guidance scales must be >= 0"),
+    ("guidance", ["--config.num_samples=3"], "num_samples must be at least 4, got 3"),
 ])
-def test_bad_flags_are_refused_before_anything_is_written(tmp_path, script, flag, message):
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path, script, flags, message):
   outdir = tmp_path / "out"
-  proc = run_python(["-m", f"experiments.tables.{script}", f"--outdir={outdir}", flag], timeout=300)
+  proc = run_python(["-m", f"experiments.tables.{script}", f"--outdir={outdir}", *flags], timeout=300)
   assert proc.returncode != 0
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]

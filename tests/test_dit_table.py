@@ -1,4 +1,4 @@
-"""The DiT ablation table (experiments/tables/dit.py): end to end on tiny flags, its trend checks, bad flags."""
+"""The DiT ablation table (experiments/tables/dit.py): end to end on its smoke preset, its trend checks, bad configs."""
 
 import json
 
@@ -8,9 +8,8 @@ from scipy import stats
 
 from conftest import run_python
 
-TINY = ["--sizes=DiT-T", "--patches=4", "--steps=2", "--seeds=2", "--num_samples=8", "--batch_size=16",
-        "--conditioning_model=DiT-T/4", "--conditionings=adaln_zero,in_context", "--conditioning_steps=2",
-        "--eval_points=2"]
+# The smoke preset: one DiT-T/4 cell and the adaLN-Zero / in-context ablation on it, 2 steps of 2 members, 8 samples.
+TINY = ["--config=experiments/tables/dit.py:smoke"]
 
 
 @pytest.mark.slow
@@ -40,7 +39,7 @@ def test_tiny_table_writes_report_with_its_rows(tmp_path):
   # In-context conditioning has no adaLN modulation but two extra tokens: other params and Gflops.
   assert runs[1]["params"] < runs[0]["params"] and runs[1]["gflops"] > runs[0]["gflops"]
   text = (outdir / "dit.md").read_text()
-  assert "python -m experiments.tables.dit" in text and "--conditioning_model=DiT-T/4" in text
+  assert "python -m experiments.tables.dit" in text and "dit.py:smoke" in text
   for row in ("| DiT-T/4 | 4 | 4 |", "| adaLN-Zero |", "| in-context |", "FID @ 1 | FID @ 2"):
     assert row in text, row
   assert f"{cell['fid_mean_se'][0]:.2f} ± {cell['fid_mean_se'][1]:.2f}" in text
@@ -68,13 +67,13 @@ def test_trend_checks_on_made_up_cells():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--sizes=DiT-Q"], "unknown DiT size 'DiT-Q'"),
-    (["--patches=3"], "unknown dit 'DiT-T/3'"),
-    (["--patches=two"], "--patches takes integers"),
-    (["--conditionings=adaln_zero,film"], "unknown conditioning 'film'"),
-    (["--conditioning_steps=4", "--eval_points=3"], "--eval_points 3 must divide --conditioning_steps 4"),
-    (["--num_samples=3"], "--num_samples must be at least 4, got 3"),
-    (["--seeds=0"], "--seeds must be positive, got 0"),
+    (["--config.sizes=DiT-Q"], "unknown sizes value 'DiT-Q'"),
+    (["--config.patches=3"], "unknown dit 'DiT-T/3'"),
+    (["--config.patches=two"], "patches takes integers"),
+    (["--config.conditionings=adaln_zero", "--config.conditionings=film"], "unknown conditionings value 'film'"),
+    (["--config.conditioning_steps=4", "--config.eval_points=3"], "eval_points 3 must divide conditioning_steps 4"),
+    (["--config.num_samples=3"], "num_samples must be at least 4, got 3"),
+    (["--config.seeds=0"], "seeds must be > 0, got 0"),
 ])
 def test_bad_flags_are_one_line_exit_2_and_write_nothing(tmp_path, flags, message):
   outdir = tmp_path / "dit"

@@ -186,8 +186,9 @@ def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
 # ---------------------------------------------------------------------------------------
 # The table.
 
-# Two rows keep the run short: a GAN row and a non-GAN row take the table's two code paths.
-TABLE_FLAGS = ["--methods=PacGAN-2,VAE", "--seeds=2", "--steps=2", "--num_samples=12", "--vae_steps=2"]
+# The smoke preset: two rows keep the run short (a GAN row and a non-GAN row take the table's two code paths), two
+# members of 2 steps each, 12 samples per member.
+TABLE_FLAGS = ["--config=experiments/tables/gan_digits.py:smoke"]
 
 
 @pytest.mark.slow
@@ -197,7 +198,7 @@ def test_table_end_to_end(tmp_path):
   text = (tmp_path / "gan_digits.md").read_text()
   results = json.loads((tmp_path / "results.json").read_text())
   assert (tmp_path / "gan_digits.png").stat().st_size > 0
-  assert "python -m experiments.tables.gan_digits" in text and "--seeds=2" in text
+  assert "python -m experiments.tables.gan_digits" in text and "gan_digits.py:smoke" in text
   assert list(results["cells"]) == ["PacGAN-2", "VAE"]
   reference = fid_lib.digits_reference_fids()["test_split"]
   assert results["reference_fid_test_split"] == pytest.approx(reference)
@@ -220,6 +221,6 @@ def test_table_end_to_end(tmp_path):
 
 
 def test_table_bad_flag_exits_before_training(tmp_path):
-  proc = run_python(["-m", "experiments.tables.gan_digits", f"--outdir={tmp_path / 'x'}", "--num_samples=2"])
-  assert proc.returncode != 0 and "num_samples" in proc.stderr
+  proc = run_python(["-m", "experiments.tables.gan_digits", f"--outdir={tmp_path / 'x'}", "--config.num_samples=2"])
+  assert proc.returncode == 2 and proc.stderr.strip() == "error: num_samples must be at least 4, got 2"
   assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()

@@ -1,8 +1,5 @@
-"""The attention memory table and the GPT scaling table, end to end on tiny flags; the power-law fit; bad flags.
-
-The table modules define absl flags when imported, so they run in subprocesses here (as a reader
-would run them), never imported into the test process next to other tables' flags.
-"""
+"""The attention memory table and the GPT scaling table, end to end on their smoke presets; the power-law fit; bad
+configs."""
 
 import json
 
@@ -10,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_python
+from experiments.tables import gpt_scaling
 from research.models import gpt2
 
 F32 = 4  # bytes
@@ -26,10 +24,9 @@ def _report(outdir, name):
 
 @pytest.mark.slow
 def test_attention_memory_end_to_end(tmp_path):
-  batch, heads, head_dim = 1, 2, 8
-  proc = run_python(["-m", "experiments.tables.attention_memory", f"--outdir={tmp_path}", "--lengths=64,32",
-                     f"--batch={batch}", f"--heads={heads}", f"--head_dim={head_dim}", "--block_size=16", "--repeats=1",
-                     "--naive_max_len=32"])
+  batch, heads, head_dim = 1, 2, 8  # the smoke preset's, with lengths 32 and 64, blocks of 16, naive up to 32
+  proc = run_python(["-m", "experiments.tables.attention_memory", f"--outdir={tmp_path}",
+                     "--config=experiments/tables/attention_memory.py:smoke", "--config.lengths=64,32"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = _report(tmp_path, "attention_memory")
   rows = results["rows"]
@@ -59,30 +56,20 @@ def test_attention_memory_end_to_end(tmp_path):
 
 
 def test_fit_recovers_a_known_power_law():
-  code = """
-import json
-import numpy as np
-from experiments.tables import gpt_scaling
-n = np.geomspace(1e4, 3e6, 6)
-exact = gpt_scaling.fit_power_law(n, (8.8e13 / n) ** 0.076)
-noisy = gpt_scaling.fit_power_law(n, (1e5 / n) ** 0.3 * np.exp(np.random.default_rng(0).normal(0, 0.01, 6)))
-print(json.dumps({"exact": exact, "noisy": noisy}))
-"""
-  proc = run_python(["-c", code])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  fits = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert fits["exact"][0] == pytest.approx(0.076, rel=1e-9)
-  assert fits["exact"][1] == pytest.approx(8.8e13, rel=1e-6)
-  assert fits["noisy"][0] == pytest.approx(0.3, abs=0.02)
+  n = np.geomspace(1e4, 3e6, 6)
+  exact = gpt_scaling.fit_power_law(n, (8.8e13 / n) ** 0.076)
+  noisy = gpt_scaling.fit_power_law(n, (1e5 / n) ** 0.3 * np.exp(np.random.default_rng(0).normal(0, 0.01, 6)))
+  assert exact[0] == pytest.approx(0.076, rel=1e-9)
+  assert exact[1] == pytest.approx(8.8e13, rel=1e-6)
+  assert noisy[0] == pytest.approx(0.3, abs=0.02)
 
 
 @pytest.mark.slow
 def test_gpt_scaling_end_to_end(tmp_path):
+  # The smoke preset: these sizes, ablation at 1:16:2 with learned positions, 6 steps of 4 windows of 16.
   sizes = [(1, 16, 2), (1, 32, 2)]
   proc = run_python(["-m", "experiments.tables.gpt_scaling", f"--outdir={tmp_path}",
-                     f"--sizes={','.join(':'.join(map(str, s)) for s in sizes)}", "--ablation_size=1:16:2",
-                     "--positions=learned", "--steps=6", "--batch_size=4", "--seq_len=16", "--warmup_steps=2",
-                     "--eval_windows=6"], timeout=1200)
+                     "--config=experiments/tables/gpt_scaling.py:smoke"], timeout=1200)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = _report(tmp_path, "gpt_scaling")
   scaling = results["scaling"]
@@ -114,15 +101,16 @@ def test_gpt_scaling_end_to_end(tmp_path):
              for d in results["runs"]["trained"])
 
 
-@pytest.mark.parametrize("table,flag,message", [
-    ("attention_memory", "--lengths=0,256", "--lengths must be positive"),
-    ("attention_memory", "--heads=0", "--heads must be positive, got 0"),
-    ("gpt_scaling", "--sizes=1:32:2", "--sizes needs at least 2 different sizes"),
-    ("gpt_scaling", "--sizes=1:33:2,1:32:2", "n_embd 33 is not divisible by n_head 2"),
-    ("gpt_scaling", "--positions=learned,sinusoid", "unknown --positions 'sinusoid'"),
+@pytest.mark.parametrize("table,flags,message", [
+    ("attention_memory", ["--config.lengths=0,256"], "lengths must be positive integers"),
+    ("attention_memory", ["--config.heads=0"], "heads must be > 0, got 0"),
+    ("gpt_scaling", ["--config.sizes=1:32:2"], "sizes needs at least 2 different sizes"),
+    ("gpt_scaling", ["--config.sizes=1:33:2", "--config.sizes=1:32:2"], "n_embd 33 is not divisible by n_head 2"),
+    ("gpt_scaling", ["--config.positions=learned", "--config.positions=sinusoid"],
+     "unknown positions value 'sinusoid'"),
 ])
-def test_bad_flags_are_one_line(tmp_path, table, flag, message):
-  proc = run_python(["-m", f"experiments.tables.{table}", f"--outdir={tmp_path / 'out'}", flag])
+def test_bad_flags_are_one_line(tmp_path, table, flags, message):
+  proc = run_python(["-m", f"experiments.tables.{table}", f"--outdir={tmp_path / 'out'}", *flags])
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr[-2000:]
   assert not (tmp_path / "out").exists()

@@ -160,8 +160,10 @@ def test_flags_are_checked_before_anything_is_queued(tmp_path, target, flags, me
   assert not workdir.exists() and not (tmp_path / "submitted").exists()
 
 
-def test_a_table_flag_is_checked_by_absl():
-  with pytest.raises(ValueError, match="^Flags parsing error: Unknown command line flag 'stepz'"):
+def test_a_table_flag_is_checked_like_an_experiment_flag():
+  with pytest.raises(ValueError, match='^unknown config field stepz; Did you mean "steps"'):
+    launch.check_flags("tables.gan_modes", "/tmp/unused", ["--config.stepz=3"])
+  with pytest.raises(ValueError, match="Unknown command line flag 'stepz"):
     launch.check_flags("tables.gan_modes", "/tmp/unused", ["--stepz=3"])
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import run_python
 from experiments.tables import rlhf_overoptimization as table
+from research.train import ConfigError
 
 
 def test_peak_and_fall_finds_a_gold_peak_under_a_rising_proxy():
@@ -42,7 +43,7 @@ def test_block_means_equal_a_direct_computation():
 def test_parse_size():
   assert table.parse_size("2x64x4") == (2, 64, 4)
   for bad in ("2x64", "2x63x4", "0x64x4", "axbxc"):
-    with pytest.raises(table.app.UsageError):
+    with pytest.raises(ConfigError):
       table.parse_size(bad)
 
 
@@ -50,8 +51,10 @@ def test_parse_size():
 def test_end_to_end_on_the_smoke_preset(tmp_path):
   # One reward-model size keeps the test short (each size compiles its own reward-model step, PPO program and
   # sampler); the table loops over sizes the same way for two or more.
-  args = ["-m", "experiments.tables.rlhf_overoptimization", f"--outdir={tmp_path}", "--preset=smoke",
-          "--rm_sizes=1x32x2", "--ppo_betas=0,0.1", "--ppo_steps=4", "--dpo_betas=0.1,1", "--window=2"]
+  # The smoke preset: experiments/rlhf.py's smoke setting, reward model 1x32x2, PPO betas 0 and 0.1 for 4 updates in
+  # blocks of 2, DPO betas 0.1 and 1.
+  args = ["-m", "experiments.tables.rlhf_overoptimization", f"--outdir={tmp_path}",
+          "--config=experiments/tables/rlhf_overoptimization.py:smoke"]
   proc = run_python(args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for suffix in (".md", ".png"):
@@ -82,25 +85,26 @@ def test_end_to_end_on_the_smoke_preset(tmp_path):
 
 def test_bad_flags_fail_before_anything_is_written(tmp_path):
   out = tmp_path / "out"
-  proc = run_python(["-m", "experiments.tables.rlhf_overoptimization", f"--outdir={out}", "--rm_sizes=2x63x4"])
-  assert proc.returncode != 0 and "n_embd divisible by n_head" in proc.stderr
+  proc = run_python(["-m", "experiments.tables.rlhf_overoptimization", f"--outdir={out}", "--config.rm_sizes=2x63x4"])
+  assert proc.returncode == 2 and "n_embd divisible by n_head" in proc.stderr
   assert not out.exists()
 
 
 @pytest.mark.parametrize("change, message", [
     ({"ppo_steps": 10, "window": 8}, "at least two blocks"),
-    ({"preset": "nope"}, "unknown preset"),
+    ({"rm_sizes": ("1x32x2", "1x32x2")}, "rm_sizes must name distinct sizes"),
+    ({"dpo_betas": (0.0, 0.1)}, "dpo_betas must be distinct positive numbers"),
 ])
-def test_bad_arguments_are_refused_before_anything_runs(tmp_path, change, message):
-  args = dict(preset="smoke", rm_sizes=[(1, 32, 2)], ppo_betas=[0.0], ppo_steps=4, dpo_betas=[0.1], window=2)
-  args.update(change)
-  with pytest.raises(table.app.UsageError, match=message):
-    table.run_table(str(tmp_path / "out"), **args)
+def test_bad_config_is_refused_before_anything_runs(tmp_path, change, message):
+  config = table.get_config("smoke")
+  config.update(change)
+  with pytest.raises(ConfigError, match=message):
+    table.run(config, str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
 
 
 def test_float_lists():
-  assert table._floats("ppo_betas", ["0", "0.5"], allow_zero=True) == [0.0, 0.5]  # pylint: disable=protected-access
-  for values, allow_zero in ((["0", "0.1"], False), (["0.1", "0.1"], True), (["-1"], True), (["x"], True), ([], True)):
-    with pytest.raises(table.app.UsageError):
+  assert table._floats("ppo_betas", (0, 0.5), allow_zero=True) == [0.0, 0.5]  # pylint: disable=protected-access
+  for values, allow_zero in (((0, 0.1), False), ((0.1, 0.1), True), ((-1,), True), (("x",), True), ((), True)):
+    with pytest.raises(ConfigError):
       table._floats("dpo_betas", values, allow_zero)  # pylint: disable=protected-access

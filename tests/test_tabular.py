@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import report
+from experiments import harness
 from experiments.tables import cliff_walking, td_vs_mc
 from research.rl import envs
 from research.rl import tabular
@@ -312,8 +312,8 @@ def test_td_vs_mc_smoke_matches_a_numpy_simulation(tmp_path):
   written = json.loads((tmp_path / "results.json").read_text())
   assert set(written["td"]) == {str(a) for a in config.td_alphas}
   assert set(written["mc"]) == {str(a) for a in config.mc_alphas}
-  # The table shows the command that made it: this process's (tests/test_report.py checks its form).
-  assert f"```\n{report.command()}\n```" in (tmp_path / "td_vs_mc.md").read_text()
+  # The table shows the command that made it: this process's (tests/test_harness.py checks its form).
+  assert f"Command: `{harness.command()}`" in (tmp_path / "td_vs_mc.md").read_text()
   # Statistical parity of the whole curves with an independent simulation (500 runs).
   for method, alphas in (("td", config.td_alphas), ("mc", config.mc_alphas)):
     for alpha, curve in zip(alphas, results["rms_curves"][method]):
@@ -332,7 +332,7 @@ def test_cliff_walking_smoke_q_learning_finds_the_optimal_path(tmp_path):
   for name in ("sarsa", "q_learning"):
     assert {"mean_return_last100", "greedy_path_length"} <= set(written[name])
     assert len(results[name]["mean_return_per_episode"]) == config.num_episodes
-  assert report.command() in (tmp_path / "cliff_walking.md").read_text()
+  assert harness.command() in (tmp_path / "cliff_walking.md").read_text()
   # Example 6.6's result: online, SARSA (on the safe path) does better than Q-learning, which
   # learns the edge and falls off while exploring; in the book about -25 vs -50 per episode.
   assert written["sarsa"]["mean_return_last100"] > written["q_learning"]["mean_return_last100"]

@@ -1,1 +1,1 @@
-"""Speed comparisons with peers, measured in one run; each writes <name>.md and <name>.json (experiments.report)."""
+"""Speed comparisons with peers, measured in one run; each writes <name>.md and <name>.json (experiments.harness)."""

@@ -5,7 +5,7 @@ One model on both sides, by default experiments/bert.py's (4 layers, 128 wide, 4
 transformers' BertForMaskedLM built from the same BertConfig fields (weights moved with
 bert.save_hf and from_pretrained); the parameter counts are checked equal.
 
-Training step (batch --batch_size). JAX: the task of experiments/bert.py
+Training step (batch `batch_size`). JAX: the task of experiments/bert.py
 (research.models.bert.make_pretrain_task: 15% of the non-special, non-padding tokens chosen
 and corrupted 80/10/10 inside the step from its key, cross-entropy on the chosen positions,
 research.optim's AdamW with weight decay on kernels and clipping at global norm 1) through
@@ -19,53 +19,66 @@ the text).
 Inference: the MLM logits of a padded batch in evaluation mode. JAX: a jitted model.apply;
 PyTorch: the forward pass under torch.no_grad(). Their logits are compared.
 
-PyTorch runs at each thread count of --torch_threads (the host's cores, and 1: a pool that
+PyTorch runs at each thread count of `torch_threads` (the host's cores, and 1: a pool that
 spans every core stalls when other processes use one of them); the faster one of a repeat is
-the one compared. Everything runs in this process. Each repeat runs every side (--warmup
-untimed steps or calls, then --steps timed ones, each waited for; a repeat's time is the
-median of its steps) in an order rotated from repeat to repeat, so a drift in the host's load
-spreads over all; a ratio divides PyTorch's time by ours in the same repeat (above 1: JAX is
-faster). Medians over repeats are reported, with each repeat's ratio.
+the one compared. Everything runs in this process. Each repeat runs every side's training and
+inference (`warmup` untimed steps or calls, then `steps` timed ones, each waited for; a repeat's
+time is the median of its steps) in an order rotated from repeat to repeat
+(experiments/harness.py's timer), so a drift in the host's load spreads over all; a ratio
+divides PyTorch's time by ours in the same repeat (above 1: JAX is faster). Medians over repeats
+are reported, with each repeat's ratio.
 
 Run:
   python -m experiments.bench.bert --outdir=experiments/bench/results/bert
-  python -m experiments.bench.bert --outdir=/tmp/bert_bench --num_hidden_layers=1 --hidden_size=32 \\
-      --num_attention_heads=2 --seq_len=16 --vocab_size=64 --batch_size=2 --steps=2 --repeats=1
+  python -m experiments.bench.bert --outdir=/tmp/bert_bench --config=experiments/bench/bert.py:smoke
 """
 
 import dataclasses
-import os
-import statistics
 import tempfile
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import torch
 import transformers
-from absl import app, flags
 
 from experiments import bert as bert_experiment
-from experiments import report
-from experiments.bench.steps import StepTimer
+from experiments import harness
+from experiments.bench.steps import StepTimer, TorchSteps, torch_adamw
 from research.models import bert
-
-_LAYERS = flags.DEFINE_integer("num_hidden_layers", 4, "Encoder blocks.")
-_WIDTH = flags.DEFINE_integer("hidden_size", 128, "Model width.")
-_HEADS = flags.DEFINE_integer("num_attention_heads", 4, "Attention heads.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence and max_position_embeddings.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 2048, "Vocabulary size.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per training step and per inference call.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed training steps (and inference calls) per repeat and side.")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps (and calls) before each timing.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats of every measurement (medians reported).")
-_TORCH_THREADS = flags.DEFINE_list("torch_threads", None, "torch.set_num_threads values timed, the faster one per "
-                                   "repeat compared (default: the host's cores and 1).")
+from research.train import ConfigError, check_positive, cli
 
 PACKAGES = ("torch", "transformers")
 SPECIAL = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}  # the ids our WordPiece gives them
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """A one-block model, two steps, one thread, one repeat, for tests."""
+  config.num_hidden_layers, config.hidden_size, config.num_attention_heads = 1, 32, 2
+  config.seq_len, config.vocab_size, config.batch_size = 16, 64, 2
+  config.steps, config.repeats, config.torch_threads = 2, 1, (1,)
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmark's model (experiments/bert.py's sizes) and protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.num_hidden_layers = 4  # encoder blocks
+  config.hidden_size = 128  # model width (MLP 4x)
+  config.num_attention_heads = 4  # attention heads
+  config.seq_len = 128  # tokens per sequence and max_position_embeddings
+  config.vocab_size = 2048  # vocabulary size
+  config.batch_size = 32  # sequences per training step and per inference call
+  config.steps = 5  # timed training steps (and inference calls) per repeat and side
+  config.warmup = 1  # untimed steps (and calls) before each timing
+  config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +121,6 @@ class Setup:
     return out
 
 
-def _rotated(items: list, r: int) -> list:
-  return items[r % len(items):] + items[:r % len(items)]
-
-
 class JaxSide(StepTimer):
   """research.train's jitted step on experiments/bert.py's MLM task, and the jitted forward pass."""
 
@@ -126,42 +135,34 @@ class JaxSide(StepTimer):
                                                          attention_mask=b["attention_mask"],
                                                          token_type_ids=b["token_type_ids"]))
     self.params = None  # inference weights, set by the caller
+    self.logits = None  # of the last inference call
 
-  def train(self, steps: int) -> list[float]:
-    return self.run(steps)
-
-  def infer(self, calls: int, batch) -> tuple[list[float], np.ndarray]:
-    times, logits = [], None
-    for _ in range(calls):
-      start = time.perf_counter()
-      logits = np.asarray(self.forward(self.params, batch))  # waits and copies to the host
-      times.append(time.perf_counter() - start)
-    return times, logits
+  def infer(self, batch) -> None:
+    self.logits = np.asarray(self.forward(self.params, batch))  # waits and copies to the host
 
 
-class TorchSide:
+class TorchSide(TorchSteps):
   """transformers' BertForMaskedLM with the same masking, loss and AdamW update, in eager mode."""
 
   def __init__(self, setup: Setup, optimizer, batches: list[dict[str, np.ndarray]], weights_dir: str):
-    if (optimizer.name, optimizer.schedule, optimizer.decay_embeddings) != ("adamw", "constant", False):
-      raise ValueError(f"the PyTorch side implements constant-rate AdamW without embedding decay, got "
-                       f"{optimizer.to_dict()}")
     self.train_model = transformers.BertForMaskedLM.from_pretrained(weights_dir).train()
     self.eval_model = transformers.BertForMaskedLM.from_pretrained(weights_dir).eval()
     named = dict(self.train_model.named_parameters())  # the tied decoder appears once, as word_embeddings
     # research.optim.decay_mask: kernels decay; embedding tables (a name with "embed") and vectors do not.
-    decays = lambda n, p: p.ndim >= 2 and "embeddings" not in n
-    self.opt = torch.optim.AdamW([{"params": [p for n, p in named.items() if decays(n, p)],
-                                   "weight_decay": optimizer.weight_decay},
-                                  {"params": [p for n, p in named.items() if not decays(n, p)], "weight_decay": 0.0}],
-                                 lr=optimizer.learning_rate, betas=(optimizer.b1, optimizer.b2), eps=optimizer.eps)
-    self.clip = optimizer.grad_clip_norm
+    opt = torch_adamw(named, optimizer, lambda n, p: p.ndim >= 2 and "embeddings" not in n)
     self.vocab_size = setup.vocab_size
-    self.batches = [{k: torch.from_numpy(v.astype(np.int64)) for k, v in b.items()} for b in batches]
     self.param_count = sum(p.numel() for p in named.values())
     self.generator = torch.Generator().manual_seed(0)
-    self.steps = 0
-    self.losses: list[float] = []
+    self.logits = None  # of the last inference call
+
+    def loss(batch):
+      inputs, labels = self._masked(batch)
+      return self.train_model(input_ids=inputs, attention_mask=batch["attention_mask"],
+                              token_type_ids=batch["token_type_ids"], labels=labels).loss
+
+    super().__init__(loss, self.train_model.parameters(), opt,
+                     [{k: torch.from_numpy(v.astype(np.int64)) for k, v in b.items()} for b in batches],
+                     optimizer.grad_clip_norm)
 
   def _masked(self, batch):
     """15% of the eligible tokens chosen; 80% [MASK], 10% random, 10% kept; labels -100 elsewhere."""
@@ -175,62 +176,48 @@ class TorchSide:
     out = torch.where(chosen & (kind >= 0.9), random_ids, out)
     return out, torch.where(chosen, ids, torch.full_like(ids, -100))
 
-  def train(self, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-      batch = self.batches[self.steps % len(self.batches)]
-      start = time.perf_counter()
-      inputs, labels = self._masked(batch)
-      loss = self.train_model(input_ids=inputs, attention_mask=batch["attention_mask"],
-                              token_type_ids=batch["token_type_ids"], labels=labels).loss
-      self.opt.zero_grad(set_to_none=True)
-      loss.backward()
-      if self.clip > 0:
-        torch.nn.utils.clip_grad_norm_(self.train_model.parameters(), self.clip)
-      self.opt.step()
-      times.append(time.perf_counter() - start)
-      self.losses.append(float(loss.detach()))
-      self.steps += 1
-    return times
-
-  def infer(self, calls: int, batch) -> tuple[list[float], np.ndarray]:
+  def infer(self, batch) -> None:
     inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()}
-    times, logits = [], None
-    for _ in range(calls):
-      start = time.perf_counter()
-      with torch.no_grad():
-        logits = self.eval_model(**inputs).logits.numpy()
-      times.append(time.perf_counter() - start)
-    return times, logits
+    with torch.no_grad():
+      self.logits = self.eval_model(**inputs).logits.numpy()
 
 
-def _summary(times: dict[str, list[float]], per: float) -> dict:
-  """Medians and per-repeat values: ms per call and items per second of each side; the faster PyTorch's time over ours."""
-  best_torch = [min(ts) for ts in zip(*(v for k, v in times.items() if k != "jax"))]
-  ratios = [t / j for t, j in zip(best_torch, times["jax"])]
-  out = {side: {"ms": 1e3 * statistics.median(ts), "ms_per_repeat": [1e3 * t for t in ts],
-                "per_s": per / statistics.median(ts)} for side, ts in times.items()}
-  out.update({"ratio_vs_torch": statistics.median(ratios), "ratios_per_repeat": ratios})
+def _summary(timings: harness.Timings, kind: str, per: float) -> dict:
+  """Medians and per-repeat values of ms per call and items per second; the faster PyTorch's time over ours."""
+  names = {name.removesuffix(f"/{kind}"): name for name in timings.measurements if name.endswith(f"/{kind}")}
+  torch_names = [name for side, name in names.items() if side != "jax"]
+  out = {side: {"ms": 1e3 * timings.median_seconds(name), "ms_per_repeat": [1e3 * t for t in timings.seconds(name)],
+                "per_s": per / timings.median_seconds(name)} for side, name in names.items()}
+  out.update({"ratio_vs_torch": timings.median_ratio(names["jax"], torch_names),
+              "ratios_per_repeat": timings.ratios(names["jax"], torch_names)})
   return out
 
 
-def run_bench(outdir: str, setup: Setup, steps: int, warmup: int, repeats: int, threads: list[int]) -> dict:
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field, before anything is built or timed."""
+  for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "batch_size", "steps", "repeats"):
+    check_positive(name, config[name])
+  check_positive("warmup", config.warmup, allow_zero=True)
+  if config.hidden_size % config.num_attention_heads:
+    raise ConfigError(f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
+                      f"{config.num_attention_heads}")
+  if config.seq_len < 4 or config.vocab_size <= len(SPECIAL):
+    raise ConfigError(f"seq_len must be >= 4 and vocab_size > {len(SPECIAL)}, got {config.seq_len} and "
+                      f"{config.vocab_size}")
+  harness.check_counts("torch_threads", config.torch_threads)
+
+
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   """Measures every side in this process, writes bert.json / bert.md into `outdir`, returns the JSON dict."""
-  if min(setup.num_hidden_layers, setup.hidden_size, setup.num_attention_heads, steps, repeats) < 1 or warmup < 0:
-    raise app.UsageError("model sizes, --steps and --repeats must be positive, --warmup >= 0")
-  if setup.hidden_size % setup.num_attention_heads:
-    raise app.UsageError(f"--hidden_size {setup.hidden_size} is not divisible by --num_attention_heads "
-                         f"{setup.num_attention_heads}")
-  if setup.seq_len < 4 or setup.vocab_size <= len(SPECIAL) or setup.batch_size < 1:
-    raise app.UsageError("--seq_len must be >= 4, --vocab_size > 5 and --batch_size >= 1")
-  if not threads or min(threads) < 1:
-    raise app.UsageError(f"--torch_threads must be positive, got {threads}")
-  load_start = os.getloadavg()[0]
+  check_config(config)
+  setup = Setup(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.seq_len,
+                config.vocab_size, config.batch_size)
+  steps, warmup, repeats, threads = config.steps, config.warmup, config.repeats, list(config.torch_threads)
   start = time.perf_counter()
   batches = setup.batches()
   jax_side = JaxSide(setup, batches)
   compile_start = time.perf_counter()
-  jax_side.train(1)
+  jax_side.step()
   compile_s = time.perf_counter() - compile_start
   sides = {"jax": jax_side}
   with tempfile.TemporaryDirectory() as path:
@@ -243,92 +230,62 @@ def run_bench(outdir: str, setup: Setup, steps: int, warmup: int, repeats: int, 
   counts = {"jax": jax_side.param_count, "torch": sides[f"torch_{threads[0]}"].param_count}
   if counts["jax"] != counts["torch"]:
     raise AssertionError(f"parameter counts differ: {counts}")
-  train_times = {name: [] for name in sides}
-  infer_times = {name: [] for name in sides}
-  logits = {}
-  for r in range(repeats):
-    for name in _rotated(list(sides), r):
-      side = sides[name]
-      if name != "jax":
-        torch.set_num_threads(int(name.split("_")[1]))
-      side.train(warmup)
-      train_times[name].append(statistics.median(side.train(steps)))
-      side.infer(warmup, batches[0])
-      times, logits[name] = side.infer(steps, batches[0])
-      infer_times[name].append(statistics.median(times))
-    print(f"repeat {r}: train " + ", ".join(f"{n} {1e3 * train_times[n][-1]:.0f} ms" for n in sides) +
-          "; inference " + ", ".join(f"{n} {1e3 * infer_times[n][-1]:.0f} ms" for n in sides), flush=True)
+  entries = {}
+  for name, side in sides.items():
+    threads_of = None if name == "jax" else int(name.removeprefix("torch_"))
+    entries[f"{name}/train"] = harness.steps(side.step, steps, warmup, torch_threads=threads_of)
+    entries[f"{name}/infer"] = harness.steps(lambda side=side: side.infer(batches[0]), steps, warmup,
+                                             torch_threads=threads_of)
+  timings = harness.compare(entries, repeats, label="bert", unit=" calls/s")
+  logits = {name: side.logits for name, side in sides.items()}
   tokens = setup.batch_size * setup.seq_len
   first_torch = sides[f"torch_{threads[0]}"]
   results = {
       "model": dataclasses.asdict(setup), "param_count": counts, "steps": steps, "warmup": warmup,
       "repeats": repeats, "torch_threads": threads,
-      "train": {**_summary(train_times, tokens), "jax_compile_and_first_step_s": compile_s,
+      "train": {**_summary(timings, "train", tokens), "jax_compile_and_first_step_s": compile_s,
                 "jax_loss": [jax_side.losses[0], jax_side.losses[-1]],
                 "torch_loss": [first_torch.losses[0], first_torch.losses[-1]]},
-      "inference": {**_summary(infer_times, tokens),
+      "inference": {**_summary(timings, "infer", tokens),
                     "max_abs_logit_difference": float(max(np.max(np.abs(logits["jax"] - v))
                                                           for k, v in logits.items() if k != "jax"))},
-      "timing": "median of each repeat's timed steps (perf_counter around each, waited for); "
+      "timing_method": "median of each repeat's timed steps (perf_counter around each, waited for); "
                 "ratio = the faster PyTorch setting's time / JAX's, per repeat",
-      "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+      "load_average": timings.load_average, "timing": timings.record(),
   }
   markdown = _markdown(results)
   print(markdown)
-  return report.write_report(outdir, "bert", results, markdown, json_file="bert.json", packages=PACKAGES,
-                             wall_time_s=time.perf_counter() - start)
+  return harness.write_report(outdir, "bert", results, markdown, json_file="bert.json", packages=PACKAGES,
+                              wall_time_s=time.perf_counter() - start)
 
 
 def _markdown(results: dict) -> str:
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
-  m, load = results["model"], results["load_average"]
-  lines = [
-      "# BERT: research.models.bert vs transformers' BertForMaskedLM in PyTorch eager",
-      "",
-      f"Command: `{report.command()}`",
-      "",
-      f"Machine: {devices['cpu_count']} CPU cores shared with other work (1-minute load average "
-      f"{load['start']:.1f} at the start, {load['end']:.1f} at the end), {devices['count']} "
-      f"{devices['platform']} device(s); jax {versions['jax']}, torch {versions['torch']}, transformers "
-      f"{versions['transformers']}.",
-      f"Model: {m['num_hidden_layers']} layers, {m['hidden_size']} wide, {m['num_attention_heads']} heads, MLP "
-      f"{4 * m['hidden_size']}, vocabulary {m['vocab_size']}, {results['param_count']['jax']:,} parameters on both "
-      f"sides; batches of {m['batch_size']} sequences of {m['seq_len']} tokens (padded tails). Medians of "
-      f"{results['repeats']} repeats of {results['steps']} timed steps each; a ratio is the faster PyTorch "
-      "setting's time over ours in the same repeat (above 1: JAX is faster).",
-      "",
-      "| measurement | side | ms | tokens/s | PyTorch / JAX | per repeat |",
-      "|---|---|---:|---:|---:|---|",
-  ]
+  env = harness.environment(*PACKAGES)
+  m = results["model"]
+  rows = []
   for name, title in (("train", "MLM training step (masking, loss, AdamW)"), ("inference", "MLM logits, eval mode")):
     r = results[name]
     for side in ["jax"] + [f"torch_{t}" for t in results["torch_threads"]]:
       label = "research.models.bert, jitted" if side == "jax" else \
           f"PyTorch eager, {side.split('_')[1]} thread{'' if side == 'torch_1' else 's'}"
-      ratio = (f"**{r['ratio_vs_torch']:.2f}x** | {', '.join(f'{v:.2f}x' for v in r['ratios_per_repeat'])}"
-               if side == "jax" else " | ")
-      lines.append(f"| {title} | {label} | {r[side]['ms']:,.1f} | {r[side]['per_s']:,.0f} | {ratio} |")
+      ratio = ((f"**{r['ratio_vs_torch']:.2f}x**", ", ".join(f"{v:.2f}x" for v in r["ratios_per_repeat"]))
+               if side == "jax" else ("", ""))
+      rows.append((title, label, f"{r[side]['ms']:,.1f}", f"{r[side]['per_s']:,.0f}", *ratio))
   t = results["train"]
-  lines += [
-      "",
+  return harness.document(
+      "BERT: research.models.bert vs transformers' BertForMaskedLM in PyTorch eager",
+      harness.machine(env, results["load_average"], ("jax", "torch", "transformers")) + "\n"
+      f"Model: {m['num_hidden_layers']} layers, {m['hidden_size']} wide, {m['num_attention_heads']} heads, MLP "
+      f"{4 * m['hidden_size']}, vocabulary {m['vocab_size']}, {results['param_count']['jax']:,} parameters on both "
+      f"sides; batches of {m['batch_size']} sequences of {m['seq_len']} tokens (padded tails). Medians of "
+      f"{results['repeats']} repeats of {results['steps']} timed steps each; a ratio is the faster PyTorch "
+      "setting's time over ours in the same repeat (above 1: JAX is faster).",
+      harness.table(["measurement", "side", "ms", "tokens/s", "PyTorch / JAX", "per repeat"], rows, align="llrrrl"),
       f"JAX's first (compiling) training step took {t['jax_compile_and_first_step_s']:.1f} s. Training loss, first "
       f"-> last timed step: JAX {t['jax_loss'][0]:.3f} -> {t['jax_loss'][1]:.3f}, PyTorch {t['torch_loss'][0]:.3f} "
       f"-> {t['torch_loss'][1]:.3f} (each from its own initialisation and masks). Inference logits of the same "
-      f"weights differ by at most {results['inference']['max_abs_logit_difference']:.1e}.",
-  ]
-  return "\n".join(lines) + "\n"
-
-
-def main(outdir: str) -> None:
-  setup = Setup(_LAYERS.value, _WIDTH.value, _HEADS.value, _SEQ_LEN.value, _VOCAB.value, _BATCH.value)
-  threads = _TORCH_THREADS.value or [str(os.cpu_count()), "1"]
-  try:
-    threads = list(dict.fromkeys(int(t) for t in threads))
-  except ValueError:
-    raise app.UsageError(f"--torch_threads must be integers, got {threads}") from None
-  run_bench(outdir, setup, _STEPS.value, _WARMUP.value, _REPEATS.value, threads)
+      f"weights differ by at most {results['inference']['max_abs_logit_difference']:.1e}.")
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -12,39 +12,54 @@ thread while the step runs) and at 0 (gathered in the loop, between steps). Ever
 yields the same batches, so every run trains to the same loss (checked).
 
 The rate is the run's results.json `steps_per_second` (the steps after the first,
-compiling call). Repeats rotate the order of the runs; each ratio divides a run's rate by
-the in-memory run with default prefetch of the same repeat, and medians are reported.
+compiling call). Repeats rotate the order of the runs (experiments/harness.py's timer); each
+ratio divides a run's rate by the in-memory run with default prefetch of the same repeat, and
+medians are reported.
 Beside it, the cost of one call's gather (`Batcher.stacked` for steps_per_call batches,
 or one batch), per example; for the records, the part spent reading the raw records
 (array_record) is measured apart from TFDS's per-example decoding.
 
 Run:
   python -m experiments.bench.data --outdir=experiments/bench/results/data
+  python -m experiments.bench.data --outdir=/tmp/data_bench --config=experiments/bench/data.py:smoke
 """
 
 import dataclasses
 import os
-import statistics
 import tempfile
 import time
 
+import ml_collections
 import numpy as np
-from absl import app, flags
 
 from experiments import autoencoder as experiment
-from experiments import report
+from experiments import harness
 from research import data as data_lib
 from research.data import ArraySource, Batcher
 from research.models import autoencoder
-from research.train import train
-
-_STEPS = flags.DEFINE_integer("steps", 3000, "Steps of each run (the rate leaves out the first, compiling call).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats of every run (medians reported).")
-_GATHER_CALLS = flags.DEFINE_integer("gather_calls", 20, "Calls timed for the per-example gather cost.")
+from research.train import ConfigError, check_positive, cli, train
 
 SOURCES = ("in_memory", "memmap", "records")
 # Versions recorded beside jax/flax/optax: the record reader's stack.
 PACKAGES = ("tensorflow-datasets", "array-record", "numpy")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Two calls per run, one repeat, for tests."""
+  config.steps = 2 * experiment.get_config().steps_per_call
+  config.repeats, config.gather_calls = 1, 2
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmark's protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.steps = 3000  # steps of each run (the rate leaves out the first, compiling call)
+  config.repeats = 3  # repeats of every run, in rotated order; medians are reported
+  config.gather_calls = 20  # calls timed for the per-example gather cost
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def make_sources(images: np.ndarray, directory: str) -> dict:
@@ -80,26 +95,26 @@ def gather_cost(source, batcher_args: tuple, steps_per_call: int, calls: int) ->
   return out
 
 
-def run_bench(outdir: str, steps: int, repeats: int, gather_calls: int) -> dict:
+def run(bench: ml_collections.ConfigDict, outdir: str) -> dict:
   """Trains the VAE from each source with and without prefetch; writes data.json / data.md into `outdir`."""
-  if repeats < 1 or gather_calls < 1:
-    raise app.UsageError("--repeats and --gather_calls must be positive")
+  steps, repeats, gather_calls = bench.steps, bench.repeats, bench.gather_calls
+  check_positive("repeats", repeats)
+  check_positive("gather_calls", gather_calls)
   config = experiment.get_config()
   config.steps = steps
   k, default_prefetch = config.steps_per_call, config.prefetch
   if steps % k or steps < 2 * k:
     # The rate needs a call after the compiling one; a shorter last call would compile again.
-    raise app.UsageError(f"--steps must be a multiple of the default steps_per_call {k}, at least {2 * k}")
+    raise ConfigError(f"steps must be a multiple of the default steps_per_call {k}, at least {2 * k}, got {steps}")
   if default_prefetch == 0:
-    raise app.UsageError("the experiment's default prefetch is 0: nothing to compare prefetch with")
+    raise ConfigError("the experiment's default prefetch is 0: nothing to compare prefetch with")
   prefetches = (default_prefetch, 0)
   images = data_lib.load(config.dataset, "train")["image"]
   test_images = data_lib.load(config.dataset, "test")["image"]
   # Evaluation and pictures come after the rate is measured; leave them out.
   task = dataclasses.replace(autoencoder.make_task(config, test_images), evaluate=None, sample=None)
   start = time.perf_counter()
-  runs = {(s, p): [] for s in SOURCES for p in prefetches}
-  order = list(runs)
+  names = {(s, p): f"{s}/prefetch={p}" for s in SOURCES for p in prefetches}
   with tempfile.TemporaryDirectory() as directory:
     sources = make_sources(images, directory)
     batcher_args = (config.batch_size, config.seed)
@@ -107,83 +122,68 @@ def run_bench(outdir: str, steps: int, repeats: int, gather_calls: int) -> dict:
     if not all(np.array_equal(first["in_memory"], batch) for batch in first.values()):
       raise AssertionError("the sources disagree on the first batch")
     gather = {name: gather_cost(src, batcher_args, k, gather_calls) for name, src in sources.items()}
-    for r in range(repeats):
-      for source, prefetch in order[r % len(order):] + order[:r % len(order)]:
+
+    def measure(source, prefetch):
+      def train_once():
         run_config = config.copy_and_resolve_references()
         run_config.prefetch = prefetch
         with tempfile.TemporaryDirectory() as workdir:
           results = train(task, run_config, workdir, sources[source]).results
-        runs[source, prefetch].append(results)
-        print(f"repeat {r}: {source}, prefetch {prefetch}: {results['steps_per_second']:.1f} steps/s", flush=True)
+        return harness.Timing.from_rate(results["steps_per_second"], info=results["train_loss"])
+      return harness.Side(train_once)
 
-  base = [run["steps_per_second"] for run in runs["in_memory", default_prefetch]]
+    timings = harness.compare({name: measure(*key) for key, name in names.items()}, repeats, label="data",
+                              unit=" steps/s")
+
   rows = {}
-  for (source, prefetch), results in runs.items():
-    rates = [run["steps_per_second"] for run in results]
-    same = [run["steps_per_second"] for run in runs["in_memory", prefetch]]
-    rows[f"{source}/prefetch={prefetch}"] = {
-        "source": source, "prefetch": prefetch, "steps_per_s": statistics.median(rates),
-        "steps_per_s_per_repeat": rates,
-        "ratio_vs_in_memory": statistics.median(a / b for a, b in zip(rates, base)),
-        "ratio_vs_in_memory_same_prefetch": statistics.median(a / b for a, b in zip(rates, same)),
-        "train_loss": results[-1]["train_loss"],
+  for (source, prefetch), name in names.items():
+    rows[name] = {
+        "source": source, "prefetch": prefetch, "steps_per_s": timings.median_rate(name),
+        "steps_per_s_per_repeat": timings.rates(name),
+        "ratio_vs_in_memory": timings.median_ratio(name, names["in_memory", default_prefetch]),
+        "ratio_vs_in_memory_same_prefetch": timings.median_ratio(name, names["in_memory", prefetch]),
+        "train_loss": timings.info(name)[-1],
     }
   losses = {row["train_loss"] for row in rows.values()}
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
+  env = harness.environment(*PACKAGES)
   result = {
       "runs": rows, "gather": gather, "same_train_loss": len(losses) == 1, "steps": steps, "repeats": repeats,
       "steps_per_call": k, "default_prefetch": default_prefetch, "batch_size": config.batch_size,
       "log_every": config.log_every, "checkpoint_every": config.checkpoint_every, "gather_calls": gather_calls,
-      "load_average": os.getloadavg()[0],
+      "load_average": timings.load_average["end"], "timing": timings.record(),
   }
-  lines = [
-      "# Data sources feeding the default VAE",
-      "",
-      f"Command: `{report.command()}`",
-      "",
-      f"experiments/autoencoder.py's default VAE (batch {config.batch_size}, steps_per_call {k}) for {steps:,} "
-      f"steps per run, {repeats} repeats in rotated order, medians; rates are results.json `steps_per_second` "
-      "(after the first, compiling call). Every run trained to the same loss: "
-      f"{'yes' if result['same_train_loss'] else 'NO'} ({', '.join(f'{v:.4f}' for v in sorted(losses))}).",
-      f"Machine: {devices['cpu_count']} CPU cores shared with other work (1-minute load average "
-      f"{result['load_average']:.1f} at the end); jax {versions['jax']}, tensorflow-datasets "
-      f"{versions['tensorflow-datasets']}, array-record {versions['array-record']}.",
-      "",
-      "| source | prefetch | steps/s | vs in-memory (prefetch "
-      f"{default_prefetch}) | vs in-memory (same prefetch) | per repeat (steps/s) |",
-      "|---|---:|---:|---:|---:|---|",
-  ]
-  for row in rows.values():
-    lines.append(f"| {row['source']} | {row['prefetch']} | {row['steps_per_s']:,.1f} | "
-                 f"**{row['ratio_vs_in_memory']:.2f}x** | {row['ratio_vs_in_memory_same_prefetch']:.2f}x | "
-                 f"{', '.join(f'{v:,.0f}' for v in row['steps_per_s_per_repeat'])} |")
+  table = harness.table(
+      ["source", "prefetch", "steps/s", f"vs in-memory (prefetch {default_prefetch})", "vs in-memory (same prefetch)",
+       "per repeat (steps/s)"],
+      [(row["source"], row["prefetch"], f"{row['steps_per_s']:,.1f}", f"**{row['ratio_vs_in_memory']:.2f}x**",
+        f"{row['ratio_vs_in_memory_same_prefetch']:.2f}x",
+        ", ".join(f"{v:,.0f}" for v in row["steps_per_s_per_repeat"]))
+       for row in rows.values()], align="lrrrrl")
   per_step = {name: g["us_per_example"] * config.batch_size / 1e3 for name, g in gather.items()}
-  lines += [
-      "",
-      f"Gather cost per example ({gather_calls} calls of {k} batch{'es' if k > 1 else ''}): "
-      + "; ".join(f"{name} {g['us_per_example']:.2f} us ({per_step[name]:.2f} ms per step)"
-                  for name, g in gather.items()) + ".",
-  ]
+  gather_text = (f"Gather cost per example ({gather_calls} calls of {k} batch{'es' if k > 1 else ''}): "
+                 + "; ".join(f"{name} {g['us_per_example']:.2f} us ({per_step[name]:.2f} ms per step)"
+                             for name, g in gather.items()) + ".")
   record = gather["records"]
   if "read_us_per_example" in record:
     decode = record["us_per_example"] - record["read_us_per_example"]
-    lines += [
-        f"Of the records' {record['us_per_example']:.1f} us, reading the raw records (array_record) takes "
+    gather_text += (
+        f"\nOf the records' {record['us_per_example']:.1f} us, reading the raw records (array_record) takes "
         f"{record['read_us_per_example']:.1f} us and TFDS's per-example decoding (Python: parsing the "
         f"tf.train.Example, nesting the feature dict) the other {decode:.1f} us. That caps the records at about "
         f"{1e3 / per_step['records']:,.0f} steps/s on one core, whatever the model; decoding holds the GIL, so "
-        "prefetch hides it only behind the compiled step (which releases the GIL), not behind other Python.",
-    ]
-  markdown = "\n".join(lines) + "\n"
+        "prefetch hides it only behind the compiled step (which releases the GIL), not behind other Python.")
+  markdown = harness.document(
+      "Data sources feeding the default VAE",
+      f"experiments/autoencoder.py's default VAE (batch {config.batch_size}, steps_per_call {k}) for {steps:,} "
+      f"steps per run, {repeats} repeats in rotated order, medians; rates are results.json `steps_per_second` "
+      "(after the first, compiling call). Every run trained to the same loss: "
+      f"{'yes' if result['same_train_loss'] else 'NO'} ({', '.join(f'{v:.4f}' for v in sorted(losses))}).\n"
+      + harness.machine(env, timings.load_average, ("jax", "tensorflow-datasets", "array-record")),
+      table, gather_text)
   print(markdown)
-  return report.write_report(outdir, "data", result, markdown, json_file="data.json", packages=PACKAGES,
-                             config=config, wall_time_s=time.perf_counter() - start)
-
-
-def main(outdir: str) -> None:
-  run_bench(outdir, _STEPS.value, _REPEATS.value, _GATHER_CALLS.value)
+  return harness.write_report(outdir, "data", result, markdown, json_file="data.json", packages=PACKAGES,
+                              config=config, wall_time_s=time.perf_counter() - start)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -1,32 +1,32 @@
 """Diffusion speed: DDIM vs DDPM sampling, and against diffusers in PyTorch eager (sampling and DiT training).
 
-Two parts, chosen with --parts:
+Two parts, chosen with `parts`:
 
-  sampling  images/s of one sampler call (a batch of --sample_batch images) from the default
+  sampling  images/s of one sampler call (a batch of `sample_batch` images) from the default
             experiment's U-Net (experiments/diffusion.py: channels (32, 64), GroupNorm groups 8,
-            4 heads at 4x4, class-conditional, 8x8x1 digits, linear β, T = --num_train_steps):
-              * ours, DDIM with S = --ddim_steps (η = 0, linear τ) and DDPM with all T steps,
+            4 heads at 4x4, class-conditional, 8x8x1 digits, linear β, T = `num_train_steps`):
+              * ours, DDIM with S = `ddim_steps` (η = 0, linear τ) and DDPM with all T steps,
                 each research.models.diffusion's jitted lax.scan sampler, compiled once before
                 the timings;
               * diffusers' DDIMScheduler loop (`set_timesteps(S)`, `step(..., eta=0)`) driving
                 diffusers' UNet2DModel built to the same layout (the same blocks, channels,
                 groups, heads, class embedding with a null row) in PyTorch eager under
-                torch.no_grad(), the same batch, at each --torch_threads.
+                torch.no_grad(), the same batch, at each `torch_threads`.
             Weights are random (initialisation): the work per step does not depend on them.
             The U-Nets differ by the time-embedding MLP's input only (diffusers feeds it
             channels[0] = 32 sinusoidal features, ours 2 * channels[0] = 64): 4,096 parameters,
-            0.6% of ours; both counts are reported and checked within --param_tolerance.
+            0.6% of ours; both counts are reported and checked within `param_tolerance`.
 
-  dit       training steps/s of a DiT (--dit at --dit_input_size x --dit_input_size x
-            --dit_channels latents, --dit_classes classes, learn_sigma as the paper) on random
-            latents with random labels, batch --dit_batch, AdamW (the paper's: lr 1e-4, no weight
+  dit       training steps/s of a DiT (`dit` at `dit_input_size` x `dit_input_size` x
+            `dit_channels` latents, `dit_classes` classes, learn_sigma as the paper) on random
+            latents with random labels, batch `dit_batch`, AdamW (the paper's: lr 1e-4, no weight
             decay, no EMA in either timing), float32, the paper's loss on both sides (below):
               * ours: research.models.dit.DiT as a research.train Task, the step from
                 research.train.make_train_step, jitted with the state donated, called in a
                 Python for-loop on research.data.Batcher batches (loop_overhead.py's bare
                 driver);
               * diffusers' DiTTransformer2DModel of the same config in PyTorch eager:
-                loss.backward() and torch.optim.AdamW, at each --torch_threads.
+                loss.backward() and torch.optim.AdamW, at each `torch_threads`.
             diffusers builds a timestep + label embedder inside every block's adaLN-Zero
             (one per block where the paper has one for the model); the benchmark ties them to
             the first block's, which is the paper's model, and parameter counts then match
@@ -42,63 +42,39 @@ discretised Gaussian decoder NLL. Both sides implement it from the same schedule
 tests/test_bench_diffusion.py checks the two implementations agree.
 
 Protocol: everything runs in this process. JAX programs are compiled before the repeats. Each
-repeat times every measurement once, in an order rotated from repeat to repeat; a ratio divides
+repeat times every measurement once, in an order rotated from repeat to repeat
+(experiments/harness.py's timer); a ratio divides
 two rates of the same repeat; medians over repeats are reported with each repeat's ratio.
 PyTorch runs at this host's core count and at 1 thread (a pool spanning every core stalls when
 other work holds one), and a ratio against PyTorch uses the faster setting of the repeat. A
-PyTorch timing stops after the step that passes --torch_seconds: its rate is the steps it took
+PyTorch timing stops after the step that passes `torch_seconds`: its rate is the steps it took
 (a sampler loop's images counted in proportion to the steps they got) over their time.
 
 Run:
   python -m experiments.bench.diffusion --outdir=experiments/bench/results/diffusion
-  python -m experiments.bench.diffusion --parts=sampling --sample_batch=8 --num_train_steps=100 \
-      --ddim_steps=5 --repeats=1 --outdir=/tmp/diffusion_bench
+  python -m experiments.bench.diffusion --outdir=/tmp/diffusion_bench --config.parts=sampling \
+      --config.sample_batch=8 --config.num_train_steps=100 --config.ddim_steps=5 --config.repeats=1
+  python -m experiments.bench.diffusion --outdir=/tmp/diffusion_bench --config=experiments/bench/diffusion.py:smoke
 """
 
-import functools
 import math
-import os
 import statistics
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import torch
-from absl import app, flags
 from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 
 from experiments import diffusion as diffusion_experiment
-from experiments import report
+from experiments import harness
 from research import optim
 from research.data import Batcher
 from research.models import diffusion, dit
-from research.train import Keys, Task, init_state, make_train_step
-
-_PARTS = flags.DEFINE_list("parts", ["sampling", "dit"], "What to measure: sampling, dit.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats of every measurement (medians reported).")
-_TORCH_THREADS = flags.DEFINE_list("torch_threads", sorted({str(os.cpu_count() or 1), "1"}, key=int, reverse=True),
-                                   "torch.set_num_threads values (default: the host's core count and 1).")
-# A pool spanning every core can run a hundred times slower while other work holds one of them.
-_TORCH_SECONDS = flags.DEFINE_float("torch_seconds", 60.0,
-                                    "A PyTorch timing stops after the step that passes this many seconds.")
-_PARAM_TOLERANCE = flags.DEFINE_float("param_tolerance", 0.02,
-                                      "Largest relative parameter-count difference accepted between peers.")
-# Sampling.
-_SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 50, "Images per sampler call.")
-_NUM_TRAIN_STEPS = flags.DEFINE_integer("num_train_steps", None,
-                                        "T, the DDPM sampler's steps (default: the experiment's, 1000).")
-_DDIM_STEPS = flags.DEFINE_integer("ddim_steps", 50, "S, the DDIM sampler's steps.")
-# DiT training.
-_DIT = flags.DEFINE_string("dit", "DiT-XS/2", "The DiT (a research.models.dit name).")
-_DIT_INPUT_SIZE = flags.DEFINE_integer("dit_input_size", 16, "Latent height = width.")
-_DIT_CHANNELS = flags.DEFINE_integer("dit_channels", 4, "Latent channels.")
-_DIT_CLASSES = flags.DEFINE_integer("dit_classes", 1000, "Classes of the labels.")
-_DIT_BATCH = flags.DEFINE_integer("dit_batch", 32, "Latents per training step.")
-_DIT_STEPS = flags.DEFINE_integer("dit_steps", 10, "Timed training steps of each measurement (PyTorch: at most).")
-_DIT_WARMUP = flags.DEFINE_integer("dit_warmup", 10, "Untimed steps on each side before the repeats (JAX: after the "
-                                   "compiling first step).")
+from research.train import ConfigError, Keys, Task, check_positive, cli, init_state, make_train_step
 
 PARTS = ("sampling", "dit")
 PACKAGES = ("torch", "diffusers")
@@ -110,9 +86,39 @@ IMAGE_SHAPE = (8, 8, 1)  # the digits the default U-Net is built for
 NUM_CLASSES = 10
 
 
-def _rotated(items: list, r: int) -> list:
-  """`items` starting at position r (mod its length): repeat r's order."""
-  return items[r % len(items):] + items[:r % len(items)]
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Small samplers and a DiT-T/2 on 8x8 latents, one thread, one repeat, for tests."""
+  config.sample_batch, config.num_train_steps, config.ddim_steps = 4, 40, 2
+  config.repeats, config.torch_threads = 1, (1,)
+  config.dit, config.dit_input_size, config.dit_classes = "DiT-T/2", 8, 10
+  config.dit_batch, config.dit_steps, config.dit_warmup = 4, 2, 1
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmark's parts, sizes and protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.parts = PARTS  # what to measure: sampling, dit
+  config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
+  # A pool spanning every core can run a hundred times slower while other work holds one of them.
+  config.torch_seconds = 60.0  # a PyTorch timing stops after the step that passes this many seconds
+  config.param_tolerance = 0.02  # largest relative parameter-count difference accepted between peers
+  # Sampling.
+  config.sample_batch = 50  # images per sampler call
+  config.num_train_steps = 0  # T, the DDPM sampler's steps; 0: the experiment's (1000)
+  config.ddim_steps = 50  # S, the DDIM sampler's steps
+  # DiT training.
+  config.dit = "DiT-XS/2"  # the DiT (a research.models.dit name)
+  config.dit_input_size = 16  # latent height = width
+  config.dit_channels = 4  # latent channels
+  config.dit_classes = 1000  # classes of the labels
+  config.dit_batch = 32  # latents per training step
+  config.dit_steps = 10  # timed training steps of each measurement (PyTorch: at most)
+  config.dit_warmup = 10  # untimed steps on each side before the repeats (JAX: after the compiling first step)
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def _param_count(tree) -> int:
@@ -135,10 +141,10 @@ def _check_counts(what: str, ours: int, theirs: int, tolerance: float) -> float:
 # Part 1: sampling.
 
 
-def unet_config(num_train_steps: int | None):
-  """experiments/diffusion.py's default config (T overridden if given)."""
+def unet_config(num_train_steps: int):
+  """experiments/diffusion.py's default config (T overridden unless 0)."""
   config = diffusion_experiment.get_config()
-  if num_train_steps is not None:
+  if num_train_steps:
     config.num_train_steps = num_train_steps
   return config
 
@@ -211,7 +217,7 @@ def diffusers_ddim_sampler(config, sample_batch: int, ddim_steps: int):
   return _torch_param_count(unet), draw
 
 
-def bench_sampling(sample_batch: int, num_train_steps: int | None, ddim_steps: int, threads: list[int],
+def bench_sampling(sample_batch: int, num_train_steps: int, ddim_steps: int, threads: list[int],
                    repeats: int, tolerance: float, torch_seconds: float) -> dict:
   """Images/s of our DDIM and DDPM samplers and of diffusers' DDIM loop; see the module docstring."""
   config = unet_config(num_train_steps)
@@ -231,27 +237,38 @@ def bench_sampling(sample_batch: int, num_train_steps: int | None, ddim_steps: i
   torch.set_num_threads(threads[0])
   torch_draw(0.0)  # PyTorch's warm-up step: its first call allocates and picks kernels
 
-  names = ["ddim", "ddpm"] + [f"torch_{t}" for t in threads]
-  rates = {name: [] for name in names}
-  torch_steps = {name: [] for name in names if name.startswith("torch_")}
   last = {}
-  for r in range(repeats):
-    for name in _rotated(names, r):
+
+  def jax_side(name):
+    repeat = iter(range(repeats))
+
+    def measure():
+      key_r = jax.random.fold_in(key, next(repeat))  # repeat r draws with fold_in(key, r)
       start = time.perf_counter()
-      if name.startswith("torch_"):
-        torch.set_num_threads(int(name.removeprefix("torch_")))
-        last[name], steps = torch_draw(torch_seconds)
-        torch_steps[name].append(steps)
-      else:
-        last[name], steps = jax.block_until_ready(compiled[name](params, jax.random.fold_in(key, r), labels)), None
-      seconds = time.perf_counter() - start
-      # A PyTorch loop cut short by --torch_seconds counts the fraction of the images' steps it took.
-      rates[name].append(sample_batch * (1.0 if steps is None else steps / ddim_steps) / seconds)
-      print(f"sampling repeat {r}: {name} {rates[name][-1]:.2f} images/s", flush=True)
+      last[name] = jax.block_until_ready(compiled[name](params, key_r, labels))
+      return harness.Timing(time.perf_counter() - start, sample_batch)
+
+    return harness.Side(measure)
+
+  def torch_side(name, threads):
+    def measure():
+      start = time.perf_counter()
+      last[name], steps = torch_draw(torch_seconds)
+      # A PyTorch loop cut short by torch_seconds counts the fraction of the images' steps it took.
+      return harness.Timing(time.perf_counter() - start, sample_batch * steps / ddim_steps, steps)
+
+    return harness.Side(measure, torch_threads=threads)
+
+  torch_names = [f"torch_{t}" for t in threads]
+  timings = harness.compare({"ddim": jax_side("ddim"), "ddpm": jax_side("ddpm"),
+                             **{name: torch_side(name, t) for name, t in zip(torch_names, threads)}}, repeats,
+                            label="sampling", unit=" images/s")
+  rates = {name: timings.rates(name) for name in timings.measurements}
+  torch_steps = {name: timings.info(name) for name in torch_names}
   finite = {name: bool(np.all(np.isfinite(np.asarray(x)))) for name, x in last.items()}
-  best_torch = [max(rates[f"torch_{t}"][r] for t in threads) for r in range(repeats)]
-  ddim_vs_ddpm = [a / b for a, b in zip(rates["ddim"], rates["ddpm"])]
-  ddim_vs_torch = [a / b for a, b in zip(rates["ddim"], best_torch)]
+  best_torch = timings.best_rates(torch_names)
+  ddim_vs_ddpm = timings.ratios("ddim", "ddpm")
+  ddim_vs_torch = timings.ratios("ddim", torch_names)
   return {
       "sample_batch": sample_batch, "num_train_steps": config.num_train_steps, "ddim_steps": ddim_steps,
       "step_ratio": config.num_train_steps / ddim_steps,
@@ -264,6 +281,7 @@ def bench_sampling(sample_batch: int, num_train_steps: int | None, ddim_steps: i
       "torch_best_images_per_s": statistics.median(best_torch),
       "ddim_vs_ddpm": statistics.median(ddim_vs_ddpm), "ddim_vs_ddpm_per_repeat": ddim_vs_ddpm,
       "ddim_vs_diffusers": statistics.median(ddim_vs_torch), "ddim_vs_diffusers_per_repeat": ddim_vs_torch,
+      "timing": timings.record(),
   }
 
 
@@ -348,10 +366,11 @@ def vlb_bits_torch(sched: dict, x0, x_t, t, eps_hat, var_values):
 
 
 def dit_config(name: str, input_size: int, channels: int, num_classes: int) -> dit.DiTConfig:
+  """The paper's DiT (learn_sigma) of this name and input; ConfigError for a name or size dit.config refuses."""
   try:
     return dit.config(name, input_size=input_size, in_channels=channels, num_classes=num_classes, learn_sigma=True)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
+    raise ConfigError(str(e)) from None
 
 
 def dit_optimizer():
@@ -498,22 +517,20 @@ def bench_dit(name: str, input_size: int, channels: int, num_classes: int, batch
   # dispatched back to back after the compile (and after PyTorch's first steps) ran 2-3x slower.
   ours.run(warmup)
 
-  names = ["jax"] + [f"torch_{t}" for t in threads]
-  rates = {n: [] for n in names}
-  torch_steps = {n: [] for n in names if n != "jax"}
-  for r in range(repeats):
-    for n in _rotated(names, r):
-      if n == "jax":
-        taken, seconds = steps, ours.run(steps)
-      else:
-        t = int(n.removeprefix("torch_"))
-        torch.set_num_threads(t)
-        taken, seconds = peers[t].run(steps, torch_seconds)
-        torch_steps[n].append(taken)
-      rates[n].append(taken / seconds)
-      print(f"dit repeat {r}: {n} {rates[n][-1]:.2f} steps/s", flush=True)
-  best_torch = [max(rates[f"torch_{t}"][r] for t in threads) for r in range(repeats)]
-  ratios = [a / b for a, b in zip(rates["jax"], best_torch)]
+  def torch_side(peer):
+    def measure():
+      taken, seconds = peer.run(steps, torch_seconds)
+      return harness.Timing(seconds, taken, taken)
+    return measure
+
+  torch_names = [f"torch_{t}" for t in threads]
+  timings = harness.compare({"jax": harness.Side(lambda: harness.Timing(ours.run(steps), steps)),
+                             **{f"torch_{t}": harness.Side(torch_side(peers[t]), torch_threads=t) for t in threads}},
+                            repeats, label="dit", unit=" steps/s")
+  rates = {n: timings.rates(n) for n in timings.measurements}
+  torch_steps = {n: timings.info(n) for n in torch_names}
+  best_torch = timings.best_rates(torch_names)
+  ratios = timings.ratios("jax", torch_names)
   losses = {"jax": ours.losses, **{f"torch_{t}": peer.losses for t, peer in peers.items()}}
   return {
       "dit": name, "input_size": input_size, "channels": channels, "num_classes": num_classes,
@@ -529,6 +546,7 @@ def bench_dit(name: str, input_size: int, channels: int, num_classes: int, batch
       "jax_vs_diffusers": statistics.median(ratios), "jax_vs_diffusers_per_repeat": ratios,
       "loss_first": {n: v[0] for n, v in losses.items()},
       "loss_last": {n: float(np.mean(v[-max(1, len(v) // 10):])) for n, v in losses.items()},
+      "timing": timings.record(),
   }
 
 
@@ -542,18 +560,10 @@ def _threads(n: str) -> str:
 
 
 def _markdown(results: dict) -> str:
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
-  load = results["load_average"]
-  lines = [
-      "# Diffusion: sampling and DiT training vs diffusers in PyTorch eager",
-      "",
-      f"Command: `{report.command()}`",
-      "",
-      f"Machine: {devices['cpu_count']} CPU cores shared with other work (1-minute load average "
-      f"{load['start']:.1f} at the start, {load['end']:.1f} at the end), {devices['count']} {devices['platform']} "
-      f"device(s); jax {versions['jax']}, flax {versions['flax']}, torch {versions['torch']}, diffusers "
-      f"{versions['diffusers']}. Medians of {results['repeats']} repeats, every measurement once per repeat in a "
+  env = harness.environment(*PACKAGES)
+  blocks = [
+      harness.machine(env, results["load_average"], ("jax", "flax", "torch", "diffusers"))
+      + f" Medians of {results['repeats']} repeats, every measurement once per repeat in a "
       "rotated order; a ratio divides two rates of the same repeat (against PyTorch: its faster thread setting "
       f"of that repeat). A PyTorch timing stops after the step that passes {results['torch_seconds']:g} s.",
   ]
@@ -561,10 +571,17 @@ def _markdown(results: dict) -> str:
     s = results["sampling"]
     u, pc = s["unet"], s["param_count"]
     rate, per = s["images_per_s"], s["images_per_s_per_repeat"]
-    lines += [
-        "",
+    rows = [("ours: DDIM, lax.scan", s["ddim_steps"], f"{rate['ddim']:,.1f}",
+             ", ".join(f"{v:,.1f}" for v in per["ddim"])),
+            ("ours: DDPM, lax.scan", s["num_train_steps"], f"{rate['ddpm']:,.2f}",
+             ", ".join(f"{v:,.2f}" for v in per["ddpm"]))]
+    for n in (k for k in rate if k.startswith("torch_")):
+      steps = s["torch_steps_per_repeat"][n]
+      cut = "" if min(steps) == s["ddim_steps"] else f" (steps timed: {', '.join(map(str, steps))})"
+      rows.append((f"diffusers: DDIMScheduler + UNet2DModel, PyTorch eager, {_threads(n)}{cut}", s["ddim_steps"],
+                   f"{rate[n]:,.2f}", ", ".join(f"{v:,.2f}" for v in per[n])))
+    blocks += [
         "## Sampling from the default U-Net (experiments/diffusion.py)",
-        "",
         f"U-Net channels {tuple(u['channels'])}, {u['groups']} groups, {u['heads']} heads at the lowest resolution, "
         f"class-conditional ({u['num_classes']} classes + null), {'x'.join(map(str, u['image_shape']))} images, "
         f"random weights; {pc['jax']:,} parameters (ours) vs {pc['diffusers']:,} (diffusers' UNet2DModel, "
@@ -572,34 +589,25 @@ def _markdown(results: dict) -> str:
         f"One call draws {s['sample_batch']} images; T = {s['num_train_steps']}, DDIM S = {s['ddim_steps']} "
         f"(η = 0, linear τ). JAX compile times (not in the rates): DDIM {s['compile_s']['ddim']:.1f} s, "
         f"DDPM {s['compile_s']['ddpm']:.1f} s.",
-        "",
-        "| sampler | steps | images/s | per repeat |",
-        "|---|---:|---:|---|",
-        f"| ours: DDIM, lax.scan | {s['ddim_steps']} | {rate['ddim']:,.1f} | "
-        f"{', '.join(f'{v:,.1f}' for v in per['ddim'])} |",
-        f"| ours: DDPM, lax.scan | {s['num_train_steps']} | {rate['ddpm']:,.2f} | "
-        f"{', '.join(f'{v:,.2f}' for v in per['ddpm'])} |",
-    ]
-    for n in (k for k in rate if k.startswith("torch_")):
-      steps = s["torch_steps_per_repeat"][n]
-      cut = "" if min(steps) == s["ddim_steps"] else f" (steps timed: {', '.join(map(str, steps))})"
-      lines.append(f"| diffusers: DDIMScheduler + UNet2DModel, PyTorch eager, {_threads(n)}{cut} | {s['ddim_steps']} | "
-                   f"{rate[n]:,.2f} | {', '.join(f'{v:,.2f}' for v in per[n])} |")
-    lines += [
-        "",
+        harness.table(["sampler", "steps", "images/s", "per repeat"], rows, align="lrrl"),
         f"- DDIM ({s['ddim_steps']} steps) vs DDPM ({s['num_train_steps']} steps), ours: **{s['ddim_vs_ddpm']:.1f}x** "
         f"images/s (the step ratio is {s['step_ratio']:g}x; per repeat "
-        f"{', '.join(f'{v:.1f}x' for v in s['ddim_vs_ddpm_per_repeat'])}).",
+        f"{', '.join(f'{v:.1f}x' for v in s['ddim_vs_ddpm_per_repeat'])}).\n"
         f"- Our DDIM vs diffusers' DDIM loop: **{s['ddim_vs_diffusers']:.2f}x** images/s (per repeat "
         f"{', '.join(f'{v:.2f}x' for v in s['ddim_vs_diffusers_per_repeat'])}).",
     ]
   if "dit" in results:
     d = results["dit"]
     rate, per = d["steps_per_s"], d["steps_per_s_per_repeat"]
-    lines += [
-        "",
+    rows = []
+    for n in rate:
+      what = "ours: research.train step, jit" if n == "jax" else f"diffusers, PyTorch eager, {_threads(n)}"
+      if n != "jax" and min(d["torch_steps_per_repeat"][n]) < d["timed_steps"]:
+        what += f" (steps timed: {', '.join(map(str, d['torch_steps_per_repeat'][n]))})"
+      rows.append((what, f"{rate[n]:.2f}", f"{rate[n] / d['torch_best_steps_per_s']:.2f}x",
+                   ", ".join(f"{v:.2f}" for v in per[n]), f"{d['loss_first'][n]:.3f} -> {d['loss_last'][n]:.3f}"))
+    blocks += [
         f"## {d['dit']} training step vs diffusers' DiTTransformer2DModel",
-        "",
         f"{d['dit']} (depth {d['depth']}, width {d['hidden_size']}, {d['heads']} heads, patch {d['patch_size']}: "
         f"{d['tokens']} tokens) on {d['input_size']}x{d['input_size']}x{d['channels']} random latents, "
         f"{d['num_classes']} classes (10% label dropout), learn_sigma; loss L_simple + L_vlb; AdamW (lr "
@@ -609,84 +617,59 @@ def _markdown(results: dict) -> str:
         f"{d['param_count']['jax']:,} parameters on both sides (diffusers' per-block timestep/label embedders tied "
         f"into one, as in the paper). Ours: research.train.make_train_step jitted with the state donated, "
         f"in a Python for-loop (compile and first step {d['compile_and_first_step_s']:.1f} s, not in the rate).",
-        "",
-        "| implementation | steps/s | vs diffusers | per repeat (steps/s) | loss: first -> last 10% |",
-        "|---|---:|---:|---|---|",
-    ]
-    for n in rate:
-      what = "ours: research.train step, jit" if n == "jax" else f"diffusers, PyTorch eager, {_threads(n)}"
-      if n != "jax" and min(d["torch_steps_per_repeat"][n]) < d["timed_steps"]:
-        what += f" (steps timed: {', '.join(map(str, d['torch_steps_per_repeat'][n]))})"
-      lines.append(f"| {what} | {rate[n]:.2f} | {rate[n] / d['torch_best_steps_per_s']:.2f}x | "
-                   f"{', '.join(f'{v:.2f}' for v in per[n])} | {d['loss_first'][n]:.3f} -> {d['loss_last'][n]:.3f} |")
-    lines += [
-        "",
+        harness.table(["implementation", "steps/s", "vs diffusers", "per repeat (steps/s)", "loss: first -> last 10%"],
+                      rows, align="lrrll"),
         f"- Ours vs diffusers' faster setting: **{d['jax_vs_diffusers']:.2f}x** steps/s (per repeat "
         f"{', '.join(f'{v:.2f}x' for v in d['jax_vs_diffusers_per_repeat'])}).",
     ]
-  return "\n".join(lines) + "\n"
+  return harness.document("Diffusion: sampling and DiT training vs diffusers in PyTorch eager", *blocks)
 
 
-def run_bench(outdir: str, parts: list[str], repeats: int, threads: list[int], tolerance: float, torch_seconds: float,
-              sampling: dict, dit_args: dict) -> dict:
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field, before anything is built or timed."""
+  harness.check_names("parts", config.parts, PARTS)
+  harness.check_counts("torch_threads", config.torch_threads)
+  for name in ("repeats", "torch_seconds"):
+    check_positive(name, config[name])
+  check_positive("param_tolerance", config.param_tolerance, allow_zero=True)
+  if "sampling" in config.parts:
+    check_positive("sample_batch", config.sample_batch)
+    check_positive("num_train_steps", config.num_train_steps, allow_zero=True)
+    num_train_steps = unet_config(config.num_train_steps).num_train_steps
+    if not 0 < config.ddim_steps <= num_train_steps:
+      raise ConfigError(f"ddim_steps must be in [1, T = {num_train_steps}], got {config.ddim_steps}")
+  if "dit" in config.parts:
+    for name in ("dit_batch", "dit_steps", "dit_classes", "dit_channels"):
+      check_positive(name, config[name])
+    check_positive("dit_warmup", config.dit_warmup, allow_zero=True)
+    dit_config(config.dit, config.dit_input_size, config.dit_channels, config.dit_classes)
+
+
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   """Runs the chosen parts in this process and writes diffusion.json / diffusion.md into `outdir`.
-
-  Args:
-    outdir: where the report goes.
-    parts: names of PARTS to run.
-    repeats: repeats of every measurement.
-    threads: torch.set_num_threads values.
-    tolerance: largest relative parameter-count difference accepted between the U-Nets.
-    torch_seconds: a PyTorch timing stops after the step that passes this many seconds.
-    sampling: keyword arguments of `bench_sampling` (sample_batch, num_train_steps, ddim_steps).
-    dit_args: keyword arguments of `bench_dit` (name, input_size, channels, num_classes, batch_size, steps,
-      warmup).
 
   Returns:
     The dict written as JSON.
   """
-  unknown = sorted(set(parts) - set(PARTS))
-  if unknown or not parts:
-    raise app.UsageError(f"--parts must name some of {', '.join(PARTS)}; got {parts}")
-  if repeats < 1 or not threads or min(threads) < 1 or tolerance < 0 or torch_seconds <= 0:
-    raise app.UsageError("--repeats, --torch_threads and --torch_seconds must be positive, --param_tolerance "
-                         "non-negative")
-  if "sampling" in parts:
-    num_train_steps = unet_config(sampling["num_train_steps"]).num_train_steps
-    if sampling["sample_batch"] < 1 or num_train_steps < 1:
-      raise app.UsageError("--sample_batch and --num_train_steps must be positive")
-    if not 0 < sampling["ddim_steps"] <= num_train_steps:
-      raise app.UsageError(f"--ddim_steps must be in [1, T = {num_train_steps}], got {sampling['ddim_steps']}")
-  if "dit" in parts:
-    dit_config(dit_args["name"], dit_args["input_size"], dit_args["channels"], dit_args["num_classes"])
-    if min(dit_args["batch_size"], dit_args["steps"], dit_args["num_classes"], dit_args["channels"]) < 1 or (
-        dit_args["warmup"] < 0):
-      raise app.UsageError("--dit_batch, --dit_steps, --dit_classes and --dit_channels must be positive, "
-                           "--dit_warmup non-negative")
-  load_start = os.getloadavg()[0]
+  check_config(config)
+  parts, threads = list(config.parts), list(config.torch_threads)
   start = time.perf_counter()
-  results = {"parts": parts, "repeats": repeats, "torch_threads": threads, "torch_seconds": torch_seconds}
+  results = {"parts": parts, "repeats": config.repeats, "torch_threads": threads,
+             "torch_seconds": config.torch_seconds}
   if "sampling" in parts:
-    results["sampling"] = bench_sampling(threads=threads, repeats=repeats, tolerance=tolerance,
-                                         torch_seconds=torch_seconds, **sampling)
+    results["sampling"] = bench_sampling(config.sample_batch, config.num_train_steps, config.ddim_steps, threads,
+                                         config.repeats, config.param_tolerance, config.torch_seconds)
   if "dit" in parts:
-    results["dit"] = bench_dit(threads=threads, repeats=repeats, torch_seconds=torch_seconds, **dit_args)
-  results["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
+    results["dit"] = bench_dit(config.dit, config.dit_input_size, config.dit_channels, config.dit_classes,
+                               config.dit_batch, config.dit_steps, config.dit_warmup, threads, config.repeats,
+                               config.torch_seconds)
+  records = [results[part]["timing"] for part in parts]
+  results["load_average"] = {"start": records[0]["load_average"]["start"], "end": records[-1]["load_average"]["end"]}
   markdown = _markdown(results)
   print(markdown)
-  return report.write_report(outdir, "diffusion", results, markdown, json_file="diffusion.json", packages=PACKAGES,
-                             wall_time_s=time.perf_counter() - start)
-
-
-def main(outdir: str) -> None:
-  run_bench(outdir, _PARTS.value, _REPEATS.value, [int(t) for t in _TORCH_THREADS.value], _PARAM_TOLERANCE.value,
-            _TORCH_SECONDS.value,
-            {"sample_batch": _SAMPLE_BATCH.value, "num_train_steps": _NUM_TRAIN_STEPS.value,
-             "ddim_steps": _DDIM_STEPS.value},
-            {"name": _DIT.value, "input_size": _DIT_INPUT_SIZE.value, "channels": _DIT_CHANNELS.value,
-             "num_classes": _DIT_CLASSES.value, "batch_size": _DIT_BATCH.value, "steps": _DIT_STEPS.value,
-             "warmup": _DIT_WARMUP.value})
+  return harness.write_report(outdir, "diffusion", results, markdown, json_file="diffusion.json", packages=PACKAGES,
+                              wall_time_s=time.perf_counter() - start)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

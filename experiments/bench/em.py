@@ -3,41 +3,64 @@
 Both fit the same float32 data (N=100000, D=8, K=16) from the same initialisation
 (means_init / weights_init / precisions_init) with max_iter=20 and tol=0, so both run
 exactly 20 E+M iterations. JAX is compiled first; every timing ends with
-block_until_ready; the runs of the implementations alternate (so a change in machine load
-hits all of them) and the median of --repeats runs is reported. sklearn is also timed on a
+block_until_ready; the runs of the implementations alternate in an order rotated from repeat to
+repeat (experiments/harness.py's timer, so a change in machine load hits all of them) and the
+median of `repeats` runs is reported. sklearn is also timed on a
 float64 copy of the data, its usual input. NumPy's BLAS (and OPENBLAS_CORETYPE, which some
 environments set and which slows it) is used as found and recorded in the JSON.
 
 Run:
   python -m experiments.bench.em --outdir=experiments/bench/results/em
-  python -m experiments.bench.em --repeats=3 --outdir=/tmp/em_bench
+  python -m experiments.bench.em --outdir=/tmp/em_bench --config.repeats=3
+  python -m experiments.bench.em --outdir=/tmp/em_bench --config=experiments/bench/em.py:smoke
 """
 
 import os
-import statistics
 import time
 import warnings
 
 import jax
+import ml_collections
 import numpy as np
-from absl import app, flags
 
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from experiments import report
+from experiments import harness
 from research import em
-
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per implementation (median reported).")
-_N = flags.DEFINE_integer("n_samples", 100_000, "Number of samples N.")
-_D = flags.DEFINE_integer("n_features", 8, "Dimension D.")
-_K = flags.DEFINE_integer("n_components", 16, "Number of components K.")
-_ITERS = flags.DEFINE_integer("iters", 20, "EM iterations (max_iter with tol=0).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the data and the initialisation.")
+from research.train import ConfigError, check_positive, cli
 
 # The peers' versions recorded beside jax/flax/optax.
 PACKAGES = ("jaxlib", "scikit-learn", "numpy")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """A problem of seconds, for tests."""
+  config.n_samples, config.n_features, config.n_components, config.iters, config.repeats = 2000, 2, 3, 3, 1
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmark's problem and protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.repeats = 5  # timed runs per implementation, rotated; the median is reported
+  config.n_samples = 100_000  # N, points sampled from the mixture
+  config.n_features = 8  # D, their dimension
+  config.n_components = 16  # K, the components fitted
+  config.iters = 20  # EM iterations (max_iter with tol=0)
+  config.seed = 0  # seeds the data and the initialisation
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field."""
+  for name in ("repeats", "n_features", "n_components", "iters"):
+    check_positive(name, config[name])
+  if config.n_samples < config.n_components:
+    raise ConfigError(f"n_samples ({config.n_samples}) must be at least n_components ({config.n_components})")
 
 
 def make_problem(n_samples: int, n_features: int, n_components: int, seed: int) -> dict:
@@ -56,28 +79,19 @@ def make_problem(n_samples: int, n_features: int, n_components: int, seed: int) 
           "precisions_init": np.ascontiguousarray(precisions_init)}
 
 
-def _interleaved_times(fns: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
-  """Runs every fn once per round, `repeats` rounds; returns the times and the last outputs by name."""
-  times, outs = {name: [] for name in fns}, {}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      outs[name] = fn()
-      times[name].append(time.perf_counter() - start)
-  return times, outs
-
-
 def _blas() -> list[dict]:
   """The BLAS libraries NumPy/sklearn use, with their thread counts."""
   return [{k: info.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
           for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
-def run_bench(outdir: str, repeats: int, n_samples: int, n_features: int, n_components: int, iters: int,
-              seed: int) -> dict:
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   """Times JAX and the sklearn variants, writes <outdir>/em.json and em.md, returns the JSON dict."""
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
+  check_config(config)
+  repeats, n_samples, n_features = config.repeats, config.n_samples, config.n_features
+  n_components, iters, seed = config.n_components, config.iters, config.seed
+  env = harness.environment(*PACKAGES)
+  devices = env["devices"]
   problem = make_problem(n_samples, n_features, n_components, seed)
   x = problem["x"]
   inits = {k: problem[k] for k in ("means_init", "weights_init", "precisions_init")}
@@ -107,8 +121,18 @@ def run_bench(outdir: str, repeats: int, n_samples: int, n_features: int, n_comp
   start = time.perf_counter()
   fit_jax()  # compiles
   compile_s = time.perf_counter() - start
-  times, outs = _interleaved_times({name: fit for name, (_, _, fit) in runs.items()}, repeats)
-  median = {name: statistics.median(t) for name, t in times.items()}
+  outs = {}
+
+  def measure(name, fit):
+    def timed():
+      start = time.perf_counter()
+      outs[name] = fit()
+      return time.perf_counter() - start
+    return harness.Side(timed)
+
+  timings = harness.compare({name: measure(name, fit) for name, (_, _, fit) in runs.items()}, repeats)
+  times = {name: timings.seconds(name) for name in runs}
+  median = {name: timings.median_seconds(name) for name in runs}
   ratios = {name: median[name] / median["jax"] for name in runs if name != "jax"}
   fastest = min(ratios, key=ratios.get)
   gmm, reference = outs["jax"], outs["sklearn_float64"]
@@ -123,52 +147,36 @@ def run_bench(outdir: str, repeats: int, n_samples: int, n_features: int, n_comp
       "times_s": times,
       "jax_compile_and_first_run_s": compile_s,
       "ratio_sklearn_over_jax": ratios,
+      "ratios_per_repeat": {name: timings.ratios("jax", name) for name in runs if name != "jax"},
       "ratio_vs_fastest_sklearn": {"sklearn": fastest, "ratio": ratios[fastest]},
       "n_iter": n_iter,
       "lower_bound": lower_bound,
       "max_abs_mean_diff_vs_sklearn_float64": float(np.abs(np.asarray(gmm.means) - reference.means_).max()),
       "repeats": repeats,
+      "timing": timings.record(),
       "machine": {"blas": _blas(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
   }
-  rows = [f"| {description} | {dtype} | {median[name]:.3f} | "
-          + ("1.0x |" if name == "jax" else f"{ratios[name]:.1f}x |") for name, (description, dtype, _) in runs.items()]
-  table = "\n".join([f"| implementation | dtype | median time for {iters} iterations (s) | this time / JAX time |",
-                     "|---|---|---|---|", *rows])
-  md = "\n".join([
-      "# EM for Gaussian mixtures: research.em vs scikit-learn",
-      "",
-      f"Command: `{report.command()}`",
-      "",
+  table = harness.table(
+      ["implementation", "dtype", f"median time for {iters} iterations (s)", "this time / JAX time"],
+      [(description, dtype, f"{median[name]:.3f}", "1.0x" if name == "jax" else f"{ratios[name]:.1f}x")
+       for name, (description, dtype, _) in runs.items()], align="llrr")
+  md = harness.document(
+      "EM for Gaussian mixtures: research.em vs scikit-learn",
       f"{iters} full-covariance EM iterations (tol=0, same means/weights/precisions init) on "
-      f"N={n_samples}, D={n_features}, K={n_components}; median of {repeats} interleaved runs after a compile run.",
-      f"Machine: {devices['cpu_count']} CPU cores, JAX device {devices['kind']}; "
-      f"jax {versions['jax']}, scikit-learn {versions['scikit-learn']}, numpy {versions['numpy']}; "
+      f"N={n_samples}, D={n_features}, K={n_components}; median of {repeats} runs in rotated order after a compile "
+      f"run.\n{harness.machine(env, timings.load_average, ('jax', 'scikit-learn', 'numpy'))} "
       f"OPENBLAS_CORETYPE={result['machine']['OPENBLAS_CORETYPE']}.",
-      "",
       table,
-      "",
-      f"JAX is {ratios[fastest]:.1f}x faster than the fastest sklearn variant ({fastest}).",
+      f"JAX is {ratios[fastest]:.1f}x faster than the fastest sklearn variant ({fastest}).\n"
       f"Iterations run: {n_iter}. Lower bounds: JAX float32 {lower_bound['jax']:.6f}, sklearn float64 "
       f"{lower_bound['sklearn_float64']:.6f}; largest mean difference "
       f"{result['max_abs_mean_diff_vs_sklearn_float64']:.2e}. JAX compile + first run: {compile_s:.2f} s "
-      "(not in the timings).",
-      "",
-  ])
-  result = report.write_report(outdir, "em", result, md, json_file="em.json", packages=PACKAGES)
+      "(not in the timings).")
+  result = harness.write_report(outdir, "em", result, md, json_file="em.json", packages=PACKAGES)
   print(table)
   print(f"JAX vs fastest sklearn ({fastest}): {ratios[fastest]:.1f}x")
   return result
 
 
-def main(outdir: str) -> None:
-  for name, value in (("repeats", _REPEATS.value), ("n_features", _D.value), ("n_components", _K.value),
-                      ("iters", _ITERS.value)):
-    if value < 1:
-      raise app.UsageError(f"--{name} must be at least 1, got {value}")
-  if _N.value < _K.value:
-    raise app.UsageError(f"--n_samples ({_N.value}) must be at least --n_components ({_K.value})")
-  run_bench(outdir, _REPEATS.value, _N.value, _D.value, _K.value, _ITERS.value, _SEED.value)
-
-
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -3,8 +3,6 @@
 Kept apart so torch is imported only after the JAX side has been timed.
 """
 
-import time
-
 import gymnasium as gym
 import numpy as np
 import torch
@@ -117,17 +115,3 @@ class TorchPPO:
   def iteration(self) -> None:
     buf = self.rollout()
     self.update(buf, *self.advantages(buf))
-
-
-def time_peer(config, updates: int, seed: int, threads: int) -> dict:
-  """Times `updates` rollout + update iterations of the torch loop after one warm-up iteration."""
-  torch.set_num_threads(threads)
-  peer = TorchPPO(config, seed)
-  peer.iteration()
-  start = time.perf_counter()
-  for _ in range(updates):
-    peer.iteration()
-  run_s = time.perf_counter() - start
-  steps = updates * config.num_envs * config.num_steps
-  return {"seeds": 1, "env_steps": steps, "run_s": round(run_s, 3), "steps_per_s": steps / run_s,
-          "torch_threads": torch.get_num_threads()}

@@ -9,23 +9,23 @@ on the final hidden states, a frozen copy as the reference, a GPT2Model with a l
 last token as the reward model; rollouts by `generate(do_sample=True)` with its KV cache; one
 forward pass each of policy (log-probabilities and values), reference and reward model; the
 per-token reward -beta (log pi - log pi_ref) plus the score on the last token; GAE as a reversed
-loop over the completion's tokens; then `--update_epochs` passes of `--num_minibatches` shuffled
+loop over the completion's tokens; then `update_epochs` passes of `num_minibatches` shuffled
 minibatches of whole sequences, each a forward pass, the clipped surrogate plus the clipped value
 loss, loss.backward(), clip_grad_norm_ and torch.optim.Adam.
 
 Ours: research.rl.rlhf's PPO (the KV-cache sampler, the same three forward passes, GAE and the
 epochs of minibatches, all one XLA program), timed two ways: `make_ppo_train`, the whole run of
-`--iterations` rollout + update iterations as one `lax.scan`, and `make_ppo_update` jitted and
+`iterations` rollout + update iterations as one `lax.scan`, and `make_ppo_update` jitted and
 called once per iteration from Python (what the training loop runs, through make_ppo_task).
 
 The default sizes are experiments/rlhf.py's (a 2-layer, 64-wide GPT on python_docs' 104
 characters, a reward model of the same size, 16-character prompts, 48 new tokens, 32 prompts per
 rollout, 4 epochs x 4 minibatches). Both sides start from the same weights (ours moved with
-gpt2.save_hf, the heads copied), draw `--batch_size` prompts per iteration from the same
-`--num_prompts` random prompts, sample `--new_tokens` tokens per prompt at temperature 1 and use
-the same hyperparameters (beta `--kl_coef`, clip 0.2 for the surrogate and the value loss, value
+gpt2.save_hf, the heads copied), draw `batch_size` prompts per iteration from the same
+`num_prompts` random prompts, sample `new_tokens` tokens per prompt at temperature 1 and use
+the same hyperparameters (beta `kl_coef`, clip 0.2 for the surrogate and the value loss, value
 weight 0.1, no entropy bonus, gamma 1, lambda 0.95, per-minibatch advantage whitening, Adam with
-eps 1e-5 at `--learning_rate` after clipping the gradient's global norm at 1). The value head
+eps 1e-5 at `learning_rate` after clipping the gradient's global norm at 1). The value head
 starts random (make_ppo_train starts its own at zero, as the library does; the speed does not
 depend on it). The run checks that both sides compute the same: the completions of our first
 rollout are scored again by the peer's forward passes and GAE from the same starting weights,
@@ -34,18 +34,17 @@ reported.
 
 Throughput is completion tokens per second: batch_size * new_tokens per rollout + update
 iteration (each token is sampled once and trained on update_epochs times). Each repeat times
-every entry (`--iterations` iterations after `--warmup` untimed ones for the Python loops; one
-call of the compiled whole run for the scan) in an order rotated from repeat to repeat. The peer
-is timed at every thread count of --torch_threads (by default the host's cores and 1: a pool
-spanning every core stalls when other processes share them); a ratio divides the peer's seconds
+every entry (`iterations` iterations after `warmup` untimed ones for the Python loops; one
+call of the compiled whole run for the scan) in an order rotated from repeat to repeat
+(experiments/harness.py's timer). The peer is timed at every thread count of `torch_threads`
+(by default the host's cores and 1: a pool spanning every core stalls when other processes share
+them); a ratio divides the peer's seconds
 per iteration at its faster setting by an entry's in the same repeat (above 1: faster than the
 peer). Medians over repeats are reported, with each repeat's ratio. Compilation is timed apart.
 
 Run:
   python -m experiments.bench.rlhf --outdir=experiments/bench/results/rlhf
-  python -m experiments.bench.rlhf --outdir=/tmp/rlhf_bench --n_layer=1 --n_embd=32 --n_head=2 --rm_n_layer=1 \\
-      --rm_n_embd=32 --rm_n_head=2 --prompt_len=4 --new_tokens=4 --batch_size=4 --num_minibatches=2 \\
-      --update_epochs=1 --iterations=1 --warmup=0 --repeats=1
+  python -m experiments.bench.rlhf --outdir=/tmp/rlhf_bench --config=experiments/bench/rlhf.py:smoke
 """
 
 import dataclasses
@@ -58,46 +57,61 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import torch
 import transformers
-from absl import app, flags
 from torch import nn as torch_nn
 from torch.nn import functional as F
 
-from experiments import report
+from experiments import harness
 from experiments.bench.steps import param_count
 from research.models import gpt2
 from research.rl import rlhf
-
-_N_LAYER = flags.DEFINE_integer("n_layer", 2, "Policy (and reference) transformer blocks.")
-_N_EMBD = flags.DEFINE_integer("n_embd", 64, "Policy width.")
-_N_HEAD = flags.DEFINE_integer("n_head", 4, "Policy attention heads.")
-_RM_N_LAYER = flags.DEFINE_integer("rm_n_layer", 2, "Reward model transformer blocks.")
-_RM_N_EMBD = flags.DEFINE_integer("rm_n_embd", 64, "Reward model width.")
-_RM_N_HEAD = flags.DEFINE_integer("rm_n_head", 4, "Reward model attention heads.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 104, "Vocabulary size (104: the character vocabulary of python_docs).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 16, "Prompt tokens.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 48, "Completion tokens sampled per prompt.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Prompts per rollout.")
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 256, "Random prompts the rollouts draw from.")
-_EPOCHS = flags.DEFINE_integer("update_epochs", 4, "PPO passes over each rollout.")
-_MINIBATCHES = flags.DEFINE_integer("num_minibatches", 4, "Minibatches per pass.")
-_LR = flags.DEFINE_float("learning_rate", 1e-4, "Adam step size.")
-_KL_COEF = flags.DEFINE_float("kl_coef", 0.05, "beta of the per-token KL penalty.")
-_ITERATIONS = flags.DEFINE_integer("iterations", 2, "Timed rollout + update iterations per repeat and entry.")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed iterations before each timing of a Python loop.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats of every measurement (medians reported).")
-# A pool spanning every core stalls when other processes share them, so the peer is timed at both settings
-# and compared at its faster one in each repeat.
-_TORCH_THREADS = flags.DEFINE_list("torch_threads", None,
-                                   "torch.set_num_threads values the peer is timed at (default: the host's cores, 1).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights, the prompts and both samplers.")
+from research.train import ConfigError, check_positive, cli
 
 PACKAGES = ("torch", "transformers")
 # The hyperparameters both sides use besides the flags' (research.rl.rlhf.ppo_hparams' defaults).
 CLIP_EPS, VF_COEF, GAMMA, GAE_LAMBDA, ADAM_EPS, GRAD_CLIP = 0.2, 0.1, 1.0, 0.95, 1e-5, 1.0
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """One-block models, one short iteration, one thread, one repeat, for tests."""
+  config.n_layer, config.n_embd, config.n_head = 1, 32, 2
+  config.rm_n_layer, config.rm_n_embd, config.rm_n_head = 1, 16, 2
+  config.vocab_size, config.prompt_len, config.new_tokens, config.batch_size, config.num_prompts = 96, 4, 4, 4, 8
+  config.update_epochs, config.num_minibatches = 1, 2
+  config.iterations, config.warmup, config.repeats, config.torch_threads = 1, 0, 1, (1,)
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """experiments/rlhf.py's sizes and the benchmark's protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.n_layer = 2  # policy (and reference) transformer blocks
+  config.n_embd = 64  # policy width
+  config.n_head = 4  # policy attention heads
+  config.rm_n_layer = 2  # reward model transformer blocks
+  config.rm_n_embd = 64  # reward model width
+  config.rm_n_head = 4  # reward model attention heads
+  config.vocab_size = 104  # vocabulary size (104: the character vocabulary of python_docs)
+  config.prompt_len = 16  # prompt tokens
+  config.new_tokens = 48  # completion tokens sampled per prompt
+  config.batch_size = 32  # prompts per rollout
+  config.num_prompts = 256  # random prompts the rollouts draw from
+  config.update_epochs = 4  # PPO passes over each rollout
+  config.num_minibatches = 4  # minibatches per pass
+  config.learning_rate = 1e-4  # Adam step size
+  config.kl_coef = 0.05  # beta of the per-token KL penalty
+  config.iterations = 2  # timed rollout + update iterations per repeat and entry
+  config.warmup = 1  # untimed iterations before each timing of a Python loop
+  config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
+  config.seed = 0  # seeds the weights, the prompts and both samplers
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,10 +402,6 @@ def check_same_computation(ours: rlhf.Rollout, peer: TorchPPO) -> dict[str, floa
           for name in ("log_prob", "ref_log_prob", "value", "score", "reward", "advantage", "target")}
 
 
-def _rotated(items: list, r: int) -> list:
-  return items[r % len(items):] + items[:r % len(items)]
-
-
 JAX_ENTRIES = {"jax_scan": "research.rl.rlhf.make_ppo_train: the whole run as one lax.scan",
                "jax_update": "research.rl.rlhf.make_ppo_update jitted, one call per iteration"}
 
@@ -413,37 +423,33 @@ def compare(setup: Setup, iterations: int, warmup: int, repeats: int, torch_thre
   descriptions = {f"torch_{t}": f"transformers + PyTorch eager, {t} thread{'s' if t > 1 else ''}"
                   for t in torch_threads}
   descriptions.update(JAX_ENTRIES)
-  seconds = {name: [] for name in descriptions}
-  rollout_share = {name: [] for name in descriptions if name.startswith("torch_")}
-  for r in range(repeats):
-    for name in _rotated(list(descriptions), r):
-      if name.startswith("torch_"):
-        torch.set_num_threads(int(name.removeprefix("torch_")))
-        peer.run(warmup)
-        rollout_s, update_s = peer.run(iterations)
-        seconds[name].append((rollout_s + update_s) / iterations)
-        rollout_share[name].append(rollout_s / (rollout_s + update_s))
-      elif name == "jax_scan":
-        seconds[name].append(scan.run() / iterations)
-      else:
-        update.run(warmup)
-        seconds[name].append(update.run(iterations) / iterations)
-    print(f"repeat {r}: " + ", ".join(f"{n} {seconds[n][-1]:.2f} s/iteration" for n in descriptions), flush=True)
+
+  def peer_iterations():
+    rollout_s, update_s = peer.run(iterations)
+    return harness.Timing(rollout_s + update_s, iterations, rollout_s / (rollout_s + update_s))
+
+  torch_names = [f"torch_{t}" for t in torch_threads]
+  warm = (lambda side: (lambda: side.run(warmup))) if warmup else (lambda side: None)
+  sides = {name: harness.Side(peer_iterations, warm(peer), torch_threads=t)
+           for name, t in zip(torch_names, torch_threads)}
+  sides["jax_scan"] = harness.Side(lambda: harness.Timing(scan.run(), iterations))
+  sides["jax_update"] = harness.Side(lambda: harness.Timing(update.run(iterations), iterations), warm(update))
+  timings = harness.compare(sides, repeats, label="rlhf", unit=" iterations/s")
   # The peer's faster thread setting in each repeat.
-  best_torch = [min(seconds[n][r] for n in rollout_share) for r in range(repeats)]
+  best_torch = [1.0 / rate for rate in timings.best_rates(torch_names)]
   tokens = setup.tokens_per_iteration()
   out = {"param_count": counts, "same_computation_max_abs_diff": check, "entries": {},
-         "torch_best_s_per_iteration_per_repeat": best_torch}
+         "torch_best_s_per_iteration_per_repeat": best_torch, "timing": timings.record()}
   for name, description in descriptions.items():
-    ratios = [t / j for t, j in zip(best_torch, seconds[name])]
     out["entries"][name] = {
         "description": description,
-        "s_per_iteration": statistics.median(seconds[name]), "s_per_iteration_per_repeat": seconds[name],
-        "tokens_per_s": tokens / statistics.median(seconds[name]),
-        "ratio_vs_torch": statistics.median(ratios), "ratios_per_repeat": ratios,
+        "s_per_iteration": timings.median_seconds(name), "s_per_iteration_per_repeat": timings.seconds(name),
+        "tokens_per_s": tokens / timings.median_seconds(name),
+        "ratio_vs_torch": timings.median_ratio(name, torch_names),
+        "ratios_per_repeat": timings.ratios(name, torch_names),
     }
-    if name in rollout_share:
-      out["entries"][name]["rollout_share"] = statistics.median(rollout_share[name])
+    if name in torch_names:
+      out["entries"][name]["rollout_share"] = statistics.median(timings.info(name))
   out["entries"]["jax_scan"]["compile_s"] = scan.compile_s
   out["entries"]["jax_update"]["compile_and_first_iteration_s"] = update.compile_s
   out["mean_score"] = {"torch": float(np.mean(peer.scores)), "jax_scan": float(np.mean(scan.scores)),
@@ -452,22 +458,23 @@ def compare(setup: Setup, iterations: int, warmup: int, repeats: int, torch_thre
 
 
 def _markdown(results: dict) -> str:
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
-  s, load, check = results["setup"], results["load_average"], results["same_computation_max_abs_diff"]
+  env = harness.environment(*PACKAGES)
+  s, check = results["setup"], results["same_computation_max_abs_diff"]
   counts = results["param_count"]
-  lines = [
-      "# RLHF's PPO on CPU: research.rl.rlhf vs the same algorithm in transformers + PyTorch eager",
-      "",
-      f"Command: `{report.command()}`",
-      "",
-      f"Machine: {devices['cpu_count']} CPU cores shared with other work (1-minute load average {load['start']:.1f} "
-      f"at the start, {load['end']:.1f} at the end), {devices['count']} {devices['platform']} device(s); "
-      f"jax {versions['jax']}, flax {versions['flax']}, torch {versions['torch']} (timed at "
-      f"{' and '.join(str(t) for t in results['torch_threads'])} threads), transformers "
-      f"{versions['transformers']}. TRL's current release has no PPO trainer, so the peer "
-      "is PPO written with transformers and PyTorch eager as TRL's PPOTrainer did (see the script's docstring).",
-      "",
+  rows = []
+  for e in results["entries"].values():
+    compile_s = e.get("compile_s", e.get("compile_and_first_iteration_s"))
+    rows.append((e["description"], f"{e['s_per_iteration']:.2f}", f"{e['tokens_per_s']:,.0f}",
+                 f"**{e['ratio_vs_torch']:.2f}x**", ", ".join(f"{r:.2f}x" for r in e["ratios_per_repeat"]),
+                 "" if compile_s is None else f"{compile_s:.1f}"))
+  shares = ", ".join(f"{e['rollout_share']:.0%} at {name.removeprefix('torch_')} thread(s)"
+                     for name, e in results["entries"].items() if "rollout_share" in e)
+  return harness.document(
+      "RLHF's PPO on CPU: research.rl.rlhf vs the same algorithm in transformers + PyTorch eager",
+      harness.machine(env, results["load_average"], ("jax", "flax", "torch", "transformers"))
+      + f" PyTorch timed at {' and '.join(str(t) for t in results['torch_threads'])} threads. TRL's current "
+      "release has no PPO trainer, so the peer is PPO written with transformers and PyTorch eager as TRL's "
+      "PPOTrainer did (see the script's docstring).",
       f"Models: policy and reference GPT-2 {s['n_layer']} layers x {s['n_embd']} wide x {s['n_head']} heads with a "
       f"value head ({counts['policy']['jax']:,} trained parameters on both sides), reward model {s['rm_n_layer']} x "
       f"{s['rm_n_embd']} x {s['rm_n_head']} with a scalar head ({counts['reward_model']['jax']:,} parameters on both "
@@ -478,73 +485,51 @@ def _markdown(results: dict) -> str:
       f"untimed for the Python loops), medians of {results['repeats']} repeats in rotated order. Throughput: "
       "completion tokens per second of rollout + update; ratio: the peer's seconds per iteration at its faster "
       "thread setting / this entry's, in the same repeat (above 1: faster than the peer).",
-      "",
-      "| implementation | s per iteration | tokens/s | vs PyTorch | per repeat | compile (s) |",
-      "|---|---:|---:|---:|---|---:|",
-  ]
-  for name, e in results["entries"].items():
-    compile_s = e.get("compile_s", e.get("compile_and_first_iteration_s"))
-    lines.append(f"| {e['description']} | {e['s_per_iteration']:.2f} | {e['tokens_per_s']:,.0f} | "
-                 f"**{e['ratio_vs_torch']:.2f}x** | {', '.join(f'{r:.2f}x' for r in e['ratios_per_repeat'])} | "
-                 + ("" if compile_s is None else f"{compile_s:.1f}") + " |")
-  shares = ", ".join(f"{e['rollout_share']:.0%} at {name.removeprefix('torch_')} thread(s)"
-                     for name, e in results["entries"].items() if "rollout_share" in e)
-  lines += [
-      "",
+      harness.table(["implementation", "s per iteration", "tokens/s", "vs PyTorch", "per repeat", "compile (s)"], rows,
+                    align="lrrrlr"),
       f"The peer spends {shares} of an iteration in the rollout (generation and the three scoring passes), the "
       "rest in the update. The compile column of the per-call entry includes its first iteration.",
-      "",
       "Same computation: the completions of our first rollout, scored again by the peer's forward passes and GAE "
       "from the same starting weights, give quantities that differ from ours by at most "
-      + ", ".join(f"{v:.1e} ({k})" for k, v in check.items()) + ".",
-      "",
-  ]
-  return "\n".join(lines)
+      + ", ".join(f"{v:.1e} ({k})" for k, v in check.items()) + ".")
 
 
-def run_bench(outdir: str, setup: Setup, iterations: int, warmup: int, repeats: int, torch_threads: list[int],
-              seed: int) -> dict:
-  """Measures every entry, writes rlhf.json / rlhf.md into `outdir`; returns the JSON dict."""
-  sizes = (setup.n_layer, setup.n_embd, setup.n_head, setup.rm_n_layer, setup.rm_n_embd, setup.rm_n_head,
-           setup.vocab_size, setup.prompt_len, setup.new_tokens, setup.batch_size, setup.num_prompts,
-           setup.update_epochs, setup.num_minibatches)
-  if min(sizes) < 1 or iterations < 1 or repeats < 1 or warmup < 0 or min(torch_threads, default=0) < 1:
-    raise app.UsageError("model sizes, --vocab_size, --prompt_len, --new_tokens, --batch_size, --num_prompts, "
-                         "--update_epochs, --num_minibatches, --iterations, --repeats and --torch_threads must be "
-                         "positive, --warmup not negative")
-  for width, heads, prefix in ((setup.n_embd, setup.n_head, ""), (setup.rm_n_embd, setup.rm_n_head, "rm_")):
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field, before anything is built or timed."""
+  for name in ("n_layer", "n_embd", "n_head", "rm_n_layer", "rm_n_embd", "rm_n_head", "vocab_size", "prompt_len",
+               "new_tokens", "batch_size", "num_prompts", "update_epochs", "num_minibatches", "iterations", "repeats",
+               "learning_rate"):
+    check_positive(name, config[name])
+  check_positive("warmup", config.warmup, allow_zero=True)
+  check_positive("kl_coef", config.kl_coef, allow_zero=True)
+  harness.check_counts("torch_threads", config.torch_threads)
+  for prefix in ("", "rm_"):
+    width, heads = config[f"{prefix}n_embd"], config[f"{prefix}n_head"]
     if width % heads:
-      raise app.UsageError(f"--{prefix}n_embd {width} is not divisible by --{prefix}n_head {heads}")
-  if setup.batch_size % setup.num_minibatches or setup.batch_size // setup.num_minibatches < 2:
-    raise app.UsageError(f"--batch_size {setup.batch_size} must split into --num_minibatches "
-                         f"{setup.num_minibatches} minibatches of at least 2 sequences")
-  if setup.learning_rate <= 0 or setup.kl_coef < 0:
-    raise app.UsageError("--learning_rate must be positive and --kl_coef not negative")
+      raise ConfigError(f"{prefix}n_embd {width} is not divisible by {prefix}n_head {heads}")
+  if config.batch_size % config.num_minibatches or config.batch_size // config.num_minibatches < 2:
+    raise ConfigError(f"batch_size {config.batch_size} must split into num_minibatches "
+                      f"{config.num_minibatches} minibatches of at least 2 sequences")
+
+
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Measures every entry, writes rlhf.json / rlhf.md into `outdir`; returns the JSON dict."""
+  check_config(config)
+  setup = Setup(*(config[field.name] for field in dataclasses.fields(Setup)))
+  threads = list(dict.fromkeys(config.torch_threads))
   transformers.logging.disable_progress_bar()
-  load_start = os.getloadavg()[0]
   start = time.perf_counter()
-  results = compare(setup, iterations, warmup, repeats, torch_threads, seed)
-  results.update({"setup": dataclasses.asdict(setup), "iterations": iterations, "warmup": warmup, "repeats": repeats,
-                  "seed": seed, "torch_threads": torch_threads,
+  results = compare(setup, config.iterations, config.warmup, config.repeats, threads, config.seed)
+  results.update({"setup": dataclasses.asdict(setup), "iterations": config.iterations, "warmup": config.warmup,
+                  "repeats": config.repeats, "seed": config.seed, "torch_threads": threads,
                   "hyperparameters": {"clip_eps": CLIP_EPS, "vf_coef": VF_COEF, "ent_coef": 0.0, "gamma": GAMMA,
                                       "gae_lambda": GAE_LAMBDA, "adam_eps": ADAM_EPS, "grad_clip_norm": GRAD_CLIP},
-                  "load_average": {"start": load_start, "end": os.getloadavg()[0]}})
+                  "load_average": results["timing"]["load_average"]})
   markdown = _markdown(results)
   print(markdown)
-  return report.write_report(outdir, "rlhf", results, markdown, json_file="rlhf.json", packages=PACKAGES,
-                             wall_time_s=time.perf_counter() - start)
-
-
-def main(outdir: str) -> None:
-  setup = Setup(_N_LAYER.value, _N_EMBD.value, _N_HEAD.value, _RM_N_LAYER.value, _RM_N_EMBD.value, _RM_N_HEAD.value,
-                _VOCAB.value, _PROMPT_LEN.value, _NEW_TOKENS.value, _BATCH.value, _NUM_PROMPTS.value, _EPOCHS.value,
-                _MINIBATCHES.value, _LR.value, _KL_COEF.value)
-  try:
-    threads = [int(t) for t in _TORCH_THREADS.value or [os.cpu_count() or 1, 1]]
-  except ValueError:
-    raise app.UsageError(f"--torch_threads must be integers, got {_TORCH_THREADS.value}") from None
-  run_bench(outdir, setup, _ITERATIONS.value, _WARMUP.value, _REPEATS.value, list(dict.fromkeys(threads)), _SEED.value)
+  return harness.write_report(outdir, "rlhf", results, markdown, json_file="rlhf.json", packages=PACKAGES,
+                              wall_time_s=time.perf_counter() - start)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -21,42 +21,76 @@ done before every timing; a timing runs from the host arrays to the final states
 
 Run:
   python -m experiments.bench.sweep --outdir=experiments/bench/results/sweep
-  python -m experiments.bench.sweep --outdir=experiments/bench/results/sweep_classifier64 --model=classifier --seeds=64
-  python -m experiments.bench.sweep --outdir=/tmp/sweep_bench --preset=gan,smoke
+  python -m experiments.bench.sweep --outdir=experiments/bench/results/sweep_classifier64 --config.model=classifier \
+      --config.seeds=64
+  python -m experiments.bench.sweep --outdir=/tmp/sweep_bench --config=experiments/bench/sweep.py:smoke
+
+Every peer is measured `repeats` times (experiments/harness.py's timer, in rotated order; one
+by default) and its median is reported.
 """
 
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
 
 from experiments import classifier
 from experiments import gan as gan_experiment
-from experiments import report
+from experiments import harness
 from research import data as data_lib
 from research import sweep
 from research.data import Batcher
 from research.metrics import features
 from research.models import gan
-from research.train import Keys, Members, init_state, make_train_step, train
+from research.train import (ConfigError, Keys, Members, check_choice, check_positive, cli, init_state,
+                            make_train_step, train)
 
-_SEEDS = flags.DEFINE_integer("seeds", 16, "Seeds (runs) per peer.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Train steps per run.")
-_PRESET = flags.DEFINE_string("preset", "gan,mode_table", "experiments/gan.py preset of the benchmarked GAN "
-                              "(gan,smoke: tiny nets, where per-step dispatch dominates).")
-_MODEL = flags.DEFINE_enum("model", "gan", ["gan", "classifier"], "The benchmarked task.")
+MODELS = ("gan", "classifier")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Tiny GAN nets (where per-step dispatch dominates), 2 seeds of 3 steps, for tests."""
+  config.seeds, config.steps, config.gan_preset = 2, 3, "gan,smoke"
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmarked task and sweep; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.model = "gan"  # the benchmarked task: gan (experiments/gan.py on ring8) or classifier (the AdamW table's)
+  config.gan_preset = "gan,mode_table"  # experiments/gan.py preset of the GAN (mode_table: the gan_modes table's sizes)
+  config.seeds = 16  # seeds (runs) per peer
+  config.steps = 200  # train steps per run
+  config.repeats = 1  # measurements of every peer, in rotated order; the median is reported
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def _first(tree):
   return jax.tree.map(lambda x: np.asarray(x)[0], tree)
 
 
-def time_vmapped(task, config, data, seeds, steps):
-  """One program: vmap over seeds of research.sweep's scanned run."""
+def _measure(fn: Callable[[], Any]) -> tuple[harness.Side, list]:
+  """(a side timing `fn()`, the list that holds what its last call returned: the final state(s))."""
+  kept = []
+
+  def measure():
+    start = time.perf_counter()
+    kept[:] = [fn()]
+    return time.perf_counter() - start
+
+  return harness.Side(measure), kept
+
+
+def vmapped(task, config, data, seeds, steps) -> Callable[[], Any]:
+  """One program: vmap over seeds of research.sweep's scanned run (compiled here)."""
   batch_size = config.batch_size * task.batches_per_step
   run_all = jax.jit(jax.vmap(sweep.make_run(task, config, steps), in_axes=(None, 0, 0, 0)))
   device_data = {k: jnp.asarray(v) for k, v in data.items()}
@@ -66,27 +100,25 @@ def time_vmapped(task, config, data, seeds, steps):
     return device_data, jnp.asarray(seeds, jnp.int32), jnp.asarray(tables), {}
 
   compiled = run_all.lower(*feed()).compile()
-  start = time.perf_counter()
-  state, _ = compiled(*feed())
-  jax.block_until_ready(state)
-  return time.perf_counter() - start, _first(state.params)
+  return lambda: jax.block_until_ready(compiled(*feed())[0])
 
 
-def time_sequential_scans(task, config, data, seeds, steps):
-  """One compiled scan per seed, called seed after seed."""
+def sequential_scans(task, config, data, seeds, steps) -> Callable[[], Any]:
+  """One compiled scan per seed (compiled here), called seed after seed."""
   batch_size = config.batch_size * task.batches_per_step
   run_one = jax.jit(sweep.make_run(task, config, steps))
   device_data = {k: jnp.asarray(v) for k, v in data.items()}
   feed = lambda s: (device_data, jnp.int32(s), jnp.asarray(sweep.index_tables(data, batch_size, [s], steps)[0]), {})
   compiled = run_one.lower(*feed(seeds[0])).compile()
-  start = time.perf_counter()
-  finals = [compiled(*feed(s))[0] for s in seeds]
-  jax.block_until_ready(finals)
-  return time.perf_counter() - start, jax.device_get(finals[0].params)
+
+  def run_all():
+    return jax.block_until_ready([compiled(*feed(s))[0] for s in seeds])
+
+  return run_all
 
 
-def time_python_loop(task, config, data, seeds, steps):
-  """The loop's jitted, donated step called per step from Python, seed after seed."""
+def python_loop(task, config, data, seeds, steps) -> Callable[[], Any]:
+  """The loop's jitted, donated step (compiled here) called per step from Python, seed after seed."""
   batch_size = config.batch_size * task.batches_per_step
   init = jax.jit(lambda k, b: init_state(task, k, b, config.ema_decay))
   step_fn = jax.jit(make_train_step(task, config.ema_decay), donate_argnums=0)
@@ -99,22 +131,25 @@ def time_python_loop(task, config, data, seeds, steps):
     return state
 
   jax.block_until_ready(run(seeds[0], 1))  # compiles init and the step
-  start = time.perf_counter()
-  finals = [jax.block_until_ready(run(s, steps)) for s in seeds]
-  elapsed = time.perf_counter() - start
-  return elapsed, jax.device_get(finals[0].params)
+  return lambda: [jax.block_until_ready(run(s, steps)) for s in seeds]
 
 
-def time_loop_members(task, config, data, seeds, steps):
+def loop_members(task, config, data, seeds, steps) -> tuple[harness.Side, list]:
   """research.train.train with Members: the loop's rate after its compiling call, as the time of all steps."""
   config = config.copy_and_resolve_references()
   config.steps, config.log_every, config.checkpoint_every = steps, steps, steps
   # The rate counts the calls after the first (compiling) one: keep at least two.
   config.steps_per_call = max(1, min(config.steps_per_call, steps // 2))
   training_only = dataclasses.replace(task, evaluate=None, sample=None)  # the rate is of the training steps
-  with tempfile.TemporaryDirectory() as workdir:
-    run = train(training_only, config, workdir, data, members=Members(tuple(seeds)))
-  return steps / run.results["steps_per_second"], jax.device_get(_first(run.state.params))
+  params = []
+
+  def measure():
+    with tempfile.TemporaryDirectory() as workdir:
+      run = train(training_only, config, workdir, data, members=Members(tuple(seeds)))
+    params[:] = [run.state]
+    return steps / run.results["steps_per_second"]
+
+  return harness.Side(measure), params
 
 
 def _max_abs_diff(a, b) -> float:
@@ -122,16 +157,21 @@ def _max_abs_diff(a, b) -> float:
                                                                                    jax.tree.leaves(b)))
 
 
-def main(outdir: str) -> None:
-  seeds, steps = list(range(_SEEDS.value)), _STEPS.value
-  if steps <= 0 or not seeds:
-    raise app.UsageError("--steps and --seeds must be positive")
-  if _MODEL.value == "gan":
-    config = gan_experiment.get_config(_PRESET.value)
+def run(bench: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Times every peer, writes sweep.json / sweep.md into `outdir`, returns the JSON dict."""
+  check_choice("model", bench.model, MODELS)
+  for name in ("seeds", "steps", "repeats"):
+    check_positive(name, bench[name])
+  seeds, steps = list(range(bench.seeds)), bench.steps
+  if bench.model == "gan":
+    try:
+      config = gan_experiment.get_config(bench.gan_preset)
+    except ValueError as e:
+      raise ConfigError(f"gan_preset: {e}") from None
     config.steps = steps
     task = gan.make_task(config)
     data = data_lib.load(config.dataset, "train")
-    what = (f"GAN seeds x {steps} steps (ring8, preset {_PRESET.value}, batch {config.batch_size}, generator "
+    what = (f"GAN seeds x {steps} steps (ring8, preset {bench.gan_preset}, batch {config.batch_size}, generator "
             f"{config.gen_depth} x {config.gen_width}, discriminator {config.disc_depth} x {config.disc_width} "
             f"maxout {config.maxout_pieces})")
   else:
@@ -142,28 +182,35 @@ def main(outdir: str) -> None:
     data = {"image": split["image"], "label": split["label"]}
     what = f"digits classifier seeds x {steps} steps (MLP 64-256-64-10, batch {config.batch_size}, AdamW)"
 
-  timings, params = {}, {}
-  for name, fn in (("vmapped", time_vmapped), ("sequential_scans", time_sequential_scans),
-                   ("python_loop", time_python_loop), ("loop_members", time_loop_members)):
-    timings[name], params[name] = fn(task, config, data, seeds, steps)
+  finals, sides = {}, {}
+  for name, build in (("vmapped", vmapped), ("sequential_scans", sequential_scans), ("python_loop", python_loop)):
+    sides[name], finals[name] = _measure(build(task, config, data, seeds, steps))
+  sides["loop_members"], finals["loop_members"] = loop_members(task, config, data, seeds, steps)
+  timings = harness.compare(sides, bench.repeats)
+  # The first seed's final parameters of each peer: the vmapped states hold every seed, the loops a list of states.
+  params = {name: _first(state.params) if name in ("vmapped", "loop_members") else jax.device_get(state[0].params)
+            for name, (state,) in finals.items()}
   total_steps = steps * len(seeds)
-  rows = {name: {"seconds": round(t, 3), "steps_per_s": round(total_steps / t, 1),
-                 "vmapped_speedup": round(t / timings["vmapped"], 2),
+  rows = {name: {"seconds": round(timings.median_seconds(name), 3),
+                 "steps_per_s": round(total_steps / timings.median_seconds(name), 1),
+                 "vmapped_speedup": round(timings.median_seconds(name) / timings.median_seconds("vmapped"), 2),
                  "max_abs_diff_vs_vmapped": _max_abs_diff(params[name], params["vmapped"])}
-          for name, t in timings.items()}
-  env = report.environment()
-  lines = [f"Sweep speed: {len(seeds)} {what}, {env['devices']['kind']}, jax {env['versions']['jax']}", "",
-           "| peer | seconds | steps/s (all seeds) | vmapped speedup | max abs param diff vs vmapped |",
-           "|---|---|---|---|---|"]
-  for name, row in rows.items():
-    lines.append(f"| {name} | {row['seconds']:.2f} | {row['steps_per_s']:.1f} | {row['vmapped_speedup']:.2f}x | "
-                 f"{row['max_abs_diff_vs_vmapped']:.2e} |")
-  table = "\n".join(lines)
+          for name in sides}
+  env = harness.environment()
+  table = harness.table(
+      ["peer", "seconds", "steps/s (all seeds)", "vmapped speedup", "max abs param diff vs vmapped"],
+      [(name, f"{row['seconds']:.2f}", f"{row['steps_per_s']:.1f}", f"{row['vmapped_speedup']:.2f}x",
+        f"{row['max_abs_diff_vs_vmapped']:.2e}") for name, row in rows.items()], align="lrrrr")
+  text = harness.document(
+      f"Sweep speed: {len(seeds)} seeds as one vmapped program vs sequential runs",
+      f"{len(seeds)} {what}, {env['devices']['kind']}, jax {env['versions']['jax']}; median of {bench.repeats} "
+      "measurement(s) per peer.", table)
   print(table)
-  result = {"model": _MODEL.value, "seeds": len(seeds), "steps": steps, "preset": _PRESET.value, "peers": rows}
-  report.write_report(outdir, "sweep", result, f"{table}\n\nCommand: `{report.command()}`\n", config=config,
-                      json_file="sweep.json")
+  result = {"model": bench.model, "seeds": len(seeds), "steps": steps, "preset": bench.gan_preset, "peers": rows,
+            "timing": timings.record()}
+  return harness.write_report(outdir, "sweep", result, text, config=config, json_file="sweep.json")
+
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

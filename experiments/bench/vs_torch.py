@@ -21,61 +21,75 @@ another length is compiled inside the timed steps.
 PyTorch: the same networks (the parameter counts are checked equal) and the same update,
 written plainly: a Python loop over steps, batches indexed from a uint8 tensor by a
 per-epoch torch.randperm, loss.backward() and torch.optim.Adam; no checkpoints, no
-logging. Each timing trains from a fresh initialisation, --torch_warmup untimed steps,
-then up to --torch_steps steps or --torch_seconds, for each thread count of
---torch_threads (torch.set_num_threads: this host's core count, and 1, since a pool that
+logging. Each timing trains from a fresh initialisation, `torch_warmup` untimed steps,
+then up to `torch_steps` steps or `torch_seconds`, for each thread count of
+`torch_threads` (torch.set_num_threads: this host's core count, and 1, since a pool that
 spans every core stalls when another process uses one of them).
 
-Both run in this process. Each repeat times PyTorch, then every k, in an order rotated
-from repeat to repeat, so a drift in the host's load spreads over all k; a ratio divides a
-JAX rate by the faster PyTorch setting of the same repeat. Medians over repeats are
-reported, with each repeat's ratio.
+Both run in this process. Each repeat times every PyTorch setting and every k, in an order
+rotated from repeat to repeat (experiments/harness.py's timer), so a drift in the host's load
+spreads over all of them; a ratio divides a JAX rate by the faster PyTorch setting of the same
+repeat. Medians over repeats are reported, with each repeat's ratio.
 
 Run:
   python -m experiments.bench.vs_torch --outdir=experiments/bench/results/vs_torch
-  python -m experiments.bench.vs_torch --models=vae --vae_steps_per_call=1,10 --repeats=1 --outdir=/tmp/vs_torch
+  python -m experiments.bench.vs_torch --outdir=/tmp/vs_torch --config.models=vae --config.vae_steps_per_call=1,10 \
+      --config.repeats=1
+  python -m experiments.bench.vs_torch --outdir=/tmp/vs_torch --config=experiments/bench/vs_torch.py:smoke
 """
 
 import dataclasses
-import os
 import statistics
 import tempfile
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import torch
-from absl import app, flags
 from torch import nn
 from torch.nn import functional as F
 
 from experiments import autoencoder as autoencoder_experiment
 from experiments import gan as gan_experiment
-from experiments import report
+from experiments import harness
 from research import data as data_lib
 from research.data import Batcher
 from research.models import autoencoder, gan
-from research.train import Keys, init_state, make_train_step, train
-
-_MODELS = flags.DEFINE_list("models", ["vae", "gan"], "Models to compare: vae, gan.")
-_VAE_STEPS_PER_CALL = flags.DEFINE_list("vae_steps_per_call", ["1", "5", "10", "25", "100", "1000"],
-                                        "Values of config.steps_per_call timed for the VAE.")
-_GAN_STEPS_PER_CALL = flags.DEFINE_list("gan_steps_per_call", ["1", "5", "25"],
-                                        "Values of config.steps_per_call timed for the GAN.")
-_VAE_STEPS = flags.DEFINE_integer("vae_steps", None, "Steps of each JAX VAE run (default: the experiment's).")
-# The experiment's 3000 steps take minutes per run on 2 cores; the rate leaves out the
-# compiling call, so a shorter run only averages fewer steps.
-_GAN_STEPS = flags.DEFINE_integer("gan_steps", 500, "Steps of each JAX GAN run.")
-_TORCH_STEPS = flags.DEFINE_integer("torch_steps", 2000, "Timed steps of each PyTorch run (at most).")
-_TORCH_SECONDS = flags.DEFINE_float("torch_seconds", 20.0, "A PyTorch timing stops after this many seconds.")
-_TORCH_WARMUP = flags.DEFINE_integer("torch_warmup", 20, "Untimed steps before each PyTorch timing.")
-_TORCH_THREADS = flags.DEFINE_list("torch_threads", sorted({str(os.cpu_count() or 1), "1"}, key=int, reverse=True),
-                                   "torch.set_num_threads values (default: the host's core count and 1).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats of every measurement (medians reported).")
+from research.train import ConfigError, Keys, check_positive, cli, init_state, make_train_step, train
 
 MODELS = ("vae", "gan")
 # The peer's stack, recorded beside jax/flax/optax.
 PACKAGES = ("torch", "numpy", "orbax-checkpoint")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Short runs of both models, one thread, one repeat, for tests."""
+  config.vae_steps, config.gan_steps = 40, 10
+  config.vae_steps_per_call, config.gan_steps_per_call = (1, 10), (1,)
+  config.torch_steps, config.torch_seconds, config.torch_warmup = 40, 600.0, 2
+  config.torch_threads, config.repeats = (1,), 1
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The benchmark's models and protocol; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.models = MODELS  # models compared: vae, gan
+  config.vae_steps_per_call = (1, 5, 10, 25, 100, 1000)  # values of config.steps_per_call timed for the VAE
+  config.gan_steps_per_call = (1, 5, 25)  # values of config.steps_per_call timed for the GAN
+  config.vae_steps = 0  # steps of each JAX VAE run; 0: the experiment's (10,000)
+  # The experiment's 3000 steps take minutes per run on 2 cores; the rate leaves out the
+  # compiling call, so a shorter run only averages fewer steps.
+  config.gan_steps = 500  # steps of each JAX GAN run
+  config.torch_steps = 2000  # timed steps of each PyTorch run (at most)
+  config.torch_seconds = 20.0  # a PyTorch timing stops after this many seconds
+  config.torch_warmup = 20  # untimed steps before each PyTorch timing
+  config.torch_threads = harness.host_threads()  # torch.set_num_threads values timed; the faster per repeat compared
+  config.repeats = 3  # repeats of every measurement, in rotated order; medians are reported
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,10 +106,10 @@ class Problem:
   images: np.ndarray  # uint8 (N, 8, 8, 1) training images
 
 
-def vae_problem(steps: int | None) -> Problem:
-  """experiments/autoencoder.py's default VAE."""
+def vae_problem(steps: int) -> Problem:
+  """experiments/autoencoder.py's default VAE (`steps` per run; 0: the experiment's)."""
   config = autoencoder_experiment.get_config()
-  if steps is not None:
+  if steps:
     config.steps = steps
   if (config.model, config.objective, config.k) != ("vae", "elbo", 1):
     raise ValueError("the PyTorch VAE implements the default config: model vae, objective elbo, k 1")
@@ -105,10 +119,10 @@ def vae_problem(steps: int | None) -> Problem:
   return Problem("vae", config, task, images)
 
 
-def gan_problem(steps: int | None) -> Problem:
+def gan_problem(steps: int) -> Problem:
   """experiments/gan.py's two-layer conv pair on digits (preset small_conv), which the PyTorch side mirrors."""
   config = gan_experiment.get_config("small_conv")
-  if steps is not None:
+  if steps:
     config.steps = steps
   if (config.loss, config.n_critic, config.pack) != ("gan", 1, 1):
     raise ValueError("the PyTorch GAN implements the default config: loss gan, n_critic 1, pack 1")
@@ -137,7 +151,7 @@ def jax_first_step(problem: Problem) -> tuple[int, dict[str, float]]:
   return count, {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
 
 
-def time_jax(problem: Problem, steps_per_call: int) -> dict:
+def time_jax(problem: Problem, steps_per_call: int) -> harness.Timing:
   """One research.train.train run with `steps_per_call`; its rate from results.json."""
   config = problem.config.copy_and_resolve_references()
   config.steps_per_call = steps_per_call
@@ -145,11 +159,11 @@ def time_jax(problem: Problem, steps_per_call: int) -> dict:
     start = time.perf_counter()
     results = train(problem.task, config, workdir, {"image": problem.images}).results
     wall = time.perf_counter() - start
-  out = {"steps": config.steps, "steps_per_s": results["steps_per_second"], "wall_s": wall,
-         "steps_per_s_with_compile": config.steps / wall, "train_loss": results["train_loss"]}
+  out = {"steps": config.steps, "wall_s": wall, "steps_per_s_with_compile": config.steps / wall,
+         "train_loss": results["train_loss"]}
   if "flops_per_step" in results:
     out["flops_per_step"] = results["flops_per_step"]
-  return out
+  return harness.Timing.from_rate(results["steps_per_second"], info=out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,13 +292,12 @@ def torch_gan(config, images: np.ndarray):
 TORCH_MODELS = {"vae": torch_vae, "gan": torch_gan}
 
 
-def time_torch(problem: Problem, threads: int, steps: int, warmup: int, max_seconds: float) -> dict:
-  """Trains the PyTorch model from a fresh initialisation; steps/s of up to `steps` steps after `warmup`.
+def time_torch(problem: Problem, steps: int, warmup: int, max_seconds: float) -> harness.Timing:
+  """Trains the PyTorch model from a fresh initialisation; up to `steps` steps timed after `warmup`.
 
   The timing ends after `steps` steps or `max_seconds`, whichever comes first: a thread
   pool stalled by a busy host can run a hundred times slower than usual.
   """
-  torch.set_num_threads(threads)
   torch.manual_seed(problem.config.seed)
   count, step = TORCH_MODELS[problem.name](problem.config, problem.images)
   losses = [step() for _ in range(warmup)]
@@ -297,8 +310,8 @@ def time_torch(problem: Problem, threads: int, steps: int, warmup: int, max_seco
   seconds = time.perf_counter() - start
   losses = torch.stack(losses).numpy()
   tail = max(1, len(losses) // 10)
-  return {"threads": threads, "steps": timed, "steps_per_s": timed / seconds, "param_count": count,
-          "first_loss": float(losses[0]), "final_loss": float(losses[-tail:].mean())}
+  return harness.Timing(seconds, timed, {"param_count": count, "first_loss": float(losses[0]),
+                                         "final_loss": float(losses[-tail:].mean())})
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,163 +326,139 @@ def recommended_steps_per_call(rates: dict[int, float], share: float = 0.9) -> i
   return min(k for k, rate in rates.items() if best <= 0 or rate - rates[1] >= share * best)
 
 
-def compare(problem: Problem, ks: list[int], threads: list[int], repeats: int, torch_steps: int,
-            torch_warmup: int, torch_seconds: float) -> dict:
-  """All measurements of one model; see the module docstring for the protocol."""
+def check_steps_per_call(problem: Problem, ks) -> None:
+  """Raises ConfigError unless every k divides the run's steps and both cadences."""
   config = problem.config
   for k in ks:
     for field in ("steps", "log_every", "checkpoint_every"):
       # A chunk shorter than k would compile another program inside the timed steps.
       if config[field] % k:
-        raise app.UsageError(f"steps_per_call {k} does not divide the {problem.name} config's {field} "
-                             f"({config[field]})")
+        raise ConfigError(f"steps_per_call {k} does not divide the {problem.name} config's {field} "
+                          f"({config[field]})")
+
+
+def compare(problem: Problem, ks: list[int], threads: list[int], repeats: int, torch_steps: int,
+            torch_warmup: int, torch_seconds: float) -> dict:
+  """All measurements of one model; see the module docstring for the protocol."""
+  config = problem.config
   jax_params, first = jax_first_step(problem)
-  jax_runs = {k: [] for k in ks}
-  torch_runs = {t: [] for t in threads}
-  for r in range(repeats):
-    for t in threads:
-      torch_runs[t].append(time_torch(problem, t, torch_steps, torch_warmup, torch_seconds))
-    for k in ks[r % len(ks):] + ks[:r % len(ks)]:
-      jax_runs[k].append(time_jax(problem, k))
-      torch_rates = ", ".join(f"{t} threads {torch_runs[t][-1]['steps_per_s']:.1f}" for t in threads)
-      print(f"{problem.name} repeat {r}: steps_per_call {k}: {jax_runs[k][-1]['steps_per_s']:.1f} steps/s "
-            f"(torch: {torch_rates})", flush=True)
-  torch_counts = {run["param_count"] for runs in torch_runs.values() for run in runs}
+  torch_names = [f"torch_{t}" for t in threads]
+  sides = {f"torch_{t}": harness.Side(lambda: time_torch(problem, torch_steps, torch_warmup, torch_seconds),
+                                      torch_threads=t) for t in threads}
+  sides.update({f"jax_{k}": harness.Side(lambda k=k: time_jax(problem, k)) for k in ks})
+  timings = harness.compare(sides, repeats, label=problem.name, unit=" steps/s")
+  torch_counts = {info["param_count"] for name in torch_names for info in timings.info(name)}
   if torch_counts != {jax_params}:
     raise AssertionError(f"{problem.name}: PyTorch has {torch_counts} parameters, JAX {jax_params}")
-  best_torch = [max(torch_runs[t][r]["steps_per_s"] for t in threads) for r in range(repeats)]
   jax_out = {}
   for k in ks:
-    runs = jax_runs[k]
-    ratios = [run["steps_per_s"] / best for run, best in zip(runs, best_torch)]
+    infos = timings.info(f"jax_{k}")
     jax_out[str(k)] = {
-        "steps_per_s": statistics.median(run["steps_per_s"] for run in runs),
-        "steps_per_s_with_compile": statistics.median(run["steps_per_s_with_compile"] for run in runs),
-        "ratio_vs_torch": statistics.median(ratios), "ratios_per_repeat": ratios,
-        "steps_per_s_per_repeat": [run["steps_per_s"] for run in runs],
-        "train_loss": runs[-1]["train_loss"],
+        "steps_per_s": timings.median_rate(f"jax_{k}"),
+        "steps_per_s_with_compile": statistics.median(info["steps_per_s_with_compile"] for info in infos),
+        "ratio_vs_torch": timings.median_ratio(f"jax_{k}", torch_names),
+        "ratios_per_repeat": timings.ratios(f"jax_{k}", torch_names),
+        "steps_per_s_per_repeat": timings.rates(f"jax_{k}"),
+        "train_loss": infos[-1]["train_loss"],
     }
   rates = {k: jax_out[str(k)]["steps_per_s"] for k in ks}
   best_k = max(ks, key=rates.get)
   torch_out = {str(t): {
-      "steps_per_s": statistics.median(run["steps_per_s"] for run in runs),
-      "timed_steps_per_repeat": [run["steps"] for run in runs],
-      "steps_per_s_per_repeat": [run["steps_per_s"] for run in runs],
-      "first_loss": runs[-1]["first_loss"], "final_loss": runs[-1]["final_loss"]} for t, runs in torch_runs.items()}
+      "steps_per_s": timings.median_rate(f"torch_{t}"),
+      "timed_steps_per_repeat": [int(m.work) for m in timings.measurements[f"torch_{t}"]],
+      "steps_per_s_per_repeat": timings.rates(f"torch_{t}"),
+      "first_loss": timings.info(f"torch_{t}")[-1]["first_loss"],
+      "final_loss": timings.info(f"torch_{t}")[-1]["final_loss"]} for t in threads}
   return {
       "param_count": {"jax": jax_params, "torch": torch_counts.pop()},
       "jax_steps": config.steps, "batch_size": config.batch_size,
       "log_every": config.log_every, "checkpoint_every": config.checkpoint_every,
-      "flops_per_step": jax_runs[ks[0]][0].get("flops_per_step"),
+      "flops_per_step": timings.info(f"jax_{ks[0]}")[0].get("flops_per_step"),
       "jax_first_loss": first["loss"], "jax": jax_out, "torch": torch_out,
-      "torch_best_steps_per_s": statistics.median(best_torch), "best_steps_per_call": best_k,
+      "torch_best_steps_per_s": statistics.median(timings.best_rates(torch_names)), "best_steps_per_call": best_k,
       "best_ratio_vs_torch": jax_out[str(best_k)]["ratio_vs_torch"],
       "recommended_steps_per_call": recommended_steps_per_call(rates),
+      "timing": timings.record(),
   }
 
 
 def _markdown(results: dict) -> str:
-  env = report.environment(*PACKAGES)
-  versions, devices = env["versions"], env["devices"]
+  env = harness.environment(*PACKAGES)
   titles = {"vae": "VAE (experiments/autoencoder.py defaults)",
             "gan": "digits GAN (experiments/gan.py, preset small_conv)"}
-  load = results["load_average"]
-  lines = [
-      "# Small models: research.train.train vs PyTorch eager",
-      "",
-      f"Command: `{report.command()}`",
-      "",
-      f"Machine: {devices['cpu_count']} CPU cores shared with other work (1-minute load average "
-      f"{load['start']:.1f} at the start, {load['end']:.1f} at the end), {devices['count']} "
-      f"{devices['platform']} device(s); jax {versions['jax']}, torch {versions['torch']}.",
+  blocks = [
+      harness.machine(env, results["load_average"], ("jax", "torch")) + "\n"
       "JAX rates are the runs' results.json `steps_per_second` (after the first, compiling call; prefetching, "
       "logging and checkpoints included); PyTorch rates are timed around its step loop. Medians of "
-      f"{results['repeats']} repeats; a ratio divides a JAX rate by the faster PyTorch setting of the same "
-      "repeat.",
+      f"{results['repeats']} repeats in rotated order; a ratio divides a JAX rate by the faster PyTorch setting of "
+      "the same repeat.",
   ]
   for name in results["models"]:
     m = results[name]
     torch_steps = sorted({n for t in m["torch"].values() for n in t["timed_steps_per_repeat"]})
-    lines += [
-        "",
+    rows = [(f"PyTorch eager, {threads} thread{'' if threads == '1' else 's'}", f"{t['steps_per_s']:,.1f}",
+             f"{t['steps_per_s'] / m['torch_best_steps_per_s']:.2f}x",
+             f"{', '.join(f'{v:,.1f}' for v in t['steps_per_s_per_repeat'])} steps/s", "")
+            for threads, t in m["torch"].items()]
+    rows += [(f"research.train, steps_per_call={k}{' (best)' if int(k) == m['best_steps_per_call'] else ''}",
+              f"{j['steps_per_s']:,.1f}", f"**{j['ratio_vs_torch']:.2f}x**",
+              ", ".join(f"{v:.2f}x" for v in j["ratios_per_repeat"]), f"{j['steps_per_s_with_compile']:,.1f}")
+             for k, j in m["jax"].items()]
+    torch_losses = "; ".join(f"{t} thread(s) {v['first_loss']:.3f} -> {v['final_loss']:.3f}"
+                             for t, v in m["torch"].items())
+    last_k = list(m["jax"])[-1]
+    blocks += [
         f"## {titles[name]}",
-        "",
         f"{m['param_count']['jax']:,} parameters on both sides; batch {m['batch_size']}; "
         f"{m['flops_per_step'] / 1e6:.1f} MFLOP per step (XLA's count); JAX runs of {m['jax_steps']:,} steps "
         f"(log every {m['log_every']}, checkpoint every {m['checkpoint_every']}); PyTorch timed over "
         f"{torch_steps[0]:,}-{torch_steps[-1]:,} steps (at most {results['torch_steps']:,} or "
         f"{results['torch_seconds']:g} s).",
-        "",
-        "| implementation | steps/s | vs PyTorch eager | per repeat | steps/s incl. compile |",
-        "|---|---:|---:|---|---:|",
-    ]
-    for threads, t in m["torch"].items():
-      lines.append(f"| PyTorch eager, {threads} thread{'' if threads == '1' else 's'} | {t['steps_per_s']:,.1f} | "
-                   f"{t['steps_per_s'] / m['torch_best_steps_per_s']:.2f}x | "
-                   f"{', '.join(f'{v:,.1f}' for v in t['steps_per_s_per_repeat'])} steps/s | |")
-    for k, j in m["jax"].items():
-      best = " (best)" if int(k) == m["best_steps_per_call"] else ""
-      lines.append(f"| research.train, steps_per_call={k}{best} | {j['steps_per_s']:,.1f} | "
-                   f"**{j['ratio_vs_torch']:.2f}x** | {', '.join(f'{v:.2f}x' for v in j['ratios_per_repeat'])} | "
-                   f"{j['steps_per_s_with_compile']:,.1f} |")
-    torch_losses = "; ".join(f"{t} thread(s) {v['first_loss']:.3f} -> {v['final_loss']:.3f}"
-                             for t, v in m["torch"].items())
-    last_k = list(m["jax"])[-1]
-    lines += [
-        "",
+        harness.table(["implementation", "steps/s", "vs PyTorch eager", "per repeat", "steps/s incl. compile"], rows,
+                      align="lrrlr"),
         f"Best steps_per_call: {m['best_steps_per_call']} ({m['best_ratio_vs_torch']:.2f}x PyTorch); the smallest "
-        f"with 90% of the best gain over 1: {m['recommended_steps_per_call']}.",
+        f"with 90% of the best gain over 1: {m['recommended_steps_per_call']}.\n"
         f"Loss (first step -> mean of the last interval): JAX {m['jax_first_loss']:.3f} -> "
         f"{m['jax'][last_k]['train_loss']:.3f} (steps_per_call={last_k}); PyTorch {torch_losses} (last 10% of "
         "its steps)." + (" The GAN's loss is the discriminator's." if name == "gan" else ""),
     ]
-  return "\n".join(lines) + "\n"
+  return harness.document("Small models: research.train.train vs PyTorch eager", *blocks)
 
 
-def run_bench(outdir: str, models: list[str], steps_per_call: dict[str, list[int]], threads: list[int],
-              repeats: int, torch_steps: int, torch_warmup: int, torch_seconds: float,
-              steps: dict[str, int | None]) -> dict:
-  """Measures the models in this process, writes vs_torch.json / vs_torch.md into `outdir`, returns the JSON dict.
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field (the steps_per_call values against each run: `run`)."""
+  harness.check_names("models", config.models, MODELS)
+  for name in ("vae_steps_per_call", "gan_steps_per_call", "torch_threads"):
+    harness.check_counts(name, config[name])
+  for name in ("repeats", "torch_steps", "torch_seconds"):
+    check_positive(name, config[name])
+  for name in ("vae_steps", "gan_steps", "torch_warmup"):
+    check_positive(name, config[name], allow_zero=True)
 
-  Args:
-    outdir: where the report goes.
-    models: names of MODELS to compare.
-    steps_per_call: per model, the values of config.steps_per_call to time.
-    threads: torch.set_num_threads values.
-    repeats: repeats of every measurement.
-    torch_steps: the most timed steps of a PyTorch run.
-    torch_warmup: untimed PyTorch steps first.
-    torch_seconds: a PyTorch timing ends after this many seconds.
-    steps: per model, the steps of each JAX run (None: the experiment's).
-  """
-  unknown = sorted(set(models) - set(MODELS))
-  if unknown or not models:
-    raise app.UsageError(f"--models must name some of {', '.join(MODELS)}; got {models}")
-  if (any(not ks or min(ks) < 1 for ks in steps_per_call.values()) or not threads or min(threads) < 1
-      or repeats < 1 or torch_steps < 1 or torch_seconds <= 0):
-    raise app.UsageError("steps_per_call values, --torch_threads, --repeats, --torch_steps and --torch_seconds "
-                         "must be positive")
-  load_start = os.getloadavg()[0]
+
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Measures the models in this process, writes vs_torch.json / vs_torch.md into `outdir`, returns the JSON dict."""
+  check_config(config)
   start = time.perf_counter()
-  problems = {"vae": vae_problem, "gan": gan_problem}
-  results = {name: compare(problems[name](steps[name]), steps_per_call[name], threads, repeats, torch_steps,
-                           torch_warmup, torch_seconds) for name in models}
-  results.update({"models": models, "torch_threads": threads, "repeats": repeats, "torch_steps": torch_steps,
-                  "torch_warmup": torch_warmup, "torch_seconds": torch_seconds,
+  models, threads = list(config.models), list(config.torch_threads)
+  build = {"vae": lambda: vae_problem(config.vae_steps), "gan": lambda: gan_problem(config.gan_steps)}
+  problems = {name: build[name]() for name in models}
+  steps_per_call = {"vae": list(config.vae_steps_per_call), "gan": list(config.gan_steps_per_call)}
+  for name in models:
+    check_steps_per_call(problems[name], steps_per_call[name])
+  results = {name: compare(problems[name], steps_per_call[name], threads, config.repeats, config.torch_steps,
+                           config.torch_warmup, config.torch_seconds) for name in models}
+  results.update({"models": models, "torch_threads": threads, "repeats": config.repeats,
+                  "torch_steps": config.torch_steps, "torch_warmup": config.torch_warmup,
+                  "torch_seconds": config.torch_seconds,
                   "timing": "jax: results.json steps_per_second; torch: perf_counter around the timed steps",
-                  "load_average": {"start": load_start, "end": os.getloadavg()[0]}})
+                  "load_average": {"start": results[models[0]]["timing"]["load_average"]["start"],
+                                   "end": results[models[-1]]["timing"]["load_average"]["end"]}})
   markdown = _markdown(results)
   print(markdown)
-  return report.write_report(outdir, "vs_torch", results, markdown, json_file="vs_torch.json", packages=PACKAGES,
-                             wall_time_s=time.perf_counter() - start)
-
-
-def main(outdir: str) -> None:
-  run_bench(outdir, _MODELS.value,
-            {"vae": [int(k) for k in _VAE_STEPS_PER_CALL.value], "gan": [int(k) for k in _GAN_STEPS_PER_CALL.value]},
-            [int(t) for t in _TORCH_THREADS.value], _REPEATS.value, _TORCH_STEPS.value, _TORCH_WARMUP.value,
-            _TORCH_SECONDS.value, {"vae": _VAE_STEPS.value, "gan": _GAN_STEPS.value})
+  return harness.write_report(outdir, "vs_torch", results, markdown, json_file="vs_torch.json", packages=PACKAGES,
+                              wall_time_s=time.perf_counter() - start)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

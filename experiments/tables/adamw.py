@@ -1,6 +1,6 @@
 """Loshchilov & Hutter (ICLR 2019) Figure 2 in shape: test error over learning rate x weight decay.
 
-For each optimizer, the grid of `--grid` learning rates x `--grid` weight decays x `--seeds`
+For each optimizer, the grid of `grid` learning rates x `grid` weight decays x `seeds`
 seeds trains the digits classifier (experiments/classifier.py: an MLP 64-256-64-10, warmup
 and cosine schedule, batch 64) as ONE vmapped program: research.train.train with
 research.train.Members, each member the run `python -m experiments.classifier
@@ -21,26 +21,22 @@ multiplied by the learning rate, move it), and AdamW generalises at least as wel
 
 Run:
   python -m experiments.tables.adamw --outdir=experiments/tables/results/adamw
-  python -m experiments.tables.adamw --outdir=/tmp/adamw --grid=3 --seeds=1 --steps=40 --optimizers=adam_l2,adamw_paper
+  python -m experiments.tables.adamw --outdir=/tmp/adamw --config.grid=3 --config.seeds=1 --config.steps=40 \
+      --config.optimizers=adam_l2 --config.optimizers=adamw_paper
+  python -m experiments.tables.adamw --outdir=/tmp/adamw --config=experiments/tables/adamw.py:smoke
 """
 
 import math
 import os
 import time
 
+import ml_collections
 import numpy as np
-from absl import app, flags
 from matplotlib.figure import Figure
 
 from experiments import classifier
-from experiments import report
-from research.train import Members
-
-_STEPS = flags.DEFINE_integer("steps", 600, "Updates per run (the classifier's default).")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Seeds per grid cell.")
-_GRID = flags.DEFINE_integer("grid", 8, "Learning rates and weight decays per axis.")
-_OPTIMIZERS = flags.DEFINE_list("optimizers", ["adam_l2", "adamw", "adamw_paper", "sgd_l2", "sgdw"],
-                                "Optimizers (research.optim names) to grid.")
+from experiments import harness
+from research.train import ConfigError, Members, check_positive, cli
 
 # name -> (log10 range of learning rates, log10 range of weight decays): wide enough to hold
 # each optimizer's good region (a decay multiplied by the learning rate needs larger values).
@@ -52,6 +48,33 @@ RANGES = {
     "sgdw": ((-3.0, 0.0), (-6.0, -1.0)),
 }
 DECOUPLED = ("adamw_paper", "sgdw")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Two optimizers on a 2 x 2 grid of short runs, for tests."""
+  config.grid, config.seeds, config.steps, config.optimizers = 2, 2, 20, ("adam_l2", "sgdw")
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The paper's grid at the digits classifier's budget; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.steps = 600  # updates per run (the classifier's default)
+  config.seeds = 2  # seeds per grid cell
+  config.grid = 8  # learning rates and weight decays per axis
+  config.optimizers = tuple(RANGES)  # research.optim names gridded, each with its RANGES
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field."""
+  harness.check_names("optimizers", config.optimizers, tuple(RANGES))
+  check_positive("steps", config.steps)
+  check_positive("seeds", config.seeds)
+  if config.grid < 2:
+    raise ConfigError(f"grid must be at least 2, got {config.grid}")
 
 
 def grid_axes(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,41 +170,37 @@ def claims(cells: dict) -> list[str]:
   return lines
 
 
+def _error_cell(value: float, best: bool) -> str:
+  return "—" if not math.isfinite(value) else f"{value:.1f}{'*' if best else ''}"
+
+
 def markdown(cells: dict, steps: int, seeds: list[int], size: int, total_s: float) -> str:
   """The summary table and each optimizer's heatmap as numbers, with the command."""
-  lines = ["# Adam vs AdamW (Loshchilov & Hutter 2019, Figure 2 in shape) on digits", "",
-           f"Command: `{report.command()}`", "",
-           f"Digits MLP classifier (experiments/classifier.py), {steps} steps of batch 64, warmup + cosine "
-           f"schedule; {size} learning rates x {size} weight decays x {len(seeds)} seed(s) per optimizer, each "
-           f"optimizer's grid one vmapped program ({size * size * len(seeds)} members). Test error on the 300 "
-           f"held-out digits, mean over seeds; one misclassified digit is {100.0 / 300:.2f}%, and each optimizer's "
-           f"best cell is the best of {size * size} on the test digits themselves, so it is optimistic and "
-           f"differences of a few tenths of a percent are within the noise. Whole table: {total_s:.0f} s wall.", "",
-           "| optimizer | best test error % | at (learning rate, decay) | slope of log10 best decay vs log10 lr "
-           "| spread of best decay (decades) | usable learning rates | diverged members | wall s |",
-           "|---|---|---|---|---|---|---|---|"]
-  for name, cell in cells.items():
-    lines.append(f"| {name} | {cell['best_test_error_percent']:.2f} | ({cell['best_cell']['learning_rate']:.2g}, "
-                 f"{cell['best_cell']['weight_decay']:.2g}) | {cell['best_decay_slope']:.2f} | "
-                 f"{cell['best_decay_spread_decades']:.2f} | {len(cell['usable_learning_rates'])} of "
-                 f"{len(cell['learning_rates'])} | {cell['diverged_members']} / {cell['members']} | "
-                 f"{cell['wall_time_s']:.0f} |")
-  lines += ["", "What the paper claims, against these numbers:", ""] + claims(cells) + [""]
+  blocks = [f"Digits MLP classifier (experiments/classifier.py), {steps} steps of batch 64, warmup + cosine "
+            f"schedule; {size} learning rates x {size} weight decays x {len(seeds)} seed(s) per optimizer, each "
+            f"optimizer's grid one vmapped program ({size * size * len(seeds)} members). Test error on the 300 "
+            f"held-out digits, mean over seeds; one misclassified digit is {100.0 / 300:.2f}%, and each optimizer's "
+            f"best cell is the best of {size * size} on the test digits themselves, so it is optimistic and "
+            f"differences of a few tenths of a percent are within the noise. Whole table: {total_s:.0f} s wall.",
+            harness.table(["optimizer", "best test error %", "at (learning rate, decay)",
+                           "slope of log10 best decay vs log10 lr", "spread of best decay (decades)",
+                           "usable learning rates", "diverged members", "wall s"],
+                          [(name, f"{cell['best_test_error_percent']:.2f}",
+                            f"({cell['best_cell']['learning_rate']:.2g}, {cell['best_cell']['weight_decay']:.2g})",
+                            f"{cell['best_decay_slope']:.2f}", f"{cell['best_decay_spread_decades']:.2f}",
+                            f"{len(cell['usable_learning_rates'])} of {len(cell['learning_rates'])}",
+                            f"{cell['diverged_members']} / {cell['members']}", f"{cell['wall_time_s']:.0f}")
+                           for name, cell in cells.items()]),
+            "What the paper claims, against these numbers:", "\n".join(claims(cells))]
   for name, cell in cells.items():
     lrs, wds = cell["learning_rates"], cell["weight_decays"]
-    lines += [f"## {name}: mean test error % (rows: weight decay, columns: learning rate; * best decay per "
-              "learning rate)", "",
-              "| decay \\ lr | " + " | ".join(f"{lr:.2g}" for lr in lrs) + " |", "|---" * (len(lrs) + 1) + "|"]
     best = list(cell["best_decay_per_learning_rate"])
-    for i, wd in enumerate(wds):
-      row = []
-      for j in range(len(lrs)):
-        value = cell["mean_test_error_percent"][i, j]
-        mark = "*" if best[j] == wd else ""
-        row.append("—" if not math.isfinite(value) else f"{value:.1f}{mark}")
-      lines.append(f"| {wd:.2g} | " + " | ".join(row) + " |")
-    lines.append("")
-  return "\n".join(lines)
+    blocks += [f"## {name}: mean test error % (rows: weight decay, columns: learning rate; * best decay per "
+               "learning rate)",
+               harness.table(["decay \\ lr", *(f"{lr:.2g}" for lr in lrs)],
+                             [(f"{wd:.2g}", *(_error_cell(cell["mean_test_error_percent"][i, j], best[j] == wd)
+                                             for j in range(len(lrs)))) for i, wd in enumerate(wds)])]
+  return harness.document("Adam vs AdamW (Loshchilov & Hutter 2019, Figure 2 in shape) on digits", *blocks)
 
 
 def figure(cells: dict) -> Figure:
@@ -205,25 +224,23 @@ def figure(cells: dict) -> Figure:
   return fig
 
 
-def main(outdir: str) -> None:
-  unknown = [n for n in _OPTIMIZERS.value if n not in RANGES]
-  if unknown:
-    raise app.UsageError(f"unknown optimizer {unknown[0]!r}; choose from: {', '.join(RANGES)}")
-  if _STEPS.value < 1 or _SEEDS.value < 1 or _GRID.value < 2:
-    raise app.UsageError("--steps and --seeds must be >= 1 and --grid >= 2")
-  seeds = list(range(_SEEDS.value))
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains every optimizer's grid and writes results.json, adamw.md and adamw.png into `outdir`."""
+  check_config(config)
+  seeds = list(range(config.seeds))
   start = time.perf_counter()
   cells = {}
-  for name in _OPTIMIZERS.value:
-    cells[name] = run_optimizer(name, _STEPS.value, seeds, _GRID.value, os.path.join(outdir, "models", name))
+  for name in config.optimizers:
+    cells[name] = run_optimizer(name, config.steps, seeds, config.grid, os.path.join(outdir, "models", name))
     print(f"{name}: best {cells[name]['best_test_error_percent']:.2f}% at {cells[name]['best_cell']}, "
           f"slope {cells[name]['best_decay_slope']:.2f} ({cells[name]['wall_time_s']} s)", flush=True)
   total = time.perf_counter() - start
-  text = markdown(cells, _STEPS.value, seeds, _GRID.value, total)
-  report.write_report(outdir, "adamw", {"steps": _STEPS.value, "seeds": seeds, "grid": _GRID.value,
-                                        "optimizers": cells}, text, figure=figure(cells), wall_time_s=total)
+  text = markdown(cells, config.steps, seeds, config.grid, total)
   print(text)
+  return harness.write_report(outdir, "adamw", {"steps": config.steps, "seeds": seeds, "grid": config.grid,
+                                                "optimizers": cells}, text, figure=figure(cells), config=config,
+                              wall_time_s=total)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -3,7 +3,7 @@
 Devlin et al. (2019, appendix C.2, Table 8) pre-train with different treatments of the 15% of
 tokens chosen for the MLM loss: the share replaced by [MASK], kept, or replaced by a random
 token (80/10/10 in BERT), and report fine-tuned accuracies that differ by about a point at
-most. Here, for the mixes of --mixes (MASK/same/random percentages) and --seeds seeds:
+most. Here, for the mixes of `mixes` (MASK/same/random percentages) and `seeds` seeds:
 
   1. pre-training: every (mix, seed) member in ONE vmapped program (research.sweep.run: the
      training loop's own step under lax.scan and vmap) of experiments/bert.py's MLM task on
@@ -11,7 +11,7 @@ most. Here, for the mixes of --mixes (MASK/same/random percentages) and --seeds 
      hyperparameter of the task (bert.make_pretrain_task(..., traced_mix=True)); member (mix, s)
      is the run `python -m experiments.bert --config.seed=s --config.mask_mix=mix` would make at
      those sizes, except that its batches are drawn from a fixed set of windows (every
-     --window_stride-th start of the training stream) rather than from every start. Seed s
+     `window_stride`-th start of the training stream) rather than from every start. Seed s
      gives every mix the same initial weights, batches and masking draws, so the mixes are
      compared pairwise, seed by seed;
   2. MLM accuracy: each member's accuracy at the chosen positions of held-out python_docs
@@ -29,61 +29,68 @@ exceed the spread.
 
 Run:
   python -m experiments.tables.bert_masking --outdir=experiments/tables/results/bert_masking
-  python -m experiments.tables.bert_masking --outdir=/tmp/bert_masking --mixes=80/10/10,0/0/100 --seeds=2 \\
-      --steps=4 --finetune_steps=4 --hidden_size=16 --num_hidden_layers=1 --seq_len=16 --vocab_size=256 \\
-      --eval_sequences=16
+  python -m experiments.tables.bert_masking --outdir=/tmp/bert_masking \\
+      --config=experiments/tables/bert_masking.py:smoke --config.mixes=80/10/10 --config.mixes=0/0/100
 """
 
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
 from matplotlib.figure import Figure
 
 from experiments import bert as bert_experiment
-from experiments import report
+from experiments import harness
 from research import sweep
 from research.models import bert
-from research.train import ConfigError, Keys, init_state
+from research.train import ConfigError, Keys, check_positive, cli, init_state
 
 PAPER_MIXES = ("80/10/10", "100/0/0", "80/0/20", "80/20/0", "0/20/80", "0/0/100")
 
-_MIXES = flags.DEFINE_list("mixes", list(PAPER_MIXES), "MASK/same/random percentages, one pre-training per mix.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Members (seeds) per mix, vmapped in one program.")
-_STEPS = flags.DEFINE_integer("steps", 600, "MLM pre-training updates.")
-_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 150, "Fine-tuning updates.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per update (pre-training and fine-tuning).")
-_HIDDEN = flags.DEFINE_integer("hidden_size", 64, "Model width (MLP 4x, one head per 32 channels, at least 1).")
-_LAYERS = flags.DEFINE_integer("num_hidden_layers", 2, "Encoder blocks.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Tokens per sequence, [CLS] and [SEP] included.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 2048, "WordPiece vocabulary trained on python_docs.")
-_EVAL = flags.DEFINE_integer("eval_sequences", 512, "Held-out python_docs sequences of the MLM accuracy.")
-_STRIDE = flags.DEFINE_integer("window_stride", 0, "Distance between the training windows' starts (0: half a "
-                                                   "window).")
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """One mix, two seeds of a tiny model, a few steps of each stage, for tests."""
+  config.mixes, config.seeds, config.steps, config.finetune_steps = ("0/0/100",), 2, 3, 3
+  config.hidden_size, config.num_hidden_layers, config.seq_len = 16, 1, 16
+  config.vocab_size, config.eval_sequences, config.batch_size = 256, 16, 8
 
 
-def table_config(mix: str):
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The paper's mixes at the table's sizes; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.mixes = PAPER_MIXES  # MASK/same/random percentages, one pre-training per mix
+  config.seeds = 3  # members (seeds) per mix, vmapped in one program
+  config.steps = 600  # MLM pre-training updates
+  config.finetune_steps = 150  # fine-tuning updates
+  config.batch_size = 32  # sequences per update (pre-training and fine-tuning)
+  config.hidden_size = 64  # model width (MLP 4x, one head per 32 channels, at least 1)
+  config.num_hidden_layers = 2  # encoder blocks
+  config.seq_len = 64  # tokens per sequence, [CLS] and [SEP] included
+  config.vocab_size = 2048  # WordPiece vocabulary trained on python_docs
+  config.eval_sequences = 512  # held-out python_docs sequences of the MLM accuracy
+  config.window_stride = 0  # distance between the training windows' starts; 0: half a window
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+def table_config(table, mix: str):
   """experiments/bert.py's config at the table's sizes, pre-training with the masking `mix`."""
   config = bert_experiment.get_config()
   config.mask_mix = mix
-  config.hidden_size, config.num_hidden_layers = _HIDDEN.value, _LAYERS.value
-  config.num_attention_heads = max(1, _HIDDEN.value // 32)
-  config.intermediate_size = 4 * _HIDDEN.value
-  config.max_position_embeddings = config.seq_len = _SEQ_LEN.value
-  config.vocab_size, config.eval_sequences = _VOCAB.value, _EVAL.value
-  config.steps, config.batch_size = _STEPS.value, _BATCH.value
-  config.finetune.steps, config.finetune.batch_size = _FINETUNE_STEPS.value, _BATCH.value
-  config.finetune.warmup_steps = min(config.finetune.warmup_steps, _FINETUNE_STEPS.value // 10)
-  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, _STEPS.value // 10)
+  config.hidden_size, config.num_hidden_layers = table.hidden_size, table.num_hidden_layers
+  config.num_attention_heads = max(1, table.hidden_size // 32)
+  config.intermediate_size = 4 * table.hidden_size
+  config.max_position_embeddings = config.seq_len = table.seq_len
+  config.vocab_size, config.eval_sequences = table.vocab_size, table.eval_sequences
+  config.steps, config.batch_size = table.steps, table.batch_size
+  config.finetune.steps, config.finetune.batch_size = table.finetune_steps, table.batch_size
+  config.finetune.warmup_steps = min(config.finetune.warmup_steps, table.finetune_steps // 10)
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, table.steps // 10)
   return config
-
-
-def _mean_se(values) -> tuple[float, float]:
-  values = np.asarray(values, np.float64)
-  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-  return float(values.mean()), float(se)
 
 
 def _member(tree, i: int):
@@ -134,9 +141,9 @@ def pretrain(config, cfg: bert.BertConfig, special, mixes, seeds, data) -> tuple
   return result.state.params["params"]["bert"], scores
 
 
-def _fmt(values, scale: float = 100.0) -> str:
-  mean, se = _mean_se(values)
-  return f"{scale * mean:.1f} ± {scale * se:.1f}" if np.isfinite(se) else f"{scale * mean:.1f}"
+def _fmt(values) -> str:
+  """Mean ± standard error of accuracies, in percent."""
+  return harness.pm(harness.mean_se(values), 1, scale=100.0)
 
 
 def figure(rows: list[dict], baseline: dict) -> Figure:
@@ -147,11 +154,11 @@ def figure(rows: list[dict], baseline: dict) -> Figure:
                             ("held-out MLM accuracy ([MASK]ed tokens)", "fine-tuned accuracy (python_docs_topics)")):
     for i, r in enumerate(rows):
       ax.scatter(np.full(len(r[key]), i), 100 * np.asarray(r[key]), color="0.6", s=12, zorder=2)
-      mean, se = _mean_se(r[key])
+      mean, se = harness.mean_se(r[key])
       ax.errorbar(i, 100 * mean, yerr=100 * se if np.isfinite(se) else None, fmt="o", color="C0", capsize=4,
                   zorder=3)
     if key == "finetuned_accuracy":
-      mean, _ = _mean_se(baseline["accuracy"])
+      mean, _ = harness.mean_se(baseline["accuracy"])
       ax.axhline(100 * mean, color="C3", ls="--", lw=1, label="no pre-training")
       ax.legend(fontsize=8)
     ax.set_xticks(x, names, fontsize=8)
@@ -164,75 +171,69 @@ def figure(rows: list[dict], baseline: dict) -> Figure:
 
 
 def markdown(rows: list[dict], baseline: dict, seeds, config, wall_s: float) -> str:
-  lines = [
-      "# BERT Table 8 in shape: the masking mix of MLM pre-training",
-      "",
-      f"Command: `{report.command()}`",
-      "",
+  per_seed = lambda values: ", ".join(f"{100 * v:.1f}" for v in values)
+  table = []
+  for r in rows:
+    delta = {key: np.asarray(r[key]) - np.asarray(rows[0][key]) for key in ("mlm_accuracy", "finetuned_accuracy")}
+    first = r is rows[0]
+    table.append((r["mix"], _fmt(r["mlm_accuracy"]), per_seed(r["mlm_accuracy"]),
+                  "" if first else _fmt(delta["mlm_accuracy"]), _fmt(r["finetuned_accuracy"]),
+                  per_seed(r["finetuned_accuracy"]), "" if first else _fmt(delta["finetuned_accuracy"]),
+                  f"{np.mean(r['final_train_mlm_loss']):.3f}"))
+  table.append(("no pre-training", "", "", "", _fmt(baseline["accuracy"]), per_seed(baseline["accuracy"]), "", ""))
+  best = max(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
+  worst = min(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
+  spread = max(harness.mean_se(r["finetuned_accuracy"])[1] for r in rows)
+  return harness.document(
+      "BERT Table 8 in shape: the masking mix of MLM pre-training",
       f"Model: {config.num_hidden_layers} layers, {config.hidden_size} wide, {config.num_attention_heads} head(s), "
       f"MLP {config.intermediate_size}, sequences of {config.seq_len} tokens, WordPiece vocabulary of "
       f"{config.vocab_size} trained on python_docs. Pre-training: {config.steps} MLM updates of {config.batch_size} "
       f"sequences on python_docs (15% of the tokens chosen, corrupted by the row's mix); fine-tuning: "
       f"{config.finetune.steps} updates of {config.finetune.batch_size} paragraphs of python_docs_topics (5 classes). "
-      f"{len(seeds)} seeds per row; all rows' members train together in one vmapped program (pre-training), and again with "
-      f"the baseline's (fine-tuning); mean ± standard error (percent), then every seed's value. "
+      f"{len(seeds)} seeds per row; all rows' members train together in one vmapped program (pre-training), and "
+      f"again with the baseline's (fine-tuning); mean ± standard error (percent), then every seed's value. "
       f"Total wall time {wall_s / 60:.1f} min.",
-      "",
       "MLM accuracy is measured alike for every row: the held-out tokens chosen with one fixed key, all replaced by "
       "[MASK]. A mix that never shows [MASK] in training (0/20/80, 0/0/100) meets it first here.",
-      "",
       f"The Δ columns are paired: each seed's difference from the same seed's {rows[0]['mix']} run (same initial "
       "weights, batches and masking draws), mean ± standard error over the seeds.",
-      "",
-      f"| MASK / same / random | MLM accuracy | per seed | Δ MLM vs {rows[0]['mix']} | fine-tuned accuracy | per seed "
-      f"| Δ fine-tuned vs {rows[0]['mix']} | train MLM loss |",
-      "|---|---:|---|---:|---:|---|---:|---:|",
-  ]
-  for r in rows:
-    delta = {key: np.asarray(r[key]) - np.asarray(rows[0][key]) for key in ("mlm_accuracy", "finetuned_accuracy")}
-    lines.append(f"| {r['mix']} | {_fmt(r['mlm_accuracy'])} | {', '.join(f'{100 * v:.1f}' for v in r['mlm_accuracy'])} "
-                 f"| {_fmt(delta['mlm_accuracy']) if r is not rows[0] else ''} "
-                 f"| {_fmt(r['finetuned_accuracy'])} | "
-                 f"{', '.join(f'{100 * v:.1f}' for v in r['finetuned_accuracy'])} "
-                 f"| {_fmt(delta['finetuned_accuracy']) if r is not rows[0] else ''} | "
-                 f"{np.mean(r['final_train_mlm_loss']):.3f} |")
-  lines.append(f"| no pre-training | | | | {_fmt(baseline['accuracy'])} | "
-               f"{', '.join(f'{100 * v:.1f}' for v in baseline['accuracy'])} | | |")
-  best = max(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
-  worst = min(rows, key=lambda r: np.mean(r["finetuned_accuracy"]))
-  spread = max(_mean_se(r["finetuned_accuracy"])[1] for r in rows)
-  lines += [
-      "",
+      harness.table(["MASK / same / random", "MLM accuracy", "per seed", f"Δ MLM vs {rows[0]['mix']}",
+                     "fine-tuned accuracy", "per seed", f"Δ fine-tuned vs {rows[0]['mix']}", "train MLM loss"], table,
+                    align="lrlrrlrr"),
       f"Fine-tuned accuracy ranges from {100 * np.mean(worst['finetuned_accuracy']):.1f} ({worst['mix']}) to "
       f"{100 * np.mean(best['finetuned_accuracy']):.1f} ({best['mix']}), a gap of "
       f"{100 * (np.mean(best['finetuned_accuracy']) - np.mean(worst['finetuned_accuracy'])):.1f} points, against "
       f"standard errors of up to {100 * spread:.1f} points; the paper's MNLI and NER accuracies for these mixes "
-      "differ by about a point at most.",
-  ]
-  return "\n".join(lines) + "\n"
+      "differ by about a point at most.")
 
 
-def main(outdir: str) -> None:
-  if min(_SEEDS.value, _STEPS.value, _FINETUNE_STEPS.value, _BATCH.value, _HIDDEN.value, _LAYERS.value,
-         _VOCAB.value, _EVAL.value) < 1 or _STRIDE.value < 0:
-    raise app.UsageError("--seeds, --steps, --finetune_steps, --batch_size, model sizes, --vocab_size and "
-                         "--eval_sequences must be positive, --window_stride >= 0")
-  for mix in _MIXES.value:
+def check_config(table: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field, then on experiments/bert.py's checks of the table's model."""
+  for name in ("seeds", "steps", "finetune_steps", "batch_size", "hidden_size", "num_hidden_layers", "vocab_size",
+               "eval_sequences"):
+    check_positive(name, table[name])
+  check_positive("window_stride", table.window_stride, allow_zero=True)
+  if not table.mixes:
+    raise ConfigError("mixes must name at least one masking mix")
+  for mix in table.mixes:
     try:
       bert.parse_mix(mix)
     except ValueError as e:
-      raise app.UsageError(f"--mixes: {e}") from None
-  config = table_config(_MIXES.value[0])
-  try:
-    bert_experiment.check_config(config)
-  except ConfigError as e:
-    raise app.UsageError(str(e)) from None
+      raise ConfigError(f"mixes: {e}") from None
+  bert_experiment.check_config(table_config(table, table.mixes[0]))
+
+
+def run(table: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Pre-trains and fine-tunes every member; writes results.json, bert_masking.md and bert_masking.png."""
+  check_config(table)
+  config = table_config(table, table.mixes[0])
   start = time.perf_counter()
-  seeds = list(range(_SEEDS.value))
+  seeds = list(range(table.seeds))
   tokenizer = bert_experiment.train_tokenizer(config)
   special = tokenizer.special_ids()
   windows, held_out = bert_experiment.mlm_data(config, tokenizer, special)
-  stride = _STRIDE.value or max(1, (config.seq_len - 2) // 2)
+  stride = table.window_stride or max(1, (config.seq_len - 2) // 2)
   data = {"train": windows.__getitems__(np.arange(0, len(windows), stride)), "eval": held_out,
           "task_train": bert_experiment.classification_examples(config, config.task_train_split, tokenizer, special),
           "task_eval": bert_experiment.classification_examples(config, config.task_eval_split, tokenizer, special)}
@@ -241,7 +242,7 @@ def main(outdir: str) -> None:
                                          num_labels=num_labels)
   # One classifier task for every row: the fine-tuning program compiles once.
   classifier = {"cfg": cls_cfg, "task": bert.make_classifier_task(bert_experiment.finetune_config(config), cls_cfg)}
-  mixes, n = _MIXES.value, len(seeds)
+  mixes, n = list(table.mixes), len(seeds)
   pretrain_start = time.perf_counter()
   mlm_cfg = bert_experiment.model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
   encoders, scores = pretrain(config, mlm_cfg, special, mixes, seeds, data)
@@ -269,9 +270,9 @@ def main(outdir: str) -> None:
                  "train": len(data["task_train"]["label"]), "eval": len(data["task_eval"]["label"])}}
   text = markdown(rows, baseline, seeds, config, wall)
   print(text)
-  report.write_report(outdir, "bert_masking", results, text, figure=figure(rows, baseline),
-                      config=config, wall_time_s=wall)
+  return harness.write_report(outdir, "bert_masking", {**results, "model_config": config.to_dict()}, text,
+                              figure=figure(rows, baseline), config=table, wall_time_s=wall)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

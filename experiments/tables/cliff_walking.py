@@ -19,9 +19,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments import report
+from experiments import harness
 from research.rl import envs, tabular
-from research.train import ConfigError, check_choice, check_positive, cli
+from research.train import ConfigError, check_positive, cli
 
 NAME = "cliff_walking"
 # Episodes averaged into `mean_return_last100`.
@@ -29,6 +29,16 @@ LAST = 100
 # A greedy path longer than this revisits a state, so it never reaches the goal.
 PATH_CAP = envs.CLIFF_SHAPE[0] * envs.CLIFF_SHAPE[1]
 LABELS = {"sarsa": "SARSA", "q_learning": "Q-learning", "expected_sarsa": "Expected SARSA"}
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Long enough for Q-learning to find the optimal path."""
+  config.num_runs = 4
+  config.num_episodes = 100
+  config.max_steps = 1000
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -42,21 +52,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.epsilon = 0.1  # exploration rate of the ε-greedy behaviour policy
   config.max_steps = 5000  # cap on an episode (the first ones, with Q = 0, wander for hundreds)
   config.smoothing = 10  # width of the moving average drawn over the per-episode returns
-  if preset == "smoke":  # long enough for Q-learning to find the optimal path
-    config.num_runs = 4
-    config.num_episodes = 100
-    config.max_steps = 1000
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on the first bad field."""
-  if not config.algorithms:
-    raise ConfigError("algorithms must name at least one method")
-  for algorithm in config.algorithms:
-    check_choice("algorithm", algorithm, tabular.TD_CONTROL)
+  harness.check_names("algorithms", config.algorithms, tabular.TD_CONTROL)
   check_positive("num_runs", config.num_runs)
   check_positive("num_episodes", config.num_episodes)
   check_positive("max_steps", config.max_steps)
@@ -167,35 +168,27 @@ def plot(config, summaries: dict[str, dict]) -> Figure:
 def markdown(config, summaries: dict[str, dict], wall_time_s: float) -> str:
   """The table of online returns and greedy paths, with the command that produced it."""
   last = min(LAST, config.num_episodes)
-  rows = [f"| method | mean sum of rewards, last {last} episodes | greedy path length (most runs) | "
-          "greedy path lengths over runs |", "|---|---|---|---|"]
-  for name, s in summaries.items():
-    counts = ", ".join(f"{'never reaches G' if k == '-1' else k}: {v}"
-                       for k, v in s["greedy_path_length_counts"].items())
-    rows.append(f"| {LABELS[name]} | {s['mean_return_last100']:.2f} | {s['greedy_path_length']} | {counts} |")
+  counts = lambda s: ", ".join(f"{'never reaches G' if k == '-1' else k}: {v}"
+                               for k, v in s["greedy_path_length_counts"].items())
+  rows = [(LABELS[name], f"{s['mean_return_last100']:.2f}", s["greedy_path_length"], counts(s))
+          for name, s in summaries.items()]
   never = {LABELS[n]: s["greedy_path_length_counts"].get("-1", 0) for n, s in summaries.items()}
   loops = "".join(f" In {k} of {config.num_runs} runs, {name}'s greedy policy goes round in a loop and never"
                   " reaches G (with a constant step size its values stay noisy)." for name, k in never.items() if k)
-  return f"""# SARSA vs Q-learning on the cliff
-
-Sutton & Barto, Example 6.6: the 4x12 cliff, reward -1 per step and -100 (back to the start)
+  return harness.document(
+      "SARSA vs Q-learning on the cliff",
+      f"""Sutton & Barto, Example 6.6: the 4x12 cliff, reward -1 per step and -100 (back to the start)
 for stepping onto the cliff; ε-greedy behaviour with ε = {config.epsilon}, α = {config.alpha},
 Q initialised to 0, {config.num_episodes} episodes, {config.num_runs} runs. The book's figure shows
 SARSA near -25 per episode (the safe path) and Q-learning near -50 (it learns the optimal
 13-step path along the edge, and its exploration knocks it off the cliff now and then).
 The sum of rewards is of the episodes as played, exploration included; the greedy path
-follows argmax Q from the start after the last episode.{loops}
-
-```
-{report.command()}
-```
-
-{chr(10).join(rows)}
-
-Wall time (one jitted program for all methods and runs, compilation included): {wall_time_s:.1f} s.
-
-![returns and greedy paths]({NAME}.png)
-"""
+follows argmax Q from the start after the last episode.{loops}""",
+      harness.table(["method", f"mean sum of rewards, last {last} episodes", "greedy path length (most runs)",
+                     "greedy path lengths over runs"], rows),
+      "Wall time (one jitted program for all methods and runs, compilation included): "
+      f"{wall_time_s:.1f} s.",
+      f"![returns and greedy paths]({NAME}.png)")
 
 
 def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
@@ -214,8 +207,8 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   learned = learn(config)
   summaries = {name: summarize(*learned[name]) for name in config.algorithms}
   wall_time_s = time.time() - start
-  return report.write_report(outdir, NAME, summaries, markdown(config, summaries, wall_time_s),
-                             figure=plot(config, summaries), config=config, wall_time_s=wall_time_s)
+  return harness.write_report(outdir, NAME, summaries, markdown(config, summaries, wall_time_s),
+                              figure=plot(config, summaries), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

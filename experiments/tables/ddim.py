@@ -2,16 +2,16 @@
 
 One model, experiments/diffusion.py's default (a class-conditional DDPM U-Net on the bundled
 digits, T = 1000, EMA) with its `long` preset (12000 steps, about 15 minutes on 2 CPU cores), is
-trained through the one loop into --model_workdir (a rerun reuses it). Its EMA weights then
-sample `--num_samples` digits per cell (1000), scored by FID against the training digits in the
+trained through the one loop into `model_workdir` (a rerun reuses it). Its EMA weights then
+sample `num_samples` digits per cell (1000), scored by FID against the training digits in the
 digits classifier's feature space (research/metrics/fid.py) with its bootstrap standard error,
 and precision and recall in results.json:
 
-  * rows η ∈ --etas (DDIM's σ_t(η), eq. 16) on the first τ of --taus (linear: the paper's
+  * rows η ∈ `etas` (DDIM's σ_t(η), eq. 16) on the first τ of `taus` (linear: the paper's
     uniform skip), plus one η = 0 row for each further τ (quadratic);
   * the σ̂ row: the DDPM-like update on the sub-sequence with the larger variance
     σ̂² = 1 - ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`);
-  * columns S ∈ --sample_steps.
+  * columns S ∈ `sample_steps`.
 
 The η and τ rows of one S are ONE vmapped program (jax.vmap of the lax.scan sampler over η and
 τ); the σ̂ row is a second program. Every cell of every S starts from the same x_T and sees the
@@ -22,31 +22,26 @@ cores after training, most of it the S = 1000 column.
 
 Run:
   python -m experiments.tables.ddim --outdir=experiments/tables/results/ddim
-  python -m experiments.tables.ddim --outdir=/tmp/ddim --config=experiments/diffusion.py:smoke \\
-      --sample_steps=2,4 --num_samples=20
+  python -m experiments.tables.ddim --outdir=/tmp/ddim --config=experiments/tables/ddim.py:smoke
+  python -m experiments.tables.ddim --outdir=/tmp/ddim --config.model.steps=3000 --config.sample_steps=10,50 \\
+      --config.num_samples=200
 """
 
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import flags
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from experiments import report
+from experiments import harness
 from experiments.tables import diffusion_model
 from research.metrics import fid as fid_lib
 from research.models import diffusion
-from research.train import ConfigError
+from research.train import ConfigError, cli
 from research.train.images import image_grid
-
-_SAMPLE_STEPS = flags.DEFINE_list("sample_steps", ["10", "20", "50", "100", "1000"], "Sampling steps S (columns).")
-_ETAS = flags.DEFINE_list("etas", ["0.0", "0.2", "0.5", "1.0"], "DDIM η of the rows (on the first --taus).")
-_TAUS = flags.DEFINE_list("taus", ["linear", "quadratic"], "Timestep sub-sequences τ: the first carries the η rows "
-                          "and the σ̂ row, each further one adds an η = 0 row.")
-_SEED = flags.DEFINE_integer("sample_seed", 0, "Seeds x_T and the step noise (shared by every cell).")
 
 # Song et al. (2021), Table 1, CIFAR-10 (32 x 32) FID for S = 10, 20, 50, 100, 1000.
 PAPER_S = (10, 20, 50, 100, 1000)
@@ -60,27 +55,44 @@ PAPER_CIFAR10 = {
 SIGMA_HAT = "sigma_hat"
 
 
-class Flags:
-  """The table's parsed and checked flags."""
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """A tiny model trained 2 steps, two S and two η, 10 samples per cell, for tests."""
+  diffusion_model.smoke_model(config)
+  config.sample_steps, config.etas = (2, 4), (0.0, 1.0)
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The paper's columns and rows from the `long` digits model; preset "smoke" for tests."""
+  config = diffusion_model.add_model_fields(ml_collections.ConfigDict())
+  config.sample_steps = (10, 20, 50, 100, 1000)  # sampling steps S (columns)
+  config.etas = (0.0, 0.2, 0.5, 1.0)  # DDIM η of the rows (on the first of taus)
+  # Timestep sub-sequences τ: the first carries the η rows and the σ̂ row, each further one adds an η = 0 row.
+  config.taus = ("linear", "quadratic")
+  config.sample_seed = 0  # seeds x_T and the step noise (shared by every cell)
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+class Rows:
+  """The table's checked rows and columns."""
 
   def __init__(self, config):
-    try:
-      self.steps = [int(s) for s in _SAMPLE_STEPS.value]
-      self.etas = [float(e) for e in _ETAS.value]
-    except ValueError as e:
-      raise ConfigError(f"--sample_steps takes integers and --etas numbers: {e}") from None
-    if not self.steps or not self.etas or not _TAUS.value:
-      raise ConfigError("--sample_steps, --etas and --taus must not be empty")
-    diffusion_model.check_sample_steps(config, self.steps)
+    if not all(isinstance(s, int) for s in config.sample_steps) or not all(
+        isinstance(e, (int, float)) for e in config.etas):
+      raise ConfigError(f"sample_steps takes integers and etas numbers, got {config.sample_steps} and {config.etas}")
+    self.steps, self.etas = list(config.sample_steps), [float(e) for e in config.etas]
+    if not self.steps or not self.etas:
+      raise ConfigError("sample_steps and etas must not be empty")
+    diffusion_model.check_sample_steps(config.model, self.steps)
     for eta in self.etas:
       if eta < 0:
         raise ConfigError(f"η must be >= 0, got {eta}")
-    for tau in _TAUS.value:
-      if tau not in diffusion.TIMESTEP_KINDS:
-        raise ConfigError(f"unknown τ {tau!r}; choose from: {', '.join(diffusion.TIMESTEP_KINDS)}")
-    if len(set(_TAUS.value)) != len(_TAUS.value) or len(set(self.etas)) != len(self.etas):
-      raise ConfigError("--etas and --taus must not repeat a value")
-    self.taus = list(_TAUS.value)
+    harness.check_names("taus", config.taus, diffusion.TIMESTEP_KINDS)
+    if len(set(self.etas)) != len(self.etas):
+      raise ConfigError("etas must not repeat a value")
+    self.taus = list(config.taus)
     # The vmapped members of one S: every η on the first τ, then η = 0 on each further τ.
     self.members = [(eta, self.taus[0]) for eta in self.etas] + [(0.0, tau) for tau in self.taus[1:]]
 
@@ -168,73 +180,68 @@ def trend(cells: dict, etas: list[float], tau: str, steps: list[int]) -> list[st
           f"- The paper's trend (η = 0 best at few steps, the gap closing as S grows) **{verdict}** here."]
 
 
-def markdown(flags_: Flags, cells: dict, timings: dict, floor: dict, model, n: int, total_s: float) -> str:
+def markdown(rows_: Rows, cells: dict, timings: dict, floor: dict, model, n: int, total_s: float) -> str:
   """The table, the paper's numbers, the per-S wall times and the trend, with the command."""
-  steps = flags_.steps
-  header = "| row | " + " | ".join(f"S = {s}" for s in steps) + " |"
-  rule = "|---|" + "---|" * len(steps)
-  rows = [(m, row_name(*m)) for m in flags_.members] + [(SIGMA_HAT, f"σ̂, {flags_.taus[0]} τ")]
-  env = report.environment()
+  steps = rows_.steps
+  rows = [(m, row_name(*m)) for m in rows_.members] + [(SIGMA_HAT, f"σ̂, {rows_.taus[0]} τ")]
+  env = harness.environment()
   train = diffusion_model.train_summary(model.workdir)
-  lines = ["# DDIM Table 1 in shape: FID against sampling steps S and η (digits)", "",
-           f"Command: `{report.command()}`", "",
-           f"One model: experiments/diffusion.py's config ({model.config.model}, T = {model.config.num_train_steps} "
-           f"{model.config.schedule} β, {model.config.prediction}-prediction, {model.config.steps} steps of batch "
-           f"{model.config.batch_size}, EMA {model.config.ema_decay}, class-conditional: "
-           f"{bool(model.num_classes)}), trained through the one loop"
-           + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
-           + (f"; its own evaluation (DDIM, S = {model.config.sample_steps}, {train['num_samples']} samples): "
-              f"FID {train['fid']:.2f}" if "fid" in train else "") + ".",
-           f"Each cell: FID of {n} samples (labels cycling 0-9) against the digits training split in the digits "
-           "classifier's features, ± its bootstrap standard error over the samples "
-           "(`research.metrics.fid.frechet_distance_se`); every cell starts from the same x_T and step noise. "
-           "Whole table "
-           f"{total_s:.0f} s wall on {env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).", "",
-           "## FID (this codebase, digits 8 x 8)", "", header, rule]
-  for key, name in rows:
-    lines.append(f"| {name} | " + " | ".join(f"{cells[key][s]['fid']:.2f} ± {_se(cells[key][s]):.2f}"
-                                               for s in steps) + " |")
-  lines += ["", f"Floor: real held-out digits score FID {floor['test_split_at_num_samples']:.2f} at "
+  blocks = [f"One model: experiments/diffusion.py's config ({model.config.model}, T = {model.config.num_train_steps} "
+            f"{model.config.schedule} β, {model.config.prediction}-prediction, {model.config.steps} steps of batch "
+            f"{model.config.batch_size}, EMA {model.config.ema_decay}, class-conditional: "
+            f"{bool(model.num_classes)}), trained through the one loop"
+            + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
+            + (f"; its own evaluation (DDIM, S = {model.config.sample_steps}, {train['num_samples']} samples): "
+               f"FID {train['fid']:.2f}" if "fid" in train else "") + ".\n"
+            f"Each cell: FID of {n} samples (labels cycling 0-9) against the digits training split in the digits "
+            "classifier's features, ± its bootstrap standard error over the samples "
+            "(`research.metrics.fid.frechet_distance_se`); every cell starts from the same x_T and step noise. "
+            "Whole table "
+            f"{total_s:.0f} s wall on {env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).",
+            "## FID (this codebase, digits 8 x 8)",
+            harness.table(["row", *(f"S = {s}" for s in steps)],
+                          [(name, *(f"{cells[key][s]['fid']:.2f} ± {_se(cells[key][s]):.2f}" for s in steps))
+                           for key, name in rows]),
+            f"Floor: real held-out digits score FID {floor['test_split_at_num_samples']:.2f} at "
             f"{floor['test_split_images_at_num_samples']} images (the test split's first) and "
             f"{floor['test_split']:.2f} at all 300; images whose pixels are drawn independently (1000) score "
-            f"{floor['independent_pixels']:.2f}. Precision and recall of every cell are in results.json.", ""]
+            f"{floor['independent_pixels']:.2f}. Precision and recall of every cell are in results.json."]
   paper_steps = [s for s in steps if s in PAPER_S]
   if paper_steps:
-    lines += ["## Song et al. (2021), Table 1, CIFAR-10 FID (for the table's shape only)", "",
-              "| row | " + " | ".join(f"S = {s}" for s in paper_steps) + " |", "|---|" + "---|" * len(paper_steps)]
-    for key, values in PAPER_CIFAR10.items():
-      name = "σ̂" if key == SIGMA_HAT else f"η = {float(key):g}"
-      lines.append(f"| {name} | " + " | ".join(f"{values[PAPER_S.index(s)]:.2f}" for s in paper_steps) + " |")
-    lines += ["", "CIFAR-10 at 32 x 32 with Inception features and 50k samples is not comparable in value with "
-              "digits at 8 x 8 with a small classifier's features; compare the shape: how FID moves along a row "
-              "and down a column.", ""]
-  lines += ["## Wall time per S", "",
-            "| S | η / τ program: members | compile (s) | sampling (s) | σ̂ program: compile (s) | sampling (s) |",
-            "|---|---|---|---|---|---|"]
-  for s in steps:
-    eta_p, hat_p = timings[s]["eta_program"], timings[s]["sigma_hat_program"]
-    lines.append(f"| {s} | {eta_p['members']} | {eta_p['compile_s']:.1f} | {eta_p['run_s']:.1f} | "
-                 f"{hat_p['compile_s']:.1f} | {hat_p['run_s']:.1f} |")
-  lines += ["", f"Sampling is {n} images per member on a CPU shared with other jobs: the times compare S with S "
-            "within this run, not with other machines.", "",
-            "## The paper's trend, read from the numbers above", ""]
-  lines += trend(cells, flags_.etas, flags_.taus[0], steps)
-  lines += ["", "The σ̂ row and each η row use the same τ; the σ̂ update is DDPM's ancestral step on the "
-            "sub-sequence with β̂ = 1 − ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`), "
-            "no clipping of x0.",
-            ""]
-  return "\n".join(lines)
+    blocks += ["## Song et al. (2021), Table 1, CIFAR-10 FID (for the table's shape only)",
+               harness.table(["row", *(f"S = {s}" for s in paper_steps)],
+                             [("σ̂" if key == SIGMA_HAT else f"η = {float(key):g}",
+                               *(f"{values[PAPER_S.index(s)]:.2f}" for s in paper_steps))
+                              for key, values in PAPER_CIFAR10.items()]),
+               "CIFAR-10 at 32 x 32 with Inception features and 50k samples is not comparable in value with "
+               "digits at 8 x 8 with a small classifier's features; compare the shape: how FID moves along a row "
+               "and down a column."]
+  blocks += ["## Wall time per S",
+             harness.table(["S", "η / τ program: members", "compile (s)", "sampling (s)", "σ̂ program: compile (s)",
+                            "sampling (s)"],
+                           [(s, timings[s]["eta_program"]["members"], f"{timings[s]['eta_program']['compile_s']:.1f}",
+                             f"{timings[s]['eta_program']['run_s']:.1f}",
+                             f"{timings[s]['sigma_hat_program']['compile_s']:.1f}",
+                             f"{timings[s]['sigma_hat_program']['run_s']:.1f}") for s in steps]),
+             f"Sampling is {n} images per member on a CPU shared with other jobs: the times compare S with S "
+             "within this run, not with other machines.",
+             "## The paper's trend, read from the numbers above",
+             "\n".join(trend(cells, rows_.etas, rows_.taus[0], steps)),
+             "The σ̂ row and each η row use the same τ; the σ̂ update is DDPM's ancestral step on the "
+             "sub-sequence with β̂ = 1 − ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`), "
+             "no clipping of x0."]
+  return harness.document("DDIM Table 1 in shape: FID against sampling steps S and η (digits)", *blocks)
 
 
-def figure(flags_: Flags, cells: dict, images: dict, floor: dict) -> Figure:
+def figure(rows_: Rows, cells: dict, images: dict, floor: dict) -> Figure:
   """FID against S per row (log x), and the first ten samples of every row at the smallest S."""
-  steps = flags_.steps
-  rows = list(flags_.members) + [SIGMA_HAT]
+  steps = rows_.steps
+  rows = list(rows_.members) + [SIGMA_HAT]
   fig = Figure(figsize=(12, 4.6), dpi=100)
   left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
   for key in rows:
-    label = f"σ̂, {flags_.taus[0]} τ" if key == SIGMA_HAT else row_name(*key)
-    style = "--" if key == SIGMA_HAT else (":" if key[1] != flags_.taus[0] else "-")
+    label = f"σ̂, {rows_.taus[0]} τ" if key == SIGMA_HAT else row_name(*key)
+    style = "--" if key == SIGMA_HAT else (":" if key[1] != rows_.taus[0] else "-")
     left.plot(steps, [cells[key][s]["fid"] for s in steps], style, marker="o", label=label)
   left.axhline(floor["test_split_at_num_samples"], color="gray", lw=1,
                label=f"held-out digits ({floor['test_split_images_at_num_samples']})")
@@ -258,22 +265,23 @@ def figure(flags_: Flags, cells: dict, images: dict, floor: dict) -> Figure:
   return fig
 
 
-def main(outdir: str) -> None:
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains (or reuses) the model, samples and scores every cell; writes results.json, ddim.md and ddim.png."""
   start = time.perf_counter()
-  flags_, model, n, scorer = diffusion_model.prepare(outdir, Flags)
-  config, workdir = model.config, model.workdir
-  key = jax.random.key(_SEED.value)
-  cells = {m: {} for m in flags_.members + [SIGMA_HAT]}
+  rows_, model, scorer = diffusion_model.prepare(config, outdir, Rows)
+  workdir, n = model.workdir, config.num_samples
+  key = jax.random.key(config.sample_seed)
+  cells = {m: {} for m in rows_.members + [SIGMA_HAT]}
   timings, images = {}, {}
-  for steps in flags_.steps:
-    drawn = sample_one_s(model, flags_.members, steps, key, n)
+  for steps in rows_.steps:
+    drawn = sample_one_s(model, rows_.members, steps, key, n)
     timings[steps] = {k: v for k, v in drawn.items() if k != "images"}
     images[steps] = {k: v[:10] for k, v in drawn["images"].items()}
     feats = {}
     for member, member_images in drawn["images"].items():
       cells[member][steps] = scorer(member_images)
       feats[member] = scorer.classifier.features(member_images)
-    for eta, tau in flags_.members:  # paired: row i of every member starts from the same x_T
+    for eta, tau in rows_.members:  # paired: row i of every member starts from the same x_T
       if eta != 0.0 and (0.0, tau) in feats:
         cells[(eta, tau)][steps]["fid_se_vs_eta0"] = fid_lib.frechet_difference_se(
             scorer.real, feats[(eta, tau)], feats[(0.0, tau)])
@@ -283,18 +291,18 @@ def main(outdir: str) -> None:
           flush=True)
   floor = scorer.floor(n)
   total_s = time.perf_counter() - start
-  text = markdown(flags_, cells, timings, floor, model, n, total_s)
+  text = markdown(rows_, cells, timings, floor, model, n, total_s)
   names = {m: SIGMA_HAT if m == SIGMA_HAT else f"eta={m[0]:g},tau={m[1]}" for m in cells}
-  results = {"sample_steps": flags_.steps, "etas": flags_.etas, "taus": flags_.taus, "num_samples": n,
+  results = {"sample_steps": rows_.steps, "etas": rows_.etas, "taus": rows_.taus, "num_samples": n,
              "cells": {names[m]: {str(s): v for s, v in row.items()} for m, row in cells.items()},
              "timings": {str(s): v for s, v in timings.items()}, "reference_fids": floor,
              "model_workdir": workdir, "model_train_results": diffusion_model.train_summary(workdir),
              "model_train_s": model.train_s,
              "paper_cifar10": {"sample_steps": list(PAPER_S), **PAPER_CIFAR10}}
-  report.write_report(outdir, "ddim", results, text, figure=figure(flags_, cells, images, floor), config=config,
-                      wall_time_s=total_s)
   print(text)
+  return harness.write_report(outdir, "ddim", results, text, figure=figure(rows_, cells, images, floor), config=config,
+                              wall_time_s=total_s)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -1,17 +1,19 @@
 """The trained diffusion model the DDIM and guidance tables sample from, and how they score samples.
 
 Both tables (experiments/tables/ddim.py, experiments/tables/guidance.py) import this module,
-which defines the flags they share:
+whose `add_model_fields` gives their configs the fields they share:
 
-  --config          the model: experiments/diffusion.py's config with its `long` preset (the
-                    default class-conditional DDPM U-Net on digits, trained 12000 steps instead
-                    of 3000: at 3000 steps its noise prediction leaves speckle that the
-                    deterministic samplers keep, so the tables would measure the model's
-                    residual error, not the samplers), `:smoke` and `--config.<field>=...` as there;
-  --model_workdir   where that model is trained through `experiments.diffusion.run` (the one
-                    training loop); a rerun finds the finished checkpoint and reuses it, and an
-                    unfinished one resumes;
-  --num_samples     the samples scored per table cell.
+  model          the model: experiments/diffusion.py's config with its `long` preset (the
+                 default class-conditional DDPM U-Net on digits, trained 12000 steps instead
+                 of 3000: at 3000 steps its noise prediction leaves speckle that the
+                 deterministic samplers keep, so the tables would measure the model's
+                 residual error, not the samplers); `--config.model.<field>=...` overrides a field;
+  model_workdir  where that model is trained through `experiments.diffusion.run` (the one
+                 training loop); a rerun finds the finished checkpoint and reuses it, and an
+                 unfinished one resumes;
+  num_samples    the samples scored per table cell.
+
+`smoke_model` is both tables' smoke preset of these fields: a tiny model trained 2 steps.
 
 Samples are scored as experiments/diffusion.py scores its own: FID, precision and recall
 against the digits training split in the digits classifier's feature space
@@ -26,28 +28,33 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import flags
-from ml_collections import config_flags
 
 from experiments import diffusion as diffusion_experiment
 from research import data as data_lib
 from research.metrics import fid as fid_lib
 from research.models import diffusion
-from research.train import Checkpointer, ConfigError, Keys, check_workdir, cli, eval_params, init_state, restore_pytree
-
-CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "diffusion.py")
-CONFIG = config_flags.DEFINE_config_file(
-    "config", CONFIG_PATH + ":long",
-    "The model's experiments/diffusion.py config[:preset] (default: its `long` preset, the default model trained "
-    "12000 steps); --config.<field>=... overrides a field.", lock_config=True)
-MODEL_WORKDIR = flags.DEFINE_string(
-    "model_workdir", None, "Where the model is trained and checkpointed (default: <outdir>/model); a rerun "
-    "reuses a finished model and resumes an unfinished one.")
-NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples scored per table cell (FID's bias and its "
-                                   "standard error depend on it).")
+from research.train import Checkpointer, ConfigError, Keys, check_workdir, eval_params, init_state, restore_pytree
 
 MIN_SAMPLES = 4  # precision/recall's k-th neighbour (k = 3) needs more samples than k
+
+
+def add_model_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the model, its directory and the sample count to a table's config; returns it."""
+  config.model = diffusion_experiment.get_config("long")  # the model: experiments/diffusion.py's config, `long` preset
+  # Where the model is trained and checkpointed; "": <outdir>/model. A rerun reuses a finished model and resumes an
+  # unfinished one.
+  config.model_workdir = ""
+  config.num_samples = 1000  # samples scored per table cell (FID's bias and its standard error depend on it)
+  return config
+
+
+def smoke_model(config: ml_collections.ConfigDict) -> None:
+  """Both tables' smoke preset of the model fields: the experiment's smoke model trained 2 steps, 10 samples."""
+  config.model = diffusion_experiment.get_config("smoke")
+  config.model.steps, config.model.num_samples, config.model.sample_batch = 2, 10, 10
+  config.num_samples = 10
 
 
 class TrainedModel(NamedTuple):
@@ -85,39 +92,38 @@ class TrainedModel(NamedTuple):
     return jnp.arange(n, dtype=jnp.int32) % max(self.num_classes, 1)
 
 
-def model_workdir(outdir: str) -> str:
-  """The --model_workdir flag, or `<outdir>/model`."""
-  return MODEL_WORKDIR.value or os.path.join(outdir, "model")
+def model_workdir(config, outdir: str) -> str:
+  """config.model_workdir, or `<outdir>/model`."""
+  return config.model_workdir or os.path.join(outdir, "model")
 
 
-def check_model_flags(config, workdir: str) -> None:
+def check_model_fields(config, workdir: str) -> None:
   """Raises ConfigError for a bad model config, model directory or sample count (nothing is written)."""
-  diffusion_experiment.check_config(config)
+  diffusion_experiment.check_config(config.model)
   check_workdir(workdir)
-  if NUM_SAMPLES.value < MIN_SAMPLES:
-    raise ConfigError(f"--num_samples must be at least {MIN_SAMPLES}, got {NUM_SAMPLES.value}")
+  if config.num_samples < MIN_SAMPLES:
+    raise ConfigError(f"num_samples must be at least {MIN_SAMPLES}, got {config.num_samples}")
 
 
-def prepare(outdir: str, check_flags: Callable[[Any], Any]) -> tuple[Any, "TrainedModel", int, "Scorer"]:
-  """Checks a table's flags, trains or restores its model, and makes its scorer; bad input exits 2 in one line.
+def prepare(config, outdir: str, check: Callable[[Any], Any]) -> tuple[Any, "TrainedModel", "Scorer"]:
+  """Checks a table's config, trains or restores its model, and makes its scorer.
 
   Args:
-    outdir: the table's output directory (the model lives in `model_workdir(outdir)`).
-    check_flags: `check_flags(config) -> checked`, the table's own checks (raising ConfigError),
-      run before the model's and before anything is trained or written.
+    config: the table's config (with `add_model_fields`' fields).
+    outdir: the table's output directory (the model lives in `model_workdir(config, outdir)`).
+    check: `check(config) -> checked`, the table's own checks (raising ConfigError), run before the
+      model's and before anything is trained or written.
 
   Returns:
-    (what check_flags returned, the trained model, --num_samples, a Scorer).
+    (what check returned, the trained model, a Scorer).
+
+  Raises:
+    ConfigError: on bad input, before anything is trained or written.
   """
-  config = CONFIG.value
-  workdir = model_workdir(outdir)
-  try:
-    checked = check_flags(config)
-    check_model_flags(config, workdir)
-    model = trained_model(config, workdir)
-  except ConfigError as e:
-    cli.fail(str(e))
-  return checked, model, NUM_SAMPLES.value, Scorer()
+  workdir = model_workdir(config, outdir)
+  checked = check(config)
+  check_model_fields(config, workdir)
+  return checked, trained_model(config.model, workdir), Scorer()
 
 
 def check_sample_steps(config, steps) -> None:
@@ -175,14 +181,14 @@ def trained_model(config, workdir: str) -> TrainedModel:
   step = _finished_step(workdir, config)
   if step != config.steps:
     raise ConfigError(f"{workdir} holds a model trained for {step} steps, the config asks for {config.steps}; "
-                      "use another --model_workdir")
+                      "use another model_workdir")
   stored = restore_pytree(os.path.join(workdir, "checkpoints", str(step), "state"))
   params = stored["ema_params"] if stored.get("ema_params") is not None else stored["params"]
   built, found = _shapes(eval_params(abstract)), _shapes(params)
   if built != found:
     problem = next((k for k in built if built[k] != found.get(k)), None) or next(k for k in found if k not in built)
     raise ConfigError(f"the model in {workdir} does not match this config ({problem}: {found.get(problem)} stored, "
-                      f"{built.get(problem)} built); use another --model_workdir")
+                      f"{built.get(problem)} built); use another model_workdir")
   _, apply = diffusion.make_denoiser(config, image_shape, num_classes)
   schedule = diffusion.make_schedule(config.schedule, config.num_train_steps)
   return TrainedModel(config, params, apply, schedule, image_shape, num_classes, workdir, train_s)

@@ -8,64 +8,53 @@ Peebles & Xie (2023), "Scalable Diffusion Models with Transformers":
   (2) Figure 5: the conditioning mechanisms at one size, FID over training: adaLN-Zero below
       cross-attention, in-context and adaLN.
 
-Every cell trains `--seeds` class-conditional DiTs on the digits training split as ONE vmapped
+Every cell trains `seeds` class-conditional DiTs on the digits training split as ONE vmapped
 program (research.sweep.run: the training loop's own step under lax.scan and vmap) with
 experiments/diffusion.py's recipe (linear β, T = 1000, ε-prediction, 10% label dropout, Adam
 1e-3 with warmup and cosine decay, gradient clipping, an EMA of the weights), then scores each member as that
-experiment scores a run: `--num_samples` DDIM samples (S = 50, η = 0, labels cycling 0..9) from
+experiment scores a run: `num_samples` DDIM samples (S = 50, η = 0, labels cycling 0..9) from
 the EMA parameters, FID, precision and recall against the training digits in the digits
 classifier's feature space (research/metrics/fid.py; real held-out digits score 2.1). Member s is
 the run `python -m experiments.diffusion --config.model=dit --config.seed=s` would make with the
 same fields (same key streams, data order and evaluation key). The conditioning ablation trains
-in `--eval_points` chunks, each continuing the last (sweep.run's `state`), and scores the members
+in `eval_points` chunks, each continuing the last (sweep.run's `state`), and scores the members
 after every chunk. Forward Gflops per image come from XLA's cost analysis (dit.forward_flops),
 halved to count multiply-adds as the paper does.
 
 Run:
   python -m experiments.tables.dit --outdir=experiments/tables/results/dit
-  python -m experiments.tables.dit --outdir=/tmp/dit --sizes=DiT-T --patches=4 --steps=4 --num_samples=20 \
-      --conditioning_model=DiT-T/4 --conditionings=adaln_zero,in_context --conditioning_steps=4 --eval_points=2
+  python -m experiments.tables.dit --outdir=/tmp/dit --config=experiments/tables/dit.py:smoke
+  python -m experiments.tables.dit --outdir=/tmp/dit --config.sizes=DiT-T --config.patches=4 --config.steps=4 \
+      --config.num_samples=20 --config.conditioning_model=DiT-T/4 --config.conditionings=adaln_zero \
+      --config.conditionings=in_context --config.conditioning_steps=4 --config.eval_points=2
 
 The default (DiT-T and DiT-XS x patches 4 and 2, 600 steps at batch 32, 400 samples per member,
 adaLN-Zero / adaLN / cross-attention / in-context on DiT-T/2 scored at steps 200, 400 and 600)
 took 491 s on 2 CPU cores shared with another job; patch 1 (64 tokens) costs DiT-XS about 8x the
-compute of DiT-T/2 per step (add it with --patches=4,2,1 on a faster machine). When the
+compute of DiT-T/2 per step (add it with --config.patches=4,2,1 on a faster machine). When the
 ablation's model and length match a grid cell, its adaLN-Zero run is that cell (chunks chain
 exactly), so it trains once.
 
 At 600 steps these pixel-space DiTs have not yet learnt where patches go (patch 4 beats patch 2);
 the paper's shapes appear with 12000 steps, e.g. (about 45 minutes on 2 CPU cores):
-  python -m experiments.tables.dit --outdir=experiments/tables/results/dit/long --sizes=DiT-T --patches=4,2 \
-      --steps=12000 --conditioning_steps=12000 --eval_points=3
+  python -m experiments.tables.dit --outdir=experiments/tables/results/dit/long --config.sizes=DiT-T \
+      --config.patches=4,2 --config.steps=12000 --config.conditioning_steps=12000 --config.eval_points=3
 """
 
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import flags
-from absl import logging as absl_logging
 from matplotlib.figure import Figure
 
 from experiments import diffusion as diffusion_experiment
-from experiments import report
+from experiments import harness
 from research import data as data_lib
 from research import sweep
 from research.models import diffusion, dit
-from research.train import ConfigError, Keys, cli, eval_params
-
-_SIZES = flags.DEFINE_list("sizes", ["DiT-T", "DiT-XS"], "DiT sizes of the Gflops grid (research.models.dit.SIZES).")
-_PATCHES = flags.DEFINE_list("patches", ["4", "2"], "Patch sizes of the Gflops grid (each must divide 8).")
-_STEPS = flags.DEFINE_integer("steps", 600, "Training steps of every cell of the Gflops grid.")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "Members per cell, trained as one vmapped program.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per update.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "DDIM samples scored per member (FID's bias depends on it).")
-_COND_MODEL = flags.DEFINE_string("conditioning_model", "DiT-T/2", "The DiT of the conditioning ablation.")
-_CONDITIONINGS = flags.DEFINE_list("conditionings", list(dit.CONDITIONINGS), "Conditioning mechanisms compared.")
-_COND_STEPS = flags.DEFINE_integer("conditioning_steps", 600, "Training steps of the conditioning ablation.")
-_EVAL_POINTS = flags.DEFINE_integer("eval_points", 3, "Evaluations along the conditioning ablation's training, "
-                                    "equally spaced (must divide --conditioning_steps).")
+from research.train import ConfigError, Keys, check_positive, cli, eval_params
 
 IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 10
@@ -75,36 +64,55 @@ LABELS = {"adaln_zero": "adaLN-Zero", "adaln": "adaLN", "cross_attention": "cros
           "in_context": "in-context"}
 
 
-class Grid:
-  """The checked flags."""
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """One cell, two conditionings, two steps of two members, few samples, for tests."""
+  config.sizes, config.patches, config.steps, config.seeds = ("DiT-T",), (4,), 2, 2
+  config.num_samples, config.batch_size = 8, 16
+  config.conditioning_model, config.conditionings = "DiT-T/4", ("adaln_zero", "in_context")
+  config.conditioning_steps, config.eval_points = 2, 2
 
-  def __init__(self):
-    try:
-      self.patches = [int(p) for p in _PATCHES.value]
-    except ValueError as e:
-      raise ConfigError(f"--patches takes integers: {e}") from None
-    self.sizes, self.conditionings = list(_SIZES.value), list(_CONDITIONINGS.value)
-    self.steps, self.seeds, self.num_samples = _STEPS.value, list(range(_SEEDS.value)), _NUM_SAMPLES.value
-    self.cond_model, self.cond_steps, self.eval_points = _COND_MODEL.value, _COND_STEPS.value, _EVAL_POINTS.value
-    if not self.sizes or not self.patches or not self.conditionings:
-      raise ConfigError("--sizes, --patches and --conditionings must not be empty")
-    for name, values in (("sizes", self.sizes), ("patches", self.patches), ("conditionings", self.conditionings)):
-      if len(set(values)) != len(values):
-        raise ConfigError(f"--{name} must not repeat a value")
-    for size in self.sizes:
-      if size not in dit.SIZES:
-        raise ConfigError(f"unknown DiT size {size!r}; choose from: {', '.join(dit.SIZES)}")
-    for conditioning in self.conditionings:
-      if conditioning not in dit.CONDITIONINGS:
-        raise ConfigError(f"unknown conditioning {conditioning!r}; choose from: {', '.join(dit.CONDITIONINGS)}")
-    for name, value in (("steps", self.steps), ("seeds", len(self.seeds)), ("conditioning_steps", self.cond_steps),
-                        ("eval_points", self.eval_points)):
-      if value < 1:
-        raise ConfigError(f"--{name} must be positive, got {value}")
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The table's grid and ablation; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.sizes = ("DiT-T", "DiT-XS")  # DiT sizes of the Gflops grid (research.models.dit.SIZES)
+  config.patches = (4, 2)  # patch sizes of the Gflops grid (each must divide 8)
+  config.steps = 600  # training steps of every cell of the Gflops grid
+  config.seeds = 2  # members per cell, trained as one vmapped program
+  config.batch_size = 32  # images per update
+  config.num_samples = 400  # DDIM samples scored per member (FID's bias depends on it)
+  config.conditioning_model = "DiT-T/2"  # the DiT of the conditioning ablation
+  config.conditionings = dit.CONDITIONINGS  # conditioning mechanisms compared
+  config.conditioning_steps = 600  # training steps of the conditioning ablation
+  # Evaluations along the conditioning ablation's training, equally spaced (must divide conditioning_steps).
+  config.eval_points = 3
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+class Grid:
+  """The checked config."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    if not all(isinstance(p, int) for p in config.patches):
+      raise ConfigError(f"patches takes integers, got {config.patches}")
+    self.patches, self.sizes, self.conditionings = list(config.patches), list(config.sizes), list(config.conditionings)
+    self.steps, self.seeds, self.num_samples = config.steps, list(range(config.seeds)), config.num_samples
+    self.cond_model, self.cond_steps, self.eval_points = config.conditioning_model, config.conditioning_steps, \
+        config.eval_points
+    self.batch_size = config.batch_size
+    harness.check_names("sizes", self.sizes, dit.SIZES)
+    harness.check_names("conditionings", self.conditionings, dit.CONDITIONINGS)
+    if not self.patches or len(set(self.patches)) != len(self.patches):
+      raise ConfigError(f"patches must name distinct patch sizes, got {config.patches}")
+    for name in ("steps", "seeds", "conditioning_steps", "eval_points", "batch_size"):
+      check_positive(name, config[name])
     if self.num_samples < MIN_SAMPLES:
-      raise ConfigError(f"--num_samples must be at least {MIN_SAMPLES}, got {self.num_samples}")
+      raise ConfigError(f"num_samples must be at least {MIN_SAMPLES}, got {self.num_samples}")
     if self.cond_steps % self.eval_points:
-      raise ConfigError(f"--eval_points {self.eval_points} must divide --conditioning_steps {self.cond_steps}")
+      raise ConfigError(f"eval_points {self.eval_points} must divide conditioning_steps {self.cond_steps}")
     # The EMA is read as early as the first evaluation: its horizon 1 / (1 - decay) is a tenth of
     # that, or the averaged weights would still be mostly the initialisation (the experiment's
     # 0.999 keeps 74% of it after 300 steps).
@@ -112,26 +120,26 @@ class Grid:
     self.ema_decay = max(0.0, min(EMA_DECAY, 1.0 - 10.0 / first_eval))
     # Every cell's config through the experiment's own checks (names, patch sizes, batch size).
     for name in self.names():
-      diffusion_experiment.check_config(cell_config(name, "adaln_zero", self.steps, self.num_samples, self.ema_decay))
+      diffusion_experiment.check_config(cell_config(name, "adaln_zero", self.steps, self))
     for conditioning in self.conditionings:
-      diffusion_experiment.check_config(cell_config(self.cond_model, conditioning, self.cond_steps, self.num_samples,
-                                                     self.ema_decay))
+      diffusion_experiment.check_config(cell_config(self.cond_model, conditioning, self.cond_steps, self))
 
   def names(self) -> list[str]:
     return [f"{size}/{p}" for size in self.sizes for p in self.patches]
 
 
-def cell_config(name: str, conditioning: str, steps: int, num_samples: int, ema_decay: float):
+def cell_config(name: str, conditioning: str, steps: int, grid: Grid):
   """The experiments/diffusion.py config of one cell: a conditional DiT with the experiment's recipe.
 
   The warmup shrinks to a tenth of a short run so that the cosine decay still gets most of it.
   """
+  num_samples = grid.num_samples
   config = diffusion_experiment.get_config()
   config.model, config.dit, config.dit_conditioning = "dit", name, conditioning
-  config.steps, config.batch_size = steps, _BATCH.value
+  config.steps, config.batch_size = steps, grid.batch_size
   config.num_samples, config.sample_batch = num_samples, min(config.sample_batch, num_samples)
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
-  config.ema_decay = ema_decay
+  config.ema_decay = grid.ema_decay
   return config
 
 
@@ -139,13 +147,6 @@ def model_cfg(config) -> dit.DiTConfig:
   """The DiT the diffusion task builds for `config` (research.models.diffusion.make_denoiser)."""
   return dit.config(config.dit, input_size=IMAGE_SHAPE[0], in_channels=IMAGE_SHAPE[-1], num_classes=NUM_CLASSES,
                     learn_sigma=False, conditioning=config.dit_conditioning)
-
-
-def mean_se(values) -> tuple[float, float]:
-  """Mean and standard error over members (NaN error for one member)."""
-  values = np.asarray(values, np.float64)
-  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-  return float(values.mean()), float(se)
 
 
 def evaluate_members(task, state, seeds) -> tuple[list[dict], np.ndarray]:
@@ -166,7 +167,7 @@ def evaluate_members(task, state, seeds) -> tuple[list[dict], np.ndarray]:
 
 
 def summarize(scores: list[dict]) -> dict:
-  return {f"{k}_mean_se": mean_se([s[k] for s in scores]) for k in ("fid", "precision", "recall")}
+  return {f"{k}_mean_se": harness.mean_se([s[k] for s in scores]) for k in ("fid", "precision", "recall")}
 
 
 def run_gflops_cell(name: str, grid: Grid, data, shared: dict | None = None) -> dict:
@@ -175,7 +176,7 @@ def run_gflops_cell(name: str, grid: Grid, data, shared: dict | None = None) -> 
   `shared`: the conditioning ablation's adaLN-Zero run of this very config, whose last chunk ends
   in the state one run of `steps` would reach (sweep.run chains exactly), so it is not retrained.
   """
-  config = cell_config(name, "adaln_zero", grid.steps, grid.num_samples, grid.ema_decay)
+  config = cell_config(name, "adaln_zero", grid.steps, grid)
   cfg = model_cfg(config)
   if shared is not None:
     scores, samples, train_s, eval_s, final_loss = (shared["final_scores"], shared["samples_seed0"],
@@ -192,13 +193,13 @@ def run_gflops_cell(name: str, grid: Grid, data, shared: dict | None = None) -> 
     final_loss = np.asarray(result.metrics["loss"])[:, -1]
   return {"model": name, "size": name.split("/")[0], "patch": cfg.patch_size, "tokens": cfg.num_patches,
           "params": dit.count_params(cfg), "gflops": dit.forward_flops(cfg) / 2e9, "members": scores,
-          **summarize(scores), "final_loss_mean_se": mean_se(final_loss), "train_s": round(train_s, 1),
+          **summarize(scores), "final_loss_mean_se": harness.mean_se(final_loss), "train_s": round(train_s, 1),
           "eval_s": round(eval_s, 1), "shared_with_conditioning": shared is not None, "samples_seed0": samples}
 
 
 def run_conditioning(conditioning: str, grid: Grid, data) -> dict:
   """Trains one conditioning's members in `eval_points` chained chunks, scoring them after each."""
-  config = cell_config(grid.cond_model, conditioning, grid.cond_steps, grid.num_samples, grid.ema_decay)
+  config = cell_config(grid.cond_model, conditioning, grid.cond_steps, grid)
   cfg = model_cfg(config)
   task = diffusion.make_task(config, IMAGE_SHAPE, NUM_CLASSES)
   chunk = grid.cond_steps // grid.eval_points
@@ -214,16 +215,11 @@ def run_conditioning(conditioning: str, grid: Grid, data) -> dict:
     eval_s += last_eval_s
     step = int(np.asarray(state.step)[0])
     points.append({"step": step, "members": scores, **summarize(scores)})
-    print(f"{conditioning} at step {step}: FID {_fmt(points[-1]['fid_mean_se'], 2)}", flush=True)
+    print(f"{conditioning} at step {step}: FID {harness.pm(points[-1]['fid_mean_se'], 2)}", flush=True)
   return {"conditioning": conditioning, "model": grid.cond_model, "params": dit.count_params(cfg),
           "gflops": dit.forward_flops(cfg) / 2e9, "points": points, "train_s": round(train_s, 1),
           "eval_s": round(eval_s, 1), "final_scores": scores, "samples_seed0": samples,
           "last_eval_s": round(last_eval_s, 1), "final_loss": np.asarray(result.metrics["loss"])[:, -1]}
-
-
-def _fmt(mean_se_pair, digits: int) -> str:
-  mean, se = mean_se_pair
-  return f"{mean:.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{mean:.{digits}f}"
 
 
 def spearman(a, b) -> float:
@@ -258,71 +254,70 @@ def trends(cells: list[dict], conditionings: list[dict]) -> dict:
 def markdown(grid: Grid, cells: list[dict], conditionings: list[dict], found: dict, total_s: float) -> str:
   """The two tables, the trend checks and the setup, with the command that produced them."""
   seeds = len(grid.seeds)
-  lines = ["# DiT ablations in shape on 8x8 digits (Peebles & Xie 2023, Figure 2 / Table 4 and Figure 5)", "",
-           f"Command: `{report.command()}`", "",
-           f"{seeds} seeds per cell, each cell one vmapped program (research.sweep.run); batch {_BATCH.value}; "
-           f"{grid.num_samples} DDIM samples (S = 50, η = 0, labels cycling 0..9, EMA parameters) per member "
-           "scored against the digits training split (FID on the digits classifier's features; real held-out "
-           "digits score 2.1). Values are mean ± standard error over seeds. Whole table: "
-           f"{total_s:.0f} s wall on {report.environment()['devices']['kind']} (shared with other jobs, so the "
-           "wall times compare cells only roughly).", "",
-           f"## FID against forward Gflops ({grid.steps} training steps per cell, adaLN-Zero)", "",
-           "| model | patch | tokens | params | Gflops | FID | precision | recall | train s | sample + score s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for c in cells:
-    lines.append(f"| {c['model']} | {c['patch']} | {c['tokens']} | {c['params'] / 1e6:.3f}M | {c['gflops']:.5f} | "
-                 f"{_fmt(c['fid_mean_se'], 2)} | {_fmt(c['precision_mean_se'], 3)} | "
-                 f"{_fmt(c['recall_mean_se'], 3)} | {c['train_s']:.0f} | {c['eval_s']:.0f} |")
-  lines += ["", "Gflops per image are multiply-adds (the paper's convention: half of XLA's flop count)."]
+  blocks = [f"{seeds} seeds per cell, each cell one vmapped program (research.sweep.run); batch {grid.batch_size}; "
+            f"{grid.num_samples} DDIM samples (S = 50, η = 0, labels cycling 0..9, EMA parameters) per member "
+            "scored against the digits training split (FID on the digits classifier's features; real held-out "
+            "digits score 2.1). Values are mean ± standard error over seeds. Whole table: "
+            f"{total_s:.0f} s wall on {harness.environment()['devices']['kind']} (shared with other jobs, so the "
+            "wall times compare cells only roughly).",
+            f"## FID against forward Gflops ({grid.steps} training steps per cell, adaLN-Zero)",
+            harness.table(["model", "patch", "tokens", "params", "Gflops", "FID", "precision", "recall", "train s",
+                           "sample + score s"],
+                          [(c["model"], c["patch"], c["tokens"], f"{c['params'] / 1e6:.3f}M", f"{c['gflops']:.5f}",
+                            harness.pm(c["fid_mean_se"], 2), harness.pm(c["precision_mean_se"], 3),
+                            harness.pm(c["recall_mean_se"], 3), f"{c['train_s']:.0f}", f"{c['eval_s']:.0f}")
+                           for c in cells])]
+  notes = ["Gflops per image are multiply-adds (the paper's convention: half of XLA's flop count)."]
   shared = [c["model"] for c in cells if c["shared_with_conditioning"]]
   if shared:
-    lines.append(f"{shared[0]} is the conditioning ablation's adaLN-Zero run (trained in chunks, which end in the "
+    notes.append(f"{shared[0]} is the conditioning ablation's adaLN-Zero run (trained in chunks, which end in the "
                  "state one uninterrupted run reaches), not trained twice; its times are that run's.")
+  blocks.append("\n".join(notes))
   if conditionings:
     steps = [p["step"] for p in conditionings[0]["points"]]
-    lines += ["", f"## Conditioning ({grid.cond_model}, FID over training)", "",
-              "| conditioning | params | Gflops | " + " | ".join(f"FID @ {s}" for s in steps)
-              + " | precision (last) | recall (last) | train s | sample + score s |",
-              "|---|---|---|" + "---|" * len(steps) + "---|---|---|---|"]
-    for c in conditionings:
-      last = c["points"][-1]
-      lines.append(f"| {LABELS[c['conditioning']]} | {c['params'] / 1e6:.3f}M | {c['gflops']:.5f} | "
-                   + " | ".join(_fmt(p["fid_mean_se"], 2) for p in c["points"])
-                   + f" | {_fmt(last['precision_mean_se'], 3)} | {_fmt(last['recall_mean_se'], 3)} | "
-                   f"{c['train_s']:.0f} | {c['eval_s']:.0f} |")
-  lines += ["", "## Do the paper's trends show at this scale?", ""]
+    blocks += [f"## Conditioning ({grid.cond_model}, FID over training)",
+               harness.table(["conditioning", "params", "Gflops", *(f"FID @ {s}" for s in steps), "precision (last)",
+                              "recall (last)", "train s", "sample + score s"],
+                             [(LABELS[c["conditioning"]], f"{c['params'] / 1e6:.3f}M", f"{c['gflops']:.5f}",
+                               *(harness.pm(p["fid_mean_se"], 2) for p in c["points"]),
+                               harness.pm(c["points"][-1]["precision_mean_se"], 3),
+                               harness.pm(c["points"][-1]["recall_mean_se"], 3), f"{c['train_s']:.0f}",
+                               f"{c['eval_s']:.0f}") for c in conditionings])]
+  checks = []
   rho = found["rho"]
   if np.isfinite(rho):
-    lines.append(f"- FID falls as Gflops grow (paper: yes): Spearman rank correlation of Gflops and mean FID over "
-                 f"the {len(cells)} cells ρ = {rho:.2f} — " + ("shows" if rho < 0 else "does not show") + ".")
+    checks.append(f"- FID falls as Gflops grow (paper: yes): Spearman rank correlation of Gflops and mean FID over "
+                  f"the {len(cells)} cells ρ = {rho:.2f} — " + ("shows" if rho < 0 else "does not show") + ".")
   for size, monotone in found["monotone"].items():
     row = sorted((c for c in cells if c["size"] == size), key=lambda c: -c["patch"])
     if len(row) < 2:
       continue  # one patch size: nothing to compare
     path = " → ".join(f"/{c['patch']} {c['fid_mean_se'][0]:.2f}" for c in row)
-    lines.append(f"- {size}, smaller patches at nearly equal parameters: FID {path} — "
-                 + ("falls with every smaller patch" if monotone else "does not fall with every smaller patch") + ".")
+    checks.append(f"- {size}, smaller patches at nearly equal parameters: FID {path} — "
+                  + ("falls with every smaller patch" if monotone else "does not fall with every smaller patch") + ".")
   if found["pairs"]:
     wins = sum(w for _, _, w in found["pairs"])
     examples = "; ".join(f"{a} vs {b}: {'lower' if w else 'higher'}" for a, b, w in found["pairs"])
-    lines.append(f"- Tokens over parameters (paper: a smaller model with more Gflops can beat a larger one with "
-                 f"fewer): the cell with fewer parameters and more Gflops has the lower FID in {wins} of "
-                 f"{len(found['pairs'])} such pairs ({examples}).")
+    checks.append(f"- Tokens over parameters (paper: a smaller model with more Gflops can beat a larger one with "
+                  f"fewer): the cell with fewer parameters and more Gflops has the lower FID in {wins} of "
+                  f"{len(found['pairs'])} such pairs ({examples}).")
   if len(conditionings) == 1:
-    lines.append("- Conditioning: only one mechanism was trained, so there is nothing to compare.")
+    checks.append("- Conditioning: only one mechanism was trained, so there is nothing to compare.")
   elif conditionings:
     best = found["best_conditioning"]
-    lines.append(f"- Conditioning (paper: adaLN-Zero lowest FID throughout training): lowest final FID here is "
-                 f"{LABELS[best]} — " + ("shows" if best == "adaln_zero" else "does not show") + "; differences "
-                 "within a few standard errors are not resolved by this many seeds.")
-  lines += ["", "Setup: pixel-space DiTs on 8x8x1 digits (the paper's are latent-space on 32x32x4 ImageNet "
-            "latents); sizes from research/models/dit.py (DiT-T: depth 4, width 64, 4 heads; DiT-XS: depth 6, width "
-            "128, 4 heads), learn_sigma off, experiments/diffusion.py's training recipe with the warmup cut to a "
-            f"tenth of short runs and EMA decay {grid.ema_decay:.3f} (a horizon of a tenth of the first evaluation's "
-            "steps; the experiment's 0.999 would leave mostly the initialisation in the EMA of runs this short). "
-            "The paper trains for 400K steps at batch 256; this table trains for minutes on a CPU, so it reproduces "
-            "the comparisons' shape, not the paper's numbers.", ""]
-  return "\n".join(lines)
+    checks.append(f"- Conditioning (paper: adaLN-Zero lowest FID throughout training): lowest final FID here is "
+                  f"{LABELS[best]} — " + ("shows" if best == "adaln_zero" else "does not show") + "; differences "
+                  "within a few standard errors are not resolved by this many seeds.")
+  blocks += ["## Do the paper's trends show at this scale?", "\n".join(checks),
+             "Setup: pixel-space DiTs on 8x8x1 digits (the paper's are latent-space on 32x32x4 ImageNet "
+             "latents); sizes from research/models/dit.py (DiT-T: depth 4, width 64, 4 heads; DiT-XS: depth 6, width "
+             "128, 4 heads), learn_sigma off, experiments/diffusion.py's training recipe with the warmup cut to a "
+             f"tenth of short runs and EMA decay {grid.ema_decay:.3f} (a horizon of a tenth of the first evaluation's "
+             "steps; the experiment's 0.999 would leave mostly the initialisation in the EMA of runs this short). "
+             "The paper trains for 400K steps at batch 256; this table trains for minutes on a CPU, so it reproduces "
+             "the comparisons' shape, not the paper's numbers."]
+  return harness.document("DiT ablations in shape on 8x8 digits (Peebles & Xie 2023, Figure 2 / Table 4 and Figure 5)",
+                          *blocks)
 
 
 def figure(grid: Grid, cells: list[dict], conditionings: list[dict]) -> Figure:
@@ -366,14 +361,9 @@ def figure(grid: Grid, cells: list[dict], conditionings: list[dict]) -> Figure:
   return fig
 
 
-def main(outdir: str) -> None:
-  if not flags.FLAGS["verbosity"].present:
-    # Checking a config starts JAX's backends, whose INFO lines would break bad input's one line.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  try:
-    grid = Grid()
-  except ConfigError as e:
-    cli.fail(str(e))
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains and scores every cell and conditioning; writes results.json, dit.md and dit.png into `outdir`."""
+  grid = Grid(config)
   start = time.perf_counter()
   split = data_lib.load("digits", "train")
   data = {"image": split["image"], "label": split["label"]}
@@ -387,22 +377,23 @@ def main(outdir: str) -> None:
   for name in grid.names():
     cells.append(run_gflops_cell(name, grid, data, shared_run if name == grid.cond_model else None))
     c = cells[-1]
-    print(f"{name}: {c['gflops']:.5f} Gflops, FID {_fmt(c['fid_mean_se'], 2)} "
+    print(f"{name}: {c['gflops']:.5f} Gflops, FID {harness.pm(c['fid_mean_se'], 2)} "
           f"(train {c['train_s']:.0f} s, sample + score {c['eval_s']:.0f} s)", flush=True)
   total = time.perf_counter() - start
-  sampler = cell_config(grid.names()[0], "adaln_zero", grid.steps, grid.num_samples, grid.ema_decay)
+  sampler = cell_config(grid.names()[0], "adaln_zero", grid.steps, grid)
   found = trends(cells, conditionings)
   text = markdown(grid, cells, conditionings, found, total)
-  results = {"steps": grid.steps, "seeds": grid.seeds, "batch_size": _BATCH.value, "num_samples": grid.num_samples,
+  results = {"steps": grid.steps, "seeds": grid.seeds, "batch_size": grid.batch_size, "num_samples": grid.num_samples,
              "ema_decay": grid.ema_decay,
              "sampler": {k: sampler[k] for k in ("sampler", "sample_steps", "eta", "tau", "guidance_scale")},
              "cells": [{k: v for k, v in c.items() if k != "samples_seed0"} for c in cells],
              "conditioning": {"model": grid.cond_model, "steps": grid.cond_steps,
                               "runs": [{k: v for k, v in c.items() if k != "samples_seed0"} for c in conditionings]},
              "trends": found}
-  report.write_report(outdir, "dit", results, text, figure=figure(grid, cells, conditionings), wall_time_s=total)
   print(text)
+  return harness.write_report(outdir, "dit", results, text, figure=figure(grid, cells, conditionings), config=config,
+                              wall_time_s=total)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

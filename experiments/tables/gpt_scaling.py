@@ -6,12 +6,12 @@ the same tokens. Three parts:
 
   scaling     validation loss L (nats per character, the held-out windows the loop scores)
               against non-embedding parameters N (Kaplan et al.'s count,
-              `gpt2.count_params(cfg, embeddings=False)`) for --sizes, with the least-squares fit
+              `gpt2.count_params(cfg, embeddings=False)`) for `sizes`, with the least-squares fit
               of log L = alpha_N (log N_c - log N), i.e. L(N) = (N_c / N)^alpha_N, beside the
               paper's alpha_N = 0.076; and against training compute C = XLA's FLOPs of one
               training step (the loop's `flops_per_step`) x steps, with 6 N D (D = tokens seen)
               beside it.
-  positions   learned vs RoPE vs ALiBi at --ablation_size, each scored at the training context T
+  positions   learned vs RoPE vs ALiBi at `ablation_size`, each scored at the training context T
               and at 2T on the same held-out text (`gpt2.eval_loss`), also on the predictions at
               positions T .. 2T-1 only: the ones no model saw in training. Every run uses a
               learned table of n_positions = 2T so that the learned model can run at 2T; its
@@ -20,14 +20,15 @@ the same tokens. Three parts:
               validation losses and their difference; and the naive-trained weights scored by
               both kernels (the same weights, so only float rounding separates them).
 
-Runs go into --workdir_root (default <outdir>/models), one directory per config (named by its
+Runs go into `workdir_root` (default <outdir>/models), one directory per config (named by its
 fields and a hash of the whole config), so a rerun reuses finished runs and resumes
 interrupted ones.
 
 Run:
   python -m experiments.tables.gpt_scaling --outdir=experiments/tables/results/gpt_scaling
-  python -m experiments.tables.gpt_scaling --outdir=/tmp/gpt_scaling --sizes=1:16:2,1:32:2 \\
-      --ablation_size=1:16:2 --steps=20 --seq_len=16 --eval_windows=8
+  python -m experiments.tables.gpt_scaling --outdir=/tmp/gpt_scaling --config.sizes=1:16:2 --config.sizes=1:32:2 \\
+      --config.ablation_size=1:16:2 --config.steps=20 --config.seq_len=16 --config.eval_windows=8
+  python -m experiments.tables.gpt_scaling --outdir=/tmp/gpt_scaling --config=experiments/tables/gpt_scaling.py:smoke
 """
 
 import dataclasses
@@ -38,35 +39,46 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import flags
-from absl import logging as absl_logging
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from experiments import gpt2 as gpt2_experiment
-from experiments import report
+from experiments import harness
 from research.data import tokenizers, tokens
 from research.models import gpt2
-from research.train import Checkpointer, ConfigError, cli, eval_params, init_state
-
-_SIZES = flags.DEFINE_list("sizes", ["1:32:2", "2:48:4", "2:64:4", "3:96:4", "4:128:4"],
-                           "Model sizes as n_layer:n_embd:n_head, for the scaling curve.")
-_ABLATION_SIZE = flags.DEFINE_string("ablation_size", "2:64:4", "n_layer:n_embd:n_head of the position and "
-                                     "attention ablations.")
-_POSITIONS = flags.DEFINE_list("positions", ["learned", "rope", "alibi"], "Position schemes compared.")
-_STEPS = flags.DEFINE_integer("steps", 600, "Training steps of every run.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 16, "Windows per step.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Training context T (characters per window).")
-_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 60, "Learning-rate warmup steps (then cosine decay).")
-_EVAL_WINDOWS = flags.DEFINE_integer("eval_windows", 256, "Held-out windows of T + 1 characters scored.")
-_WORKDIR_ROOT = flags.DEFINE_string("workdir_root", None, "Directory of the training runs (default <outdir>/models).")
+from research.train import Checkpointer, ConfigError, check_positive, cli, eval_params, init_state
 
 # Kaplan et al. (2020), eq. 1.1 / Figure 1: L(N) = (N_c / N)^alpha_N for models trained to convergence
 # on WebText2 (loss in nats per BPE token), non-embedding N.
 PAPER_ALPHA_N = 0.076
 PAPER_N_C = 8.8e13
 POSITION_SCHEMES = ("learned", "rope", "alibi")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Two one-block sizes, the learned positions only, a few steps on short windows, for tests."""
+  config.sizes, config.ablation_size, config.positions = ("1:16:2", "1:32:2"), "1:16:2", ("learned",)
+  config.steps, config.batch_size, config.seq_len, config.warmup_steps, config.eval_windows = 6, 4, 16, 2, 6
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The table's sizes and budget; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.sizes = ("1:32:2", "2:48:4", "2:64:4", "3:96:4", "4:128:4")  # n_layer:n_embd:n_head of the scaling curve
+  config.ablation_size = "2:64:4"  # n_layer:n_embd:n_head of the position and attention ablations
+  config.positions = POSITION_SCHEMES  # position schemes compared
+  config.steps = 600  # training steps of every run
+  config.batch_size = 16  # windows per step
+  config.seq_len = 64  # training context T (characters per window)
+  config.warmup_steps = 60  # learning-rate warmup steps (then cosine decay)
+  config.eval_windows = 256  # held-out windows of T + 1 characters scored
+  config.workdir_root = ""  # directory of the training runs; "": <outdir>/models
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,70 +272,67 @@ def attention_rows(size: Size, budget, runs: Runs) -> dict:
 def markdown(scaling, fit, positions, attention, budget, ablation: Size, runs: Runs, total_s: float) -> str:
   """The three tables with the command that produced them."""
   alpha, n_c = fit
-  env = report.environment()["devices"]
+  env = harness.environment()["devices"]
   t = budget["seq_len"]
   tokens_seen = budget["steps"] * budget["batch_size"] * t
   optimizer = run_config(ablation, "learned", "reference", **budget).optimizer
-  lines = ["# GPT scaling on python_docs (Kaplan et al. 2020 / GPT-3 in shape)", "",
-           f"Command: `{report.command()}`", "",
-           f"Character-level GPT-2s trained by `experiments.gpt2.run` on the bundled python_docs text: "
-           f"{budget['steps']} steps of {budget['batch_size']} windows of T = {t} characters ({tokens_seen:,} "
-           f"training tokens for every model), {optimizer.name} at {optimizer.learning_rate:g} (weight decay "
-           f"{optimizer.weight_decay:g}) with {budget['warmup_steps']} warmup steps and cosine decay, learned "
-           "positions (a table of 2T rows) and naive attention unless a row says otherwise. Validation "
-           f"loss in nats per character on the first {budget['eval_windows']} held-out windows of T + 1 characters. "
-           f"{len(runs.wall_time_s)} training runs, {sum(w or 0.0 for w in runs.wall_time_s.values()):.0f} s of "
-           f"their own wall time ({len(runs.trained)} trained by this command, {len(runs.reused)} finished by an "
-           f"earlier one with the same configs and reused); this command: {total_s:.0f} s on {env['kind']} "
-           f"({env['cpu_count']} CPU cores, shared with other jobs).", "",
-           "## Loss against non-embedding parameters and compute", "",
-           "| n_layer x n_embd x n_head | N (non-embedding) | val loss | bits / char | C = FLOPs/step x steps "
-           "(XLA) | 6 N D |", "|---|---|---|---|---|---|"]
-  for row in scaling:
-    flops = f"{row['train_flops']:.3g}" if row["train_flops"] else "n/a"
-    lines.append(f"| {row['size']} | {row['non_embedding_params']:,} | {row['val_loss']:.4f} | "
-                 f"{row['val_bits_per_char']:.3f} | {flops} | {row['six_n_d']:.3g} |")
+  blocks = [f"Character-level GPT-2s trained by `experiments.gpt2.run` on the bundled python_docs text: "
+            f"{budget['steps']} steps of {budget['batch_size']} windows of T = {t} characters ({tokens_seen:,} "
+            f"training tokens for every model), {optimizer.name} at {optimizer.learning_rate:g} (weight decay "
+            f"{optimizer.weight_decay:g}) with {budget['warmup_steps']} warmup steps and cosine decay, learned "
+            "positions (a table of 2T rows) and naive attention unless a row says otherwise. Validation "
+            f"loss in nats per character on the first {budget['eval_windows']} held-out windows of T + 1 characters. "
+            f"{len(runs.wall_time_s)} training runs, {sum(w or 0.0 for w in runs.wall_time_s.values()):.0f} s of "
+            f"their own wall time ({len(runs.trained)} trained by this command, {len(runs.reused)} finished by an "
+            f"earlier one with the same configs and reused); this command: {total_s:.0f} s on {env['kind']} "
+            f"({env['cpu_count']} CPU cores, shared with other jobs).",
+            "## Loss against non-embedding parameters and compute",
+            harness.table(["n_layer x n_embd x n_head", "N (non-embedding)", "val loss", "bits / char",
+                           "C = FLOPs/step x steps (XLA)", "6 N D"],
+                          [(row["size"], f"{row['non_embedding_params']:,}", f"{row['val_loss']:.4f}",
+                            f"{row['val_bits_per_char']:.3f}",
+                            f"{row['train_flops']:.3g}" if row["train_flops"] else "n/a", f"{row['six_n_d']:.3g}")
+                           for row in scaling])]
   ns = [r["non_embedding_params"] for r in scaling]
-  lines += ["", f"Least-squares fit in log space over the {len(scaling)} sizes: **alpha_N = {alpha:.3f}** "
-            f"(N_c = {n_c:.3g}); Kaplan et al.: alpha_N = {PAPER_ALPHA_N} (N_c = {PAPER_N_C:.2g}, nats per BPE "
-            f"token). N spans {max(ns) / min(ns):.0f}x. The paper's law describes models trained to convergence on "
-            "billions of tokens, where only N limits the loss; here every model sees the same few hundred thousand "
-            "characters of one small corpus for a fixed number of steps, so the larger models are undertrained and "
-            "the exponent measures this budget as much as the models: it is the curve's shape, not the paper's "
-            "constant, that this table reproduces. Compute C counts the whole training step as XLA's cost "
-            "analysis sees it (forward, backward, attention, the output layer over the vocabulary and the "
-            "optimizer update); 6 N D is Kaplan et al.'s estimate from non-embedding parameters alone.", "",
-            f"## Positions at {ablation.name}: trained at T = {t}, scored at T and 2T = {2 * t}", "",
-            "| positions | val loss at T (the loop's) | at T (eval_loss) | at 2T, all positions | at 2T, positions "
-            "T .. 2T-1 only | increase beyond T (vs at T) |", "|---|---|---|---|---|---|"]
-  for row in positions:
-    lines.append(f"| {row['positions']} | {row['val_loss']:.4f} | {row['loss_at_t']:.4f} | {row['loss_at_2t']:.4f} | "
-                 f"{row['loss_at_2t_beyond_t']:.4f} | {row['loss_at_2t_beyond_t'] - row['loss_at_t']:+.4f} |")
+  blocks += [f"Least-squares fit in log space over the {len(scaling)} sizes: **alpha_N = {alpha:.3f}** "
+             f"(N_c = {n_c:.3g}); Kaplan et al.: alpha_N = {PAPER_ALPHA_N} (N_c = {PAPER_N_C:.2g}, nats per BPE "
+             f"token). N spans {max(ns) / min(ns):.0f}x. The paper's law describes models trained to convergence on "
+             "billions of tokens, where only N limits the loss; here every model sees the same few hundred thousand "
+             "characters of one small corpus for a fixed number of steps, so the larger models are undertrained and "
+             "the exponent measures this budget as much as the models: it is the curve's shape, not the paper's "
+             "constant, that this table reproduces. Compute C counts the whole training step as XLA's cost "
+             "analysis sees it (forward, backward, attention, the output layer over the vocabulary and the "
+             "optimizer update); 6 N D is Kaplan et al.'s estimate from non-embedding parameters alone.",
+             f"## Positions at {ablation.name}: trained at T = {t}, scored at T and 2T = {2 * t}",
+             harness.table(["positions", "val loss at T (the loop's)", "at T (eval_loss)", "at 2T, all positions",
+                            "at 2T, positions T .. 2T-1 only", "increase beyond T (vs at T)"],
+                           [(row["positions"], f"{row['val_loss']:.4f}", f"{row['loss_at_t']:.4f}",
+                             f"{row['loss_at_2t']:.4f}", f"{row['loss_at_2t_beyond_t']:.4f}",
+                             f"{row['loss_at_2t_beyond_t'] - row['loss_at_t']:+.4f}") for row in positions])]
   if positions:
     lowest = min(positions, key=lambda r: r["loss_at_2t_beyond_t"])
     steadiest = min(positions, key=lambda r: r["loss_at_2t_beyond_t"] - r["loss_at_t"])
-    lines += ["", f"At 2T the same held-out text is cut into {positions[0]['windows_at_2t']} windows of 2T + 1 "
-              f"characters (at T: {positions[0]['windows_at_t']} of T + 1). The learned table's rows T .. 2T-1 "
-              "were never trained (they keep their initial values), RoPE rotates by angles never seen in training, "
-              "ALiBi only adds a longer linear distance penalty (Press et al. 2022: trained short, tested long). "
-              f"Beyond T, the smallest increase over the loss at T is {steadiest['positions']}'s and the lowest loss "
-              f"is {lowest['positions']}'s. eval_loss at T equals the loop's validation loss to "
-              f"{max(abs(r['eval_loss_minus_loop_val_loss']) for r in positions):.1e}.", ""]
+    blocks += [f"At 2T the same held-out text is cut into {positions[0]['windows_at_2t']} windows of 2T + 1 "
+               f"characters (at T: {positions[0]['windows_at_t']} of T + 1). The learned table's rows T .. 2T-1 "
+               "were never trained (they keep their initial values), RoPE rotates by angles never seen in training, "
+               "ALiBi only adds a longer linear distance penalty (Press et al. 2022: trained short, tested long). "
+               f"Beyond T, the smallest increase over the loss at T is {steadiest['positions']}'s and the lowest loss "
+               f"is {lowest['positions']}'s. eval_loss at T equals the loop's validation loss to "
+               f"{max(abs(r['eval_loss_minus_loop_val_loss']) for r in positions):.1e}."]
   kernels = attention["runs"]
-  lines += [f"## Naive vs flash attention at {ablation.name}", "",
-            "| attention | val loss (trained with it) | train loss (last interval) | steps / s |", "|---|---|---|---|"]
-  for name, label in (("reference", "naive (reference)"), ("flash", "flash")):
-    run = kernels[name]
-    speed = f"{run['steps_per_second']:.1f}" if run["steps_per_second"] else "n/a"
-    lines.append(f"| {label} | {run['val_loss']:.6f} | {run['train_loss']:.6f} | {speed} |")
-  lines += ["", "Trained separately, the two runs' validation losses differ by "
-            f"{attention['val_loss_difference']:+.2e} nats after {budget['steps']} steps; a nonzero difference is "
-            "float32 rounding (the kernels sum in different orders) compounded over the steps. The naive-trained "
-            "weights scored by both kernels differ by "
-            f"{attention['same_weights_difference']:+.2e} nats (naive {attention['same_weights']['reference']:.6f}, "
-            f"flash {attention['same_weights']['flash']:.6f}). Steps / s come from separate runs on shared cores, "
-            "so they are no speed comparison (attention_memory.md compares the kernels alone).", ""]
-  return "\n".join(lines)
+  blocks += [f"## Naive vs flash attention at {ablation.name}",
+             harness.table(["attention", "val loss (trained with it)", "train loss (last interval)", "steps / s"],
+                           [(label, f"{kernels[name]['val_loss']:.6f}", f"{kernels[name]['train_loss']:.6f}",
+                             f"{kernels[name]['steps_per_second']:.1f}" if kernels[name]["steps_per_second"] else "n/a")
+                            for name, label in (("reference", "naive (reference)"), ("flash", "flash"))]),
+             "Trained separately, the two runs' validation losses differ by "
+             f"{attention['val_loss_difference']:+.2e} nats after {budget['steps']} steps; a nonzero difference is "
+             "float32 rounding (the kernels sum in different orders) compounded over the steps. The naive-trained "
+             "weights scored by both kernels differ by "
+             f"{attention['same_weights_difference']:+.2e} nats (naive {attention['same_weights']['reference']:.6f}, "
+             f"flash {attention['same_weights']['flash']:.6f}). Steps / s come from separate runs on shared cores, "
+             "so they are no speed comparison (attention_memory.md compares the kernels alone)."]
+  return harness.document("GPT scaling on python_docs (Kaplan et al. 2020 / GPT-3 in shape)", *blocks)
 
 
 def figure(scaling, fit, positions) -> Figure:
@@ -375,25 +384,21 @@ def figure(scaling, fit, positions) -> Figure:
   return fig
 
 
-def check_flags() -> tuple[list[Size], Size, list[str], dict]:
-  """Parses and checks every flag; raises ConfigError before anything is loaded, compiled or written."""
-  sizes = [parse_size(s) for s in _SIZES.value]
-  ablation = parse_size(_ABLATION_SIZE.value)
+def check_config(config: ml_collections.ConfigDict) -> tuple[list[Size], Size, list[str], dict]:
+  """Parses and checks every field; raises ConfigError before anything is loaded, compiled or written."""
+  sizes = [parse_size(s) for s in config.sizes]
+  ablation = parse_size(config.ablation_size)
   if len(set(sizes)) < 2:
-    raise ConfigError(f"--sizes needs at least 2 different sizes for a fit, got {','.join(_SIZES.value)}")
-  schemes = list(_POSITIONS.value)
-  unknown = [p for p in schemes if p not in POSITION_SCHEMES]
-  if unknown or not schemes:
-    raise ConfigError(f"unknown --positions {unknown[0] if unknown else '(none)'!r}; choose from: "
-                      f"{', '.join(POSITION_SCHEMES)}")
-  if _EVAL_WINDOWS.value < 2:
-    raise ConfigError(f"--eval_windows must be at least 2 (one window at twice the length), got {_EVAL_WINDOWS.value}")
-  budget = {"steps": _STEPS.value, "batch_size": _BATCH_SIZE.value, "seq_len": _SEQ_LEN.value,
-            "warmup_steps": _WARMUP_STEPS.value, "eval_windows": _EVAL_WINDOWS.value}
-  if budget["steps"] < 1:
-    raise ConfigError(f"--steps must be positive, got {budget['steps']}")
-  if budget["seq_len"] < 2:
-    raise ConfigError(f"--seq_len must be at least 2, got {budget['seq_len']}")
+    raise ConfigError(f"sizes needs at least 2 different sizes for a fit, got {', '.join(config.sizes)}")
+  harness.check_names("positions", config.positions, POSITION_SCHEMES)
+  schemes = list(config.positions)
+  if config.eval_windows < 2:
+    raise ConfigError(f"eval_windows must be at least 2 (one window at twice the length), got {config.eval_windows}")
+  budget = {"steps": config.steps, "batch_size": config.batch_size, "seq_len": config.seq_len,
+            "warmup_steps": config.warmup_steps, "eval_windows": config.eval_windows}
+  check_positive("steps", config.steps)
+  if config.seq_len < 2:
+    raise ConfigError(f"seq_len must be at least 2, got {config.seq_len}")
   # The experiment's own checks (n_embd divisible by n_head, ...) on every run the table makes.
   runs = [(size, "learned") for size in sizes] + [(ablation, positions) for positions in schemes]
   for size, positions in runs:
@@ -403,15 +408,10 @@ def check_flags() -> tuple[list[Size], Size, list[str], dict]:
   return sizes, ablation, schemes, budget
 
 
-def main(outdir: str) -> None:
-  if not flags.FLAGS["verbosity"].present:
-    # Warnings and errors only (as research.train.cli): bad input stays one line, the loop's progress stays readable.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  try:
-    sizes, ablation, schemes, budget = check_flags()
-  except ConfigError as e:
-    cli.fail(str(e))
-  runs = Runs(_WORKDIR_ROOT.value or os.path.join(outdir, "models"))
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains (or reuses) every run and writes results.json, gpt_scaling.md and gpt_scaling.png into `outdir`."""
+  sizes, ablation, schemes, budget = check_config(config)
+  runs = Runs(config.workdir_root or os.path.join(outdir, "models"))
   start = time.perf_counter()
   scaling = scaling_rows(sizes, budget, runs)
   fit = fit_power_law([r["non_embedding_params"] for r in scaling], [r["val_loss"] for r in scaling])
@@ -428,10 +428,10 @@ def main(outdir: str) -> None:
              "runs": {"trained": sorted(os.path.basename(w) for w in runs.trained),
                       "reused": sorted(os.path.basename(w) for w in runs.reused),
                       "wall_time_s": {os.path.basename(w): t for w, t in runs.wall_time_s.items()}}}
-  report.write_report(outdir, "gpt_scaling", results, text, figure=figure(scaling, fit, positions),
-                      wall_time_s=total)
   print(text)
+  return harness.write_report(outdir, "gpt_scaling", results, text, figure=figure(scaling, fit, positions),
+                              config=config, wall_time_s=total)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -1,8 +1,8 @@
 """The quality-diversity trade-off of classifier-free guidance (Ho & Salimans, 2022) on digits.
 
 From one trained class-conditional model (experiments/diffusion.py's default, trained through
-the one loop into --model_workdir, or reused from the DDIM table's), DDIM samples (S = 50,
-η = 0, linear τ by default) at every guidance scale w of --scales, ε = ε_u + w (ε_c − ε_u)
+the one loop into `model_workdir`, or reused from the DDIM table's), DDIM samples (S = 50,
+η = 0, linear τ by default) at every guidance scale w of `scales`, ε = ε_u + w (ε_c − ε_u)
 (w = 0 unconditional, 1 conditional, > 1 guided): ALL w as ONE vmapped program over the traced
 scale of `research.models.diffusion.classifier_free_guidance`, every w from the same x_T.
 Each w is scored against the digits training split in the digits classifier's features: FID,
@@ -13,58 +13,69 @@ and FID is best at a small w.
 
 Run:
   python -m experiments.tables.guidance --outdir=experiments/tables/results/guidance \\
-      --model_workdir=experiments/tables/results/ddim/model
-  python -m experiments.tables.guidance --outdir=/tmp/guidance --config=experiments/diffusion.py:smoke \\
-      --sample_steps=4 --num_samples=20
+      --config.model_workdir=experiments/tables/results/ddim/model
+  python -m experiments.tables.guidance --outdir=/tmp/guidance --config=experiments/tables/guidance.py:smoke
 """
 
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import flags
 from matplotlib.figure import Figure
 
-from experiments import report
+from experiments import harness
 from experiments.tables import diffusion_model
 from research.models import diffusion
-from research.train import ConfigError
+from research.train import ConfigError, check_choice, cli
 from research.train.images import image_grid
 
-_SCALES = flags.DEFINE_list("scales", ["0", "1", "1.5", "2", "3", "5"], "Guidance scales w, vmapped in one program.")
-_SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 50, "DDIM steps S.")
-_ETA = flags.DEFINE_float("eta", 0.0, "DDIM η.")
-_TAU = flags.DEFINE_string("tau", "linear", "DDIM timestep sub-sequence τ: linear or quadratic.")
-_SEED = flags.DEFINE_integer("sample_seed", 0, "Seeds x_T and the step noise (shared by every w).")
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """The DDIM table's smoke model, three scales, 4 steps, 10 samples, for tests."""
+  diffusion_model.smoke_model(config)
+  config.scales, config.sample_steps = (0.0, 1.0, 3.0), 4
 
 
-def check_flags(config) -> list[float]:
-  """The scales, after checking every flag (ConfigError on bad input)."""
-  try:
-    scales = [float(w) for w in _SCALES.value]
-  except ValueError as e:
-    raise ConfigError(f"--scales takes numbers: {e}") from None
-  if not scales or len(set(scales)) != len(scales):
-    raise ConfigError("--scales must name distinct values")
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """Ho & Salimans' scales from the `long` digits model; preset "smoke" for tests."""
+  config = diffusion_model.add_model_fields(ml_collections.ConfigDict())
+  config.scales = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)  # guidance scales w, vmapped in one program
+  config.sample_steps = 50  # DDIM steps S
+  config.eta = 0.0  # DDIM η
+  config.tau = "linear"  # DDIM timestep sub-sequence τ: linear or quadratic
+  config.sample_seed = 0  # seeds x_T and the step noise (shared by every w)
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+def check_config(config) -> list[float]:
+  """The scales, after checking every field (ConfigError on bad input)."""
+  if not config.scales or not all(isinstance(w, (int, float)) for w in config.scales):
+    raise ConfigError(f"scales takes numbers, got {config.scales}")
+  scales = [float(w) for w in config.scales]
+  if len(set(scales)) != len(scales):
+    raise ConfigError("scales must name distinct values")
   if min(scales) < 0:
     raise ConfigError(f"guidance scales must be >= 0, got {min(scales)}")
-  if not config.conditional:
-    raise ConfigError("guidance needs a class-conditional model (config.conditional)")
-  diffusion_model.check_sample_steps(config, [_SAMPLE_STEPS.value])
-  if _ETA.value < 0:
-    raise ConfigError(f"η must be >= 0, got {_ETA.value}")
-  if _TAU.value not in diffusion.TIMESTEP_KINDS:
-    raise ConfigError(f"unknown τ {_TAU.value!r}; choose from: {', '.join(diffusion.TIMESTEP_KINDS)}")
+  if not config.model.conditional:
+    raise ConfigError("guidance needs a class-conditional model (config.model.conditional)")
+  diffusion_model.check_sample_steps(config.model, [config.sample_steps])
+  if config.eta < 0:
+    raise ConfigError(f"η must be >= 0, got {config.eta}")
+  check_choice("τ", config.tau, diffusion.TIMESTEP_KINDS)
   return scales
 
 
-def sample_scales(model: diffusion_model.TrainedModel, scales: list[float], key: jax.Array,
+def sample_scales(model: diffusion_model.TrainedModel, config, scales: list[float], key: jax.Array,
                   n: int) -> diffusion_model.Drawn:
   """Every scale's samples from one vmapped program: (len(scales), n, H, W, C)."""
   ws = jnp.asarray(scales, jnp.float32)  # (W,)
-  taus = diffusion.ddim_timesteps(model.config.num_train_steps, _SAMPLE_STEPS.value, _TAU.value)
-  eta = jnp.float32(_ETA.value)
+  taus = diffusion.ddim_timesteps(model.config.num_train_steps, config.sample_steps, config.tau)
+  eta = jnp.float32(config.eta)
 
   def program(params, key, labels):
     cond_fn = lambda x, t, y: model.apply(params, x, t, y, False, None)
@@ -98,30 +109,28 @@ def trend(scales: list[float], rows: list[dict]) -> list[str]:
           f"- best FID at w = {best:g} ({min(fid):.2f}); FID at the largest w = {ws[-1]:g}: {fid[-1]:.2f}."]
 
 
-def markdown(scales, rows, drawn, model, floor, n, total_s) -> str:
-  env = report.environment()
+def markdown(config, scales, rows, drawn, model, floor, n, total_s) -> str:
+  env = harness.environment()
   c = model.config
-  lines = ["# Classifier-free guidance: quality against diversity (Ho & Salimans 2022, in shape, digits)", "",
-           f"Command: `{report.command()}`", "",
-           f"One class-conditional model (experiments/diffusion.py's config: {c.model}, T = {c.num_train_steps}, "
-           f"{c.steps} steps, EMA {c.ema_decay}, label dropout {c.class_dropout}), trained through the one loop"
-           + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
-           + f". DDIM S = {_SAMPLE_STEPS.value}, η = {_ETA.value:g}, {_TAU.value} τ; {n} samples per w (labels "
-           f"cycling 0-9), all {len(scales)} scales as one vmapped program from the same x_T "
-           f"(compile {drawn.compile_s:.0f} s, sampling {drawn.run_s:.0f} s). Whole table {total_s:.0f} s wall on "
-           f"{env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).", "",
-           "| w | FID | precision | recall | label agreement |", "|---|---|---|---|---|"]
-  for w, row in zip(scales, rows):
-    lines.append(f"| {w:g} | {row['fid']:.2f} | {row['precision']:.3f} | {row['recall']:.3f} | "
-                 f"{row['label_agreement']:.3f} |")
-  lines += ["", "FID, precision and recall (k = 3) against the digits training split in the digits classifier's "
-            "features; label agreement: the share of samples the classifier reads as the digit they were "
-            f"conditioned on (w = 0 ignores the label). Held-out real digits: FID "
-            f"{floor['test_split_at_num_samples']:.2f} at {floor['test_split_images_at_num_samples']} images, "
-            f"{floor['test_split']:.2f} at all 300.", "", "## The trade-off, read from the numbers above", ""]
-  lines += trend(scales, rows)
-  lines.append("")
-  return "\n".join(lines)
+  return harness.document(
+      "Classifier-free guidance: quality against diversity (Ho & Salimans 2022, in shape, digits)",
+      f"One class-conditional model (experiments/diffusion.py's config: {c.model}, T = {c.num_train_steps}, "
+      f"{c.steps} steps, EMA {c.ema_decay}, label dropout {c.class_dropout}), trained through the one loop"
+      + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
+      + f". DDIM S = {config.sample_steps}, η = {config.eta:g}, {config.tau} τ; {n} samples per w (labels "
+      f"cycling 0-9), all {len(scales)} scales as one vmapped program from the same x_T "
+      f"(compile {drawn.compile_s:.0f} s, sampling {drawn.run_s:.0f} s). Whole table {total_s:.0f} s wall on "
+      f"{env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).",
+      harness.table(["w", "FID", "precision", "recall", "label agreement"],
+                    [(f"{w:g}", f"{row['fid']:.2f}", f"{row['precision']:.3f}", f"{row['recall']:.3f}",
+                      f"{row['label_agreement']:.3f}") for w, row in zip(scales, rows)]),
+      "FID, precision and recall (k = 3) against the digits training split in the digits classifier's "
+      "features; label agreement: the share of samples the classifier reads as the digit they were "
+      f"conditioned on (w = 0 ignores the label). Held-out real digits: FID "
+      f"{floor['test_split_at_num_samples']:.2f} at {floor['test_split_images_at_num_samples']} images, "
+      f"{floor['test_split']:.2f} at all 300.",
+      "## The trade-off, read from the numbers above",
+      "\n".join(trend(scales, rows)))
 
 
 def figure(scales, rows, images) -> Figure:
@@ -152,11 +161,12 @@ def figure(scales, rows, images) -> Figure:
   return fig
 
 
-def main(outdir: str) -> None:
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains (or reuses) the model, samples and scores every w; writes results.json, guidance.md and guidance.png."""
   start = time.perf_counter()
-  scales, model, n, scorer = diffusion_model.prepare(outdir, check_flags)
-  config, workdir = model.config, model.workdir
-  drawn = sample_scales(model, scales, jax.random.key(_SEED.value), n)
+  scales, model, scorer = diffusion_model.prepare(config, outdir, check_config)
+  workdir, n = model.workdir, config.num_samples
+  drawn = sample_scales(model, config, scales, jax.random.key(config.sample_seed), n)
   labels = np.asarray(model.labels(n))
   rows = [scorer(images, labels) for images in drawn.images]
   for w, row in zip(scales, rows):
@@ -164,16 +174,16 @@ def main(outdir: str) -> None:
           f"label agreement {row['label_agreement']:.3f}", flush=True)
   floor = scorer.floor(n)
   total_s = time.perf_counter() - start
-  text = markdown(scales, rows, drawn, model, floor, n, total_s)
-  results = {"scales": scales, "sample_steps": _SAMPLE_STEPS.value, "eta": _ETA.value, "tau": _TAU.value,
+  text = markdown(config, scales, rows, drawn, model, floor, n, total_s)
+  results = {"scales": scales, "sample_steps": config.sample_steps, "eta": config.eta, "tau": config.tau,
              "num_samples": n, "rows": {f"{w:g}": row for w, row in zip(scales, rows)},
              "compile_s": drawn.compile_s, "sampling_s": drawn.run_s, "reference_fids": floor,
              "model_workdir": workdir, "model_train_s": model.train_s,
              "model_train_results": diffusion_model.train_summary(model.workdir)}
-  report.write_report(outdir, "guidance", results, text, figure=figure(scales, rows, drawn.images), config=config,
-                      wall_time_s=total_s)
   print(text)
+  return harness.write_report(outdir, "guidance", results, text, figure=figure(scales, rows, drawn.images),
+                              config=config, wall_time_s=total_s)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

@@ -1,22 +1,23 @@
 """Reward-model over-optimisation (Gao, Schulman & Hilton 2022, Figure 1 in shape): gold and proxy reward vs sqrt(KL).
 
-The setting is experiments/rlhf.py's, through its stage functions and its config (the default
-one, or --preset=smoke): a character-level GPT pretrained on python_docs and fine-tuned on
-demonstrations, and rankings of K of its completions per training prompt labelled by the hidden
-gold scorer (distinct Python keywords minus repeats) through the noisy Plackett-Luce model. These
-are built once into <outdir>/model and reused on a rerun. Then, for each size of --rm_sizes, a
-reward model (the proxy) is trained on those rankings into <outdir>/model/rm_<size>; a reward
+The setting is experiments/rlhf.py's, through its stage functions and its config (the table's
+`rlhf` field: the experiment's default config, or its smoke config in the table's smoke preset):
+a character-level GPT pretrained on python_docs and fine-tuned on demonstrations, and rankings of
+K of its completions per training prompt labelled by the hidden gold scorer (distinct Python
+keywords minus repeats) through the noisy Plackett-Luce model. These are built once into
+<outdir>/model and reused on a rerun. Then, for each size of `rm_sizes`, a reward model (the
+proxy) is trained on those rankings into <outdir>/model/rm_<size>; a reward
 model of the policy's size starts from the SFT model, others from scratch (the library's rule).
 
 PPO: for each reward model, the library's whole-training program (research.rl.rlhf.make_ppo_train)
-vmapped over the KL coefficients of --ppo_betas, one compiled lax.scan of --ppo_steps rollout +
+vmapped over the KL coefficients of `ppo_betas`, one compiled lax.scan of `ppo_steps` rollout +
 update iterations with the experiment's PPO hyperparameters (beta fixed: no adaptive controller).
 Along training, each update's rollout is a point: the mean proxy score of its completions, their
 mean gold score and their KL (the mean over sequences of the summed log pi - log pi_ref of the
-sampled tokens), averaged over blocks of --window updates. At the end, each policy completes the
+sampled tokens), averaged over blocks of `window` updates. At the end, each policy completes the
 held-out prompts.
 
-DPO: one vmapped sweep over --dpo_betas (research.train.train with Members) of the experiment's
+DPO: one vmapped sweep over `dpo_betas` (research.train.train with Members) of the experiment's
 DPO stage on the same rankings from the same SFT model. DPO never sees a reward model; its proxy
 here is what each reward model says of its completions.
 
@@ -32,8 +33,8 @@ held-out points, with standard errors over prompts.
 
 Run:
   python -m experiments.tables.rlhf_overoptimization --outdir=experiments/tables/results/rlhf_overoptimization
-  python -m experiments.tables.rlhf_overoptimization --outdir=/tmp/rlhf_oo --preset=smoke --rm_sizes=1x16x2,1x32x2 \\
-      --ppo_betas=0,0.1 --ppo_steps=4 --dpo_betas=0.1,1 --window=2
+  python -m experiments.tables.rlhf_overoptimization --outdir=/tmp/rlhf_oo \\
+      --config=experiments/tables/rlhf_overoptimization.py:smoke --config.rm_sizes=1x16x2 --config.rm_sizes=1x32x2
 """
 
 import math
@@ -41,50 +42,63 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
 from matplotlib.figure import Figure
 
-from experiments import report
+from experiments import harness
 from experiments import rlhf as rlhf_experiment
 from research import optim
 from research.rl import rlhf
-from research.train import ConfigError, Members, train
+from research.train import ConfigError, Members, check_positive, cli, train
 
-_PRESET = flags.DEFINE_string("preset", "", "experiments/rlhf.py's config preset (\"smoke\" for tests).")
-_RM_SIZES = flags.DEFINE_list("rm_sizes", ["1x32x2", "2x64x4"],
-                              "Reward-model sizes, each n_layer x n_embd x n_head (the policy is 2x64x4).")
-_PPO_BETAS = flags.DEFINE_list("ppo_betas", ["0", "0.01", "0.05"], "KL coefficients of the vmapped PPO runs.")
-_PPO_STEPS = flags.DEFINE_integer("ppo_steps", 200, "Rollout + update iterations of every PPO run.")
-_DPO_BETAS = flags.DEFINE_list("dpo_betas", ["0.01", "0.03", "0.1", "0.3"], "betas of the vmapped DPO sweep.")
-_WINDOW = flags.DEFINE_integer("window", 20, "PPO updates per block of the along-training curves.")
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """experiments/rlhf.py's smoke setting, one reward-model size, short PPO and DPO sweeps, for tests."""
+  config.rlhf = rlhf_experiment.get_config("smoke")
+  config.rm_sizes, config.ppo_betas, config.ppo_steps = ("1x32x2",), (0.0, 0.1), 4
+  config.dpo_betas, config.window = (0.1, 1.0), 2
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """The table's reward models and sweeps on experiments/rlhf.py's setting; preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.rlhf = rlhf_experiment.get_config()  # experiments/rlhf.py's config: the policy, the rankings, the stages
+  config.rm_sizes = ("1x32x2", "2x64x4")  # reward-model sizes, each n_layer x n_embd x n_head (the policy is 2x64x4)
+  config.ppo_betas = (0.0, 0.01, 0.05)  # KL coefficients of the vmapped PPO runs
+  config.ppo_steps = 200  # rollout + update iterations of every PPO run
+  config.dpo_betas = (0.01, 0.03, 0.1, 0.3)  # betas of the vmapped DPO sweep
+  config.window = 20  # PPO updates per block of the along-training curves
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
   """(n_layer, n_embd, n_head) of "LxExH".
 
   Raises:
-    app.UsageError: for anything else, or a width the heads do not divide.
+    ConfigError: for anything else, or a width the heads do not divide.
   """
   parts = text.lower().split("x")
   try:
     n_layer, n_embd, n_head = (int(p) for p in parts)
   except ValueError:
-    raise app.UsageError(f"a reward-model size is n_layer x n_embd x n_head, e.g. 2x64x4; got {text!r}") from None
+    raise ConfigError(f"a reward-model size is n_layer x n_embd x n_head, e.g. 2x64x4; got {text!r}") from None
   if min(n_layer, n_embd, n_head) < 1 or n_embd % n_head:
-    raise app.UsageError(f"reward-model size {text!r}: sizes must be positive and n_embd divisible by n_head")
+    raise ConfigError(f"reward-model size {text!r}: sizes must be positive and n_embd divisible by n_head")
   return n_layer, n_embd, n_head
 
 
-def _floats(name: str, values: list[str], allow_zero: bool) -> list[float]:
+def _floats(name: str, values, allow_zero: bool) -> list[float]:
+  """`values` as floats; ConfigError unless they are distinct non-negative (or positive) numbers."""
   try:
     out = [float(v) for v in values]
-  except ValueError:
-    raise app.UsageError(f"--{name} must be numbers, got {values}") from None
+  except (TypeError, ValueError):
+    raise ConfigError(f"{name} must be numbers, got {values}") from None
   if not out or any(v < 0 or (v == 0 and not allow_zero) for v in out) or len(set(out)) != len(out):
-    raise app.UsageError(f"--{name} must be distinct {'non-negative' if allow_zero else 'positive'} numbers, "
-                         f"got {values}")
+    raise ConfigError(f"{name} must be distinct {'non-negative' if allow_zero else 'positive'} numbers, got {values}")
   return out
 
 
@@ -275,11 +289,7 @@ def _pm(mean: float, se: float) -> str:
 def _markdown(results: dict, config, wall_s: float) -> str:
   rms, ref, dpo = results["reward_models"], results["reference"], results["dpo"]
   pre = config.pretrain
-  lines = [
-      "# Reward-model over-optimisation (Gao et al. 2022, Figure 1 in shape)",
-      "",
-      f"Command: `{report.command()}`",
-      "",
+  blocks = [
       f"Policy: experiments/rlhf.py's character-level GPT ({pre.n_layer} layers x {pre.n_embd} wide x {pre.n_head} "
       f"heads, {pre.steps} pretraining steps on python_docs, {config.sft.steps} SFT steps), prompts of "
       f"{config.prompt_len} characters, {config.new_tokens} sampled per completion. Preferences: rankings of "
@@ -290,44 +300,41 @@ def _markdown(results: dict, config, wall_s: float) -> str:
       f"vmapped program per reward model; along-training points are blocks of {results['window']} updates. DPO: "
       f"{config.dpo.steps} steps of {config.dpo.batch_size} rankings, one vmapped sweep. Held-out: "
       f"{config.num_eval_prompts} test-split prompts, the same key for every policy; ± is a standard error.",
-      "",
       "## Reward models (the proxies)",
-      "",
-      "| reward model (layers x width x heads) | parameters | starts from | held-out pair accuracy |",
-      "|---|---:|---|---:|",
+      harness.table(["reward model (layers x width x heads)", "parameters", "starts from", "held-out pair accuracy"],
+                    [(name, f"{rm['parameters']:,}", "the SFT model" if rm["from_sft"] else "scratch",
+                      f"{rm['pair_accuracy']:.3f}") for name, rm in rms.items()], align="lrlr"),
   ]
-  for name, rm in rms.items():
-    lines.append(f"| {name} | {rm['parameters']:,} | {'the SFT model' if rm['from_sft'] else 'scratch'} | "
-                 f"{rm['pair_accuracy']:.3f} |")
   for name in rms:
-    lines += ["", f"## Held-out points, reward model {name}", "",
-              "| policy | KL (nats) | sqrt KL | gold | proxy |", "|---|---:|---:|---:|---:|",
-              f"| SFT reference | 0 | 0 | {_pm(ref['gold'], ref['gold_se'])} | {_pm(*ref['proxy'][name])} |"]
+    points = [("SFT reference", "0", "0", _pm(ref["gold"], ref["gold_se"]), _pm(*ref["proxy"][name]))]
     for beta, r in results["ppo"][name].items():
       h = r["held_out"]
-      lines.append(f"| PPO beta={beta} | {h['kl']:.2f} | {math.sqrt(h['kl']):.2f} | {_pm(h['gold'], h['gold_se'])} | "
-                   f"{_pm(h['proxy'], h['proxy_se'])} |")
+      points.append((f"PPO beta={beta}", f"{h['kl']:.2f}", f"{math.sqrt(h['kl']):.2f}", _pm(h["gold"], h["gold_se"]),
+                     _pm(h["proxy"], h["proxy_se"])))
     for beta in sorted(dpo, key=lambda b: dpo[b]["kl"]):
       d = dpo[beta]
-      lines.append(f"| DPO beta={beta} | {d['kl']:.2f} | {math.sqrt(d['kl']):.2f} | {_pm(d['gold'], d['gold_se'])} | "
-                   f"{_pm(*d['proxy'][name])} |")
-  lines += ["", "## Along PPO training", "",
-            "Blocks of updates on the training prompts' rollouts; KL is the sampled estimate (mean summed log pi - "
-            "log pi_ref).", "",
-            "| reward model | beta | first block gold / proxy | best gold (sqrt KL there) | last block gold / proxy "
-            "(sqrt KL) | proxy at the gold peak | gold peaks and falls | proxy keeps rising |",
-            "|---|---:|---|---|---|---:|---|---|"]
+      points.append((f"DPO beta={beta}", f"{d['kl']:.2f}", f"{math.sqrt(d['kl']):.2f}", _pm(d["gold"], d["gold_se"]),
+                     _pm(*d["proxy"][name])))
+    blocks += [f"## Held-out points, reward model {name}",
+               harness.table(["policy", "KL (nats)", "sqrt KL", "gold", "proxy"], points, align="lrrrr")]
+  along = []
   for name in rms:
     for beta, r in results["ppo"][name].items():
       a, v = r["along"], r["verdict"]
       k = v["peak"]
-      lines.append(f"| {name} | {beta} | {a['gold'][0]:+.2f} / {a['proxy'][0]:+.2f} | {a['gold'][k]:+.2f} "
-                   f"({a['sqrt_kl'][k]:.2f}) | {a['gold'][-1]:+.2f} / {a['proxy'][-1]:+.2f} ({a['sqrt_kl'][-1]:.2f}) | "
-                   f"{a['proxy'][k]:+.2f} | {'yes' if v['gold_falls'] else 'no'} | "
-                   f"{'yes' if v['proxy_rises'] else 'no'} |")
+      along.append((name, beta, f"{a['gold'][0]:+.2f} / {a['proxy'][0]:+.2f}",
+                    f"{a['gold'][k]:+.2f} ({a['sqrt_kl'][k]:.2f})",
+                    f"{a['gold'][-1]:+.2f} / {a['proxy'][-1]:+.2f} ({a['sqrt_kl'][-1]:.2f})", f"{a['proxy'][k]:+.2f}",
+                    "yes" if v["gold_falls"] else "no", "yes" if v["proxy_rises"] else "no"))
+  blocks += ["## Along PPO training",
+             "Blocks of updates on the training prompts' rollouts; KL is the sampled estimate (mean summed log pi - "
+             "log pi_ref).",
+             harness.table(["reward model", "beta", "first block gold / proxy", "best gold (sqrt KL there)",
+                            "last block gold / proxy (sqrt KL)", "proxy at the gold peak", "gold peaks and falls",
+                            "proxy keeps rising"], along, align="lrlllrll")]
   runs = [(name, beta, r["verdict"]) for name in rms for beta, r in results["ppo"][name].items()]
   over = [f"RM {n}, beta {b}" for n, b, v in runs if v["overoptimized"]]
-  lines += ["", "## Verdict", ""]
+  lines = []
   if over:
     lines.append(f"Along training, the proxy kept rising while the gold reward peaked and fell in {len(over)} of "
                  f"{len(runs)} PPO runs ({'; '.join(over)}).")
@@ -358,33 +365,45 @@ def _markdown(results: dict, config, wall_s: float) -> str:
   above = [b for b, d in dpo.items() if d["gold"] - 2 * math.hypot(d["gold_se"], ref["gold_se"]) > ref["gold"]]
   lines.append(f"DPO's gold is above the SFT reference's by more than twice their combined error at {len(above)} of "
                f"{len(dpo)} betas" + (f" ({', '.join(sorted(above, key=float))})." if above else "."))
-  lines += ["", f"Whole table: {wall_s:.0f} s wall (stages already in {results['model_dir_name']}/ are reused).", ""]
-  return "\n".join(lines)
+  return harness.document(
+      "Reward-model over-optimisation (Gao et al. 2022, Figure 1 in shape)", *blocks, "## Verdict", "\n".join(lines),
+      f"Whole table: {wall_s:.0f} s wall (stages already in {results['model_dir_name']}/ are reused).")
 
 
 # ---------------------------------------------------------------------------------------
 # The table.
 
 
-def run_table(outdir: str, preset: str, rm_sizes: list[tuple[int, int, int]], ppo_betas: list[float], ppo_steps: int,
-              dpo_betas: list[float], window: int) -> dict:
-  """Trains what is missing, measures every point and writes the report into `outdir`; returns the results."""
-  start = time.perf_counter()
-  try:
-    config = rlhf_experiment.get_config(preset)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  if ppo_steps < 1 or window < 1 or ppo_steps // window < 2:
-    raise app.UsageError(f"--ppo_steps {ppo_steps} must hold at least two blocks of --window {window} updates")
+def check_config(table: ml_collections.ConfigDict) -> dict:
+  """The parsed sizes and betas; raises ConfigError on a bad field, before anything is trained or written.
+
+  Returns:
+    {"configs": {size name: experiments/rlhf.py config with that reward model}, "ppo_betas", "dpo_betas"}.
+  """
+  rm_sizes = [parse_size(s) for s in table.rm_sizes]
+  if not rm_sizes or len(set(rm_sizes)) != len(rm_sizes):
+    raise ConfigError(f"rm_sizes must name distinct sizes, got {table.rm_sizes}")
+  ppo_betas = _floats("ppo_betas", table.ppo_betas, allow_zero=True)
+  dpo_betas = _floats("dpo_betas", table.dpo_betas, allow_zero=False)
+  check_positive("ppo_steps", table.ppo_steps)
+  check_positive("window", table.window)
+  if table.ppo_steps // table.window < 2:
+    raise ConfigError(f"ppo_steps {table.ppo_steps} must hold at least two blocks of window {table.window} updates")
   configs = {}
   for size in rm_sizes:
-    c = config.copy_and_resolve_references()
+    c = table.rlhf.copy_and_resolve_references()
     c.reward.n_layer, c.reward.n_embd, c.reward.n_head = size
-    try:
-      rlhf_experiment.check_config(c)
-    except ConfigError as e:
-      raise app.UsageError(str(e)) from None
+    rlhf_experiment.check_config(c)
     configs[_size_name(size)] = c
+  return {"configs": configs, "ppo_betas": ppo_betas, "dpo_betas": dpo_betas}
+
+
+def run(table: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Trains what is missing, measures every point and writes the report into `outdir`; returns the results."""
+  start = time.perf_counter()
+  checked = check_config(table)
+  config, configs, ppo_steps, window = table.rlhf, checked["configs"], table.ppo_steps, table.window
+  ppo_betas, dpo_betas = checked["ppo_betas"], checked["dpo_betas"]
   model_dir = os.path.join(outdir, "model")
   setup = rlhf_experiment.pretrain(config, model_dir)
   sft_params = rlhf_experiment.supervised_finetune(config, model_dir, setup)
@@ -393,7 +412,7 @@ def run_table(outdir: str, preset: str, rm_sizes: list[tuple[int, int, int]], pp
                                                             sft_params, rankings)
                    for name, c in configs.items()}
   results = {"rm_sizes": list(configs), "ppo_betas": ppo_betas, "ppo_steps": ppo_steps, "dpo_betas": dpo_betas,
-             "window": window, "preset": preset, "model_dir_name": "model", "reward_models": {}}
+             "window": window, "model_dir_name": "model", "reward_models": {}}
   for name, (rm_cfg, rm_params, accuracy) in reward_models.items():
     results["reward_models"][name] = {
         "n_layer": rm_cfg.n_layer, "n_embd": rm_cfg.n_embd, "n_head": rm_cfg.n_head,
@@ -415,17 +434,9 @@ def run_table(outdir: str, preset: str, rm_sizes: list[tuple[int, int, int]], pp
   wall = time.perf_counter() - start
   markdown = _markdown(results, config, wall)
   print(markdown)
-  return report.write_report(outdir, "rlhf_overoptimization", results, markdown, figure=_figure(results),
-                             config=config, wall_time_s=wall)
-
-
-def main(outdir: str) -> None:
-  sizes = [parse_size(s) for s in _RM_SIZES.value]
-  if not sizes or len(set(sizes)) != len(sizes):
-    raise app.UsageError(f"--rm_sizes must name distinct sizes, got {_RM_SIZES.value}")
-  run_table(outdir, _PRESET.value, sizes, _floats("ppo_betas", _PPO_BETAS.value, allow_zero=True), _PPO_STEPS.value,
-            _floats("dpo_betas", _DPO_BETAS.value, allow_zero=False), _WINDOW.value)
+  return harness.write_report(outdir, "rlhf_overoptimization", results, markdown, figure=_figure(results),
+                              config=table, wall_time_s=wall)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")

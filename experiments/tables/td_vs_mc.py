@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments import report
+from experiments import harness
 from research.rl import envs, tabular
 from research.train import ConfigError, check_positive, cli
 
@@ -26,6 +26,17 @@ NAME = "td_vs_mc"
 SNAPSHOTS = (0, 1, 10, 100)
 # Snapshot TD run shown in the left panel: this step size, first run.
 SNAPSHOT_ALPHA = 0.1
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """Cheap to run, yet enough runs to compare curves within ~0.02."""
+  config.num_runs = 200
+  config.num_episodes = 20
+  config.td_alphas = (0.1,)
+  config.mc_alphas = (0.02,)
+
+
+PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -40,14 +51,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.mc_first_visit = False  # Monte Carlo update on the first visit only (the book: every visit)
   config.init_value = 0.5  # initial V of every non-terminal state
   config.max_steps = 1000  # cap on an episode (the walk from C takes 9 steps on average)
-  if preset == "smoke":  # cheap to run, yet enough runs to compare curves within ~0.02
-    config.num_runs = 200
-    config.num_episodes = 20
-    config.td_alphas = (0.1,)
-    config.mc_alphas = (0.02,)
-  elif preset:
-    raise ValueError(f"unknown preset {preset!r}; choose one of: smoke")
-  return config
+  return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -127,30 +131,20 @@ def plot(config, curves: dict[str, np.ndarray], rms: dict[str, np.ndarray]) -> F
 def markdown(config, rms: dict[str, np.ndarray], wall_time_s: float) -> str:
   """The table of RMS errors after a few episode counts, with the command that produced it."""
   checkpoints = sorted({e for e in (1, 10, 25, 50, config.num_episodes) if e <= config.num_episodes})
-  header = "| method | α | " + " | ".join(f"RMS after {e}" for e in checkpoints) + " |"
-  rows = [header, "|" + "---|" * (len(checkpoints) + 2)]
-  for method, alphas, label in (("td", config.td_alphas, "TD(0)"), ("mc", config.mc_alphas, "constant-α MC")):
-    for alpha, curve in zip(alphas, rms[method]):
-      rows.append(f"| {label} | {alpha} | " + " | ".join(f"{curve[e]:.4f}" for e in checkpoints) + " |")
+  rows = [(label, alpha, *(f"{curve[e]:.4f}" for e in checkpoints))
+          for method, alphas, label in (("td", config.td_alphas, "TD(0)"), ("mc", config.mc_alphas, "constant-α MC"))
+          for alpha, curve in zip(alphas, rms[method])]
   visit = "first-visit" if config.mc_first_visit else "every-visit"
-  return f"""# TD(0) vs constant-α Monte Carlo on the random walk
-
-Sutton & Barto, Example 6.2 and its figure: the {config.num_states}-state random walk under the
+  return harness.document(
+      "TD(0) vs constant-α Monte Carlo on the random walk",
+      f"""Sutton & Barto, Example 6.2 and its figure: the {config.num_states}-state random walk under the
 equiprobable policy, γ = 1, V initialised to {config.init_value}. The error is the RMS over the
 states A..E of V minus the true values (1/6 .. 5/6, computed by `policy_evaluation`), averaged
-over {config.num_runs} runs; Monte Carlo is {visit} with a constant step size.
-
-```
-{report.command()}
-```
-
-{chr(10).join(rows)}
-
-Wall time (one jitted program for all {len(config.td_alphas) + len(config.mc_alphas)} step sizes x
-{config.num_runs} runs, compilation included): {wall_time_s:.1f} s.
-
-![RMS error curves]({NAME}.png)
-"""
+over {config.num_runs} runs; Monte Carlo is {visit} with a constant step size.""",
+      harness.table(["method", "α", *(f"RMS after {e}" for e in checkpoints)], rows),
+      f"""Wall time (one jitted program for all {len(config.td_alphas) + len(config.mc_alphas)} step sizes x
+{config.num_runs} runs, compilation included): {wall_time_s:.1f} s.""",
+      f"![RMS error curves]({NAME}.png)")
 
 
 def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
@@ -173,8 +167,8 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
       "mc": {str(a): float(c[-1]) for a, c in zip(config.mc_alphas, rms["mc"])},
       "rms_curves": {"td": rms["td"], "mc": rms["mc"]},
   }
-  return report.write_report(outdir, NAME, metrics, markdown(config, rms, wall_time_s),
-                             figure=plot(config, curves, rms), config=config, wall_time_s=wall_time_s)
+  return harness.write_report(outdir, NAME, metrics, markdown(config, rms, wall_time_s),
+                              figure=plot(config, curves, rms), config=config, wall_time_s=wall_time_s)
 
 
 if __name__ == "__main__":

@@ -7,14 +7,18 @@ Every experiment ends with
 
 which defines `--config` (the script's own `get_config`, so `--config=<script>.py:smoke`
 picks a preset and `--config.<field>=...` overrides a field) and `--workdir`, then calls
-`run(config, workdir)`. Bad input (an unknown flag or config field, a ConfigError raised by
-the checks) is one line on stderr and exit code 2, before anything is compiled or written.
-A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
+`run(config, workdir)`. Tables and benchmarks end with
+`cli.main(__file__, run, dir_flag="outdir")`. Bad input (an unknown flag or config field, a
+ConfigError raised by the checks) is one line on stderr and exit code 2, before anything is
+compiled or written. A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
 where, and exit with 128 + the signal number (130 / 143).
+
+A script declares its presets once, as a dict of preset name -> function that edits the
+config, and ends `get_config(preset)` with `return cli.apply_presets(config, preset, PRESETS)`.
 """
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from absl import app
 from absl import flags
@@ -31,6 +35,33 @@ def fail(message: str, status: int = 2) -> None:
   sys.stderr.write(f"error: {message}\n")
   sys.stderr.flush()
   sys.exit(status)
+
+
+def apply_presets(config, preset: str, presets: Mapping[str, Callable[[object], None]]):
+  """Applies the presets named in `preset` (comma-separated) to `config`, in the order `presets` lists them.
+
+  The order is the declaration's, not the command line's, so "smoke,long" and "long,smoke" give
+  the same config, and a preset that shrinks everything (smoke) can be declared last to win.
+
+  Args:
+    config: the script's default config, edited in place.
+    preset: "" (the default config), a preset name, or several joined by commas.
+    presets: preset name -> function editing the config.
+
+  Returns:
+    `config`.
+
+  Raises:
+    ValueError: naming the first unknown preset and the choices (cli.main prints it as one line).
+  """
+  names = [name for name in preset.split(",") if name]
+  unknown = [name for name in names if name not in presets]
+  if unknown:
+    raise ValueError(f"unknown preset {unknown[0]!r}; choose from: {', '.join(presets)}")
+  for name, edit in presets.items():
+    if name in names:
+      edit(config)
+  return config
 
 
 def _one_line(error) -> str:
