@@ -46,6 +46,7 @@ from research.data import encoder as encoder_data
 from research.data import tokenizers, tokens
 from research.models import attention as attention_lib
 from research.models import bert
+from research.tasks import bert as bert_tasks
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 
@@ -220,7 +221,7 @@ def pretrain(config, workdir: str, members=None) -> dict:
   cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run uses the same vocabulary
-  run = train(bert.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences, members)
+  run = train(bert_tasks.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences, members)
   params = run.state.params["params"]
   if members is None:
     exports = {"hf": params}
@@ -282,7 +283,7 @@ def finetune(config, workdir: str, members=None) -> dict:
                               dtype=config.dtype)
     encoder = bert.load_hf(path)[1]["bert"]
   config = finetune_config(config)
-  task = bert.make_classifier_task(config, cfg, encoder)
+  task = bert_tasks.make_classifier_task(config, cfg, encoder)
   return train(task, config, workdir, train_examples, eval_examples, members).results
 
 

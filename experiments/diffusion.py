@@ -23,6 +23,7 @@ import ml_collections
 
 from research import data as data_lib
 from research.models import diffusion, dit
+from research.tasks import diffusion as diffusion_tasks
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 
@@ -90,7 +91,7 @@ def check_config(config) -> None:
   """Raises ConfigError on bad input, before anything is loaded, compiled or written."""
   check_common(config)
   check_choice("dataset", config.dataset, ("digits",))
-  check_choice("model", config.model, diffusion.DENOISERS)
+  check_choice("model", config.model, diffusion_tasks.DENOISERS)
   check_choice("schedule", config.schedule, diffusion.SCHEDULES)
   check_choice("prediction", config.prediction, diffusion.PREDICTIONS)
   check_choice("sampler", config.sampler, diffusion.SAMPLERS)
@@ -140,8 +141,8 @@ def run(config, workdir: str, members=None) -> dict:
   check_workdir(workdir)
   train_split = data_lib.load(config.dataset, "train")
   sweeps_guidance = members is not None and "guidance_scale" in members.hparams
-  task = diffusion.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0,
-                             sweeps_guidance=sweeps_guidance)
+  task = diffusion_tasks.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0,
+                                   sweeps_guidance=sweeps_guidance)
   return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]},
                members=members).results
 

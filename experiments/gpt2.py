@@ -33,7 +33,7 @@ import numpy as np
 
 from research import data as data_lib
 from research.data import tokenizers, tokens
-from research.models import gpt2
+from research.tasks import gpt2
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 from research.models import attention as attention_lib

@@ -63,6 +63,7 @@ from research import optim
 from research.data import tokenizers, tokens
 from research.models import gpt2
 from research.rl import rlhf
+from research.tasks import rlhf as rlhf_tasks
 from research.train import (Checkpointer, ConfigError, base_config, check_common, check_positive, check_workdir,
                             cli, monitor, train, write_results)
 
@@ -331,8 +332,8 @@ def supervised_finetune(config, workdir: str, setup: Setup):
   stage, stage_dir = config.sft, os.path.join(workdir, "sft")
   if finished(stage_dir, stage.steps) is not None:
     return final_params(stage_dir)["params"]
-  task = rlhf.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
-                            optim.learning_rate_fn(stage.optimizer, stage.steps))
+  task = rlhf_tasks.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
+                                  optim.learning_rate_fn(stage.optimizer, stage.steps))
   return train(task, stage, stage_dir, demos).state.params["params"]
 
 
@@ -412,8 +413,8 @@ def train_reward_model(config, workdir: str, setup: Setup, sft_params, rankings:
   results = finished(stage_dir, stage.steps)
   if results is not None:
     return rm_cfg, final_params(stage_dir), results["pair_accuracy"]
-  task = rlhf.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
-                               optim.learning_rate_fn(stage.optimizer, stage.steps))
+  task = rlhf_tasks.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
+                                     optim.learning_rate_fn(stage.optimizer, stage.steps))
   strip = lambda r: {"tokens": r["tokens"], "completion": r["completion"]}
   run = train(task, stage, stage_dir, strip(rankings[0]), strip(rankings[1]))
   return rm_cfg, run.state.params, run.results["pair_accuracy"]
@@ -462,8 +463,8 @@ def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
 
   hparams = {name: float(stage[name]) for name in rlhf.PPOHParams._fields}
   total_updates = stage.steps * stage.update_epochs * stage.num_minibatches
-  task = rlhf.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), optim.make(stage.optimizer, total_updates),
-                            sft_params, sft_params, rm_params, hparams, evaluate)
+  task = rlhf_tasks.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), optim.make(stage.optimizer, total_updates),
+                                  sft_params, sft_params, rm_params, hparams, evaluate)
   run = train(task, stage, stage_dir, {"prompts": setup.train_prompts})
   return run.state.params["params"]["backbone"]
 
@@ -484,8 +485,8 @@ def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict
   stage, stage_dir = config.dpo, os.path.join(workdir, "dpo")
   if finished(stage_dir, stage.steps) is not None:
     return final_params(stage_dir)["params"]
-  task = rlhf.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
-                            config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
+  task = rlhf_tasks.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
+                                  config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
   strip = lambda r: {"tokens": r["tokens"], "completion": r["completion"]}
   run = train(task, stage, stage_dir, strip(rankings[0]), strip(rankings[1]))
   return run.state.params["params"]

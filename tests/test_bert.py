@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from research.models import bert
+from research.tasks import bert as bert_tasks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -177,12 +178,12 @@ def test_a_traced_masking_mix_equals_the_configured_one(mix):
   ids = np.random.default_rng(3).integers(5, 41, (4, 23))
   batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones((4, 23), jnp.int32),
            "token_type_ids": jnp.zeros((4, 23), jnp.int32)}
-  fixed = bert.make_pretrain_task(config, cfg, special)
+  fixed = bert_tasks.make_pretrain_task(config, cfg, special)
   other = config.copy_and_resolve_references()
   other.mask_mix = "80/10/10"  # the traced task starts elsewhere; its hparams carry the mix
-  traced = bert.make_pretrain_task(other, cfg, special, traced_mix=True)
+  traced = bert_tasks.make_pretrain_task(other, cfg, special, traced_mix=True)
   params = fixed.init(jax.random.key(0), batch)
-  hparams = dict(traced.hparams, **dict(zip(bert.MIX_HPARAMS, map(jnp.float32, bert.parse_mix(mix)[:2]))))
+  hparams = dict(traced.hparams, **dict(zip(bert_tasks.MIX_HPARAMS, map(jnp.float32, bert.parse_mix(mix)[:2]))))
   key = jax.random.key(5)
   want = jax.jit(fixed.loss, static_argnums=3)(params, batch, key, False, fixed.hparams)
   got = jax.jit(traced.loss, static_argnums=3)(params, batch, key, False, hparams)

@@ -11,6 +11,7 @@ import pytest
 from scipy.special import log_softmax
 
 from research.models import gpt2
+from research.tasks import gpt2 as gpt2_tasks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -277,7 +278,7 @@ def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
   from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
   config = experiment.get_config("smoke")
   config.positions = "rope"
-  task = gpt2.make_task(config, 37, str, [[1, 2]])
+  task = gpt2_tasks.make_task(config, 37, str, [[1, 2]])
   windows = np.random.default_rng(3).integers(0, 37, (11, config.seq_len + 1))
   variables = jax.tree.map(lambda x: x * 4.0, nn.unbox(task.init(jax.random.key(0), {"tokens": windows[:2]})))
   model = gpt2.GPT2(gpt2.model_config(config, 37))
