@@ -328,7 +328,8 @@ def _hf_table(cfg: BertConfig, architecture: str) -> list[hf.Tensor]:
   The MLM decoder is tied to the word embeddings, so only its bias is a tensor of its own.
   """
   e, h, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-  ln = lambda theirs, ours: [hf.Tensor(theirs + ".weight", ours + ("scale",)), hf.Tensor(theirs + ".bias", ours + ("bias",))]
+  ln = lambda theirs, ours: [hf.Tensor(theirs + ".weight", ours + ("scale",)),
+                             hf.Tensor(theirs + ".bias", ours + ("bias",))]
   dense = lambda theirs, ours: [hf.Tensor(theirs + ".weight", ours + ("kernel",), np.transpose, np.transpose),
                                 hf.Tensor(theirs + ".bias", ours + ("bias",))]
   emb, enc = "bert.embeddings.", ("bert",)
@@ -369,7 +370,8 @@ def _config_from_hf(saved: dict, path: str) -> BertConfig:
   labels = saved.get("num_labels") or len(saved.get("id2label") or {}) or 2
   return BertConfig(vocab_size=saved["vocab_size"], hidden_size=saved["hidden_size"],
                     num_hidden_layers=saved["num_hidden_layers"], num_attention_heads=saved["num_attention_heads"],
-                    intermediate_size=saved["intermediate_size"], max_position_embeddings=saved["max_position_embeddings"],
+                    intermediate_size=saved["intermediate_size"],
+                    max_position_embeddings=saved["max_position_embeddings"],
                     type_vocab_size=saved.get("type_vocab_size", 2), layer_norm_eps=saved.get("layer_norm_eps", 1e-12),
                     initializer_range=saved.get("initializer_range", 0.02),
                     hidden_dropout_prob=saved.get("hidden_dropout_prob", 0.1),

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 from research.models import attention as attention_lib
 from research.models import embeddings
 from research.models import layers
-from research.models.embeddings import drop_labels  # pylint: disable=unused-import  (the DiT's label dropout)
+# dit.drop_labels: the paper's label dropout for classifier-free guidance, kept with the embeddings.
+from research.models.embeddings import drop_labels  # pylint: disable=unused-import
 
 CONDITIONINGS = ("adaln_zero", "adaln", "cross_attention", "in_context")
 # name -> (depth, hidden size, heads): the paper's Table 1, then small ones of this codebase.
