@@ -672,14 +672,15 @@ def make_denoiser(config, image_shape, num_classes: int):
     model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels), groups=config.unet_groups,
                                               attention_heads=config.unet_heads, dropout=config.dropout,
                                               num_classes=num_classes, out_channels=image_shape[-1],
-                                              dtype=config.dtype))
+                                              attention=config.unet_attention, dtype=config.dtype))
 
     def apply(params, x, t, y, train, key):
       return model.apply(params, x, t, y, train=train, rngs={"dropout": key} if train else None)
   else:
     cfg = dit_lib.config(config.dit, input_size=image_shape[0], in_channels=image_shape[-1],
                          num_classes=num_classes, learn_sigma=False, conditioning=config.dit_conditioning,
-                         dtype=config.dtype)
+                         attention=config.dit_attention, scan_layers=config.dit_scan_layers,
+                         remat=config.dit_remat, dtype=config.dtype)
     model = dit_lib.DiT(cfg)
 
     def apply(params, x, t, y, train, key):
@@ -712,7 +713,7 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guida
   """
   from research import optim  # pylint: disable=import-outside-toplevel
   from research.metrics import fid as fid_lib  # pylint: disable=import-outside-toplevel
-  from research.models.dit import drop_labels  # pylint: disable=import-outside-toplevel
+  from research.models.embeddings import drop_labels  # pylint: disable=import-outside-toplevel
   from research.train import Task  # pylint: disable=import-outside-toplevel
   schedule = make_schedule(config.schedule, config.num_train_steps)
   model, apply = make_denoiser(config, image_shape, num_classes)
