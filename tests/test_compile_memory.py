@@ -20,15 +20,15 @@ def test_scanned_rematerialised_blocks_hold_fewer_temporary_bytes_where_activati
 
 
 def test_report_and_bad_flags(tmp_path):
-  args = ["-m", "experiments.bench.compile_memory", "--layers=1", "--seq_len=16", "--batch_size=1", "--vocab_size=64"]
-  proc = run_python(args + [f"--outdir={tmp_path}", "--scan_layers=false,true", "--remat=none"])
+  args = ["-m", "experiments.bench.compile_memory", "--config=experiments/bench/compile_memory.py:smoke"]
+  proc = run_python(args + [f"--outdir={tmp_path}", "--config.remat=none"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "compile_memory.json").read_text())
   assert [(r["scan_layers"], r["remat"]) for r in result["rows"]] == [(False, "none"), (True, "none")]
   assert result["rows"][0]["vs_loop_none"]["temp_bytes"] == 1.0
   assert "| True | none |" in (tmp_path / "compile_memory.md").read_text()
-  for flag, message in [("--remat=full", "unknown --remat 'full'"), ("--scan_layers=maybe", "--scan_layers takes"),
-                        ("--size=2b", "unknown GPT-2 size '2b'"), ("--seq_len=0", "--seq_len must be at least 1")]:
+  for flag, message in [("--config.remat=full", "remat"), ("--config.scan_layers=maybe", "scan_layers"),
+                        ("--config.size=2b", "unknown GPT-2 size '2b'"), ("--config.seq_len=0", "seq_len must be")]:
     proc = run_python(args + [f"--outdir={tmp_path / 'bad'}", flag])
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr, (flag, proc.stderr)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, (flag, proc.stderr)
   assert not (tmp_path / "bad").exists()

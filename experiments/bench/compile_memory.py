@@ -12,7 +12,7 @@ plain loop without remat.
 
 Run:
   python -m experiments.bench.compile_memory --outdir=experiments/bench/results/compile_memory
-  python -m experiments.bench.compile_memory --outdir=/tmp/cm --layers=1 --seq_len=32 --batch_size=2   # quick
+  python -m experiments.bench.compile_memory --outdir=/tmp/cm --config=experiments/bench/compile_memory.py:smoke
 """
 
 import dataclasses
@@ -21,23 +21,49 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
-from absl import app, flags
 
-from experiments import report
-from research.models import gpt2, layers
-
-_SIZE = flags.DEFINE_string("size", "124m", "A GPT-2 size (research.models.gpt2.SIZES or transformers' name).")
-_LAYERS = flags.DEFINE_integer("layers", 0, "Blocks, in place of the size's (0: the size's).")
-_VOCAB = flags.DEFINE_integer("vocab_size", 50257, "Vocabulary size.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per step.")
-_SEQ = flags.DEFINE_integer("seq_len", 1024, "Tokens per sequence (the context).")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_ATTENTION = flags.DEFINE_string("attention", "auto", "Attention kernel (research.models.attention.IMPLEMENTATIONS).")
-_SCAN = flags.DEFINE_list("scan_layers", ["false", "true"], "scan_layers settings measured.")
-_REMAT = flags.DEFINE_list("remat", list(layers.REMATS), "remat settings measured.")
+from experiments import harness
+from research.models import attention, gpt2, layers
+from research.train import ConfigError, check_choice, check_positive, cli
 
 MIB = 2 ** 20
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """One small block over a short context, seconds to compile, for tests."""
+  config.layers, config.seq_len, config.batch_size, config.vocab_size = 1, 16, 1, 64
+
+
+PRESETS = {"smoke": _smoke}
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+  """GPT-2 124M's step at batch 8 x 1024 under every (scan_layers, remat); preset "smoke" for tests."""
+  config = ml_collections.ConfigDict()
+  config.size = "124m"  # a GPT-2 size (research.models.gpt2.SIZES or transformers' name)
+  config.layers = 0  # blocks, in place of the size's (0: the size's)
+  config.vocab_size = 50257  # vocabulary size
+  config.batch_size = 8  # sequences per step
+  config.seq_len = 1024  # tokens per sequence (the context)
+  config.dtype = "float32"  # compute dtype: float32 or bfloat16
+  config.attention = "auto"  # attention kernel (research.models.attention.IMPLEMENTATIONS)
+  config.scan_layers = (False, True)  # scan_layers settings measured
+  config.remat = layers.REMATS  # remat settings measured
+  return cli.apply_presets(config, preset, PRESETS)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError on the first bad field."""
+  for name in ("batch_size", "seq_len", "vocab_size"):
+    check_positive(name, config[name])
+  check_positive("layers", config.layers, allow_zero=True)
+  check_choice("dtype", config.dtype, ("float32", "bfloat16"))
+  check_choice("attention", config.attention, attention.IMPLEMENTATIONS)
+  if not config.scan_layers or not all(isinstance(v, bool) for v in config.scan_layers):
+    raise ConfigError(f"scan_layers takes True and False, got {config.scan_layers}")
+  harness.check_names("remat", config.remat, layers.REMATS)
 
 
 def step_memory(cfg: gpt2.GPT2Config, batch_size: int, seq_len: int) -> dict:
@@ -70,17 +96,6 @@ def step_memory(cfg: gpt2.GPT2Config, batch_size: int, seq_len: int) -> dict:
           "code_bytes": int(memory.generated_code_size_in_bytes)}
 
 
-def _settings(scans: list[str], remats: list[str]) -> list[tuple[bool, str]]:
-  bools = {"false": False, "true": True}
-  for value in scans:
-    if value.lower() not in bools:
-      raise app.UsageError(f"--scan_layers takes true and false, got {value!r}")
-  for value in remats:
-    if value not in layers.REMATS:
-      raise app.UsageError(f"unknown --remat {value!r}; choose from: {', '.join(layers.REMATS)}")
-  return [(bools[s.lower()], r) for s in scans for r in remats]
-
-
 def run_bench(outdir: str, cfg: gpt2.GPT2Config, batch_size: int, seq_len: int,
               settings: list[tuple[bool, str]]) -> dict:
   """Measures each (scan_layers, remat) setting of `cfg` and writes compile_memory.json and .md."""
@@ -95,22 +110,18 @@ def run_bench(outdir: str, cfg: gpt2.GPT2Config, batch_size: int, seq_len: int,
   base = next((r for r in rows if not r["scan_layers"] and r["remat"] == "none"), rows[0])
   for row in rows:
     row["vs_loop_none"] = {k: row[k] / base[k] for k in ("lower_s", "compile_s", "temp_bytes") if base[k]}
-  env = report.environment()
-  table = ["| scan_layers | remat | lower s | compile s | temporary MiB | arguments MiB | outputs MiB | "
-           "compile vs loop | temporary vs loop |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for row in rows:
-    ratios = row["vs_loop_none"]
-    table.append(f"| {row['scan_layers']} | {row['remat']} | {row['lower_s']:.1f} | {row['compile_s']:.1f} | "
-                 f"{row['temp_bytes'] / MIB:,.0f} | {row['argument_bytes'] / MIB:,.0f} | "
-                 f"{row['output_bytes'] / MIB:,.0f} | {ratios.get('compile_s', float('nan')):.2f}x | "
-                 f"{ratios.get('temp_bytes', float('nan')):.2f}x |")
+  env = harness.environment()
+  table = harness.table(
+      ["scan_layers", "remat", "lower s", "compile s", "temporary MiB", "arguments MiB", "outputs MiB",
+       "compile vs loop", "temporary vs loop"],
+      [(row["scan_layers"], row["remat"], f"{row['lower_s']:.1f}", f"{row['compile_s']:.1f}",
+        f"{row['temp_bytes'] / MIB:,.0f}", f"{row['argument_bytes'] / MIB:,.0f}", f"{row['output_bytes'] / MIB:,.0f}",
+        f"{row['vs_loop_none'].get('compile_s', float('nan')):.2f}x",
+        f"{row['vs_loop_none'].get('temp_bytes', float('nan')):.2f}x") for row in rows], align="llrrrrrrr")
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
   params = gpt2.count_params(cfg)
-  md = "\n".join([
-      "# GPT-2's training step: compile time and memory, blocks in a loop or a scan, under each remat",
-      "",
-      f"Command: `{report.command()}`",
-      "",
+  md = harness.document(
+      "GPT-2's training step: compile time and memory, blocks in a loop or a scan, under each remat",
       f"GPT-2 {cfg.n_layer} x {cfg.n_embd} ({cfg.n_head} heads, {params / 1e6:.1f}M parameters, vocabulary "
       f"{cfg.vocab_size}), batch {batch_size} x {seq_len} tokens, {cfg.dtype}, attention {cfg.attention!r}; the "
       "step is the cross-entropy's gradient and an AdamW update with the state donated, lowered and compiled for "
@@ -118,36 +129,30 @@ def run_bench(outdir: str, cfg: gpt2.GPT2Config, batch_size: int, seq_len: int,
       f"{env['devices']['cpu_count']} CPU cores" + (f", load average {load:.1f} at the end" if load is not None else "")
       + ". Memory is XLA's `memory_analysis()` of the compiled step: temporary bytes are what the step holds "
       "beyond its arguments and outputs (the activations kept for the backward pass among them).",
-      "",
-      "\n".join(table),
-      "",
-  ])
+      table)
   result = {"rows": rows, "model": {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
                                     "vocab_size": cfg.vocab_size, "params": params, "dtype": cfg.dtype,
                                     "attention": cfg.attention},
             "batch_size": batch_size, "seq_len": seq_len, "load_average": load}
-  out = report.write_report(outdir, "compile_memory", result, md, json_file="compile_memory.json",
+  out = harness.write_report(outdir, "compile_memory", result, md, json_file="compile_memory.json",
                             wall_time_s=time.perf_counter() - start)
-  print("\n".join(table))
+  print(table)
   return out
 
 
-def main(outdir: str) -> None:
-  for name, value in (("batch_size", _BATCH.value), ("seq_len", _SEQ.value), ("vocab_size", _VOCAB.value)):
-    if value < 1:
-      raise app.UsageError(f"--{name} must be at least 1, got {value}")
-  if _LAYERS.value < 0:
-    raise app.UsageError(f"--layers must be >= 0 (0: the size's), got {_LAYERS.value}")
-  settings = _settings(_SCAN.value, _REMAT.value)
+def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
+  """Measures every (scan_layers, remat) setting of the config's model; returns compile_memory.json's dict."""
+  check_config(config)
   try:
-    cfg = gpt2.config(_SIZE.value, vocab_size=_VOCAB.value, n_positions=max(1024, _SEQ.value), dtype=_DTYPE.value,
-                      attention=_ATTENTION.value)
+    cfg = gpt2.config(config.size, vocab_size=config.vocab_size, n_positions=max(1024, config.seq_len),
+                      dtype=config.dtype, attention=config.attention)
   except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  if _LAYERS.value:
-    cfg = dataclasses.replace(cfg, n_layer=_LAYERS.value)
-  run_bench(outdir, cfg, _BATCH.value, _SEQ.value, settings)
+    raise ConfigError(str(e)) from None
+  if config.layers:
+    cfg = dataclasses.replace(cfg, n_layer=config.layers)
+  settings = [(scan, remat) for scan in config.scan_layers for remat in config.remat]
+  return run_bench(outdir, cfg, config.batch_size, config.seq_len, settings)
 
 
 if __name__ == "__main__":
-  report.main(main)
+  cli.main(__file__, run, dir_flag="outdir")
