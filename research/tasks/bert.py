@@ -19,10 +19,11 @@ def traced_rates(cfg: BertConfig) -> dict[str, float]:
   """A BERT task's Task.hparams: its dropout rates under experiments/bert.py's field names.
 
   `dropout` is hidden_dropout_prob; `attention_dropout` (attention_probs_dropout_prob) is
-  traced only for the reference attention, the one implementation that has it.
+  traced only where the reference attention, the one implementation that has it, trains:
+  when named, or chosen by "auto" for a rate above 0.
   """
   rates = {"dropout": cfg.hidden_dropout_prob}
-  if cfg.attention == "reference":
+  if cfg.attention == "reference" or (cfg.attention == "auto" and cfg.attention_probs_dropout_prob > 0):
     rates["attention_dropout"] = cfg.attention_probs_dropout_prob
   return rates
 

@@ -17,7 +17,7 @@ from research.models import dit as dit_lib
 from research.models import unet as unet_lib
 from research.models.diffusion import (classifier_free_guidance, ddim_timesteps, loss, make_schedule, sample_ddim,
                                        sample_ddpm)
-from research.models.dit import drop_labels
+from research.models.embeddings import drop_labels
 from research.tasks import classifier as classifier_tasks
 from research.train import Task
 
@@ -30,14 +30,15 @@ def make_denoiser(config, image_shape, num_classes: int):
     model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels), groups=config.unet_groups,
                                               attention_heads=config.unet_heads, dropout=config.dropout,
                                               num_classes=num_classes, out_channels=image_shape[-1],
-                                              dtype=config.dtype))
+                                              attention=config.unet_attention, dtype=config.dtype))
 
     def apply(params, x, t, y, train, key):
       return model.apply(params, x, t, y, train=train, rngs={"dropout": key} if train else None)
   else:
     cfg = dit_lib.config(config.dit, input_size=image_shape[0], in_channels=image_shape[-1],
                          num_classes=num_classes, learn_sigma=False, conditioning=config.dit_conditioning,
-                         dtype=config.dtype)
+                         attention=config.dit_attention, scan_layers=config.dit_scan_layers,
+                         remat=config.dit_remat, dtype=config.dtype)
     model = dit_lib.DiT(cfg)
 
     def apply(params, x, t, y, train, key):
