@@ -62,6 +62,7 @@ from research import optim
 from research.data import tokenizers, tokens
 from research.models import gpt2
 from research.rl import rlhf
+from research.tasks import rlhf as rlhf_tasks
 from research.train import (ConfigError, Pipeline, base_config, check_common, check_positive, check_workdir, cli,
                             train, write_results)
 
@@ -304,8 +305,8 @@ def supervised_finetune(config, workdir: str, setup: Setup):
     keep = np.sort(np.argsort(-gold, kind="stable")[:int(len(windows) * stage.demo_fraction)])
     completion = np.broadcast_to(np.arange(length) >= p, (len(keep), length))
     demos = {"tokens": windows[keep], "completion": np.ascontiguousarray(completion)}
-    task = rlhf.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
-                              optim.learning_rate_fn(stage.optimizer, stage.steps))
+    task = rlhf_tasks.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
+                                    optim.learning_rate_fn(stage.optimizer, stage.steps))
     train(task, stage, directory, demos)
 
   return Pipeline(workdir).stage("sft", stage.steps, run).params["params"]
@@ -391,8 +392,8 @@ def train_reward_model(config, workdir: str, setup: Setup, sft_params, rankings:
   stage = config.reward
 
   def run(directory: str):
-    task = rlhf.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
-                                 optim.learning_rate_fn(stage.optimizer, stage.steps))
+    task = rlhf_tasks.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
+                                       optim.learning_rate_fn(stage.optimizer, stage.steps))
     train(task, stage, directory, _strip(rankings[0]), _strip(rankings[1]))
 
   output = Pipeline(workdir).stage("reward", stage.steps, run)
@@ -441,8 +442,9 @@ def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
   def run(directory: str):
     hparams = {name: float(stage[name]) for name in rlhf.PPOHParams._fields}
     total_updates = stage.steps * stage.update_epochs * stage.num_minibatches
-    task = rlhf.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), optim.make(stage.optimizer, total_updates),
-                              sft_params, sft_params, rm_params, hparams, evaluate)
+    tx = optim.make(stage.optimizer, total_updates)
+    task = rlhf_tasks.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), tx, sft_params, sft_params, rm_params,
+                                    hparams, evaluate)
     train(task, stage, directory, {"prompts": setup.train_prompts})
 
   return Pipeline(workdir).stage("ppo", stage.steps, run).params["params"]["backbone"]
@@ -464,8 +466,8 @@ def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict
   stage = config.dpo
 
   def run(directory: str):
-    task = rlhf.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
-                              config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
+    task = rlhf_tasks.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
+                                    config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
     train(task, stage, directory, _strip(rankings[0]), _strip(rankings[1]))
 
   return Pipeline(workdir).stage("dpo", stage.steps, run).params["params"]

@@ -15,6 +15,7 @@ from trees import assert_trees_close, leaf_pairs
 from research import data as data_lib
 from research import optim
 from research.models import autoencoder
+from research.tasks import autoencoder as autoencoder_tasks
 from research.train import NonFiniteLossError, Task, TrainState, base_config, init_state, make_train_step, train
 from research.train.step import Keys
 
@@ -83,13 +84,13 @@ def test_grad_accum_gives_the_same_update(tmp_path, digits_train):
   runs = {}
   for k in (1, 4):
     config = _ae_config(5, grad_accum=k)
-    task = autoencoder.make_task(config, digits_train["image"][:32])
+    task = autoencoder_tasks.make_task(config, digits_train["image"][:32])
     runs[k] = train(task, config, str(tmp_path / f"k{k}"), {"image": digits_train["image"]},
                     {"image": digits_train["image"][:64]})
   assert_trees_close(runs[4].state.params, runs[1].state.params, atol=1e-6)
   np.testing.assert_allclose(runs[4].results["train_loss"], runs[1].results["train_loss"], rtol=1e-6)
   # And it did train: the parameters moved.
-  init = init_state(autoencoder.make_task(_ae_config(5), digits_train["image"][:32]), Keys.from_seed(0).init,
+  init = init_state(autoencoder_tasks.make_task(_ae_config(5), digits_train["image"][:32]), Keys.from_seed(0).init,
                     {"image": digits_train["image"][:32]}, 0.0).params
   assert max(float(jnp.max(jnp.abs(a - b))) for a, b in leaf_pairs(init, runs[1].state.params)) > 1e-3
 
@@ -221,7 +222,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(tmp_path, digits_trai
   runs = {}
   for dtype in ("float32", "bfloat16"):
     config = _ae_config(20, dtype=dtype)
-    task = autoencoder.make_task(config, digits_train["image"][:32])
+    task = autoencoder_tasks.make_task(config, digits_train["image"][:32])
     runs[dtype] = train(task, config, str(tmp_path / dtype), {"image": digits_train["image"]},
                         {"image": digits_train["image"][:64]})
   state = runs["bfloat16"].state
