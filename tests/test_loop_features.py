@@ -52,8 +52,8 @@ def _tensor_value(event):
 def _classifier_task(tx, learning_rate=None):
   model = tiny_run.Classifier(16)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     logits = model.apply(params, batch["image"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), {}
 
@@ -118,12 +118,13 @@ def test_train_loss_and_logged_scalars_are_interval_means(tmp_path, digits_train
 def test_periodic_evaluation_and_samples_of_every_kind(tmp_path, digits_train):
   seen = []
 
-  def evaluate(params, key, data):
+  def evaluate(params, key, data, hparams):
+    assert hparams == {}  # a task without traced hyperparameters gets none
     seen.append(len(data["label"]))
     return {"eval_value": float(jnp.sum(params["params"]["Dense_1"]["bias"])), "count": len(data["label"])}
 
-  def sample(params, key):
-    del params
+  def sample(params, key, hparams):
+    del params, hparams
     return {"samples": jax.random.uniform(key, (6, 8, 8, 1)), "points": jnp.ones((5, 2)),
             "text": ["first sample", "second"]}
 
@@ -153,7 +154,7 @@ def test_a_failing_sample_does_not_cost_the_results(tmp_path, digits_train, capf
   config = tiny_run.make_config(10)
   base = tiny_run.make_task(config)
   task = Task(init=base.init, tx=base.tx, loss=base.loss,
-              sample=lambda p, k: {"bad": jnp.zeros((3, 3, 3))})  # neither images, points nor text
+              sample=lambda p, k, h: {"bad": jnp.zeros((3, 3, 3))})  # neither images, points nor text
   run = train(task, config, str(tmp_path), digits_train)
   assert json.loads((tmp_path / "results.json").read_text())["step"] == 10 == run.results["step"]
   assert "could not write samples" in capfd.readouterr().err
@@ -164,8 +165,8 @@ def test_non_finite_check_covers_every_metric(tmp_path, digits_train):
   config = tiny_run.make_config(20)
   base = tiny_run.make_task(config)
 
-  def loss(params, batch, key, train):
-    value, metrics = base.loss(params, batch, key, train)
+  def loss(params, batch, key, train, hparams):
+    value, metrics = base.loss(params, batch, key, train, hparams)
     return value, {**metrics, "gen_loss": jnp.where(jnp.max(batch["label"]) >= 0, jnp.nan, 0.0)}
 
   task = Task(init=base.init, tx=base.tx, loss=loss)

@@ -39,7 +39,7 @@ def _picturing_task(config, pure: bool, sampled: list):
 
   def loss(params, batch, key, train, hparams):
     del hparams
-    return base.loss(params, batch, key, train)
+    return base.loss(params, batch, key, train, {})
 
   def evaluate(params, key, data, hparams):
     del params, key, data

@@ -240,7 +240,7 @@ def test_sft_loss_is_the_completion_cross_entropy(models):
 
   @jax.jit
   def both(tokens, completion):
-    loss, _ = task.loss(task.init(None, None), {"tokens": tokens, "completion": completion}, None, True)
+    loss, _ = task.loss(task.init(None, None), {"tokens": tokens, "completion": completion}, None, True, {})
     # The mean NLL of tokens 5 .. 7 given their prefixes: minus the mean of their log-probabilities.
     return loss, -jnp.mean(rlhf.token_log_probs(gpt2.GPT2(TINY), models.lm, tokens)[:, 4:])
 

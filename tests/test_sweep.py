@@ -68,9 +68,9 @@ def _noisy_task(config):
   """tiny_run's classifier with input noise drawn from the step's key, so the key streams matter."""
   task = tiny_run.make_task(config, hidden=8)
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams):
     noisy = batch["image"].astype(np.float32) + 4.0 * jax.random.normal(key, batch["image"].shape)
-    return task.loss(params, {**batch, "image": noisy}, key, train)
+    return task.loss(params, {**batch, "image": noisy}, key, train, hparams)
 
   return dataclasses.replace(task, loss=loss)
 

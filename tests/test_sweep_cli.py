@@ -185,9 +185,9 @@ def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, m
     task = make_task(config)
     assert task.evaluate_pure
 
-    def evaluate(params, key, data):
+    def evaluate(params, key, data, hparams):
       traces.append(jax.tree.leaves(params)[0].shape)  # runs when traced, not per call
-      return task.evaluate(params, key, data)
+      return task.evaluate(params, key, data, hparams)
     return dataclasses.replace(task, evaluate=evaluate)
 
   monkeypatch.setattr(classifier_tasks, "make_task", counting_task)

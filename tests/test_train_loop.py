@@ -173,9 +173,9 @@ def test_completed_run_restarted_does_no_more_steps(tmp_path, digits_train):
   config = tiny_run.make_config(20)
   base, executed = tiny_run.make_task(config), []
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams):
     jax.debug.callback(lambda: executed.append(1))  # runs each time a compiled step runs
-    return base.loss(params, batch, key, train)
+    return base.loss(params, batch, key, train, hparams)
 
   task = dataclasses.replace(base, loss=loss)
   first = train(task, config, str(tmp_path), digits_train)

@@ -389,7 +389,8 @@ def dit_task(cfg: dit.DiTConfig, steps: int) -> Task:
     n = batch["label"].shape[0]
     return model.init(key, batch["latent"], jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32))
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams):
+    del hparams
     k_labels, k_time, k_noise = jax.random.split(key, 3)
     x0 = batch["latent"]
     y = batch["label"].astype(jnp.int32)

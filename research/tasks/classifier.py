@@ -65,15 +65,15 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
   model = classifier_lib.DigitsNet()
   to_unit = classifier_lib.to_unit_images
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     logits, _ = model.apply(params, to_unit(batch["image"]))
     return classifier_lib.cross_entropy(logits, batch["label"]), \
         {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
-  def evaluate(params, key, eval_data):
+  def evaluate(params, key, eval_data, hparams):
     # Pure: a sweep's members are evaluated together in one vmapped program.
-    del key
+    del key, hparams
     images = eval_data["image"]
     x = to_unit(images) if images.dtype == jnp.uint8 else jnp.clip(images.astype(jnp.float32), 0, 1)
     logits, _ = model.apply(params, x)

@@ -47,8 +47,8 @@ def make_sft_task(cfg: gpt2.GPT2Config, lm_params, tx: optax.GradientTransformat
   """
   model = gpt2.GPT2(cfg)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     tokens = batch["tokens"]
     logits = model.apply(params, tokens[:, :-1])
     value = gpt2.lm_loss(logits, tokens[:, 1:], batch["completion"][:, 1:])
@@ -81,8 +81,8 @@ def make_reward_task(cfg: gpt2.GPT2Config, tx: optax.GradientTransformation, lm_
     tokens, completion, (b, k) = _flat_rankings(batch)
     return reward_model_scores(cfg, params, tokens, completion).reshape(b, k)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     r = rewards(params, batch)
     return ranking_loss(r), {"pair_accuracy": pair_accuracy(r), "reward_mean": jnp.mean(r)}
 
@@ -92,8 +92,8 @@ def make_reward_task(cfg: gpt2.GPT2Config, tx: optax.GradientTransformation, lm_
     pairs = r.shape[0] * len(ranked_pairs(r.shape[1])[0])
     return ranking_loss(r) * pairs, pair_accuracy(r) * pairs, pairs
 
-  def evaluate(params, key, data):
-    del key
+  def evaluate(params, key, data, hparams):
+    del key, hparams
     return _summed_over_batches(eval_batch_sums, params, data, eval_batch, ("pair_loss", "pair_accuracy"))
 
   return Task(init=init, tx=tx, loss=loss, evaluate=evaluate, learning_rate=learning_rate)

@@ -31,12 +31,6 @@ def member_means(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def _hparams_last(task, fn):
-  """`fn` as the loop calls it, `fn(*args, hparams)`: a task with traced hyperparameters (Task.hparams)
-  gets them as the last argument, as its `loss` does; a task without them is called without."""
-  return fn if task.hparams is not None else lambda *args: fn(*args[:-1])
-
-
 class Evaluator:
   """Evaluates every member and writes its samples (a sweep's member i into `member_<i>/`).
 
@@ -50,8 +44,7 @@ class Evaluator:
     # Each member evaluates and samples with the keys of its own single run.
     keys = [jax.random.split(Keys.from_seed(seed).eval) for seed in engine.members.seeds]
     self._evaluate_keys, self._sample_keys = [k[0] for k in keys], [k[1] for k in keys]
-    self._evaluate = _hparams_last(task, task.evaluate) if task.evaluate is not None else None
-    self._sample = _hparams_last(task, task.sample) if task.sample is not None else None
+    self._evaluate, self._sample = task.evaluate, task.sample
     if task.evaluate_pure and self._evaluate is not None:
       self._pure = jax.jit(engine.over_members(self._evaluate, in_axes=(0, 0, None, 0)))
       self._pure_keys = engine.stack(self._evaluate_keys)
@@ -69,7 +62,7 @@ class Evaluator:
     if self.task.evaluate_pure:
       # One compiled program for every member: their params, keys and hparams batched, the data shared.
       arrays = jax.device_get(self._pure(eval_params(state), self._pure_keys, self.eval_data,
-                                         state.hparams))
+                                         self.task.traced(state.hparams)))
       member_arrays = [engine.member(arrays, i) for i in range(engine.count)]
       self.member_metrics = [summarize(self.task, a) for a in member_arrays]
       # The pictures the evaluation made (the samples it scored) are what `write_samples` writes at this step.
@@ -77,7 +70,7 @@ class Evaluator:
                                                     if a.get(name) is not None} for a in member_arrays]}
     else:
       self.member_metrics = [dict(self._evaluate(engine.member(eval_params(state), i), self._evaluate_keys[i],
-                                                 self.eval_data, engine.member(state.hparams, i)))
+                                                 self.eval_data, engine.member(self.task.traced(state.hparams), i)))
                              for i in range(engine.count)]
     self.metrics = member_means(self.member_metrics) if engine.sweep else self.member_metrics[0]
     scalars = {f"eval/{k}": v for k, v in self.metrics.items() if isinstance(v, (int, float, np.number))
@@ -103,7 +96,7 @@ class Evaluator:
           drawn = self._pictures["pictures"][i]
         else:
           drawn = self._sample(engine.member(eval_params(state), i), self._sample_keys[i],
-                               engine.member(state.hparams, i))
+                               engine.member(self.task.traced(state.hparams), i))
         images.write_samples(directory, drawn, self.writer if i == 0 else None, step)
       except Exception as e:  # pylint: disable=broad-except
         # A picture must never cost the run its results.
