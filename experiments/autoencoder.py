@@ -19,7 +19,7 @@ samples.png then hold those samples.
 import ml_collections
 
 from research import data as data_lib
-from research.models import autoencoder
+from research.tasks import autoencoder
 from research.train import ConfigError, base_config, check_common, check_workdir, cli, train
 
 

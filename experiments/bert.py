@@ -9,7 +9,7 @@ Run:
       --config.task_dataset=glue/sst2 --config.task_eval_split=validation             # needs a prepared glue/sst2
   python -m experiments.bert --workdir=/tmp/smoke --config=experiments/bert.py:smoke
   python -m experiments.sweep --config=experiments/bert.py --workdir=/tmp/bert_dropout --seeds=2 \\
-      --vary=dropout=0,0.1 --vary=attention_dropout=0,0.1 --metric=mlm_accuracy
+      --config.attention=reference --vary=dropout=0,0.1 --vary=attention_dropout=0,0.1 --metric=mlm_accuracy
 
 mode=pretrain (the default) trains a small BERT (4 layers, 128 wide) by masked language
 modelling on python_docs (every 10th documentation topic held out) with a WordPiece vocabulary
@@ -30,7 +30,8 @@ results.json holds the held-out `accuracy`.
 
 Both modes are sweepable (experiments/sweep.py): the optimizer's injected hyperparameters and
 the dropout rates `dropout` and `attention_dropout` are traced, so a grid over them trains as
-one vmapped program. A pre-training sweep exports each member's model to member_<i>/hf/, which
+one vmapped program (`attention_dropout` where the reference attention trains: named, or
+chosen by "auto" for a rate above 0). A pre-training sweep exports each member's model to member_<i>/hf/, which
 a fine-tuning run reads as --config.init=<workdir>/member_<i>.
 """
 
@@ -46,6 +47,8 @@ from research.data import encoder as encoder_data
 from research.data import tokenizers, tokens
 from research.models import attention as attention_lib
 from research.models import bert
+from research.models import layers
+from research.tasks import bert as bert_tasks
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 
@@ -87,9 +90,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.intermediate_size = 512  # MLP width
   config.max_position_embeddings = 128  # rows of the learned position table
   config.type_vocab_size = 2  # segment types
-  config.attention = "reference"  # one of research.models.attention.IMPLEMENTATIONS
+  config.attention = "auto"  # one of research.models.attention.IMPLEMENTATIONS ("auto": dense on CPU, cuDNN/XLA on GPU)
+  config.scan_layers = False  # the blocks as one nn.scan (one block compiled; parameters stacked on a layer axis)
+  config.remat = "none"  # recompute activations in the backward pass: none, block or dots
   config.dropout = 0.1  # hidden_dropout_prob: embeddings, residual branches, pooled output
-  config.attention_dropout = 0.0  # attention_probs_dropout_prob (attention=reference); BERT's 0.1: ~12% slower steps
+  config.attention_dropout = 0.0  # attention_probs_dropout_prob (reference attention); BERT's 0.1: ~12% slower steps
   config.seq_len = 128  # tokens per sequence, [CLS] and [SEP] included
   config.mask_rate = 0.15  # fraction of non-special, non-padding tokens chosen for the MLM loss
   config.mask_mix = "80/10/10"  # chosen tokens made [MASK] / kept / made random, in percent (Table 8's columns)
@@ -125,6 +130,7 @@ def check_config(config) -> None:
   check_choice("mode", config.mode, MODES)
   check_common(config)
   check_choice("attention", config.attention, attention_lib.IMPLEMENTATIONS)
+  check_choice("remat", config.remat, layers.REMATS)
   for name in ("vocab_size", "tokenizer_train_chars", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "intermediate_size", "max_position_embeddings", "type_vocab_size", "eval_sequences",
                "eval_batch_size"):
@@ -144,9 +150,9 @@ def check_config(config) -> None:
   for name in ("dropout", "attention_dropout"):
     if not 0.0 <= config[name] < 1.0:
       raise ConfigError(f"{name} must be in [0, 1), got {config[name]}")
-  if config.attention_dropout > 0 and config.attention != "reference":
-    raise ConfigError(f"attention_dropout {config.attention_dropout} needs attention=reference, the one implementation "
-                      f"that forms the probabilities it drops; set --config.attention_dropout=0 for "
+  if config.attention_dropout > 0 and config.attention not in ("reference", "auto"):
+    raise ConfigError(f"attention_dropout {config.attention_dropout} needs attention=reference (or auto), the one "
+                      f"implementation that forms the probabilities it drops; set --config.attention_dropout=0 for "
                       f"{config.attention!r}")
   if config.mode == "pretrain" and config.init:
     raise ConfigError("init is for mode=finetune; pre-training starts from random weights")
@@ -166,7 +172,7 @@ def model_config(config, vocab_size: int, **overrides) -> bert.BertConfig:
                          max_position_embeddings=config.max_position_embeddings,
                          type_vocab_size=config.type_vocab_size, hidden_dropout_prob=config.dropout,
                          attention_probs_dropout_prob=config.attention_dropout, attention=config.attention,
-                         dtype=config.dtype, **overrides)
+                         scan_layers=config.scan_layers, remat=config.remat, dtype=config.dtype, **overrides)
 
 
 def train_tokenizer(config):
@@ -220,7 +226,7 @@ def pretrain(config, workdir: str, members=None) -> dict:
   cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run uses the same vocabulary
-  run = train(bert.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences, members)
+  run = train(bert_tasks.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences, members)
   params = run.state.params["params"]
   if members is None:
     exports = {"hf": params}
@@ -279,10 +285,10 @@ def finetune(config, workdir: str, members=None) -> dict:
   else:
     cfg = dataclasses.replace(cfg, num_labels=num_labels, hidden_dropout_prob=config.dropout,
                               attention_probs_dropout_prob=config.attention_dropout, attention=config.attention,
-                              dtype=config.dtype)
-    encoder = bert.load_hf(path)[1]["bert"]
+                              scan_layers=config.scan_layers, remat=config.remat, dtype=config.dtype)
+    encoder = bert.load_hf(path, scan_layers=cfg.scan_layers)[1]["bert"]
   config = finetune_config(config)
-  task = bert.make_classifier_task(config, cfg, encoder)
+  task = bert_tasks.make_classifier_task(config, cfg, encoder)
   return train(task, config, workdir, train_examples, eval_examples, members).results
 
 

@@ -6,7 +6,7 @@ Run:
       --config.optimizer.learning_rate=0.05 --config.optimizer.weight_decay=1e-3
   python -m experiments.classifier --workdir=/tmp/smoke --config=experiments/classifier.py:smoke
 
-The default config is the one the cached feature network of research/metrics/features.py is
+The default config is the one the cached feature network of research/tasks/classifier.py is
 trained with (an MLP 64-256-64-10 with ReLU, AdamW 3e-3 with warmup and cosine decay, 600
 steps of batch 64): this command retrains it and reports the same test accuracy. It is also
 the model of the Adam vs AdamW study (experiments/tables/adamw.py). Writes checkpoints,
@@ -15,7 +15,7 @@ TensorBoard events and results.json with test_accuracy, test_error and test_loss
 """
 
 from research import data as data_lib
-from research.metrics import features
+from research.tasks import classifier as classifier_tasks
 from research.train import base_config, check_choice, check_common, check_workdir, cli, train
 
 def _smoke(config) -> None:
@@ -31,7 +31,7 @@ PRESETS = {"smoke": _smoke}
 def get_config(preset: str = ""):
   """The feature network's training config plus the dataset; preset "smoke" for tests."""
   config = base_config()
-  config.update(features.train_config())  # every loop field as the cached feature network uses it
+  config.update(classifier_tasks.train_config())  # every loop field as the cached feature network uses it
   config.dataset = "digits"  # the bundled 8x8 digits (the only dataset the network's input fits)
   return cli.apply_presets(config, preset, PRESETS)
 
@@ -45,7 +45,7 @@ def run(config, workdir: str, members=None) -> dict:
   check_choice("dataset", config.dataset, ("digits",))
   check_workdir(workdir)
   train_split, test_split = data_lib.load("digits", "train"), data_lib.load("digits", "test")
-  task = features.make_task(config)
+  task = classifier_tasks.make_task(config)
   return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]},
                {"image": test_split["image"], "label": test_split["label"]}, members).results
 

@@ -22,7 +22,8 @@ and guidance_scale (the sampler's classifier-free guidance w, traced).
 import ml_collections
 
 from research import data as data_lib
-from research.models import diffusion, dit
+from research.models import attention, diffusion, dit, layers
+from research.tasks import diffusion as diffusion_tasks
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 
@@ -58,8 +59,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.unet_channels = (32, 64)  # U-Net channels per resolution (8x8, then 4x4 with attention)
   config.unet_groups = 8  # GroupNorm groups
   config.unet_heads = 4  # attention heads at the lowest resolution
+  config.unet_attention = "reference"  # the U-Net's attention kernel (research.models.attention.IMPLEMENTATIONS)
   config.dit = "DiT-T/2"  # a research.models.dit name (model=dit)
   config.dit_conditioning = "adaln_zero"  # adaln_zero, adaln, cross_attention or in_context
+  config.dit_attention = "auto"  # the DiT's attention kernel ("auto": dense on CPU, cuDNN/XLA on GPU)
+  config.dit_scan_layers = False  # the DiT's blocks as one nn.scan (one block compiled; parameters stacked)
+  config.dit_remat = "none"  # recompute the DiT's activations in the backward pass: none, block or dots
   config.dropout = 0.0  # U-Net dropout
   config.schedule = "linear"  # linear (Ho et al.) or cosine (Nichol & Dhariwal)
   config.num_train_steps = 1000  # T, the diffusion steps of training
@@ -90,13 +95,16 @@ def check_config(config) -> None:
   """Raises ConfigError on bad input, before anything is loaded, compiled or written."""
   check_common(config)
   check_choice("dataset", config.dataset, ("digits",))
-  check_choice("model", config.model, diffusion.DENOISERS)
+  check_choice("model", config.model, diffusion_tasks.DENOISERS)
   check_choice("schedule", config.schedule, diffusion.SCHEDULES)
   check_choice("prediction", config.prediction, diffusion.PREDICTIONS)
   check_choice("sampler", config.sampler, diffusion.SAMPLERS)
   check_choice("tau", config.tau, diffusion.TIMESTEP_KINDS)
   check_choice("variance", config.variance, diffusion.VARIANCES)
   check_choice("dit_conditioning", config.dit_conditioning, dit.CONDITIONINGS)
+  check_choice("unet_attention", config.unet_attention, attention.IMPLEMENTATIONS)
+  check_choice("dit_attention", config.dit_attention, attention.IMPLEMENTATIONS)
+  check_choice("dit_remat", config.dit_remat, layers.REMATS)
   check_choice("dit", config.dit, dit.names())
   for name in ("num_train_steps", "num_samples", "sample_batch"):
     check_positive(name, config[name])
@@ -111,7 +119,8 @@ def check_config(config) -> None:
     raise ConfigError(f"class_dropout must be in [0, 1), got {config.class_dropout}")
   if config.model == "dit":
     try:
-      dit.config(config.dit, input_size=8, in_channels=1, num_classes=10, conditioning=config.dit_conditioning)
+      dit.config(config.dit, input_size=8, in_channels=1, num_classes=10, conditioning=config.dit_conditioning,
+                 attention=config.dit_attention, scan_layers=config.dit_scan_layers, remat=config.dit_remat)
     except ValueError as e:
       raise ConfigError(str(e)) from None
 
@@ -140,8 +149,8 @@ def run(config, workdir: str, members=None) -> dict:
   check_workdir(workdir)
   train_split = data_lib.load(config.dataset, "train")
   sweeps_guidance = members is not None and "guidance_scale" in members.hparams
-  task = diffusion.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0,
-                             sweeps_guidance=sweeps_guidance)
+  task = diffusion_tasks.make_task(config, train_split["image"].shape[1:], 10 if config.conditional else 0,
+                                   sweeps_guidance=sweeps_guidance)
   return train(task, config, workdir, {"image": train_split["image"], "label": train_split["label"]},
                members=members).results
 

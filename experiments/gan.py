@@ -91,6 +91,7 @@ from ml_collections import config_dict
 
 from research import data as data_lib
 from research.models import gan
+from research.tasks import gan as gan_tasks
 from research.train import base_config, check_common, cli, train
 
 # The settings that follow `config.loss` (and, for images, `config.dataset`): each field holds a
@@ -283,7 +284,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on bad input, before anything is compiled or written."""
-  gan.check_config(config)
+  gan_tasks.check_config(config)
   check_common(config)
 
 
@@ -293,7 +294,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
   `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
   """
   check_config(config)
-  task = gan.make_task(config)
+  task = gan_tasks.make_task(config)
   return train(task, config, workdir, data_lib.load(config.dataset, "train"), members=members).results
 
 

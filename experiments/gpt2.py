@@ -33,10 +33,11 @@ import numpy as np
 
 from research import data as data_lib
 from research.data import tokenizers, tokens
-from research.models import gpt2
+from research.tasks import gpt2
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 from research.models import attention as attention_lib
+from research.models import layers
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """One tiny block, a few steps and short samples, for tests."""
@@ -57,7 +58,6 @@ def _124m(config: ml_collections.ConfigDict) -> None:
   config.vocab_multiple = 64  # 50,257 -> 50,304 rows, as nanoGPT
   config.n_layer, config.n_embd, config.n_head = 12, 768, 12
   config.n_positions = config.seq_len = 1024
-  config.attention = "xla"  # jax.nn.dot_product_attention; "cudnn" on GPUs in bf16
   config.dtype = "bfloat16"
   # nanoGPT: 12 windows x 5 microbatches x 8 GPUs = 480 windows (491,520 tokens) per update.
   config.batch_size, config.grad_accum = 480, 5
@@ -92,7 +92,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.num_kv_heads = 0  # key/value heads for grouped-query attention; 0: n_head
   config.n_positions = 128  # context of the learned position table
   config.positions = "learned"  # learned (GPT-2), rope or alibi
-  config.attention = "dense"  # one of research.models.attention.IMPLEMENTATIONS ("dense": the fastest to train on CPU)
+  config.attention = "auto"  # one of research.models.attention.IMPLEMENTATIONS ("auto": dense on CPU, cuDNN/XLA on GPU)
+  config.scan_layers = False  # the blocks as one nn.scan (one block compiled; parameters stacked on a layer axis)
+  config.remat = "none"  # recompute activations in the backward pass: none, block or dots
   config.dropout = 0.0  # embedding and residual dropout (traced: experiments.sweep may vary it)
   config.seq_len = 128  # tokens per training window (the model sees seq_len, predicts the next of each)
   config.steps = 1500  # optimizer updates
@@ -123,6 +125,7 @@ def check_config(config) -> None:
   check_common(config)
   check_choice("positions", config.positions, ("learned", "rope", "alibi"))
   check_choice("attention", config.attention, attention_lib.IMPLEMENTATIONS)
+  check_choice("remat", config.remat, layers.REMATS)
   if not (config.tokenizer in ("char", "bpe") or config.tokenizer.startswith("gpt2:")):
     raise ConfigError(f"unknown tokenizer {config.tokenizer!r}; choose one of: {', '.join(tokenizers.KINDS)}")
   for name in ("n_layer", "n_embd", "n_head", "n_positions", "seq_len", "eval_windows", "eval_batch_size",

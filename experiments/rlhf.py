@@ -8,9 +8,10 @@ Run:
 The task (research/rl/rlhf.py `gold_score`): continue a prompt of the documentation with text
 that uses many different Python keywords without repeating any. Its gold score is hidden from
 every model; it only labels preferences (through a noisy Bradley-Terry / Plackett-Luce model)
-and scores the final policies. The stages, each a run of the one training loop in its own
-sub-directory of the workdir (so a killed run resumes at its stage, and a finished stage is
-only restored):
+and scores the final policies. The stages are a research.train.stages.Pipeline: each a run of
+the one training loop in its own sub-directory of the workdir, whose results and final
+parameters the next reads back (so a killed run resumes at its stage, and a finished stage
+is only restored):
 
   pretrain/  a character-level GPT trained by experiments/gpt2.py (config.pretrain is its config);
   sft/       supervised fine-tuning on demonstrations: windows of the training text whose
@@ -47,7 +48,6 @@ gold score penalises (samples.txt).
 """
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -55,7 +55,6 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from experiments import gpt2 as gpt2_experiment
 from research import data as data_lib
@@ -63,8 +62,9 @@ from research import optim
 from research.data import tokenizers, tokens
 from research.models import gpt2
 from research.rl import rlhf
-from research.train import (Checkpointer, ConfigError, base_config, check_common, check_positive, check_workdir,
-                            cli, monitor, train, write_results)
+from research.tasks import rlhf as rlhf_tasks
+from research.train import (ConfigError, Pipeline, base_config, check_common, check_positive, check_workdir, cli,
+                            train, write_results)
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
 
@@ -228,30 +228,6 @@ class Setup(NamedTuple):
   eval_prompts: np.ndarray  # (num_eval_prompts, P), from the test split
 
 
-def finished(stage_dir: str, steps: int) -> dict | None:
-  """The results.json of a loop run in `stage_dir` that has trained all `steps`, else None."""
-  path = os.path.join(stage_dir, "results.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    results = json.load(f)
-  if results.get("step") != steps:
-    return None
-  monitor.say(f"stage {os.path.basename(stage_dir)}: finished ({steps} steps) in {stage_dir}; restored")
-  return results
-
-
-def final_params(workdir: str):
-  """The trained parameters ({"params": ...}) of the latest checkpoint of a loop run in `workdir`."""
-  checkpoints = Checkpointer(workdir, keep=1)
-  steps, directory = checkpoints.steps(), checkpoints.directory
-  checkpoints.close()
-  if not steps:
-    raise ConfigError(f"{workdir} holds no checkpoint")
-  # Restored as saved (nested dicts of arrays): no abstract state of the run needs rebuilding.
-  return ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), "state"))["params"]
-
-
 def _word_starts(stream: np.ndarray, tokenizer, length: int) -> np.ndarray:
   """Offsets of windows of `length` tokens that begin a word: a letter after a space or a newline."""
   letters = [i for i in range(tokenizer.vocab_size) if tokenizer.decode([i])[:1].isalpha()]
@@ -282,10 +258,8 @@ def pretrain(config, workdir: str) -> Setup:
     The Setup of the later stages.
   """
   pre = config.pretrain
-  stage_dir = os.path.join(workdir, "pretrain")
-  if finished(stage_dir, pre.steps) is None:
-    gpt2_experiment.run(pre, stage_dir)
-  tokenizer = tokenizers.load(os.path.join(stage_dir, "tokenizer.json"))
+  output = Pipeline(workdir).stage("pretrain", pre.steps, lambda directory: gpt2_experiment.run(pre, directory))
+  tokenizer = tokenizers.load(os.path.join(output.directory, "tokenizer.json"))
   vocab_size = -(-tokenizer.vocab_size // pre.vocab_multiple) * pre.vocab_multiple
   cfg = gpt2.model_config(pre, vocab_size)
   separator = gpt2_experiment._separator(tokenizer)  # pylint: disable=protected-access
@@ -295,7 +269,7 @@ def pretrain(config, workdir: str) -> Setup:
                         np.random.default_rng([config.seed, 0]))
   eval_prompts = _draw(eval_stream, tokenizer, config.num_eval_prompts, config.prompt_len,
                        np.random.default_rng([config.seed, 1]))
-  lm_params = final_params(stage_dir)["params"]
+  lm_params = output.params["params"]
   return Setup(tokenizer, cfg, lm_params, train_stream, train_prompts, eval_prompts)
 
 
@@ -321,19 +295,21 @@ def supervised_finetune(config, workdir: str, setup: Setup):
   Returns:
     The SFT model's lm_params (the reference of PPO and DPO).
   """
-  p, length = config.prompt_len, config.prompt_len + config.new_tokens
-  windows = _draw(setup.train_stream, setup.tokenizer, config.sft.demo_candidates, length,
-                  np.random.default_rng([config.seed, 2]))
-  gold = _gold(config, setup.tokenizer, windows[:, p:])
-  keep = np.sort(np.argsort(-gold, kind="stable")[:int(len(windows) * config.sft.demo_fraction)])
-  completion = np.broadcast_to(np.arange(length) >= p, (len(keep), length))
-  demos = {"tokens": windows[keep], "completion": np.ascontiguousarray(completion)}
-  stage, stage_dir = config.sft, os.path.join(workdir, "sft")
-  if finished(stage_dir, stage.steps) is not None:
-    return final_params(stage_dir)["params"]
-  task = rlhf.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
-                            optim.learning_rate_fn(stage.optimizer, stage.steps))
-  return train(task, stage, stage_dir, demos).state.params["params"]
+  stage = config.sft
+
+  def run(directory: str):
+    p, length = config.prompt_len, config.prompt_len + config.new_tokens
+    windows = _draw(setup.train_stream, setup.tokenizer, stage.demo_candidates, length,
+                    np.random.default_rng([config.seed, 2]))
+    gold = _gold(config, setup.tokenizer, windows[:, p:])
+    keep = np.sort(np.argsort(-gold, kind="stable")[:int(len(windows) * stage.demo_fraction)])
+    completion = np.broadcast_to(np.arange(length) >= p, (len(keep), length))
+    demos = {"tokens": windows[keep], "completion": np.ascontiguousarray(completion)}
+    task = rlhf_tasks.make_sft_task(setup.cfg, setup.lm_params, optim.make(stage.optimizer, stage.steps),
+                                    optim.learning_rate_fn(stage.optimizer, stage.steps))
+    train(task, stage, directory, demos)
+
+  return Pipeline(workdir).stage("sft", stage.steps, run).params["params"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,6 +363,11 @@ def preferences(config, workdir: str, setup: Setup, sft_params) -> tuple[dict, d
   return train_rankings, eval_rankings
 
 
+def _strip(rankings: dict) -> dict:
+  """The rankings as a training split: the sequences and their completion masks (not the gold scores)."""
+  return {"tokens": rankings["tokens"], "completion": rankings["completion"]}
+
+
 def reward_model_config(config, setup: Setup) -> gpt2.GPT2Config:
   """The reward model's GPT-2 config: the policy's, with config.reward's size where given."""
   n_layer, n_embd, n_head = _reward_size(config)
@@ -408,15 +389,15 @@ def train_reward_model(config, workdir: str, setup: Setup, sft_params, rankings:
   """
   rm_cfg = reward_model_config(config, setup)
   start = sft_params if rm_cfg == setup.cfg else None
-  stage, stage_dir = config.reward, os.path.join(workdir, "reward")
-  results = finished(stage_dir, stage.steps)
-  if results is not None:
-    return rm_cfg, final_params(stage_dir), results["pair_accuracy"]
-  task = rlhf.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
-                               optim.learning_rate_fn(stage.optimizer, stage.steps))
-  strip = lambda r: {"tokens": r["tokens"], "completion": r["completion"]}
-  run = train(task, stage, stage_dir, strip(rankings[0]), strip(rankings[1]))
-  return rm_cfg, run.state.params, run.results["pair_accuracy"]
+  stage = config.reward
+
+  def run(directory: str):
+    task = rlhf_tasks.make_reward_task(rm_cfg, optim.make(stage.optimizer, stage.steps), start, config.eval_batch_size,
+                                       optim.learning_rate_fn(stage.optimizer, stage.steps))
+    train(task, stage, directory, _strip(rankings[0]), _strip(rankings[1]))
+
+  output = Pipeline(workdir).stage("reward", stage.steps, run)
+  return rm_cfg, output.params, output.results["pair_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -450,9 +431,7 @@ def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
   Returns:
     The PPO policy's lm_params.
   """
-  stage, stage_dir = config.ppo, os.path.join(workdir, "ppo")
-  if finished(stage_dir, stage.steps) is not None:
-    return final_params(stage_dir)["params"]["backbone"]
+  stage = config.ppo
   eval_key = jax.random.fold_in(jax.random.key(config.seed), 4)
 
   def evaluate(params, key, data):
@@ -460,12 +439,15 @@ def run_ppo(config, workdir: str, setup: Setup, sft_params, rm_cfg, rm_params):
     return _summary(_policy_scores(config, setup, rm_cfg, params["params"]["backbone"], sft_params, rm_params,
                                    eval_key))
 
-  hparams = {name: float(stage[name]) for name in rlhf.PPOHParams._fields}
-  total_updates = stage.steps * stage.update_epochs * stage.num_minibatches
-  task = rlhf.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), optim.make(stage.optimizer, total_updates),
-                            sft_params, sft_params, rm_params, hparams, evaluate)
-  run = train(task, stage, stage_dir, {"prompts": setup.train_prompts})
-  return run.state.params["params"]["backbone"]
+  def run(directory: str):
+    hparams = {name: float(stage[name]) for name in rlhf.PPOHParams._fields}
+    total_updates = stage.steps * stage.update_epochs * stage.num_minibatches
+    tx = optim.make(stage.optimizer, total_updates)
+    task = rlhf_tasks.make_ppo_task(setup.cfg, _ppo_settings(config, rm_cfg), tx, sft_params, sft_params, rm_params,
+                                    hparams, evaluate)
+    train(task, stage, directory, {"prompts": setup.train_prompts})
+
+  return Pipeline(workdir).stage("ppo", stage.steps, run).params["params"]["backbone"]
 
 
 def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict, dict]):
@@ -481,14 +463,14 @@ def run_dpo(config, workdir: str, setup: Setup, sft_params, rankings: tuple[dict
   Returns:
     The DPO policy's lm_params.
   """
-  stage, stage_dir = config.dpo, os.path.join(workdir, "dpo")
-  if finished(stage_dir, stage.steps) is not None:
-    return final_params(stage_dir)["params"]
-  task = rlhf.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
-                            config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
-  strip = lambda r: {"tokens": r["tokens"], "completion": r["completion"]}
-  run = train(task, stage, stage_dir, strip(rankings[0]), strip(rankings[1]))
-  return run.state.params["params"]
+  stage = config.dpo
+
+  def run(directory: str):
+    task = rlhf_tasks.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
+                                    config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
+    train(task, stage, directory, _strip(rankings[0]), _strip(rankings[1]))
+
+  return Pipeline(workdir).stage("dpo", stage.steps, run).params["params"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Subpackages and modules (import what you use):
   research.train    the one training loop (Task, train, TrainState, checkpoints, cli)
   research.data     bundled TFDS datasets and deterministic batching
-  research.models   model families (FAMILIES: name -> make_task)
-  research.metrics  NLL / bits per dim, GAN mode coverage
+  research.models   model families: modules, losses, samplers (FAMILIES: name -> model module)
+  research.tasks    each family's plug-in for the loop (FAMILIES: name -> task module with make_task)
+  research.metrics  FID, precision/recall and class shares in any feature space, NLL / bits per dim,
+                    GAN mode coverage
   research.rl       tabular RL, REINFORCE and PPO as scans
   research.em       EM for Gaussian mixtures
   research.optim    the optimizer factory

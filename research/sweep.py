@@ -1,13 +1,15 @@
-"""Many runs in one compiled program: `jax.vmap` over seeds and hyperparameters.
+"""Many runs in one compiled program: the loop's member engine driven by one `lax.scan`.
 
     result = research.sweep.run(task, config, data, seeds=range(10),
                                 hparams={"learning_rate": [1e-4, 3e-4, ...]})
 
-Each member is the run `research.train.train` would make with that seed (same key
-streams, same data order, same train step), driven by `lax.scan` instead of a Python
-loop, without checkpoints. Hyperparameters are the optimizer's injected ones
-(research/optim.py): they live in the optimizer state, so sweeping them needs no
-recompilation. With several devices the member axis is split over them.
+Each member is the run `research.train.train` would make with that seed: the same member
+engine (research.train.members.Engine: data order, key streams, initialisation, train
+step), with every step of every member in one compiled program instead of a Python loop,
+its batches gathered on the device from the members' index tables, without checkpoints.
+Hyperparameters are the optimizer's injected ones (research/optim.py): they live in the
+optimizer state, so sweeping them needs no recompilation. With several devices the member
+axis is split over them.
 
 A sweep continues from an earlier result's state (`run(..., state=result.state)`), so
 members can be evaluated part-way through training: two chained runs of n and m steps
@@ -20,12 +22,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from research import optim
 from research.data import Batcher
 from research.train import parallel
-from research.train.step import Keys, TrainState, init_state, make_train_step
+from research.train.members import OPTIMIZER_PREFIX, Engine, Members
+from research.train.step import Keys, TrainState
 from research.train.task import Task
 
 
@@ -51,48 +52,49 @@ def index_tables(data: Mapping[str, np.ndarray], batch_size: int, seeds: Sequenc
 
   The loop's data order: batch s of member `seed` is `Batcher(data, batch_size, seed).indices(s)`.
   """
-  def table(seed):
-    batcher = Batcher(data, batch_size, int(seed))
-    return np.stack([batcher.indices(s) for s in range(start, start + steps)])
+  return np.stack([np.stack([Batcher(data, batch_size, int(seed)).indices(s) for s in range(start, start + steps)])
+                   for seed in seeds]).astype(np.int32)
 
-  return np.stack([table(s) for s in seeds]).astype(np.int32)
+
+def _training(engine: Engine):
+  """`train(data, keys, tables, values) -> (state, metrics)`: each member's init and steps as one scan.
+
+  `tables` ([members,] steps, batch) index the device-resident `data`; step s of a member is
+  its engine step on the examples of its row s. The members are mapped over the whole scan.
+  """
+
+  def train_one(data, keys: Keys, table, values):
+    gather = lambda idx: _take(data, idx)
+    state = engine.init_one(keys.init, gather(table[0]), values)
+    return engine.steps_one(state, table, keys.train, gather)
+
+  return engine.over_members(train_one, in_axes=(None, 0, 0, 0))
+
+
+def _continuation(engine: Engine):
+  """`continue_(data, keys, tables, state) -> (state, metrics)`: len(table) more steps of each member."""
+
+  def continue_one(data, keys: Keys, table, state: TrainState):
+    return engine.steps_one(state, table, keys.train, lambda idx: _take(data, idx))
+
+  return engine.over_members(continue_one, in_axes=(None, 0, 0, 0))
 
 
 def make_run(task: Task, config, steps: int):
-  """Returns `run_one(data, seed, index_table, hparams) -> (state, metrics)` for one member.
+  """Returns `run_one(data, seed, index_table, hparams) -> (state, metrics)` for one member (no member axis).
 
-  `index_table` (steps, batch) holds the example indices of each step's batch; the
-  function is pure, so it can be vmapped and jitted.
+  `index_table` (steps, batch) holds the example indices of each step's batch and `hparams`
+  the optimizer's injected values ({name: scalar}); the function is pure, so it can be
+  vmapped and jitted.
   """
   del steps  # the scan runs as many steps as the index table has rows
-  continue_one = make_continue(task, config.ema_decay)
+  train = _training(Engine(task, config))
 
   def run_one(data, seed, index_table, hparams: Mapping[str, Any]):
-    keys = Keys.from_seed(seed)
-    state = init_state(task, keys.init, _take(data, index_table[0]), config.ema_decay)
-    state = state.replace(opt_state=optim.with_hyperparams(state.opt_state, hparams))
-    return continue_one(data, seed, index_table, state)
+    values = {OPTIMIZER_PREFIX + name: value for name, value in hparams.items()}
+    return train(data, Keys.from_seed(seed), index_table, values)
 
   return run_one
-
-
-def make_continue(task: Task, ema_decay: float):
-  """Returns `continue_one(data, seed, index_table, state) -> (state, metrics)` for one member.
-
-  Runs len(index_table) steps from `state`; step s draws its key from
-  `fold_in(Keys.from_seed(seed).train, s)` with s counted from `state.step`, as the loop does.
-  """
-  step_fn = make_train_step(task, ema_decay)
-
-  def continue_one(data, seed, index_table, state: TrainState):
-    train_key = Keys.from_seed(seed).train
-
-    def body(state: TrainState, idx):
-      return step_fn(state, _take(data, idx), jax.random.fold_in(train_key, state.step))
-
-    return jax.lax.scan(body, state, index_table)
-
-  return continue_one
 
 
 def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int],
@@ -115,50 +117,50 @@ def run(task: Task, config, data: Mapping[str, np.ndarray], seeds: Sequence[int]
   Returns:
     SweepResult with a leading member axis.
   """
-  seeds = np.asarray(list(seeds), np.int32)
-  members = len(seeds)
+  seeds = tuple(int(s) for s in seeds)
   start = 0
   if state is not None:
     done = np.asarray(jax.device_get(state.step)).reshape(-1)
-    if done.shape != (members,) or np.any(done != done[0]):
-      raise ValueError(f"state must hold {members} members at one common step, got steps {done.tolist()}")
+    if done.shape != (len(seeds),) or np.any(done != done[0]):
+      raise ValueError(f"state must hold {len(seeds)} members at one common step, got steps {done.tolist()}")
     if hparams:
       raise ValueError("hparams are set at initialisation; a continued sweep keeps those of `state`")
     start = int(done[0])
   steps = config.steps - start if steps is None else steps
   if steps < 1:
     raise ValueError(f"a sweep needs steps >= 1, got {steps}")
-  hparams = {k: np.asarray(v, np.float32) for k, v in (hparams or {}).items()}
-  for name, values in hparams.items():
-    if values.shape != (members,):
-      raise ValueError(f"hparams[{name!r}] has shape {values.shape}; expected one value per seed ({members},)")
-  batch_size = config.batch_size * task.batches_per_step
-  tables = index_tables(data, batch_size, seeds, steps, start)
-
+  for name, values in (hparams or {}).items():
+    if np.shape(values) != (len(seeds),):
+      raise ValueError(f"hparams[{name!r}] has shape {np.shape(values)}; expected one value per seed ({len(seeds)},)")
+  members = Members(seeds, {OPTIMIZER_PREFIX + name: tuple(float(v) for v in values)
+                            for name, values in (hparams or {}).items()})
+  engine = Engine(task, config, members)
+  batchers = engine.batchers(data)
+  engine.check(engine.host_batch(batchers, start))
   mesh = parallel.make_mesh()
-  split = members % mesh.size == 0
-  member_sharding = NamedSharding(mesh, P(parallel.DATA_AXIS if split else None))
+  member_sharding = engine.member_sharding(mesh)
   device_data = jax.device_put({k: jnp.asarray(v) for k, v in data.items()}, parallel.replicated(mesh))
-  put = lambda x: jax.device_put(x, member_sharding)
+  keys = jax.device_put(engine.keys(), member_sharding)
+  tables = jax.device_put(engine.index_table(batchers, start, steps), member_sharding)  # (members, steps, batch)
   if state is None:
-    run_all = jax.jit(jax.vmap(make_run(task, config, steps), in_axes=(None, 0, 0, 0)),
-                      out_shardings=member_sharding)
-    state, metrics = run_all(device_data, put(seeds), put(tables), put(hparams))
+    program = _program(engine, member_sharding, fresh=True)
+    state, metrics = program(device_data, keys, tables, jax.device_put(engine.values(), member_sharding))
   else:
-    continue_all = _continue_program(task, config.ema_decay, member_sharding)
-    state, metrics = continue_all(device_data, put(seeds), put(tables), put(state))
+    program = _program(engine, member_sharding, fresh=False)
+    state, metrics = program(device_data, keys, tables, jax.device_put(state, member_sharding))
   return SweepResult(state, metrics)
 
 
-# The last continuation program: evaluating part-way continues one task chunk after chunk,
-# and a fresh closure each time would recompile the same program for every chunk.
-_last_continue: dict[str, Any] = {}
+# The last program of each kind: evaluating part-way continues one task chunk after chunk, and a
+# fresh closure each time would recompile the same program for every chunk.
+_programs: dict[bool, tuple[Any, Any]] = {}
 
 
-def _continue_program(task: Task, ema_decay: float, member_sharding: NamedSharding):
-  key = (ema_decay, member_sharding)
-  if _last_continue.get("task") is not task or _last_continue.get("key") != key:
-    program = jax.jit(jax.vmap(make_continue(task, ema_decay), in_axes=(None, 0, 0, 0)),
-                      out_shardings=member_sharding)
-    _last_continue.update(task=task, key=key, program=program)
-  return _last_continue["program"]
+def _program(engine: Engine, member_sharding, fresh: bool):
+  """The jitted training (or continuation) of `engine`'s members; reused while it fits."""
+  key = (engine.task, engine.ema_decay, engine.grad_accum, member_sharding)
+  cached = _programs.get(fresh)
+  if cached is None or cached[0][0] is not engine.task or cached[0][1:] != key[1:]:
+    body = _training(engine) if fresh else _continuation(engine)
+    _programs[fresh] = (key, jax.jit(body, out_shardings=member_sharding))
+  return _programs[fresh][1]

@@ -13,7 +13,7 @@ import jax
 
 import tiny_transformer
 from research import data as data_lib
-from research.models import autoencoder
+from research.tasks import autoencoder
 from research.train import base_config, parallel, train
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))

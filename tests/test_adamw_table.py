@@ -7,11 +7,11 @@ import numpy as np
 from conftest import run_python
 from experiments import classifier
 from experiments.tables import adamw
-from research.metrics import features
+from research.tasks import classifier as classifier_tasks
 
 
 def test_classifier_default_is_the_feature_network_config():
-  config, reference = classifier.get_config(), features.train_config()
+  config, reference = classifier.get_config(), classifier_tasks.train_config()
   for name in reference:
     assert config[name] == reference[name], name
 

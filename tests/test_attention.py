@@ -1,6 +1,9 @@
 """Attention: FlashAttention equals the reference in value and gradient, in memory linear in T;
 RoPE scores depend only on relative positions; ALiBi's slopes; grouped-query multi-head attention."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,14 +147,14 @@ def test_multi_head_attention_implementations_agree(kv_heads, positions):
     module = attn.MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, head_dim=8, positions=positions,
                                      implementation=implementation)
     params = module.init(jax.random.key(0), x)
-    outs.append(jax.jit(module.apply)(params, x))
+    outs.append(jax.jit(functools.partial(module.apply, causal=True))(params, x))
   assert jax.tree.leaves(params)[0].shape  # boxed with logical names
   k_kernel = params["params"]["key"]["kernel"].value
   assert k_kernel.shape == (32, kv_heads, 8)
   for out in outs[1:]:
     np.testing.assert_allclose(out, outs[0], atol=2e-6)
   # Causal: the first position's output does not depend on later inputs.
-  changed = jax.jit(module.apply)(params, x.at[:, 5:].add(1.0))
+  changed = jax.jit(functools.partial(module.apply, causal=True))(params, x.at[:, 5:].add(1.0))
   np.testing.assert_allclose(changed[:, :5], outs[-1][:, :5], atol=1e-6)
   assert float(jnp.max(jnp.abs(changed[:, 5:] - outs[-1][:, 5:]))) > 1e-4
 
@@ -217,3 +220,117 @@ def test_attention_dropout_is_refused_by_the_other_implementations():
   params = module.init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="attention dropout needs the reference attention"):
     module.apply(params, x, train=True, rngs={"dropout": key})
+
+
+def _projected(p, x, name):
+  """x (B, T, E) through the separate layout's `name` projection: (B, T, H, D)."""
+  return jnp.einsum("bte,ehd->bthd", x, p[name]["kernel"]) + p[name]["bias"]
+
+
+@pytest.mark.parametrize("implementation", ["auto", "reference", "dense", "flash", "xla"])
+@pytest.mark.parametrize("stack_qkv", [False, True])
+def test_cross_attention_attends_to_the_context_under_its_mask(implementation, stack_qkv):
+  """Queries from x (width 32), keys and values from a context of another length and width (24)."""
+  x = jax.random.normal(jax.random.key(1), (2, 7, 32))
+  context = jax.random.normal(jax.random.key(2), (2, 11, 24))
+  mask = jnp.ones((2, 11), bool).at[1, 8:].set(False)
+  init = nn.initializers.normal(0.3)
+  module = attn.MultiHeadAttention(num_heads=4, num_kv_heads=2, implementation=implementation, stack_qkv=stack_qkv,
+                                   kernel_init=init, out_init=init)
+  variables = module.init(jax.random.key(0), x, context)
+  p = nn.unbox(variables)["params"]
+  assert p["query"]["kernel"].shape == (32, 4, 8) and p["key"]["kernel"].shape == (24, 2, 8)
+  out = jax.jit(lambda v, x, c: module.apply(v, x, c, mask=mask))(variables, x, context)
+  heads = attn.dot_product_attention(_projected(p, x, "query"), _projected(p, context, "key"),
+                                     _projected(p, context, "value"), mask=mask)
+  expected = jnp.einsum("bthd,hde->bte", heads, p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+  assert float(jnp.std(out)) > 0.1
+  # The masked keys of row 1 do not matter; its other keys do.
+  np.testing.assert_allclose(module.apply(variables, x, context.at[1, 8:].add(5.0), mask=mask)[1], out[1], atol=2e-5)
+  assert float(jnp.max(jnp.abs(module.apply(variables, x, context.at[1, :8].add(5.0), mask=mask)[1] - out[1]))) > 1e-2
+
+
+def test_auto_is_the_platforms_kernel(monkeypatch):
+  q = jnp.zeros((1, 4, 2, 64))
+  assert attn.choose("auto", q, q) == "dense"  # this machine's CPU
+  assert attn.choose("auto", q, q, dropout=True) == "reference"  # the one kernel that drops probabilities
+  assert attn.choose("flash", q, q) == "flash"
+  with pytest.raises(ValueError, match="unknown attention implementation 'fast'"):
+    attn.choose("fast", q, q)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  half = q.astype(jnp.bfloat16)
+  assert attn.choose("auto", half, half, causal=True) == "cudnn"
+  assert attn.choose("auto", q, q, causal=True) == "xla"  # cuDNN's fused kernel takes 16-bit inputs
+  assert attn.choose("auto", half, half, mask=jnp.ones((1, 4), bool)) == "xla"
+  assert attn.choose("auto", half[:, :1], half, causal=True) == "xla"  # a query after the keys' start: a bias
+  assert attn.choose("auto", jnp.zeros((1, 4, 2, 12), jnp.bfloat16), half[..., :12]) == "xla"  # head_dim 12
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert attn.choose("auto", half, half, causal=True) == "xla"
+
+
+def test_auto_on_cpu_is_the_dense_kernel_and_trains_attention_dropout_on_the_reference():
+  x = jax.random.normal(jax.random.key(1), (2, 9, 16))
+  auto = attn.MultiHeadAttention(num_heads=2, attention_dropout=0.3)
+  variables = auto.init(jax.random.key(0), x)
+  dense = attn.MultiHeadAttention(num_heads=2, implementation="dense")
+  np.testing.assert_array_equal(auto.apply(variables, x, causal=True), dense.apply(variables, x, causal=True))
+  reference = attn.MultiHeadAttention(num_heads=2, implementation="reference", attention_dropout=0.3)
+  rngs = {"dropout": jax.random.key(4)}
+  dropped = auto.apply(variables, x, causal=True, train=True, rngs=rngs)
+  np.testing.assert_array_equal(dropped, reference.apply(variables, x, causal=True, train=True, rngs=rngs))
+  assert float(jnp.max(jnp.abs(dropped - auto.apply(variables, x, causal=True)))) > 1e-4
+
+
+def test_fused_layout_is_the_separate_one_with_one_kernel():
+  """The U-Net's (E, 3, H, D) kernel under flax's names, against the separate layout's three kernels."""
+  x = jax.random.normal(jax.random.key(1), (2, 9, 16))
+  init = nn.initializers.normal(0.5)
+  fused = attn.MultiHeadAttention(num_heads=2, layout="fused", kernel_init=init, out_init=init)
+  p = nn.unbox(fused.init(jax.random.key(0), x))["params"]
+  assert set(p) == {"DenseGeneral_0", "DenseGeneral_1"}
+  assert p["DenseGeneral_0"]["kernel"].shape == (16, 3, 2, 8) and p["DenseGeneral_1"]["kernel"].shape == (2, 8, 16)
+  qkv = p["DenseGeneral_0"]
+  separate = {name: {"kernel": qkv["kernel"][:, i], "bias": qkv["bias"][i]}
+              for i, name in enumerate(("query", "key", "value"))}
+  separate["out"] = p["DenseGeneral_1"]
+  out = fused.apply({"params": p}, x, causal=True)
+  np.testing.assert_allclose(out, attn.MultiHeadAttention(num_heads=2).apply({"params": separate}, x, causal=True),
+                             atol=1e-5)
+  assert float(jnp.std(out)) > 0.1
+  with pytest.raises(ValueError, match="fused layout"):
+    fused.init(jax.random.key(0), x, x[:, :3])
+  with pytest.raises(ValueError, match="fused layout"):
+    attn.MultiHeadAttention(num_heads=2, num_kv_heads=1, layout="fused").init(jax.random.key(0), x)
+
+
+def test_stacked_and_separate_projections_share_parameters_and_values(monkeypatch):
+  """Off CPUs the projections of one input are one product by default; on CPUs three."""
+  x = jax.random.normal(jax.random.key(1), (2, 9, 16))
+  module = attn.MultiHeadAttention(num_heads=2, implementation="reference")
+  products = lambda: str(jax.make_jaxpr(module.apply)(variables, x)).count("dot_general")
+  variables = module.init(jax.random.key(0), x)
+  cpu = module.apply(variables, x)
+  assert products() == 3 + 2 + 1  # q, k, v; scores and weighted sum; out
+  monkeypatch.setattr(attn.layers, "on_cpu", lambda: False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # the kernel stays the reference
+  again = module.init(jax.random.key(0), x)
+  for a, b in zip(jax.tree.leaves(nn.unbox(again)), jax.tree.leaves(nn.unbox(variables))):
+    np.testing.assert_array_equal(a, b)
+  assert products() == 1 + 2 + 1
+  np.testing.assert_allclose(module.apply(variables, x), cpu, atol=1e-6)
+
+
+def test_options_that_do_not_apply_are_refused_in_one_line():
+  x = jnp.zeros((1, 4, 16))
+  bad = [(dict(positions="rope"), dict(context=x), "rope positions are for self-attention"),
+         (dict(positions="alibi"), dict(context=x), "alibi positions are for self-attention"),
+         (dict(), dict(context=x, cache=attn.KVCache.zeros(1, 4, 2, 8), cache_index=0), "the KV cache is for self"),
+         (dict(layout="stacked"), dict(), "unknown attention layout 'stacked'"),
+         (dict(implementation="fast"), dict(), "unknown attention implementation 'fast'"),
+         (dict(positions="sinusoidal"), dict(), "unknown positions 'sinusoidal'"),
+         (dict(num_heads=3), dict(), "the width 16 is not divisible by 3 heads")]
+  for attributes, call, message in bad:
+    module = attn.MultiHeadAttention(**{"num_heads": 2, **attributes})
+    with pytest.raises(ValueError, match=message):
+      module.init(jax.random.key(0), x, **call)

@@ -14,9 +14,10 @@ import optax
 import pytest
 
 from experiments import autoencoder as experiment
-from research.metrics import fid as fid_lib
 from research.metrics import nll as nll_lib
 from research.models import autoencoder
+from research.tasks import autoencoder as autoencoder_tasks
+from research.tasks import classifier as classifier_tasks
 from research.train import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 def test_contract_shapes_determinism_and_loss_falls(model):
   config = _config(model, hidden=(64,), latent_dim=8)
   images = _images(32)
-  task = autoencoder.make_task(config, images)
+  task = autoencoder_tasks.make_task(config, images)
   batch = {"image": images}
   params = task.init(jax.random.key(0), batch)
   net = autoencoder.Autoencoder(autoencoder.AutoencoderConfig.from_config(config, IMAGE_SHAPE))
@@ -113,7 +114,7 @@ def vae():
   """A small VAE at its initialisation (a poor encoder: the bounds are far apart) and binary data."""
   config = _config("vae", latent_dim=4, hidden=(32,))
   images = _images(64)
-  task = autoencoder.make_task(config, images)
+  task = autoencoder_tasks.make_task(config, images)
   params = task.init(jax.random.key(0), {"image": images})
   net = autoencoder.Autoencoder(autoencoder.AutoencoderConfig.from_config(config, IMAGE_SHAPE))
   x = nll_lib.binarize(jax.random.key(5), nll_lib.to_unit_interval(images))
@@ -192,7 +193,7 @@ def test_smoke_run_writes_results_and_pictures_and_refuses_another_latent_dim(tm
   config = experiment.get_config("smoke")
   assert samples.shape == (config.num_samples,) + IMAGE_SHAPE
   assert 0.0 <= samples.min() and samples.max() <= 1.0
-  recomputed = fid_lib.sample_metrics(samples)
+  recomputed = classifier_tasks.digits_sample_metrics(samples)
   assert stored["num_samples"] == config.num_samples and len(stored["class_shares"]) == 10
   assert sum(stored["class_shares"]) == pytest.approx(1.0, abs=1e-3)
   for name in ("fid", "precision", "recall", "classes_covered"):
@@ -242,7 +243,7 @@ def test_bad_config_raises_before_writing(tmp_path, field, value, words):
 def test_dae_evaluation_reports_clean_reconstruction_and_denoising_separately():
   config = _config("dae", hidden=(16,), latent_dim=4, noise_level=0.5)
   images = _images(40, seed=3)
-  task = autoencoder.make_task(config, images)
+  task = autoencoder_tasks.make_task(config, images)
   params = task.init(jax.random.key(0), {"image": images})
   metrics = task.summarize(jax.device_get(jax.jit(task.evaluate)(params, jax.random.key(1), {"image": images})))
   # The clean error, computed directly: reconstruct the uncorrupted images.

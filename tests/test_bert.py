@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import stacking
 from research.models import bert
+from research.tasks import bert as bert_tasks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -91,6 +93,7 @@ def test_save_hf_round_trips_exactly_and_transformers_loads_it(reference, tmp_pa
   name = type(model).__name__
   bert.save_hf(str(tmp_path), model.cfg, params, name)
   _, again = bert.load_hf(str(tmp_path))
+  assert jax.tree.structure(again) == jax.tree.structure(params)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
   loaded = getattr(transformers, name).from_pretrained(str(tmp_path)).eval()
@@ -177,12 +180,12 @@ def test_a_traced_masking_mix_equals_the_configured_one(mix):
   ids = np.random.default_rng(3).integers(5, 41, (4, 23))
   batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.ones((4, 23), jnp.int32),
            "token_type_ids": jnp.zeros((4, 23), jnp.int32)}
-  fixed = bert.make_pretrain_task(config, cfg, special)
+  fixed = bert_tasks.make_pretrain_task(config, cfg, special)
   other = config.copy_and_resolve_references()
   other.mask_mix = "80/10/10"  # the traced task starts elsewhere; its hparams carry the mix
-  traced = bert.make_pretrain_task(other, cfg, special, traced_mix=True)
+  traced = bert_tasks.make_pretrain_task(other, cfg, special, traced_mix=True)
   params = fixed.init(jax.random.key(0), batch)
-  hparams = dict(traced.hparams, **dict(zip(bert.MIX_HPARAMS, map(jnp.float32, bert.parse_mix(mix)[:2]))))
+  hparams = dict(traced.hparams, **dict(zip(bert_tasks.MIX_HPARAMS, map(jnp.float32, bert.parse_mix(mix)[:2]))))
   key = jax.random.key(5)
   want = jax.jit(fixed.loss, static_argnums=3)(params, batch, key, False, fixed.hparams)
   got = jax.jit(traced.loss, static_argnums=3)(params, batch, key, False, hparams)
@@ -238,3 +241,39 @@ def test_dropout_rates_are_read_and_written_under_transformers_names(reference, 
   ours = bert.BertForMaskedLM(cfg).apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
                                          token_type_ids=jnp.asarray(types))
   np.testing.assert_allclose(ours, _torch_logits(models["mlm"], ids, mask, types), atol=1e-4)
+
+
+def test_scanned_and_rematerialised_layers_equal_the_loop():
+  """scan_layers x remat: the same loss and gradients from the same (restacked) parameters."""
+  ids, mask, types = (jnp.asarray(a) for a in _inputs())
+  build = lambda scan, remat: bert.BertForMaskedLM(bert.BertConfig(**ODD, scan_layers=scan, remat=remat))
+  loss = lambda model, p: jnp.sum(jnp.sin(model.apply({"params": p}, ids, attention_mask=mask, token_type_ids=types)))
+  stacking.check_scan_and_remat(build, (ids,), loss, name="layer", count=ODD["num_hidden_layers"], where=("bert",))
+
+
+@pytest.mark.parametrize("architecture", ["mlm", "cls"])
+def test_scanned_layers_move_to_and_from_transformers(reference, tmp_path, architecture):
+  models, paths = reference
+  model, params = bert.load_hf(paths[architecture], scan_layers=True)
+  assert "layer" in params["bert"] and params["bert"]["layer"]["attention"]["query"]["kernel"].shape == (2, 30, 3, 10)
+  ids, mask, types = _inputs()
+  ours = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask),
+                              token_type_ids=jnp.asarray(types))
+  np.testing.assert_allclose(ours, _torch_logits(models[architecture], ids, mask, types), atol=1e-4)
+  bert.save_hf(str(tmp_path), model.cfg, params, type(model).__name__)
+  _, again = bert.load_hf(str(tmp_path), scan_layers=True)
+  assert jax.tree.structure(again) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_auto_attention_traces_attention_dropout_only_where_it_trains_the_reference():
+  assert bert.BertConfig(**ODD).attention == "auto"
+  assert bert_tasks.traced_rates(bert.BertConfig(**ODD)) == {"dropout": 0.0}
+  assert bert_tasks.traced_rates(bert.BertConfig(**ODD, attention_probs_dropout_prob=0.1)) == {
+      "dropout": 0.0, "attention_dropout": 0.1}
+  assert "attention_dropout" in bert_tasks.traced_rates(bert.BertConfig(**ODD, attention="reference"))
+  assert "attention_dropout" not in bert_tasks.traced_rates(bert.BertConfig(**ODD, attention="dense",
+                                                                      attention_probs_dropout_prob=0.1))
+  with pytest.raises(ValueError, match="unknown remat 'layers'"):
+    bert.BertConfig(**ODD, remat="layers")

@@ -19,8 +19,8 @@ def test_smoke_run_writes_scored_samples(tmp_path):
   np.testing.assert_allclose(sum(results["class_shares"]), 1.0, atol=1e-3)
   assert json.loads((tmp_path / "results.json").read_text())["fid"] == results["fid"]
   # The written samples are the scored ones: their FID is the reported one.
-  from research.metrics import fid  # pylint: disable=import-outside-toplevel
-  np.testing.assert_allclose(fid.digits_fid(samples), results["fid"], rtol=1e-5)
+  from research.tasks import classifier as classifier_tasks  # pylint: disable=import-outside-toplevel
+  np.testing.assert_allclose(classifier_tasks.digits_fid(samples), results["fid"], rtol=1e-5)
 
 
 def test_long_preset_is_the_default_model_trained_longer():

@@ -1,10 +1,15 @@
-"""DiT: the paper's sizes and Gflops from shapes alone, adaLN-Zero's identity at init, the variants."""
+"""DiT: the paper's sizes and Gflops from shapes alone, adaLN-Zero's identity at init, the variants,
+the blocks scanned and rematerialised."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import stacking
 from research.models import dit
 
 # Peebles & Xie, Table 4: forward Gflops at 256x256 (a 32x32x4 latent), 1000 classes.
@@ -46,10 +51,11 @@ def test_adaln_zero_blocks_are_the_identity_and_the_output_is_zero_at_init():
   h = jax.random.normal(jax.random.key(2), (3, 16, cfg.hidden_size))
   c = jax.random.normal(jax.random.key(3), (3, cfg.hidden_size))
   params = variables["params"]["blocks_0"]
-  np.testing.assert_array_equal(block.apply({"params": params}, h, c, None), h)
+  apply = lambda params: block.apply({"params": params}, h, c=c, cond_tokens=None)[0]
+  np.testing.assert_array_equal(apply(params), h)
   # With the modulation moved off zero the block is no longer the identity.
   moved = jax.tree.map(lambda p: p + 0.1, params)
-  assert float(jnp.max(jnp.abs(block.apply({"params": moved}, h, c, None) - h))) > 1e-3
+  assert float(jnp.max(jnp.abs(apply(moved) - h))) > 1e-3
 
 
 @pytest.mark.parametrize("conditioning", dit.CONDITIONINGS)
@@ -67,25 +73,50 @@ def test_every_conditioning_runs_and_depends_on_the_label(conditioning):
   assert bool(jnp.all(jnp.isfinite(null)))
 
 
-def test_sincos_embedding_is_fixed_and_distinguishes_positions():
-  emb = dit.sincos_2d(64, 4)
-  assert emb.shape == (16, 64)
-  np.testing.assert_allclose(emb[:, :16] ** 2 + emb[:, 16:32] ** 2, 1.0, rtol=1e-6)  # sin^2 + cos^2 per frequency
-  gram = emb @ emb.T
-  np.testing.assert_array_equal(np.argmax(gram, axis=1), np.arange(16))  # each position matches itself best
+def test_sincos_position_embedding_is_not_a_parameter():
   cfg = dit.config("DiT-T/2", input_size=8, in_channels=1, num_classes=10)
   _, variables, *_ = _init(cfg)
-  assert "pos_embed" not in str(jax.tree_util.tree_structure(variables))  # not a parameter
+  assert "pos_embed" not in str(jax.tree_util.tree_structure(variables))
 
 
-def test_label_dropout_rate_and_bad_configs():
-  y = jnp.zeros((100_000,), jnp.int32)
-  dropped = dit.drop_labels(jax.random.key(0), y, 0.1, 10)
-  assert set(np.unique(dropped).tolist()) == {0, 10}
-  np.testing.assert_allclose(float(jnp.mean(dropped == 10)), 0.1, atol=0.005)
+def test_bad_configs():
   with pytest.raises(ValueError, match="unknown DiT 'DiT-Q/2'"):
     dit.config("DiT-Q/2")
   with pytest.raises(ValueError, match="patch size 4 does not divide the input size 10"):
     dit.config("DiT-T/4", input_size=10)
   with pytest.raises(ValueError, match="unknown conditioning"):
     dit.config("DiT-T/2", conditioning="film")
+  with pytest.raises(ValueError, match="unknown attention 'fast'"):
+    dit.config("DiT-T/2", attention="fast")
+  with pytest.raises(ValueError, match="unknown remat 'all'"):
+    dit.config("DiT-T/2", remat="all")
+
+
+@pytest.mark.parametrize("conditioning", dit.CONDITIONINGS)
+def test_scanned_and_rematerialised_blocks_equal_the_loop(conditioning):
+  """scan_layers x remat: the same loss and gradients from the same (restacked) parameters (every setting for
+  adaLN-Zero and cross-attention; the scanned, dots-rematerialised blocks for the other two)."""
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  t, y = jnp.array([3, 500, 999]), jnp.array([1, 2, 10])
+  build = lambda scan, remat: dit.DiT(dit.config("DiT-T/4", input_size=8, in_channels=1, num_classes=10,
+                                                 learn_sigma=False, conditioning=conditioning, depth=3,
+                                                 scan_layers=scan, remat=remat))
+  loss = lambda model, p: jnp.sum(jnp.sin(model.apply({"params": p}, x, t, y)))
+  settings = stacking.SETTINGS if conditioning in ("adaln_zero", "cross_attention") else ((True, "dots"),)
+  stacking.check_scan_and_remat(build, (x, t, y), loss, name="blocks", count=3, settings=settings)
+
+
+def test_attention_is_the_shared_module_in_the_layout_of_earlier_checkpoints():
+  """Query, key and value kernels (width, heads, head_dim) and the output under the block's attn (and cross_attn)."""
+  cfg = dit.config("DiT-T/2", input_size=8, in_channels=1, num_classes=10, conditioning="cross_attention")
+  _, variables, *_ = _init(cfg)
+  block = nn.unbox(variables)["params"]["blocks_0"]
+  for name in ("attn", "cross_attn"):
+    assert {k: {n: w.shape for n, w in v.items()} for k, v in block[name].items()} == {
+        "query": {"kernel": (64, 4, 16), "bias": (4, 16)}, "key": {"kernel": (64, 4, 16), "bias": (4, 16)},
+        "value": {"kernel": (64, 4, 16), "bias": (4, 16)}, "out": {"kernel": (4, 16, 64), "bias": (64,)}}
+  assert cfg.attention == "auto"
+  x, t, y = jnp.ones((2, 8, 8, 1)), jnp.array([1, 2]), jnp.array([3, 4])
+  moved = jax.tree.map(lambda p: p + 0.05, nn.unbox(variables))
+  np.testing.assert_array_equal(dit.DiT(cfg).apply(moved, x, t, y),  # auto is the dense kernel on CPU
+                                dit.DiT(dataclasses.replace(cfg, attention="dense")).apply(moved, x, t, y))

@@ -73,6 +73,7 @@ def test_gpt2_dropout_sweep_members_equal_their_single_runs(tmp_path):
 def test_bert_dropout_sweep_member_equals_the_single_run(tmp_path):
   config = bert_experiment.get_config("smoke")
   config.steps = 4
+  config.attention = "reference"  # attention dropout is traced where the reference attention trains
   members = Members(seeds=(0, 0), hparams={"dropout": (0.1, 0.0), "attention_dropout": (0.1, 0.3)})
   swept = bert_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
   # The single run reads the sweep's vocabulary: WordPiece training is not deterministic across calls.

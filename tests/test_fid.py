@@ -1,4 +1,4 @@
-"""FID, precision/recall and class shares: closed forms, scipy parity, and the digits feature network."""
+"""FID, precision/recall and class shares: closed forms, scipy parity, feature spaces and the digits feature network."""
 
 import glob
 import os
@@ -10,7 +10,10 @@ import pytest
 import scipy.linalg
 
 from research import data
-from research.metrics import features, fid
+from research.metrics import fid
+from research.metrics.features import FeatureSpace
+from research.models import classifier as classifier_lib
+from research.tasks import classifier as classifier_tasks
 
 # One worker runs this file: its module fixture is costly (see conftest.py).
 pytestmark = pytest.mark.xdist_group("fid_classifier")
@@ -20,13 +23,13 @@ pytestmark = pytest.mark.xdist_group("fid_classifier")
 def classifier_root(tmp_path_factory):
   # Trained once per session, by the real loop, into a private cache (never the user's).
   root = str(tmp_path_factory.mktemp("fid_classifier"))
-  fid.digits_classifier(root)
+  classifier_tasks.digits_classifier(root)
   return root
 
 
 @pytest.fixture(scope="session")
 def classifier(classifier_root):
-  return fid.digits_classifier(classifier_root)
+  return classifier_tasks.digits_classifier(classifier_root)
 
 
 @pytest.fixture(scope="session")
@@ -173,15 +176,15 @@ def test_precision_recall_rejects_bad_k():
 
 
 def test_classifier_test_accuracy(classifier, digits_test):
-  assert classifier.test_accuracy >= 0.97
+  assert classifier.info["test_accuracy"] >= 0.97
   measured = np.mean(classifier.predict(digits_test["image"]) == digits_test["label"])
-  assert measured == pytest.approx(classifier.test_accuracy)
+  assert measured == pytest.approx(classifier.info["test_accuracy"])
 
 
 def test_features_shape_and_input_forms(classifier, digits_test):
   images = digits_test["image"][:50]
   feats = classifier.features(images)
-  assert feats.shape == (50, features.FEATURES) and feats.dtype == np.float32
+  assert feats.shape == (50, classifier_lib.FEATURES) and feats.dtype == np.float32
   np.testing.assert_allclose(classifier.features(images.astype(np.float32) / 255.0), feats, atol=1e-5)
   # More images than one chunk go through the same program, chunk by chunk.
   many = np.concatenate([digits_test["image"]] * 4)  # (1200, 8, 8, 1)
@@ -195,12 +198,12 @@ def test_cache_is_reused(classifier_root, classifier, digits_test, monkeypatch):
   def refuse(workdir):
     raise AssertionError(f"retrained into {workdir}")
 
-  monkeypatch.setattr(features, "_fit", refuse)
-  assert fid.digits_classifier(classifier_root) is classifier
-  from_disk = features._cached.__wrapped__(os.path.abspath(classifier_root))  # skips the in-process memo
+  monkeypatch.setattr(classifier_tasks, "_fit", refuse)
+  assert classifier_tasks.digits_classifier(classifier_root) is classifier
+  from_disk = classifier_tasks._cached.__wrapped__(os.path.abspath(classifier_root))  # skips the in-process memo
   np.testing.assert_array_equal(from_disk.features(digits_test["image"]), classifier.features(digits_test["image"]))
-  assert from_disk.test_accuracy == classifier.test_accuracy
-  assert sorted(os.listdir(os.path.join(classifier_root, features.VERSION))) == ["classifier.json", "params"]
+  assert from_disk.info == classifier.info and from_disk.name == classifier.name == classifier_tasks.VERSION
+  assert sorted(os.listdir(os.path.join(classifier_root, classifier_tasks.VERSION))) == ["classifier.json", "params"]
 
 
 def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
@@ -211,17 +214,17 @@ def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
     time.sleep(0.5)  # long enough for the other caller to reach the lock
     return classifier.params, dict(classifier.info)
 
-  monkeypatch.setattr(features, "_fit", fake_fit)
+  monkeypatch.setattr(classifier_tasks, "_fit", fake_fit)
   root = str(tmp_path / "cache")
-  os.makedirs(os.path.join(root, f".{features.VERSION}.tmp-killed"))  # left by a killed process
+  os.makedirs(os.path.join(root, f".{classifier_tasks.VERSION}.tmp-killed"))  # left by a killed process
   got = []
-  threads = [threading.Thread(target=lambda: got.append(features._cached.__wrapped__(root))) for _ in range(2)]
+  threads = [threading.Thread(target=lambda: got.append(classifier_tasks._cached.__wrapped__(root))) for _ in range(2)]
   for t in threads:
     t.start()
   for t in threads:
     t.join()
   assert len(calls) == 1 and len(got) == 2
-  assert all(c.test_accuracy == classifier.test_accuracy for c in got)
+  assert all(c.info["test_accuracy"] == classifier.info["test_accuracy"] for c in got)
   assert not glob.glob(os.path.join(root, ".*.tmp-*"))
 
 
@@ -230,41 +233,47 @@ def test_failed_training_leaves_no_cache(tmp_path, monkeypatch):
     os.makedirs(workdir)
     raise RuntimeError("killed")
 
-  monkeypatch.setattr(features, "_fit", broken_fit)
+  monkeypatch.setattr(classifier_tasks, "_fit", broken_fit)
   root = str(tmp_path / "cache")
   with pytest.raises(RuntimeError, match="killed"):
-    fid.digits_classifier(root)
-  assert not os.path.exists(os.path.join(root, features.VERSION))
+    classifier_tasks.digits_classifier(root)
+  assert not os.path.exists(os.path.join(root, classifier_tasks.VERSION))
   assert not glob.glob(os.path.join(root, ".*.tmp-*"))
 
 
 # Digits FID and class shares.
 
 
-def test_digits_fid_scale(classifier, digits_test):
-  real = fid.digits_fid(digits_test["image"], "train", classifier)
-  bad = fid.digits_fid(fid.independent_pixel_samples(1000), "train", classifier)
+def test_digits_fid_scale(classifier, digits_test, digits_train):
+  digits_fid = classifier_tasks.digits_fid
+  real = digits_fid(digits_test["image"], "train", classifier)
+  bad = digits_fid(fid.independent_pixel_samples(digits_train["image"], 1000), "train", classifier)
   assert 0.0 < real < 10.0
   assert bad > 5 * real
-  assert fid.digits_fid(digits_test["image"].astype(np.float32) / 255.0, "train", classifier) == \
-      pytest.approx(real, rel=1e-4)
-  assert fid.digits_fid(digits_test["image"], "test", classifier) == pytest.approx(0.0, abs=1e-6)
+  as_floats = digits_test["image"].astype(np.float32) / 255.0
+  assert digits_fid(as_floats, "train", classifier) == pytest.approx(real, rel=1e-4)
+  assert digits_fid(digits_test["image"], "test", classifier) == pytest.approx(0.0, abs=1e-6)
   with pytest.raises(ValueError, match="reference"):
-    fid.digits_fid(digits_test["image"], "validation", classifier)
+    digits_fid(digits_test["image"], "validation", classifier)
+  scale = classifier_tasks.digits_reference_fids(classifier)
+  assert scale["test_split"] == real and scale["independent_pixels"] == bad
+  assert scale["test_accuracy"] == classifier.info["test_accuracy"]
 
 
-def test_digits_precision_recall(classifier, digits_test):
-  real = classifier.reference_features("train")
+def test_digits_precision_recall(classifier, digits_test, digits_train):
+  real = classifier_tasks.digits_reference("train", classifier).features
   test_precision, test_recall = fid.precision_recall(real, classifier.features(digits_test["image"]))
-  bad_precision, _ = fid.precision_recall(real, classifier.features(fid.independent_pixel_samples(300)))
+  bad = fid.independent_pixel_samples(digits_train["image"], 300)
+  bad_precision, _ = fid.precision_recall(real, classifier.features(bad))
   assert test_precision > 0.8 and test_recall > 0.5
   assert bad_precision < test_precision
 
 
 def test_independent_pixel_samples_match_marginals(digits_train):
-  samples = fid.independent_pixel_samples(3000)
+  samples = fid.independent_pixel_samples(digits_train["image"], 3000)
   assert samples.shape == (3000, 8, 8, 1) and samples.dtype == np.uint8
   np.testing.assert_allclose(samples.mean(0), digits_train["image"].mean(0), atol=8.0)  # of 0..255
+  np.testing.assert_array_equal(samples, fid.independent_pixel_samples(digits_train["image"], 3000))  # seeded
 
 
 def test_class_shares(classifier, digits_test):
@@ -278,17 +287,57 @@ def test_class_shares(classifier, digits_test):
 def test_sample_metrics_equal_their_parts(classifier, digits_test):
   images = digits_test["image"]
   zeros = images[digits_test["label"] == 0]
-  metrics = fid.sample_metrics(images, classifier)
-  real, feats = classifier.reference_features("train"), classifier.features(images)
-  assert metrics["fid"] == fid.frechet_distance(real, feats) == pytest.approx(fid.digits_fid(images, "train",
-                                                                                              classifier))
+  ref = classifier_tasks.digits_reference("train", classifier)
+  assert classifier_tasks.digits_reference("train", classifier) is ref  # computed once per space and split
+  assert (ref.space, ref.name) == (classifier.name, "digits/train")
+  metrics = fid.sample_metrics(images, classifier, ref)
+  assert classifier_tasks.digits_sample_metrics(images, classifier) == metrics
+  real, feats = ref.features, classifier.features(images)
+  assert metrics["fid"] == fid.frechet_distance(real, feats)
+  assert metrics["fid"] == pytest.approx(classifier_tasks.digits_fid(images, "train", classifier))
   assert (metrics["precision"], metrics["recall"]) == fid.precision_recall(real, feats)
   np.testing.assert_allclose(metrics["class_shares"], fid.class_shares(images, classifier), atol=5e-5)
   assert metrics["classes_covered"] == 10 and metrics["num_samples"] == 300
   # A model that dropped every other digit covers one class, and its FID is far worse.
-  dropped = fid.sample_metrics(zeros, classifier)
+  dropped = fid.sample_metrics(zeros, classifier, ref)
   assert dropped["classes_covered"] == 1 and dropped["fid"] > 5 * metrics["fid"]
   assert dropped["recall"] < metrics["recall"]
   # A diverged model's samples score NaN instead of raising.
-  broken = fid.sample_metrics(np.full((8, 8, 8, 1), np.nan, np.float32), classifier)
+  broken = fid.sample_metrics(np.full((8, 8, 8, 1), np.nan, np.float32), classifier, ref)
   assert np.isnan(broken["fid"]) and broken["classes_covered"] == 0 and broken["num_samples"] == 8
+
+
+# Any feature space.
+
+
+def _pixel_space(name="pixels"):
+  """A feature network without a class head: the pixels themselves, scaled by 10."""
+  return FeatureSpace(name, lambda params, x: (None, params * x.reshape(x.shape[0], -1)), np.float32(10.0),
+                      (4, 4, 1))
+
+
+def test_a_feature_space_without_classes():
+  rng = np.random.default_rng(0)
+  real = rng.uniform(size=(200, 4, 4, 1)).astype(np.float32)
+  fake = np.clip(real[:100] + 0.3, 0.0, 1.0)
+  space = _pixel_space()
+  assert space.num_features == 16 and space.num_classes == 0
+  np.testing.assert_allclose(space.features(real), 10.0 * real.reshape(200, -1), rtol=1e-6)
+  ref = fid.reference(space, real, "uniform")
+  np.testing.assert_allclose(ref.mean, 10.0 * real.reshape(200, -1).mean(0), rtol=1e-5)
+  metrics = fid.sample_metrics(fake, space, ref)
+  assert sorted(metrics) == ["fid", "num_samples", "precision", "recall"]
+  assert metrics["fid"] == pytest.approx(fid.frechet_distance(ref.features, space.features(fake)))
+  assert fid.sample_metrics(real, space, ref)["fid"] < metrics["fid"]
+  assert space.features(real[:0]).shape == (0, 16)
+  with pytest.raises(ValueError, match="no class head"):
+    space.predict(real)
+  with pytest.raises(ValueError, match=r"\(N, 4, 4, 1\)"):
+    space.features(real[..., 0])
+
+
+def test_a_reference_from_another_space_is_refused():
+  real = np.random.default_rng(0).uniform(size=(20, 4, 4, 1)).astype(np.float32)
+  ref = fid.reference(_pixel_space("pixels_v1"), real, "uniform")
+  with pytest.raises(ValueError, match="pixels_v1 feature space, not in pixels_v2"):
+    fid.sample_metrics(real, _pixel_space("pixels_v2"), ref)

@@ -18,6 +18,7 @@ from research import optim
 from research.data import toy2d
 from research.metrics import modes
 from research.models import gan
+from research.tasks import gan as gan_tasks
 from research.train import ConfigError, init_state, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +54,7 @@ def _initial_state(config, task, seed: int = 0):
                                                ("wgan_gp", "grid25", 2), ("gan", "digits", 2)])
 def test_train_step_contract(loss, dataset, pack):
   config = _smoke_config(loss, dataset, pack=pack)
-  task = gan.make_task(config)
+  task = gan_tasks.make_task(config)
   assert task.batches_per_step == config.n_critic
   state, batch = _initial_state(config, task)
   step = jax.jit(make_train_step(task, config.ema_decay))
@@ -180,7 +181,7 @@ def test_train_step_penalty_scales_with_its_weight():
   penalties, losses = {}, {}
   for weight in (0.0, 0.1, 0.3):
     config = _smoke_config("wgan_gp", n_critic=1, gp_weight=weight)
-    task = gan.make_task(config)
+    task = gan_tasks.make_task(config)
     state, batch = _initial_state(config, task)
     metrics = jax.jit(make_train_step(task, config.ema_decay))(state, batch, jax.random.key(1))[1]
     penalties[weight] = float(metrics["gradient_penalty"])
@@ -205,7 +206,7 @@ def test_non_saturating_losses_match_their_definitions():
 def test_discriminator_loss_falls_with_frozen_generator():
   config = _smoke_config("gan", steps=100, gen_width=32, disc_width=32)
   config.optimizer.learning_rate = 1e-2
-  task = gan.make_task(config)
+  task = gan_tasks.make_task(config)
   state, batch = _initial_state(config, task)
   # A zero learning rate for the generator group freezes it.
   state = state.replace(opt_state={**state.opt_state,
@@ -257,7 +258,7 @@ def test_pack_of_one_and_packed_discriminator():
   assert gan.pack(points, 1) is points
   # The discriminator of a packed config takes pack * 2 inputs.
   config = _smoke_config("gan", pack=4)
-  state, _ = _initial_state(config, gan.make_task(config))
+  state, _ = _initial_state(config, gan_tasks.make_task(config))
   kernel = state.params["disc"]["params"]["LinearMaxout_0"]["Dense_0"]["kernel"]
   assert kernel.shape == (8, config.disc_width * config.maxout_pieces)
 
@@ -283,7 +284,7 @@ def test_discriminator_layers(layer, name):
 @pytest.mark.parametrize("loss,dataset", [("gan", "ring8"), ("wgan", "grid25"), ("wgan_gp", "digits")])
 def test_experiment_smoke(tmp_path, monkeypatch, loss, dataset):
   config = _smoke_config(loss, dataset)
-  evaluated, make_task = [], gan.make_task
+  evaluated, make_task = [], gan_tasks.make_task
 
   def recording_make_task(config):
     task = make_task(config)
@@ -296,7 +297,7 @@ def test_experiment_smoke(tmp_path, monkeypatch, loss, dataset):
 
     return dataclasses.replace(task, evaluate=evaluate)
 
-  monkeypatch.setattr(gan, "make_task", recording_make_task)
+  monkeypatch.setattr(gan_tasks, "make_task", recording_make_task)
   results = gan_experiment.run(config, str(tmp_path))
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["step"] == config.steps and np.isfinite(on_disk["train_loss"])

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import parse_gan_config, run_python
 from experiments import gan as gan_experiment
-from research.metrics import fid as fid_lib
 from research.models import gan
+from research.tasks import classifier as classifier_tasks
 from research.train import ConfigError, Members
 
 
@@ -169,11 +169,11 @@ def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
   results = gan_experiment.run(config, str(tmp_path), members=Members((0, 1)))
   stored = json.loads((tmp_path / "results.json").read_text())
   assert stored["config"]["conditional"] and stored["config"]["loss"] == "hinge"
-  classifier = fid_lib.digits_classifier()
+  classifier = classifier_tasks.digits_classifier()
   for i, member in enumerate(stored["members"]):
     samples = np.load(tmp_path / f"member_{i}" / "samples.npz")["images"]
     assert samples.shape == (config.num_samples,) + gan.IMAGE_SHAPE
-    recomputed = fid_lib.sample_metrics(samples, classifier)
+    recomputed = classifier_tasks.digits_sample_metrics(samples, classifier)
     for name in ("fid", "precision", "recall", "classes_covered", "num_samples"):
       assert member[name] == results["members"][i][name] == pytest.approx(recomputed[name], rel=1e-4, abs=1e-6)
     assert len(member["class_shares"]) == 10 and sum(member["class_shares"]) == pytest.approx(1.0, abs=1e-3)
@@ -200,7 +200,7 @@ def test_table_end_to_end(tmp_path):
   assert (tmp_path / "gan_digits.png").stat().st_size > 0
   assert "python -m experiments.tables.gan_digits" in text and "gan_digits.py:smoke" in text
   assert list(results["cells"]) == ["PacGAN-2", "VAE"]
-  reference = fid_lib.digits_reference_fids()["test_split"]
+  reference = classifier_tasks.digits_reference_fids()["test_split"]
   assert results["reference_fid_test_split"] == pytest.approx(reference)
   for method, cell in results["cells"].items():
     assert cell["seeds"] == [0, 1], method

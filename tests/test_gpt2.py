@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
+import stacking
+from trees import assert_trees_equal
 from research.models import gpt2
+from research.tasks import gpt2 as gpt2_tasks
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -50,8 +53,7 @@ def test_weights_round_trip_exactly_and_transformers_loads_ours(reference, tmp_p
   model, params = gpt2.load_hf(path)
   gpt2.save_hf(str(tmp_path), model.cfg, params)
   _, again = gpt2.load_hf(str(tmp_path))
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
-    np.testing.assert_array_equal(a, b)
+  assert_trees_equal(params, again)
   loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
   ids = np.arange(19)[None] % 37
   np.testing.assert_array_equal(_logits(loaded, ids), _logits(hf_model, ids))
@@ -65,8 +67,7 @@ def test_names_without_the_transformer_prefix_load_too(reference, tmp_path):
   (tmp_path / "config.json").write_text(open(os.path.join(path, "config.json")).read())
   _, a = gpt2.load_hf(path)
   _, b = gpt2.load_hf(str(tmp_path))
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(x, y)
+  assert_trees_equal(a, b)
 
 
 def test_greedy_generation_equals_transformers_for_left_padded_prompts(reference):
@@ -277,7 +278,7 @@ def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
   from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
   config = experiment.get_config("smoke")
   config.positions = "rope"
-  task = gpt2.make_task(config, 37, str, [[1, 2]])
+  task = gpt2_tasks.make_task(config, 37, str, [[1, 2]])
   windows = np.random.default_rng(3).integers(0, 37, (11, config.seq_len + 1))
   variables = jax.tree.map(lambda x: x * 4.0, nn.unbox(task.init(jax.random.key(0), {"tokens": windows[:2]})))
   model = gpt2.GPT2(gpt2.model_config(config, 37))
@@ -301,3 +302,83 @@ def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
     gpt2.eval_loss(learned, {}, np.zeros((1, 10), np.int32))
   with pytest.raises(ValueError, match="from_position 8 is outside"):
     gpt2.eval_loss(model, variables["params"], long[:, :9], from_position=8)
+
+
+def test_scanned_and_rematerialised_blocks_equal_the_loop():
+  """scan_layers x remat: the same loss and gradients from the same (restacked) parameters."""
+  ids = jnp.asarray(np.random.default_rng(5).integers(0, 37, (2, 12)))
+  build = lambda scan, remat: gpt2.GPT2(gpt2.GPT2Config(**ODD, positions="rope", scan_layers=scan, remat=remat))
+  loss = lambda model, p: gpt2.lm_loss(model.apply({"params": p}, ids[:, :-1]), ids[:, 1:])
+  stacking.check_scan_and_remat(build, (ids[:, :-1],), loss, name="h", count=ODD["n_layer"])
+
+
+def test_scanned_blocks_decode_from_a_stacked_cache_and_move_to_and_from_transformers(reference, tmp_path):
+  hf_model, path = reference
+  model, params = gpt2.load_hf(path, scan_layers=True)
+  assert set(params) == {"wte", "wpe", "h", "ln_f"} and params["h"]["attn"]["query"]["kernel"].shape == (2, 48, 3, 16)
+  ids = np.random.default_rng(0).integers(0, 37, (3, 19))
+  np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, jnp.asarray(ids)), _logits(hf_model, ids),
+                             atol=1e-4)
+  cache = model.init_cache(3, 19)
+  assert cache.k.shape == (2, 3, 3, 19, 16)  # (layers, B, Hkv, S, D)
+  prompts = [[3, 14, 15, 9, 26, 5], [20, 7]]
+  assert gpt2.generate(model, params, prompts, max_new_tokens=6) == \
+      gpt2.generate(*gpt2.load_hf(path), prompts, max_new_tokens=6)
+  gpt2.save_hf(str(tmp_path), model.cfg, params)
+  loaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+  np.testing.assert_array_equal(_logits(loaded, ids), _logits(hf_model, ids))
+
+
+def test_the_batch_of_one_decoding_trick_is_taken_on_cpus_only(reference, monkeypatch):
+  """Off CPUs a batch of one decodes as itself (no doubled rows); greedy tokens are the same either way."""
+  _, path = reference
+  model, params = gpt2.load_hf(path)
+  prompt = np.asarray([[3, 14, 15, 9, 26, 5, 1, 2]])
+  mask = np.ones_like(prompt, bool)
+  run = lambda: jax.jit(lambda p: gpt2.continue_prompts(model, p, prompt, mask, jax.random.key(0), 5, 0.0))
+  batch_rows = lambda: {int(eq.outvars[0].aval.shape[0]) for eq in run().trace(params).jaxpr.eqns
+                        if eq.primitive.name == "scan"}
+  on_cpu = np.asarray(run()(params))
+  assert batch_rows() == {2}  # the decoding scan carries two rows
+  monkeypatch.setattr(gpt2.layers, "on_cpu", lambda: False)
+  assert batch_rows() == {1}
+  np.testing.assert_array_equal(np.asarray(run()(params)), on_cpu)
+
+
+def test_auto_attention_is_the_dense_kernel_on_cpu_and_activations_carry_logical_axes():
+  from research.train import parallel  # pylint: disable=import-outside-toplevel
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, 37, (2, 19)))
+  auto = gpt2.GPT2(gpt2.GPT2Config(**ODD))
+  assert auto.cfg.attention == "auto"
+  params = auto.init(jax.random.key(0), ids)["params"]
+  dense = gpt2.GPT2(gpt2.GPT2Config(**ODD, attention="dense"))
+  np.testing.assert_array_equal(jax.jit(auto.apply)({"params": params}, ids), jax.jit(dense.apply)({"params": params},
+                                                                                                   ids))
+  # Under the rules and a (data 2, fsdp 2, tensor 2) mesh, the residual stream is split over the
+  # batch axes, the heads and MLP units over tensor; outside them there are no constraints.
+  plain = str(jax.make_jaxpr(auto.apply)({"params": params}, ids))
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2, 2, 2), parallel.MESH_AXES)), \
+      nn.logical_axis_rules(parallel.RULES):
+    jaxpr = jax.make_jaxpr(auto.apply)({"params": params}, ids)
+  specs = [str(eq.params["sharding"].spec) for eq in jaxpr.jaxpr.eqns if eq.primitive.name == "sharding_constraint"]
+  for sub in jaxpr.jaxpr.eqns:  # the constraints inside the blocks' sub-programs
+    for inner in sub.params.values():
+      if hasattr(inner, "jaxpr"):
+        specs += [str(e.params["sharding"].spec) for e in getattr(inner, "jaxpr", inner).eqns
+                  if e.primitive.name == "sharding_constraint"]
+  assert "sharding_constraint" not in plain
+  assert "P(('data', 'fsdp'), None, None)" in specs  # (B, T, E)
+  assert "P(('data', 'fsdp'), None, 'tensor', None)" in specs  # (B, T, H, D)
+  assert "P(('data', 'fsdp'), None, 'tensor')" in specs  # (B, T, 4E)
+
+
+def test_parameter_layout_is_the_one_of_earlier_checkpoints():
+  params = nn.unbox(jax.eval_shape(lambda: gpt2.GPT2(gpt2.GPT2Config(**ODD)).init(jax.random.key(0),
+                                                                                   jnp.zeros((1, 1), jnp.int32))))
+  shapes = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(params["params"])[0]}
+  assert {k: v for k, v in shapes.items() if k.startswith("['h_0']['attn']")} == {
+      "['h_0']['attn']['key']['bias']": (3, 16), "['h_0']['attn']['key']['kernel']": (48, 3, 16),
+      "['h_0']['attn']['out']['bias']": (48,), "['h_0']['attn']['out']['kernel']": (3, 16, 48),
+      "['h_0']['attn']['query']['bias']": (3, 16), "['h_0']['attn']['query']['kernel']": (48, 3, 16),
+      "['h_0']['attn']['value']['bias']": (3, 16), "['h_0']['attn']['value']['kernel']": (48, 3, 16)}
+  assert len(shapes) == 2 + 2 * 16 + 2  # wte, wpe; 16 per block; ln_f

@@ -76,3 +76,100 @@ def test_dense_group_promotes_to_the_compute_dtype():
   for o, e in zip(outs, expected):
     assert o.dtype == e.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.float32(o), np.float32(e), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("features,axis", [((4, 8), -1), (24, (-2, -1))])
+def test_dense_general_is_flaxs_and_initialises_under_a_mesh(features, axis):
+  """layers.DenseGeneral: flax's parameters, values and outputs, also when initialised under jax.set_mesh."""
+  from research.train import parallel  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(1), (3, 5, 6, 4))
+  names = ("embed", "heads", "head_dim")
+  init = nn.with_logical_partitioning(nn.initializers.normal(0.5), names if axis == -1 else names[1:] + ("embed",))
+  ours, theirs = (cls(features, axis=axis, kernel_init=init, bias_init=nn.initializers.normal(0.5))
+                  for cls in (layers.DenseGeneral, nn.DenseGeneral))
+  variables = theirs.init(jax.random.key(7), x)
+  mine = ours.init(jax.random.key(7), x)
+  assert jax.tree.structure(mine) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(nn.unbox(mine)), jax.tree.leaves(nn.unbox(variables))):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(ours.apply(variables, x), theirs.apply(variables, x))
+  with jax.set_mesh(parallel.make_mesh()), nn.logical_axis_rules(parallel.RULES):
+    boxed = jax.jit(ours.init)(jax.random.key(7), x)["params"]["kernel"]
+  assert boxed.names == init(jax.random.key(0), (2, 2)).names
+  np.testing.assert_array_equal(boxed.value, variables["params"]["kernel"].value)
+
+
+class _Block(nn.Module):
+  """x + tanh(x W) * scale; its output is its own input plus one, to check the per-layer plumbing."""
+
+  @nn.compact
+  def __call__(self, x, layer_input, *, scale):
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.5), ("embed", "mlp"))
+    x = x + jnp.tanh(nn.Dense(x.shape[-1], kernel_init=init)(x)) * scale
+    return x, None if layer_input is None else layer_input + 1
+
+
+class _Stack(nn.Module):
+  scan: bool
+  remat: str
+
+  @nn.compact
+  def __call__(self, x, per_layer=None):
+    return layers.blocks(_Block, 3, x, per_layer, name="block", scan=self.scan, remat=self.remat, scale=0.5)
+
+
+def test_blocks_in_a_loop_or_a_scan_under_each_remat():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  plain = _Stack(False, "none")
+  params = nn.unbox(plain.init(jax.random.key(1), x))["params"]
+  assert sorted(params) == ["block_0", "block_1", "block_2"]
+  loss = lambda model, p: jnp.sum(jnp.sin(model.apply({"params": p}, x)[0]))
+  value, grads = jax.value_and_grad(lambda p: loss(plain, p))(params)
+  stacked = layers.stack_blocks(params, "block", 3)
+  assert stacked["block"]["Dense_0"]["kernel"].shape == (3, 8, 8)
+  for scan in (False, True):
+    for remat in layers.REMATS:
+      model = _Stack(scan, remat)
+      p = stacked if scan else params
+      init = jax.eval_shape(lambda model=model: nn.unbox(model.init(jax.random.key(1), x))["params"])
+      assert jax.tree.structure(init) == jax.tree.structure(p)
+      v, g = jax.value_and_grad(lambda p, model=model: loss(model, p))(p)
+      g = layers.unstack_blocks(g, "block") if scan else g
+      np.testing.assert_allclose(v, value, rtol=1e-6)
+      for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Each block gets its own input: a list in the loop, a leading axis under scan.
+  _, outs = plain.apply({"params": params}, x, [jnp.zeros(2) + i for i in range(3)])
+  np.testing.assert_array_equal(np.stack(outs), [[1, 1], [2, 2], [3, 3]])
+  _, outs = _Stack(True, "none").apply({"params": stacked}, x, jnp.arange(6.0).reshape(3, 2))
+  np.testing.assert_array_equal(outs, [[1, 2], [3, 4], [5, 6]])
+  # The scanned parameters' leading axis is named "layers".
+  boxed = _Stack(True, "none").init(jax.random.key(1), x)["params"]["block"]["Dense_0"]["kernel"]
+  assert boxed.names == ("layers", "embed", "mlp")
+
+
+def test_stacking_round_trips_and_refuses_bad_input():
+  params = {"h_0": {"w": jnp.ones(2)}, "h_1": {"w": jnp.zeros(2)}, "ln": {"b": jnp.ones(3)}}
+  stacked = layers.stack_blocks(params, "h", 2)
+  assert sorted(stacked) == ["h", "ln"]
+  np.testing.assert_array_equal(stacked["h"]["w"], [[1, 1], [0, 0]])
+  again = layers.unstack_blocks(stacked, "h")
+  assert jax.tree.structure(again) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="cannot stack 3 blocks: h_2 is missing"):
+    layers.stack_blocks(params, "h", 3)
+  with pytest.raises(ValueError, match="no stacked blocks 'g' to unstack"):
+    layers.unstack_blocks(stacked, "g")
+  with pytest.raises(ValueError, match="unknown remat 'full'; choose one of: none, block, dots"):
+    layers.check_stacking(False, "full")
+  with pytest.raises(ValueError, match="scan_layers must be True or False"):
+    layers.check_stacking("yes", "none")
+
+
+def test_count_params_from_shapes():
+  model = _Stack(False, "none")
+  x = jax.ShapeDtypeStruct((2, 5, 8), jnp.float32)
+  assert layers.count_params(model, x) == 3 * (8 * 8 + 8)
+  assert layers.count_params(model, x, skip=("bias",)) == 3 * 8 * 8
+  assert layers.count_params(_Stack(True, "block"), x) == 3 * (8 * 8 + 8)

@@ -11,9 +11,11 @@ import optax
 import pytest
 
 import tiny_run
+from trees import assert_trees_close, leaf_pairs
 from research import data as data_lib
 from research import optim
 from research.models import autoencoder
+from research.tasks import autoencoder as autoencoder_tasks
 from research.train import NonFiniteLossError, Task, TrainState, base_config, init_state, make_train_step, train
 from research.train.step import Keys
 
@@ -27,11 +29,6 @@ def _ae_config(steps, **overrides):
   for name, value in overrides.items():
     config[name] = value
   return config
-
-
-def _leaves_close(a, b, atol):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
 def _events(workdir):
@@ -55,8 +52,8 @@ def _tensor_value(event):
 def _classifier_task(tx, learning_rate=None):
   model = tiny_run.Classifier(16)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     logits = model.apply(params, batch["image"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), {}
 
@@ -87,16 +84,15 @@ def test_grad_accum_gives_the_same_update(tmp_path, digits_train):
   runs = {}
   for k in (1, 4):
     config = _ae_config(5, grad_accum=k)
-    task = autoencoder.make_task(config, digits_train["image"][:32])
+    task = autoencoder_tasks.make_task(config, digits_train["image"][:32])
     runs[k] = train(task, config, str(tmp_path / f"k{k}"), {"image": digits_train["image"]},
                     {"image": digits_train["image"][:64]})
-  _leaves_close(runs[4].state.params, runs[1].state.params, atol=1e-6)
+  assert_trees_close(runs[4].state.params, runs[1].state.params, atol=1e-6)
   np.testing.assert_allclose(runs[4].results["train_loss"], runs[1].results["train_loss"], rtol=1e-6)
   # And it did train: the parameters moved.
-  init = init_state(autoencoder.make_task(_ae_config(5), digits_train["image"][:32]), Keys.from_seed(0).init,
+  init = init_state(autoencoder_tasks.make_task(_ae_config(5), digits_train["image"][:32]), Keys.from_seed(0).init,
                     {"image": digits_train["image"][:32]}, 0.0).params
-  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in
-             zip(jax.tree.leaves(init), jax.tree.leaves(runs[1].state.params))) > 1e-3
+  assert max(float(jnp.max(jnp.abs(a - b))) for a, b in leaf_pairs(init, runs[1].state.params)) > 1e-3
 
 
 def test_train_loss_and_logged_scalars_are_interval_means(tmp_path, digits_train):
@@ -122,12 +118,13 @@ def test_train_loss_and_logged_scalars_are_interval_means(tmp_path, digits_train
 def test_periodic_evaluation_and_samples_of_every_kind(tmp_path, digits_train):
   seen = []
 
-  def evaluate(params, key, data):
+  def evaluate(params, key, data, hparams):
+    assert hparams == {}  # a task without traced hyperparameters gets none
     seen.append(len(data["label"]))
     return {"eval_value": float(jnp.sum(params["params"]["Dense_1"]["bias"])), "count": len(data["label"])}
 
-  def sample(params, key):
-    del params
+  def sample(params, key, hparams):
+    del params, hparams
     return {"samples": jax.random.uniform(key, (6, 8, 8, 1)), "points": jnp.ones((5, 2)),
             "text": ["first sample", "second"]}
 
@@ -157,7 +154,7 @@ def test_a_failing_sample_does_not_cost_the_results(tmp_path, digits_train, capf
   config = tiny_run.make_config(10)
   base = tiny_run.make_task(config)
   task = Task(init=base.init, tx=base.tx, loss=base.loss,
-              sample=lambda p, k: {"bad": jnp.zeros((3, 3, 3))})  # neither images, points nor text
+              sample=lambda p, k, h: {"bad": jnp.zeros((3, 3, 3))})  # neither images, points nor text
   run = train(task, config, str(tmp_path), digits_train)
   assert json.loads((tmp_path / "results.json").read_text())["step"] == 10 == run.results["step"]
   assert "could not write samples" in capfd.readouterr().err
@@ -168,8 +165,8 @@ def test_non_finite_check_covers_every_metric(tmp_path, digits_train):
   config = tiny_run.make_config(20)
   base = tiny_run.make_task(config)
 
-  def loss(params, batch, key, train):
-    value, metrics = base.loss(params, batch, key, train)
+  def loss(params, batch, key, train, hparams):
+    value, metrics = base.loss(params, batch, key, train, hparams)
     return value, {**metrics, "gen_loss": jnp.where(jnp.max(batch["label"]) >= 0, jnp.nan, 0.0)}
 
   task = Task(init=base.init, tx=base.tx, loss=loss)
@@ -184,7 +181,7 @@ def test_steps_per_call_matches_one_step_per_call(tmp_path, digits_train, k):
   config = tiny_run.make_config(30)
   config.steps_per_call = k
   run = train(tiny_run.make_task(config), config, str(tmp_path / f"k{k}"), digits_train)
-  _leaves_close(run.state.params, ref.state.params, atol=2e-6)
+  assert_trees_close(run.state.params, ref.state.params, atol=2e-6)
   np.testing.assert_allclose(run.results["train_loss"], ref.results["train_loss"], rtol=1e-5)
   # Logging and checkpoints stay exact to the step (every 10 steps, whatever k).
   assert sorted(int(p.name) for p in (tmp_path / f"k{k}" / "checkpoints").iterdir() if p.name.isdigit()) == \
@@ -226,7 +223,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(tmp_path, digits_trai
   runs = {}
   for dtype in ("float32", "bfloat16"):
     config = _ae_config(20, dtype=dtype)
-    task = autoencoder.make_task(config, digits_train["image"][:32])
+    task = autoencoder_tasks.make_task(config, digits_train["image"][:32])
     runs[dtype] = train(task, config, str(tmp_path / dtype), {"image": digits_train["image"]},
                         {"image": digits_train["image"][:64]})
   state = runs["bfloat16"].state
@@ -252,7 +249,7 @@ def test_record_source_and_arrays_feed_the_same_batches(tmp_path, digits_train):
   config = tiny_run.make_config(10)
   a = train(tiny_run.make_task(config), config, str(tmp_path / "a"), digits_train)
   b = train(tiny_run.make_task(config), config, str(tmp_path / "b"), source)
-  _leaves_close(a.state.params, b.state.params, atol=0)
+  assert_trees_close(a.state.params, b.state.params, atol=0)
 
 
 def test_prefetch_depth_does_not_change_the_run(tmp_path, digits_train):
@@ -261,7 +258,7 @@ def test_prefetch_depth_does_not_change_the_run(tmp_path, digits_train):
     config = tiny_run.make_config(15)
     config.prefetch = depth
     runs.append(train(tiny_run.make_task(config), config, str(tmp_path / str(depth)), digits_train))
-  _leaves_close(runs[0].state.params, runs[1].state.params, atol=0)
+  assert_trees_close(runs[0].state.params, runs[1].state.params, atol=0)
 
 
 def test_token_windows_are_windows_of_the_stream_deterministic_in_seed_and_step():

@@ -14,7 +14,7 @@ import tiny_run
 from experiments import autoencoder as autoencoder_experiment
 from experiments import diffusion as diffusion_experiment
 from research import data as data_lib
-from research.models import autoencoder, diffusion
+from research.tasks import autoencoder, diffusion
 from research.train import ConfigError, Members, Task, train
 
 
@@ -39,7 +39,7 @@ def _picturing_task(config, pure: bool, sampled: list):
 
   def loss(params, batch, key, train, hparams):
     del hparams
-    return base.loss(params, batch, key, train)
+    return base.loss(params, batch, key, train, {})
 
   def evaluate(params, key, data, hparams):
     del params, key, data

@@ -14,6 +14,7 @@ import pytest
 from research import optim
 from research.models import gpt2
 from research.rl import rlhf
+from research.tasks import rlhf as rlhf_tasks
 from research.train import base_config, train
 
 TINY = gpt2.GPT2Config(vocab_size=6, n_positions=16, n_embd=16, n_layer=1, n_head=2)
@@ -205,7 +206,7 @@ def test_reward_model_learns_a_linear_preference(tmp_path):
   config.steps, config.batch_size, config.steps_per_call = 100, 16, 50
   config.optimizer.learning_rate = 5e-3
   config.log_every = config.checkpoint_every = 100
-  task = rlhf.make_reward_task(TINY, optim.make(config.optimizer, config.steps))
+  task = rlhf_tasks.make_reward_task(TINY, optim.make(config.optimizer, config.steps))
   run = train(task, config, str(tmp_path), data, held_out)
   assert run.results["pair_accuracy"] > 0.85  # chance: 0.5
   # The score is read at the last real token: what follows it (the padding) changes nothing.
@@ -224,7 +225,7 @@ def test_dpo_raises_the_implicit_reward_of_preferred_completions(tmp_path, model
   config.steps, config.batch_size, config.steps_per_call = 60, 16, 30
   config.optimizer.learning_rate = 3e-3
   config.log_every = config.checkpoint_every = 60
-  task = rlhf.make_dpo_task(TINY, lm, optim.make(config.optimizer, config.steps), beta=0.5)
+  task = rlhf_tasks.make_dpo_task(TINY, lm, optim.make(config.optimizer, config.steps), beta=0.5)
   run = train(task, config, str(tmp_path), data, held_out)
   # Implicit reward beta (log pi - log pi_ref): preferred completions end up above the others.
   assert run.results["implicit_reward_accuracy"] > 0.75
@@ -233,13 +234,13 @@ def test_dpo_raises_the_implicit_reward_of_preferred_completions(tmp_path, model
 
 
 def test_sft_loss_is_the_completion_cross_entropy(models):
-  task = rlhf.make_sft_task(TINY, models.lm, optax.adam(1e-3))
+  task = rlhf_tasks.make_sft_task(TINY, models.lm, optax.adam(1e-3))
   tokens = jax.random.randint(jax.random.key(11), (3, 8), 0, TINY.vocab_size)
   completion = jnp.broadcast_to(jnp.arange(8) >= 5, (3, 8))
 
   @jax.jit
   def both(tokens, completion):
-    loss, _ = task.loss(task.init(None, None), {"tokens": tokens, "completion": completion}, None, True)
+    loss, _ = task.loss(task.init(None, None), {"tokens": tokens, "completion": completion}, None, True, {})
     # The mean NLL of tokens 5 .. 7 given their prefixes: minus the mean of their log-probabilities.
     return loss, -jnp.mean(rlhf.token_log_probs(gpt2.GPT2(TINY), models.lm, tokens)[:, 4:])
 

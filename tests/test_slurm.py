@@ -40,12 +40,12 @@ pytestmark = [pytest.mark.skipif(bool(_slurm_unavailable()), reason=_slurm_unava
               # One node of a few cores: the jobs run one after another, so the tests share one worker.
               pytest.mark.xdist_group("slurm"), pytest.mark.slow]
 
-STEPS = 60  # a job cancelled or killed at its first checkpoint (FIRST) is mid-run
-FIRST = 20
+STEPS = 1000  # a job cancelled or killed at its first checkpoint (FIRST) is mid-run: the rest takes
+FIRST = 20  # seconds even on an idle machine, where 60 steps were over before scancel arrived
 # The smoke preset, longer, without the sample metrics (they add time to every job and nothing to
-# what is checked); checkpoints at 20, 40 and 60, all kept.
+# what is checked); a checkpoint every FIRST steps, all kept.
 FLAGS = ["--config=experiments/autoencoder.py:smoke", f"--config.steps={STEPS}", f"--config.checkpoint_every={FIRST}",
-         "--config.num_samples=0"]
+         f"--config.keep_checkpoints={STEPS // FIRST}", "--config.num_samples=0"]
 JOB_TIMEOUT_S = 900  # a shared 2-core machine can be slow; a hang still ends the test
 DEAD_TASK_BOUND_S = 60  # a killed task must end its job within this
 

@@ -177,20 +177,20 @@ def test_gpt2_members_equal_their_single_runs(tmp_path):
 @pytest.mark.slow
 def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, monkeypatch):
   from experiments import classifier as classifier_experiment  # pylint: disable=import-outside-toplevel
-  from research.metrics import features  # pylint: disable=import-outside-toplevel
-  make_task = features.make_task
+  from research.tasks import classifier as classifier_tasks  # pylint: disable=import-outside-toplevel
+  make_task = classifier_tasks.make_task
   traces = []
 
   def counting_task(config):
     task = make_task(config)
     assert task.evaluate_pure
 
-    def evaluate(params, key, data):
+    def evaluate(params, key, data, hparams):
       traces.append(jax.tree.leaves(params)[0].shape)  # runs when traced, not per call
-      return task.evaluate(params, key, data)
+      return task.evaluate(params, key, data, hparams)
     return dataclasses.replace(task, evaluate=evaluate)
 
-  monkeypatch.setattr(features, "make_task", counting_task)
+  monkeypatch.setattr(classifier_tasks, "make_task", counting_task)
   config = classifier_experiment.get_config("smoke")
   config.eval_every = 20  # two evaluations: at step 20 and at the end
   members = Members(seeds=(0, 1, 1), hparams={"optimizer.learning_rate": (3e-3, 3e-3, 1e-2)})

@@ -1,5 +1,6 @@
 """The training loop: resume to the same bits, checkpoint fallback, NaN stop, devices, results."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 import tiny_run
 from conftest import ROOT, run_python
+from trees import assert_trees_equal, leaf_pairs
 from research import data as data_lib
 from research.train import ConfigError, NonFiniteLossError, train
 
@@ -31,11 +33,7 @@ def _assert_same_bits(stored, state):
            "opt_state": jax.tree.leaves(state.opt_state)}
   stored = dict(stored, opt_state=jax.tree.leaves(stored["opt_state"]))
   for field in ("step", "params", "ema_params", "opt_state"):
-    flat_a, tree_a = jax.tree.flatten(stored[field])
-    flat_b, tree_b = jax.tree.flatten(state[field])
-    assert tree_a == tree_b, field
-    for x, y in zip(flat_a, flat_b):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=field)
+    assert_trees_equal(stored[field], state[field], err_msg=field)
 
 
 def _train_tiny(workdir, steps, data, **overrides):
@@ -99,8 +97,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_previous(tmp_path, digits_tr
   resumed = _train_tiny(workdir, 40, digits_train)
   assert (workdir / "checkpoints_unreadable" / "40").is_dir()
   _assert_same_bits(_stored_state(workdir, 40), reference.state)
-  for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(reference.state)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(resumed.state, reference.state)
 
 
 def test_no_readable_checkpoint_refuses_to_start_over(tmp_path, digits_train):
@@ -166,16 +163,42 @@ def test_ema_tracks_params(tmp_path, digits_train):
   run = _train_tiny(tmp_path, 20, digits_train)
   ema, params = run.state.ema_params, run.state.params
   # After 20 steps with decay 0.9 the EMA lags the params but stays close to them.
-  diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
-           zip(jax.tree.leaves(ema), jax.tree.leaves(params))]
+  diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in leaf_pairs(ema, params)]
   assert 0 < max(diffs) < 0.1
 
 
 def test_completed_run_restarted_does_no_more_steps(tmp_path, digits_train):
-  first = _train_tiny(tmp_path, 20, digits_train)
-  again = _train_tiny(tmp_path, 20, digits_train)
-  for a, b in zip(jax.tree.leaves(first.state), jax.tree.leaves(again.state)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A run that trained again from its checkpoint, or from scratch, would end in the same state:
+  # count the steps the devices execute, and the checkpoints and logged losses written.
+  config = tiny_run.make_config(20)
+  base, executed = tiny_run.make_task(config), []
+
+  def loss(params, batch, key, train, hparams):
+    jax.debug.callback(lambda: executed.append(1))  # runs each time a compiled step runs
+    return base.loss(params, batch, key, train, hparams)
+
+  task = dataclasses.replace(base, loss=loss)
+  first = train(task, config, str(tmp_path), digits_train)
+  assert len(executed) == 20
+  checkpoints = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()}
+  losses = _logged_losses(tmp_path)
+  again = train(task, config, str(tmp_path), digits_train)
+  assert len(executed) == 20, f"the restarted run trained {len(executed) - 20} steps"
+  assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").iterdir()} == checkpoints
+  assert _logged_losses(tmp_path) == losses == [10, 20]
+  assert_trees_equal(first.state, again.state)
+  assert again.results["train_loss"] == first.results["train_loss"]
+
+
+def _logged_losses(workdir) -> list[int]:
+  """The steps at which the training loss was logged, over every TensorBoard events file of the workdir."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  steps = []
+  for path in sorted(workdir.glob("events.out.tfevents*")):
+    events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+    events.Reload()
+    steps += [e.step for e in events.Tensors("loss")] if "loss" in events.Tags()["tensors"] else []
+  return steps
 
 
 @pytest.mark.parametrize("field,value,message", [

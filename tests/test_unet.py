@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,3 +59,19 @@ def test_unconditional_model_has_no_class_embedding_and_dropout_is_train_only():
   np.testing.assert_array_equal(a, model.apply(variables, x, t))
   noisy = model.apply(variables, x, t, train=True, rngs={"dropout": jax.random.key(3)})
   assert float(jnp.max(jnp.abs(noisy - a))) > 1e-6
+
+
+def test_attention_keeps_the_layout_of_earlier_checkpoints_and_any_kernel_agrees():
+  """The shared attention in its fused layout: SelfAttention_0 holds GroupNorm_0, the (ch, 3, heads, d) kernel
+  DenseGeneral_0 and the output DenseGeneral_1, as before; "auto" (dense on CPU) agrees with the reference."""
+  model, variables, x, t, y = _setup()
+  block = jax.tree.map(lambda p: p.shape, nn.unbox(variables)["params"]["SelfAttention_0"])
+  assert block == {"GroupNorm_0": {"scale": (32,), "bias": (32,)},
+                   "DenseGeneral_0": {"kernel": (32, 3, 2, 16), "bias": (3, 2, 16)},
+                   "DenseGeneral_1": {"kernel": (2, 16, 32), "bias": (32,)}}
+  variables = _perturbed(variables)
+  cfg = unet.UNetConfig(channels=(16, 32), groups=4, attention_heads=2, num_classes=10, attention="auto")
+  auto = _Jitted(unet.UNet(cfg)).apply(variables, x, t, y)
+  reference = model.apply(variables, x, t, y)
+  np.testing.assert_allclose(auto, reference, atol=1e-6)
+  assert float(jnp.std(reference)) > 1e-3

@@ -42,8 +42,8 @@ def make_config(steps: int, batch: int = 32):
 def make_task(config, hidden: int = 32) -> Task:
   model = Classifier(hidden)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     logits = model.apply(params, batch["image"])
     nll = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None].astype(jnp.int32), 1))
     if "scale" in batch:  # lets a test poison chosen examples with NaN
@@ -51,7 +51,7 @@ def make_task(config, hidden: int = 32) -> Task:
     return nll, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
   return Task(init=lambda k, b: model.init(k, b["image"]), tx=optim.make(config.optimizer, config.steps),
-              loss=loss, evaluate=lambda p, k, d: {"final_bias_sum": float(jnp.sum(p["params"]["Dense_1"]["bias"]))},
+              loss=loss, evaluate=lambda p, k, d, h: {"final_bias_sum": float(jnp.sum(p["params"]["Dense_1"]["bias"]))},
               learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))
 
 

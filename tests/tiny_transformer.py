@@ -69,8 +69,8 @@ def tokens_of(batch):
 def make_task(config) -> Task:
   model = TinyTransformer(dtype=config.dtype)
 
-  def loss(params, batch, key, train):
-    del key, train
+  def loss(params, batch, key, train, hparams):
+    del key, train, hparams
     tokens = tokens_of(batch)
     logits = model.apply(params, tokens[:, :-1])
     logp = jax.nn.log_softmax(logits)

@@ -6,7 +6,7 @@ transformers' BertForMaskedLM built from the same BertConfig fields (weights mov
 bert.save_hf and from_pretrained); the parameter counts are checked equal.
 
 Training step (batch `batch_size`). JAX: the task of experiments/bert.py
-(research.models.bert.make_pretrain_task: 15% of the non-special, non-padding tokens chosen
+(research.tasks.bert.make_pretrain_task: 15% of the non-special, non-padding tokens chosen
 and corrupted 80/10/10 inside the step from its key, cross-entropy on the chosen positions,
 research.optim's AdamW with weight decay on kernels and clipping at global norm 1) through
 research.train's jitted, donated step (make_train_step). PyTorch: the same masking written
@@ -49,6 +49,7 @@ from experiments import bert as bert_experiment
 from experiments import harness
 from experiments.bench.steps import StepTimer, TorchSteps, torch_adamw
 from research.models import bert
+from research.tasks import bert as bert_tasks
 from research.train import ConfigError, check_positive, cli
 
 PACKAGES = ("torch", "transformers")
@@ -128,7 +129,7 @@ class JaxSide(StepTimer):
     config = setup.config()
     self.optimizer = config.optimizer
     self.cfg = setup.model_config()
-    task = dataclasses.replace(bert.make_pretrain_task(config, self.cfg, SPECIAL), evaluate=None)
+    task = dataclasses.replace(bert_tasks.make_pretrain_task(config, self.cfg, SPECIAL), evaluate=None)
     super().__init__(task, [{k: jnp.asarray(v) for k, v in b.items()} for b in batches], config.seed)
     model = bert.BertForMaskedLM(self.cfg)
     self.forward = jax.jit(lambda params, b: model.apply({"params": params}, b["input_ids"],

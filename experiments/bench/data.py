@@ -36,7 +36,7 @@ from experiments import autoencoder as experiment
 from experiments import harness
 from research import data as data_lib
 from research.data import ArraySource, Batcher
-from research.models import autoencoder
+from research.tasks import autoencoder
 from research.train import ConfigError, check_positive, cli, train
 
 SOURCES = ("in_memory", "memmap", "records")

@@ -74,6 +74,7 @@ from experiments import harness
 from research import optim
 from research.data import Batcher
 from research.models import diffusion, dit
+from research.tasks import diffusion as diffusion_tasks
 from research.train import ConfigError, Keys, Task, check_positive, cli, init_state, make_train_step
 
 PARTS = ("sampling", "dit")
@@ -151,7 +152,7 @@ def unet_config(num_train_steps: int):
 
 def make_samplers(config, sample_batch: int, ddim_steps: int):
   """Our U-Net's parameters, labels and the two jitted samplers `draw(params, key, labels) -> images`."""
-  model, apply = diffusion.make_denoiser(config, IMAGE_SHAPE, NUM_CLASSES)
+  model, apply = diffusion_tasks.make_denoiser(config, IMAGE_SHAPE, NUM_CLASSES)
   labels = jnp.arange(sample_batch, dtype=jnp.int32) % NUM_CLASSES
   x = jnp.zeros((1,) + IMAGE_SHAPE)
   params = model.init(jax.random.key(config.seed), x, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
@@ -388,7 +389,8 @@ def dit_task(cfg: dit.DiTConfig, steps: int) -> Task:
     n = batch["label"].shape[0]
     return model.init(key, batch["latent"], jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32))
 
-  def loss(params, batch, key, train):
+  def loss(params, batch, key, train, hparams):
+    del hparams
     k_labels, k_time, k_noise = jax.random.split(key, 3)
     x0 = batch["latent"]
     y = batch["label"].astype(jnp.int32)

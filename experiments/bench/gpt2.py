@@ -5,7 +5,7 @@ float32, dropout 0, tied input/output embeddings): research.models.gpt2.GPT2 and
 GPT2LMHeadModel built from the same GPT2Config fields; the parameter counts are checked equal.
 
 Training step (batch 16 windows of 256 + 1 tokens). JAX: the task of experiments/gpt2.py
-(research.models.gpt2.make_task: next-token cross-entropy, research.optim's AdamW with weight
+(research.tasks.gpt2.make_task: next-token cross-entropy, research.optim's AdamW with weight
 decay on kernels and clipping at global norm 1) through research.train's jitted, donated step
 (make_train_step), once per attention implementation of `attention`. PyTorch: the same loss
 (F.cross_entropy of the logits of tokens[:, :-1] against tokens[:, 1:]), loss.backward(),
@@ -59,6 +59,7 @@ from experiments import harness
 from experiments.bench.steps import StepTimer, TorchSteps, torch_adamw
 from research.models import attention as attention_lib
 from research.models import gpt2
+from research.tasks import gpt2 as gpt2_tasks
 from research.train import ConfigError, check_positive, cli
 
 PACKAGES = ("torch", "transformers")
@@ -140,7 +141,7 @@ class JaxTrainer(StepTimer):
   def __init__(self, setup: Setup, attention: str, batches: list[np.ndarray]):
     config = setup.config(attention)
     self.optimizer = config.optimizer
-    task = gpt2.make_task(config, setup.vocab_size, lambda ids: "", [[0]])
+    task = gpt2_tasks.make_task(config, setup.vocab_size, lambda ids: "", [[0]])
     self.task = dataclasses.replace(task, evaluate=None, sample=None)
     super().__init__(self.task, [{"tokens": jnp.asarray(b)} for b in batches], config.seed)
     start = time.perf_counter()

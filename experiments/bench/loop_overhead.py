@@ -39,7 +39,7 @@ from experiments import autoencoder as experiment
 from experiments import harness
 from research import data as data_lib
 from research.data import Batcher
-from research.models import autoencoder
+from research.tasks import autoencoder
 from research.train import ConfigError, Keys, check_positive, cli, init_state, make_multi_step, make_train_step, train
 
 # Versions recorded beside jax/flax/optax: the loop's checkpointing and logging stack.

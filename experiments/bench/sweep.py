@@ -46,8 +46,8 @@ from experiments import harness
 from research import data as data_lib
 from research import sweep
 from research.data import Batcher
-from research.metrics import features
-from research.models import gan
+from research.tasks import classifier as classifier_tasks
+from research.tasks import gan
 from research.train import (ConfigError, Keys, Members, check_choice, check_positive, cli, init_state,
                             make_train_step, train)
 
@@ -177,7 +177,7 @@ def run(bench: ml_collections.ConfigDict, outdir: str) -> dict:
   else:
     config = classifier.get_config()
     config.steps = steps
-    task = features.make_task(config)
+    task = classifier_tasks.make_task(config)
     split = data_lib.load("digits", "train")
     data = {"image": split["image"], "label": split["label"]}
     what = f"digits classifier seeds x {steps} steps (MLP 64-256-64-10, batch {config.batch_size}, AdamW)"

@@ -55,7 +55,7 @@ from experiments import gan as gan_experiment
 from experiments import harness
 from research import data as data_lib
 from research.data import Batcher
-from research.models import autoencoder, gan
+from research.tasks import autoencoder, gan
 from research.train import ConfigError, Keys, check_positive, cli, init_state, make_train_step, train
 
 MODELS = ("vae", "gan")

@@ -8,7 +8,7 @@ most. Here, for the mixes of `mixes` (MASK/same/random percentages) and `seeds` 
   1. pre-training: every (mix, seed) member in ONE vmapped program (research.sweep.run: the
      training loop's own step under lax.scan and vmap) of experiments/bert.py's MLM task on
      python_docs at the table's sizes (warmup at most a tenth of the steps), the mix a traced
-     hyperparameter of the task (bert.make_pretrain_task(..., traced_mix=True)); member (mix, s)
+     hyperparameter of the task (research.tasks.bert.make_pretrain_task(..., traced_mix=True)); member (mix, s)
      is the run `python -m experiments.bert --config.seed=s --config.mask_mix=mix` would make at
      those sizes, except that its batches are drawn from a fixed set of windows (every
      `window_stride`-th start of the training stream) rather than from every start. Seed s
@@ -45,6 +45,7 @@ from experiments import bert as bert_experiment
 from experiments import harness
 from research import sweep
 from research.models import bert
+from research.tasks import bert as bert_tasks
 from research.train import ConfigError, Keys, check_positive, cli, init_state
 
 PAPER_MIXES = ("80/10/10", "100/0/0", "80/0/20", "80/20/0", "0/20/80", "0/0/100")
@@ -108,7 +109,7 @@ def finetune(config, cfg: bert.BertConfig, seeds, encoders, train_examples, eval
   random encoders; the others fine-tune from their random initialisation.
   """
   ft_config = bert_experiment.finetune_config(config)
-  task = task or bert.make_classifier_task(ft_config, cfg)
+  task = task or bert_tasks.make_classifier_task(ft_config, cfg)
   first = {k: jnp.asarray(v[:ft_config.batch_size]) for k, v in train_examples.items()}
   state = _stack([init_state(task, Keys.from_seed(int(s)).init, first, ft_config.ema_decay) for s in seeds])
   if encoders is not None:
@@ -125,13 +126,13 @@ def finetune(config, cfg: bert.BertConfig, seeds, encoders, train_examples, eval
 
 def pretrain(config, cfg: bert.BertConfig, special, mixes, seeds, data) -> tuple[dict, list[dict]]:
   """Pre-trains every (mix, seed) member in one vmapped program; returns their stacked encoders and scores."""
-  task = bert.make_pretrain_task(config, cfg, special, traced_mix=True)
+  task = bert_tasks.make_pretrain_task(config, cfg, special, traced_mix=True)
   first = {k: jnp.asarray(v[:config.batch_size]) for k, v in data["train"].items()}
   members = [(mix, s) for mix in mixes for s in seeds]
   states = []
   for mix, s in members:
     state = init_state(task, Keys.from_seed(int(s)).init, first, config.ema_decay)
-    fractions = dict(zip(bert.MIX_HPARAMS, bert.parse_mix(mix)[:2]))
+    fractions = dict(zip(bert_tasks.MIX_HPARAMS, bert.parse_mix(mix)[:2]))
     states.append(state.replace(hparams={**state.hparams, **{k: jnp.float32(v) for k, v in fractions.items()}}))
   result = sweep.run(task, config, data["train"], [s for _, s in members], state=_stack(states))
   scores = [task.evaluate(_member(result.state.params, i), None, data["eval"]) for i in range(len(members))]
@@ -241,7 +242,8 @@ def run(table: ml_collections.ConfigDict, outdir: str) -> dict:
   cls_cfg = bert_experiment.model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"],
                                          num_labels=num_labels)
   # One classifier task for every row: the fine-tuning program compiles once.
-  classifier = {"cfg": cls_cfg, "task": bert.make_classifier_task(bert_experiment.finetune_config(config), cls_cfg)}
+  classifier = {"cfg": cls_cfg,
+                "task": bert_tasks.make_classifier_task(bert_experiment.finetune_config(config), cls_cfg)}
   mixes, n = list(table.mixes), len(seeds)
   pretrain_start = time.perf_counter()
   mlm_cfg = bert_experiment.model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])

@@ -35,6 +35,8 @@ from experiments import diffusion as diffusion_experiment
 from research import data as data_lib
 from research.metrics import fid as fid_lib
 from research.models import diffusion
+from research.tasks import classifier as classifier_tasks
+from research.tasks import diffusion as diffusion_tasks
 from research.train import Checkpointer, ConfigError, Keys, check_workdir, eval_params, init_state, restore_pytree
 
 MIN_SAMPLES = 4  # precision/recall's k-th neighbour (k = 3) needs more samples than k
@@ -63,7 +65,7 @@ class TrainedModel(NamedTuple):
   Attributes:
     config: the experiments/diffusion.py config it was trained with.
     params: the EMA parameters (what the experiment evaluates and samples with).
-    apply: `apply(params, x, t, y, train, key)` from `diffusion.make_denoiser`.
+    apply: `apply(params, x, t, y, train, key)` from `diffusion_tasks.make_denoiser`.
     schedule: the diffusion Schedule.
     image_shape: (H, W, C).
     num_classes: classes of the labels; 0 for an unconditional model.
@@ -169,7 +171,7 @@ def trained_model(config, workdir: str) -> TrainedModel:
   train_split = data_lib.load(config.dataset, "train")
   image_shape = tuple(train_split["image"].shape[1:])
   num_classes = 10 if config.conditional else 0
-  task = diffusion.make_task(config, image_shape, num_classes)
+  task = diffusion_tasks.make_task(config, image_shape, num_classes)
   batch = {"image": train_split["image"][:config.batch_size], "label": train_split["label"][:config.batch_size]}
   abstract = jax.eval_shape(lambda k, b: init_state(task, k, b, config.ema_decay), Keys.from_seed(config.seed).init,
                             batch)
@@ -189,7 +191,7 @@ def trained_model(config, workdir: str) -> TrainedModel:
     problem = next((k for k in built if built[k] != found.get(k)), None) or next(k for k in found if k not in built)
     raise ConfigError(f"the model in {workdir} does not match this config ({problem}: {found.get(problem)} stored, "
                       f"{built.get(problem)} built); use another model_workdir")
-  _, apply = diffusion.make_denoiser(config, image_shape, num_classes)
+  _, apply = diffusion_tasks.make_denoiser(config, image_shape, num_classes)
   schedule = diffusion.make_schedule(config.schedule, config.num_train_steps)
   return TrainedModel(config, params, apply, schedule, image_shape, num_classes, workdir, train_s)
 
@@ -244,8 +246,8 @@ class Scorer:
   """FID, precision and recall of digits samples against the training split's classifier features."""
 
   def __init__(self):
-    self.classifier = fid_lib.digits_classifier()
-    self.real = self.classifier.reference_features("train")
+    self.classifier = classifier_tasks.digits_classifier()
+    self.real = classifier_tasks.digits_reference("train", self.classifier).features
 
   def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
     """Scores (N, H, W, C) images in [0, 1]; with labels, also the share the classifier agrees with."""
@@ -263,7 +265,7 @@ class Scorer:
     FID is biased upwards for few samples, so the floor a table's cells can reach is the held-out
     digits' FID at the cells' sample count.
     """
-    out = fid_lib.digits_reference_fids(self.classifier)
+    out = classifier_tasks.digits_reference_fids(self.classifier)
     test = data_lib.load("digits", "test")["image"]
     out["test_split_at_num_samples"] = fid_lib.frechet_distance(self.real, self.classifier.features(test[:n]))
     out["test_split_images_at_num_samples"] = int(min(n, len(test)))

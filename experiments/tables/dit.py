@@ -53,7 +53,8 @@ from experiments import diffusion as diffusion_experiment
 from experiments import harness
 from research import data as data_lib
 from research import sweep
-from research.models import diffusion, dit
+from research.models import dit
+from research.tasks import diffusion
 from research.train import ConfigError, Keys, check_positive, cli, eval_params
 
 IMAGE_SHAPE = (8, 8, 1)
@@ -144,7 +145,7 @@ def cell_config(name: str, conditioning: str, steps: int, grid: Grid):
 
 
 def model_cfg(config) -> dit.DiTConfig:
-  """The DiT the diffusion task builds for `config` (research.models.diffusion.make_denoiser)."""
+  """The DiT the diffusion task builds for `config` (research.tasks.diffusion.make_denoiser)."""
   return dit.config(config.dit, input_size=IMAGE_SHAPE[0], in_channels=IMAGE_SHAPE[-1], num_classes=NUM_CLASSES,
                     learn_sigma=False, conditioning=config.dit_conditioning)
 

@@ -13,7 +13,7 @@ training loop), its `seeds` seeds side by side as ONE vmapped program (research.
             `vae_eval_k`, as this table does not report the NLL)
   diffusion experiments/diffusion.py (class-conditional DDPM, DDIM 50 steps) with a U-Net of
             `diffusion_channels`, near the GAN pair's parameter count (both counted in the table)
-Every member is scored as its experiment scores a run (research.metrics.fid.sample_metrics):
+Every member is scored as its experiment scores a run (research.tasks.classifier.digits_sample_metrics):
 `num_samples` samples against the training digits in the digits classifier's feature space,
 FID, precision and recall (k = 3), and the classes holding at least 2% of the samples. Member s
 is the run `python -m experiments.<name> --config.seed=s` would make with the same fields.
@@ -57,7 +57,7 @@ from experiments import autoencoder as autoencoder_experiment
 from experiments import diffusion as diffusion_experiment
 from experiments import gan as gan_experiment
 from experiments import harness
-from research.metrics import fid as fid_lib
+from research.tasks import classifier as classifier_tasks
 from research.train import ConfigError, Members, check_positive, cli, images
 
 METHODS = ("GAN", "WGAN-GP", "PacGAN-2", "VAE", "diffusion")
@@ -129,7 +129,7 @@ def method_config(method: str, table):
 def param_count(method: str, config) -> int:
   """Trainable parameters of the model that draws the samples (the GAN's generator and critic both counted)."""
   from research.data import load  # pylint: disable=import-outside-toplevel
-  from research.models import autoencoder, diffusion, gan  # pylint: disable=import-outside-toplevel
+  from research.tasks import autoencoder, diffusion, gan  # pylint: disable=import-outside-toplevel
   train = load("digits", "train")
   batch = {"image": train["image"][:4], "label": train["label"][:4]}
   if method in GAN_METHODS:
@@ -240,7 +240,7 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   seeds = list(range(config.seeds))
   workdir = config.workdir or tempfile.mkdtemp(prefix="gan_digits_")
   start = time.perf_counter()
-  reference_fid = fid_lib.digits_reference_fids()["test_split"]
+  reference_fid = classifier_tasks.digits_reference_fids()["test_split"]
   cells = {}
   try:
     for method in methods:

@@ -31,6 +31,7 @@ from research import data as data_lib
 from research import sweep
 from research.data import toy2d
 from research.models import gan
+from research.tasks import gan as gan_tasks
 from research.train import Keys, check_positive, cli
 
 DATASETS = ("ring8", "grid25")
@@ -83,7 +84,7 @@ def table_config(dataset: str, method: str, steps: int):
 def run_cell(config, seeds, data) -> dict:
   """Trains one member per seed in one vmapped program and scores every generator."""
   gan_experiment.check_config(config)
-  task = gan.make_task(config)
+  task = gan_tasks.make_task(config)
   start = time.perf_counter()
   result = sweep.run(task, config, data, seeds=seeds)
   # The key research.train.train evaluates member s with (see its Keys and evaluate).

@@ -48,6 +48,7 @@ from experiments import gpt2 as gpt2_experiment
 from experiments import harness
 from research.data import tokenizers, tokens
 from research.models import gpt2
+from research.tasks import gpt2 as gpt2_tasks
 from research.train import Checkpointer, ConfigError, check_positive, cli, eval_params, init_state
 
 # Kaplan et al. (2020), eq. 1.1 / Figure 1: L(N) = (N_c / N)^alpha_N for models trained to convergence
@@ -176,7 +177,7 @@ def trained_model(config, workdir: str) -> tuple[gpt2.GPT2, dict, object]:
   """(model, params, tokenizer) of a finished run, the params restored from its last checkpoint."""
   tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer.json"))
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
-  task = gpt2.make_task(config, vocab_size, tokenizer.decode, [])
+  task = gpt2_tasks.make_task(config, vocab_size, tokenizer.decode, [])
   batch = {"tokens": jax.ShapeDtypeStruct((config.batch_size, config.seq_len + 1), jnp.int32)}
   abstract = jax.eval_shape(lambda key, b: init_state(task, key, b, config.ema_decay), jax.random.key(0), batch)
   checkpoints = Checkpointer(workdir, config.keep_checkpoints)

@@ -50,6 +50,7 @@ from experiments import harness
 from experiments import rlhf as rlhf_experiment
 from research import optim
 from research.rl import rlhf
+from research.tasks import rlhf as rlhf_tasks
 from research.train import ConfigError, Members, check_positive, cli, train
 
 
@@ -237,8 +238,8 @@ def ppo_sweep(config, setup, sft_params, rm_name: str, reward_models: dict, beta
 def dpo_sweep(config, model_dir: str, setup, sft_params, rankings, betas: list[float]) -> list:
   """The experiment's DPO stage for every beta as one vmapped run; returns each member's lm_params."""
   stage = config.dpo
-  task = rlhf.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
-                            config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
+  task = rlhf_tasks.make_dpo_task(setup.cfg, sft_params, optim.make(stage.optimizer, stage.steps), stage.beta,
+                                  config.eval_batch_size, optim.learning_rate_fn(stage.optimizer, stage.steps))
   strip = lambda r: {"tokens": r["tokens"], "completion": r["completion"]}
   members = Members(seeds=(stage.seed,) * len(betas), hparams={"beta": tuple(betas)})
   run = train(task, stage, os.path.join(model_dir, "dpo_sweep"), strip(rankings[0]), strip(rankings[1]),

@@ -26,7 +26,7 @@ from experiments import autoencoder as experiment
 from experiments import harness
 from research import data as data_lib
 from research import sweep
-from research.models import autoencoder
+from research.tasks import autoencoder
 from research.train import check_positive, cli
 
 # Burda, Grosse & Salakhutdinov (2016), Table 1, MNIST, one stochastic layer (50 units,

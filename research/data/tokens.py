@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from research.checks import ConfigError
+from research.data import catalog
+from research.data.sources import RecordSource
 
 # The text feature of the catalog's text datasets; others are named by `feature`.
 TEXT_FEATURES = {"pg19": "book_text"}
@@ -50,13 +52,12 @@ def iter_texts(name: str, split: str, feature: str | None = None, directory: str
   Raises:
     ConfigError: if the dataset has no such feature.
   """
-  from research import data as data_lib  # pylint: disable=import-outside-toplevel
   feature = feature or text_feature(name)
-  records = data_lib.source(name, split, directory)
+  records = catalog.source(name, split, directory)
   first = records.records[0] if len(records) else {}
   if len(records) and feature not in first:
     raise ConfigError(f"dataset {name!r} has no text feature {feature!r} (features: {', '.join(sorted(first))})")
-  records = data_lib.RecordSource(records.records, (feature,))
+  records = RecordSource(records.records, (feature,))
   for start in range(0, len(records), chunk):
     batch = records.__getitems__(range(start, min(start + chunk, len(records))))[feature]
     yield [_decode(t) for t in batch]
@@ -84,11 +85,10 @@ def _fingerprint(name: str, split: str, feature: str, tokenizer, separator: Sequ
 def stream_path(name: str, split: str, tokenizer, separator: Sequence[int] = (), max_tokens: int = 0,
                 feature: str | None = None, directory: str | None = None) -> str:
   """Where `token_stream` keeps the stream of these arguments."""
-  from research import data as data_lib  # pylint: disable=import-outside-toplevel
   feature = feature or text_feature(name)
   key = _fingerprint(name, split, feature, tokenizer, separator, max_tokens)
   safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
-  return os.path.join(directory or data_lib.data_dir(), "token_streams", safe(name), f"{safe(split)}-{key}.bin")
+  return os.path.join(directory or catalog.data_dir(), "token_streams", safe(name), f"{safe(split)}-{key}.bin")
 
 
 def _dtype(vocab_size: int):
@@ -118,12 +118,11 @@ def token_stream(name: str, split: str, tokenizer, separator: Sequence[int] = ()
   Raises:
     ConfigError: if the split has no text, or no tokens at all.
   """
-  from research import data as data_lib  # pylint: disable=import-outside-toplevel
   path = stream_path(name, split, tokenizer, separator, max_tokens, feature, directory)
   dtype = _dtype(tokenizer.vocab_size)
   if not os.path.exists(path):
-    data_lib.source(name, split, directory)  # prepares the dataset, or fails, before anything is written here
-  with data_lib.lock(os.path.dirname(path), os.path.basename(path)):  # one writer; the others wait and read
+    catalog.source(name, split, directory)  # prepares the dataset, or fails, before anything is written here
+  with catalog.lock(os.path.dirname(path), os.path.basename(path)):  # one writer; the others wait and read
     if not os.path.exists(path):
       sep = np.asarray(list(separator), dtype)
       written = 0

@@ -1,14 +1,16 @@
-"""Measuring samples in a classifier's feature space: FID, precision/recall, class shares.
+"""Measuring samples in a feature space: FID, precision/recall, class shares, against real images' statistics.
 
-    fid.digits_fid(samples)                          # vs the digits training split
-    fid.precision_recall(real_feats, fake_feats)     # (precision, recall)
-    fid.class_shares(samples)                        # (10,) share of each predicted digit
-    fid.frechet_distance(feats_a, feats_b)           # any features
-    fid.sample_metrics(samples)                      # all of the above, as a generative run reports them
+    ref = fid.reference(space, real_images, "digits/train")   # real images seen through the space
+    fid.sample_metrics(samples, space, ref)                   # what a generative run reports
+    fid.frechet_distance(feats_a, feats_b)                    # any features
+    fid.precision_recall(ref.features, space.features(samples))
+    fid.class_shares(samples, space)                          # share of each predicted class
 
-Samples are (N, 8, 8, 1) images, float in [0, 1] or uint8. The features are the
-penultimate layer of a small digits classifier (research/metrics/features.py), trained by
-the training loop on the digits training split once and cached beside the data.
+A feature space (research/metrics/features.py) is a network that maps images to features
+(and, for a classifier, class logits); a dataset brings its own. The digits' is a small
+classifier trained by the loop once and cached (research/tasks/classifier.py: `digits_classifier`,
+`digits_reference`). A Reference holds real images' features in one space and their Gaussian
+fit, computed once and compared with any number of sample sets.
 
 The Fréchet distance between Gaussian fits N(mu1, S1), N(mu2, S2) of two feature sets
 (Heusel et al., 2017) is
@@ -23,7 +25,7 @@ trace is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2),
 float64, with round-off below zero clipped.
 
 Scale on digits against the training split (feature network digits_mlp_v1, measured by
-`fid.digits_reference_fids()`):
+`research.tasks.classifier.digits_reference_fids()`):
     the real test split (300 held-out images):                          2.08
     1000 images whose pixels are drawn independently from each
     pixel's training marginal (a bad model):                           36.0
@@ -35,16 +37,16 @@ some real ball, recall the fraction of real samples inside some generated ball (
 of the generated set, built the same way).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
-from research.data import load
-from research.metrics.features import Classifier, default_directory, digits_classifier
+from research.metrics.features import FeatureSpace
 
-__all__ = ["Classifier", "class_shares", "default_directory", "digits_classifier", "digits_fid",
-           "digits_reference_fids", "frechet_distance", "frechet_distance_from_stats", "gaussian_fit",
-           "independent_pixel_samples", "precision_recall", "sample_metrics"]
+__all__ = ["Reference", "class_shares", "frechet_distance", "frechet_distance_from_stats",
+     "frechet_difference_se", "frechet_distance_se", "gaussian_fit", "independent_pixel_samples",
+     "precision_recall", "reference", "sample_metrics"]
 
-REFERENCES = ("train", "test")
 # A class counts as covered when at least this share of the samples is predicted as it (a tenth of
 # its 10% share among balanced digits).
 COVERED_SHARE = 0.02
@@ -72,6 +74,44 @@ def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
   """
   feats = _features_2d(feats, "feats")
   return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+class Reference(NamedTuple):
+  """Real images seen through one feature space: what samples are scored against.
+
+  Attributes:
+    space: the name of the FeatureSpace the features come from.
+    name: which real images, e.g. "digits/train".
+    features: (N, F) their features.
+    mean: (F,) float64, the mean of the Gaussian fit (`gaussian_fit`).
+    covariance: (F, F) float64, its covariance.
+  """
+
+  space: str
+  name: str
+  features: np.ndarray
+  mean: np.ndarray
+  covariance: np.ndarray
+
+
+def reference(space: FeatureSpace, images, name: str) -> Reference:
+  """The Reference of real images in `space`.
+
+  Args:
+    space: the feature network.
+    images: (N, H, W, C) real images as the space reads them (uint8, or float in [0, 1]), N >= 2.
+    name: names the images (a dataset and split), for messages and tables.
+
+  Returns:
+    Their features and Gaussian fit.
+  """
+  feats = space.features(images)
+  return Reference(space.name, name, feats, *gaussian_fit(feats))
+
+
+def _check_space(space: FeatureSpace, ref: Reference) -> None:
+  if ref.space != space.name:
+    raise ValueError(f"the reference {ref.name!r} was measured in the {ref.space} feature space, not in {space.name}")
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -224,100 +264,71 @@ def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
   return precision, recall
 
 
-def class_shares(images, classifier: Classifier | None = None) -> np.ndarray:
-  """The share of samples the digits classifier assigns to each class (mode dropping shows as zeros).
+def class_shares(images, space: FeatureSpace) -> np.ndarray:
+  """The share of samples a classifier's feature space assigns to each class (mode dropping shows as zeros).
 
   Args:
-    images: (N, 8, 8, 1) float in [0, 1] or uint8.
-    classifier: the feature network; `digits_classifier()` by default.
+    images: (N, H, W, C) float in [0, 1] or uint8.
+    space: a feature network with a class head.
 
   Returns:
-    (10,) float64 shares summing to 1.
+    (num_classes,) float64 shares summing to 1.
   """
-  classifier = classifier or digits_classifier()
-  predicted = classifier.predict(images)
-  return np.bincount(predicted, minlength=10).astype(np.float64) / max(len(predicted), 1)
+  predicted = space.predict(images)
+  return np.bincount(predicted, minlength=space.num_classes).astype(np.float64) / max(len(predicted), 1)
 
 
-def digits_fid(images, reference: str = "train", classifier: Classifier | None = None) -> float:
-  """FID of digits samples against a real split, in the digits classifier's feature space.
+def sample_metrics(images, space: FeatureSpace, ref: Reference) -> dict:
+  """What a generative run reports about its samples (results.json's sample metrics), in one feature space.
 
   Args:
-    images: (N, 8, 8, 1) samples, float in [0, 1] or uint8; N >= 2 (use the same N when
-      comparing models: FID's bias depends on it).
-    reference: the real split to compare with, "train" (1497 images) or "test" (300).
-    classifier: the feature network; `digits_classifier()` by default.
+    images: (N, H, W, C) samples, float in [0, 1] or uint8; N >= 4.
+    space: the feature network.
+    ref: real images' statistics in `space` (`reference`).
 
   Returns:
-    The squared Fréchet distance between Gaussian fits of the two feature sets.
+    {"fid": against the reference, "precision", "recall" (k = 3), and for a space with a class
+    head "classes_covered": classes with a share >= COVERED_SHARE, "class_shares": the shares,
+    rounded to 4 places; "num_samples": N}. Samples with a NaN or infinite pixel (a diverged
+    model) score NaN and cover no class, rather than failing the run that reports them.
+
+  Raises:
+    ValueError: for a reference measured in another space.
   """
-  if reference not in REFERENCES:
-    raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-  classifier = classifier or digits_classifier()
-  return frechet_distance(classifier.features(images), classifier.reference_features(reference))
-
-
-def sample_metrics(images, classifier: Classifier | None = None) -> dict:
-  """What a generative run on digits reports about its samples (results.json's sample metrics).
-
-  Args:
-    images: (N, 8, 8, 1) samples, float in [0, 1] or uint8; N >= 4.
-    classifier: the feature network; `digits_classifier()` by default.
-
-  Returns:
-    {"fid": against the training split, "precision", "recall" (k = 3), "classes_covered":
-    classes with a share >= COVERED_SHARE, "class_shares": the 10 shares, rounded to 4 places,
-    "num_samples": N}. Samples with a NaN or infinite pixel (a diverged model) score NaN and
-    cover no class, rather than failing the run that reports them.
-  """
+  _check_space(space, ref)
   images = np.asarray(images)
   if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
     nan = float("nan")
-    return {"fid": nan, "precision": nan, "recall": nan, "classes_covered": 0, "class_shares": [nan] * 10,
-            "num_samples": int(len(images))}
-  classifier = classifier or digits_classifier()
-  feats = classifier.features(images)
-  real = classifier.reference_features("train")
-  precision, recall = precision_recall(real, feats)
-  shares = class_shares(images, classifier)
-  return {"fid": frechet_distance(real, feats), "precision": precision, "recall": recall,
-          "classes_covered": int(np.sum(shares >= COVERED_SHARE)), "class_shares": shares.round(4).tolist(),
-          "num_samples": int(len(feats))}
+    out = {"fid": nan, "precision": nan, "recall": nan}
+    if space.num_classes:
+      out.update(classes_covered=0, class_shares=[nan] * space.num_classes)
+    return {**out, "num_samples": int(len(images))}
+  feats = space.features(images)
+  precision, recall = precision_recall(ref.features, feats)
+  out = {"fid": frechet_distance_from_stats(ref.mean, ref.covariance, *gaussian_fit(feats)), "precision": precision,
+         "recall": recall}
+  if space.num_classes:
+    shares = class_shares(images, space)
+    out.update(classes_covered=int(np.sum(shares >= COVERED_SHARE)), class_shares=shares.round(4).tolist())
+  return {**out, "num_samples": int(len(feats))}
 
 
-def independent_pixel_samples(n: int, seed: int = 0) -> np.ndarray:
-  """Images whose pixels are drawn independently from each pixel's training-split marginal.
+def independent_pixel_samples(images, n: int, seed: int = 0) -> np.ndarray:
+  """Images whose pixels are drawn independently from each pixel's marginal in `images`.
 
-  A bad model with the right per-pixel statistics and none of the structure: the scale's
-  far end.
+  A bad model with the right per-pixel statistics and none of the structure: the far end of
+  a feature space's scale.
 
   Args:
+    images: (N, H, W, C) real images (e.g. a training split).
     n: number of images.
     seed: seeds the draw.
 
   Returns:
-    (n, 8, 8, 1) uint8.
+    (n, H, W, C) of the images' dtype.
   """
-  train = load("digits", "train")["image"]  # (N, 8, 8, 1)
+  images = np.asarray(images)
   rng = np.random.default_rng(seed)
-  source = rng.integers(0, len(train), size=(n, *train.shape[1:]))  # (n, 8, 8, 1): a training image per pixel
+  source = rng.integers(0, len(images), size=(n, *images.shape[1:]))  # (n, H, W, C): a real image per pixel
   _, row, col, channel = np.indices(source.shape)
-  return train[source, row, col, channel]
-
-
-def digits_reference_fids(classifier: Classifier | None = None, n_bad: int = 1000, seed: int = 0) -> dict:
-  """The two ends of the digits FID scale, against the training split's features.
-
-  Args:
-    classifier: the feature network; `digits_classifier()` by default.
-    n_bad: number of independent-pixel images.
-    seed: seeds the independent-pixel images.
-
-  Returns:
-    {"test_split": FID of the real test split, "independent_pixels": FID of `n_bad`
-    independent-pixel images, "test_accuracy": the classifier's}.
-  """
-  classifier = classifier or digits_classifier()
-  return {"test_split": digits_fid(load("digits", "test")["image"], "train", classifier),
-          "independent_pixels": digits_fid(independent_pixel_samples(n_bad, seed), "train", classifier),
-          "test_accuracy": classifier.test_accuracy}
+  return images[source, row, col, channel]

@@ -1,13 +1,22 @@
-"""Model families, one per module; each exposes `make_task(config, ...) -> research.train.Task`.
+"""Model families, one per module: modules, losses and samplers, with nothing of the training loop.
 
     from research import models
-    task = models.FAMILIES["gan"](config)
+    pair = models.FAMILIES["gan"].make_models(config)   # research.models.gan: the generator and the critic
+
+FAMILIES maps each family the loop trains to its model module; research.tasks.FAMILIES maps the
+same names to the plug-ins that hand those models to the loop. "dit" is the DiT denoiser of the
+diffusion process in research/models/diffusion.py (the U-Net's family is "diffusion"). RLHF is not
+a family of its own here: its models are GPT-2 with a reward or value head (research/rl/rlhf.py),
+trained in stages by research/tasks/rlhf.py's plug-ins, each starting from an earlier stage's
+parameters. `attention`, `layers` and `unet` are parts the families share.
 """
 
-from research.models import autoencoder
-from research.models import gan
+from research.models import attention, layers, unet
+from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2
 
-# Family name -> the function building its plug-in for the training loop.
-FAMILIES = {"autoencoder": autoencoder.make_task, "gan": gan.make_task}
+# Family name -> its model module.
+FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "bert": bert,
+            "classifier": classifier}
 
-__all__ = ["FAMILIES", "autoencoder", "gan"]
+__all__ = ["FAMILIES", "attention", "autoencoder", "bert", "classifier", "diffusion", "dit", "gan", "gpt2", "layers",
+           "unet"]

@@ -16,8 +16,12 @@ head serves num_heads / num_kv_heads query heads.
                          from the saved log-sum-exp. Memory is linear in the length.
   apply_rope             rotary position embedding (Su et al. 2021).
   alibi_slopes           ALiBi's per-head slopes of a linear distance penalty (Press et al. 2022).
-  MultiHeadAttention     projections, positions and one of the implementations above (or cuDNN
-                         and the Pallas kernels on GPU/TPU) behind `config.attention`.
+  choose, attend         one of the implementations above (or cuDNN and the Pallas kernels on
+                         GPU/TPU) by name; "auto" picks the platform's (dense on CPU, cuDNN or
+                         XLA on GPUs).
+  MultiHeadAttention     self- and cross-attention: projections, positions, the KV cache and a
+                         kernel behind `config.attention`; the one attention of GPT-2, BERT,
+                         the DiT and the U-Net.
 
 Masks: `mask` is a boolean key mask (batch, kv_len), True where a key may be attended to
 (padding is False). Masked scores get MASK_VALUE, a large finite negative number, so a row
@@ -26,7 +30,8 @@ with no valid key attends uniformly instead of producing NaN, in every implement
 Attention dropout (BERT's attention_probs_dropout_prob) drops probabilities of the plain path
 only. The other implementations never form the probabilities, so training with a rate that is
 not the Python number 0 is refused there with a ValueError rather than quietly falling back to
-the plain path and its (T, S) memory; evaluation (no dropout key) runs on any of them.
+the plain path and its (T, S) memory; evaluation (no dropout key) runs on any of them. "auto"
+is the one name that picks the reference for a call that drops probabilities.
 """
 
 import functools
@@ -41,8 +46,9 @@ import numpy as np
 from research.models import layers
 
 MASK_VALUE = -1e30
-IMPLEMENTATIONS = ("reference", "dense", "flash", "xla", "cudnn", "pallas")
+IMPLEMENTATIONS = ("auto", "reference", "dense", "flash", "xla", "cudnn", "pallas")
 POSITIONS = ("learned", "rope", "alibi", "none")
+LAYOUTS = ("separate", "fused")
 
 
 def _repeat_kv(x, num_heads: int):
@@ -481,9 +487,45 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 # Multi-head attention.
 
 
-def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, mask=None, alibi=None,
+def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=None, q_start=None,
+           dropout: bool = False) -> str:
+  """The kernel that `implementation` names: itself, or the platform's for "auto".
+
+  "auto" is the reference where the call drops attention probabilities (the one kernel that
+  forms them); on a CPU the dense attention (the fastest to train there); on a GPU cuDNN's
+  fused kernel where it applies without a bias (16-bit inputs, a head dimension that is a
+  multiple of 8 up to 128, no padding mask or ALiBi, queries aligned with the keys); else XLA's
+  `jax.nn.dot_product_attention`.
+
+  Args:
+    implementation: one of IMPLEMENTATIONS.
+    q: (B, T, H, D) queries; k: (B, S, Hkv, D) keys (shapes and dtype are read).
+    causal, mask, alibi, q_start: as in `dot_product_attention`.
+    dropout: whether the call drops attention probabilities.
+
+  Raises:
+    ValueError: for an unknown implementation.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; choose one of: "
+                     f"{', '.join(IMPLEMENTATIONS)}")
+  if implementation != "auto":
+    return implementation
+  if dropout:
+    return "reference"
+  if layers.on_cpu():
+    return "dense"
+  d = q.shape[-1]
+  aligned = q_start is None and (not causal or q.shape[1] == k.shape[1])
+  if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0 and d <= 128
+      and mask is None and alibi is None and aligned):
+    return "cudnn"
+  return "xla"
+
+
+def attend(q, k, v, *, implementation: str = "auto", causal: bool = False, mask=None, alibi=None,
            q_start=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
-  """Dispatches to one attention implementation (see IMPLEMENTATIONS); all take the same arrays.
+  """Dispatches to one attention implementation (see IMPLEMENTATIONS and `choose`); all take the same arrays.
 
   "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
   bf16/fp16); "pallas" uses the Pallas FlashAttention kernels of jax.experimental on GPU/TPU,
@@ -493,10 +535,13 @@ def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, 
   Raises:
     ValueError: for an unknown implementation, or attention dropout asked of another one.
   """
+  drops = dropout_rng is not None and not layers.is_static_zero(dropout_rate)
+  implementation = choose(implementation, q, k, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
+                          dropout=drops)
   if implementation == "reference":
     return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
                                  dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  if implementation in IMPLEMENTATIONS and dropout_rng is not None and not layers.is_static_zero(dropout_rate):
+  if drops:
     raise ValueError(f"attention dropout needs the reference attention (the one implementation that drops "
                      f"probabilities; {implementation!r} does not); set the attention dropout to 0 or use 'reference'")
   if implementation == "dense":
@@ -511,12 +556,9 @@ def attend(q, k, v, *, implementation: str = "reference", causal: bool = False, 
       return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), implementation=implementation)
     key_mask = None if mask is None else mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
-  if implementation == "pallas":
-    if q_start is not None:
-      return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
-    return _pallas_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
-  raise ValueError(f"unknown attention implementation {implementation!r}; choose one of: "
-                   f"{', '.join(IMPLEMENTATIONS)}")
+  if q_start is not None:  # pallas
+    return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
+  return _pallas_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, block_size=block_size)
 
 
 def _pallas_attention(q, k, v, *, causal, mask, alibi, block_size):
@@ -541,42 +583,115 @@ def _pallas_attention(q, k, v, *, causal, mask, alibi, block_size):
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head self-attention with grouped-query heads, RoPE or ALiBi, and a choice of kernel.
+  """Multi-head attention of x over itself or over a context, with grouped-query heads, RoPE or ALiBi,
+  a KV cache, and a choice of kernel: the one attention of every model here.
+
+  Parameters, in one of two layouts:
+    "separate"  `query`, `key`, `value` kernels (width, heads, head_dim) with biases, and `out`
+                (heads, head_dim, width): GPT-2, BERT and the DiT. The three projections of one
+                input run as one stacked product (`layers.dense_group`), except on CPUs, where
+                XLA runs three separate ones faster at GPT-2's widths (`stack_qkv` decides
+                otherwise). Grouped-query heads and cross-attention need this layout.
+    "fused"     one (width, 3, heads, head_dim) kernel for query, key and value and the output,
+                under flax's names of two unnamed DenseGeneral layers, `DenseGeneral_0` and
+                `DenseGeneral_1`: the DDPM U-Net's layout (research/models/unet.py).
 
   Attributes:
     num_heads: query heads H.
-    num_kv_heads: key/value heads (H: multi-head; 1: multi-query; between: grouped-query).
-    head_dim: D per head.
-    causal: mask future positions.
+    num_kv_heads: key/value heads (None: H, multi-head; 1: multi-query; between: grouped-query).
+    head_dim: D per head (None: the input width / H).
     positions: "rope" rotates q and k; "alibi" adds the linear bias; "learned"/"none" leave
       positions to the caller (e.g. GPT-2's learned position embedding).
-    implementation: one of IMPLEMENTATIONS.
+    implementation: one of IMPLEMENTATIONS ("auto": the platform's kernel, see `choose`).
+    layout: one of LAYOUTS.
+    stack_qkv: one product for the projections of one input; None: yes except on CPUs.
     dropout: attention-output dropout rate (training only; needs rngs={'dropout'}).
     attention_dropout: dropout rate of the attention probabilities (training only; the
       reference implementation only, see `attend`).
+    rope_base: RoPE's frequency base.
+    kernel_init: the initializer of the query, key and value kernels.
+    out_init: the initializer of the output kernel.
     dtype: compute dtype.
   """
 
   num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  causal: bool = True
-  positions: str = "learned"
-  implementation: str = "reference"
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  positions: str = "none"
+  implementation: str = "auto"
+  layout: str = "separate"
+  stack_qkv: bool | None = None
   dropout: float = 0.0
   attention_dropout: float = 0.0
   rope_base: float = 10000.0
+  kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   dtype: str = "float32"
 
+  def _check(self, width: int, cross: bool, cached: bool):
+    if self.positions not in POSITIONS:
+      raise ValueError(f"unknown positions {self.positions!r}; choose one of: {', '.join(POSITIONS)}")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"unknown attention layout {self.layout!r}; choose one of: {', '.join(LAYOUTS)}")
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention implementation {self.implementation!r}; choose one of: "
+                       f"{', '.join(IMPLEMENTATIONS)}")
+    if self.head_dim is None and width % self.num_heads:
+      raise ValueError(f"the width {width} is not divisible by {self.num_heads} heads")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"{self.num_heads} query heads are not a multiple of {self.kv_heads} key/value heads")
+    if cross and self.positions in ("rope", "alibi"):
+      raise ValueError(f"{self.positions} positions are for self-attention; cross-attention takes positions from "
+                       "its inputs")
+    if cross and cached:
+      raise ValueError("the KV cache is for self-attention; pass the context's keys once, without a cache")
+    if self.layout == "fused" and (cross or self.kv_heads != self.num_heads):
+      raise ValueError("the fused layout projects one input to as many key/value heads as query heads: "
+                       "self-attention with num_kv_heads = num_heads only")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  def _projections(self, x, context, head_dim: int):
+    """(q (B, T, H, D), k, v (B, S, Hkv, D)) of x and the context (x itself for self-attention)."""
+    if self.layout == "fused":
+      init = nn.with_logical_partitioning(self.kernel_init, ("embed", None, "heads", "head_dim"))
+      qkv = layers.DenseGeneral((3, self.num_heads, head_dim), kernel_init=init, dtype=self.dtype,
+                                name="DenseGeneral_0")(x)  # (B, T, 3, H, D)
+      return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    init = nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "head_dim"))
+    kv_input = x if context is None else context
+    stacked = not layers.on_cpu() if self.stack_qkv is None else self.stack_qkv
+    if not stacked:
+      proj = lambda heads, name, inputs: layers.DenseGeneral((heads, head_dim), name=name, kernel_init=init,
+                                                             dtype=self.dtype)(inputs)
+      return proj(self.num_heads, "query", x), proj(self.kv_heads, "key", kv_input), proj(self.kv_heads, "value",
+                                                                                          kv_input)
+    # DenseGeneral's parameters applied as one product per input (per run of equal shapes).
+    param = lambda heads, name, inputs: layers.DenseParams((heads, head_dim), name=name, kernel_init=init)(
+        inputs.shape[-1])
+    if context is None:
+      return tuple(layers.dense_group(x, [param(self.num_heads, "query", x), param(self.kv_heads, "key", x),
+                                          param(self.kv_heads, "value", x)], dtype=self.dtype))
+    (q,) = layers.dense_group(x, [param(self.num_heads, "query", x)], dtype=self.dtype)
+    k, v = layers.dense_group(context, [param(self.kv_heads, "key", context), param(self.kv_heads, "value", context)],
+                              dtype=self.dtype)
+    return q, k, v
+
   @nn.compact
-  def __call__(self, x, *, mask=None, positions=None, cache: "KVCache | None" = None, cache_index=None,
-               train: bool = False, dropout_rate=None, attention_dropout_rate=None):
-    """Attends x (B, T, width) to itself, or to a KV cache it writes into.
+  def __call__(self, x, context=None, *, mask=None, causal: bool = False, positions=None,
+               cache: "KVCache | None" = None, cache_index=None, train: bool = False, dropout_rate=None,
+               attention_dropout_rate=None):
+    """Attends x (B, T, width) to itself, to a context, or to a KV cache it writes into.
 
     Args:
-      x: (B, T, width) inputs.
-      mask: (B, S) boolean key mask (S = T, or the cache's length).
+      x: (B, T, width) inputs: the queries' and, without a context, the keys' and values'.
+      context: (B, S, width') the keys' and values' inputs (cross-attention); None: x.
+      mask: (B, S) boolean key mask, True where a key may be attended to (S: the context's
+        length, x's, or the cache's).
+      causal: query i attends to keys j <= i (self-attention) or, with a cache, to the cache
+        entries up to its own position.
       positions: (T,) or (B, T) token positions for RoPE (default 0 .. T-1).
       cache: a KVCache of (B, Hkv, S, D) arrays; this call's keys and values are written at
         `cache_index` and the queries attend to every earlier cache entry (prefill with
@@ -588,43 +703,46 @@ class MultiHeadAttention(nn.Module):
 
     Returns:
       (B, T, width), or ((B, T, width), the updated KVCache) when a cache is given.
+
+    Raises:
+      ValueError: for an unknown option, or one that does not apply (cross-attention with RoPE,
+        ALiBi, a cache or the fused layout).
     """
-    b, t, width = x.shape
-    init = nn.initializers.normal(0.02)
-    proj = lambda heads, name: layers.DenseGeneral(
-        (heads, self.head_dim), name=name, dtype=self.dtype,
-        kernel_init=nn.with_logical_partitioning(init, ("embed", "heads", "head_dim")))
-    # Three products, not one (E, 3, H, D) product as `layers.dense_group` would make: at GPT-2's
-    # (4096 x 384) x (384, 3 x 384) the stacked product trains 4.6% slower on XLA:CPU (the DiT's
-    # 128-wide one gains; see research/models/dit.py).
-    q = proj(self.num_heads, "query")(x)  # (B, T, H, D)
-    k = proj(self.num_kv_heads, "key")(x)  # (B, T, Hkv, D)
-    v = proj(self.num_kv_heads, "value")(x)
+    width = x.shape[-1]
+    self._check(width, context is not None, cache is not None)
+    head_dim = self.head_dim or width // self.num_heads
+    q, k, v = self._projections(x, context, head_dim)
+    q = nn.with_logical_constraint(q, layers.ACTIVATION_HEADS)
+    k = nn.with_logical_constraint(k, layers.ACTIVATION_HEADS)
+    v = nn.with_logical_constraint(v, layers.ACTIVATION_HEADS)
     alibi = None
     if self.positions == "rope":
-      pos = jnp.arange(t) if positions is None else positions
+      pos = jnp.arange(x.shape[1]) if positions is None else positions
       q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
     elif self.positions == "alibi":
       alibi = alibi_slopes(self.num_heads)
     attention_rate = self.attention_dropout if attention_dropout_rate is None else attention_dropout_rate
     dropout_rng = self.make_rng("dropout") if train and not layers.is_static_zero(attention_rate) else None
     if cache is None:
-      out = attend(q, k, v, implementation=self.implementation, causal=self.causal, mask=mask, alibi=alibi,
+      out = attend(q, k, v, implementation=self.implementation, causal=causal, mask=mask, alibi=alibi,
                    dropout_rate=attention_rate, dropout_rng=dropout_rng)
     else:
       # The cache is (B, Hkv, S, D): this call's keys go in at cache_index along S.
       write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
           buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), cache_index, axis=2)
       cache = KVCache(write(cache.k, k), write(cache.v, v))
-      if dropout_rng is None and (self.implementation in ("reference", "dense") or t == 1):
-        out = cached_attention(q, cache.k, cache.v, causal=self.causal, mask=mask, alibi=alibi, q_start=cache_index)
+      swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D) <-> (B, S, Hkv, D)
+      kernel = choose(self.implementation, q, swap(cache.k), causal=causal, mask=mask, alibi=alibi,
+                      q_start=cache_index, dropout=dropout_rng is not None)
+      if dropout_rng is None and (kernel in ("reference", "dense") or x.shape[1] == 1):
+        out = cached_attention(q, cache.k, cache.v, causal=causal, mask=mask, alibi=alibi, q_start=cache_index)
       else:  # a long prefill through another kernel, or training with attention dropout: (B, S, Hkv, D)
-        swap = lambda x: jnp.swapaxes(x, 1, 2)
-        out = attend(q, swap(cache.k), swap(cache.v), implementation=self.implementation, causal=self.causal,
-                     mask=mask, alibi=alibi, q_start=cache_index, dropout_rate=attention_rate,
-                     dropout_rng=dropout_rng)
-    out = layers.DenseGeneral(width, axis=(-2, -1), name="out", dtype=self.dtype,
-                          kernel_init=nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed")))(out)
+        out = attend(q, swap(cache.k), swap(cache.v), implementation=kernel, causal=causal, mask=mask,
+                     alibi=alibi, q_start=cache_index, dropout_rate=attention_rate, dropout_rng=dropout_rng)
+    out = nn.with_logical_constraint(out, layers.ACTIVATION_HEADS)
+    out_init = nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed"))
+    out = layers.DenseGeneral(width, axis=(-2, -1), kernel_init=out_init, dtype=self.dtype,
+                              name="DenseGeneral_1" if self.layout == "fused" else "out")(out)
     out = layers.Dropout(self.dropout)(out, train, rate=dropout_rate)
     return out if cache is None else (out, cache)
 

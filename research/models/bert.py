@@ -31,9 +31,7 @@ for the ablation of the paper's Table 8.
 """
 
 import dataclasses
-import functools
 import json
-import math
 import os
 from typing import NamedTuple
 
@@ -43,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import hf
 from research.models import layers
 
 # The published sizes: name -> (num_hidden_layers, hidden_size, num_attention_heads, intermediate_size).
@@ -63,7 +62,11 @@ class BertConfig:
       hidden_dropout_prob, attention_probs_dropout_prob, pad_token_id: as transformers'
       BertConfig (the dropout rates default to 0 here: dropout is asked for, not assumed).
     num_labels: classes of the sequence-classification head.
-    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
+    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS ("auto": the
+      platform's; the reference where training drops attention probabilities).
+    scan_layers: the encoder blocks as one `nn.scan` (parameters "layer" with a leading layer
+      axis) instead of a Python loop ("layer_0", "layer_1", ...): one block to compile.
+    remat: recompute in the backward pass: "none", "block" or "dots" (research.models.layers.REMATS).
     dtype: compute dtype; parameters stay float32 and logits are float32.
   """
 
@@ -80,10 +83,13 @@ class BertConfig:
   attention_probs_dropout_prob: float = 0.0
   pad_token_id: int = 0
   num_labels: int = 2
-  attention: str = "reference"
+  attention: str = "auto"
+  scan_layers: bool = False
+  remat: str = "none"
   dtype: str = "float32"
 
   def __post_init__(self):
+    layers.check_stacking(self.scan_layers, self.remat)
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                        f"{self.num_attention_heads}")
@@ -147,19 +153,22 @@ class Layer(nn.Module):
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, x, mask, train: bool, rates: Rates):
+  def __call__(self, x, unused, *, mask, train: bool, rates: Rates):
+    """(x after the block, None): the signature of research.models.layers.blocks."""
+    del unused  # the blocks take no per-layer input
     cfg = self.cfg
+    init = nn.initializers.normal(cfg.initializer_range)
     attn = attention_lib.MultiHeadAttention(
-        num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
-        causal=False, positions="none", implementation=cfg.attention, dropout=cfg.hidden_dropout_prob,
-        attention_dropout=cfg.attention_probs_dropout_prob, out_init=nn.initializers.normal(cfg.initializer_range),
-        dtype=cfg.dtype, name="attention")
+        num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim, implementation=cfg.attention,
+        dropout=cfg.hidden_dropout_prob, attention_dropout=cfg.attention_probs_dropout_prob, kernel_init=init,
+        out_init=init, dtype=cfg.dtype, name="attention")
     out = attn(x, mask=mask, train=train, dropout_rate=rates.hidden, attention_dropout_rate=rates.attention)
     x = _layer_norm(cfg, "attention_ln")(x + out)
     h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)  # (B, T, intermediate)
+    h = nn.with_logical_constraint(h, layers.ACTIVATION_MLP)
     h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(nn.gelu(h, approximate=False))
     h = layers.Dropout(cfg.hidden_dropout_prob)(h, train, rate=rates.hidden)
-    return _layer_norm(cfg, "output_ln")(x + h)
+    return _layer_norm(cfg, "output_ln")(x + h), None
 
 
 class BertEncoder(nn.Module):
@@ -183,8 +192,8 @@ class BertEncoder(nn.Module):
     x = word(input_ids) + position[None, :t].astype(cfg.dtype) + jnp.take(token_type, types, axis=0).astype(cfg.dtype)
     x = _layer_norm(cfg, "embeddings_ln")(x)  # (B, T, hidden)
     x = layers.Dropout(cfg.hidden_dropout_prob)(x, train, rate=rates.hidden)
-    for i in range(cfg.num_hidden_layers):
-      x = Layer(cfg, name=f"layer_{i}")(x, mask, train, rates)
+    x, _ = layers.blocks(lambda: Layer(cfg), cfg.num_hidden_layers, x, name="layer", scan=cfg.scan_layers,
+                         remat=cfg.remat, mask=mask, train=train, rates=rates)
     return x, word.embedding
 
 
@@ -239,9 +248,7 @@ MODELS = {"BertForMaskedLM": BertForMaskedLM, "BertForSequenceClassification": B
 
 def count_params(cfg: BertConfig, architecture: str = "BertForMaskedLM") -> int:
   """Parameters from shapes alone."""
-  model = MODELS[architecture](cfg)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nn.unbox(shapes)))
+  return layers.count_params(MODELS[architecture](cfg), jax.ShapeDtypeStruct((1, 1), jnp.int32))
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,34 +320,33 @@ def mlm_loss(logits, targets, chosen):
 # Weights to and from transformers: one explicit name table.
 
 
-def _hf_table(cfg: BertConfig, architecture: str):
-  """(transformers name, our path, to ours, to theirs) for every tensor of `architecture`.
+def _hf_table(cfg: BertConfig, architecture: str) -> list[hf.Tensor]:
+  """Every tensor of `architecture` and its parameter in the Python-loop layout.
 
   torch's Linear stores (out, in): kernels are transposed; the attention's query/key/value
   kernels (hidden, hidden) become (hidden, heads, head_dim), its output (heads, head_dim, hidden).
   The MLM decoder is tied to the word embeddings, so only its bias is a tensor of its own.
   """
   e, h, d = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-  same = (lambda x: x, lambda x: x)
-  linear = (lambda w: w.T, lambda w: w.T)
-  ln = lambda theirs, ours: [(theirs + ".weight", ours + ("scale",), *same), (theirs + ".bias", ours + ("bias",), *same)]
-  dense = lambda theirs, ours: [(theirs + ".weight", ours + ("kernel",), *linear),
-                                (theirs + ".bias", ours + ("bias",), *same)]
+  ln = lambda theirs, ours: [hf.Tensor(theirs + ".weight", ours + ("scale",)),
+                             hf.Tensor(theirs + ".bias", ours + ("bias",))]
+  dense = lambda theirs, ours: [hf.Tensor(theirs + ".weight", ours + ("kernel",), np.transpose, np.transpose),
+                                hf.Tensor(theirs + ".bias", ours + ("bias",))]
   emb, enc = "bert.embeddings.", ("bert",)
-  table = [(emb + "word_embeddings.weight", enc + ("word_embeddings", "embedding"), *same),
-           (emb + "position_embeddings.weight", enc + ("position_embeddings",), *same),
-           (emb + "token_type_embeddings.weight", enc + ("token_type_embeddings",), *same)]
+  table = [hf.Tensor(emb + "word_embeddings.weight", enc + ("word_embeddings", "embedding")),
+           hf.Tensor(emb + "position_embeddings.weight", enc + ("position_embeddings",)),
+           hf.Tensor(emb + "token_type_embeddings.weight", enc + ("token_type_embeddings",))]
   table += ln(emb + "LayerNorm", enc + ("embeddings_ln",))
   for i in range(cfg.num_hidden_layers):
     p, ours = f"bert.encoder.layer.{i}.", enc + (f"layer_{i}",)
     for name in ("query", "key", "value"):
-      table += [(p + f"attention.self.{name}.weight", ours + ("attention", name, "kernel"),
-                 lambda w: w.T.reshape(e, h, d), lambda w: w.reshape(e, e).T),
-                (p + f"attention.self.{name}.bias", ours + ("attention", name, "bias"),
-                 lambda b: b.reshape(h, d), lambda b: b.reshape(e))]
-    table += [(p + "attention.output.dense.weight", ours + ("attention", "out", "kernel"),
-               lambda w: w.T.reshape(h, d, e), lambda w: w.reshape(e, e).T),
-              (p + "attention.output.dense.bias", ours + ("attention", "out", "bias"), *same)]
+      table += [hf.Tensor(p + f"attention.self.{name}.weight", ours + ("attention", name, "kernel"),
+                          lambda w: w.T.reshape(e, h, d), lambda w: w.reshape(e, e).T),
+                hf.Tensor(p + f"attention.self.{name}.bias", ours + ("attention", name, "bias"),
+                          lambda b: b.reshape(h, d), lambda b: b.reshape(e))]
+    table += [hf.Tensor(p + "attention.output.dense.weight", ours + ("attention", "out", "kernel"),
+                        lambda w: w.T.reshape(h, d, e), lambda w: w.reshape(e, e).T),
+              hf.Tensor(p + "attention.output.dense.bias", ours + ("attention", "out", "bias"))]
     table += ln(p + "attention.output.LayerNorm", ours + ("attention_ln",))
     table += dense(p + "intermediate.dense", ours + ("intermediate",))
     table += dense(p + "output.dense", ours + ("output",))
@@ -348,28 +354,29 @@ def _hf_table(cfg: BertConfig, architecture: str):
   if architecture == "BertForMaskedLM":
     table += dense("cls.predictions.transform.dense", ("mlm_dense",))
     table += ln("cls.predictions.transform.LayerNorm", ("mlm_ln",))
-    table.append(("cls.predictions.bias", ("mlm_bias",), *same))
+    table.append(hf.Tensor("cls.predictions.bias", ("mlm_bias",)))
   else:
     table += dense("bert.pooler.dense", ("pooler",)) + dense("classifier", ("classifier",))
   return table
 
 
-def _config_from_hf(hf: dict, path: str) -> BertConfig:
-  if hf.get("model_type") != "bert":
-    raise ValueError(f"{path}/config.json describes a {hf.get('model_type')!r} model, not bert")
-  if hf.get("hidden_act", "gelu") != "gelu":
-    raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r} (BERT uses gelu)")
-  if hf.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"unsupported position_embedding_type {hf['position_embedding_type']!r} (BERT uses absolute)")
-  labels = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
-  return BertConfig(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-                    num_hidden_layers=hf["num_hidden_layers"], num_attention_heads=hf["num_attention_heads"],
-                    intermediate_size=hf["intermediate_size"], max_position_embeddings=hf["max_position_embeddings"],
-                    type_vocab_size=hf.get("type_vocab_size", 2), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-                    initializer_range=hf.get("initializer_range", 0.02),
-                    hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),
-                    attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
-                    pad_token_id=hf.get("pad_token_id") or 0, num_labels=labels)
+def _config_from_hf(saved: dict, path: str) -> BertConfig:
+  if saved.get("model_type") != "bert":
+    raise ValueError(f"{path}/config.json describes a {saved.get('model_type')!r} model, not bert")
+  if saved.get("hidden_act", "gelu") != "gelu":
+    raise ValueError(f"unsupported hidden_act {saved['hidden_act']!r} (BERT uses gelu)")
+  if saved.get("position_embedding_type", "absolute") != "absolute":
+    raise ValueError(f"unsupported position_embedding_type {saved['position_embedding_type']!r} (BERT uses absolute)")
+  labels = saved.get("num_labels") or len(saved.get("id2label") or {}) or 2
+  return BertConfig(vocab_size=saved["vocab_size"], hidden_size=saved["hidden_size"],
+                    num_hidden_layers=saved["num_hidden_layers"], num_attention_heads=saved["num_attention_heads"],
+                    intermediate_size=saved["intermediate_size"],
+                    max_position_embeddings=saved["max_position_embeddings"],
+                    type_vocab_size=saved.get("type_vocab_size", 2), layer_norm_eps=saved.get("layer_norm_eps", 1e-12),
+                    initializer_range=saved.get("initializer_range", 0.02),
+                    hidden_dropout_prob=saved.get("hidden_dropout_prob", 0.1),
+                    attention_probs_dropout_prob=saved.get("attention_probs_dropout_prob", 0.1),
+                    pad_token_id=saved.get("pad_token_id") or 0, num_labels=labels)
 
 
 def read_hf_config(path: str) -> tuple[BertConfig, str]:
@@ -397,10 +404,11 @@ def load_hf(path: str, architecture: str | None = None, **overrides):
     path: the directory.
     architecture: "BertForMaskedLM" or "BertForSequenceClassification" (default: the one in
       config.json). Reading an encoder-only subset is done by taking params["bert"].
-    **overrides: BertConfig fields to replace (attention, dtype, hidden_dropout_prob, ...).
+    **overrides: BertConfig fields to replace (attention, dtype, hidden_dropout_prob, scan_layers, ...).
 
   Returns:
-    (module, params) with params the dict to pass as {"params": params}.
+    (module, params) with params the dict to pass as {"params": params}, in the layout of the
+    config's scan_layers.
 
   Raises:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
@@ -416,67 +424,44 @@ def load_hf(path: str, architecture: str | None = None, **overrides):
     raise ValueError(f"{path} is not a saved BERT: model.safetensors is missing")
   cfg = dataclasses.replace(cfg, **overrides)
   tensors = load_file(weights_path)
+  loop_model = MODELS[architecture](dataclasses.replace(cfg, scan_layers=False))  # the table's layout
+  shapes = nn.unbox(jax.eval_shape(lambda: loop_model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
+  params = hf.read(_hf_table(cfg, architecture), tensors, shapes["params"], weights_path)
+  if cfg.scan_layers:
+    params["bert"] = layers.stack_blocks(params["bert"], "layer", cfg.num_hidden_layers)
   model = MODELS[architecture](cfg)
-  shapes = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
-  params: dict = {}
-  for hf_name, ours, to_ours, _ in _hf_table(cfg, architecture):
-    if hf_name not in tensors:
-      raise ValueError(f"tensor {hf_name} is missing from {weights_path}")
-    value = np.asarray(to_ours(tensors[hf_name]), np.float32)
-    expected = tuple(functools.reduce(lambda tree, key: tree[key], ours, shapes).shape)
-    if value.shape != expected:
-      raise ValueError(f"tensor {hf_name} has shape {tensors[hf_name].shape}, which gives {value.shape} for "
-                       f"{'/'.join(ours)}; this config expects {expected}")
-    node = params
-    for key in ours[:-1]:
-      node = node.setdefault(key, {})
-    node[ours[-1]] = jnp.asarray(value)
   return model, params
 
 
 def save_hf(path: str, cfg: BertConfig, params, architecture: str = "BertForMaskedLM") -> None:
-  """Writes config.json + model.safetensors that transformers' `architecture`.from_pretrained loads."""
+  """Writes config.json + model.safetensors that transformers' `architecture`.from_pretrained loads.
+
+  `params` are in the layout of cfg.scan_layers (stacked blocks are written one by one).
+  """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   params = nn.unbox(params)
-  get = lambda ours: np.asarray(functools.reduce(lambda tree, key: tree[key], ours, params), np.float32)
-  tensors = {hf_name: np.ascontiguousarray(to_theirs(get(ours)))
-             for hf_name, ours, _, to_theirs in _hf_table(cfg, architecture)}
+  if cfg.scan_layers:
+    params = {**params, "bert": layers.unstack_blocks(params["bert"], "layer")}
   os.makedirs(path, exist_ok=True)
-  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-  hf = {"model_type": "bert", "architectures": [architecture], "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
-        "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
-        "layer_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.initializer_range, "hidden_act": "gelu",
-        "hidden_dropout_prob": cfg.hidden_dropout_prob,
-        "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
-        "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True, "position_embedding_type": "absolute"}
+  save_file(hf.write(_hf_table(cfg, architecture), params), os.path.join(path, "model.safetensors"),
+            metadata={"format": "pt"})
+  saved = {"model_type": "bert", "architectures": [architecture], "vocab_size": cfg.vocab_size,
+           "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+           "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
+           "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
+           "layer_norm_eps": cfg.layer_norm_eps, "initializer_range": cfg.initializer_range, "hidden_act": "gelu",
+           "hidden_dropout_prob": cfg.hidden_dropout_prob,
+           "attention_probs_dropout_prob": cfg.attention_probs_dropout_prob,
+           "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True, "position_embedding_type": "absolute"}
   if architecture == "BertForSequenceClassification":
-    hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
-    hf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+    saved["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+    saved["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf, f, indent=2)
+    json.dump(saved, f, indent=2)
 
 
 # ---------------------------------------------------------------------------------------
-# The tasks: MLM pre-training and sequence classification on the one training loop.
-
-
-def traced_rates(cfg: BertConfig) -> dict[str, float]:
-  """A BERT task's Task.hparams: its dropout rates under experiments/bert.py's field names.
-
-  `dropout` is hidden_dropout_prob; `attention_dropout` (attention_probs_dropout_prob) is
-  traced only for the reference attention, the one implementation that has it.
-  """
-  rates = {"dropout": cfg.hidden_dropout_prob}
-  if cfg.attention == "reference":
-    rates["attention_dropout"] = cfg.attention_probs_dropout_prob
-  return rates
-
-
-def _rates(hparams) -> Rates:
-  """The model's call-time rates from a task's traced `hparams` (None: the config's own)."""
-  return Rates() if hparams is None else Rates(hparams["dropout"], hparams.get("attention_dropout"))
+# Fine-tuning from pre-trained weights (the loop's plug-ins are research/tasks/bert.py).
 
 
 def with_encoder(variables, encoder):
@@ -491,134 +476,3 @@ def with_encoder(variables, encoder):
   params["bert"] = jax.tree.map(keep_box, params["bert"], nn.unbox(encoder),
                                 is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   return {**variables, "params": params}
-
-
-MIX_HPARAMS = ("mask_fraction", "same_fraction")  # a traced masking mix: [MASK] and kept shares; random the rest
-
-
-def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False):
-  """Masked language modelling as a research.train.Task.
-
-  Args:
-    config: an experiment config (experiments/bert.py): mask_rate, mask_mix and eval_mask_mix
-      as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size, optimizer, steps.
-    cfg: the model's config.
-    special: ids of "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"; all but [UNK] are never chosen.
-    traced_mix: the training mix is read from the traced hparams `mask_fraction` and
-      `same_fraction` (fractions of the chosen tokens; the random share is the rest), starting
-      at `mask_mix`, so members of one vmapped program can train with different mixes
-      (experiments/tables/bert_masking.py).
-
-  Returns:
-    A Task over batches of research.data.encoder sequences whose loss masks each batch from
-    the step's key, with the dropout rates traced (`traced_rates`), and whose
-    `evaluate(params, key, sequences)` gives `mlm_loss` and `mlm_accuracy` on the chosen
-    positions of held-out sequences, masked with a fixed key and `eval_mask_mix`, so every
-    run and every evaluation scores the same positions.
-  """
-  from research import optim  # pylint: disable=import-outside-toplevel
-  from research.train import Task  # pylint: disable=import-outside-toplevel
-  model = BertForMaskedLM(cfg)
-  never = jnp.asarray([i for token, i in special.items() if token != "[UNK]"], jnp.int32)
-
-  def masked_loss(params, batch, key, mix, train, rates=Rates()):
-    ids = batch["input_ids"]
-    eligible = batch["attention_mask"].astype(bool) & ~jnp.isin(ids, never)
-    k_mask, k_dropout = jax.random.split(key)
-    masked = mask_tokens(k_mask, ids, eligible, vocab_size=cfg.vocab_size, mask_id=special["[MASK]"],
-                         rate=config.mask_rate, mix=mix)
-    logits = model.apply(params, masked.input_ids, attention_mask=batch["attention_mask"],
-                         token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
-                         attention_dropout_rate=rates.attention, rngs={"dropout": k_dropout})
-    value, accuracy = mlm_loss(logits, ids, masked.chosen)
-    return value, accuracy, jnp.sum(masked.chosen)
-
-  def init(key, batch):
-    return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
-                      token_type_ids=batch["token_type_ids"])
-
-  def train_mix(hparams):
-    if not traced_mix or hparams is None:
-      return parse_mix(config.mask_mix)
-    p_mask, p_same = (hparams[name] for name in MIX_HPARAMS)
-    return p_mask, p_same, 1.0 - p_mask - p_same
-
-  def loss(params, batch, key, train, hparams=None):
-    value, accuracy, _ = masked_loss(params, batch, key, train_mix(hparams), train, _rates(hparams))
-    return value, {"mlm_accuracy": accuracy}
-
-  @jax.jit
-  def batch_sums(params, batch, key):
-    value, accuracy, count = masked_loss(params, batch, key, parse_mix(config.eval_mask_mix), False)
-    return value * count, accuracy * count, count
-
-  def evaluate(params, key, sequences, hparams=None):
-    del key, hparams  # a fixed key: the same held-out positions every time; no dropout
-    n = len(sequences["input_ids"])
-    nll = correct = count = 0.0
-    for i, start in enumerate(range(0, n, config.eval_batch_size)):
-      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in sequences.items()}
-      sums = batch_sums(params, batch, jax.random.fold_in(jax.random.key(0), i))
-      nll, correct, count = nll + float(sums[0]), correct + float(sums[1]), count + float(sums[2])
-    count = max(count, 1.0)
-    return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
-
-  hparams = traced_rates(cfg)
-  if traced_mix:
-    hparams.update(zip(MIX_HPARAMS, parse_mix(config.mask_mix)[:2]))
-  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=hparams)
-
-
-def make_classifier_task(config, cfg: BertConfig, encoder=None):
-  """Sequence classification (fine-tuning) as a research.train.Task.
-
-  Args:
-    config: an experiment config (experiments/bert.py): optimizer, steps, eval_batch_size.
-    cfg: the model's config (num_labels classes).
-    encoder: pre-trained "bert" parameters to start from, or None for a random encoder.
-
-  Returns:
-    A Task over research.data.encoder sequences with a `label`, whose loss is the mean
-    cross-entropy with the dropout rates traced (`traced_rates`), and whose
-    `evaluate(params, key, examples)` gives `accuracy` and `eval_loss`.
-  """
-  from research import optim  # pylint: disable=import-outside-toplevel
-  from research.train import Task  # pylint: disable=import-outside-toplevel
-  model = BertForSequenceClassification(cfg)
-
-  def forward(params, batch, train, key, rates=Rates()):
-    return model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
-                       attention_dropout_rate=rates.attention, rngs={"dropout": key})
-
-  def init(key, batch):
-    variables = model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
-                           token_type_ids=batch["token_type_ids"])
-    return variables if encoder is None else with_encoder(variables, encoder)
-
-  def cross_entropy(logits, labels):
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]  # (B,)
-
-  def loss(params, batch, key, train, hparams=None):
-    logits = forward(params, batch, train, key, _rates(hparams))
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
-    return jnp.mean(cross_entropy(logits, batch["label"])), {"accuracy": accuracy}
-
-  @jax.jit
-  def batch_sums(params, batch):
-    logits = forward(params, batch, False, jax.random.key(0))
-    return jnp.sum(cross_entropy(logits, batch["label"])), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-
-  def evaluate(params, key, examples, hparams=None):
-    del key, hparams  # no dropout in evaluation
-    n = len(examples["label"])
-    nll = correct = 0.0
-    for start in range(0, n, config.eval_batch_size):
-      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in examples.items()}
-      sums = batch_sums(params, batch)
-      nll, correct = nll + float(sums[0]), correct + float(sums[1])
-    return {"accuracy": correct / n, "eval_loss": nll / n, "eval_examples": n}
-
-  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=traced_rates(cfg))

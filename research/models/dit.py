@@ -27,15 +27,16 @@ small ones for 8x8 digits on a CPU, with patch sizes 1, 2, 4 or 8.
 """
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import embeddings
 from research.models import layers
+# dit.drop_labels: the paper's label dropout for classifier-free guidance, kept with the embeddings.
+from research.models.embeddings import drop_labels  # pylint: disable=unused-import
 
 CONDITIONINGS = ("adaln_zero", "adaln", "cross_attention", "in_context")
 # name -> (depth, hidden size, heads): the paper's Table 1, then small ones of this codebase.
@@ -48,7 +49,6 @@ SIZES = {
     "DiT-T": (4, 64, 4),
 }
 PATCH_SIZES = (1, 2, 4, 8)
-FREQUENCY_DIM = 256  # sinusoidal features of the timestep before its MLP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,11 @@ class DiTConfig:
     num_classes: number of classes (0: unconditional, no label embedding).
     learn_sigma: output 2C channels (noise and variance) instead of C.
     conditioning: one of CONDITIONINGS.
+    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS ("auto": the
+      platform's).
+    scan_layers: the blocks as one `nn.scan` (parameters "blocks" with a leading layer axis)
+      instead of a Python loop ("blocks_0", "blocks_1", ...): one block to compile.
+    remat: recompute in the backward pass: "none", "block" or "dots" (research.models.layers.REMATS).
     dtype: compute dtype (parameters stay float32).
   """
 
@@ -79,7 +84,20 @@ class DiTConfig:
   num_classes: int = 1000
   learn_sigma: bool = True
   conditioning: str = "adaln_zero"
+  attention: str = "auto"
+  scan_layers: bool = False
+  remat: str = "none"
   dtype: str = "float32"
+
+  def __post_init__(self):
+    layers.check_stacking(self.scan_layers, self.remat)
+    if self.input_size % self.patch_size:
+      raise ValueError(f"patch size {self.patch_size} does not divide the input size {self.input_size}")
+    if self.conditioning not in CONDITIONINGS:
+      raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of: {', '.join(CONDITIONINGS)}")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention {self.attention!r}; choose one of: "
+                       f"{', '.join(attention_lib.IMPLEMENTATIONS)}")
 
   @property
   def out_channels(self) -> int:
@@ -101,57 +119,19 @@ def config(name: str, input_size: int = 32, in_channels: int = 4, num_classes: i
 
   Raises:
     ValueError: for an unknown name, a patch size that does not divide input_size, or an
-      unknown conditioning.
+      unknown conditioning, attention or remat.
   """
   size, _, patch = name.partition("/")
   if size not in SIZES or not patch.isdigit() or int(patch) not in PATCH_SIZES:
     raise ValueError(f"unknown DiT {name!r}; choose one of: {', '.join(names())}")
   depth, hidden, heads = SIZES[size]
-  cfg = DiTConfig(input_size=input_size, in_channels=in_channels, patch_size=int(patch), hidden_size=hidden,
-                  depth=depth, num_heads=heads, num_classes=num_classes, learn_sigma=learn_sigma)
-  cfg = dataclasses.replace(cfg, **overrides)
-  if cfg.input_size % cfg.patch_size:
-    raise ValueError(f"patch size {cfg.patch_size} does not divide the input size {cfg.input_size}")
-  if cfg.conditioning not in CONDITIONINGS:
-    raise ValueError(f"unknown conditioning {cfg.conditioning!r}; choose one of: {', '.join(CONDITIONINGS)}")
-  return cfg
+  fields = dict(input_size=input_size, in_channels=in_channels, patch_size=int(patch), hidden_size=hidden,
+                depth=depth, num_heads=heads, num_classes=num_classes, learn_sigma=learn_sigma)
+  return DiTConfig(**{**fields, **overrides})
 
 
 # ---------------------------------------------------------------------------------------
-# Embeddings.
-
-
-def sincos_2d(embed_dim: int, grid_size: int) -> np.ndarray:
-  """The fixed 2-D sin-cos position embedding, (grid_size**2, embed_dim), row-major over the grid.
-
-  Half the channels encode the row, half the column, each as sin and cos of the position
-  times frequencies 1 / 10000^(2i / (embed_dim / 2)) (as in MAE and the DiT repository).
-  """
-  if embed_dim % 4:
-    raise ValueError(f"the 2-D sin-cos embedding needs a width divisible by 4, got {embed_dim}")
-  omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4))  # (D/4,)
-  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64),
-                           indexing="ij")
-
-  def one(pos):
-    angles = pos.reshape(-1)[:, None] * omega[None]  # (T, D/4)
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)  # (T, D/2)
-
-  # The DiT repository embeds the column coordinate first.
-  return np.concatenate([one(cols), one(rows)], axis=1).astype(np.float32)  # (T, D)
-
-
-def timestep_frequencies(t, dim: int = FREQUENCY_DIM, max_period: float = 10000.0):
-  """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin]."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
-  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]  # (N, half)
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
-def drop_labels(key, y, prob, num_classes: int):
-  """Label dropout for classifier-free guidance: each label becomes the null class w.p. `prob`."""
-  return jnp.where(jax.random.bernoulli(key, prob, y.shape), num_classes, y)
+# Blocks (the embedders are research/models/embeddings.py's).
 
 
 def _dense(features, name=None, init=nn.initializers.xavier_uniform(), axes=None, dtype="float32"):
@@ -159,66 +139,18 @@ def _dense(features, name=None, init=nn.initializers.xavier_uniform(), axes=None
   return layers.Dense(features, name=name, kernel_init=kernel_init, dtype=dtype)
 
 
-class TimestepEmbedder(nn.Module):
-  """t -> sinusoidal features -> Linear -> SiLU -> Linear, (N,) -> (N, D)."""
-
-  hidden_size: int
-  dtype: str = "float32"
-
-  @nn.compact
-  def __call__(self, t):
-    init = nn.initializers.normal(0.02)
-    h = _dense(self.hidden_size, "fc1", init, dtype=self.dtype)(timestep_frequencies(t))
-    return _dense(self.hidden_size, "fc2", init, dtype=self.dtype)(nn.silu(h))
-
-
-class LabelEmbedder(nn.Module):
-  """y -> a learned embedding; row `num_classes` is the null class of classifier-free guidance."""
-
-  num_classes: int
-  hidden_size: int
-
-  @nn.compact
-  def __call__(self, y):
-    return nn.Embed(self.num_classes + 1, self.hidden_size, embedding_init=nn.initializers.normal(0.02),
-                    name="embedding_table")(y)
-
-
-# ---------------------------------------------------------------------------------------
-# Blocks.
-
-
 def modulate(x, shift, scale):
   """adaLN: x * (1 + scale) + shift, with (N, D) conditioning broadcast over tokens."""
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
-class Attention(nn.Module):
-  """Multi-head attention of queries x over keys/values `context` (x itself for self-attention)."""
-
-  hidden_size: int
-  num_heads: int
-  dtype: str = "float32"
-
-  @nn.compact
-  def __call__(self, x, context=None):
-    context = x if context is None else context
-    head_dim = self.hidden_size // self.num_heads
-    init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "heads", "head_dim"))
-    proj = lambda name, inputs: layers.DenseParams((self.num_heads, head_dim), name=name, kernel_init=init)(
-        inputs.shape[-1])
-    # DenseGeneral's parameters, the projections of one input as one product: in the DiT training
-    # benchmark's step 3% faster than three on XLA:CPU. (N, T, heads, head_dim)
-    if context is x:
-      q, k, v = layers.dense_group(x, [proj("query", x), proj("key", x), proj("value", x)], dtype=self.dtype)
-    else:
-      (q,) = layers.dense_group(x, [proj("query", x)], dtype=self.dtype)
-      k, v = layers.dense_group(context, [proj("key", context), proj("value", context)], dtype=self.dtype)
-    # The reference's values with a backward from the saved probabilities: on CPU the fastest to
-    # train (the DiT benchmark).
-    out = attention_lib.dense_attention(q, k, v)  # (N, T, heads, head_dim)
-    out_init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("heads", "head_dim", "embed"))
-    return layers.DenseGeneral(self.hidden_size, axis=(-2, -1), name="out", kernel_init=out_init, dtype=self.dtype)(out)
+def attention(cfg: DiTConfig, name: str) -> attention_lib.MultiHeadAttention:
+  """The block's (self- or cross-) attention: Xavier-uniform projections, as the DiT repository's timm layers."""
+  init = nn.initializers.xavier_uniform()
+  # The three projections of one input as one product even on CPUs: the DiT training benchmark's
+  # step is 3% faster so on XLA:CPU at DiT-XS's width 128 (GPT-2's three are faster at 384).
+  return attention_lib.MultiHeadAttention(num_heads=cfg.num_heads, implementation=cfg.attention, stack_qkv=True,
+                                          kernel_init=init, out_init=init, dtype=cfg.dtype, name=name)
 
 
 class Mlp(nn.Module):
@@ -229,6 +161,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = _dense(int(self.hidden_size * self.mlp_ratio), "fc1", axes=("embed", "mlp"), dtype=self.dtype)(x)
+    h = nn.with_logical_constraint(h, layers.ACTIVATION_MLP)
     return _dense(self.hidden_size, "fc2", axes=("mlp", "embed"), dtype=self.dtype)(nn.gelu(h, approximate=True))
 
 
@@ -237,14 +170,15 @@ def _layer_norm(name, affine: bool, dtype):
 
 
 class DiTBlock(nn.Module):
-  """One transformer block conditioned on c (N, D) as `conditioning` says."""
+  """One transformer block conditioned on c (N, D) as `conditioning` says: (x, None) -> (x after it, None)."""
 
   cfg: DiTConfig
 
   @nn.compact
-  def __call__(self, x, c, cond_tokens):
+  def __call__(self, x, unused=None, *, c, cond_tokens):
+    del unused  # the signature of research.models.layers.blocks: the blocks take no per-layer input
     cfg = self.cfg
-    attn = Attention(cfg.hidden_size, cfg.num_heads, cfg.dtype, name="attn")
+    attn = attention(cfg, "attn")
     mlp = Mlp(cfg.hidden_size, cfg.mlp_ratio, cfg.dtype, name="mlp")
     if cfg.conditioning in ("adaln_zero", "adaln"):
       zero = cfg.conditioning == "adaln_zero"
@@ -259,12 +193,12 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, shift_mlp, scale_mlp = parts
         gate_msa = gate_mlp = jnp.ones_like(shift_msa)
       x = x + gate_msa[:, None] * attn(modulate(_layer_norm("norm1", False, cfg.dtype)(x), shift_msa, scale_msa))
-      return x + gate_mlp[:, None] * mlp(modulate(_layer_norm("norm2", False, cfg.dtype)(x), shift_mlp, scale_mlp))
+      x = x + gate_mlp[:, None] * mlp(modulate(_layer_norm("norm2", False, cfg.dtype)(x), shift_mlp, scale_mlp))
+      return x, None
     x = x + attn(_layer_norm("norm1", True, cfg.dtype)(x))
     if cfg.conditioning == "cross_attention":
-      cross = Attention(cfg.hidden_size, cfg.num_heads, cfg.dtype, name="cross_attn")
-      x = x + cross(_layer_norm("norm_cross", True, cfg.dtype)(x), cond_tokens)
-    return x + mlp(_layer_norm("norm2", True, cfg.dtype)(x))
+      x = x + attention(cfg, "cross_attn")(_layer_norm("norm_cross", True, cfg.dtype)(x), cond_tokens)
+    return x + mlp(_layer_norm("norm2", True, cfg.dtype)(x)), None
 
 
 class FinalLayer(nn.Module):
@@ -303,11 +237,11 @@ class DiT(nn.Module):
     patch_init = nn.initializers.xavier_uniform()  # on the flattened (p*p*C, D) kernel, as the paper
     h = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", kernel_init=patch_init,
                 name="x_embedder", dtype=cfg.dtype)(x.astype(cfg.dtype))  # (N, H/p, W/p, D)
-    h = h.reshape(n, grid * grid, cfg.hidden_size) + sincos_2d(cfg.hidden_size, grid)[None]  # (N, T, D)
+    h = h.reshape(n, grid * grid, cfg.hidden_size) + embeddings.sincos_2d(cfg.hidden_size, grid)[None]  # (N, T, D)
     # (2) Conditioning.
-    t_emb = TimestepEmbedder(cfg.hidden_size, cfg.dtype, name="t_embedder")(t)  # (N, D)
+    t_emb = embeddings.TimestepEmbedder(cfg.hidden_size, cfg.dtype, name="t_embedder")(t)  # (N, D)
     if cfg.num_classes > 0:
-      y_emb = LabelEmbedder(cfg.num_classes, cfg.hidden_size, name="y_embedder")(y)  # (N, D)
+      y_emb = embeddings.LabelEmbedder(cfg.num_classes, cfg.hidden_size, name="y_embedder")(y)  # (N, D)
     else:
       y_emb = jnp.zeros_like(t_emb)
     c = t_emb + y_emb
@@ -315,8 +249,8 @@ class DiT(nn.Module):
     if cfg.conditioning == "in_context":
       h = jnp.concatenate([h, cond_tokens.astype(h.dtype)], axis=1)  # (N, T + 2, D)
     # (3) Blocks.
-    for i in range(cfg.depth):
-      h = DiTBlock(cfg, name=f"blocks_{i}")(h, c, cond_tokens)
+    h, _ = layers.blocks(lambda: DiTBlock(cfg), cfg.depth, h, name="blocks", scan=cfg.scan_layers, remat=cfg.remat,
+                         c=c, cond_tokens=cond_tokens)
     if cfg.conditioning == "in_context":
       h = h[:, :grid * grid]  # drop the conditioning tokens
     # (4) Final layer and unpatchify: (N, T, p*p*C') -> (N, H, W, C').
@@ -328,10 +262,9 @@ class DiT(nn.Module):
 
 def count_params(cfg: DiTConfig) -> int:
   """Number of parameters, from shapes alone (`jax.eval_shape`, nothing allocated)."""
-  x = jnp.zeros((1, cfg.input_size, cfg.input_size, cfg.in_channels))
-  shapes = jax.eval_shape(lambda: DiT(cfg).init(jax.random.key(0), x, jnp.zeros((1,), jnp.int32),
-                                                jnp.zeros((1,), jnp.int32)))
-  return sum(math.prod(s.shape) for s in jax.tree.leaves(nn.unbox(shapes)))
+  label = jax.ShapeDtypeStruct((1,), jnp.int32)
+  return layers.count_params(DiT(cfg), jax.ShapeDtypeStruct((1, cfg.input_size, cfg.input_size, cfg.in_channels),
+                                                           jnp.float32), label, label)
 
 
 def forward_flops(cfg: DiTConfig, batch: int = 1) -> float:

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.models import attention as attention_lib
+from research.models import hf
 from research.models import layers
 
 # The published sizes: name -> (n_layer, n_embd, n_head).
@@ -52,7 +52,11 @@ class GPT2Config:
       only; off by default; a call may override both with one traced rate).
     positions: "learned" (GPT-2), "rope" or "alibi".
     num_kv_heads: key/value heads (None: n_head, i.e. GPT-2's multi-head attention).
-    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS.
+    attention: the kernel, one of research.models.attention.IMPLEMENTATIONS ("auto": the
+      platform's).
+    scan_layers: the blocks as one `nn.scan` (parameters "h" with a leading layer axis) instead
+      of a Python loop ("h_0", "h_1", ...): one block to compile.
+    remat: recompute in the backward pass: "none", "block" or "dots" (research.models.layers.REMATS).
     dtype: compute dtype; parameters stay float32 and logits are float32.
   """
 
@@ -67,10 +71,13 @@ class GPT2Config:
   resid_pdrop: float = 0.0
   positions: str = "learned"
   num_kv_heads: int | None = None
-  attention: str = "reference"
+  attention: str = "auto"
+  scan_layers: bool = False
+  remat: str = "none"
   dtype: str = "float32"
 
   def __post_init__(self):
+    layers.check_stacking(self.scan_layers, self.remat)
     if self.n_embd % self.n_head:
       raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
     if self.positions not in attention_lib.POSITIONS[:3]:
@@ -118,7 +125,7 @@ class MLP(nn.Module):
   def __call__(self, x, train: bool, dropout_rate=None):
     cfg = self.cfg
     h = layers.Dense(cfg.inner, name="c_fc", kernel_init=_init(0.02, ("embed", "mlp")), dtype=cfg.dtype)(x)
-    h = nn.gelu(h, approximate=True)  # GPT-2's "gelu_new"
+    h = nn.gelu(nn.with_logical_constraint(h, layers.ACTIVATION_MLP), approximate=True)  # GPT-2's "gelu_new"
     out = layers.Dense(cfg.n_embd, name="c_proj", kernel_init=_init(0.02 / math.sqrt(2 * cfg.n_layer), ("mlp", "embed")),
                    dtype=cfg.dtype)(h)
     return layers.Dropout(cfg.resid_pdrop)(out, train, rate=dropout_rate)
@@ -130,15 +137,16 @@ class Block(nn.Module):
   cfg: GPT2Config
 
   @nn.compact
-  def __call__(self, x, mask, positions, cache, cache_index, train: bool, dropout_rate):
+  def __call__(self, x, cache, *, mask, positions, cache_index, train: bool, dropout_rate):
+    """(x after the block, this layer's updated KVCache or None)."""
     cfg = self.cfg
     ln = lambda name: nn.LayerNorm(cfg.layer_norm_epsilon, name=name, dtype=cfg.dtype)
     attn = attention_lib.MultiHeadAttention(
-        num_heads=cfg.n_head, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, causal=True,
-        positions=cfg.positions, implementation=cfg.attention, dropout=cfg.resid_pdrop,
+        num_heads=cfg.n_head, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, positions=cfg.positions,
+        implementation=cfg.attention, dropout=cfg.resid_pdrop,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)), dtype=cfg.dtype, name="attn")
-    out = attn(ln("ln_1")(x), mask=mask, positions=positions, cache=cache, cache_index=cache_index, train=train,
-               dropout_rate=dropout_rate)
+    out = attn(ln("ln_1")(x), mask=mask, causal=True, positions=positions, cache=cache, cache_index=cache_index,
+               train=train, dropout_rate=dropout_rate)
     if cache is not None:
       out, cache = out
     x = x + out
@@ -149,8 +157,9 @@ class GPT2(nn.Module):
   """`apply({"params": p}, input_ids)` -> logits (B, T, vocab_size) float32.
 
   Keyword arguments: `attention_mask` (B, S) booleans (False at padding), `positions` (B, T)
-  (default 0 .. T-1 after cache_index), `cache` (a list of per-layer KVCache; then the
-  updated list is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}),
+  (default 0 .. T-1 after cache_index), `cache` (`init_cache`'s: a list of per-layer
+  KVCache, or one KVCache stacked on a leading layer axis under scan_layers; then the updated
+  cache is returned too), `cache_index`, `train` (dropout; needs rngs={'dropout'}),
   `dropout_rate` (in training, the embedding and residual dropout rate in place of embd_pdrop
   and resid_pdrop; may be a traced scalar, e.g. a sweep's), `return_hidden` (then (logits,
   hidden) with the final LayerNorm's output (B, T, n_embd) in place of the logits, for heads
@@ -173,34 +182,29 @@ class GPT2(nn.Module):
       wpe = self.param("wpe", _init(0.01, (None, "embed")), (cfg.n_positions, cfg.n_embd))
       x = x + jnp.take(wpe, positions, axis=0).astype(x.dtype)
     x = layers.Dropout(cfg.embd_pdrop)(x, train, rate=dropout_rate)
-    new_cache = []
-    for i in range(cfg.n_layer):
-      x, layer_cache = Block(cfg, name=f"h_{i}")(x, attention_mask, positions, None if cache is None else cache[i],
-                                                 cache_index, train, dropout_rate)
-      new_cache.append(layer_cache)
+    x, new_cache = layers.blocks(lambda: Block(cfg), cfg.n_layer, x, cache, name="h", scan=cfg.scan_layers,
+                                 remat=cfg.remat, mask=attention_mask, positions=positions, cache_index=cache_index,
+                                 train=train, dropout_rate=dropout_rate)
     x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
     # The tied output projection, (B, T, vocab), on (B * T, E) rows (see layers.Dense).
     logits = wte.attend(x.reshape(b * t, -1)).reshape(b, t, -1).astype(jnp.float32)
     out = (logits, x) if return_hidden else logits
     return out if cache is None else (out, new_cache)
 
-  def init_cache(self, batch: int, length: int) -> list[attention_lib.KVCache]:
+  def init_cache(self, batch: int, length: int) -> list[attention_lib.KVCache] | attention_lib.KVCache:
+    """Zeros for `length` positions: a KVCache (B, Hkv, S, D) per layer, or all layers' stacked under scan_layers."""
     cfg = self.cfg
+    if cfg.scan_layers:
+      shape = (cfg.n_layer, batch, cfg.kv_heads, length, cfg.head_dim)
+      return attention_lib.KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
     return [attention_lib.KVCache.zeros(batch, length, cfg.kv_heads, cfg.head_dim, cfg.dtype)
             for _ in range(cfg.n_layer)]
 
 
 def count_params(cfg: GPT2Config, embeddings: bool = True) -> int:
   """Parameters from shapes alone; without `embeddings`, Kaplan et al.'s non-embedding count."""
-  shapes = jax.eval_shape(lambda: GPT2(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
-  total = 0
-  for path, leaf in flat:
-    names = [str(getattr(k, "key", k)) for k in path]
-    if not embeddings and names[-1] in ("embedding", "wpe"):
-      continue
-    total += math.prod(leaf.shape)
-  return total
+  return layers.count_params(GPT2(cfg), jax.ShapeDtypeStruct((1, 1), jnp.int32),
+                             skip=() if embeddings else ("embedding", "wpe"))
 
 
 def lm_loss(logits, targets, mask=None):
@@ -216,47 +220,45 @@ def lm_loss(logits, targets, mask=None):
 # Weights to and from transformers: one explicit name table.
 
 
-def _hf_table(cfg: GPT2Config):
-  """(transformers name, our path, to ours, to theirs) for every tensor of a GPT2LMHeadModel.
+def _hf_table(cfg: GPT2Config) -> list[hf.Tensor]:
+  """Every tensor of a GPT2LMHeadModel (without the `transformer.` prefix) and its parameter in the Python-loop layout.
 
   transformers' Conv1D stores (in, out) like a Dense kernel; its fused c_attn (E, 3E) is split
   into our query/key/value kernels (E, heads, head_dim), c_proj into (heads, head_dim, E).
   """
   e, h, d = cfg.n_embd, cfg.n_head, cfg.head_dim
-  same = (lambda x: x, lambda x: x)
-  table = [("wte.weight", ("wte", "embedding"), *same)]
+  table = [hf.Tensor("wte.weight", ("wte", "embedding"))]
   if cfg.positions == "learned":
-    table.append(("wpe.weight", ("wpe",), *same))
+    table.append(hf.Tensor("wpe.weight", ("wpe",)))
   for i in range(cfg.n_layer):
     p, ours = f"h.{i}.", (f"h_{i}",)
     for ln in ("ln_1", "ln_2"):
-      table += [(p + f"{ln}.weight", ours + (ln, "scale"), *same), (p + f"{ln}.bias", ours + (ln, "bias"), *same)]
-    for j, name in enumerate(("query", "key", "value")):
-      table.append((p + "attn.c_attn.weight", ours + ("attn", name, "kernel"),
-                    functools.partial(lambda w, j: w[:, j * e:(j + 1) * e].reshape(e, h, d), j=j), None))
-      table.append((p + "attn.c_attn.bias", ours + ("attn", name, "bias"),
-                    functools.partial(lambda b, j: b[j * e:(j + 1) * e].reshape(h, d), j=j), None))
+      table += [hf.Tensor(p + f"{ln}.weight", ours + (ln, "scale")), hf.Tensor(p + f"{ln}.bias", ours + (ln, "bias"))]
+    for j, name in enumerate(("query", "key", "value")):  # the j-th third of c_attn
+      table += [hf.Tensor(p + "attn.c_attn.weight", ours + ("attn", name, "kernel"),
+                          lambda w, j=j: w[:, j * e:(j + 1) * e].reshape(e, h, d), lambda w: w.reshape(e, h * d)),
+                hf.Tensor(p + "attn.c_attn.bias", ours + ("attn", name, "bias"),
+                          lambda b, j=j: b[j * e:(j + 1) * e].reshape(h, d), lambda b: b.reshape(h * d))]
     table += [
-        (p + "attn.c_proj.weight", ours + ("attn", "out", "kernel"), lambda w: w.reshape(h, d, e),
-         lambda w: w.reshape(h * d, e)),
-        (p + "attn.c_proj.bias", ours + ("attn", "out", "bias"), *same),
-        (p + "mlp.c_fc.weight", ours + ("mlp", "c_fc", "kernel"), *same),
-        (p + "mlp.c_fc.bias", ours + ("mlp", "c_fc", "bias"), *same),
-        (p + "mlp.c_proj.weight", ours + ("mlp", "c_proj", "kernel"), *same),
-        (p + "mlp.c_proj.bias", ours + ("mlp", "c_proj", "bias"), *same),
+        hf.Tensor(p + "attn.c_proj.weight", ours + ("attn", "out", "kernel"), lambda w: w.reshape(h, d, e),
+                  lambda w: w.reshape(h * d, e)),
+        hf.Tensor(p + "attn.c_proj.bias", ours + ("attn", "out", "bias")),
+        hf.Tensor(p + "mlp.c_fc.weight", ours + ("mlp", "c_fc", "kernel")),
+        hf.Tensor(p + "mlp.c_fc.bias", ours + ("mlp", "c_fc", "bias")),
+        hf.Tensor(p + "mlp.c_proj.weight", ours + ("mlp", "c_proj", "kernel")),
+        hf.Tensor(p + "mlp.c_proj.bias", ours + ("mlp", "c_proj", "bias")),
     ]
-  table += [("ln_f.weight", ("ln_f", "scale"), *same), ("ln_f.bias", ("ln_f", "bias"), *same)]
-  return table
+  return table + [hf.Tensor("ln_f.weight", ("ln_f", "scale")), hf.Tensor("ln_f.bias", ("ln_f", "bias"))]
 
 
-def _config_from_hf(hf: dict) -> GPT2Config:
-  if hf.get("model_type") != "gpt2":
-    raise ValueError(f"config.json describes a {hf.get('model_type')!r} model, not gpt2")
-  if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-    raise ValueError(f"unsupported activation_function {hf['activation_function']!r} (GPT-2 uses gelu_new)")
-  return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"], n_embd=hf["n_embd"],
-                    n_layer=hf["n_layer"], n_head=hf["n_head"], n_inner=hf.get("n_inner"),
-                    layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+def _config_from_hf(saved: dict) -> GPT2Config:
+  if saved.get("model_type") != "gpt2":
+    raise ValueError(f"config.json describes a {saved.get('model_type')!r} model, not gpt2")
+  if saved.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+    raise ValueError(f"unsupported activation_function {saved['activation_function']!r} (GPT-2 uses gelu_new)")
+  return GPT2Config(vocab_size=saved["vocab_size"], n_positions=saved["n_positions"], n_embd=saved["n_embd"],
+                    n_layer=saved["n_layer"], n_head=saved["n_head"], n_inner=saved.get("n_inner"),
+                    layer_norm_epsilon=saved.get("layer_norm_epsilon", 1e-5))
 
 
 def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
@@ -264,8 +266,13 @@ def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
 
   Names may carry the `transformer.` prefix or not; the output head is tied to `wte`.
 
+  Args:
+    path: the directory.
+    **overrides: GPT2Config fields to replace (attention, dtype, scan_layers, remat, ...).
+
   Returns:
-    (GPT2 module, params) with params the dict to pass as {"params": params}.
+    (GPT2 module, params) with params the dict to pass as {"params": params}, in the layout of
+    the config's scan_layers.
 
   Raises:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
@@ -279,50 +286,36 @@ def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
   with open(config_path) as f:
     cfg = dataclasses.replace(_config_from_hf(json.load(f)), **overrides)
   tensors = {k.removeprefix("transformer."): v for k, v in load_file(weights_path).items()}
-  shapes = nn.unbox(jax.eval_shape(lambda: GPT2(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))["params"]
-  params: dict = {}
-  for hf_name, ours, to_ours, _ in _hf_table(cfg):
-    if hf_name not in tensors:
-      raise ValueError(f"tensor {hf_name} is missing from {weights_path}")
-    value = np.asarray(to_ours(tensors[hf_name]), np.float32)
-    expected = functools.reduce(lambda tree, key: tree[key], ours, shapes).shape
-    if value.shape != tuple(expected):
-      raise ValueError(f"tensor {hf_name} has shape {tensors[hf_name].shape}, which gives {value.shape} for "
-                       f"{'/'.join(ours)}; this config expects {tuple(expected)}")
-    node = params
-    for key in ours[:-1]:
-      node = node.setdefault(key, {})
-    node[ours[-1]] = jnp.asarray(value)
+  loop_cfg = dataclasses.replace(cfg, scan_layers=False)  # the table's layout: one subtree per block
+  shapes = nn.unbox(jax.eval_shape(lambda: GPT2(loop_cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
+  params = hf.read(_hf_table(cfg), tensors, shapes["params"], weights_path)
+  if cfg.scan_layers:
+    params = layers.stack_blocks(params, "h", cfg.n_layer)
   return GPT2(cfg), params
 
 
 def save_hf(path: str, cfg: GPT2Config, params) -> None:
-  """Writes config.json + model.safetensors that transformers' GPT2LMHeadModel.from_pretrained loads."""
+  """Writes config.json + model.safetensors that transformers' GPT2LMHeadModel.from_pretrained loads.
+
+  `params` are in the layout of cfg.scan_layers (stacked blocks are written one by one).
+  """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   if cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
     raise ValueError("only GPT-2 itself (learned positions, multi-head attention) has a transformers layout")
   params = nn.unbox(params)
-  get = lambda ours: np.asarray(functools.reduce(lambda tree, key: tree[key], ours, params), np.float32)
-  tensors = {}
-  qkv = {}
-  for hf_name, ours, _, to_theirs in _hf_table(cfg):
-    if to_theirs is None:  # a slice of the fused c_attn: gathered below
-      qkv.setdefault(hf_name, []).append(get(ours).reshape(cfg.n_embd, -1) if ours[-1] == "kernel"
-                                         else get(ours).reshape(-1))
-    else:
-      tensors["transformer." + hf_name] = np.ascontiguousarray(to_theirs(get(ours)))
-  for hf_name, parts in qkv.items():
-    tensors["transformer." + hf_name] = np.ascontiguousarray(np.concatenate(parts, axis=-1))
+  if cfg.scan_layers:
+    params = layers.unstack_blocks(params, "h")
+  tensors = {"transformer." + name: value for name, value in hf.write(_hf_table(cfg), params).items()}
   os.makedirs(path, exist_ok=True)
   save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-  hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head, "n_inner": cfg.n_inner, "activation_function": "gelu_new",
-        "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": cfg.resid_pdrop, "embd_pdrop": cfg.embd_pdrop,
-        "attn_pdrop": 0.0, "tie_word_embeddings": True, "bos_token_id": cfg.vocab_size - 1,
-        "eos_token_id": cfg.vocab_size - 1}
+  config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
+            "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head, "n_inner": cfg.n_inner, "activation_function": "gelu_new",
+            "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": cfg.resid_pdrop,
+            "embd_pdrop": cfg.embd_pdrop, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+            "bos_token_id": cfg.vocab_size - 1, "eos_token_id": cfg.vocab_size - 1}
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(hf, f, indent=2)
+    json.dump(config, f, indent=2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -332,7 +325,7 @@ def save_hf(path: str, cfg: GPT2Config, params) -> None:
 class DecodeCarry(NamedTuple):
   """What the decoding scan carries from one new token to the next."""
 
-  cache: list
+  cache: list | attention_lib.KVCache  # GPT2.init_cache's
   logits: jax.Array  # (B, vocab) for the next token
   key: jax.Array
 
@@ -392,11 +385,11 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
     (B, N) int32 new tokens.
   """
   b, p = tokens.shape
-  if b == 1:
-    # A batch of one decodes as two equal rows: at batch 1, XLA:CPU copied every layer's whole
-    # KV cache three times per new token (it fused the cache update once into each differently
-    # shaped reader of it); two rows are updated in place, and the weights are read once per
-    # step either way. Measured at GPT-2 6 x 384, batch 1: 2.52 -> 2.16 ms per token.
+  if b == 1 and layers.on_cpu():
+    # On CPUs a batch of one decodes as two equal rows: at batch 1, XLA:CPU copied every layer's
+    # whole KV cache three times per new token (it fused the cache update once into each
+    # differently shaped reader of it); two rows are updated in place, and the weights are read
+    # once per step either way. Measured at GPT-2 6 x 384, batch 1: 2.52 -> 2.16 ms per token.
     two = lambda x: jnp.concatenate([x, x])
     return continue_prompts(model, params, two(tokens), two(prompt_mask), key, max_new_tokens, temperature,
                             top_k, top_p)[:1]
@@ -425,7 +418,8 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
 
   carry, new = DecodeCarry(cache, logits[:, -1], key), []
   for start, end in zip([0] + ends[:-1], ends):
-    grow = lambda x, end=end: jnp.pad(x, ((0, 0), (0, 0), (0, p + end - x.shape[2]), (0, 0)))
+    # Each cache array is (..., S, D), with a leading layer axis under scan_layers.
+    grow = lambda x, end=end: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, p + end - x.shape[-2]), (0, 0)])
     carry = carry._replace(cache=jax.tree.map(grow, carry.cache))
     carry, tokens_out = phase(carry, start, end)
     new.append(tokens_out)
@@ -503,7 +497,7 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
 
 
 # ---------------------------------------------------------------------------------------
-# The task: next-token prediction on the one training loop.
+# The model of an experiment config (its plug-in for the loop is research/tasks/gpt2.py).
 
 
 def model_config(config, vocab_size: int) -> GPT2Config:
@@ -511,76 +505,8 @@ def model_config(config, vocab_size: int) -> GPT2Config:
   return GPT2Config(vocab_size=vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
                     n_layer=config.n_layer, n_head=config.n_head, num_kv_heads=config.num_kv_heads or None,
                     positions=config.positions, attention=config.attention, embd_pdrop=config.dropout,
-                    resid_pdrop=config.dropout, dtype=config.dtype)
-
-
-def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]], unit: str = "token"):
-  """GPT-2 language modelling as a research.train.Task.
-
-  Args:
-    config: an experiment config (experiments/gpt2.py): model fields, seq_len, optimizer,
-      eval_batch_size, sample_tokens, temperature, top_k.
-    vocab_size: the tokenizer's vocabulary size.
-    decode: ids -> text, for the samples.
-    prompts: token ids of the prompts the samples continue.
-    unit: what a token is ("char" for a character-level model), naming `val_bits_per_<unit>`.
-
-  Returns:
-    A Task whose loss is the mean next-token cross-entropy of `tokens` windows (B, seq_len + 1)
-    with `dropout` (embedding and residual) a traced hyperparameter (Task.hparams),
-    whose `evaluate(params, key, windows)` gives `val_loss` (nats per token) and
-    `val_bits_per_<unit>` over evaluation windows, and whose `sample` writes continuations.
-  """
-  from research import optim  # pylint: disable=import-outside-toplevel
-  from research.train import Task  # pylint: disable=import-outside-toplevel
-  cfg = model_config(config, vocab_size)
-  if config.seq_len > cfg.n_positions and cfg.positions == "learned":
-    raise ValueError(f"seq_len {config.seq_len} exceeds n_positions {cfg.n_positions}")
-  model = GPT2(cfg)
-
-  def init(key, batch):
-    return model.init(key, batch["tokens"][:, :-1])
-
-  def loss(params, batch, key, train, hparams=None):
-    tokens = batch["tokens"]
-    rate = config.dropout if hparams is None else hparams["dropout"]
-    logits = model.apply(params, tokens[:, :-1], train=train, dropout_rate=rate, rngs={"dropout": key})
-    value = lm_loss(logits, tokens[:, 1:])
-    return value, {f"bits_per_{unit}": value / math.log(2)}
-
-  def evaluate(params, key, windows, hparams=None):
-    # Pure: chunks of eval_batch_size windows in one lax.map (the last padded, its padding masked),
-    # so a sweep's members are scored together in one vmapped program. No dropout: hparams are unused.
-    del key, hparams
-    tokens = windows["tokens"]
-    n, length = tokens.shape
-    batch = min(config.eval_batch_size, n)
-    chunks = -(-n // batch)
-    padded = jnp.pad(tokens, ((0, chunks * batch - n), (0, 0))).reshape(chunks, batch, length)
-    valid = (jnp.arange(chunks * batch) < n).reshape(chunks, batch)
-
-    def chunk_nll(chunk):
-      window, ok = chunk
-      mask = jnp.broadcast_to(ok[:, None], (batch, length - 1))
-      return lm_loss(model.apply(params, window[:, :-1]), window[:, 1:], mask) * jnp.sum(mask)
-
-    count = n * (length - 1)
-    return {"val_loss": jnp.sum(jax.lax.map(chunk_nll, (padded, valid))) / count, "val_tokens": count}
-
-  def summarize(arrays):
-    value = float(arrays["val_loss"])
-    return {"val_loss": value, f"val_bits_per_{unit}": value / math.log(2), "val_tokens": int(arrays["val_tokens"])}
-
-  def sample(params, key, hparams=None):
-    del hparams  # generation has no dropout
-    out = generate(model, params["params"], [list(p) for p in prompts], config.sample_tokens, key=key,
-                   temperature=config.temperature, top_k=config.top_k)
-    return {"samples": [decode(prompt) + " ||| " + decode(o[len(prompt):]) for prompt, o in zip(prompts, out)]}
-
-  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
-              evaluate_pure=True, summarize=summarize, sample=sample,
-              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps),
-              hparams={"dropout": config.dropout})
+                    resid_pdrop=config.dropout, scan_layers=config.scan_layers, remat=config.remat,
+                    dtype=config.dtype)
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,10 +24,25 @@ becomes a select and every member's bits are drawn). For a Python rate the bits 
             `DenseGeneral(features, name=n)`) applied as one matrix product: the DiT's query,
             key and value projections as one (E, 3, H, D) product, whose backward is one product
             for the input's gradient rather than three and their sum (3% faster DiT-XS/2
-            training steps on 2 cores; at GPT-2's 384 width the stacked product is slower, and
-            its attention keeps three).
+            training steps on 2 cores; at GPT-2's 384 width the stacked product is slower on
+            CPUs, where the shared attention takes three; see research/models/attention.py).
+
+A transformer's stack of blocks, and what every model file shares:
+
+  blocks    `count` blocks in a Python loop (parameters `<name>_<i>`) or as one `nn.scan`
+            (`scan=True`: parameters `<name>` with a leading "layers" axis, one block compiled),
+            each optionally under `nn.remat` ("block": keep only its input for the backward
+            pass; "dots": keep its matrix products' outputs, `checkpoint_dots`).
+  stack_blocks, unstack_blocks   the two parameter layouts into each other.
+  ACTIVATION_*   logical names of activation axes, for `nn.with_logical_constraint`; the
+            rules of research/train/parallel.py map them to mesh axes (a no-op when traced
+            outside `nn.logical_axis_rules` and a mesh).
+  count_params   parameters of a module from shapes alone.
+  on_cpu    whether programs are compiled for CPUs: the one test of a CPU-only workaround.
 """
 
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -97,25 +112,45 @@ class DenseGeneral(nn.DenseGeneral):
   """`nn.DenseGeneral` whose contracted axes are the last ones, with the leading axes flattened into one.
 
   The contracted axes are given as negative numbers (-1, or (-2, -1)); batch axes (`batch_dims`)
-  are not supported.
+  are not supported. Parameters, initial values and arithmetic are flax's; the parameters are
+  created as `DenseParams` creates them, which also works when traced under `jax.set_mesh`
+  (flax's own reshape of a logically partitioned initial value applies the parameter's sharding
+  to the flat draw, of another rank, and fails there).
   """
 
+  @nn.compact
   def __call__(self, inputs):
     axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
     n = len(axes)
     if self.batch_dims or any(a >= 0 for a in axes) or sorted(axes) != list(range(-n, 0)):
       raise ValueError(f"layers.DenseGeneral contracts the trailing axes, given as negative numbers; got "
                        f"axis={self.axis}, batch_dims={self.batch_dims}")
-    lead = inputs.shape[:inputs.ndim - n]
-    out = super().__call__(inputs.reshape(-1, *inputs.shape[inputs.ndim - n:]))
-    return out.reshape(*lead, *out.shape[1:])
+    lead, contracted = inputs.shape[:inputs.ndim - n], inputs.shape[inputs.ndim - n:]
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    size = int(np.prod(features))
+    kernel = self.param("kernel", _reshaped_init(self.kernel_init, (int(np.prod(contracted)), size)),
+                        contracted + features, self.param_dtype)
+    bias = self.param("bias", _reshaped_init(self.bias_init, (size,)), features,
+                      self.param_dtype) if self.use_bias else None
+    rows, kernel, bias = nn.dtypes.promote_dtype(inputs.reshape(-1, *contracted), kernel, bias, dtype=self.dtype)
+    out = jax.lax.dot_general(rows, kernel, ((tuple(range(1, n + 1)), tuple(range(n))), ((), ())),
+                              precision=self.precision)  # (N, *features)
+    if bias is not None:
+      out = out + jnp.reshape(bias, (1,) + features)
+    return out.reshape(*lead, *features)
 
 
 def _reshaped_init(init, flat_shape):
-  """`init` drawn at `flat_shape` and reshaped to the parameter's shape, as nn.DenseGeneral does."""
+  """`init` drawn at `flat_shape` and reshaped to the parameter's shape, as nn.DenseGeneral does.
+
+  A boxed (logically partitioned) draw is reshaped inside its box, without the sharding
+  constraint that unboxing applies under a mesh: the names are the parameter's, not the draw's.
+  """
 
   def wrapped(key, shape, dtype=jnp.float32):
     value = init(key, flat_shape, dtype)
+    if isinstance(value, meta.Partitioned):
+      return value.replace_boxed(jnp.reshape(value.unbox(apply_constraint=False), shape))
     if isinstance(value, meta.AxisMetadata):
       return meta.replace_boxed(value, jnp.reshape(value.unbox(), shape))
     return jnp.reshape(value, shape)
@@ -172,3 +207,115 @@ def dense_group(x, params, dtype=None) -> list:
     outs += [y[:, m].reshape(lead + y.shape[2:]) for m in range(j - i)]
     i = j
   return outs
+
+
+# ---------------------------------------------------------------------------------------
+# Stacks of blocks.
+
+REMATS = ("none", "block", "dots")
+_REMAT_POLICIES = {"block": None, "dots": jax.checkpoint_policies.checkpoint_dots}
+# Logical names of activation axes (research/train/parallel.py maps them to mesh axes).
+ACTIVATION_EMBED = ("activation_batch", "activation_length", "activation_embed")  # (B, T, E)
+ACTIVATION_HEADS = ("activation_batch", "activation_length", "activation_heads", "activation_kv")  # (B, T, H, D)
+ACTIVATION_MLP = ("activation_batch", "activation_length", "activation_mlp")  # (B, T, hidden)
+
+
+def on_cpu() -> bool:
+  """Whether programs are compiled for CPUs (jax's default backend): the test of every CPU-only workaround."""
+  return jax.default_backend() == "cpu"
+
+
+def check_stacking(scan_layers, remat) -> None:
+  """Raises ValueError unless scan_layers is a bool and remat one of REMATS."""
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+  if remat not in REMATS:
+    raise ValueError(f"unknown remat {remat!r}; choose one of: {', '.join(REMATS)}")
+
+
+class _Block(nn.Module):
+  """One block in this module's own scope (named as the block), with the call's other arguments bound."""
+
+  make: Callable[[], nn.Module]
+  kwargs: dict
+
+  @nn.compact
+  def __call__(self, x, layer_input):
+    block = self.make()
+    nn.share_scope(self, block)  # the block's parameters are this module's: <name>/...
+    return block(nn.with_logical_constraint(x, ACTIVATION_EMBED), layer_input, **self.kwargs)
+
+
+def blocks(make: Callable[[], nn.Module], count: int, x, per_layer=None, *, name: str, scan: bool = False,
+           remat: str = "none", **kwargs):
+  """x through `count` blocks `make()`, each called as `block(x, its input, **kwargs) -> (x, its output)`.
+
+  Call inside a compact `__call__`: the blocks are that module's children. Every block's input
+  x is constrained to ACTIVATION_EMBED.
+
+  Args:
+    make: builds one (unnamed) block module.
+    count: the number of blocks.
+    x: (B, T, E), carried from block to block.
+    per_layer: each block's own input (e.g. its KV cache): a list of `count` (Python loop) or
+      a pytree with a leading axis of `count` (scan); None: no input.
+    name: the blocks' parameters are `<name>_<i>` (Python loop) or `<name>` (scan).
+    scan: one `nn.scan` over the blocks: parameters gain a leading "layers" axis, and the
+      program holds one block, compiled once.
+    remat: one of REMATS.
+    **kwargs: the same for every block (masks, flags, rates).
+
+  Returns:
+    (x, the blocks' outputs: a list, or stacked on a leading axis under scan).
+  """
+  check_stacking(scan, remat)
+  block = _Block if remat == "none" else nn.remat(_Block, policy=_REMAT_POLICIES[remat], prevent_cse=not scan)
+  if scan:
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True}, length=count,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+    return stack(make, kwargs, name=name)(x, per_layer)
+  outs = []
+  for i in range(count):
+    x, out = block(make, kwargs, name=f"{name}_{i}")(x, None if per_layer is None else per_layer[i])
+    outs.append(out)
+  return x, outs
+
+
+def stack_blocks(params: dict, name: str, count: int) -> dict:
+  """Unboxed parameters with blocks `<name>_0` .. `<name>_<count-1>` -> one `<name>` stacked on a leading axis.
+
+  The Python loop's layout into scan's (see `blocks`); the other entries are kept.
+
+  Raises:
+    ValueError: when a block is missing.
+  """
+  names = [f"{name}_{i}" for i in range(count)]
+  missing = [n for n in names if n not in params]
+  if missing:
+    raise ValueError(f"cannot stack {count} blocks: {missing[0]} is missing (have: {', '.join(sorted(params))})")
+  out = {k: v for k, v in params.items() if k not in names}
+  out[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])
+  return out
+
+
+def unstack_blocks(params: dict, name: str) -> dict:
+  """The inverse of `stack_blocks`: `<name>` stacked on a leading axis -> `<name>_0`, `<name>_1`, ..."""
+  if name not in params:
+    raise ValueError(f"no stacked blocks {name!r} to unstack (have: {', '.join(sorted(params))})")
+  count = jax.tree.leaves(params[name])[0].shape[0]
+  out = {k: v for k, v in params.items() if k != name}
+  out.update({f"{name}_{i}": jax.tree.map(lambda x, i=i: x[i], params[name]) for i in range(count)})
+  return out
+
+
+def count_params(model: nn.Module, *inputs, skip: Sequence[str] = ()) -> int:
+  """Parameters of `model.init(key, *inputs)` from shapes alone (`jax.eval_shape`: nothing is allocated).
+
+  Args:
+    model: a linen module.
+    *inputs: example inputs (arrays or jax.ShapeDtypeStruct).
+    skip: parameter names (the last key of a path, e.g. "embedding") not counted.
+  """
+  shapes = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *inputs)
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+  return sum(math.prod(leaf.shape) for path, leaf in flat if str(getattr(path[-1], "key", path[-1])) not in skip)

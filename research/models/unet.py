@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from research.models import attention as attention_lib
-from research.models import layers
-from research.models.dit import timestep_frequencies
+from research.models import embeddings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +33,8 @@ class UNetConfig:
     dropout: dropout rate inside residual blocks (training only).
     num_classes: 0 for an unconditional model; else a class embedding with a null row.
     out_channels: channels of the output (the image's C, or 2C to learn the variance).
+    attention: the kernel of the self-attention, one of research.models.attention.IMPLEMENTATIONS
+      ("reference" by default: the numbers of earlier runs; "auto" is the platform's).
     dtype: compute dtype (parameters stay float32).
   """
 
@@ -44,6 +45,7 @@ class UNetConfig:
   dropout: float = 0.0
   num_classes: int = 0
   out_channels: int = 1
+  attention: str = "reference"
   dtype: str = "float32"
 
 
@@ -68,20 +70,27 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention over the H x W positions, residual, with a GroupNorm in front."""
+  """Multi-head self-attention over the H x W positions, residual, with a GroupNorm in front.
+
+  The attention is the shared one in its "fused" layout, in this module's own scope: the
+  parameters stay GroupNorm_0, DenseGeneral_0 (the (ch, 3, heads, d) query/key/value kernel)
+  and DenseGeneral_1 (the zero-initialised output).
+  """
 
   heads: int
   groups: int
+  attention: str = "reference"
   dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x):
     n, height, width, ch = x.shape
     h = nn.GroupNorm(self.groups, dtype=self.dtype)(x).reshape(n, height * width, ch)  # (N, HW, ch)
-    qkv = layers.DenseGeneral((3, self.heads, ch // self.heads), dtype=self.dtype)(h)  # (N, HW, 3, heads, d)
-    out = attention_lib.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (N, HW, heads, d)
-    out = layers.DenseGeneral(ch, axis=(-2, -1), kernel_init=nn.initializers.zeros, dtype=self.dtype)(out)
-    return x + out.reshape(n, height, width, ch)
+    attn = attention_lib.MultiHeadAttention(num_heads=self.heads, implementation=self.attention, layout="fused",
+                                            kernel_init=nn.linear.default_kernel_init,
+                                            out_init=nn.initializers.zeros, dtype=self.dtype)
+    nn.share_scope(self, attn)
+    return x + attn(h).reshape(n, height, width, ch)
 
 
 class UNet(nn.Module):
@@ -93,7 +102,7 @@ class UNet(nn.Module):
   def __call__(self, x, t, y=None, train: bool = False):
     cfg = self.cfg
     width = 4 * cfg.channels[0]
-    emb = nn.Dense(width, dtype=cfg.dtype)(timestep_frequencies(t, cfg.channels[0] * 2))
+    emb = nn.Dense(width, dtype=cfg.dtype)(embeddings.timestep_frequencies(t, cfg.channels[0] * 2))
     emb = nn.Dense(width, dtype=cfg.dtype)(nn.silu(emb))  # (N, 4 * ch0)
     if cfg.num_classes > 0:
       emb = emb + nn.Embed(cfg.num_classes + 1, width, name="class_embedding")(y)
@@ -109,7 +118,7 @@ class UNet(nn.Module):
         h = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=cfg.dtype)(h)  # (N, H/2, W/2, ch)
         skips.append(h)
     h = block(cfg.channels[-1])(h, emb, train)
-    h = SelfAttention(cfg.attention_heads, cfg.groups, cfg.dtype)(h)
+    h = SelfAttention(cfg.attention_heads, cfg.groups, cfg.attention, cfg.dtype)(h)
     h = block(cfg.channels[-1])(h, emb, train)
     for level, ch in reversed(list(enumerate(cfg.channels))):
       for _ in range(cfg.blocks_per_level + 1):

@@ -2,12 +2,15 @@
 
 The three steps of Ouyang et al. (2022), with Stiennon et al. (2020) and Ziegler et al. (2019):
 
-1. a pretrained, supervised-fine-tuned language model (research/models/gpt2.py; `make_sft_task`);
-2. a reward model learned from rankings of its own samples (`RewardModel`, `make_reward_task`);
+1. a pretrained, supervised-fine-tuned language model (research/models/gpt2.py);
+2. a reward model learned from rankings of its own samples (`RewardModel`, `ranking_loss`);
 3. reinforcement learning against that reward with a KL penalty to the starting model
-   (`make_ppo_update`: one rollout + PPO update as one pure function, run by the loop through
-   `make_ppo_task` or as a whole-training `lax.scan` through `make_ppo_train`), or directly
-   from the preferences with DPO (Rafailov et al. 2023; `make_dpo_task`).
+   (`make_ppo_update`: one rollout + PPO update as one pure function, run by the loop or as a
+   whole-training `lax.scan` through `make_ppo_train`), or directly from the preferences with
+   DPO (Rafailov et al. 2023; `dpo_loss`).
+
+The plug-ins that train each stage on the loop (`make_sft_task`, `make_reward_task`,
+`make_ppo_task`, `make_dpo_task`) are research/tasks/rlhf.py.
 
 Preferences come from a hidden gold scorer (`gold_score`) instead of people, drawn through the
 Bradley-Terry / Plackett-Luce model with a temperature, so labels are noisy as human ones are.
@@ -35,9 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research.checks import ConfigError
 from research.models import gpt2
 from research.rl.losses import clipped_surrogate_loss, entropy, gae, log_prob, value_loss
-from research.train import ConfigError, Task, TrainState, apply_gradients
+from research.train.step import apply_gradients
 
 # ---------------------------------------------------------------------------------------
 # 1. The gold scorer and the preferences it labels.
@@ -249,164 +253,14 @@ def sequence_kl(logits: jax.Array, ref_logits: jax.Array) -> jax.Array:
   return jnp.sum(jnp.exp(logp) * (logp - ref_logp), axis=(-2, -1))
 
 
-# ---------------------------------------------------------------------------------------
-# 4. Supervised fine-tuning and the reward model as tasks of the one loop.
-
-
-def _flat_rankings(batch) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
-  tokens, completion = batch["tokens"], batch["completion"]
-  b, k, length = tokens.shape
-  return tokens.reshape(b * k, length), completion.reshape(b * k, length), (b, k)
-
-
-def make_sft_task(cfg: gpt2.GPT2Config, lm_params, tx: optax.GradientTransformation, learning_rate=None) -> Task:
-  """Supervised fine-tuning on demonstrations, starting from `lm_params`.
-
-  The batch is {"tokens": (B, L), "completion": (B, L)}; the loss is the next-token
-  cross-entropy on the completion tokens only (the prompt is given, not imitated).
-
-  Args:
-    cfg: the language model's config.
-    lm_params: the pretrained parameters the run starts from.
-    tx: the optimizer.
-    learning_rate: `learning_rate(opt_state, step)` to log, or None.
-
-  Returns:
-    A research.train.Task whose params are {"params": lm_params}.
-  """
-  model = gpt2.GPT2(cfg)
-
-  def loss(params, batch, key, train):
-    del key, train
-    tokens = batch["tokens"]
-    logits = model.apply(params, tokens[:, :-1])
-    value = gpt2.lm_loss(logits, tokens[:, 1:], batch["completion"][:, 1:])
-    return value, {"completion_nll": value}
-
-  return Task(init=lambda key, batch: {"params": lm_params}, tx=tx, loss=loss, learning_rate=learning_rate)
-
-
 def reward_model_scores(cfg: gpt2.GPT2Config, rm_params, tokens: jax.Array, completion: jax.Array) -> jax.Array:
   """The reward model's scores of (B, L) sequences whose real tokens end where `completion` ends; (B,)."""
   real = jnp.cumsum(completion[:, ::-1], axis=1)[:, ::-1] > 0  # everything up to the last completion token
   return RewardModel(cfg).apply(rm_params, tokens, real)
 
 
-def make_reward_task(cfg: gpt2.GPT2Config, tx: optax.GradientTransformation, lm_params=None, eval_batch: int = 64,
-                     learning_rate=None) -> Task:
-  """The reward model trained on rankings with the pairwise loss, as a research.train.Task.
-
-  Args:
-    cfg: the backbone's config.
-    tx: the optimizer.
-    lm_params: the language model the backbone starts from (None: a fresh backbone).
-    eval_batch: rankings per evaluation batch.
-    learning_rate: `learning_rate(opt_state, step)` to log, or None.
-
-  Returns:
-    A Task over ranking batches {"tokens": (B, K, L), "completion": (B, K, L)}, best first;
-    `evaluate(params, key, rankings)` gives `pair_accuracy` and `pair_loss` over every pair of
-    the held-out rankings.
-  """
-
-  def init(key, batch):
-    return init_reward_model(cfg, key, batch["tokens"].shape[-1], lm_params)
-
-  def rewards(params, batch):
-    tokens, completion, (b, k) = _flat_rankings(batch)
-    return reward_model_scores(cfg, params, tokens, completion).reshape(b, k)
-
-  def loss(params, batch, key, train):
-    del key, train
-    r = rewards(params, batch)
-    return ranking_loss(r), {"pair_accuracy": pair_accuracy(r), "reward_mean": jnp.mean(r)}
-
-  @jax.jit
-  def eval_batch_sums(params, batch):
-    r = rewards(params, batch)
-    pairs = r.shape[0] * len(ranked_pairs(r.shape[1])[0])
-    return ranking_loss(r) * pairs, pair_accuracy(r) * pairs, pairs
-
-  def evaluate(params, key, data):
-    del key
-    return _summed_over_batches(eval_batch_sums, params, data, eval_batch, ("pair_loss", "pair_accuracy"))
-
-  return Task(init=init, tx=tx, loss=loss, evaluate=evaluate, learning_rate=learning_rate)
-
-
-def _summed_over_batches(fn, params, data, batch_size: int, names: Sequence[str]) -> dict[str, float]:
-  """Means of per-batch sums (fn returns (sum_1, ..., sum_n, count)) over `data` in batches."""
-  size = len(data["tokens"])
-  totals, count = np.zeros(len(names)), 0
-  for start in range(0, size, batch_size):
-    out = fn(params, {k: jnp.asarray(v[start:start + batch_size]) for k, v in data.items()})
-    totals += np.asarray([float(x) for x in out[:-1]])
-    count += int(out[-1])
-  return {name: total / max(count, 1) for name, total in zip(names, totals)}
-
-
 # ---------------------------------------------------------------------------------------
-# 5. DPO.
-
-
-def make_dpo_task(cfg: gpt2.GPT2Config, lm_params, tx: optax.GradientTransformation, beta: float,
-                  eval_batch: int = 64, learning_rate=None) -> Task:
-  """DPO on rankings, from `lm_params`, with the frozen reference (the same parameters) as TrainState.extra.
-
-  beta is a traced hyperparameter (Task.hparams {"beta": ...}), so a sweep over it is one
-  vmapped program (research.train.Members).
-
-  Args:
-    cfg: the language model's config.
-    lm_params: the starting (and reference) model.
-    tx: the optimizer.
-    beta: DPO's KL strength.
-    eval_batch: rankings per evaluation batch.
-    learning_rate: `learning_rate(opt_state, step)` to log, or None.
-
-  Returns:
-    A Task over ranking batches {"tokens": (B, K, L), "completion": (B, K, L)}, best first,
-    whose params are {"params": lm}; `evaluate(params, key, rankings)` gives the held-out
-    `dpo_loss` at the config's beta and `implicit_reward_accuracy` (pairs whose better
-    completion has the higher implicit reward).
-  """
-  model = gpt2.GPT2(cfg)
-
-  def log_probs(lm, batch):
-    tokens, completion, (b, k) = _flat_rankings(batch)
-    return sequence_log_probs(model, lm, tokens, completion).reshape(b, k)
-
-  def train_step(state: TrainState, batch, key):
-    del key
-    ref = jax.lax.stop_gradient(log_probs(state.extra, batch))
-
-    def loss_fn(params):
-      value, implicit = dpo_loss(log_probs(params["params"], batch), ref, state.hparams["beta"])
-      return value, implicit
-
-    (value, implicit), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    params, opt_state, health = apply_gradients(tx, state.params, state.opt_state, grads)
-    metrics = {"loss": value, "implicit_reward_accuracy": pair_accuracy(implicit),
-               "implicit_reward_margin": jnp.mean(implicit[:, 0] - implicit[:, -1]), **health}
-    return state.replace(params=params, opt_state=opt_state), metrics
-
-  @jax.jit
-  def eval_batch_sums(params, ref, batch):
-    implicit_loss, implicit = dpo_loss(log_probs(params["params"], batch), log_probs(ref, batch), beta)
-    pairs = implicit.shape[0] * len(ranked_pairs(implicit.shape[1])[0])
-    return implicit_loss * pairs, pair_accuracy(implicit) * pairs, pairs
-
-  def evaluate(params, key, data, hparams=None):
-    del key, hparams  # the held-out loss is at the config's beta, for every member
-    return _summed_over_batches(lambda p, b: eval_batch_sums(p, lm_params, b), params, data, eval_batch,
-                                ("dpo_loss", "implicit_reward_accuracy"))
-
-  return Task(init=lambda key, batch: {"params": lm_params}, tx=tx, train_step=train_step, evaluate=evaluate,
-              init_extra=lambda key, batch: lm_params, hparams={"beta": beta}, learning_rate=learning_rate)
-
-
-# ---------------------------------------------------------------------------------------
-# 6. PPO for language models.
+# 4. PPO for language models.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -600,48 +454,6 @@ def make_ppo_update(cfg: gpt2.GPT2Config, settings: PPOSettings, tx: optax.Gradi
   return update
 
 
-def make_ppo_task(cfg: gpt2.GPT2Config, settings: PPOSettings, tx: optax.GradientTransformation, lm_params,
-                  ref_params, rm_params, hparams: dict[str, float], evaluate=None, learning_rate=None) -> Task:
-  """PPO on the one training loop: each step is one rollout + update (`make_ppo_update`) on a batch of prompts.
-
-  Args:
-    cfg: the GPT-2 config of policy, reference and reward model.
-    settings: the static PPO settings.
-    tx: the policy's optimizer.
-    lm_params: the language model the policy starts from.
-    ref_params: the frozen reference (usually the same parameters).
-    rm_params: the frozen reward model's variables.
-    hparams: {PPOHParams field: value}, traced (TrainState.hparams), so a sweep over kl_coef
-      is one vmapped program.
-    evaluate: `evaluate(params, key, data) -> metrics`, or None; the PPO hyperparameters the
-      loop hands a task's evaluation (Task.evaluate) are not passed on.
-    learning_rate: `learning_rate(opt_state, step)` to log, or None.
-
-  Returns:
-    A Task over batches {"prompts": (B, P)} whose params are PolicyWithValue variables and
-    whose TrainState.extra is a Frozen (reference, reward model, KL controller).
-  """
-  missing = set(PPOHParams._fields) - set(hparams)
-  if missing:
-    raise ConfigError(f"ppo hparams lack {', '.join(sorted(missing))}")
-  update = make_ppo_update(cfg, settings, tx)
-
-  def train_step(state: TrainState, batch, key):
-    hp = PPOHParams(**{name: state.hparams[name] for name in PPOHParams._fields})
-    params, opt_state, frozen, metrics, _ = update(state.params, state.opt_state, state.extra, batch["prompts"], key,
-                                                   hp)
-    return state.replace(params=params, opt_state=opt_state, extra=frozen), metrics._asdict()
-
-  def evaluate_policy(params, key, data, hparams=None):
-    del hparams
-    return evaluate(params, key, data)
-
-  return Task(init=lambda key, batch: init_policy(cfg, key, lm_params), tx=tx, train_step=train_step,
-              evaluate=evaluate_policy if evaluate is not None else None, learning_rate=learning_rate,
-              init_extra=lambda key, batch: Frozen(ref_params, rm_params, jnp.ones((), jnp.float32)),
-              hparams={name: float(hparams[name]) for name in PPOHParams._fields})
-
-
 class PPOOutput(NamedTuple):
   """What `make_ppo_train`'s `train` returns."""
 
@@ -697,7 +509,7 @@ def make_ppo_train(cfg: gpt2.GPT2Config, settings: PPOSettings, tx: optax.Gradie
 
 
 # ---------------------------------------------------------------------------------------
-# 7. Evaluation of a policy against the reference and the reward model.
+# 5. Evaluation of a policy against the reference and the reward model.
 
 
 class PolicySamples(NamedTuple):

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from research.train import parallel
 from research.train.config import ConfigError
 
 
@@ -105,6 +106,27 @@ class Checkpointer:
       raise RuntimeError(f"no readable checkpoint among steps {steps} in {self.directory}; "
                          "refusing to start from scratch over them")
     return None
+
+  def restore_saved(self) -> tuple[int, Any]:
+    """The newest checkpoint's state as it was saved: (step, nested dicts of arrays).
+
+    Nothing of the run that wrote it needs rebuilding (a later stage reads an earlier one's
+    parameters this way), and its arrays come back replicated over this process's devices,
+    whatever mesh they were saved from.
+
+    Raises:
+      ConfigError: if the workdir holds no checkpoint.
+    """
+    self.wait()
+    steps = self.steps()
+    if not steps:
+      raise ConfigError(f"{os.path.dirname(self.directory)} holds no checkpoint")
+    replicated = parallel.replicated(parallel.make_mesh())
+    stored = self._manager.item_metadata(steps[-1])["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                          getattr(stored, "tree", stored))
+    restored = self._manager.restore(steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    return steps[-1], restored["state"]
 
   def _target(self, step: int, abstract_state):
     """What to restore into, and how to make the state from it.

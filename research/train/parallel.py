@@ -39,6 +39,14 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("length", None),
     ("layers", None),
+    # Activations (research/models/layers.py's ACTIVATION_*): the batch split like the data, heads
+    # and MLP units like their parameters; the residual stream's width is whole on every device.
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", TENSOR_AXIS),
+    ("activation_kv", None),
+    ("activation_mlp", TENSOR_AXIS),
 )
 # Unnamed arrays smaller than this stay replicated: sharding them saves nothing worth a collective.
 MIN_SHARDED_SIZE = 1024

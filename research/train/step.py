@@ -134,9 +134,7 @@ def make_train_step(task: Task, ema_decay: float, grad_accum: int = 1):
 
   def default_step(state: TrainState, batch, key):
     def loss_fn(params, micro, k):
-      if task.hparams is not None:
-        return task.loss(params, micro, k, True, state.hparams)
-      return task.loss(params, micro, k, True)
+      return task.loss(params, micro, k, True, task.traced(state.hparams))
 
     (loss, metrics), grads = accumulate_gradients(loss_fn, state.params, batch, key, grad_accum)
     params, opt_state, health = apply_gradients(task.tx, state.params, state.opt_state, grads)

@@ -1,0 +1,160 @@
+"""BERT's plug-ins for the loop: masked-LM pre-training and sequence classification (fine-tuning).
+
+    task = make_pretrain_task(config, cfg, special)          # a research.train.Task
+    task = make_classifier_task(config, cfg, encoder)        # from pre-trained "bert" parameters
+
+The models, the masking and the losses are research/models/bert.py.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from research import optim
+from research.models.bert import (BertConfig, BertForMaskedLM, BertForSequenceClassification, Rates, mask_tokens,
+                                  mlm_loss, parse_mix, with_encoder)
+from research.train import Task
+
+
+def traced_rates(cfg: BertConfig) -> dict[str, float]:
+  """A BERT task's Task.hparams: its dropout rates under experiments/bert.py's field names.
+
+  `dropout` is hidden_dropout_prob; `attention_dropout` (attention_probs_dropout_prob) is
+  traced only where the reference attention, the one implementation that has it, trains:
+  when named, or chosen by "auto" for a rate above 0.
+  """
+  rates = {"dropout": cfg.hidden_dropout_prob}
+  if cfg.attention == "reference" or (cfg.attention == "auto" and cfg.attention_probs_dropout_prob > 0):
+    rates["attention_dropout"] = cfg.attention_probs_dropout_prob
+  return rates
+
+
+def _rates(hparams) -> Rates:
+  """The model's call-time rates from a task's traced `hparams` (None: the config's own)."""
+  return Rates() if hparams is None else Rates(hparams["dropout"], hparams.get("attention_dropout"))
+
+
+MIX_HPARAMS = ("mask_fraction", "same_fraction")  # a traced masking mix: [MASK] and kept shares; random the rest
+
+
+def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False):
+  """Masked language modelling as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/bert.py): mask_rate, mask_mix and eval_mask_mix
+      as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size, optimizer, steps.
+    cfg: the model's config.
+    special: ids of "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"; all but [UNK] are never chosen.
+    traced_mix: the training mix is read from the traced hparams `mask_fraction` and
+      `same_fraction` (fractions of the chosen tokens; the random share is the rest), starting
+      at `mask_mix`, so members of one vmapped program can train with different mixes
+      (experiments/tables/bert_masking.py).
+
+  Returns:
+    A Task over batches of research.data.encoder sequences whose loss masks each batch from
+    the step's key, with the dropout rates traced (`traced_rates`), and whose
+    `evaluate(params, key, sequences)` gives `mlm_loss` and `mlm_accuracy` on the chosen
+    positions of held-out sequences, masked with a fixed key and `eval_mask_mix`, so every
+    run and every evaluation scores the same positions.
+  """
+  model = BertForMaskedLM(cfg)
+  never = jnp.asarray([i for token, i in special.items() if token != "[UNK]"], jnp.int32)
+
+  def masked_loss(params, batch, key, mix, train, rates=Rates()):
+    ids = batch["input_ids"]
+    eligible = batch["attention_mask"].astype(bool) & ~jnp.isin(ids, never)
+    k_mask, k_dropout = jax.random.split(key)
+    masked = mask_tokens(k_mask, ids, eligible, vocab_size=cfg.vocab_size, mask_id=special["[MASK]"],
+                         rate=config.mask_rate, mix=mix)
+    logits = model.apply(params, masked.input_ids, attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
+                         attention_dropout_rate=rates.attention, rngs={"dropout": k_dropout})
+    value, accuracy = mlm_loss(logits, ids, masked.chosen)
+    return value, accuracy, jnp.sum(masked.chosen)
+
+  def init(key, batch):
+    return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"])
+
+  def train_mix(hparams):
+    if not traced_mix or hparams is None:
+      return parse_mix(config.mask_mix)
+    p_mask, p_same = (hparams[name] for name in MIX_HPARAMS)
+    return p_mask, p_same, 1.0 - p_mask - p_same
+
+  def loss(params, batch, key, train, hparams=None):
+    value, accuracy, _ = masked_loss(params, batch, key, train_mix(hparams), train, _rates(hparams))
+    return value, {"mlm_accuracy": accuracy}
+
+  @jax.jit
+  def batch_sums(params, batch, key):
+    value, accuracy, count = masked_loss(params, batch, key, parse_mix(config.eval_mask_mix), False)
+    return value * count, accuracy * count, count
+
+  def evaluate(params, key, sequences, hparams=None):
+    del key, hparams  # a fixed key: the same held-out positions every time; no dropout
+    n = len(sequences["input_ids"])
+    nll = correct = count = 0.0
+    for i, start in enumerate(range(0, n, config.eval_batch_size)):
+      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in sequences.items()}
+      sums = batch_sums(params, batch, jax.random.fold_in(jax.random.key(0), i))
+      nll, correct, count = nll + float(sums[0]), correct + float(sums[1]), count + float(sums[2])
+    count = max(count, 1.0)
+    return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
+
+  hparams = traced_rates(cfg)
+  if traced_mix:
+    hparams.update(zip(MIX_HPARAMS, parse_mix(config.mask_mix)[:2]))
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=hparams)
+
+
+def make_classifier_task(config, cfg: BertConfig, encoder=None):
+  """Sequence classification (fine-tuning) as a research.train.Task.
+
+  Args:
+    config: an experiment config (experiments/bert.py): optimizer, steps, eval_batch_size.
+    cfg: the model's config (num_labels classes).
+    encoder: pre-trained "bert" parameters to start from, or None for a random encoder.
+
+  Returns:
+    A Task over research.data.encoder sequences with a `label`, whose loss is the mean
+    cross-entropy with the dropout rates traced (`traced_rates`), and whose
+    `evaluate(params, key, examples)` gives `accuracy` and `eval_loss`.
+  """
+  model = BertForSequenceClassification(cfg)
+
+  def forward(params, batch, train, key, rates=Rates()):
+    return model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
+                       attention_dropout_rate=rates.attention, rngs={"dropout": key})
+
+  def init(key, batch):
+    variables = model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=batch["token_type_ids"])
+    return variables if encoder is None else with_encoder(variables, encoder)
+
+  def cross_entropy(logits, labels):
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]  # (B,)
+
+  def loss(params, batch, key, train, hparams=None):
+    logits = forward(params, batch, train, key, _rates(hparams))
+    accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    return jnp.mean(cross_entropy(logits, batch["label"])), {"accuracy": accuracy}
+
+  @jax.jit
+  def batch_sums(params, batch):
+    logits = forward(params, batch, False, jax.random.key(0))
+    return jnp.sum(cross_entropy(logits, batch["label"])), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+
+  def evaluate(params, key, examples, hparams=None):
+    del key, hparams  # no dropout in evaluation
+    n = len(examples["label"])
+    nll = correct = 0.0
+    for start in range(0, n, config.eval_batch_size):
+      batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in examples.items()}
+      sums = batch_sums(params, batch)
+      nll, correct = nll + float(sums[0]), correct + float(sums[1])
+    return {"accuracy": correct / n, "eval_loss": nll / n, "eval_examples": n}
+
+  return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
+              learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=traced_rates(cfg))
