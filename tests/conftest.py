@@ -1,5 +1,7 @@
 """Shared fixtures: the bundled digits split and a helper to run scripts in a subprocess."""
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -23,10 +25,25 @@ def pytest_collection_modifyitems(items):
 
   With `-n 2 --dist loadgroup` (README) every test is scheduled on its own as a worker frees up,
   so the long ones, started first, spread over the workers and no worker ends the suite alone on
-  one; a file whose module fixture is costly keeps its tests on one worker with
-  `pytestmark = pytest.mark.xdist_group(...)`.
+  one; a file whose fixture is costly keeps its tests on one worker with
+  `pytestmark = pytest.mark.xdist_group(...)` and makes the fixture session-scoped: other files'
+  tests run between its tests, and pytest tears a module-scoped fixture down at each such switch
+  (the 8-device sharding run was computed four times).
   """
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def once_per_session(tmp_path_factory, name: str, compute):
+  """`compute()`'s JSON-able result, computed by the first worker of this test session that asks and
+  read back by the others (xdist may spread one file's tests over both workers)."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this session's folder, shared
+  path = root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first to write it
+    if not path.exists():
+      path.write_text(json.dumps(compute()))
+  return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_gaussian_kl_matches_monte_carlo():
   np.testing.assert_allclose(autoencoder.gaussian_kl(one), [0.5], rtol=1e-6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def vae():
   """A small VAE at its initialisation (a poor encoder: the bounds are far apart) and binary data."""
   config = _config("vae", latent_dim=4, hidden=(32,))

@@ -26,7 +26,7 @@ def _hf_config(**extra):
                                  attention_probs_dropout_prob=0.0, **extra)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def reference(tmp_path_factory):
   """Random transformers BertForMaskedLM and BertForSequenceClassification of odd sizes, saved."""
   torch.manual_seed(0)

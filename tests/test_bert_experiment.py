@@ -66,7 +66,7 @@ def test_wordpiece_tokenizer_round_trip_and_vocab_file(tmp_path):
     tokenizers.make(f"bert:{tmp_path}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def pretrained(tmp_path_factory):
   from experiments import bert as experiment  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp("pretrain")

@@ -81,7 +81,7 @@ def test_trend_reads_the_numbers():
   assert "**holds in part**" in lines[-1]  # η = 0 is still within noise of the best
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def ddim_run(tmp_path_factory):
   outdir = tmp_path_factory.mktemp("ddim")
   # The smoke preset: S = 2 and 4, η = 0 and 1, the linear and quadratic τ, 10 samples per cell.

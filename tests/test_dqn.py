@@ -91,7 +91,7 @@ def test_epsilon_greedy_explores_at_the_rate_epsilon():
 # ----------------------------------------------------------------------------- the jitted run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def two_seeds():
   """Two seeds vmapped, and a single run of the second, of the tiny config with Double DQN and a dueling head."""
   config = _tiny_config(double_dqn=True, dueling=True)

@@ -47,7 +47,7 @@ def _sklearn(x, covariance_type, **kwargs):
     return GaussianMixture(K, covariance_type=covariance_type, **kwargs).fit(np.asarray(x, np.float64))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def fits():
   """(x, ours, sklearn's) per covariance type, from the same initialisation; shared by several tests."""
   x = _data()

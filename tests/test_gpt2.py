@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 ODD = dict(vocab_size=37, n_positions=19, n_embd=48, n_layer=2, n_head=3)  # 3 heads of 16
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def reference(tmp_path_factory):
   """A random transformers GPT2LMHeadModel of odd sizes (init std 0.3: outputs that vary), saved."""
   torch.manual_seed(0)

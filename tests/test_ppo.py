@@ -143,7 +143,7 @@ def _random_policy_return(episodes: int = 200) -> float:
   return total / episodes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def smoke_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ppo_smoke"))
   config = ppo_experiment.get_config("smoke")

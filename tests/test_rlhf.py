@@ -89,7 +89,7 @@ class Models(NamedTuple):
   policy: dict  # the policy's variables: lm with a random (not zero) value head
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def models() -> Models:
   """Tiny models, built in one compiled call (eager initialisation costs more than compiling it)."""
 

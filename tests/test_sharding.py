@@ -7,26 +7,30 @@ import numpy as np
 import pytest
 
 import mesh_run
-from conftest import run_python
+from conftest import once_per_session, run_python
 
-# One worker runs this file: its module fixture is costly (see conftest.py).
+# One worker runs this file: its session fixtures are costly (see conftest.py).
 pytestmark = pytest.mark.xdist_group("eight_devices")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def eight_devices(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("mesh")
-  proc = run_python(["tests/mesh_run.py", str(workdir)],
-                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": "tests"})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  def compute():
+    workdir = tmp_path_factory.mktemp("mesh")
+    proc = run_python(["tests/mesh_run.py", str(workdir)],
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": "tests"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+  return once_per_session(tmp_path_factory, "eight_devices", compute)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def one_device(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("single")
-  return {model: mesh_run.run(model, str(workdir / model), 6).results["train_loss"] for model in
-          ("vae", "transformer")}
+  def compute():
+    workdir = tmp_path_factory.mktemp("single")
+    return {model: mesh_run.run(model, str(workdir / model), 6).results["train_loss"] for model in
+            ("vae", "transformer")}
+  return once_per_session(tmp_path_factory, "one_device", compute)
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def _results(workdir) -> dict:
   return json.loads((workdir / "results.json").read_text())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def reference(tmp_path_factory):
   """An uninterrupted 2-task job and the same run as one process beside it; their workdirs."""
   root = tmp_path_factory.mktemp("slurm")

@@ -12,7 +12,7 @@ from research import sweep
 from research.train import Keys, init_state, train
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def digits():
   return data_lib.load("digits", "train")
 
