@@ -39,6 +39,7 @@ EXTRAS_REQUIRE = {
         "gymnasium>=1.0,<2",
         "diffusers>=0.30,<1",  # reference for the DDPM/DDIM scheduler parity tests
         "MinAtar>=1.0.15,<2",  # reference dynamics of gymnax's MinAtar games (its torch is an extra, not pulled)
+        "stable-baselines3>=2.3,<3",  # the A2C benchmark's peer (its torch is the pin above)
     ],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
