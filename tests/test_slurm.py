@@ -7,6 +7,7 @@ for the cancelled-and-resubmitted one and for the checkpoint a killed task leave
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import launch
-from conftest import run_python
+from conftest import once_per_session, run_python
 from research.train.checkpoint import restore_pytree
 
 
@@ -120,20 +121,26 @@ def _results(workdir) -> dict:
 
 @pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def reference(tmp_path_factory):
-  """An uninterrupted 2-task job and the same run as one process beside it; their workdirs."""
-  root = tmp_path_factory.mktemp("slurm")
-  job_dir, one_dir = root / "two tasks", root / "one process"  # a space in the path, as users have
-  job = _submit(job_dir)
-  one = subprocess.Popen([sys.executable, "-m", "experiments.autoencoder", f"--workdir={one_dir}", *FLAGS],
-                         cwd=launch.checkout(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  try:
-    _, err = one.communicate(timeout=JOB_TIMEOUT_S)
-  finally:
-    if one.poll() is None:
-      one.kill()
-  assert one.returncode == 0, err[-2000:]
-  assert _wait_done(job, job_dir) == "COMPLETED", _log(job_dir, job)[-3000:]
-  return job_dir, one_dir
+  """An uninterrupted 2-task job and the same run as one process beside it; their workdirs (run once per
+  test session, whichever worker asks first)."""
+
+  def compute():
+    root = tmp_path_factory.mktemp("slurm")
+    job_dir, one_dir = root / "two tasks", root / "one process"  # a space in the path, as users have
+    job = _submit(job_dir)
+    one = subprocess.Popen([sys.executable, "-m", "experiments.autoencoder", f"--workdir={one_dir}", *FLAGS],
+                           cwd=launch.checkout(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+      _, err = one.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+      if one.poll() is None:
+        one.kill()
+    assert one.returncode == 0, err[-2000:]
+    assert _wait_done(job, job_dir) == "COMPLETED", _log(job_dir, job)[-3000:]
+    return [str(job_dir), str(one_dir)]
+
+  job_dir, one_dir = once_per_session(tmp_path_factory, "slurm_reference", compute)
+  return pathlib.Path(job_dir), pathlib.Path(one_dir)
 
 
 def test_two_tasks_match_one_process(reference):
