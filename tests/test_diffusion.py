@@ -1,9 +1,10 @@
 """Diffusion process: schedules, objectives, DDPM/DDIM steps and samplers.
 
-Parity with diffusers' DDPMScheduler and DDIMScheduler (clip_sample=False; DDIM with
-set_alpha_to_one=True, steps_offset=0 and "leading" spacing, which are this module's
-conventions), closed forms of the forward process, exact denoisers of point-mass and Gaussian
-data, classifier-free guidance, inversion, and vmap over the guidance scale and η.
+Parity with diffusers' DDPMScheduler and DDIMScheduler (clip_sample off and on, DDIM's with
+use_clipped_model_output=True; DDIM with set_alpha_to_one=True, steps_offset=0 and "leading"
+spacing, which are this module's conventions), closed forms of the forward process, exact
+denoisers of point-mass and Gaussian data, classifier-free guidance, inversion, and vmap over the
+guidance scale and η.
 
 The step parity tests run diffusers' own `step` in float64 (its ᾱ recomputed in float64 from
 its betas): in float32 its coefficients lose ~1e-3 relative at small t to the cancellation in
@@ -73,9 +74,10 @@ def _numpy_gaussian_denoiser(alphas_cumprod, mu, s, prediction):
   return denoise_fn
 
 
-def _ddim_reference(name, prediction):
+def _ddim_reference(name, prediction, clip_sample=False):
   """diffusers' DDIM with this module's conventions: ᾱ_{-1} = 1, τ = range(0, T, T // S)."""
-  return _schedulers().DDIMScheduler(num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=False,
+  return _schedulers().DDIMScheduler(num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name],
+                                     clip_sample=clip_sample,
                                      set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",
                                      prediction_type=DIFFUSERS_PREDICTION[prediction])
 
@@ -216,13 +218,14 @@ def test_loss_oracles_and_baselines():
 # Update rules.
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-def test_ddpm_step_matches_diffusers(name, prediction, variance):
+def test_ddpm_step_matches_diffusers(name, prediction, variance, clip_sample):
   torch = _torch()
   ref = _in_float64(_schedulers().DDPMScheduler(
-      num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=False,
+      num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=clip_sample,
       prediction_type=DIFFUSERS_PREDICTION[prediction], variance_type=variance))
   schedule = diffusion.make_schedule(name, T)
   x_t, output = _normal(0), _normal(1)
@@ -233,10 +236,15 @@ def test_ddpm_step_matches_diffusers(name, prediction, variance):
                         generator=torch.Generator().manual_seed(seed)).prev_sample.numpy()
     noise = noise.astype(np.float32)
     x0, eps = diffusion.to_x0_eps(schedule, x_t, t, output, prediction)
-    got = diffusion.ddpm_step(schedule, x_t, eps, t, noise, variance, x0=x0)
+    assert np.abs(x0).max() > 1.0  # the clipping has something to clip
+    got = diffusion.ddpm_step(schedule, x_t, eps, t, noise, variance, x0=x0, clip_sample=clip_sample)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"t={t}")
+    # Without x0, the step derives it from ε (and clips it) itself.
+    np.testing.assert_allclose(diffusion.ddpm_step(schedule, x_t, eps, t, noise, variance, clip_sample=clip_sample),
+                               expected, atol=2e-4 if t == 999 and name == "cosine" else 1e-5, rtol=1e-5)
     if t == 0:  # no noise at the last step
-      np.testing.assert_allclose(got, diffusion.ddpm_step(schedule, x_t, eps, t, 0 * noise, variance, x0=x0))
+      np.testing.assert_allclose(got, diffusion.ddpm_step(schedule, x_t, eps, t, 0 * noise, variance, x0=x0,
+                                                          clip_sample=clip_sample))
 
 
 def test_ddim_timesteps():
@@ -261,20 +269,24 @@ def test_ddim_timesteps():
     diffusion.ddim_timesteps(1000, 10, "cubic")
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-def test_ddim_step_matches_diffusers(name, prediction):
+def test_ddim_step_matches_diffusers(name, prediction, clip_sample):
+  """With clip_sample, ε is re-derived from the clipped x0: diffusers' use_clipped_model_output=True."""
   torch = _torch()
-  ref = _in_float64(_ddim_reference(name, prediction))
+  ref = _in_float64(_ddim_reference(name, prediction, clip_sample))
   ref.set_timesteps(10)
   schedule = diffusion.make_schedule(name, T)
   x_t, output, noise = _normal(0), _normal(1), _normal(2)
   for t in [900, 500, 100, 0]:
     for eta in (0.0, 0.5, 1.0):
-      expected = ref.step(_f64(torch, output), t, _f64(torch, x_t), eta=eta,
+      expected = ref.step(_f64(torch, output), t, _f64(torch, x_t), eta=eta, use_clipped_model_output=True,
                           variance_noise=_f64(torch, noise)).prev_sample.numpy()
       x0, eps = diffusion.to_x0_eps(schedule, x_t, t, output, prediction)
-      got = diffusion.ddim_step(schedule, x_t, eps, t, t - 100 if t else -1, eta, noise, x0=x0)
+      assert np.abs(x0).max() > 1.0  # the clipping has something to clip
+      got = diffusion.ddim_step(schedule, x_t, eps, t, t - 100 if t else -1, eta, noise, x0=x0,
+                                clip_sample=clip_sample)
       np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"t={t} eta={eta}")
 
 
@@ -314,13 +326,14 @@ def test_sigma_hat_step_matches_direct_formula():
   np.testing.assert_allclose(diffusion.sigma_hat_step(schedule, x_t, eps, 300, 300, noise), x_t, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-def test_sigma_hat_step_matches_diffusers_ddpm_on_a_subsequence(name, prediction):
+def test_sigma_hat_step_matches_diffusers_ddpm_on_a_subsequence(name, prediction, clip_sample):
   """diffusers' DDPMScheduler with fixed_large and 10 inference steps is the σ̂ update along τ."""
   torch = _torch()
   ref = _in_float64(_schedulers().DDPMScheduler(
-      num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=False,
+      num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[name], clip_sample=clip_sample,
       prediction_type=DIFFUSERS_PREDICTION[prediction], variance_type="fixed_large", timestep_spacing="leading",
       steps_offset=0))
   ref.set_timesteps(10)
@@ -333,7 +346,8 @@ def test_sigma_hat_step_matches_diffusers_ddpm_on_a_subsequence(name, prediction
     expected = ref.step(_f64(torch, output), t, _f64(torch, x_t),
                         generator=torch.Generator().manual_seed(seed)).prev_sample.numpy()
     x0, eps = diffusion.to_x0_eps(schedule, x_t, t, output, prediction)
-    got = diffusion.sigma_hat_step(schedule, x_t, eps, t, t - 100 if t else -1, noise.astype(np.float32), x0=x0)
+    got = diffusion.sigma_hat_step(schedule, x_t, eps, t, t - 100 if t else -1, noise.astype(np.float32), x0=x0,
+                                   clip_sample=clip_sample)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f"t={t}")
 
 
@@ -359,6 +373,11 @@ def test_samplers_ddim_eta_one_equals_ddpm():
   ddpm = diffusion.sample_ddpm(schedule, denoise_fn, key, (6, 2))
   ddim = diffusion.sample_ddim(schedule, denoise_fn, key, (6, 2), jnp.arange(50), eta=1.0)
   np.testing.assert_allclose(ddim, ddpm, atol=1e-5)
+  # Clipped too: DDIM's ε re-derived from the clipped x0 puts its mean at the posterior's of that x0.
+  clipped = diffusion.sample_ddpm(schedule, denoise_fn, key, (6, 2), clip_sample=True)
+  assert np.abs(clipped - ddpm).max() > 1e-2  # the clipping changed the samples
+  np.testing.assert_allclose(diffusion.sample_ddim(schedule, denoise_fn, key, (6, 2), jnp.arange(50), eta=1.0,
+                                                   clip_sample=True), clipped, atol=1e-5)
   # The σ̂ sampler on every step is DDPM with β_t, from the same x_T and step noise.
   large = diffusion.sample_ddpm(schedule, denoise_fn, key, (6, 2), variance="fixed_large")
   np.testing.assert_allclose(diffusion.sample_sigma_hat(schedule, denoise_fn, key, (6, 2), jnp.arange(50)), large,
@@ -369,12 +388,13 @@ def test_samplers_ddim_eta_one_equals_ddpm():
     np.testing.assert_allclose(diffusion.sample_sigma_hat(schedule, point, key, (6, 2), taus), -0.75, atol=1e-4)
 
 
+@pytest.mark.parametrize("clip_sample", [False, True])
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
 @pytest.mark.parametrize("name", ["linear", "cosine"])
-def test_sample_ddim_matches_diffusers_loop(name, prediction):
+def test_sample_ddim_matches_diffusers_loop(name, prediction, clip_sample):
   """The whole scan against diffusers' step in a Python loop, same x_T and step noise."""
   torch = _torch()
-  ref = _in_float64(_ddim_reference(name, prediction))
+  ref = _in_float64(_ddim_reference(name, prediction, clip_sample))
   ref.set_timesteps(10)
   schedule = diffusion.make_schedule(name, T)
   mu, s = 0.3, 0.6
@@ -382,14 +402,15 @@ def test_sample_ddim_matches_diffusers_loop(name, prediction):
   x_T = _normal(5)
   sample = jax.jit(lambda eta: diffusion.sample_ddim(schedule, _gaussian_denoiser(schedule, mu, s, prediction), key,
                                                      SHAPE, diffusion.ddim_timesteps(T, 10), eta,
-                                                     prediction=prediction, x_T=x_T))
+                                                     prediction=prediction, clip_sample=clip_sample, x_T=x_T))
   ref_denoise = _numpy_gaussian_denoiser(ref.alphas_cumprod.numpy(), mu, s, prediction)
   k_steps = jax.random.split(key)[1]  # the documented stream of the step noise
   for eta in (0.0, 0.5, 1.0):
     x = _f64(torch, x_T)
     for t in ref.timesteps:
       noise = jax.random.normal(jax.random.fold_in(k_steps, int(t)), SHAPE)
-      x = ref.step(ref_denoise(x, int(t)), t, x, eta=eta, variance_noise=_f64(torch, noise)).prev_sample
+      x = ref.step(ref_denoise(x, int(t)), t, x, eta=eta, use_clipped_model_output=True,
+                   variance_noise=_f64(torch, noise)).prev_sample
     np.testing.assert_allclose(sample(eta), x.numpy(), atol=2e-5, rtol=1e-5, err_msg=f"eta={eta}")
 
 

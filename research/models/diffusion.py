@@ -43,6 +43,7 @@ LINEAR_BETA_START = 1e-4  # Ho et al., section 4: β_1 = 1e-4 ...
 LINEAR_BETA_END = 0.02  # ... to β_T = 0.02, linearly
 COSINE_OFFSET = 0.008  # Nichol & Dhariwal's s, so that β_0 is not vanishingly small
 COSINE_MAX_BETA = 0.999  # their cap, preventing the singularity at t = T
+CLIP_SAMPLE_RANGE = 1.0  # `clip_sample` clips x0_hat to the data range [-1, 1]
 
 # A denoiser: (x_t of shape (batch, ...), t of shape (batch,) int32) -> output shaped like x_t.
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -261,7 +262,7 @@ def loss(schedule: Schedule, model_fn: DenoiseFn, x0: jax.Array, key: jax.Array,
 
 
 def ddpm_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, noise: jax.Array,
-              variance: str = "fixed_small", x0: jax.Array | None = None) -> jax.Array:
+              variance: str = "fixed_small", x0: jax.Array | None = None, clip_sample: bool = False) -> jax.Array:
   """One ancestral step x_t -> x_{t-1} ~ N(μ̃_t(x_t, x0_hat), σ_t² I) (Ho et al., Algorithm 2).
 
   The mean is the forward posterior's (Ho et al., eq. 7) at x0_hat from eq. 15, which equals the
@@ -278,6 +279,8 @@ def ddpm_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
     variance: "fixed_small" or "fixed_large" (a Python string: it picks the code path).
     x0: optional x0 estimate consistent with eps (from `to_x0_eps`); v- and x0-prediction pass
       it so that x0 is not re-derived from ε by dividing by a small sqrt(ᾱ_t).
+    clip_sample: clip x0_hat to the data range [-1, 1] before it enters the mean (diffusers'
+      DDPMScheduler with clip_sample=True).
 
   Returns:
     x_{t-1}, shaped like x_t.
@@ -286,6 +289,8 @@ def ddpm_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
     raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
   if x0 is None:
     x0 = (x_t - _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(schedule.sqrt_alphas_cumprod, t, x_t)
+  if clip_sample:
+    x0 = clip_x0(x0)
   mean = _at(schedule.posterior_mean_coef_x0, t, x_t) * x0 + _at(schedule.posterior_mean_coef_xt, t, x_t) * x_t
   var = _at(schedule.posterior_variance if variance == "fixed_small" else schedule.betas, t, x_t)
   t_b = jnp.asarray(t).reshape(jnp.shape(t) + (1,) * (x_t.ndim - jnp.ndim(t)))
@@ -340,16 +345,36 @@ def ddim_sigma(schedule: Schedule, t: jax.Array, t_prev: jax.Array, eta: jax.Arr
   return _eta(eta, x) * jnp.sqrt(terms.one_minus_prev * terms.ratio)
 
 
-def _terms_and_x0(schedule: Schedule, x_t, eps, t, t_prev, x0):
-  """The DDIM terms of (t, t_prev) and x0_hat = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) (eq. 9), unless given."""
+def clip_x0(x0: jax.Array) -> jax.Array:
+  """x0_hat clipped to the data range [-1, 1] (diffusers' clip_sample, clip_sample_range = 1).
+
+  Early in sampling x0_hat = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) amplifies the denoiser's error
+  by 1 / sqrt(ᾱ_t) and leaves the data range; clipped, that overshoot is not carried into the
+  next sample.
+  """
+  return jnp.clip(x0, -CLIP_SAMPLE_RANGE, CLIP_SAMPLE_RANGE)
+
+
+def _terms_and_x0(schedule: Schedule, x_t, eps, t, t_prev, x0, clip_sample=False):
+  """The DDIM terms of (t, t_prev) and x0_hat = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t) (eq. 9), unless given.
+
+  With `clip_sample`, x0_hat is clipped to [-1, 1] and ε re-derived from it, ε = (x_t -
+  sqrt(ᾱ_t) x0_hat) / sqrt(1 - ᾱ_t), so that the pair stays consistent with x_t (as GLIDE does,
+  and diffusers' DDIMScheduler with clip_sample=True and use_clipped_model_output=True).
+  Returns (terms, x0_hat, ε).
+  """
   terms = _ddim_terms(schedule, t, t_prev, x_t)
   if x0 is None:
     x0 = (x_t - jnp.sqrt(terms.one_minus) * eps) / jnp.sqrt(terms.abar)
-  return terms, x0
+  if clip_sample:
+    x0 = clip_x0(x0)
+    eps = (x_t - jnp.sqrt(terms.abar) * x0) / jnp.sqrt(terms.one_minus)
+  return terms, x0, eps
 
 
 def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, t_prev: jax.Array,
-              eta: jax.Array = 0.0, noise: jax.Array | None = None, x0: jax.Array | None = None) -> jax.Array:
+              eta: jax.Array = 0.0, noise: jax.Array | None = None, x0: jax.Array | None = None,
+              clip_sample: bool = False) -> jax.Array:
   """The generalized DDIM update x_t -> x_{t_prev} (Song et al., eq. 12, with σ_t(η) from eq. 16).
 
       x_prev = sqrt(ᾱ_prev) x0_hat + sqrt(1 - ᾱ_prev - σ_t²) ε + σ_t z.
@@ -366,11 +391,13 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
     eta: η, a scalar or (batch,) array (may be traced).
     noise: z ~ N(0, I) shaped like x_t; None for zeros (enough when η = 0).
     x0: optional x0 estimate consistent with eps (see `ddpm_step`).
+    clip_sample: clip x0_hat to [-1, 1] and re-derive ε from the clipped x0_hat (diffusers'
+      DDIMScheduler with clip_sample=True and use_clipped_model_output=True). Needs t >= 0.
 
   Returns:
     x_{t_prev}, shaped like x_t.
   """
-  terms, x0 = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0)
+  terms, x0, eps = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0, clip_sample)
   eta = _eta(eta, x_t)
   # 1 - ᾱ_prev - σ² in factored form, (1 - ᾱ_prev)(1 - η² r): "the direction pointing to x_t".
   direction = jnp.sqrt(terms.one_minus_prev * jnp.maximum(1.0 - eta**2 * terms.ratio, 0.0)) * eps
@@ -381,7 +408,7 @@ def ddim_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, 
 
 
 def sigma_hat_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Array, t_prev: jax.Array,
-                   noise: jax.Array, x0: jax.Array | None = None) -> jax.Array:
+                   noise: jax.Array, x0: jax.Array | None = None, clip_sample: bool = False) -> jax.Array:
   """The DDPM-like step x_t -> x_{t_prev} with DDIM's larger variance σ̂ (Song et al., section 5.1, Table 1).
 
   Restricted to the sub-sequence τ, the forward process is Markov with β̂_t = 1 - ᾱ_t / ᾱ_prev.
@@ -406,11 +433,13 @@ def sigma_hat_step(schedule: Schedule, x_t: jax.Array, eps: jax.Array, t: jax.Ar
     t_prev: target timesteps, same shape as t, t_prev <= t; -1 means ᾱ_prev = 1 (the last step).
     noise: z ~ N(0, I), shaped like x_t.
     x0: optional x0 estimate consistent with eps (see `ddpm_step`).
+    clip_sample: clip x0_hat to [-1, 1] before it enters the mean (diffusers' DDPMScheduler with
+      clip_sample=True); the mean does not use ε.
 
   Returns:
     x_{t_prev}, shaped like x_t.
   """
-  terms, x0 = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0)
+  terms, x0, _ = _terms_and_x0(schedule, x_t, eps, t, t_prev, x0, clip_sample)
   # ratio = β̂ / (1 - ᾱ_t), from expm1 of log ᾱ: β̂ and 1 - ᾱ_t both cancel in float32 at small t.
   coef_x0 = jnp.sqrt(terms.abar_prev) * terms.ratio
   coef_xt = jnp.sqrt(terms.abar / terms.abar_prev) * terms.one_minus_prev / terms.one_minus
@@ -511,7 +540,7 @@ def _start_and_step_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def sample_ddpm(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape: tuple[int, ...], *,
-                prediction: str = "epsilon", variance: str = "fixed_small",
+                prediction: str = "epsilon", variance: str = "fixed_small", clip_sample: bool = False,
                 x_T: jax.Array | None = None) -> jax.Array:
   """Ancestral sampling through all T steps (Ho et al., Algorithm 2), one `lax.scan`.
 
@@ -525,6 +554,7 @@ def sample_ddpm(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape
     shape: the batch's shape, a tuple (batch, ...).
     prediction: what denoise_fn predicts, one of PREDICTIONS.
     variance: "fixed_small" (β̃_t) or "fixed_large" (β_t).
+    clip_sample: clip every step's x0_hat to [-1, 1] (see `ddpm_step`).
     x_T: optional starting noise, shaped `shape`; drawn from the key when None.
 
   Returns:
@@ -533,11 +563,11 @@ def sample_ddpm(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape
   _check_prediction(prediction)
   if variance not in VARIANCES:
     raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-  return _sample_ddpm(schedule, denoise_fn, key, tuple(shape), prediction, variance, x_T)
+  return _sample_ddpm(schedule, denoise_fn, key, tuple(shape), prediction, variance, bool(clip_sample), x_T)
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction", "variance"))
-def _sample_ddpm(schedule, denoise_fn, key, shape, prediction, variance, x_T):
+@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction", "variance", "clip_sample"))
+def _sample_ddpm(schedule, denoise_fn, key, shape, prediction, variance, clip_sample, x_T):
   k_start, k_steps = _start_and_step_keys(key)
   x = jax.random.normal(k_start, shape) if x_T is None else x_T
 
@@ -545,7 +575,7 @@ def _sample_ddpm(schedule, denoise_fn, key, shape, prediction, variance, x_T):
     t_batch = jnp.full((shape[0],), t, jnp.int32)  # (batch,)
     x0, eps = to_x0_eps(schedule, carry.x, t, denoise_fn(carry.x, t_batch), prediction)
     noise = jax.random.normal(jax.random.fold_in(k_steps, t), shape)
-    return SamplerCarry(ddpm_step(schedule, carry.x, eps, t, noise, variance, x0=x0)), None
+    return SamplerCarry(ddpm_step(schedule, carry.x, eps, t, noise, variance, x0=x0, clip_sample=clip_sample)), None
 
   ts = jnp.arange(schedule.num_steps - 1, -1, -1, dtype=jnp.int32)  # T-1, ..., 0
   final, _ = jax.lax.scan(step, SamplerCarry(x), ts)
@@ -553,7 +583,7 @@ def _sample_ddpm(schedule, denoise_fn, key, shape, prediction, variance, x_T):
 
 
 def sample_ddim(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape: tuple[int, ...],
-                timesteps: jax.Array, eta: jax.Array = 0.0, *, prediction: str = "epsilon",
+                timesteps: jax.Array, eta: jax.Array = 0.0, *, prediction: str = "epsilon", clip_sample: bool = False,
                 x_T: jax.Array | None = None) -> jax.Array:
   """DDIM sampling along τ (Song et al., eq. 12 with σ(η) of eq. 16), one `lax.scan`.
 
@@ -568,6 +598,7 @@ def sample_ddim(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape
     timesteps: τ, ascending int array of shape (S,) (see `ddim_timesteps`).
     eta: η, a scalar or (batch,) array.
     prediction: what denoise_fn predicts, one of PREDICTIONS.
+    clip_sample: clip every step's x0_hat to [-1, 1] and re-derive ε from it (see `ddim_step`).
     x_T: optional starting noise, shaped `shape`; drawn from the key when None.
 
   Returns:
@@ -575,11 +606,12 @@ def sample_ddim(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape
   """
   _check_prediction(prediction)
   return _sample_along(schedule, denoise_fn, key, tuple(shape), jnp.asarray(timesteps, jnp.int32), eta, prediction,
-                       x_T, "ddim")
+                       bool(clip_sample), x_T, "ddim")
 
 
 def sample_sigma_hat(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, shape: tuple[int, ...],
-                     timesteps: jax.Array, *, prediction: str = "epsilon", x_T: jax.Array | None = None) -> jax.Array:
+                     timesteps: jax.Array, *, prediction: str = "epsilon", clip_sample: bool = False,
+                     x_T: jax.Array | None = None) -> jax.Array:
   """Sampling along τ with `sigma_hat_step` (the σ̂ row of Song et al.'s Table 1), one `lax.scan`.
 
   The same walk as `sample_ddim` (τ_{S-1} -> ... -> τ_0 -> clean data) with the same x_T and
@@ -592,6 +624,7 @@ def sample_sigma_hat(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, 
     shape: the batch's shape, a tuple (batch, ...).
     timesteps: τ, ascending int array of shape (S,) (see `ddim_timesteps`).
     prediction: what denoise_fn predicts, one of PREDICTIONS.
+    clip_sample: clip every step's x0_hat to [-1, 1] (see `sigma_hat_step`).
     x_T: optional starting noise, shaped `shape`; drawn from the key when None.
 
   Returns:
@@ -599,11 +632,11 @@ def sample_sigma_hat(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, 
   """
   _check_prediction(prediction)
   return _sample_along(schedule, denoise_fn, key, tuple(shape), jnp.asarray(timesteps, jnp.int32), 0.0, prediction,
-                       x_T, "sigma_hat")
+                       bool(clip_sample), x_T, "sigma_hat")
 
 
-@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction", "update"))
-def _sample_along(schedule, denoise_fn, key, shape, timesteps, eta, prediction, x_T, update):
+@functools.partial(jax.jit, static_argnames=("denoise_fn", "shape", "prediction", "clip_sample", "update"))
+def _sample_along(schedule, denoise_fn, key, shape, timesteps, eta, prediction, clip_sample, x_T, update):
   """The scan over τ shared by `sample_ddim` (update "ddim") and `sample_sigma_hat` ("sigma_hat")."""
   k_start, k_steps = _start_and_step_keys(key)
   x = jax.random.normal(k_start, shape) if x_T is None else x_T
@@ -614,8 +647,10 @@ def _sample_along(schedule, denoise_fn, key, shape, timesteps, eta, prediction, 
     x0, eps = to_x0_eps(schedule, carry.x, s.t, denoise_fn(carry.x, t_batch), prediction)
     noise = jax.random.normal(jax.random.fold_in(k_steps, s.t), shape)
     if update == "sigma_hat":
-      return SamplerCarry(sigma_hat_step(schedule, carry.x, eps, s.t, s.t_prev, noise, x0=x0)), None
-    return SamplerCarry(ddim_step(schedule, carry.x, eps, s.t, s.t_prev, eta, noise, x0=x0)), None
+      return SamplerCarry(sigma_hat_step(schedule, carry.x, eps, s.t, s.t_prev, noise, x0=x0,
+                                         clip_sample=clip_sample)), None
+    return SamplerCarry(ddim_step(schedule, carry.x, eps, s.t, s.t_prev, eta, noise, x0=x0,
+                                  clip_sample=clip_sample)), None
 
   final, _ = jax.lax.scan(step, SamplerCarry(x), DDIMStepInput(timesteps[::-1], prev[::-1]))
   return final.x
