@@ -26,7 +26,9 @@ def test_smoke_run_writes_scored_samples(tmp_path):
 def test_long_preset_is_the_default_model_trained_longer():
   default, long = experiment.get_config().to_dict(), experiment.get_config("long").to_dict()
   changed = {k for k in default if default[k] != long[k]}
-  assert changed == {"steps", "checkpoint_every", "log_every"} and long["steps"] == 4 * default["steps"]
+  assert changed == {"steps", "checkpoint_every", "log_every", "ema_decay"} and long["steps"] == 4 * default["steps"]
+  # Either EMA leaves the initial weights a negligible share (decay^steps) at the end of its run.
+  assert default["ema_decay"] ** default["steps"] < 1e-5 and long["ema_decay"] ** long["steps"] < 1e-5
   with pytest.raises(ValueError, match="unknown preset 'longer'"):
     experiment.get_config("longer")
 

@@ -60,7 +60,8 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guida
   Returns:
     A Task: `loss` is the denoising loss of `config.prediction` with label dropout
     (`class_dropout`) replacing labels by the null class `num_classes`; the pure `evaluate`
-    draws `num_samples` images with the configured sampler (labels cycling through the
+    draws `num_samples` images with the configured sampler (clipping each step's x0 estimate
+    to the data range when `config.clip_sample`; labels cycling through the
     classes), whose FID, precision and recall against the training digits' classifier
     features and share of each class `summarize` reports; the loop writes those images as
     the step's samples, and `sample` draws such images at other steps. A conditional model's
@@ -104,9 +105,11 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guida
       denoise = lambda x, t: cond_fn(x, t, labels)
     shape = (labels.shape[0],) + tuple(image_shape)
     if config.sampler == "ddpm":
-      x = sample_ddpm(schedule, denoise, key, shape, prediction=config.prediction, variance=config.variance)
+      x = sample_ddpm(schedule, denoise, key, shape, prediction=config.prediction, variance=config.variance,
+                      clip_sample=config.clip_sample)
     else:
-      x = sample_ddim(schedule, denoise, key, shape, timesteps, eta, prediction=config.prediction)
+      x = sample_ddim(schedule, denoise, key, shape, timesteps, eta, prediction=config.prediction,
+                      clip_sample=config.clip_sample)
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # images in [0, 1]
 
   def generate(params, key, n, guidance):
