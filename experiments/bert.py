@@ -8,25 +8,45 @@ Run:
   python -m experiments.bert --workdir=/tmp/sst2 --config.mode=finetune --config.init=/tmp/bert \\
       --config.task_dataset=glue/sst2 --config.task_eval_split=validation             # needs a prepared glue/sst2
   python -m experiments.bert --workdir=/tmp/smoke --config=experiments/bert.py:smoke
+  python -m experiments.sweep --config=experiments/bert.py --workdir=/tmp/bert_cls3 --seeds=3 \\
+      --config.mode=finetune --config.init=/tmp/bert --metric=accuracy                  # 3 seeds, one program
   python -m experiments.sweep --config=experiments/bert.py --workdir=/tmp/bert_dropout --seeds=2 \\
       --config.attention=reference --vary=dropout=0,0.1 --vary=attention_dropout=0,0.1 --metric=mlm_accuracy
 
 mode=pretrain (the default) trains a small BERT (4 layers, 128 wide) by masked language
 modelling on python_docs (every 10th documentation topic held out) with a WordPiece vocabulary
-trained here on the training text. Each example is [CLS] + a random window of the token
-stream + [SEP], cut at the end of its document and padded (research/data/encoder.py); 15% of
-the tokens are chosen inside the compiled step from the step's key and corrupted by `mask_mix`.
-Writes checkpoints, tokenizer.json, results.json (mlm_accuracy: the held-out accuracy at the
-chosen positions of eval_sequences held-out windows, masked by `eval_mask_mix` with a fixed
-key) and hf/: the trained model as transformers saves a BertForMaskedLM (config.json,
-model.safetensors, vocab.txt), which fine-tuning and transformers both read.
+of 2,048 fitted here on the training text (research.data.tokenizers.fit_wordpiece: the same
+vocabulary in every process). Each example is [CLS] + a random window of the token stream +
+[SEP], cut at the end of its document and padded (research/data/encoder.py); 15% of the tokens
+are chosen inside the compiled step from the step's key and corrupted by `mask_mix`. The
+default spends its budget on updates: 1,500 of 32 sequences of 64 tokens, without dropout
+(a model this small predicts little but frequent tokens for its first few hundred updates).
+Writes checkpoints, tokenizer.json, results.json and hf/: the trained model as transformers
+saves a BertForMaskedLM (config.json, model.safetensors, vocab.txt), which fine-tuning and
+transformers both read. results.json holds mlm_accuracy, the held-out accuracy at the chosen
+positions (`eval_mask_rate`, `eval_mask_mix`, a fixed key) of eval_sequences held-out windows,
+and two baselines blind to context at those same positions: mlm_unigram_accuracy (always
+predicting the training text's most frequent token) and mlm_best_constant_accuracy (always
+predicting the single token most common at those positions, chosen with hindsight).
 
 mode=finetune trains BertForSequenceClassification on `task_dataset` (the bundled
-python_docs_topics: which of 5 parts of the documentation a paragraph is from), starting from
-`init`: a pre-training workdir of this script, or any directory where transformers saved a
-BERT with its vocab.txt; empty init starts from random weights. The model's sizes then come
-from init's config.json; steps, batch size and learning rate from the `finetune` fields.
+python_docs_topics: which of 5 parts of the documentation a paragraph is from; 629 paragraphs
+to train on, 629 held out), starting from `init`: a pre-training workdir of this script, or
+any directory where transformers saved a BERT with its vocab.txt; empty init starts from
+random weights (with the vocabulary pre-training would fit). The model's sizes then come from
+init's config.json; steps, batch size, learning rate and dropout from the `finetune` fields.
 results.json holds the held-out `accuracy`.
+
+The defaults, measured (the fine-tuning as 3-seed sweeps, mean ± standard error over seeds 0-2):
+
+  pre-training               mlm_accuracy 16.0% over 1,437 held-out positions; at the same
+                             positions the unigram baseline scores 0.9%, the best constant 7.5%
+  fine-tuned from it         accuracy 66.8 ± 0.5%
+  fine-tuned from scratch    accuracy 63.2 ± 0.8%  (3.9 standard errors below)
+  at 200 updates of peak 1e-4 instead: 59.6 ± 0.4% from pre-training, 33.2 ± 1.7% from scratch
+
+16% is twice the best constant but far from a fluent model: transformers' fill-mask on hf/ still
+ranks "the" and "a" first whatever the context, which shows only further down its list.
 
 Both modes are sweepable (experiments/sweep.py): the optimizer's injected hyperparameters and
 the dropout rates `dropout` and `attention_dropout` are traced, so a grid over them trains as
@@ -93,35 +113,37 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.attention = "auto"  # one of research.models.attention.IMPLEMENTATIONS ("auto": dense on CPU, cuDNN/XLA on GPU)
   config.scan_layers = False  # the blocks as one nn.scan (one block compiled; parameters stacked on a layer axis)
   config.remat = "none"  # recompute activations in the backward pass: none, block or dots
-  config.dropout = 0.1  # hidden_dropout_prob: embeddings, residual branches, pooled output
+  config.dropout = 0.0  # hidden_dropout_prob in pre-training: none, which learns faster in a short run
   config.attention_dropout = 0.0  # attention_probs_dropout_prob (reference attention); BERT's 0.1: ~12% slower steps
-  config.seq_len = 128  # tokens per sequence, [CLS] and [SEP] included
+  config.seq_len = 64  # tokens per sequence, [CLS] and [SEP] included: half the cost of 128, twice the steps
   config.mask_rate = 0.15  # fraction of non-special, non-padding tokens chosen for the MLM loss
   config.mask_mix = "80/10/10"  # chosen tokens made [MASK] / kept / made random, in percent (Table 8's columns)
+  config.eval_mask_rate = 0.15  # the held-out accuracy's chosen fraction: BERT's, alike for every run
   config.eval_mask_mix = "100/0/0"  # the held-out accuracy's mix: predicting [MASK]ed tokens, alike for every run
   config.eval_sequences = 512  # held-out sequences (consecutive windows of the eval split) scored
   config.eval_batch_size = 64  # sequences per evaluation batch
   config.task_dataset = "python_docs_topics"  # finetune: a sentence-classification dataset with text and label
   config.task_train_split = "train"  # finetune: TFDS split trained on
   config.task_eval_split = "test"  # finetune: TFDS split of the held-out accuracy
-  config.steps = 800  # optimizer updates (pretrain)
+  config.steps = 1500  # optimizer updates (pretrain)
   config.batch_size = 32  # sequences per update (pretrain)
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 1e-3  # peak, after warmup (pretrain)
   config.optimizer.b2 = 0.98  # as RoBERTa's small-batch settings
   config.optimizer.weight_decay = 0.01  # BERT's
   config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 50  # pretrain
+  config.optimizer.warmup_steps = 100  # pretrain
   config.optimizer.final_lr_fraction = 0.0
   config.optimizer.grad_clip_norm = 1.0
   config.finetune = ml_collections.ConfigDict()
-  config.finetune.steps = 300  # finetune: optimizer updates (about 10 epochs of python_docs_topics)
+  config.finetune.steps = 300  # finetune: optimizer updates (about 15 epochs of python_docs_topics' 629)
   config.finetune.batch_size = 32  # finetune: examples per update
-  config.finetune.learning_rate = 3e-4  # finetune: peak learning rate
+  config.finetune.learning_rate = 3e-4  # finetune: peak learning rate (from scratch trains better here than at 1e-4)
   config.finetune.warmup_steps = 30  # finetune: linear warmup
-  config.log_every = 50  # metrics and a progress line every this many steps
-  config.eval_every = 200  # held-out evaluation every this many steps
-  config.checkpoint_every = 200  # save a checkpoint every this many steps (and at the end)
+  config.finetune.dropout = 0.1  # finetune: hidden_dropout_prob (BERT's)
+  config.log_every = 100  # metrics and a progress line every this many steps
+  config.eval_every = 250  # held-out evaluation every this many steps
+  config.checkpoint_every = 250  # save a checkpoint every this many steps (and at the end)
   return cli.apply_presets(config, preset, PRESETS)
 
 
@@ -137,6 +159,8 @@ def check_config(config) -> None:
     check_positive(name, config[name])
   for name in ("steps", "batch_size", "learning_rate", "warmup_steps"):
     check_positive(f"finetune.{name}", config.finetune[name], allow_zero=name in ("steps", "warmup_steps"))
+  if not 0.0 <= config.finetune.dropout < 1.0:
+    raise ConfigError(f"finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
   check_positive("max_train_tokens", config.max_train_tokens, allow_zero=True)
   if config.seq_len < 3:
     raise ConfigError(f"seq_len must be >= 3 ([CLS], a token, [SEP]), got {config.seq_len}")
@@ -145,8 +169,9 @@ def check_config(config) -> None:
       bert.parse_mix(config[name])
     except ValueError as e:
       raise ConfigError(f"{name}: {e}") from None
-  if not 0.0 < config.mask_rate < 1.0:
-    raise ConfigError(f"mask_rate must be in (0, 1), got {config.mask_rate}")
+  for name in ("mask_rate", "eval_mask_rate"):
+    if not 0.0 < config[name] < 1.0:
+      raise ConfigError(f"{name} must be in (0, 1), got {config[name]}")
   for name in ("dropout", "attention_dropout"):
     if not 0.0 <= config[name] < 1.0:
       raise ConfigError(f"{name} must be in [0, 1), got {config[name]}")
@@ -226,7 +251,9 @@ def pretrain(config, workdir: str, members=None) -> dict:
   cfg = model_config(config, tokenizer.vocab_size, pad_token_id=special["[PAD]"])
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run uses the same vocabulary
-  run = train(bert_tasks.make_pretrain_task(config, cfg, special), config, workdir, windows, eval_sequences, members)
+  unigram = bert_tasks.most_frequent_token(windows.stream, tokenizer.vocab_size, special)
+  task = bert_tasks.make_pretrain_task(config, cfg, special, unigram_token=unigram)
+  run = train(task, config, workdir, windows, eval_sequences, members)
   params = run.state.params["params"]
   if members is None:
     exports = {"hf": params}
@@ -239,9 +266,10 @@ def pretrain(config, workdir: str, members=None) -> dict:
 
 
 def finetune_config(config) -> ml_collections.ConfigDict:
-  """The config the loop runs in finetune mode: steps, batch size and learning rate from `finetune`."""
+  """The config the loop runs in finetune mode: steps, batch size, learning rate and dropout from `finetune`."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.steps, config.batch_size = config.finetune.steps, config.finetune.batch_size
+  config.dropout = config.finetune.dropout
   config.optimizer.learning_rate = config.finetune.learning_rate
   config.optimizer.warmup_steps = config.finetune.warmup_steps
   return config
@@ -261,6 +289,7 @@ def classification_examples(config, split: str, tokenizer, special) -> dict[str,
 
 def finetune(config, workdir: str, members=None) -> dict:
   """Sequence classification from `init`; returns what results.json holds."""
+  config = finetune_config(config)
   data_lib.check_name(config.task_dataset)
   encoder = None
   try:
@@ -287,7 +316,6 @@ def finetune(config, workdir: str, members=None) -> dict:
                               attention_probs_dropout_prob=config.attention_dropout, attention=config.attention,
                               scan_layers=config.scan_layers, remat=config.remat, dtype=config.dtype)
     encoder = bert.load_hf(path, scan_layers=cfg.scan_layers)[1]["bert"]
-  config = finetune_config(config)
   task = bert_tasks.make_classifier_task(config, cfg, encoder)
   return train(task, config, workdir, train_examples, eval_examples, members).results
 

@@ -277,3 +277,23 @@ def test_auto_attention_traces_attention_dropout_only_where_it_trains_the_refere
                                                                       attention_probs_dropout_prob=0.1))
   with pytest.raises(ValueError, match="unknown remat 'layers'"):
     bert.BertConfig(**ODD, remat="layers")
+
+
+def test_held_out_mlm_scores_the_context_blind_baselines_at_the_same_positions():
+  from experiments import bert as bert_experiment  # pylint: disable=import-outside-toplevel
+  config = bert_experiment.get_config("smoke")
+  cfg = bert.BertConfig(**ODD)
+  special = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+  ids = np.full((10, 23), 7)
+  ids[:, 1:17] = 9  # the most common token held out: 16 of the 22 eligible positions of each row
+  ids[:, 0] = 2
+  sequences = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+  stream = np.concatenate([np.full(5, 7), np.full(3, 9), np.full(9, 3)])  # [SEP] is never the baseline
+  assert bert_tasks.most_frequent_token(stream, cfg.vocab_size, special) == 7
+  task = bert_tasks.make_pretrain_task(config, cfg, special, unigram_token=7)
+  params = task.init(jax.random.key(0), {k: jnp.asarray(v[:2]) for k, v in sequences.items()})
+  scores = task.evaluate(params, None, sequences)
+  chosen_9 = scores["mlm_best_constant_accuracy"]  # the share of 9 at the chosen positions, about 16/22
+  assert 0.55 < chosen_9 < 0.9 and scores["mlm_unigram_accuracy"] == pytest.approx(1.0 - chosen_9)
+  assert "mlm_unigram_accuracy" not in bert_tasks.make_pretrain_task(config, cfg, special).evaluate(
+      params, None, sequences)

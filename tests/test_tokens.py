@@ -118,16 +118,45 @@ def test_gpt2_tokenizer_files_separate_documents_with_end_of_text(tmp_path):
   assert experiment._separator(bpe) == bpe.encode("\n\n")  # pylint: disable=protected-access
 
 
-def test_wordpiece_training_gives_the_same_ids_every_time_and_the_trainer_s_pieces():
+_FIT_WORDPIECE = """
+import json
+from research import data
+from research.data import tokenizers
+texts = [str(t) for t in data.load("python_docs", "train")["text"]]
+print(json.dumps(tokenizers.WordPieceTokenizer.train(texts, 2048).tokenizer.get_vocab(), sort_keys=True))
+"""
+
+
+def test_wordpiece_training_gives_the_same_vocabulary_in_every_process():
+  vocabularies = []
+  for hash_seed in ("1", "2"):  # separate processes: Python's hash seed and those of Rust's hash maps differ
+    proc = run_python(["-c", _FIT_WORDPIECE], env={"PYTHONHASHSEED": hash_seed}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    vocabularies.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  assert vocabularies[0] == vocabularies[1]
+  assert len(vocabularies[0]) == 2048
+  assert [vocabularies[0][t] for t in tokenizers.WordPieceTokenizer.SPECIAL] == [0, 1, 2, 3, 4]
+
+
+def test_wordpiece_merges_the_most_frequent_pair_and_breaks_ties_in_string_order():
+  # Characters, then continuing characters, in text order; then ("a", "##b") (4 times) and ("c", "##d") (3).
+  assert tokenizers.fit_wordpiece({"cd": 3, "ab": 3, "abab": 1}, 100) == ["a", "b", "c", "d", "##b", "##a", "##d",
+                                                                          "ab", "cd"]
+  # A tie goes to the pair first in string order.
+  assert tokenizers.fit_wordpiece({"cd": 3, "ab": 3}, 7) == ["a", "b", "c", "d", "##b", "##d", "ab"]
+  assert tokenizers.fit_wordpiece({"cd": 3, "ab": 3}, 100, min_frequency=4) == ["a", "b", "c", "d", "##b", "##d"]
+
+
+def test_wordpiece_tokenizer_numbers_the_special_tokens_first_and_encodes_with_its_pieces():
   from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
   texts = [str(t) for t in data.load("python_docs", "train")["text"][:1500]]
-  first, second = (tokenizers.WordPieceTokenizer.train(texts, 400) for _ in range(2))
-  assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
-  assert [first.tokenizer.token_to_id(t) for t in tokenizers.WordPieceTokenizer.SPECIAL] == [0, 1, 2, 3, 4]
-  # Renumbering changes ids only: the pieces of every encoding are those of the trainer's own tokenizer.
+  tok = tokenizers.WordPieceTokenizer.train(texts, 400)
+  vocab = tok.tokenizer.get_vocab()
+  assert len(vocab) == 400 and [vocab[t] for t in tokenizers.WordPieceTokenizer.SPECIAL] == [0, 1, 2, 3, 4]
+  assert tok.decode(tok.encode("The assert statement")) == "The assert statement"
+  assert all(tok.tokenizer.id_to_token(i) in vocab for i in tok.encode(texts[0]))
+  # Mostly the `tokenizers` trainer's pieces: they differ where its ties fell otherwise.
   trained = BertWordPieceTokenizer(lowercase=False)
   trained.train_from_iterator(texts, vocab_size=400, min_frequency=2,
                               special_tokens=list(tokenizers.WordPieceTokenizer.SPECIAL), show_progress=False)
-  assert set(trained.get_vocab()) == set(first.tokenizer.get_vocab())
-  for text in texts[:200]:
-    assert first.tokenizer.encode(text).tokens == trained.encode(text).tokens
+  assert len(set(trained.get_vocab()) & set(vocab)) > 0.8 * len(vocab)

@@ -11,9 +11,10 @@ Every tokenizer saves itself as JSON (`save(path)`, `load(path)`) beside a run's
 so a resumed run and its samples use the same vocabulary.
 """
 
+import heapq
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 KINDS = ("char", "bpe", "gpt2:<dir>", "wordpiece", "bert:<dir>")
 
@@ -100,23 +101,28 @@ class WordPieceTokenizer(HFTokenizer):
   """
 
   SPECIAL = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+  PREFIX = "##"  # marks a piece that continues a word
 
   @classmethod
-  def train(cls, texts: Iterable[str], vocab_size: int = 8192) -> "WordPieceTokenizer":
-    """WordPiece trained on `texts`, cased (code and identifiers keep their case); the special tokens are ids 0-4."""
+  def train(cls, texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2,
+            limit_alphabet: int = 1000) -> "WordPieceTokenizer":
+    """WordPiece trained on `texts`, cased (code and identifiers keep their case); the special tokens are ids 0-4.
+
+    The same texts and arguments give the same vocabulary and ids in every process
+    (`fit_wordpiece`); the pieces are numbered after the special tokens by length and text.
+    """
     from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
     from tokenizers import models  # pylint: disable=import-outside-toplevel
-    tokenizer = BertWordPieceTokenizer(lowercase=False)
-    tokenizer.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2,
-                                  special_tokens=list(cls.SPECIAL), show_progress=False)
-    # The trainer finds the same pieces on every call but numbers them in hash-map order, which
-    # changes from call to call; numbered in a fixed order (the special tokens, then by length and
-    # text), the same texts give the same ids. Encoding depends only on the set of pieces.
-    pieces = [p for p in tokenizer.get_vocab() if p not in cls.SPECIAL]
-    pieces.sort(key=lambda p: (len(p.removeprefix("##")), p.startswith("##"), p))
-    tokenizer._tokenizer.model = models.WordPiece(  # pylint: disable=protected-access
-        {p: i for i, p in enumerate(list(cls.SPECIAL) + pieces)}, unk_token="[UNK]", continuing_subword_prefix="##")
-    return cls(tokenizer._tokenizer, "wordpiece")  # pylint: disable=protected-access
+    tokenizer = BertWordPieceTokenizer(lowercase=False)._tokenizer  # pylint: disable=protected-access
+    words = {}  # word -> occurrences, split by BERT's own normalizer and pre-tokenizer
+    for text in texts:
+      for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+        words[word] = words.get(word, 0) + 1
+    pieces = fit_wordpiece(words, vocab_size - len(cls.SPECIAL), min_frequency, limit_alphabet, cls.PREFIX)
+    pieces.sort(key=lambda p: (len(p.removeprefix(cls.PREFIX)), p.startswith(cls.PREFIX), p))
+    tokenizer.model = models.WordPiece({p: i for i, p in enumerate(list(cls.SPECIAL) + pieces)}, unk_token="[UNK]",
+                                       continuing_subword_prefix=cls.PREFIX)
+    return cls(tokenizer, "wordpiece")
 
   @classmethod
   def bert_files(cls, directory: str) -> "WordPieceTokenizer":
@@ -159,6 +165,81 @@ class WordPieceTokenizer(HFTokenizer):
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
       lowercase = (json.loads(self.tokenizer.to_str()).get("normalizer") or {}).get("lowercase", False)
       json.dump({"tokenizer_class": "BertTokenizer", "do_lower_case": bool(lowercase)}, f)
+
+
+def fit_wordpiece(words: Mapping[str, int], size: int, min_frequency: int = 2, limit_alphabet: int = 1000,
+                  prefix: str = "##") -> list[str]:
+  """The pieces of a WordPiece vocabulary, learnt by merging pairs as `tokenizers`' WordPieceTrainer does.
+
+  Words start as characters, all but the first marked with `prefix`; the most frequent
+  adjacent pair (counted over `words` with their counts) is merged, again and again, until
+  `size` pieces exist or no pair occurs `min_frequency` times. Unlike the `tokenizers`
+  trainer, whose ties between equally frequent pairs fall to ids numbered in a hash map's
+  order (random in every process), a tie here goes to the pair first in string order, so the
+  result is a function of the arguments alone.
+
+  Args:
+    words: each pre-tokenized word and its number of occurrences.
+    size: the most pieces returned (the vocabulary less its special tokens).
+    min_frequency: a pair occurring fewer times is never merged.
+    limit_alphabet: the most characters kept (the most frequent; ties in character order);
+      the others are left out of words, as the `tokenizers` trainer does.
+    prefix: the continuing-subword prefix.
+
+  Returns:
+    The pieces: the alphabet, the prefixed characters, then the merges in the order made.
+  """
+  chars = {}
+  for word, count in words.items():
+    for c in word:
+      chars[c] = chars.get(c, 0) + count
+  alphabet = sorted(chars, key=lambda c: (-chars[c], c))[:limit_alphabet]
+  kept = set(alphabet)
+  symbols, counts = [], []  # each word as its current pieces, and its occurrences
+  for word in sorted(words):
+    letters = [c for c in word if c in kept]
+    if letters:
+      symbols.append([letters[0]] + [prefix + c for c in letters[1:]])
+      counts.append(words[word])
+  pieces = dict.fromkeys(sorted(kept))
+  for word in symbols:
+    pieces.update(dict.fromkeys(word))
+  pair_counts, holders, queue = {}, {}, []  # queue: (-count, pair), stale entries skipped when popped
+
+  def count_pairs(i: int, sign: int) -> None:
+    for pair in zip(symbols[i], symbols[i][1:]):
+      pair_counts[pair] = pair_counts.get(pair, 0) + sign * counts[i]
+      if sign > 0:
+        holders.setdefault(pair, set()).add(i)
+        heapq.heappush(queue, (-pair_counts[pair], pair))
+
+  for i in range(len(symbols)):
+    count_pairs(i, 1)
+  while len(pieces) < size and queue:
+    negative, pair = heapq.heappop(queue)
+    if -negative != pair_counts[pair]:
+      continue  # counted again since it was queued
+    if -negative < min_frequency:
+      break
+    first, second = pair
+    merged = first + second[len(prefix):]
+    pieces[merged] = None
+    for i in sorted(holders.pop(pair)):
+      word = symbols[i]
+      if pair not in zip(word, word[1:]):
+        continue  # merged away by an earlier merge
+      count_pairs(i, -1)
+      out, j = [], 0
+      while j < len(word):
+        if word[j:j + 2] == [first, second]:
+          out.append(merged)
+          j += 2
+        else:
+          out.append(word[j])
+          j += 1
+      symbols[i] = out
+      count_pairs(i, 1)
+  return list(pieces)[:size]
 
 
 def make(kind: str, texts: Iterable[str] = (), vocab_size: int = 2048):

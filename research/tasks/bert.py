@@ -8,6 +8,7 @@ The models, the masking and the losses are research/models/bert.py.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research import optim
 from research.models.bert import (BertConfig, BertForMaskedLM, BertForSequenceClassification, Rates, mask_tokens,
@@ -36,40 +37,48 @@ def _rates(hparams) -> Rates:
 MIX_HPARAMS = ("mask_fraction", "same_fraction")  # a traced masking mix: [MASK] and kept shares; random the rest
 
 
-def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False):
+def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False,
+                       unigram_token: int | None = None):
   """Masked language modelling as a research.train.Task.
 
   Args:
-    config: an experiment config (experiments/bert.py): mask_rate, mask_mix and eval_mask_mix
-      as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size, optimizer, steps.
+    config: an experiment config (experiments/bert.py): mask_rate and eval_mask_rate, mask_mix
+      and eval_mask_mix as "MASK/same/random" percentages (see `parse_mix`), eval_batch_size,
+      optimizer, steps.
     cfg: the model's config.
     special: ids of "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"; all but [UNK] are never chosen.
     traced_mix: the training mix is read from the traced hparams `mask_fraction` and
       `same_fraction` (fractions of the chosen tokens; the random share is the rest), starting
       at `mask_mix`, so members of one vmapped program can train with different mixes
       (experiments/tables/bert_masking.py).
+    unigram_token: the training text's most frequent token (`most_frequent_token`), or None.
 
   Returns:
     A Task over batches of research.data.encoder sequences whose loss masks each batch from
     the step's key, with the dropout rates traced (`traced_rates`), and whose
     `evaluate(params, key, sequences)` gives `mlm_loss` and `mlm_accuracy` on the chosen
-    positions of held-out sequences, masked with a fixed key and `eval_mask_mix`, so every
-    run and every evaluation scores the same positions.
+    positions of held-out sequences, masked with a fixed key, `eval_mask_rate` and
+    `eval_mask_mix`, so every run and every evaluation scores the same positions. Two baselines blind to context are
+    scored at those same positions: `mlm_best_constant_accuracy`, the share of the positions'
+    most common original token (the best any single token predicted everywhere could score,
+    chosen with hindsight on the held-out positions) and, with `unigram_token`,
+    `mlm_unigram_accuracy`: the accuracy of always predicting `unigram_token`, the training
+    text's most frequent token.
   """
   model = BertForMaskedLM(cfg)
   never = jnp.asarray([i for token, i in special.items() if token != "[UNK]"], jnp.int32)
 
-  def masked_loss(params, batch, key, mix, train, rates=Rates()):
+  def masked_loss(params, batch, key, rate, mix, train, rates=Rates()):
     ids = batch["input_ids"]
     eligible = batch["attention_mask"].astype(bool) & ~jnp.isin(ids, never)
     k_mask, k_dropout = jax.random.split(key)
     masked = mask_tokens(k_mask, ids, eligible, vocab_size=cfg.vocab_size, mask_id=special["[MASK]"],
-                         rate=config.mask_rate, mix=mix)
+                         rate=rate, mix=mix)
     logits = model.apply(params, masked.input_ids, attention_mask=batch["attention_mask"],
                          token_type_ids=batch["token_type_ids"], train=train, dropout_rate=rates.hidden,
                          attention_dropout_rate=rates.attention, rngs={"dropout": k_dropout})
     value, accuracy = mlm_loss(logits, ids, masked.chosen)
-    return value, accuracy, jnp.sum(masked.chosen)
+    return value, accuracy, masked.chosen
 
   def init(key, batch):
     return model.init(key, batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -82,30 +91,47 @@ def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_
     return p_mask, p_same, 1.0 - p_mask - p_same
 
   def loss(params, batch, key, train, hparams=None):
-    value, accuracy, _ = masked_loss(params, batch, key, train_mix(hparams), train, _rates(hparams))
+    value, accuracy, _ = masked_loss(params, batch, key, config.mask_rate, train_mix(hparams), train, _rates(hparams))
     return value, {"mlm_accuracy": accuracy}
 
   @jax.jit
   def batch_sums(params, batch, key):
-    value, accuracy, count = masked_loss(params, batch, key, parse_mix(config.eval_mask_mix), False)
-    return value * count, accuracy * count, count
+    value, accuracy, chosen = masked_loss(params, batch, key, config.eval_mask_rate, parse_mix(config.eval_mask_mix),
+                                          False)
+    count = jnp.sum(chosen)
+    unigram = jnp.sum(chosen & (batch["input_ids"] == (-1 if unigram_token is None else unigram_token)))
+    targets = jnp.zeros(cfg.vocab_size, jnp.int32).at[batch["input_ids"]].add(chosen.astype(jnp.int32))  # (vocab,)
+    return value * count, accuracy * count, count, unigram, targets
 
   def evaluate(params, key, sequences, hparams=None):
     del key, hparams  # a fixed key: the same held-out positions every time; no dropout
     n = len(sequences["input_ids"])
-    nll = correct = count = 0.0
+    nll = correct = count = unigram = 0.0
+    targets = np.zeros(cfg.vocab_size, np.int64)
     for i, start in enumerate(range(0, n, config.eval_batch_size)):
       batch = {k: jnp.asarray(v[start:start + config.eval_batch_size]) for k, v in sequences.items()}
-      sums = batch_sums(params, batch, jax.random.fold_in(jax.random.key(0), i))
-      nll, correct, count = nll + float(sums[0]), correct + float(sums[1]), count + float(sums[2])
+      *sums, batch_targets = batch_sums(params, batch, jax.random.fold_in(jax.random.key(0), i))
+      nll, correct, count, unigram = (total + float(x) for total, x in zip((nll, correct, count, unigram), sums))
+      targets += np.asarray(batch_targets)
     count = max(count, 1.0)
-    return {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count)}
+    metrics = {"mlm_loss": nll / count, "mlm_accuracy": correct / count, "mlm_predictions": int(count),
+               "mlm_best_constant_accuracy": float(targets.max()) / count}
+    if unigram_token is not None:
+      metrics["mlm_unigram_accuracy"] = unigram / count
+    return metrics
 
   hparams = traced_rates(cfg)
   if traced_mix:
     hparams.update(zip(MIX_HPARAMS, parse_mix(config.mask_mix)[:2]))
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss, evaluate=evaluate,
               learning_rate=optim.learning_rate_fn(config.optimizer, config.steps), hparams=hparams)
+
+
+def most_frequent_token(stream: np.ndarray, vocab_size: int, special: dict[str, int]) -> int:
+  """The id occurring most often in a token stream, special tokens aside (the lowest id of a tie)."""
+  counts = np.bincount(np.asarray(stream), minlength=vocab_size)
+  counts[list(special.values())] = -1
+  return int(np.argmax(counts))
 
 
 def make_classifier_task(config, cfg: BertConfig, encoder=None):
