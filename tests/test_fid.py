@@ -195,8 +195,8 @@ def test_features_shape_and_input_forms(classifier, digits_test):
 
 
 def test_cache_is_reused(classifier_root, classifier, digits_test, monkeypatch):
-  def refuse(workdir):
-    raise AssertionError(f"retrained into {workdir}")
+  def refuse(workdir, network):
+    raise AssertionError(f"retrained {network} into {workdir}")
 
   monkeypatch.setattr(classifier_tasks, "_fit", refuse)
   assert classifier_tasks.digits_classifier(classifier_root) is classifier
@@ -209,8 +209,8 @@ def test_cache_is_reused(classifier_root, classifier, digits_test, monkeypatch):
 def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
   calls = []
 
-  def fake_fit(workdir):
-    calls.append(workdir)
+  def fake_fit(workdir, network):
+    calls.append((workdir, network))
     time.sleep(0.5)  # long enough for the other caller to reach the lock
     return classifier.params, dict(classifier.info)
 
@@ -229,7 +229,7 @@ def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
 
 
 def test_failed_training_leaves_no_cache(tmp_path, monkeypatch):
-  def broken_fit(workdir):
+  def broken_fit(workdir, network):
     os.makedirs(workdir)
     raise RuntimeError("killed")
 
@@ -291,13 +291,14 @@ def test_sample_metrics_equal_their_parts(classifier, digits_test):
   assert classifier_tasks.digits_reference("train", classifier) is ref  # computed once per space and split
   assert (ref.space, ref.name) == (classifier.name, "digits/train")
   metrics = fid.sample_metrics(images, classifier, ref)
-  assert classifier_tasks.digits_sample_metrics(images, classifier) == metrics
   real, feats = ref.features, classifier.features(images)
   assert metrics["fid"] == fid.frechet_distance(real, feats)
   assert metrics["fid"] == pytest.approx(classifier_tasks.digits_fid(images, "train", classifier))
+  assert (metrics["kid"], metrics["kid_se"]) == fid.kernel_distance(real, feats)
   assert (metrics["precision"], metrics["recall"]) == fid.precision_recall(real, feats)
   np.testing.assert_allclose(metrics["class_shares"], fid.class_shares(images, classifier), atol=5e-5)
-  assert metrics["classes_covered"] == 10 and metrics["num_samples"] == 300
+  assert metrics["classes_covered"] == 10 and metrics["num_samples"] == metrics["num_scored"] == 300
+  assert metrics["confidence"] > 0.9
   # A model that dropped every other digit covers one class, and its FID is far worse.
   dropped = fid.sample_metrics(zeros, classifier, ref)
   assert dropped["classes_covered"] == 1 and dropped["fid"] > 5 * metrics["fid"]
@@ -326,7 +327,7 @@ def test_a_feature_space_without_classes():
   ref = fid.reference(space, real, "uniform")
   np.testing.assert_allclose(ref.mean, 10.0 * real.reshape(200, -1).mean(0), rtol=1e-5)
   metrics = fid.sample_metrics(fake, space, ref)
-  assert sorted(metrics) == ["fid", "num_samples", "precision", "recall"]
+  assert sorted(metrics) == ["fid", "kid", "kid_se", "num_samples", "num_scored", "precision", "recall"]
   assert metrics["fid"] == pytest.approx(fid.frechet_distance(ref.features, space.features(fake)))
   assert fid.sample_metrics(real, space, ref)["fid"] < metrics["fid"]
   assert space.features(real[:0]).shape == (0, 16)
@@ -341,3 +342,113 @@ def test_a_reference_from_another_space_is_refused():
   ref = fid.reference(_pixel_space("pixels_v1"), real, "uniform")
   with pytest.raises(ValueError, match="pixels_v1 feature space, not in pixels_v2"):
     fid.sample_metrics(real, _pixel_space("pixels_v2"), ref)
+
+
+# KID.
+
+
+def direct_kid(x, y):
+  """Unbiased MMD^2 with the cubic kernel, written out as its sums over pairs."""
+  d = x.shape[1]
+  k = lambda a, b: (np.dot(a, b) / d + 1.0) ** 3
+  m, n = len(x), len(y)
+  xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+  yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+  xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+  return xx + yy - 2 * xy
+
+
+def direct_jackknife_se(x, y):
+  """The two-sample delete-one jackknife, every estimate recomputed on the smaller sets."""
+  variance = 0.0
+  for data, other, first in ((x, y, True), (y, x, False)):
+    size = len(data)
+    left_out = np.array([direct_kid(np.delete(data, a, 0), other) if first else direct_kid(other, np.delete(data, a, 0))
+                         for a in range(size)])
+    variance += (size - 1) / size * np.sum((left_out - left_out.mean()) ** 2)
+  return np.sqrt(variance)
+
+
+@pytest.mark.parametrize("m,n,d,seed", [(9, 12, 3, 0), (14, 7, 5, 1)])
+def test_kid_matches_direct_sums(m, n, d, seed):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(m, d))
+  y = rng.normal(size=(n, d)) * 1.3 + 0.4
+  estimate, se = fid.kernel_distance(x, y)
+  np.testing.assert_allclose(estimate, direct_kid(x, y), rtol=1e-10)
+  np.testing.assert_allclose(se, direct_jackknife_se(x, y), rtol=1e-8)
+
+
+def test_kid_is_unbiased_and_its_se_is_calibrated():
+  # Two draws of one distribution: the estimates centre on 0 (FID's would all be positive), and the
+  # jackknife is conservative there (a degenerate U-statistic) but never too small.
+  rng = np.random.default_rng(3)
+  same = np.array([fid.kernel_distance(rng.normal(size=(60, 4)), rng.normal(size=(80, 4))) for _ in range(300)])
+  assert abs(same[:, 0].mean()) < 3 * same[:, 0].std() / np.sqrt(len(same))
+  assert np.mean(same[:, 0] < 0) > 0.3
+  assert 1.0 < np.mean(same[:, 1]) / same[:, 0].std() < 1.8
+  # Two distributions apart: the jackknife standard error matches the spread over independent draws.
+  apart = np.array([fid.kernel_distance(rng.normal(size=(60, 4)), rng.normal(size=(80, 4)) + 0.4)
+                    for _ in range(300)])
+  assert 0.85 < np.mean(apart[:, 1]) / apart[:, 0].std() < 1.2
+  assert np.all(apart[:, 0] > 0) or np.mean(apart[:, 0] > 2 * apart[:, 1]) > 0.5
+
+
+def test_kid_rejects_bad_input():
+  with pytest.raises(ValueError, match="at least 3 rows"):
+    fid.kernel_distance(np.zeros((2, 4)), np.zeros((5, 4)))
+  with pytest.raises(ValueError, match=r"\(m, D\) and \(n, D\)"):
+    fid.kernel_distance(np.zeros((5, 4)), np.zeros((5, 3)))
+
+
+
+# Scores beside real held-out images, at one count.
+
+
+def test_samples_and_held_out_images_are_scored_at_one_count(classifier, digits_test, digits_train):
+  ref = classifier_tasks.digits_reference("train", classifier)
+  held_out = classifier_tasks.digits_reference("test", classifier)
+  bad = fid.independent_pixel_samples(digits_train["image"], 1000)
+  metrics = fid.sample_metrics(bad, classifier, ref, held_out, prefix="x_")
+  assert metrics["num_samples"] == 1000 and metrics["num_scored"] == 300  # the 300 held-out digits set the count
+  alone = fid.sample_metrics(bad[:300], classifier, ref)
+  for name in ("fid", "kid", "kid_se", "precision", "recall"):
+    assert metrics["x_" + name] == alone[name]
+  real = fid.sample_metrics(digits_test["image"], classifier, ref)
+  for name in ("fid", "kid", "precision", "recall"):
+    assert metrics[f"x_{name}_real"] == real[name]
+  assert metrics["x_fid_ratio"] == pytest.approx(alone["fid"] / real["fid"])
+  assert metrics["x_confidence_real"] == real["confidence"] > metrics["x_confidence"]
+  np.testing.assert_allclose(metrics["x_class_shares"], fid.class_shares(bad, classifier), atol=5e-5)
+  # Fewer samples than held-out images: the first len(samples) of the held-out set are the real side.
+  few = fid.sample_metrics(bad[:50], classifier, ref, held_out)
+  assert few["num_scored"] == 50
+  assert few["fid_real"] == fid.sample_metrics(digits_test["image"][:50], classifier, ref)["fid"]
+  with pytest.raises(ValueError, match="feature space"):
+    fid.sample_metrics(bad, classifier, ref, fid.reference(_pixel_space(), np.zeros((4, 4, 4, 1)), "zeros"))
+
+
+def test_known_cases_are_ordered_in_both_spaces(tmp_path):
+  # What the experiments report, at their sample count (1000 samples, scored at 300 beside the held-out
+  # digits): real digits, the same with pixel noise 0.05 and 0.1, a Gaussian mixture fitted to the
+  # pixels, independent pixels; through the table that reports them, with the experiments' cached networks.
+  from experiments.tables import sample_metrics  # pylint: disable=import-outside-toplevel
+  config = sample_metrics.get_config()
+  config.seed = 1  # the committed table uses seed 0
+  cases = sample_metrics.run(config, str(tmp_path))["cases"]
+  assert list(cases) == list(classifier_tasks.KNOWN_CASES)
+  table = (tmp_path / "sample_metrics.md").read_text()
+  assert "digits_cnn_v1" in table and "| gaussian mixture |" in table
+  real, noise_05, noise_10, mixture, independent = classifier_tasks.KNOWN_CASES
+  for prefix in ("", "cnn_"):
+    for metric in ("fid", "kid"):
+      score = lambda case: cases[case][prefix + metric]  # pylint: disable=cell-var-from-loop
+      assert max(score(real), score(noise_05), score(noise_10)) < score(mixture) < score(independent) or \
+          (prefix, metric) == ("cnn_", "kid"), (prefix, metric)
+      assert max(score(real), score(noise_05), score(noise_10)) < min(score(mixture), score(independent))
+  # The conv net's features see pixel noise: both scores rise with it. (The MLP's average it away: at 300
+  # images its FID and KID cannot tell noise of 0.05 from the real digits.)
+  for metric in ("cnn_fid", "cnn_kid"):
+    assert cases[real][metric] < cases[noise_05][metric] < cases[noise_10][metric], metric
+  assert cases[real]["fid_ratio"] == pytest.approx(1.0, abs=1e-5) and cases[real]["cnn_fid_ratio"] == pytest.approx(1.0, abs=1e-5)
+  assert cases[noise_10]["cnn_fid_ratio"] > 1.2 and cases[mixture]["cnn_fid_ratio"] > 3.0

@@ -76,7 +76,8 @@ class FeatureSpace:
       return jnp.asarray(images, jnp.float32) / 255.0
     return jnp.clip(jnp.asarray(images, jnp.float32), 0.0, 1.0)
 
-  def _outputs(self, images) -> tuple[np.ndarray | None, np.ndarray]:
+  def outputs(self, images) -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits (N, num_classes) or None without a class head, features (N, F)) of images, in one pass."""
     x = self.to_unit_images(images)
     n = x.shape[0]
     logits, feats = [], []
@@ -102,7 +103,7 @@ class FeatureSpace:
     Returns:
       (N, F) float32.
     """
-    return self._outputs(images)[1]
+    return self.outputs(images)[1]
 
   def logits(self, images) -> np.ndarray:
     """The class logits of images, (N, num_classes) float32.
@@ -112,7 +113,7 @@ class FeatureSpace:
     """
     if not self.num_classes:
       raise ValueError(f"the {self.name} feature network has no class head")
-    return self._outputs(images)[0]
+    return self.outputs(images)[0]
 
   def predict(self, images) -> np.ndarray:
     """The most likely class of each image, (N,) int32 (see `logits`)."""

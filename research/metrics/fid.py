@@ -45,7 +45,7 @@ from research.metrics.features import FeatureSpace
 
 __all__ = ["Reference", "class_shares", "frechet_distance", "frechet_distance_from_stats",
      "frechet_difference_se", "frechet_distance_se", "gaussian_fit", "independent_pixel_samples",
-     "precision_recall", "reference", "sample_metrics"]
+     "gaussian_mixture_samples", "kernel_distance", "precision_recall", "reference", "sample_metrics"]
 
 # A class counts as covered when at least this share of the samples is predicted as it (a tenth of
 # its 10% share among balanced digits).
@@ -85,6 +85,7 @@ class Reference(NamedTuple):
     features: (N, F) their features.
     mean: (F,) float64, the mean of the Gaussian fit (`gaussian_fit`).
     covariance: (F, F) float64, its covariance.
+    logits: (N, classes) class logits of a space with a class head, else None.
   """
 
   space: str
@@ -92,6 +93,7 @@ class Reference(NamedTuple):
   features: np.ndarray
   mean: np.ndarray
   covariance: np.ndarray
+  logits: np.ndarray | None = None
 
 
 def reference(space: FeatureSpace, images, name: str) -> Reference:
@@ -105,8 +107,8 @@ def reference(space: FeatureSpace, images, name: str) -> Reference:
   Returns:
     Their features and Gaussian fit.
   """
-  feats = space.features(images)
-  return Reference(space.name, name, feats, *gaussian_fit(feats))
+  logits, feats = space.outputs(images)
+  return Reference(space.name, name, feats, *gaussian_fit(feats), logits)
 
 
 def _check_space(space: FeatureSpace, ref: Reference) -> None:
@@ -216,6 +218,53 @@ def frechet_difference_se(real_feats, fake_a, fake_b, num_resamples: int = 50, s
   return float(np.std(distances[:, 0] - distances[:, 1], ddof=1))
 
 
+def _cubic_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """KID's kernel k(x, y) = (x . y / D + 1)^3 between the rows of a and b, (len(a), len(b)) float64."""
+  return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def kernel_distance(real_feats, fake_feats) -> tuple[float, float]:
+  """KID (Bińkowski et al., 2018): the unbiased squared MMD with the cubic polynomial kernel, and its standard error.
+
+  With k(x, y) = (x . y / D + 1)^3, m real rows x and n generated rows y,
+
+      MMD^2_u = sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1))
+                - 2 sum_{i, j} k(x_i, y_j) / (m n),
+
+  an unbiased estimate of the population MMD^2: unlike FID it does not grow as the sample
+  count falls, so it can be negative for two draws of one distribution. The standard error is
+  the two-sample delete-one jackknife: every row of either set left out in turn (each
+  leave-one-out estimate from the kernel matrices' row sums), var = (m - 1)/m sum_a
+  (theta_-a - mean)^2 over the real rows plus the same over the generated rows.
+
+  Args:
+    real_feats: (m, D) features, m >= 3.
+    fake_feats: (n, D) features, n >= 3.
+
+  Returns:
+    (MMD^2_u, its standard error), floats.
+  """
+  x = np.asarray(real_feats, np.float64)
+  y = np.asarray(fake_feats, np.float64)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f"expected (m, D) and (n, D) features, got {x.shape} and {y.shape}")
+  m, n = len(x), len(y)
+  if min(m, n) < 3:
+    raise ValueError(f"KID's standard error needs at least 3 rows on each side, got {m} and {n}")
+  kxx, kyy, kxy = _cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)
+  rxx = kxx.sum(1) - np.diag(kxx)  # (m,) each real row's kernel sum over the other real rows
+  ryy = kyy.sum(1) - np.diag(kyy)  # (n,)
+  cx, cy = kxy.sum(1), kxy.sum(0)  # (m,), (n,) cross sums per real / generated row
+  sxx, syy, sxy = rxx.sum(), ryy.sum(), cx.sum()
+  estimate = sxx / (m * (m - 1)) + syy / (n * (n - 1)) - 2.0 * sxy / (m * n)
+  # Leaving real row a out removes its row and column of Kxx (2 r_a of the off-diagonal sum) and its row of Kxy.
+  without_x = (sxx - 2 * rxx) / ((m - 1) * (m - 2)) + syy / (n * (n - 1)) - 2.0 * (sxy - cx) / ((m - 1) * n)
+  without_y = sxx / (m * (m - 1)) + (syy - 2 * ryy) / ((n - 1) * (n - 2)) - 2.0 * (sxy - cy) / (m * (n - 1))
+  variance = (m - 1) / m * np.sum(np.square(without_x - without_x.mean())) \
+      + (n - 1) / n * np.sum(np.square(without_y - without_y.mean()))
+  return float(estimate), float(np.sqrt(variance))
+
+
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """(len(a), len(b)) squared Euclidean distances, float64, clipped at 0."""
   out = np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None, :] - 2.0 * a @ b.T
@@ -278,39 +327,72 @@ def class_shares(images, space: FeatureSpace) -> np.ndarray:
   return np.bincount(predicted, minlength=space.num_classes).astype(np.float64) / max(len(predicted), 1)
 
 
-def sample_metrics(images, space: FeatureSpace, ref: Reference) -> dict:
+def _confidence(logits: np.ndarray) -> float:
+  """The mean largest class probability of (N, classes) logits: how sure a classifier is of what images show."""
+  logits = logits - logits.max(-1, keepdims=True)
+  return float(np.mean(np.exp(logits).max(-1) / np.exp(logits).sum(-1)))
+
+
+def _scores(feats: np.ndarray, ref: Reference) -> dict:
+  precision, recall = precision_recall(ref.features, feats)
+  kid, kid_se = kernel_distance(ref.features, feats)
+  return {"fid": frechet_distance_from_stats(ref.mean, ref.covariance, *gaussian_fit(feats)), "kid": kid,
+          "kid_se": kid_se, "precision": precision, "recall": recall}
+
+
+def sample_metrics(images, space: FeatureSpace, ref: Reference, held_out: Reference | None = None,
+                   prefix: str = "") -> dict:
   """What a generative run reports about its samples (results.json's sample metrics), in one feature space.
+
+  Every score is measured at one sample count n for the samples and, with `held_out`, for real
+  held-out images beside them (FID and precision/recall depend on the count): n is the number
+  of samples, or of held-out images where there are fewer, and the first n of each are scored.
 
   Args:
     images: (N, H, W, C) samples, float in [0, 1] or uint8; N >= 4.
     space: the feature network.
-    ref: real images' statistics in `space` (`reference`).
+    ref: real images' statistics in `space` (`reference`), e.g. the training split.
+    held_out: other real images in `space` (e.g. the test split), scored against `ref` like
+      the samples: what a perfect model would score at this count.
+    prefix: put before every key but num_samples / num_scored (a second space's metrics).
 
   Returns:
-    {"fid": against the reference, "precision", "recall" (k = 3), and for a space with a class
-    head "classes_covered": classes with a share >= COVERED_SHARE, "class_shares": the shares,
-    rounded to 4 places; "num_samples": N}. Samples with a NaN or infinite pixel (a diverged
-    model) score NaN and cover no class, rather than failing the run that reports them.
+    {"fid", "kid" and "kid_se" (`kernel_distance`), "precision", "recall" (k = 3) against the
+    reference; with `held_out` the same of the real images as "<metric>_real", and "fid_ratio"
+    = fid / fid_real; for a space with a class head "classes_covered" (classes with a share >=
+    COVERED_SHARE among all N samples), "class_shares" (rounded to 4 places) and "confidence"
+    (the mean largest class probability, with its "_real" value); "num_samples": N,
+    "num_scored": n}. Samples with a NaN or infinite pixel (a diverged model) score NaN and
+    cover no class, rather than failing the run.
 
   Raises:
     ValueError: for a reference measured in another space.
   """
   _check_space(space, ref)
+  if held_out is not None:
+    _check_space(space, held_out)
   images = np.asarray(images)
+  n = len(images) if held_out is None else min(len(images), len(held_out.features))
+  counts = {"num_samples": int(len(images)), "num_scored": int(n)}
   if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
     nan = float("nan")
-    out = {"fid": nan, "precision": nan, "recall": nan}
+    out = dict.fromkeys(("fid", "kid", "kid_se", "precision", "recall"), nan)
     if space.num_classes:
-      out.update(classes_covered=0, class_shares=[nan] * space.num_classes)
-    return {**out, "num_samples": int(len(images))}
-  feats = space.features(images)
-  precision, recall = precision_recall(ref.features, feats)
-  out = {"fid": frechet_distance_from_stats(ref.mean, ref.covariance, *gaussian_fit(feats)), "precision": precision,
-         "recall": recall}
-  if space.num_classes:
-    shares = class_shares(images, space)
-    out.update(classes_covered=int(np.sum(shares >= COVERED_SHARE)), class_shares=shares.round(4).tolist())
-  return {**out, "num_samples": int(len(feats))}
+      out.update(classes_covered=0, class_shares=[nan] * space.num_classes, confidence=nan)
+  else:
+    logits, feats = space.outputs(images)
+    out = _scores(feats[:n], ref)
+    if space.num_classes:
+      shares = np.bincount(np.argmax(logits, -1), minlength=space.num_classes) / len(logits)
+      out.update(classes_covered=int(np.sum(shares >= COVERED_SHARE)), class_shares=shares.round(4).tolist(),
+                 confidence=_confidence(logits))
+  if held_out is not None:
+    real = _scores(held_out.features[:n], ref)
+    if space.num_classes and held_out.logits is not None:
+      real["confidence"] = _confidence(held_out.logits)
+    out.update({f"{key}_real": value for key, value in real.items()})
+    out["fid_ratio"] = out["fid"] / max(out["fid_real"], 1e-12)
+  return {**{prefix + key: value for key, value in out.items()}, **counts}
 
 
 def independent_pixel_samples(images, n: int, seed: int = 0) -> np.ndarray:
@@ -332,3 +414,36 @@ def independent_pixel_samples(images, n: int, seed: int = 0) -> np.ndarray:
   source = rng.integers(0, len(images), size=(n, *images.shape[1:]))  # (n, H, W, C): a real image per pixel
   _, row, col, channel = np.indices(source.shape)
   return images[source, row, col, channel]
+
+
+def gaussian_mixture_samples(images, n: int, components: int | None = None, seed: int = 0,
+                             max_components: int = 8) -> np.ndarray:
+  """Images drawn from a full-covariance Gaussian mixture fitted to the pixels of `images`.
+
+  A model with the pixel correlations a few Gaussians can hold and no finer structure: better
+  than independent pixels, worse than real images (its draws are blurred, grey-speckled
+  digits), between the two ends of a feature space's scale.
+
+  Args:
+    images: (N, H, W, C) float images in [0, 1].
+    n: number of images.
+    components: mixture components (scikit-learn's GaussianMixture, k-means initialised); None
+      picks the number in 1..max_components with the lowest BIC on `images` (3 for the digits'
+      training split).
+    seed: seeds the fits and the draw.
+    max_components: the largest number BIC chooses from.
+
+  Returns:
+    (n, H, W, C) float32 in [0, 1] (draws clipped to the range).
+  """
+  from sklearn.mixture import GaussianMixture  # pylint: disable=import-outside-toplevel
+  images = np.asarray(images, np.float64)
+  flat = images.reshape(len(images), -1)
+  fit = lambda k: GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(flat)
+  if components is None:
+    mixture = min((fit(k) for k in range(1, max_components + 1)), key=lambda m: m.bic(flat))
+  else:
+    mixture = fit(components)
+  draws, _ = mixture.sample(n)
+  draws = draws[np.random.default_rng(seed).permutation(n)]  # sample() returns the draws grouped by component
+  return np.clip(draws, 0.0, 1.0).reshape(n, *images.shape[1:]).astype(np.float32)

@@ -1,19 +1,21 @@
-"""The digits classifier's plug-in for the loop, and the digits feature space it trains.
+"""The digits classifiers' plug-in for the loop, and the two digits feature spaces they train.
 
     task = make_task(config)                 # trained by experiments/classifier.py like any model
-    space = digits_classifier()              # trained once with train_config(), then read from the cache
-    ref = digits_reference("train")          # the training split in that space
-    metrics = digits_sample_metrics(images)  # FID, precision/recall, class shares of digits samples
+    space = digits_classifier()              # the MLP: trained once with train_config(), then cached
+    pixels = digits_conv_space()            # the conv net, whose features see pixel noise
+    ref = digits_reference("train")          # the training split in a space
+    metrics = digits_sample_metrics(images)  # FID, KID, precision/recall, class shares in both spaces
 
-The network (research/models/classifier.py) is trained on the digits *training* split by the
-one training loop, seeded, in a few seconds of CPU; 98.3% accuracy on the test split. The
-trained feature space is cached beside the data, in
-`research.data.data_dir()/fid_classifier/<VERSION>/` (`params`: an orbax pytree;
+The networks (research/models/classifier.py) are trained on the digits *training* split by the
+one training loop, seeded, in seconds of CPU: the MLP classifier (VERSION; 98.3% accuracy on
+the test split) and the convolutional classifier (CONV_VERSION), whose 3x3 filters see pixel
+detail that the MLP's features average away. Each trained feature space is cached beside the data, in
+`research.data.data_dir()/fid_classifier/<version>/` (`params`: an orbax pytree;
 `classifier.json`: its test accuracy and training results), written atomically (into a
 temporary directory renamed when complete) under a file lock, so two processes never train it
 twice and a killed one never leaves a half-written cache.
 
-Bump VERSION whenever the network or its training changes: FIDs measured with different
+Bump a version whenever its network or its training changes: scores measured with different
 feature networks are not comparable, so a new network must never be mistaken for the old.
 """
 
@@ -29,6 +31,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from research import data as data_lib
 from research import optim
@@ -38,12 +41,23 @@ from research.models import classifier as classifier_lib
 from research.train import Task, base_config, eval_params, monitor, restore_pytree, save_pytree, train
 
 VERSION = "digits_mlp_v1"
+CONV_VERSION = "digits_cnn_v1"
+NETWORKS = ("mlp", "cnn")  # config.network: VERSION's MLP or CONV_VERSION's convolutional net
 DIGITS_SPLITS = ("train", "test")
+# The second space's metrics are reported under this prefix (cnn_fid, cnn_kid, ...).
+CONV_PREFIX = "cnn_"
 
 
-def train_config() -> ml_collections.ConfigDict:
-  """The loop config the cached classifier is trained with (part of what VERSION names)."""
+def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
+  """The loop config a cached feature network is trained with (part of what its version names).
+
+  Args:
+    network: "mlp" (VERSION) or "cnn" (CONV_VERSION).
+  """
+  if network not in NETWORKS:
+    raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
   config = base_config()
+  config.network = network  # mlp: DigitsNet; cnn: DigitsConvNet
   config.seed = 0
   config.steps = 600
   config.batch_size = 64
@@ -57,12 +71,21 @@ def train_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4
   config.optimizer.schedule = "warmup_cosine"
   config.optimizer.warmup_steps = 50
+  if network == "cnn":
+    config.steps = config.log_every = config.checkpoint_every = 3000
   return config
 
 
+def _model(config):
+  return classifier_lib.DigitsConvNet() if config.get("network", "mlp") == "cnn" else classifier_lib.DigitsNet()
+
+
 def make_task(config: ml_collections.ConfigDict) -> Task:
-  """The classifier as a loop task: cross-entropy on the training split, accuracy on `eval_data`."""
-  model = classifier_lib.DigitsNet()
+  """A classifier as a loop task: cross-entropy on the training split, accuracy on `eval_data`.
+
+  `config.network` picks the network: "mlp" (DigitsNet, also when absent) or "cnn" (DigitsConvNet).
+  """
+  model = _model(config)
   to_unit = classifier_lib.to_unit_images
 
   def loss(params, batch, key, train, hparams):
@@ -88,11 +111,16 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
 
 # ---------------------------------------------------------------------------------------
-# The digits feature space: trained on first use, read from the cache afterwards.
+# The digits feature spaces: trained on first use, read from the cache afterwards.
+
+_VERSIONS = {"mlp": VERSION, "cnn": CONV_VERSION}
 
 
-def feature_space(params, info: dict) -> FeatureSpace:
-  """The digits feature space of trained DigitsNet parameters."""
+def feature_space(params, info: dict, network: str = "mlp") -> FeatureSpace:
+  """The digits feature space of a trained network's parameters ("mlp": DigitsNet, "cnn": DigitsConvNet)."""
+  if network == "cnn":
+    return FeatureSpace(CONV_VERSION, classifier_lib.DigitsConvNet().apply, params, classifier_lib.IMAGE_SHAPE,
+                        classifier_lib.NUM_CLASSES, info)
   return FeatureSpace(VERSION, classifier_lib.DigitsNet().apply, params, classifier_lib.IMAGE_SHAPE,
                       classifier_lib.NUM_CLASSES, info)
 
@@ -103,10 +131,10 @@ def default_directory() -> str:
 
 
 @contextlib.contextmanager
-def _locked(root: str):
-  # Two processes asking for the classifier at once: the second waits and reads the first's cache.
+def _locked(root: str, version: str):
+  # Two processes asking for a network at once: the second waits and reads the first's cache.
   os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, f".{VERSION}.lock"), "w") as f:
+  with open(os.path.join(root, f".{version}.lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
@@ -114,42 +142,46 @@ def _locked(root: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _abstract_params():
+def _abstract_params(network: str):
   dummy = jnp.zeros((1, *classifier_lib.IMAGE_SHAPE), jnp.float32)
-  return jax.eval_shape(lambda: classifier_lib.DigitsNet().init(jax.random.key(0), dummy))
+  model = classifier_lib.DigitsConvNet() if network == "cnn" else classifier_lib.DigitsNet()
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
 
 
-def _fit(workdir: str) -> tuple[dict, dict]:
-  """Trains the network with the loop in `workdir`; returns (params, info for classifier.json)."""
-  config = train_config()
-  run = train(make_task(config), config, workdir, data_lib.load("digits", "train"), data_lib.load("digits", "test"))
+def _fit(workdir: str, network: str) -> tuple[dict, dict]:
+  """Trains a network with the loop in `workdir`; returns (params, info for classifier.json)."""
+  config = train_config(network)
+  with monitor.quiet():
+    run = train(make_task(config), config, workdir, data_lib.load("digits", "train"),
+                data_lib.load("digits", "test"))
   params = jax.device_get(eval_params(run.state))
-  info = {"version": VERSION, "test_accuracy": run.results["test_accuracy"],
+  info = {"version": _VERSIONS[network], "test_accuracy": run.results["test_accuracy"],
           "train_loss": run.results["train_loss"], "steps": config.steps, "config": config.to_dict()}
   return params, info
 
 
-def _read(directory: str) -> FeatureSpace:
+def _read(directory: str, network: str) -> FeatureSpace:
   with open(os.path.join(directory, "classifier.json")) as f:
     info = json.load(f)
-  return feature_space(restore_pytree(os.path.join(directory, "params"), _abstract_params()), info)
+  return feature_space(restore_pytree(os.path.join(directory, "params"), _abstract_params(network)), info, network)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached(root: str) -> FeatureSpace:
-  final = os.path.join(root, VERSION)
+@functools.lru_cache(maxsize=8)
+def _cached(root: str, network: str = "mlp") -> FeatureSpace:
+  version = _VERSIONS[network]
+  final = os.path.join(root, version)
   if os.path.isdir(final):
-    return _read(final)
-  with _locked(root):
+    return _read(final, network)
+  with _locked(root, version):
     if os.path.isdir(final):  # another process trained it while this one waited
-      return _read(final)
+      return _read(final, network)
     # Leftovers of a process killed mid-write; under the lock nobody else is writing.
-    for leftover in glob.glob(os.path.join(root, f".{VERSION}.tmp-*")):
+    for leftover in glob.glob(os.path.join(root, f".{version}.tmp-*")):
       shutil.rmtree(leftover, ignore_errors=True)
-    staging = tempfile.mkdtemp(prefix=f".{VERSION}.tmp-", dir=root)
-    monitor.say(f"training the digits feature network {VERSION} once, cached in {final}")
+    staging = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=root)
+    monitor.say(f"training the digits feature network {version} once (seconds), cached in {final}")
     try:
-      params, info = _fit(os.path.join(staging, "run"))
+      params, info = _fit(os.path.join(staging, "run"), network)
       save_pytree(os.path.join(staging, "params"), params)
       with open(os.path.join(staging, "classifier.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -160,14 +192,14 @@ def _cached(root: str) -> FeatureSpace:
     except BaseException:
       shutil.rmtree(staging, ignore_errors=True)
       raise
-  return _read(final)
+  return _read(final, network)
 
 
 def digits_classifier(directory: str | None = None) -> FeatureSpace:
   """The digits feature space, trained on first use and read from the cache afterwards.
 
   Args:
-    directory: the cache root holding one subdirectory per VERSION; defaults to
+    directory: the cache root holding one subdirectory per version; defaults to
       `default_directory()` (beside the prepared data).
 
   Returns:
@@ -178,6 +210,14 @@ def digits_classifier(directory: str | None = None) -> FeatureSpace:
   the cache once beforehand (call this in a single process), then each process only reads it.
   """
   return _cached(os.path.abspath(directory or default_directory()))
+
+
+def digits_conv_space(directory: str | None = None) -> FeatureSpace:
+  """The second digits feature space: the convolutional classifier (CONV_VERSION), which sees pixel noise.
+
+  Cached like `digits_classifier` (same directory argument); its `info` holds its test accuracy.
+  """
+  return _cached(os.path.abspath(directory or default_directory()), "cnn")
 
 
 def digits_reference(split: str = "train", space: FeatureSpace | None = None) -> fid.Reference:
@@ -200,15 +240,65 @@ def _reference(space: FeatureSpace, split: str) -> fid.Reference:
   return fid.reference(space, data_lib.load("digits", split)["image"], f"digits/{split}")
 
 
-def digits_sample_metrics(images, space: FeatureSpace | None = None) -> dict:
-  """research.metrics.fid.sample_metrics of digits samples against the training split, in the digits space.
+def digits_spaces(directory: str | None = None) -> list[tuple[FeatureSpace, str]]:
+  """Both digits feature spaces with the prefix of their metrics: [(MLP, ""), (conv net, CONV_PREFIX)].
+
+  Args:
+    directory: the cache root (`digits_classifier`).
+  """
+  return [(digits_classifier(directory), ""), (digits_conv_space(directory), CONV_PREFIX)]
+
+
+def digits_sample_metrics(images, space: FeatureSpace | None = None, directory: str | None = None) -> dict:
+  """research.metrics.fid.sample_metrics of digits samples in both digits feature spaces, beside real held-out digits.
+
+  The samples and the real test split (300 held-out digits) are scored alike against the
+  training split, at the same count (the first min(N, 300) of each): FID and its ratio to the
+  real digits', KID with its standard error, precision/recall, class shares and confidence.
+  The MLP classifier's metrics are unprefixed (fid, kid, ...), the convolutional net's carry
+  CONV_PREFIX (cnn_fid, cnn_kid, ...).
 
   Args:
     images: (N, 8, 8, 1) samples, float in [0, 1] or uint8; N >= 4.
-    space: the feature space; `digits_classifier()` by default.
+    space: one feature space only (its prefix as above); both by default.
+    directory: the cache root of the feature networks (`digits_classifier`).
   """
-  space = space or digits_classifier()
-  return fid.sample_metrics(images, space, digits_reference("train", space))
+  spaces = digits_spaces(directory) if space is None else [(space, CONV_PREFIX if space.name == CONV_VERSION else "")]
+  out = {}
+  for one, prefix in spaces:
+    out.update(fid.sample_metrics(images, one, digits_reference("train", one), digits_reference("test", one), prefix))
+  return out
+
+
+KNOWN_CASES = ("real held-out", "noise 0.05", "noise 0.1", "gaussian mixture", "independent pixels")
+
+
+def digits_known_cases(n: int = 1000, seed: int = 0, directory: str | None = None) -> dict:
+  """Sample metrics of cases whose order is known, in both spaces: the scale a model's scores sit on.
+
+  From best to worst: the real test split; it with Gaussian pixel noise of standard deviation
+  0.05 and 0.1 (clipped to [0, 1]); `n` draws of a full-covariance Gaussian mixture fitted to
+  the training pixels, its size chosen by BIC (research.metrics.fid.gaussian_mixture_samples); `n`
+  images of independent pixels (fid.independent_pixel_samples). Each is scored as a model's
+  samples are (`digits_sample_metrics`, so at min(n, 300) against the 300 held-out digits).
+
+  Args:
+    n: samples drawn of the two models (the experiments' count).
+    seed: seeds the noise, the mixture and the independent pixels.
+    directory: the cache root of the feature networks (`digits_classifier`).
+
+  Returns:
+    {case (KNOWN_CASES): its digits_sample_metrics}.
+  """
+  train_images = data_lib.load("digits", "train")["image"]
+  test = data_lib.load("digits", "test")["image"].astype(np.float32) / 255.0
+  rng = np.random.default_rng(seed)
+  cases = {"real held-out": test,
+           "noise 0.05": np.clip(test + 0.05 * rng.standard_normal(test.shape), 0, 1).astype(np.float32),
+           "noise 0.1": np.clip(test + 0.1 * rng.standard_normal(test.shape), 0, 1).astype(np.float32),
+           "gaussian mixture": fid.gaussian_mixture_samples(train_images.astype(np.float32) / 255.0, n, seed=seed),
+           "independent pixels": fid.independent_pixel_samples(train_images, n, seed)}
+  return {name: digits_sample_metrics(images, directory=directory) for name, images in cases.items()}
 
 
 def digits_fid(images, reference: str = "train", space: FeatureSpace | None = None) -> float:

@@ -159,12 +159,11 @@ def make_task(config) -> Task:
   def summarize(arrays):
     if is_image_dataset(dataset):
       images = np.asarray(arrays["samples"], np.float32)
-      space = classifier_tasks.digits_classifier()
-      metrics = classifier_tasks.digits_sample_metrics(images, space)
+      metrics = classifier_tasks.digits_sample_metrics(images)
       if conditional:
         # How often the generator draws the digit it was asked for, as the classifier reads it.
         asked = np.asarray(cycling_labels(config.num_samples))
-        metrics["label_accuracy"] = float(np.mean(space.predict(images) == asked))
+        metrics["label_accuracy"] = float(np.mean(classifier_tasks.digits_classifier().predict(images) == asked))
       return metrics
     if dataset not in toy2d.MIXTURES:
       return {}

@@ -1,5 +1,6 @@
 """Logging for the loop: TensorBoard event files, console lines and a progress line."""
 
+import contextlib
 import datetime
 import math
 import sys
@@ -73,9 +74,25 @@ def make_writer(workdir: str):
   return tensorboard.SummaryWriter(workdir) if jax.process_index() == 0 else tensorboard.NullWriter()
 
 
+_quiet = 0  # depth of `quiet()` blocks: console lines are dropped inside any
+
+
+@contextlib.contextmanager
+def quiet():
+  """Drops `say` and progress lines inside the block: a helper run (a feature network trained on
+  first use) inside another run keeps to the one line announcing it. Events, checkpoints and
+  results are written as ever."""
+  global _quiet
+  _quiet += 1
+  try:
+    yield
+  finally:
+    _quiet -= 1
+
+
 def say(message: str) -> None:
   """Prints one line to stderr on process 0 (events a user must see, whatever the log level)."""
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not _quiet:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
@@ -109,7 +126,7 @@ class Progress:
       line += f"  {flops_per_step * rate / 1e9:.3g} GFLOP/s"
       if peak:
         line += f"  MFU {flops_per_step * rate / peak:.1%}"
-    if self._enabled:
+    if self._enabled and not _quiet:
       sys.stderr.write(line + "\n")
       sys.stderr.flush()
     return line
