@@ -167,6 +167,19 @@ def test_ema_tracks_params(tmp_path, digits_train):
   assert 0 < max(diffs) < 0.1
 
 
+def test_ema_decay_warms_up():
+  from research.train.step import ema_warmup  # pylint: disable=import-outside-toplevel
+  steps = np.arange(3000)
+  decays = np.asarray(ema_warmup(0.999, steps))
+  assert decays[0] == pytest.approx(0.1) and decays[90] == pytest.approx(0.91)
+  np.testing.assert_allclose(decays, np.minimum(0.999, (1 + steps) / (10 + steps)), rtol=1e-6)
+  # The share of the initial (random) parameters left in the EMA after 3000 updates: 5% with a fixed
+  # decay of 0.999, none with the warm-up.
+  assert np.prod(np.full(3000, 0.999)) > 0.04
+  assert np.prod(decays.astype(np.float64)) < 1e-15
+  assert float(ema_warmup(0.9, 1000)) == pytest.approx(0.9)  # the configured decay once reached
+
+
 def test_completed_run_restarted_does_no_more_steps(tmp_path, digits_train):
   # A run that trained again from its checkpoint, or from scratch, would end in the same state:
   # count the steps the devices execute, and the checkpoints and logged losses written.
