@@ -10,9 +10,9 @@ Writes into the workdir: checkpoints, TensorBoard events, reconstructions.png (t
 and their reconstructions in alternating rows; for the DAE: clean, corrupted, denoised),
 samples.png (VAE: Bernoulli means of decoded prior samples) and results.json with
 test_nll_nats and nll_k (VAE) or the test reconstruction errors (AE/DAE). On digits the VAE's
-`num_samples` prior samples are scored as the GAN's and the diffusion model's are: FID,
-precision and recall against the training digits' classifier features, and the share of
-each class (research/metrics/fid.py; real held-out digits score FID 2.1); samples.npz and
+`num_samples` prior samples are scored as the GAN's and the diffusion model's are
+(research.tasks.classifier.digits_sample_metrics: FID, KID, precision and recall in two feature
+spaces beside the real held-out digits' own, and the share of each class); samples.npz and
 samples.png then hold those samples.
 """
 

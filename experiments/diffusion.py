@@ -12,12 +12,14 @@ Run:
 By default a class-conditional DDPM (linear β, T = 1000, ε-prediction, 10% label dropout for
 classifier-free guidance) with the small U-Net, EMA weights (decay 0.995), sampled with DDIM
 (50 linear steps, η = 0) that clips each step's x0 estimate to [-1, 1]. The EMA starts at the
-initial weights, which keep decay^steps of it: 0.999 over 3000 steps left them 5% (e^-3), whose
-noise showed as grey speckle in the samples; 0.995 leaves 3e-7. Writes checkpoints, TensorBoard
-events, samples.png and samples.npz (the `num_samples` images whose scores are reported; labels
-cycle through 0..9) and results.json with FID, precision and recall against the training digits'
-classifier features (research/metrics/fid.py; real held-out digits score FID 2.1), and the share
-of samples the classifier puts in each class. Sweepable in one program (experiments/sweep.py): class_dropout
+initial weights: with a fixed decay, 0.999 over 3000 steps left them 5% (e^-3), whose noise
+showed as grey speckle in the samples; the loop now warms the decay up (research.train.step's
+`ema_warmup`). Writes checkpoints, TensorBoard events, samples.png and samples.npz (the
+`num_samples` images whose scores are reported; labels cycle through 0..9) and results.json
+with the digits sample metrics (research.tasks.classifier.digits_sample_metrics): FID, KID,
+precision and recall against the training digits in two feature spaces (an MLP classifier's,
+a convolutional one's: cnn_*), each beside the real held-out digits' own at the same count
+(*_real, fid_ratio), and the share of samples the classifier puts in each class. Sweepable in one program (experiments/sweep.py): class_dropout
 and guidance_scale (the sampler's classifier-free guidance w, traced).
 """
 

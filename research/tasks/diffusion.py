@@ -62,8 +62,8 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guida
     (`class_dropout`) replacing labels by the null class `num_classes`; the pure `evaluate`
     draws `num_samples` images with the configured sampler (clipping each step's x0 estimate
     to the data range when `config.clip_sample`; labels cycling through the
-    classes), whose FID, precision and recall against the training digits' classifier
-    features and share of each class `summarize` reports; the loop writes those images as
+    classes), whose digits sample metrics (research.tasks.classifier.digits_sample_metrics:
+    both feature spaces, beside real held-out digits) `summarize` reports; the loop writes those images as
     the step's samples, and `sample` draws such images at other steps. A conditional model's
     traced hyperparameters (Task.hparams) are `class_dropout` and, when guided (a
     `guidance_scale` other than 1, or `sweeps_guidance`), `guidance_scale`: the classifier-free
