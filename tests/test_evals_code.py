@@ -18,6 +18,10 @@ import pytest
 from research.evals import code
 from tests.conftest import run_python
 
+# One worker runs every file that starts sandboxes: the leftover checks count this checkout's sandbox
+# processes machine-wide, and another worker's running programs are not leftovers.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 FULL = code.sandbox_layers()
 KERNEL = "namespaces" in FULL and "readonly_fs" in FULL
 CONFIGS = [pytest.param({}, id="all_layers"), pytest.param({"isolate": False}, id="guard_only"),

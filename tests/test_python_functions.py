@@ -12,6 +12,10 @@ from research.data import python_functions
 from research.evals import code
 from tests.conftest import run_python
 
+# One worker runs every file that starts sandboxes: the leftover checks count this checkout's sandbox
+# processes machine-wide, and another worker's running programs are not leftovers.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 TRAIN, TEST = python_functions.problems("train"), python_functions.problems("test")
 ALL = TRAIN + TEST
 
