@@ -4,6 +4,7 @@ Run:
   python -m experiments.classifier --workdir=/tmp/classifier
   python -m experiments.classifier --workdir=/tmp/sgdw --config.optimizer.name=sgdw \
       --config.optimizer.learning_rate=0.05 --config.optimizer.weight_decay=1e-3
+  python -m experiments.classifier --workdir=/tmp/cnn --config.network=cnn    # the second feature space's net
   python -m experiments.classifier --workdir=/tmp/smoke --config=experiments/classifier.py:smoke
 
 The default config is the one the cached feature network of research/tasks/classifier.py is
@@ -43,6 +44,7 @@ def run(config, workdir: str, members=None) -> dict:
   """
   check_common(config)
   check_choice("dataset", config.dataset, ("digits",))
+  check_choice("network", config.network, classifier_tasks.NETWORKS)
   check_workdir(workdir)
   train_split, test_split = data_lib.load("digits", "train"), data_lib.load("digits", "test")
   task = classifier_tasks.make_task(config)

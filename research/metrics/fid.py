@@ -1,7 +1,9 @@
 """Measuring samples in a feature space: FID, precision/recall, class shares, against real images' statistics.
 
     ref = fid.reference(space, real_images, "digits/train")   # real images seen through the space
-    fid.sample_metrics(samples, space, ref)                   # what a generative run reports
+    held_out = fid.reference(space, test_images, "digits/test")
+    fid.sample_metrics(samples, space, ref, held_out)         # what a generative run reports, beside real data
+    fid.kernel_distance(feats_a, feats_b)                     # KID and its standard error
     fid.frechet_distance(feats_a, feats_b)                    # any features
     fid.precision_recall(ref.features, space.features(samples))
     fid.class_shares(samples, space)                          # share of each predicted class

@@ -76,8 +76,8 @@ def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
   return config
 
 
-def _model(config):
-  return classifier_lib.DigitsConvNet() if config.get("network", "mlp") == "cnn" else classifier_lib.DigitsNet()
+def _model(network: str):
+  return classifier_lib.DigitsConvNet() if network == "cnn" else classifier_lib.DigitsNet()
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
@@ -85,7 +85,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
   `config.network` picks the network: "mlp" (DigitsNet, also when absent) or "cnn" (DigitsConvNet).
   """
-  model = _model(config)
+  model = _model(config.get("network", "mlp"))
   to_unit = classifier_lib.to_unit_images
 
   def loss(params, batch, key, train, hparams):
@@ -118,10 +118,7 @@ _VERSIONS = {"mlp": VERSION, "cnn": CONV_VERSION}
 
 def feature_space(params, info: dict, network: str = "mlp") -> FeatureSpace:
   """The digits feature space of a trained network's parameters ("mlp": DigitsNet, "cnn": DigitsConvNet)."""
-  if network == "cnn":
-    return FeatureSpace(CONV_VERSION, classifier_lib.DigitsConvNet().apply, params, classifier_lib.IMAGE_SHAPE,
-                        classifier_lib.NUM_CLASSES, info)
-  return FeatureSpace(VERSION, classifier_lib.DigitsNet().apply, params, classifier_lib.IMAGE_SHAPE,
+  return FeatureSpace(_VERSIONS[network], _model(network).apply, params, classifier_lib.IMAGE_SHAPE,
                       classifier_lib.NUM_CLASSES, info)
 
 
@@ -144,8 +141,7 @@ def _locked(root: str, version: str):
 
 def _abstract_params(network: str):
   dummy = jnp.zeros((1, *classifier_lib.IMAGE_SHAPE), jnp.float32)
-  model = classifier_lib.DigitsConvNet() if network == "cnn" else classifier_lib.DigitsNet()
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy))
+  return jax.eval_shape(lambda: _model(network).init(jax.random.key(0), dummy))
 
 
 def _fit(workdir: str, network: str) -> tuple[dict, dict]:
