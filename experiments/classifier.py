@@ -4,7 +4,8 @@ Run:
   python -m experiments.classifier --workdir=/tmp/classifier
   python -m experiments.classifier --workdir=/tmp/sgdw --config.optimizer.name=sgdw \
       --config.optimizer.learning_rate=0.05 --config.optimizer.weight_decay=1e-3
-  python -m experiments.classifier --workdir=/tmp/cnn --config.network=cnn    # the second feature space's net
+  python -m experiments.classifier --workdir=/tmp/cnn --config.network=cnn --config.steps=3000 \
+      --config.log_every=3000 --config.checkpoint_every=3000     # the conv net of the second feature space
   python -m experiments.classifier --workdir=/tmp/smoke --config=experiments/classifier.py:smoke
 
 The default config is the one the cached feature network of research/tasks/classifier.py is
