@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from research.data import toy2d
 from research.data.python_functions import PythonFunctions  # pylint: disable=unused-import  # registers the builder
+from research.data.shapes import DigitsCaptions, Shapes  # pylint: disable=unused-import  # registers the builders
 
 DIGITS_TEST_SIZE = 300
 TOY2D_SIZES = {"train": 20_000, "test": 5_000}
