@@ -68,4 +68,6 @@ def write(table: list[Tensor], params) -> dict[str, np.ndarray]:
   parts: dict[str, list] = {}
   for row in table:
     parts.setdefault(row.theirs, []).append(np.asarray(row.to_theirs(np.asarray(_get(params, row.ours), np.float32))))
-  return {name: np.ascontiguousarray(p[0] if len(p) == 1 else np.concatenate(p, axis=-1)) for name, p in parts.items()}
+  # np.asarray(order="C") keeps a scalar's shape (), which np.ascontiguousarray would make (1,).
+  return {name: np.asarray(p[0] if len(p) == 1 else np.concatenate(p, axis=-1), order="C")
+          for name, p in parts.items()}
