@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,11 @@ SMOKE = "--config=experiments/autoencoder.py:smoke"
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config.stpes=100"], 'unknown config field stpes; Did you mean "steps" instead of "stpes"?'),
+    (["--config.stpes=100"], "unknown config field 'stpes'; did you mean 'steps'?"),
+    (["--config.optimizer.lr=0.1"], "unknown config field 'optimizer.lr'; did you mean 'optimizer.learning_rate'?"),
+    ([SMOKE, "--config.lr=0.1"], "unknown config field 'lr'; did you mean 'optimizer.learning_rate'?"),
+    ([SMOKE, "--config.steps=50", "--config.optimizer.schedule=warmup_cosine", "--config.optimizer.warmup_steps=100"],
+     "optimizer.warmup_steps 100 is longer than the run's 50 steps"),
     (["--config=experiments/autoencoder.py:smok"], "unknown preset 'smok'; choose from: smoke"),
     ([SMOKE, "--config.dataset=nope"], "unknown dataset 'nope'; available: digits"),
     ([SMOKE, "--config.mesh.fsdp=3"], "does not fit 1 devices"),
@@ -129,3 +134,26 @@ def test_default_commands_run_on_four_simulated_devices(tmp_path, module, args):
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["devices"]["count"] == 4 and results["mesh"]["data"] == 4
   assert np.isfinite(results["train_loss"])
+
+
+def test_help_lists_fields_with_defaults_comments_and_presets_and_exits_0():
+  done = run_python(["-m", "experiments.autoencoder", "--help", "--config=experiments/autoencoder.py:smoke"])
+  assert done.returncode == 0, done.stderr
+  out = done.stdout
+  assert out.startswith("AE, denoising AE or VAE")  # the docstring first
+  # Every field of the preset's config, with its value, and the comment of the line that assigns it.
+  assert re.search(r"^  optimizer\.learning_rate = [0-9.e-]+ +# peak learning rate$", out, re.M), out
+  assert re.search(r"^  seed = 0 +# seeds parameter init", out, re.M)
+  assert "Config fields (defaults with preset 'smoke'):" in out
+  assert re.search(r"^Presets \(--config=experiments/autoencoder\.py:NAME.*\): .*smoke", out, re.M)
+
+
+def test_experiments_lists_every_script_with_one_line():
+  done = run_python(["-m", "experiments"])
+  assert done.returncode == 0, done.stderr
+  listed = set(re.findall(r"python -m (experiments\.\S+)", done.stdout))
+  assert {"experiments.gan", "experiments.tables.dit", "experiments.bench.gpt2", "experiments.sweep"} <= listed
+  assert "experiments.harness" not in listed and "experiments.bench.steps" not in listed  # helpers, not scripts
+  for line in done.stdout.splitlines():
+    if line.strip().startswith("python -m"):
+      assert len(line.split(None, 3)) == 4, line  # a description after every command

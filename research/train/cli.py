@@ -17,6 +17,9 @@ A script declares its presets once, as a dict of preset name -> function that ed
 config, and ends `get_config(preset)` with `return cli.apply_presets(config, preset, PRESETS)`.
 """
 
+import difflib
+import importlib.util
+import os
 import sys
 from collections.abc import Callable, Mapping
 
@@ -25,7 +28,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from research.train import distributed
+from research.train import distributed, usage
 from research.train.config import ConfigError
 from research.train.monitor import Interrupted, NonFiniteLossError
 
@@ -89,6 +92,112 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return []
 
 
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  """The value of --config in argv ("path[:preset]"), or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _script_module(config_file: str):
+  """The experiment script's module: __main__ when it is the script, else the file loaded afresh."""
+  main_module = sys.modules.get("__main__")
+  main_path = getattr(main_module, "__file__", None)
+  if main_path and os.path.realpath(main_path) == os.path.realpath(config_file):
+    return main_module
+  spec = importlib.util.spec_from_file_location("_experiment_config", config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _script_name(config_file: str) -> str:
+  path = os.path.relpath(os.path.realpath(config_file), usage._ROOT)  # pylint: disable=protected-access
+  return path if not path.startswith("..") else config_file
+
+
+def _print_help(config_file: str | None, dir_flag: str) -> None:
+  """Prints the script's help (its docstring, flags, config fields and presets) and exits 0."""
+  main_module = sys.modules.get("__main__")
+  if config_file is None:  # a script that runs other scripts' configs (experiments/sweep.py)
+    own = [flag for module, flag_list in flags.FLAGS.flags_by_module_dict().items()
+           if os.path.realpath(module) == os.path.realpath(getattr(main_module, "__file__", "") or "")
+           for flag in flag_list]
+    lines = [(getattr(main_module, "__doc__", "") or "").strip(), "", "Flags:",
+             f"  --{dir_flag}=DIR   directory for checkpoints, logs and results",
+             "  --config=experiments/<name>.py[:PRESET]   the experiment whose config is swept (required);"
+             " its fields: python -m experiments.<name> --help",
+             "  --config.FIELD=VALUE   override one field of that config"]
+    lines += [f"  --{flag.name}={flag.default if flag.default is not None else ''}   {flag.help}" for flag in own]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.exit(0)
+  arg = _config_arg(sys.argv[1:]) or config_file
+  path, _, preset = arg.partition(":")
+  try:
+    module = _script_module(path)
+    config = module.get_config(preset)
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f"bad config: {_one_line(e)}")
+  sys.stdout.write(usage.text(module.__doc__, config, getattr(module, "PRESETS", {}), path, _script_name(path), preset,
+                              dir_flag))
+  sys.exit(0)
+
+
+def _field_exists(config, field: str) -> bool:
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
+def _check_overrides(config_file: str | None, argv: list[str]) -> None:
+  """Refuses a --config.FIELD override naming no field, with the closest field names (before any parsing)."""
+  fields = [arg[len("--config."):].split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+  if not fields:
+    return
+  path, _, preset = (_config_arg(argv) or config_file or "").partition(":")
+  if not path:
+    return
+  try:
+    config = _script_module(path).get_config(preset)
+  except Exception:  # pylint: disable=broad-except  # the config flag itself reports a broken script or preset
+    return
+  names = [field for field, _ in usage.flatten(config)]
+  names += sorted({field.rsplit(".", i)[0] for field in names for i in range(1, field.count(".") + 1)})
+  for field in fields:
+    if not _field_exists(config, field):
+      close = _closest(field, names)
+      hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+      fail(f"unknown config field {field!r}{hint} (every field: --help)")
+
+
+def _closest(field: str, names: list[str]) -> list[str]:
+  """At most two field names a mistyped `field` may have meant: a sibling it abbreviates or misspells first."""
+  parent, _, last = field.rpartition(".")
+  siblings = [name for name in names if name.rpartition(".")[0] == parent]
+  ratio = lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()
+
+  def initials(name: str) -> str:
+    return "".join(part[0] for part in name.rpartition(".")[2].split("_") if part)
+
+  def near(name: str) -> bool:
+    return (initials(name) == last or (len(last) >= 2 and name.rpartition(".")[2].startswith(last))
+            or ratio(name.rpartition(".")[2], last) >= 0.75)
+
+  matches = [name for name in siblings if near(name)] or [name for name in names if near(name)]
+  if not matches:
+    matches = [name for name in names if ratio(name, field) >= 0.75]
+  return sorted(matches, key=lambda name: -ratio(name.rpartition(".")[2], last))[:2]
+
+
 def main(config_file: str, run: Callable, workdir_required: bool = True, dir_flag: str = "workdir") -> None:
   """Defines --config and the output directory flag, then runs `run(config, directory)` under absl.
 
@@ -100,6 +209,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     workdir_required: whether the directory flag must be given.
     dir_flag: the directory flag's name: "workdir" for runs, "outdir" for tables and benchmarks.
   """
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    _print_help(config_file, dir_flag)
+  _check_overrides(config_file, sys.argv[1:])
   try:
     # Parses the --config.<field> overrides already, so an unknown field fails here.
     config_flag = config_flags.DEFINE_config_file("config", config_file, "Experiment config file[:preset].",

@@ -37,6 +37,9 @@ def check_common(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"the microbatch of {micro} examples (batch_size / grad_accum) is not divisible by the "
                       f"data x fsdp mesh size {split}")
   optim.check(config.optimizer)
+  if config.optimizer.schedule != "constant" and config.optimizer.warmup_steps > config.steps > 0:
+    raise ConfigError(f"optimizer.warmup_steps {config.optimizer.warmup_steps} is longer than the run's "
+                      f"{config.steps} steps: the learning rate would never reach its peak")
   check_positive("checkpoint_every", config.checkpoint_every)
   check_positive("log_every", config.log_every)
   check_positive("eval_every", config.eval_every, allow_zero=True)
