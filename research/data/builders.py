@@ -6,12 +6,14 @@ python_docs  the English documentation text shipped with CPython (pydoc_data.top
 python_docs_topics  paragraphs of that text labelled with the part of the documentation they come
              from (statements, expressions, data model, built-in types, execution): a small
              sentence-classification task for fine-tuning encoders offline.
+number_words  numbers and their English words, a translation task (research/data/number_words.py).
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import toy2d
+from research.data.number_words import NumberWords  # pylint: disable=unused-import  # registers the builder
 from research.data.python_functions import PythonFunctions  # pylint: disable=unused-import  # registers the builder
 from research.data.shapes import DigitsCaptions, Shapes  # pylint: disable=unused-import  # registers the builders
 

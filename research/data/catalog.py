@@ -29,6 +29,7 @@ BUNDLED = {
     "python_docs_topics": "python_docs_topics",
     "python_functions": "python_functions",
     "shapes": "shapes", "digits_captions": "digits_captions",
+    "number_words": "number_words",
 }
 # Catalog datasets the experiments know; they download on first use when online.
 CATALOG = ("mnist", "cifar10", "tiny_shakespeare", "lm1b")
