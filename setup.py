@@ -40,6 +40,8 @@ EXTRAS_REQUIRE = {
         "diffusers>=0.30,<1",  # reference for the DDPM/DDIM scheduler parity tests
         "MinAtar>=1.0.15,<2",  # reference dynamics of gymnax's MinAtar games (its torch is an extra, not pulled)
         "stable-baselines3>=2.3,<3",  # the A2C benchmark's peer (its torch is the pin above)
+        "sacrebleu>=2.0,<3",  # reference for research/metrics/bleu.py
+        "num2words>=0.5.10,<0.6",  # an independent check of number_words' English words
     ],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
