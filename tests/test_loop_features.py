@@ -2,6 +2,7 @@
 interval averages, several steps per call, non-trained state, mixed precision, data sources."""
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,7 @@ from research import data as data_lib
 from research import optim
 from research.models import autoencoder
 from research.tasks import autoencoder as autoencoder_tasks
-from research.train import NonFiniteLossError, Task, TrainState, base_config, init_state, make_train_step, train
+from research.train import ConfigError, NonFiniteLossError, Task, TrainState, base_config, init_state, make_train_step, train
 from research.train.step import Keys
 
 
@@ -203,6 +204,7 @@ def test_steps_per_call_non_finite_stop_names_the_exact_step(tmp_path, digits_tr
 
 def test_extra_state_is_carried_and_checkpointed(tmp_path, digits_train):
   config = tiny_run.make_config(10)
+  config.optimizer.schedule = "constant"  # so the run may be extended: the schedule does not depend on steps
   base = tiny_run.make_task(config)
   default = make_train_step(base, 0.0)
 
@@ -342,3 +344,34 @@ def test_logical_names_and_fsdp_rule_on_one_device():
   shardings = parallel.param_shardings(boxed, parallel.make_mesh(config.mesh))
   spec = shardings["params"]["Block_0"]["fc"]["kernel"].spec
   assert tuple(spec) == ("fsdp", "tensor")
+
+
+def test_a_resume_that_changes_training_is_refused_and_a_finished_rerun_does_nothing(tmp_path, digits_train, capsys):
+  config = tiny_run.make_config(10)
+  task = tiny_run.make_task(config)
+  first = train(task, config, str(tmp_path), digits_train)
+  results = (tmp_path / "results.json").read_text()
+  capsys.readouterr()
+
+  # The same command again: nothing trained, evaluated or written; the stored results come back.
+  again = train(task, config, str(tmp_path), digits_train)
+  assert "already holds this run, finished at step 10: nothing to do" in capsys.readouterr().err
+  assert (tmp_path / "results.json").read_text() == results
+  assert again.results["train_loss"] == first.results["train_loss"]
+
+  # What training reads may not change (the weight decay; the steps under a decaying schedule) ...
+  for field, value, shown in (("optimizer.weight_decay", 0.5, "optimizer.weight_decay 0.0001 (now 0.5)"),
+                              ("steps", 20, "steps 10 (now 20)")):
+    changed = tiny_run.make_config(10)
+    if "." in field:
+      changed.optimizer[field.split(".")[1]] = value
+    else:
+      changed[field] = value
+    with pytest.raises(ConfigError, match=re.escape(f"holds a run trained with other settings: {shown}")):
+      train(tiny_run.make_task(changed), changed, str(tmp_path), digits_train)
+  assert (tmp_path / "results.json").read_text() == results
+  # ... what only shapes how the run is carried out may (checkpoints, logging, the mesh).
+  carried = tiny_run.make_config(10)
+  carried.log_every, carried.checkpoint_every, carried.keep_checkpoints = 5, 5, 2
+  train(tiny_run.make_task(carried), carried, str(tmp_path), digits_train)
+  assert "nothing to do" in capsys.readouterr().err

@@ -54,6 +54,7 @@ class Checkpointer:
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.restored_config = None  # the config saved with the checkpoint `restore` read
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -97,6 +98,7 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore()))
+        self.restored_config = restored["config"]
         return rebuild(restored["state"]), restored["data"]
       except Exception as e:  # pylint: disable=broad-except
         aside = self._set_aside(step)

@@ -1,5 +1,6 @@
 """The fields every gradient-trained experiment shares, and their checks (run before anything is compiled)."""
 
+import json
 import os
 
 import jax
@@ -62,6 +63,38 @@ def check_workdir(workdir: str) -> None:
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
     raise ConfigError(f"--workdir {workdir} cannot be created or written ({parent} is not a writable directory)")
+
+
+# Fields that shape how a run is carried out, not what it trains: a resumed run may change them.
+RUN_ONLY_FIELDS = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "sample_every",
+                   "steps_per_call", "prefetch", "mesh.data", "mesh.fsdp", "mesh.tensor")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  out = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{name}."))
+    else:
+      out[f"{prefix}{name}"] = value
+  return out
+
+
+def changed_fields(stored: dict, config) -> list[tuple[str, object, object]]:
+  """(field, stored value, this config's value) of each field a resume may not change.
+
+  `stored` is the config saved with a checkpoint (JSON). Fields of RUN_ONLY_FIELDS may change;
+  so may `steps` under a constant learning rate (training longer, or stopping earlier, follows
+  the same updates); a field the stored config lacks (written before it existed) is not compared.
+  """
+  now = _flat(json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config),
+                                    default=list)))
+  before = _flat(stored)
+  free = set(RUN_ONLY_FIELDS)
+  if now.get("optimizer.schedule", "constant") == "constant" == before.get("optimizer.schedule", "constant"):
+    free.add("steps")
+  return [(field, before[field], value) for field, value in now.items()
+          if field in before and field not in free and before[field] != value]
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -17,6 +17,7 @@ sweep take the same path: research.train.members.Engine holds what differs.
 """
 
 import collections
+import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -28,7 +29,7 @@ from research.train import monitor
 from research.train import parallel
 from research.train import results as results_lib
 from research.train import schedule
-from research.train.config import ConfigError, check_common, check_workdir
+from research.train.config import ConfigError, changed_fields, check_common, check_workdir
 from research.train.evaluation import Evaluator
 from research.train.members import Engine, Members, completed_steps
 from research.train.step import TrainState
@@ -78,6 +79,12 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
     raise ConfigError("grad_accum > 1 needs a task with a `loss`; this task has its own train_step")
   loop = _Loop(Engine(task, config, members), config, workdir, data)
   loop.open()
+  done = loop.finished()
+  if done is not None:
+    monitor.say(f"{workdir} already holds this run, finished at step {loop.start}: nothing to do "
+                f"(its results: {os.path.join(workdir, 'results.json')})")
+    loop.checkpoints.close()
+    return Run(loop.state, done)
   loop.build()
   evaluator = Evaluator(loop.engine, workdir, eval_data, loop.writer)
   with schedule.Signals() as signals:
@@ -112,6 +119,7 @@ class _Loop:
     if restored is not None:
       self.state, position = restored
       self._check_position(position)
+      self._check_config(checkpoints.restored_config)
       monitor.say(f"resuming from step {completed_steps(self.state)} of {workdir}")
     else:
       position = {}
@@ -131,6 +139,26 @@ class _Loop:
     if not engine.sweep and position.get("seed") != self.config.seed:
       raise ConfigError(f"the checkpoint in {workdir} was written with seed {position.get('seed')}, "
                         f"not {self.config.seed}; use another --workdir")
+
+  def _check_config(self, stored) -> None:
+    """Raises ConfigError when this config changes what the checkpoint's run trains (its fields named)."""
+    changed = changed_fields(stored or {}, self.config)
+    if changed:
+      shown = ", ".join(f"{field} {before!r} (now {after!r})" for field, before, after in changed[:4])
+      more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+      raise ConfigError(f"{self.workdir} holds a run trained with other settings: {shown}{more}; rerun with its "
+                        "settings to resume or reuse it, or use another --workdir")
+
+  def finished(self) -> dict | None:
+    """The results of this very run when the workdir already holds it finished, else None."""
+    if self.start < self.config.steps:
+      return None
+    try:
+      with open(os.path.join(self.workdir, "results.json")) as f:
+        results = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return results if results.get("step") == self.start else None
 
   # ---------------------------------------------------------------------------------------
   # 2. The programs: one step, several steps as a scan (both donate the state), and their FLOPs.
