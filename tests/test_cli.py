@@ -64,6 +64,18 @@ def test_smoke_run_prints_its_final_metrics_and_no_tensorflow_banner(tmp_path):
   results = json.loads((tmp_path / "results.json").read_text())
   final = [line for line in proc.stderr.splitlines() if line.startswith("final: ")]
   assert len(final) == 1 and f"test_nll_nats {results['test_nll_nats']:.5g}" in final[0]
+  # The workdir is marked with what wrote it, and another experiment refuses it before writing anything.
+  assert (tmp_path / ".experiment").read_text() == "experiments.autoencoder\n"
+  before = sorted(os.listdir(tmp_path))
+  other = run_python(["-m", "experiments.em_gmm", f"--workdir={tmp_path}", "--config=experiments/em_gmm.py:smoke"])
+  assert other.returncode == 2 and other.stderr.strip() == (
+      f"error: --workdir {tmp_path} was written by experiments.autoencoder, not experiments.em_gmm; "
+      "use another --workdir")
+  assert sorted(os.listdir(tmp_path)) == before
+  # The same command again finds the finished run and says so.
+  again = run_python(["-m", "experiments.autoencoder", f"--workdir={tmp_path}", SMOKE])
+  assert again.returncode == 0 and "already holds this run, finished at step" in again.stderr, again.stderr
+  assert json.loads((tmp_path / "results.json").read_text()) == results
   assert "oneDNN" not in proc.stderr + proc.stdout
 
 

@@ -198,6 +198,38 @@ def _closest(field: str, names: list[str]) -> list[str]:
   return sorted(matches, key=lambda name: -ratio(name.rpartition(".")[2], last))[:2]
 
 
+OWNER_FILE = ".experiment"  # in a workdir: the module of the script that wrote it
+
+
+def _module_name(config_file: str | None) -> str:
+  """"experiments.gan" for experiments/gan.py (the running script's when `config_file` is None)."""
+  path = config_file or getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0]
+  relative = os.path.relpath(os.path.realpath(path), usage._ROOT)  # pylint: disable=protected-access
+  return relative[:-3].replace(os.sep, ".") if relative.endswith(".py") else relative
+
+
+def _check_owner(directory: str, script: str, dir_flag: str) -> None:
+  """Refuses a directory another script wrote (each marks its own with OWNER_FILE)."""
+  try:
+    with open(os.path.join(directory, OWNER_FILE)) as f:
+      owner = f.read().strip()
+  except OSError:
+    return
+  if owner and owner != script:
+    fail(f"--{dir_flag} {directory} was written by {owner}, not {script}; use another --{dir_flag}")
+
+
+def _mark_owner(directory: str, script: str) -> None:
+  """Marks a directory the run wrote into (once it exists and holds something) with the script's module."""
+  marker = os.path.join(directory, OWNER_FILE)
+  try:
+    if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(marker):
+      with open(marker, "w") as f:
+        f.write(script + "\n")
+  except OSError:
+    pass  # a read-only or vanished directory: nothing to mark
+
+
 def main(config_file: str, run: Callable, workdir_required: bool = True, dir_flag: str = "workdir") -> None:
   """Defines --config and the output directory flag, then runs `run(config, directory)` under absl.
 
@@ -234,6 +266,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     if config_flag.value is None:
       fail("--config is required: --config=experiments/<name>.py[:preset]")
     distributed.initialize_distributed()
+    script = _module_name(config_file)
+    if workdir_flag.value:
+      _check_owner(workdir_flag.value, script, dir_flag)
     try:
       run(config_flag.value, workdir_flag.value)
     except ConfigError as e:
@@ -245,5 +280,8 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
     except KeyboardInterrupt:
       fail("interrupted a second time: stopped without saving", status=130)
+    finally:
+      if workdir_flag.value:
+        _mark_owner(workdir_flag.value, script)
 
   app.run(guarded, flags_parser=_parse_flags)
