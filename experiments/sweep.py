@@ -140,6 +140,31 @@ def experiment_module(config_file: str):
   return module
 
 
+def check_settings(module, config, settings: list[dict[str, float]]) -> None:
+  """Checks each setting as the single run with those values would be checked (before anything is compiled).
+
+  Raises:
+    ConfigError: the experiment's own message for the first refused setting, naming the setting.
+  """
+  check = getattr(module, "check_config", None)
+  if check is None:
+    return  # a scan experiment checks each member's config itself (research.train.member_configs)
+  for values in settings:
+    member = config.copy_and_resolve_references()
+    for name, value in values.items():
+      parent, _, leaf = name.rpartition(".")
+      node = _field(member, parent) if parent else member
+      current = node[leaf]
+      if isinstance(current, int) and not float(value).is_integer():
+        raise ConfigError(f"cannot set {name} to {value:g}: it holds an integer")
+      node[leaf] = int(value) if isinstance(current, int) else float(value)
+    try:
+      check(member)
+    except ConfigError as e:
+      shown = ", ".join(f"{name}={value:g}" for name, value in values.items())
+      raise ConfigError(f"the member {shown} is refused: {e}") from None
+
+
 def _mean_se(values: list) -> tuple[float, float]:
   finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], np.float64)
   if not len(finite):
@@ -247,6 +272,7 @@ def run(config, workdir: str) -> dict:
   if _MAX_MEMBERS.value < 0:
     raise ConfigError(f"--max_members_per_program must be >= 0, got {_MAX_MEMBERS.value}")
   fields = list(vary) + list(zipped)
+  check_settings(module, config, settings)
   grid = [(seed, values) for values in settings for seed in seeds]
   members = []
   for i, group in enumerate(_groups(grid, _MAX_MEMBERS.value)):

@@ -238,3 +238,18 @@ def test_diffusion_label_dropout_and_guidance_members_equal_their_single_runs(tm
   np.testing.assert_allclose(samples, np.load(tmp_path / "one" / "samples.npz")["images"], atol=1e-4)
   np.testing.assert_allclose(swept[1]["fid"], single["fid"], rtol=1e-3)
   assert swept[1]["class_shares"] == pytest.approx(single["class_shares"], abs=0.03)
+
+
+@pytest.mark.parametrize("experiment,vary,message", [
+    ("gpt2", "dropout=0,1.5", "the member dropout=1.5 is refused: dropout must be in [0, 1), got 1.5"),
+    ("gpt2", "optimizer.learning_rate=1e-3,-1",
+     "the member optimizer.learning_rate=-1 is refused: optimizer.learning_rate must be >= 0, got -1.0"),
+    ("bert", "dropout=0,1", "the member dropout=1 is refused: dropout must be in [0, 1), got 1.0"),
+    ("autoencoder", "kl_weight=1,-2", "the member kl_weight=-2 is refused"),
+])
+def test_each_member_gets_the_single_runs_checks(experiment, vary, message):
+  from experiments import sweep  # pylint: disable=import-outside-toplevel
+  module = sweep.experiment_module(os.path.join(os.path.dirname(sweep.__file__), f"{experiment}.py"))
+  config = module.get_config("smoke")
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    sweep.check_settings(module, config, sweep.settings_grid(sweep.parse_axes([vary], config, "vary"), {}))
