@@ -195,6 +195,8 @@ class _Loop:
     pending: list[tuple[int, dict, int]] = []  # calls whose metrics are not checked yet
     in_flight = collections.deque()
     prefetcher = schedule.Prefetcher(self._fetch, schedule.chunks(start, config.steps, config), config.prefetch)
+    if start < config.steps:
+      monitor.say(f"training steps {start}..{config.steps}: compiling the step first")
     try:
       for first, count, batch in prefetcher:
         self.state, metrics = self.programs[1 if count == 1 else "multi"](self.state, batch)
@@ -256,6 +258,8 @@ class _Loop:
     if self.last_saved is None:
       self.save(final_step)  # a run of no steps still leaves its (initial) state
     if evaluator.evaluated_step != final_step:
+      if engine.task.evaluate is not None:
+        monitor.say(f"evaluating at step {final_step}")
       evaluator.evaluate(self.state, final_step)
     if evaluator.sampled_step != final_step:
       evaluator.write_samples(self.state, final_step, self.record.diverged)

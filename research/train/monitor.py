@@ -90,10 +90,27 @@ def quiet():
     _quiet -= 1
 
 
+_labels: list[str] = []  # `labelled` blocks: their names lead every console line
+
+
+@contextlib.contextmanager
+def labelled(label: str):
+  """Leads every console line inside the block with `[label] ` (a pipeline's stage names its lines)."""
+  _labels.append(label)
+  try:
+    yield
+  finally:
+    _labels.pop()
+
+
+def _lead() -> str:
+  return "".join(f"[{label}] " for label in _labels)
+
+
 def say(message: str) -> None:
   """Prints one line to stderr on process 0 (events a user must see, whatever the log level)."""
   if jax.process_index() == 0 and not _quiet:
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(_lead() + message + "\n")
     sys.stderr.flush()
 
 
@@ -127,6 +144,6 @@ class Progress:
       if peak:
         line += f"  MFU {flops_per_step * rate / peak:.1%}"
     if self._enabled and not _quiet:
-      sys.stderr.write(line + "\n")
+      sys.stderr.write(_lead() + line + "\n")
       sys.stderr.flush()
     return line

@@ -98,5 +98,6 @@ class Pipeline:
       monitor.say(f"stage {name}: finished ({steps} steps) in {directory}; restored")
     else:
       monitor.say(f"stage {name}: training {steps} steps in {directory}")
-      run(directory)
+      with monitor.labelled(name):
+        run(directory)
     return stage_output(self.workdir, name)
