@@ -34,6 +34,7 @@ pure function; `clip_score` scores generated images against their captions.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -412,6 +413,7 @@ def evaluate(model: "CLIP", params, images, caption_ids, caption_mask, prompt_id
   return metrics
 
 
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
 def clip_score(model: "CLIP", params, images, input_ids, attention_mask, batch_size: int = 256):
   """CLIP score of images against their captions: 100 x the cosine similarity of the embeddings, (N,).
 

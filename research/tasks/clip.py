@@ -44,6 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
   config = base_config()
   config.dataset = "shapes"  # the captioned images (research/data/shapes.py)
   config.loss = "softmax"  # softmax (CLIP's symmetric InfoNCE) or sigmoid (SigLIP, with a learned bias)
+  config.logit_bias_init = -10.0  # sigmoid: the initial bias b (SigLIP's -10 suits its batches of thousands)
   config.patch_size = 4  # ViT patches (p x p pixels; divides the 32-pixel images)
   config.vision_width = 96  # image tower: width
   config.vision_layers = 3  # image tower: blocks
@@ -120,7 +121,8 @@ def model_config(config, vocab_size: int) -> clip_lib.CLIPConfig:
       vocab_size=vocab_size, context_length=config.context_length, text_width=config.text_width,
       text_layers=config.text_layers, text_heads=config.text_heads, text_mlp=config.text_mlp,
       projection_dim=config.projection_dim, eos_token_id=captions.EOT_ID, pad_token_id=captions.PAD_ID,
-      bos_token_id=captions.SOT_ID, loss=config.loss, attention=config.attention, scan_layers=config.scan_layers,
+      bos_token_id=captions.SOT_ID, loss=config.loss, logit_bias_init=config.logit_bias_init,
+      attention=config.attention, scan_layers=config.scan_layers,
       remat=config.remat, dtype=config.dtype)
 
 
@@ -213,6 +215,8 @@ def make_task(config, tokenizer: captions.CaptionTokenizer) -> Task:
     accuracy and the logit scale), and whose pure `evaluate(params, key, eval_data, hparams)` gives
     the zero-shot accuracies and recall@1/5 of the module docstring. No hyperparameter is traced:
     the towers have no dropout, and the temperature (and SigLIP's bias) are learned parameters.
+    The loss contrasts the pairs of one (micro)batch: with grad_accum > 1 each microbatch is its
+    own set of negatives.
   """
   check_config(config)
   cfg = model_config(config, tokenizer.vocab_size)
