@@ -615,11 +615,10 @@ def config_from_params(params, **fields) -> CLIPConfig:
     projection_dim = params["visual_projection"]["kernel"].shape[1]
 
     def tower(tree):  # (layers, heads, mlp) of a tower's blocks, looped or stacked
-      if "layers" in tree:
-        return tree["layers"]["fc1"]["kernel"].shape[0], tree["layers"]["self_attn"]["query"]["kernel"].shape[-2], \
-            tree["layers"]["fc1"]["kernel"].shape[-1]
-      count = sum(1 for name in tree if name.startswith("layers_"))
-      return count, tree["layers_0"]["self_attn"]["query"]["kernel"].shape[-2], tree["layers_0"]["fc1"]["kernel"].shape[-1]
+      stacked = "layers" in tree
+      block = tree["layers"] if stacked else tree["layers_0"]
+      count = block["fc1"]["kernel"].shape[0] if stacked else sum(1 for name in tree if name.startswith("layers_"))
+      return count, block["self_attn"]["query"]["kernel"].shape[-2], block["fc1"]["kernel"].shape[-1]
 
     (vision_layers, vision_heads, vision_mlp), (text_layers, text_heads, text_mlp) = tower(vision), tower(text)
     context_length = text["position_embedding"]["embedding"].shape[0]

@@ -127,7 +127,7 @@ def model_config(config, vocab_size: int) -> clip_lib.CLIPConfig:
 
 
 def pixel_values(images):
-  """Images (N, H, W, 3), uint8 in [0, 255] or float in [0, 1] (a generator's samples), as the model reads them: [-1, 1]."""
+  """Images (N, H, W, 3), uint8 or float in [0, 1] (a generator's samples), as the model reads them: in [-1, 1]."""
   x = images.astype(jnp.float32)
   return (x / 127.5 - 1.0) if images.dtype == jnp.uint8 else x * 2.0 - 1.0
 
@@ -170,7 +170,7 @@ def prompts(tokenizer: captions.CaptionTokenizer, context_length: int, templates
 
 
 def encode(split, tokenizer: captions.CaptionTokenizer, context_length: int) -> dict[str, np.ndarray]:
-  """A shapes split (research.data.load's arrays) as the loop reads it: image, caption ids and mask, attributes, group."""
+  """A shapes split (research.data.load's arrays) as arrays: image, caption ids and mask, attributes, group."""
   ids, mask = tokenizer.encode(list(split["caption"]), context_length)
   out = {"image": np.asarray(split["image"]), "input_ids": ids, "attention_mask": mask, "group": group_of(split)}
   out.update({name: np.asarray(split[name], np.int32) for name in ATTRIBUTES})
