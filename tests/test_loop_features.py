@@ -352,6 +352,10 @@ def test_a_resume_that_changes_training_is_refused_and_a_finished_rerun_does_not
   first = train(task, config, str(tmp_path), digits_train)
   results = (tmp_path / "results.json").read_text()
   capsys.readouterr()
+  # The training curves beside the events: every logged step's scalars, drawn.
+  logged = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
+  assert [row["step"] for row in logged if "loss" in row] == [10]
+  assert (tmp_path / "curves.png").stat().st_size > 1000
 
   # The same command again: nothing trained, evaluated or written; the stored results come back.
   again = train(task, config, str(tmp_path), digits_train)

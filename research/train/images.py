@@ -1,5 +1,6 @@
 """PNG pictures of samples: image grids and 2D scatter plots."""
 
+import json
 import os
 
 import numpy as np
@@ -94,3 +95,60 @@ def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str
     if kind == "images" and writer is not None:
       writer.write_images(step, {name: image_grid(shown)[None]})
   return paths
+
+
+def _scalar_history(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{tag: (steps, values)} from a scalars.jsonl; a step logged again (after a resume) keeps its last value."""
+  by_tag: dict[str, dict[int, float]] = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill
+      step = row.pop("step", None)
+      if step is None:
+        continue
+      for tag, value in row.items():
+        by_tag.setdefault(tag, {})[int(step)] = float(value)
+  return {tag: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for tag, v in by_tag.items()}
+
+
+def write_curves(workdir: str, scalars_file: str = "scalars.jsonl", max_panels: int = 12) -> str | None:
+  """Draws `workdir/curves.png`: the training loss, learning rate and evaluation metrics against the step.
+
+  Returns the PNG's path, or None when nothing was logged.
+  """
+  path = os.path.join(workdir, scalars_file)
+  if not os.path.exists(path):
+    return None
+  history = _scalar_history(path)
+  # The loss and the evaluation metrics first; norms and rates after them, up to max_panels.
+  order = lambda tag: (0 if "loss" in tag else 1 if tag.startswith("eval/") else 2 if "learning_rate" in tag else 3, tag)
+  # A series that never moved (real data's own score beside the samples') says nothing over steps.
+  moving = [tag for tag, (steps, values) in history.items()
+            if len(steps) and (len(values) == 1 or np.ptp(values) > 0) and not tag.endswith("_se")]
+  tags = sorted(moving, key=order)[:max_panels]
+  if not tags:
+    return None
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  columns = min(3, len(tags))
+  rows = -(-len(tags) // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
+  for ax, tag in zip(axes.flat, tags):
+    steps, values = history[tag]
+    ax.plot(steps, values, marker="o" if len(steps) < 12 else None, markersize=3)
+    if np.all(values > 0) and values.max() / values.min() > 100:
+      ax.set_yscale("log")
+    ax.set_title(tag, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for ax in list(axes.flat)[len(tags):]:
+    ax.axis("off")
+  fig.tight_layout()
+  out = os.path.join(workdir, "curves.png")
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+  return out

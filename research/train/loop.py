@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 
 from research.train import checkpoint as checkpoint_lib
+from research.train import images
 from research.train import monitor
 from research.train import parallel
 from research.train import results as results_lib
@@ -268,6 +269,11 @@ class _Loop:
       results["members"] = self.record.members(evaluator.member_metrics)
     results["mesh"] = dict(self.mesh.shape)
     self.writer.close()
+    if jax.process_index() == 0:
+      try:
+        images.write_curves(self.workdir)
+      except Exception as e:  # pylint: disable=broad-except  # a picture must never cost the run its results
+        monitor.say(f"warning: could not draw curves.png: {type(e).__name__}: {e}")
     self.checkpoints.close()
     out = results_lib.write_results(self.workdir, results, config, time.perf_counter() - t0)
     monitor.say(f"final: {monitor.format_metrics({k: v for k, v in out.items() if k not in ('step', 'mesh')})}")

@@ -8,6 +8,7 @@ TensorBoard and its EventAccumulator read them as they read tf.summary's.
 """
 
 import io
+import json
 import os
 import socket
 import time
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+SCALARS_FILE = "scalars.jsonl"  # {"step": s, tag: value, ...} per write, appended across resumes
 
 
 class SummaryWriter:
@@ -30,6 +33,8 @@ class SummaryWriter:
     name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}.0"
     self._records = RecordWriter(open(os.path.join(logdir, name), "wb"))  # pylint: disable=consider-using-with
     self._records.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+    # The scalars again as JSON lines, which the training curves (curves.png) are drawn from.
+    self._scalars = open(os.path.join(logdir, SCALARS_FILE), "a")  # pylint: disable=consider-using-with
 
   def _write(self, step: int, values: list) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
@@ -48,6 +53,8 @@ class SummaryWriter:
               for tag, value in scalars.items()]
     if values:
       self._write(step, values)
+      row = {tag: float(value) for tag, value in scalars.items() if np.isfinite(float(value))}
+      self._scalars.write(json.dumps({"step": int(step), **row}) + "\n")
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
     from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -69,10 +76,13 @@ class SummaryWriter:
 
   def flush(self) -> None:
     self._records.flush()
+    self._scalars.flush()
 
   def close(self) -> None:
     if not self._records.closed:
       self._records.close()
+    if not self._scalars.closed:
+      self._scalars.close()
 
 
 class NullWriter:
