@@ -27,10 +27,20 @@ A fresh model zero-initialises what the original latent-diffusion code does (eac
 block's second conv, each transformer's proj_out and conv_out), so it starts as a function
 that outputs 0; loaded weights replace all of it.
 
+With the samplers of research/models/diffusion.py, whose denoiser is `denoise_fn(x_t, t)`, close
+over the parameters and the contexts; classifier-free guidance takes the contexts as its labels
+and an empty caption's context, (1, L, D), as the null label, broadcast over the batch:
+
+    cond_fn = lambda x_t, t, c: model.apply({"params": params}, x_t, t, c)
+    denoise_fn = diffusion.classifier_free_guidance(cond_fn, context, empty_context, scale)
+    latents = diffusion.sample_ddim(schedule, denoise_fn, key, (B, H, W, C), taus)
+
 Config fields carry diffusers' names and defaults, except `num_attention_heads`, which is
 diffusers' `attention_head_dim` (the number of heads there too, a naming slip diffusers keeps
 for old checkpoints). The fields Stable Diffusion 1.x and 2.x U-Nets set are supported; a
 config that sets another diffusers option away from its default is refused, naming the field.
+Weights are read in diffusers' layout (a pipeline's `unet/` folder), not the original
+single-file latent-diffusion checkpoints.
 """
 
 import dataclasses
@@ -40,7 +50,6 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from research.models import attention as attention_lib
 from research.models import embeddings
@@ -115,11 +124,18 @@ class CondUNetConfig:
       object.__setattr__(self, name, tuple(getattr(self, name)))
     for name in ("layers_per_block", "transformer_layers_per_block", "num_attention_heads"):
       value = getattr(self, name)
-      object.__setattr__(self, name, value if isinstance(value, int) else tuple(value))
+      object.__setattr__(self, name, tuple(value) if isinstance(value, list) else value)
     n = len(self.block_out_channels)
     if n == 0 or len(self.down_block_types) != n or len(self.up_block_types) != n:
       raise ValueError(f"block_out_channels, down_block_types and up_block_types need one entry per level; got "
                        f"{n}, {len(self.down_block_types)} and {len(self.up_block_types)}")
+    for name in ("in_channels", "out_channels", "block_out_channels"):
+      values = getattr(self, name)
+      if not all(isinstance(v, int) and v > 0 for v in (values if isinstance(values, tuple) else (values,))):
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    if self.time_embedding_dim is not None and (not isinstance(self.time_embedding_dim, int)
+                                                or self.time_embedding_dim < 1):
+      raise ValueError(f"time_embedding_dim must be a positive integer or None, got {self.time_embedding_dim!r}")
     for name, value, choices in (("down_block_types", self.down_block_types, DOWN_BLOCKS),
                                  ("up_block_types", self.up_block_types, UP_BLOCKS)):
       for block in value:
@@ -152,7 +168,7 @@ class CondUNetConfig:
   def per_level(self, name: str) -> tuple:
     """An int-or-tuple field as one value per level."""
     value = getattr(self, name)
-    if isinstance(value, int):
+    if not isinstance(value, tuple):
       return (value,) * len(self.block_out_channels)
     if len(value) != len(self.block_out_channels):
       raise ValueError(f"{name} has {len(value)} entries for {len(self.block_out_channels)} levels")
@@ -467,7 +483,8 @@ def _norm_rows(theirs: str, ours: tuple) -> list[hf.Tensor]:
 
 
 def _attention_rows(theirs: str, ours: tuple, heads: int) -> list[hf.Tensor]:
-  """to_q/to_k/to_v (heads * d, in), without biases, as (in, heads, d) kernels; to_out.0 (out, heads * d) as (heads, d, out)."""
+  """to_q/to_k/to_v (heads * d, in), without biases, as (in, heads, d) kernels; to_out.0 (out, heads * d) as
+  (heads, d, out)."""
   split = lambda w: w.T.reshape(w.shape[1], heads, w.shape[0] // heads)
   merge = lambda k: k.reshape(k.shape[0], -1).T
   rows = [hf.Tensor(f"{theirs}.to_{a}.weight", ours + (b, "kernel"), split, merge)
@@ -621,7 +638,8 @@ def load_hf(path: str, **overrides) -> tuple[CondUNet, dict]:
       when a tensor is missing, unexpected or of another shape (naming the tensor).
   """
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "diffusion_pytorch_model.safetensors")
+  config_path = os.path.join(path, "config.json")
+  weights_path = os.path.join(path, "diffusion_pytorch_model.safetensors")
   for required in (config_path, weights_path):
     if not os.path.exists(required):
       raise ValueError(f"{path} is not a saved UNet2DConditionModel: {os.path.basename(required)} is missing")
@@ -637,7 +655,14 @@ def load_hf(path: str, **overrides) -> tuple[CondUNet, dict]:
 
 
 def save_hf(model: CondUNet, params, path: str) -> None:
-  """Writes config.json + diffusion_pytorch_model.safetensors that diffusers' UNet2DConditionModel.from_pretrained loads."""
+  """Writes config.json + diffusion_pytorch_model.safetensors, which diffusers' UNet2DConditionModel.from_pretrained
+  loads.
+
+  Args:
+    model: the CondUNet (its config is written).
+    params: its parameters, the dict passed as {"params": params}.
+    path: the directory (created if needed).
+  """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   tensors = hf.write(_hf_table(model.cfg), nn.unbox(params))
   os.makedirs(path, exist_ok=True)
