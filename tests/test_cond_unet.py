@@ -22,9 +22,9 @@ diffusers = pytest.importorskip("diffusers")
 
 # Odd sizes: heads of 8 and 9 channels (5 heads do not divide 48: diffusers keeps 5 x 9 = 45 wide
 # attention between the 1x1 projections), a 20-wide context, 3 input and 5 output channels.
-SMALL = dict(sample_size=8, in_channels=3, out_channels=5, block_out_channels=(24, 48), layers_per_block=1,
-             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-             norm_num_groups=8, cross_attention_dim=20, attention_head_dim=(3, 5))
+SMALL = dict(sample_size=8, in_channels=3, out_channels=5, block_out_channels=(24, 48), layers_per_block=2,
+             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8, cross_attention_dim=20, attention_head_dim=(3, 5))
 # Stable Diffusion 2's linear projections and the other supported options away from their defaults.
 OPTIONS = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -134,7 +134,7 @@ def test_stable_diffusion_1_has_its_860m_parameters_and_every_config_field_is_pl
   options = set(inspect.signature(diffusers.UNet2DConditionModel.__init__).parameters) - {"self"}
   assert options <= known, options - known
   # Every parameter of a fresh model has a row of the weight table, and nothing else does.
-  cfg = cond_unet.config_from_diffusers(dict(OPTIONS, mid_block_type=None))
+  cfg = cond_unet.config_from_diffusers(dict(OPTIONS, mid_block_type=None, layers_per_block=(1, 2)))
   paths = {tuple(k.key for k in path) for path, _ in
            jax.tree_util.tree_flatten_with_path(cond_unet.init_shapes(cfg)["params"])[0]}
   assert paths == {row.ours for row in cond_unet._hf_table(cfg)}  # pylint: disable=protected-access
@@ -152,8 +152,8 @@ def test_fresh_model_zero_initialises_what_latent_diffusion_does():
     return {tuple(k.key for k in path): leaf for path, leaf in flat if zero_init(tuple(k.key for k in path))}
 
   picked = jax.jit(lambda key: pick(cond_unet.CondUNet(cfg).init(key, x, t, context)["params"]))(jax.random.key(0))
-  # 3 + 1 + 2 + 2 ResNet blocks (down, mid, up: 2 each), 1 + 1 + 2 transformers, conv_out; kernels and biases.
-  assert len(picked) == 2 * (8 + 4 + 1)
+  # 4 + 2 + 6 ResNet blocks (down, mid, up), 2 + 1 + 3 transformers and conv_out; a kernel and a bias each.
+  assert len(picked) == 2 * (12 + 6 + 1)
   for path, leaf in picked.items():
     np.testing.assert_array_equal(leaf, 0.0, err_msg="/".join(path))
 
