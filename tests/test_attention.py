@@ -321,6 +321,26 @@ def test_stacked_and_separate_projections_share_parameters_and_values(monkeypatc
   np.testing.assert_allclose(module.apply(variables, x), cpu, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout, stack_qkv, context", [("separate", False, True), ("separate", True, True),
+                                                        ("separate", True, False), ("fused", None, False)])
+def test_projections_without_biases(layout, stack_qkv, context):
+  """qkv_bias=False (diffusers' to_q/to_k/to_v): no query, key or value biases in any layout, the output keeps its
+  own; the values are those of the biased module with zero biases."""
+  x, ctx = jax.random.normal(jax.random.key(1), (2, 9, 16)), jax.random.normal(jax.random.key(2), (2, 5, 6))
+  args = (x, ctx) if context else (x,)
+  make = lambda bias: attn.MultiHeadAttention(num_heads=2, layout=layout, stack_qkv=stack_qkv, qkv_bias=bias,
+                                              out_init=nn.initializers.normal(0.5))
+  p = nn.unbox(make(False).init(jax.random.key(0), *args))["params"]
+  biased = nn.unbox(make(True).init(jax.random.key(0), *args))["params"]
+  fused = layout == "fused"
+  out_name, qkv_names = ("DenseGeneral_1", ["DenseGeneral_0"]) if fused else ("out", ["query", "key", "value"])
+  assert all(set(p[name]) == {"kernel"} for name in qkv_names) and set(p[out_name]) == {"kernel", "bias"}
+  zero_biases = {name: {"kernel": p[name]["kernel"], "bias": jnp.zeros_like(biased[name]["bias"])}
+                 for name in qkv_names}
+  np.testing.assert_allclose(make(False).apply({"params": p}, *args),
+                             make(True).apply({"params": {**p, **zero_biases}}, *args), atol=1e-6)
+
+
 def test_options_that_do_not_apply_are_refused_in_one_line():
   x = jnp.zeros((1, 4, 16))
   bad = [(dict(positions="rope"), dict(context=x), "rope positions are for self-attention"),

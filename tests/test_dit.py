@@ -120,3 +120,66 @@ def test_attention_is_the_shared_module_in_the_layout_of_earlier_checkpoints():
   moved = jax.tree.map(lambda p: p + 0.05, nn.unbox(variables))
   np.testing.assert_array_equal(dit.DiT(cfg).apply(moved, x, t, y),  # auto is the dense kernel on CPU
                                 dit.DiT(dataclasses.replace(cfg, attention="dense")).apply(moved, x, t, y))
+
+
+def test_text_context_through_cross_attention_starts_unheard_and_is_heard_once_trained():
+  """context_dim: the cross-attention variant over [t_emb, the context's tokens]; the zero-initialised
+  cross-attention output makes the fresh blocks ignore the condition tokens, which they hear once it moves."""
+  cfg = dit.config("DiT-T/2", input_size=8, in_channels=4, num_classes=0, learn_sigma=False,
+                   conditioning="cross_attention", context_dim=20, depth=2)
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 4))
+  t = jnp.array([3, 500, 999])
+  context = jax.random.normal(jax.random.key(1), (3, 5, 20))  # (N, L, context_dim), e.g. text encoder states
+  other = jax.random.normal(jax.random.key(2), (3, 5, 20))
+  model = dit.DiT(cfg)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(3), x, t, context))["params"]
+
+  @jax.jit
+  def run(params, t, context):  # the output, and the gradient of a loss at the first block's cross-attention output
+    def loss(p):
+      out = model.apply({"params": p}, x, t, context)
+      return jnp.sum(jnp.sin(out)), out
+    grads, out = jax.grad(loss, has_aux=True)(params)
+    return out, grads["blocks_0"]["cross_attn"]["out"]["kernel"]
+
+  apply = lambda p, t, c: run(p, t, c)[0]
+  assert "y_embedder" not in params and params["context_embedder"]["kernel"].shape == (20, 64)
+  out = apply(params, t, context)
+  assert out.shape == (3, 8, 8, 4)
+  np.testing.assert_array_equal(out, 0.0)  # the zero-initialised final layer
+  for i in range(cfg.depth):
+    for leaf in jax.tree.leaves(params[f"blocks_{i}"]["cross_attn"]["out"]):
+      np.testing.assert_array_equal(leaf, 0.0)
+  # With only the final layer moved off zero, the output ignores the context (and t, which shares the
+  # cross-attention), but the cross-attention's output projection gets a gradient: it can learn to listen.
+  final = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape), params["final_layer"])
+  trained_last = {**params, "final_layer": final}
+  out, grad = run(trained_last, t, context)
+  np.testing.assert_array_equal(out, apply(trained_last, t, other))
+  np.testing.assert_array_equal(out, apply(trained_last, t[::-1], context))
+  assert float(jnp.max(jnp.abs(grad))) > 1e-6
+  # Every weight moved: the output depends on the context, on each example's own, and on t.
+  moved = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape), params)
+  base = apply(moved, t, context)
+  assert float(jnp.max(jnp.abs(base - apply(moved, t, other)))) > 1e-3
+  assert float(jnp.max(jnp.abs(base - apply(moved, t[::-1], context)))) > 1e-3
+  half = apply(moved, t, context.at[1:].set(other[1:]))
+  np.testing.assert_allclose(half[0], base[0], atol=1e-6)
+  assert float(jnp.max(jnp.abs(half[1:] - base[1:]))) > 1e-3
+
+
+def test_text_context_bad_input():
+  with pytest.raises(ValueError, match="set conditioning='cross_attention' and num_classes=0"):
+    dit.config("DiT-T/2", num_classes=0, context_dim=20)  # adaLN-Zero
+  with pytest.raises(ValueError, match="set conditioning='cross_attention' and num_classes=0"):
+    dit.config("DiT-T/2", num_classes=10, conditioning="cross_attention", context_dim=20)
+  with pytest.raises(ValueError, match="context_dim must be a non-negative integer"):
+    dit.config("DiT-T/2", num_classes=0, conditioning="cross_attention", context_dim=-1)
+  cfg = dit.config("DiT-T/2", input_size=8, in_channels=1, num_classes=0, conditioning="cross_attention",
+                   context_dim=20)
+  x, t = jnp.zeros((2, 8, 8, 1)), jnp.array([1, 2])
+  for y, shape in [(jnp.array([1, 2]), r"\(2,\)"), (jnp.zeros((2, 5, 19)), r"\(2, 5, 19\)"), (None, "None")]:
+    with pytest.raises(ValueError, match=rf"expected a context of shape \(2, L, 20\), got {shape}"):
+      jax.eval_shape(lambda: dit.DiT(cfg).init(jax.random.key(0), x, t, y))
+  without = dataclasses.replace(cfg, context_dim=0)
+  assert dit.count_params(cfg) == dit.count_params(without) + 20 * 64 + 64  # the context embedder

@@ -605,6 +605,8 @@ class MultiHeadAttention(nn.Module):
     implementation: one of IMPLEMENTATIONS ("auto": the platform's kernel, see `choose`).
     layout: one of LAYOUTS.
     stack_qkv: one product for the projections of one input; None: yes except on CPUs.
+    qkv_bias: biases on the query, key and value projections (the output keeps its bias);
+      False for the diffusers U-Net's to_q/to_k/to_v.
     dropout: attention-output dropout rate (training only; needs rngs={'dropout'}).
     attention_dropout: dropout rate of the attention probabilities (training only; the
       reference implementation only, see `attend`).
@@ -621,6 +623,7 @@ class MultiHeadAttention(nn.Module):
   implementation: str = "auto"
   layout: str = "separate"
   stack_qkv: bool | None = None
+  qkv_bias: bool = True
   dropout: float = 0.0
   attention_dropout: float = 0.0
   rope_base: float = 10000.0
@@ -657,20 +660,20 @@ class MultiHeadAttention(nn.Module):
     """(q (B, T, H, D), k, v (B, S, Hkv, D)) of x and the context (x itself for self-attention)."""
     if self.layout == "fused":
       init = nn.with_logical_partitioning(self.kernel_init, ("embed", None, "heads", "head_dim"))
-      qkv = layers.DenseGeneral((3, self.num_heads, head_dim), kernel_init=init, dtype=self.dtype,
-                                name="DenseGeneral_0")(x)  # (B, T, 3, H, D)
+      qkv = layers.DenseGeneral((3, self.num_heads, head_dim), kernel_init=init, use_bias=self.qkv_bias,
+                                dtype=self.dtype, name="DenseGeneral_0")(x)  # (B, T, 3, H, D)
       return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     init = nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "head_dim"))
     kv_input = x if context is None else context
     stacked = not layers.on_cpu() if self.stack_qkv is None else self.stack_qkv
     if not stacked:
       proj = lambda heads, name, inputs: layers.DenseGeneral((heads, head_dim), name=name, kernel_init=init,
-                                                             dtype=self.dtype)(inputs)
+                                                             use_bias=self.qkv_bias, dtype=self.dtype)(inputs)
       return proj(self.num_heads, "query", x), proj(self.kv_heads, "key", kv_input), proj(self.kv_heads, "value",
                                                                                           kv_input)
     # DenseGeneral's parameters applied as one product per input (per run of equal shapes).
-    param = lambda heads, name, inputs: layers.DenseParams((heads, head_dim), name=name, kernel_init=init)(
-        inputs.shape[-1])
+    param = lambda heads, name, inputs: layers.DenseParams((heads, head_dim), name=name, kernel_init=init,
+                                                           use_bias=self.qkv_bias)(inputs.shape[-1])
     if context is None:
       return tuple(layers.dense_group(x, [param(self.num_heads, "query", x), param(self.kv_heads, "key", x),
                                           param(self.kv_heads, "value", x)], dtype=self.dtype))

@@ -4,6 +4,9 @@
     model = dit.DiT(cfg)
     out = model.apply(variables, x, t, y)   # x (N, H, W, C) NHWC, t (N,) ints, y (N,) ints
 
+    cfg = dit.config("DiT-XS/2", 8, 4, num_classes=0, conditioning="cross_attention", context_dim=768)
+    out = dit.DiT(cfg).apply(variables, x, t, context)   # context (N, L, 768): a text encoder's states
+
 The model, top-down as the paper builds it (section 3.2):
   (1) patchify: a p x p, stride-p convolution turns (H, W, C) into T = (H/p)(W/p) tokens of
       width D, plus the fixed 2-D sin-cos position embedding (no learned positions);
@@ -16,7 +19,8 @@ The model, top-down as the paper builds it (section 3.2):
                          as the identity (the paper's choice);
         adaln            the same without the gates and the zero init;
         cross_attention  a cross-attention layer after self-attention attends to the two
-                         conditioning tokens [t_emb, y_emb];
+                         conditioning tokens [t_emb, y_emb] (with `context_dim`, to t_emb and
+                         the context's L tokens, see below);
         in_context       the two conditioning tokens are appended to the sequence and
                          dropped after the last block;
   (4) the final layer: a (adaptive) LayerNorm and a linear map to p x p x C' per token
@@ -24,6 +28,17 @@ The model, top-down as the paper builds it (section 3.2):
       then unpatchify back to (H, W, C').
 Names "DiT-{S,B,L,XL}/{2,4,8}" are the paper's configs (Table 1); "DiT-T" and "DiT-XS" are
 small ones for 8x8 digits on a CPU, with patch sizes 1, 2, 4 or 8.
+
+Text conditioning (`context_dim` > 0, the cross-attention variant without class labels): the
+third argument is a context (N, L, context_dim), e.g. a text encoder's hidden states, as
+research/models/cond_unet.py takes it; a linear `context_embedder` maps it to width D, and each
+block's cross-attention attends to [t_emb, context tokens] (N, 1 + L, D). Its output projection
+starts at zero, so every block starts as a plain transformer block that ignores the condition
+tokens (in the adaLN-Zero spirit: nothing the model has not learned to use can disturb it); the
+projection gets gradients once the zero-initialised final layer has moved. As the timestep
+shares the cross-attention, the fresh model ignores it too. Classifier-free guidance passes an
+empty caption's context as the unconditional one (research/models/diffusion.py's
+`classifier_free_guidance` with labels = contexts, null_label = the empty caption's context).
 """
 
 import dataclasses
@@ -64,6 +79,8 @@ class DiTConfig:
     num_heads: attention heads (D must be divisible by them).
     mlp_ratio: MLP hidden width / D.
     num_classes: number of classes (0: unconditional, no label embedding).
+    context_dim: width of a (N, L, context_dim) context taken instead of labels (0: none); needs
+      conditioning "cross_attention" and num_classes 0.
     learn_sigma: output 2C channels (noise and variance) instead of C.
     conditioning: one of CONDITIONINGS.
     attention: the kernel, one of research.models.attention.IMPLEMENTATIONS ("auto": the
@@ -82,6 +99,7 @@ class DiTConfig:
   num_heads: int = 16
   mlp_ratio: float = 4.0
   num_classes: int = 1000
+  context_dim: int = 0
   learn_sigma: bool = True
   conditioning: str = "adaln_zero"
   attention: str = "auto"
@@ -98,6 +116,12 @@ class DiTConfig:
     if self.attention not in attention_lib.IMPLEMENTATIONS:
       raise ValueError(f"unknown attention {self.attention!r}; choose one of: "
                        f"{', '.join(attention_lib.IMPLEMENTATIONS)}")
+    if not isinstance(self.context_dim, int) or self.context_dim < 0:
+      raise ValueError(f"context_dim must be a non-negative integer, got {self.context_dim!r}")
+    if self.context_dim and (self.conditioning != "cross_attention" or self.num_classes):
+      raise ValueError(f"a context (context_dim {self.context_dim}) conditions through cross-attention instead of "
+                       f"labels: set conditioning='cross_attention' and num_classes=0 (got {self.conditioning!r} and "
+                       f"{self.num_classes})")
 
   @property
   def out_channels(self) -> int:
@@ -144,13 +168,15 @@ def modulate(x, shift, scale):
   return x * (1.0 + scale[:, None]) + shift[:, None]
 
 
-def attention(cfg: DiTConfig, name: str) -> attention_lib.MultiHeadAttention:
-  """The block's (self- or cross-) attention: Xavier-uniform projections, as the DiT repository's timm layers."""
+def attention(cfg: DiTConfig, name: str, zero_out: bool = False) -> attention_lib.MultiHeadAttention:
+  """The block's (self- or cross-) attention: Xavier-uniform projections, as the DiT repository's timm layers
+  (with zero_out, the output projection starts at zero)."""
   init = nn.initializers.xavier_uniform()
   # The three projections of one input as one product even on CPUs: the DiT training benchmark's
   # step is 3% faster so on XLA:CPU at DiT-XS's width 128 (GPT-2's three are faster at 384).
   return attention_lib.MultiHeadAttention(num_heads=cfg.num_heads, implementation=cfg.attention, stack_qkv=True,
-                                          kernel_init=init, out_init=init, dtype=cfg.dtype, name=name)
+                                          kernel_init=init, out_init=nn.initializers.zeros if zero_out else init,
+                                          dtype=cfg.dtype, name=name)
 
 
 class Mlp(nn.Module):
@@ -197,7 +223,8 @@ class DiTBlock(nn.Module):
       return x, None
     x = x + attn(_layer_norm("norm1", True, cfg.dtype)(x))
     if cfg.conditioning == "cross_attention":
-      x = x + attention(cfg, "cross_attn")(_layer_norm("norm_cross", True, cfg.dtype)(x), cond_tokens)
+      cross_attn = attention(cfg, "cross_attn", zero_out=cfg.context_dim > 0)  # a context starts unheard
+      x = x + cross_attn(_layer_norm("norm_cross", True, cfg.dtype)(x), cond_tokens)
     return x + mlp(_layer_norm("norm2", True, cfg.dtype)(x)), None
 
 
@@ -224,7 +251,8 @@ class DiT(nn.Module):
   """The diffusion transformer: `apply(variables, x, t, y)` -> (N, H, W, C') NHWC.
 
   x: (N, H, W, C) noisy images; t: (N,) timesteps; y: (N,) class labels (num_classes = the
-  null class), ignored by an unconditional model (num_classes = 0).
+  null class), ignored by an unconditional model (num_classes = 0), or, with context_dim > 0,
+  the context (N, L, context_dim).
   """
 
   cfg: DiTConfig
@@ -240,12 +268,20 @@ class DiT(nn.Module):
     h = h.reshape(n, grid * grid, cfg.hidden_size) + embeddings.sincos_2d(cfg.hidden_size, grid)[None]  # (N, T, D)
     # (2) Conditioning.
     t_emb = embeddings.TimestepEmbedder(cfg.hidden_size, cfg.dtype, name="t_embedder")(t)  # (N, D)
-    if cfg.num_classes > 0:
-      y_emb = embeddings.LabelEmbedder(cfg.num_classes, cfg.hidden_size, name="y_embedder")(y)  # (N, D)
+    if cfg.context_dim:
+      if y is None or y.ndim != 3 or y.shape[0] != n or y.shape[2] != cfg.context_dim:
+        raise ValueError(f"expected a context of shape ({n}, L, {cfg.context_dim}), got "
+                         f"{None if y is None else y.shape}")
+      context = _dense(cfg.hidden_size, "context_embedder", dtype=cfg.dtype)(y.astype(cfg.dtype))  # (N, L, D)
+      c = t_emb
+      cond_tokens = jnp.concatenate([t_emb[:, None].astype(context.dtype), context], axis=1)  # (N, 1 + L, D)
     else:
-      y_emb = jnp.zeros_like(t_emb)
-    c = t_emb + y_emb
-    cond_tokens = jnp.stack([t_emb, y_emb], axis=1)  # (N, 2, D)
+      if cfg.num_classes > 0:
+        y_emb = embeddings.LabelEmbedder(cfg.num_classes, cfg.hidden_size, name="y_embedder")(y)  # (N, D)
+      else:
+        y_emb = jnp.zeros_like(t_emb)
+      c = t_emb + y_emb
+      cond_tokens = jnp.stack([t_emb, y_emb], axis=1)  # (N, 2, D)
     if cfg.conditioning == "in_context":
       h = jnp.concatenate([h, cond_tokens.astype(h.dtype)], axis=1)  # (N, T + 2, D)
     # (3) Blocks.
@@ -260,24 +296,33 @@ class DiT(nn.Module):
     return h.astype(jnp.float32)
 
 
+def _condition(cfg: DiTConfig, batch: int, context_len: int) -> jax.ShapeDtypeStruct:
+  """The shape of y: (batch,) labels, or a (batch, context_len, context_dim) context."""
+  if cfg.context_dim:
+    return jax.ShapeDtypeStruct((batch, context_len, cfg.context_dim), jnp.float32)
+  return jax.ShapeDtypeStruct((batch,), jnp.int32)
+
+
 def count_params(cfg: DiTConfig) -> int:
   """Number of parameters, from shapes alone (`jax.eval_shape`, nothing allocated)."""
-  label = jax.ShapeDtypeStruct((1,), jnp.int32)
   return layers.count_params(DiT(cfg), jax.ShapeDtypeStruct((1, cfg.input_size, cfg.input_size, cfg.in_channels),
-                                                           jnp.float32), label, label)
+                                                           jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32),
+                             _condition(cfg, 1, 1))
 
 
-def forward_flops(cfg: DiTConfig, batch: int = 1) -> float:
+def forward_flops(cfg: DiTConfig, batch: int = 1, context_len: int = 77) -> float:
   """FLOPs of one forward pass of `batch` images from XLA's cost analysis (2 per multiply-add).
 
-  The paper's Gflops count multiply-adds, so they compare with half of this number.
+  The paper's Gflops count multiply-adds, so they compare with half of this number. A
+  text-conditioned model is counted with a context of `context_len` tokens (CLIP's 77).
   """
   model = DiT(cfg)
   x = jax.ShapeDtypeStruct((batch, cfg.input_size, cfg.input_size, cfg.in_channels), jnp.float32)
   t = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  y = _condition(cfg, batch, context_len)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape, jnp.int32),
-                                             jnp.zeros(t.shape, jnp.int32)))
-  lowered = jax.jit(model.apply).lower(params, x, t, t)
+                                             jnp.zeros(y.shape, y.dtype)))
+  lowered = jax.jit(model.apply).lower(params, x, t, y)
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"])

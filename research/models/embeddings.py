@@ -21,12 +21,21 @@ from research.models import layers
 FREQUENCY_DIM = 256  # the DiT's sinusoidal features of the timestep before its MLP
 
 
-def timestep_frequencies(t, dim: int = FREQUENCY_DIM, max_period: float = 10000.0):
-  """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin]."""
+def timestep_frequencies(t, dim: int = FREQUENCY_DIM, max_period: float = 10000.0, *, freq_shift: float = 0.0,
+                         flip_sin_to_cos: bool = True):
+  """Sinusoidal features of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin].
+
+  The frequencies are exp(-log(max_period) i / (dim // 2 - freq_shift)), i < dim // 2; without
+  flip_sin_to_cos the halves are [sin | cos]; an odd dim gets a last column of zeros. The
+  options are those of diffusers' `Timesteps` (the defaults: its Stable Diffusion settings).
+  """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)  # (half,)
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))  # (half,)
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]  # (N, half)
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  halves = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
+  if dim % 2:
+    halves.append(jnp.zeros_like(args[:, :1]))
+  return jnp.concatenate(halves, axis=-1)
 
 
 class TimestepEmbedder(nn.Module):

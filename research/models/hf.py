@@ -51,7 +51,11 @@ def read(table: list[Tensor], tensors: dict, shapes, source: str) -> dict:
   for row in table:
     if row.theirs not in tensors:
       raise ValueError(f"tensor {row.theirs} is missing from {source}")
-    value = np.asarray(row.to_ours(tensors[row.theirs]), np.float32)
+    try:
+      value = np.asarray(row.to_ours(tensors[row.theirs]), np.float32)
+    except ValueError as e:  # a reshape or transpose that this tensor's shape does not allow
+      raise ValueError(f"tensor {row.theirs} has shape {tensors[row.theirs].shape}, which does not fit "
+                       f"{'/'.join(row.ours)}: {e}") from None
     expected = tuple(_get(shapes, row.ours).shape)
     if value.shape != expected:
       raise ValueError(f"tensor {row.theirs} has shape {tensors[row.theirs].shape}, which gives {value.shape} for "
