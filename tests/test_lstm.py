@@ -12,7 +12,7 @@ ODD = dict(vocab_size=37, width=23, n_layer=3)
 
 
 def _params(cfg, seed=0, scale=1.0):
-  """Initial parameters, kernels scaled by `scale` and the embedding to std 1 (outputs that vary from token to token)."""
+  """Initial parameters, kernels times `scale`, the embedding at std 1: outputs that vary from token to token."""
   params = nn.unbox(lstm.LSTM(cfg).init(jax.random.key(seed), jnp.zeros((1, 2), jnp.int32)))["params"]
   params = jax.tree.map(lambda x: x * scale if x.ndim == 2 else x, params)
   return {**params, "wte": {"embedding": params["wte"]["embedding"] * 50 / scale}}
