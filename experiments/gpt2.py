@@ -4,6 +4,7 @@ Run:
   python -m experiments.gpt2 --workdir=/tmp/gpt2
   python -m experiments.gpt2 --workdir=/tmp/gpt2_rope --config.positions=rope
   python -m experiments.gpt2 --workdir=/tmp/gpt2_bpe --config.tokenizer=bpe
+  python -m experiments.gpt2 --workdir=/tmp/lstm --config.model=lstm
   python -m experiments.gpt2 --workdir=/tmp/smoke --config=experiments/gpt2.py:smoke
   python -m experiments.sweep --config=experiments/gpt2.py --workdir=/tmp/gpt2_dropout --seeds=2 \\
       --vary=dropout=0,0.1,0.2
@@ -16,6 +17,10 @@ example is a random window of seq_len + 1 tokens of the training text. Writes in
 checkpoints, TensorBoard events (the validation loss every eval_every steps under eval/),
 tokenizer.json, samples.txt (continuations of held-out prompts) and results.json with
 val_loss (nats per token) and val_bits_per_char (val_bits_per_token for BPE).
+
+`--config.model=lstm` trains an LSTM language model (research/models/lstm.py, sized by the
+lstm_* fields) in place of the GPT, by the same loop on the same windows, with the same
+optimizer, evaluation and samples; the GPT's fields are then unused.
 
 Any TFDS text dataset works the same way (tiny_shakespeare, lm1b, c4, pg19 from the catalog,
 prepared where there is a network): each split is tokenized once into a token stream cached
@@ -42,6 +47,7 @@ from research.models import layers
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """One tiny block, a few steps and short samples, for tests."""
   config.n_layer, config.n_embd, config.n_head = 1, 32, 2
+  config.lstm_width, config.lstm_layers = 32, 2
   config.n_positions = config.seq_len = 32
   config.steps, config.batch_size = 10, 8
   config.optimizer.warmup_steps = 2
@@ -86,6 +92,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.bpe_vocab_size = 2048  # bpe: vocabulary size
   config.tokenizer_train_chars = 20_000_000  # char / bpe: fitted on this many leading characters of the train split
   config.vocab_multiple = 1  # the model's vocabulary is rounded up to a multiple of this (64: faster matmuls)
+  config.model = "gpt"  # the network: gpt (research/models/gpt2.py) or lstm (research/models/lstm.py)
   config.n_layer = 4  # transformer blocks
   config.n_embd = 128  # model width
   config.n_head = 4  # attention heads
@@ -95,7 +102,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.attention = "auto"  # one of research.models.attention.IMPLEMENTATIONS ("auto": dense on CPU, cuDNN/XLA on GPU)
   config.scan_layers = False  # the blocks as one nn.scan (one block compiled; parameters stacked on a layer axis)
   config.remat = "none"  # recompute activations in the backward pass: none, block or dots
-  config.dropout = 0.0  # embedding and residual dropout (traced: experiments.sweep may vary it)
+  config.lstm_width = 256  # lstm: embedding and hidden width
+  config.lstm_layers = 2  # lstm: stacked LSTM layers
+  config.lstm_tie_embeddings = True  # lstm: the output projection is the token embedding's transpose
+  config.dropout = 0.0  # gpt: embedding and residual dropout; lstm: on each layer's input and the last output (traced)
   config.seq_len = 128  # tokens per training window (the model sees seq_len, predicts the next of each)
   config.steps = 1500  # optimizer updates
   config.batch_size = 16  # windows per update
@@ -123,6 +133,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 def check_config(config) -> None:
   """Raises ConfigError on a bad field, before anything is loaded, compiled or written."""
   check_common(config)
+  check_choice("model", config.model, gpt2.MODELS)
   check_choice("positions", config.positions, ("learned", "rope", "alibi"))
   check_choice("attention", config.attention, attention_lib.IMPLEMENTATIONS)
   check_choice("remat", config.remat, layers.REMATS)
@@ -130,7 +141,7 @@ def check_config(config) -> None:
     raise ConfigError(f"unknown tokenizer {config.tokenizer!r}; choose one of: {', '.join(tokenizers.KINDS)}")
   for name in ("n_layer", "n_embd", "n_head", "n_positions", "seq_len", "eval_windows", "eval_batch_size",
                "num_prompts", "prompt_len", "sample_tokens", "bpe_vocab_size", "tokenizer_train_chars",
-               "vocab_multiple"):
+               "vocab_multiple", "lstm_width", "lstm_layers"):
     check_positive(name, config[name])
   check_positive("max_train_tokens", config.max_train_tokens, allow_zero=True)
   check_positive("temperature", config.temperature, allow_zero=True)
@@ -139,9 +150,10 @@ def check_config(config) -> None:
     raise ConfigError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
   if config.num_kv_heads and config.n_head % config.num_kv_heads:
     raise ConfigError(f"n_head {config.n_head} is not a multiple of num_kv_heads {config.num_kv_heads}")
-  if config.positions == "learned" and config.seq_len > config.n_positions:
+  context = config.model == "gpt" and config.positions == "learned"  # an LSTM has no context limit
+  if context and config.seq_len > config.n_positions:
     raise ConfigError(f"seq_len {config.seq_len} exceeds n_positions {config.n_positions}")
-  if config.positions == "learned" and config.prompt_len + config.sample_tokens > config.n_positions:
+  if context and config.prompt_len + config.sample_tokens > config.n_positions:
     raise ConfigError(f"prompt_len + sample_tokens ({config.prompt_len + config.sample_tokens}) exceeds "
                       f"n_positions {config.n_positions}")
   if not 0.0 <= config.dropout < 1.0:

@@ -166,6 +166,8 @@ def _reward_size(config) -> tuple[int, int, int]:
 def check_config(config) -> None:
   """Raises ConfigError on a bad field, before anything is loaded, compiled or written."""
   gpt2_experiment.check_config(config.pretrain)
+  if config.pretrain.model != "gpt":
+    raise ConfigError(f"the policy is a GPT: pretrain.model must be gpt, got {config.pretrain.model!r}")
   for name in STAGES[1:]:
     check_common(config[name])
   for name in ("prompt_len", "new_tokens", "num_train_prompts", "num_eval_prompts", "eval_batch_size",

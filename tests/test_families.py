@@ -21,6 +21,7 @@ FAMILIES = {
     "diffusion": ("experiments.diffusion", {}, "fid", ("samples.png",)),
     "dit": ("experiments.diffusion", {"model": "dit"}, "fid", ("samples.png",)),
     "gpt2": ("experiments.gpt2", {}, "val_bits_per_char", ("samples.txt",)),
+    "lstm": ("experiments.gpt2", {"model": "lstm"}, "val_bits_per_char", ("samples.txt",)),
     "bert": ("experiments.bert", {}, "mlm_accuracy", ()),  # a masked LM draws no samples
     "classifier": ("experiments.classifier", {}, "test_accuracy", ()),
 }

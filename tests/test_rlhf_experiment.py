@@ -67,3 +67,7 @@ def test_rlhf_check_config_names_the_field():
     bad[field] = value
     with pytest.raises(ConfigError, match=message):
       rlhf_experiment.check_config(bad)
+  bad = config.copy_and_resolve_references()
+  bad.pretrain.model = "lstm"
+  with pytest.raises(ConfigError, match="the policy is a GPT: pretrain.model must be gpt, got 'lstm'"):
+    rlhf_experiment.check_config(bad)

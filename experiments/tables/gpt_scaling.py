@@ -173,8 +173,11 @@ class Runs:
     return results
 
 
-def trained_model(config, workdir: str) -> tuple[gpt2.GPT2, dict, object]:
-  """(model, params, tokenizer) of a finished run, the params restored from its last checkpoint."""
+def trained_model(config, workdir: str) -> tuple[object, dict, object]:
+  """(model, params, tokenizer) of a finished run, the params restored from its last checkpoint.
+
+  The model is the one config.model names (research.tasks.gpt2.make_model): a GPT2, or an LSTM.
+  """
   tokenizer = tokenizers.load(os.path.join(workdir, "tokenizer.json"))
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
   task = gpt2_tasks.make_task(config, vocab_size, tokenizer.decode, [])
@@ -188,7 +191,7 @@ def trained_model(config, workdir: str) -> tuple[gpt2.GPT2, dict, object]:
   state, _ = restored
   if int(state.step) != config.steps:
     raise RuntimeError(f"the last checkpoint in {workdir} is step {int(state.step)}, not {config.steps}")
-  return gpt2.GPT2(gpt2.model_config(config, vocab_size)), eval_params(state)["params"], tokenizer
+  return gpt2_tasks.make_model(config, vocab_size), eval_params(state)["params"], tokenizer
 
 
 def held_out_windows(config, tokenizer, length: int) -> np.ndarray:

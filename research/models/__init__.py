@@ -5,18 +5,19 @@
 
 FAMILIES maps each family the loop trains to its model module; research.tasks.FAMILIES maps the
 same names to the plug-ins that hand those models to the loop. "dit" is the DiT denoiser of the
-diffusion process in research/models/diffusion.py (the U-Net's family is "diffusion"). RLHF is not
-a family of its own here: its models are GPT-2 with a reward or value head (research/rl/rlhf.py),
-trained in stages by research/tasks/rlhf.py's plug-ins, each starting from an earlier stage's
+diffusion process in research/models/diffusion.py (the U-Net's family is "diffusion"); "lstm" is
+the LSTM language model, trained by the GPT's plug-in (research/tasks/gpt2.py, config.model). RLHF
+is not a family of its own here: its models are GPT-2 with a reward or value head
+(research/rl/rlhf.py), trained in stages by research/tasks/rlhf.py's plug-ins, each starting from an earlier stage's
 parameters. `attention`, `layers` and `unet` are parts the families share.
 """
 
 from research.models import attention, layers, unet
-from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2
+from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm
 
 # Family name -> its model module.
-FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "bert": bert,
-            "classifier": classifier}
+FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "lstm": lstm,
+            "bert": bert, "classifier": classifier}
 
 __all__ = ["FAMILIES", "attention", "autoencoder", "bert", "classifier", "diffusion", "dit", "gan", "gpt2", "layers",
-           "unet"]
+           "lstm", "unet"]

@@ -8,15 +8,16 @@ One module per family, each exposing its `make_task`-style functions (`make_pret
 `make_classifier_task` for BERT; `make_sft_task`, `make_reward_task`, `make_ppo_task` and
 `make_dpo_task` for RLHF's stages). FAMILIES has the keys of research.models.FAMILIES: the
 "diffusion" and "dit" families share research.tasks.diffusion, whose `config.model` picks the
-U-Net or the DiT. research.tasks.rlhf is a task module outside FAMILIES (import it by name): its
-stages start from the parameters an earlier stage trained, not from a config alone, and it brings
-in research.rl, which the other families do not need (see research.models).
+U-Net or the DiT; "gpt2" and "lstm" share research.tasks.gpt2, whose `config.model` picks the GPT
+or the LSTM. research.tasks.rlhf is a task module outside FAMILIES (import it by name): its stages
+start from the parameters an earlier stage trained, not from a config alone, and it brings in
+research.rl, which the other families do not need (see research.models).
 """
 
 from research.tasks import autoencoder, bert, classifier, diffusion, gan, gpt2
 
 # Family name -> its task module (the keys of research.models.FAMILIES).
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": diffusion, "gpt2": gpt2,
-            "bert": bert, "classifier": classifier}
+            "lstm": gpt2, "bert": bert, "classifier": classifier}
 
 __all__ = ["FAMILIES", "autoencoder", "bert", "classifier", "diffusion", "gan", "gpt2"]

@@ -1,8 +1,10 @@
-"""GPT-2's plug-in for the loop: next-token prediction, evaluation over held-out windows, sampled text.
+"""The language models' plug-in for the loop: next-token prediction, evaluation over held-out windows, sampled text.
 
     task = make_task(config, vocab_size, tokenizer.decode, prompts)   # a research.train.Task
 
-The model, its loss and generation are research/models/gpt2.py.
+config.model picks the network: "gpt" (research/models/gpt2.py) or "lstm"
+(research/models/lstm.py); both take token windows and return next-token logits, so the loss,
+the evaluation and the samples are the same for both.
 """
 
 import math
@@ -12,15 +14,27 @@ import jax
 import jax.numpy as jnp
 
 from research import optim
-from research.models.gpt2 import GPT2, generate, lm_loss, model_config
+from research.models import gpt2, lstm
+from research.models.gpt2 import lm_loss
 from research.train import Task
+
+MODELS = ("gpt", "lstm")
+
+
+def make_model(config, vocab_size: int):
+  """The network of an experiment config (experiments/gpt2.py): a GPT2 or an LSTM module."""
+  if config.model == "lstm":
+    return lstm.LSTM(lstm.model_config(config, vocab_size))
+  if config.model != "gpt":
+    raise ValueError(f"unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+  return gpt2.GPT2(gpt2.model_config(config, vocab_size))
 
 
 def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]], unit: str = "token"):
-  """GPT-2 language modelling as a research.train.Task.
+  """Language modelling with the GPT or the LSTM as a research.train.Task.
 
   Args:
-    config: an experiment config (experiments/gpt2.py): model fields, seq_len, optimizer,
+    config: an experiment config (experiments/gpt2.py): model and its fields, seq_len, optimizer,
       eval_batch_size, sample_tokens, temperature, top_k.
     vocab_size: the tokenizer's vocabulary size.
     decode: ids -> text, for the samples.
@@ -33,10 +47,10 @@ def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]],
     whose `evaluate(params, key, windows)` gives `val_loss` (nats per token) and
     `val_bits_per_<unit>` over evaluation windows, and whose `sample` writes continuations.
   """
-  cfg = model_config(config, vocab_size)
-  if config.seq_len > cfg.n_positions and cfg.positions == "learned":
-    raise ValueError(f"seq_len {config.seq_len} exceeds n_positions {cfg.n_positions}")
-  model = GPT2(cfg)
+  model = make_model(config, vocab_size)
+  if isinstance(model, gpt2.GPT2) and config.seq_len > model.cfg.n_positions and model.cfg.positions == "learned":
+    raise ValueError(f"seq_len {config.seq_len} exceeds n_positions {model.cfg.n_positions}")
+  generate = lstm.generate if isinstance(model, lstm.LSTM) else gpt2.generate
 
   def init(key, batch):
     return model.init(key, batch["tokens"][:, :-1])
