@@ -190,7 +190,7 @@ def test_vaswani_configuration_is_post_norm_sinusoidal_and_causal():
   ids, decoder_ids = rng.integers(2, 29, (2, 7)), rng.integers(2, 29, (2, 5))
   mask = np.ones((2, 7), bool)
   mask[1, 4:] = False
-  params = nn.unbox(model.init(jax.random.key(0), ids, mask, decoder_ids))["params"]
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), ids, mask, decoder_ids))["params"]
   assert "relative_attention_bias" not in params["encoder"] and "final_norm" not in params["encoder"]
   assert "bias" in params["encoder"]["layer_0"]["attention"]["query"]
   forward = jax.jit(model.apply)
@@ -204,7 +204,7 @@ def test_vaswani_configuration_is_post_norm_sinusoidal_and_causal():
   p, i = np.arange(5)[:, None], np.arange(9)[None]
   table = np.zeros((5, 18))
   table[:, 0::2], table[:, 1::2] = np.sin(p / 10000 ** (2 * i / 18)), np.cos(p / 10000 ** (2 * i / 18))
-  embedded = model.apply({"params": params}, jnp.asarray(decoder_ids), method=seq2seq.Seq2Seq._embed)
+  embedded = jax.jit(lambda x: model.apply({"params": params}, x, method=seq2seq.Seq2Seq._embed))(decoder_ids)
   np.testing.assert_allclose(embedded, params["shared"]["embedding"][decoder_ids] * np.sqrt(18) + table, atol=1e-5)
   # Decoding token by token through the KV caches equals the whole forward.
   encoded = jax.jit(lambda *a: model.apply({"params": params}, *a, method=seq2seq.Seq2Seq.encode))(ids, mask)

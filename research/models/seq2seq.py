@@ -5,6 +5,8 @@
     logits = model.apply({"params": params}, input_ids, attention_mask, decoder_input_ids)
     model, params = seq2seq.load_hf("path/to/saved/t5")       # transformers' files, no torch
     seq2seq.save_hf(model, params, "out/")                     # T5ForConditionalGeneration loads it
+    seq2seq.to_hf(params, cfg, "out/")                          # the same from a config; from_hf = load_hf
+    nll = seq2seq.loss(model, params, input_ids, attention_mask, labels)       # labels: -100 where ignored
     tokens = seq2seq.generate(model, params, input_ids, attention_mask, max_new_tokens=20, num_beams=4)
 
 One module, two families as configurations:
@@ -23,8 +25,11 @@ Attention is the shared research.models.attention.MultiHeadAttention. Decoding (
 as one compiled `lax.while_loop` per method: the encoder and each decoder layer's cross-attention
 keys and values are computed once, the decoder's self-attention keys and values go into a KV
 cache, and the source is padded to `max_source_length`, so any source length compiles nothing
-new. Greedy decoding, sampling (temperature, top-k, top-p) and beam search (length penalty,
-early stopping) follow transformers' `generate`, whose token ids they reproduce.
+new. Greedy decoding and beam search (length penalty, early stopping) reproduce the token ids of
+transformers' `generate`; sampling (temperature, top-k, top-p) is a function of its key.
+
+Training: `loss` is the token cross-entropy of labels given the source, the decoder reading the
+labels shifted right behind `decoder_start_token_id` (transformers' `labels=` convention).
 """
 
 import dataclasses
