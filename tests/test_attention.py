@@ -354,3 +354,32 @@ def test_options_that_do_not_apply_are_refused_in_one_line():
     module = attn.MultiHeadAttention(**{"num_heads": 2, **attributes})
     with pytest.raises(ValueError, match=message):
       module.init(jax.random.key(0), x, **call)
+
+
+def test_a_score_bias_is_added_before_the_softmax_by_every_kernel_that_takes_one():
+  q, k, v = _qkv(6, 9, 4, 2)
+  bias = jax.random.normal(jax.random.key(3), (1, 4, 6, 9))  # (1, H, T, S), e.g. T5's relative positions
+  mask = jnp.arange(9)[None, :] < jnp.array([[9], [5]])  # (B, S)
+  kr, vr = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
+  scores = jnp.einsum("bthd,bshd->bhts", q, kr) / 4.0 + bias
+  probs = jax.nn.softmax(jnp.where(mask[:, None, None], scores, -jnp.inf), axis=-1)
+  expected = jnp.einsum("bhts,bshd->bthd", probs, vr)
+  np.testing.assert_allclose(attn.dot_product_attention(q, k, v, mask=mask, bias=bias), expected, atol=1e-5)
+  np.testing.assert_allclose(attn.attend(q, k, v, implementation="xla", mask=mask, bias=bias), expected, atol=1e-5)
+  swap = lambda x: jnp.swapaxes(x, 1, 2)  # the cache's (B, Hkv, S, D)
+  np.testing.assert_allclose(attn.cached_attention(q, swap(k), swap(v), mask=mask, bias=bias), expected, atol=1e-5)
+  assert attn.choose("auto", q, k, bias=bias) in ("reference", "xla")  # never a blockwise kernel
+  with pytest.raises(ValueError, match="a score bias needs the reference"):
+    attn.attend(q, k, v, implementation="flash", bias=bias)
+
+
+def test_cross_attention_keys_and_values_projected_once_equal_the_context_call():
+  layer = attn.MultiHeadAttention(num_heads=3, head_dim=4, qkv_bias=False, out_bias=False, scale=1.0)
+  x, context = jax.random.normal(jax.random.key(0), (2, 5, 12)), jax.random.normal(jax.random.key(1), (2, 7, 10))
+  mask = jnp.arange(7)[None, :] < jnp.array([[7], [3]])
+  params = layer.init(jax.random.key(2), x, context)
+  assert "bias" not in params["params"]["query"] and "bias" not in params["params"]["out"]
+  kv = layer.apply(params, None, context)  # (B, H, S, D) each
+  assert kv.k.shape == (2, 3, 7, 4)
+  np.testing.assert_allclose(layer.apply(params, x, kv=kv, mask=mask), layer.apply(params, x, context, mask=mask),
+                             atol=1e-5)

@@ -64,9 +64,15 @@ def _check(q, k, v):
     raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} key/value heads")
 
 
-def _bias(q_pos, k_pos, causal: bool, key_valid, slopes):
-  """Additive scores for query positions (Tq,) and key positions (Sk,): (B|1, H|1, Tq, Sk)."""
+def _bias(q_pos, k_pos, causal: bool, key_valid, slopes, extra=None):
+  """Additive scores for query positions (Tq,) and key positions (Sk,): (B|1, H|1, Tq, Sk).
+
+  `extra` is the caller's own (B|1, H|1, Tq, Sk) score bias (e.g. T5's relative positions), added
+  before the masks.
+  """
   bias = jnp.zeros((1, 1, q_pos.shape[0], k_pos.shape[0]), jnp.float32)
+  if extra is not None:
+    bias = bias + extra.astype(jnp.float32)
   if slopes is not None:
     distance = (q_pos[:, None] - k_pos[None, :]).astype(jnp.float32)  # (Tq, Sk), >= 0 for past keys
     bias = bias - slopes[None, :, None, None] * jnp.abs(distance)[None, None]
@@ -109,7 +115,7 @@ def _grouped_bias(bias, num_kv_heads: int, groups: int):
   return bias.reshape(b, num_kv_heads, groups * t, s)
 
 
-def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, dropout_rate=0.0, dropout_rng=None):
+def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, bias=None, dropout_rate=0.0, dropout_rng=None):
   """softmax(Q K^T / sqrt(d) + bias) V for q (B, T, H, D) and k, v (B, Hkv, S, D): (B, T, H, D).
 
   Heads lead the time axis in every product, (B, Hkv, G * T, D) against (B, Hkv, S, D): each
@@ -120,7 +126,7 @@ def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, dropout_rate=0.
   hkv, s = k.shape[1], k.shape[2]
   scores = jnp.einsum("bkmd,bksd->bkms", _rows(_grouped(q, hkv)), k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(d)
-  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)  # (B|1, H|1, T, S)
+  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias)  # (B|1, H|1, T, S)
   probs = jax.nn.softmax(scores + _grouped_bias(bias, hkv, h // hkv), axis=-1)  # (B, Hkv, G * T, S)
   if dropout_rng is not None:
     probs = layers.dropout(probs, dropout_rate, dropout_rng)  # each row sums to 1 in expectation only
@@ -128,8 +134,8 @@ def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, dropout_rate=0.
   return _ungrouped(out.reshape(out.shape[0], hkv, h // hkv, t, d)).astype(q.dtype)
 
 
-def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, dropout_rate=0.0,
-                          dropout_rng=None):
+def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, bias=None,
+                          dropout_rate=0.0, dropout_rng=None):
   """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
 
   Args:
@@ -140,6 +146,8 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
     alibi: optional (H,) ALiBi slopes (see `alibi_slopes`).
     q_start: the key position of the first query (may be traced: a KV cache's index); by
       default S - T, the queries being the last T positions.
+    bias: optional (B|1, H|1, T, S) float scores added before the masks and the softmax (e.g.
+      T5's relative position bias); gradients flow into it.
     dropout_rate: dropout on the probabilities (a Python float or a traced scalar), applied
       only with a `dropout_rng`, i.e. in training.
     dropout_rng: the key of the dropout mask; None: no dropout.
@@ -149,11 +157,11 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   """
   _check(q, k, v)
   swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D)
-  return _grouped_attention(q, swap(k), swap(v), causal=causal, mask=mask, alibi=alibi, q_start=q_start,
+  return _grouped_attention(q, swap(k), swap(v), causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
                             dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
-def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None):
+def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, bias=None):
   """`dot_product_attention` against keys and values in the KV cache's layout, (B, Hkv, S, D).
 
   The queries of each key/value head are grouped, (B, Hkv, H / Hkv * T, D), so neither the
@@ -162,7 +170,7 @@ def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_
   Args:
     q: (B, T, H, D) queries.
     k, v: (B, Hkv, S, D) cached keys and values.
-    causal, mask, alibi, q_start: as in `dot_product_attention`.
+    causal, mask, alibi, q_start, bias: as in `dot_product_attention`.
 
   Returns:
     (B, T, H, D) in q's dtype; scores and softmax in float32.
@@ -170,7 +178,7 @@ def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_
   b, t, h, d = q.shape
   if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[-1] != d or h % k.shape[1]:
     raise ValueError(f"expected q (B, T, H, D) and cached k, v (B, Hkv, S, D); got {q.shape}, {k.shape}, {v.shape}")
-  return _grouped_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
+  return _grouped_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias)
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,11 +496,12 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
 
 def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=None, q_start=None,
-           dropout: bool = False) -> str:
+           dropout: bool = False, bias=None) -> str:
   """The kernel that `implementation` names: itself, or the platform's for "auto".
 
   "auto" is the reference where the call drops attention probabilities (the one kernel that
-  forms them); on a CPU the dense attention (the fastest to train there); on a GPU cuDNN's
+  forms them); on a CPU the dense attention (the fastest to train there), or the reference for
+  a call with a score bias (the blockwise kernels take none); on a GPU cuDNN's
   fused kernel where it applies without a bias (16-bit inputs, a head dimension that is a
   multiple of 8 up to 128, no padding mask or ALiBi, queries aligned with the keys); else XLA's
   `jax.nn.dot_product_attention`.
@@ -500,7 +509,7 @@ def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=
   Args:
     implementation: one of IMPLEMENTATIONS.
     q: (B, T, H, D) queries; k: (B, S, Hkv, D) keys (shapes and dtype are read).
-    causal, mask, alibi, q_start: as in `dot_product_attention`.
+    causal, mask, alibi, q_start, bias: as in `dot_product_attention`.
     dropout: whether the call drops attention probabilities.
 
   Raises:
@@ -514,45 +523,49 @@ def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=
   if dropout:
     return "reference"
   if layers.on_cpu():
-    return "dense"
+    return "dense" if bias is None else "reference"
   d = q.shape[-1]
   aligned = q_start is None and (not causal or q.shape[1] == k.shape[1])
   if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0 and d <= 128
-      and mask is None and alibi is None and aligned):
+      and mask is None and alibi is None and bias is None and aligned):
     return "cudnn"
   return "xla"
 
 
 def attend(q, k, v, *, implementation: str = "auto", causal: bool = False, mask=None, alibi=None,
-           q_start=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
+           q_start=None, bias=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
   """Dispatches to one attention implementation (see IMPLEMENTATIONS and `choose`); all take the same arrays.
 
   "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
   bf16/fp16); "pallas" uses the Pallas FlashAttention kernels of jax.experimental on GPU/TPU,
   falling back to `flash_attention` where they do not import. Dropout on the probabilities
-  (`dropout_rng` given and a rate that is not the Python number 0) is the reference's alone.
+  (`dropout_rng` given and a rate that is not the Python number 0) is the reference's alone. A
+  score `bias` (see `dot_product_attention`) goes to the reference, "xla" and "cudnn" only.
 
   Raises:
-    ValueError: for an unknown implementation, or attention dropout asked of another one.
+    ValueError: for an unknown implementation, or attention dropout or a score bias asked of one
+      that does not take it.
   """
   drops = dropout_rng is not None and not layers.is_static_zero(dropout_rate)
   implementation = choose(implementation, q, k, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
-                          dropout=drops)
+                          dropout=drops, bias=bias)
   if implementation == "reference":
-    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
+    return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
                                  dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if drops:
     raise ValueError(f"attention dropout needs the reference attention (the one implementation that drops "
                      f"probabilities; {implementation!r} does not); set the attention dropout to 0 or use 'reference'")
+  if bias is not None and implementation not in ("xla", "cudnn"):
+    raise ValueError(f"a score bias needs the reference, 'xla' or 'cudnn' attention ({implementation!r} takes none)")
   if implementation == "dense":
     return dense_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
   if implementation == "flash":
     return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
   if implementation in ("xla", "cudnn"):
     t, s = q.shape[1], k.shape[1]
-    if alibi is not None or q_start is not None or (causal and t != s):
+    if alibi is not None or q_start is not None or bias is not None or (causal and t != s):
       # jax's is_causal aligns the first query with the first key; other offsets go in as a bias.
-      bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi)
+      bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias)
       return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), implementation=implementation)
     key_mask = None if mask is None else mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
@@ -605,8 +618,8 @@ class MultiHeadAttention(nn.Module):
     implementation: one of IMPLEMENTATIONS ("auto": the platform's kernel, see `choose`).
     layout: one of LAYOUTS.
     stack_qkv: one product for the projections of one input; None: yes except on CPUs.
-    qkv_bias: biases on the query, key and value projections (the output keeps its bias);
-      False for the diffusers U-Net's to_q/to_k/to_v.
+    qkv_bias: biases on the query, key and value projections (the output keeps its own,
+      `out_bias`); False for the diffusers U-Net's to_q/to_k/to_v and for T5.
     dropout: attention-output dropout rate (training only; needs rngs={'dropout'}).
     attention_dropout: dropout rate of the attention probabilities (training only; the
       reference implementation only, see `attend`).
@@ -614,6 +627,9 @@ class MultiHeadAttention(nn.Module):
     kernel_init: the initializer of the query, key and value kernels.
     out_init: the initializer of the output kernel.
     dtype: compute dtype.
+    out_bias: a bias on the output projection.
+    scale: the scores' factor (None: 1 / sqrt(head_dim); T5 uses 1.0, its initialisation
+      having folded the factor into the query kernel).
   """
 
   num_heads: int
@@ -630,6 +646,8 @@ class MultiHeadAttention(nn.Module):
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   out_init: nn.initializers.Initializer = nn.initializers.normal(0.02)
   dtype: str = "float32"
+  out_bias: bool = True
+  scale: float | None = None
 
   def _check(self, width: int, cross: bool, cached: bool):
     if self.positions not in POSITIONS:
@@ -656,8 +674,11 @@ class MultiHeadAttention(nn.Module):
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
 
-  def _projections(self, x, context, head_dim: int):
-    """(q (B, T, H, D), k, v (B, S, Hkv, D)) of x and the context (x itself for self-attention)."""
+  def _projections(self, x, context, head_dim: int, keys: bool = True):
+    """(q (B, T, H, D), k, v (B, S, Hkv, D)) of x and the context (x itself for self-attention).
+
+    q is None without x; k and v are None when `keys` is False (they were projected before).
+    """
     if self.layout == "fused":
       init = nn.with_logical_partitioning(self.kernel_init, ("embed", None, "heads", "head_dim"))
       qkv = layers.DenseGeneral((3, self.num_heads, head_dim), kernel_init=init, use_bias=self.qkv_bias,
@@ -666,18 +687,20 @@ class MultiHeadAttention(nn.Module):
     init = nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "head_dim"))
     kv_input = x if context is None else context
     stacked = not layers.on_cpu() if self.stack_qkv is None else self.stack_qkv
-    if not stacked:
+    if not stacked or not keys:
       proj = lambda heads, name, inputs: layers.DenseGeneral((heads, head_dim), name=name, kernel_init=init,
                                                              use_bias=self.qkv_bias, dtype=self.dtype)(inputs)
-      return proj(self.num_heads, "query", x), proj(self.kv_heads, "key", kv_input), proj(self.kv_heads, "value",
-                                                                                          kv_input)
+      q = None if x is None else proj(self.num_heads, "query", x)
+      if not keys:
+        return q, None, None
+      return q, proj(self.kv_heads, "key", kv_input), proj(self.kv_heads, "value", kv_input)
     # DenseGeneral's parameters applied as one product per input (per run of equal shapes).
     param = lambda heads, name, inputs: layers.DenseParams((heads, head_dim), name=name, kernel_init=init,
                                                            use_bias=self.qkv_bias)(inputs.shape[-1])
     if context is None:
       return tuple(layers.dense_group(x, [param(self.num_heads, "query", x), param(self.kv_heads, "key", x),
                                           param(self.kv_heads, "value", x)], dtype=self.dtype))
-    (q,) = layers.dense_group(x, [param(self.num_heads, "query", x)], dtype=self.dtype)
+    q = None if x is None else layers.dense_group(x, [param(self.num_heads, "query", x)], dtype=self.dtype)[0]
     k, v = layers.dense_group(context, [param(self.kv_heads, "key", context), param(self.kv_heads, "value", context)],
                               dtype=self.dtype)
     return q, k, v
@@ -685,11 +708,14 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x, context=None, *, mask=None, causal: bool = False, positions=None,
                cache: "KVCache | None" = None, cache_index=None, train: bool = False, dropout_rate=None,
-               attention_dropout_rate=None):
+               attention_dropout_rate=None, bias=None, kv: "KVCache | None" = None):
     """Attends x (B, T, width) to itself, to a context, or to a KV cache it writes into.
 
     Args:
-      x: (B, T, width) inputs: the queries' and, without a context, the keys' and values'.
+      x: (B, T, width) inputs: the queries' and, without a context, the keys' and values'. None
+        with a context: the context's keys and values are only projected and returned, as a
+        KVCache to attend to later through `kv` (a decoder's cross-attention, projected once
+        per source; needs `head_dim`).
       context: (B, S, width') the keys' and values' inputs (cross-attention); None: x.
       mask: (B, S) boolean key mask, True where a key may be attended to (S: the context's
         length, x's, or the cache's).
@@ -703,21 +729,38 @@ class MultiHeadAttention(nn.Module):
       train: enables dropout.
       dropout_rate, attention_dropout_rate: this call's rates in place of the attributes (may
         be traced scalars, e.g. a sweep's hyperparameters).
+      bias: (B|1, H|1, T, S) float scores added before the softmax (e.g. T5's relative
+        position bias; see `attend` for the kernels that take one).
+      kv: a context's keys and values already projected (a call with x None): cross-attention
+        to them, without the key and value projections.
 
     Returns:
-      (B, T, width), or ((B, T, width), the updated KVCache) when a cache is given.
+      (B, T, width), ((B, T, width), the updated KVCache) when a cache is given, or the
+      context's KVCache when x is None.
 
     Raises:
       ValueError: for an unknown option, or one that does not apply (cross-attention with RoPE,
-        ALiBi, a cache or the fused layout).
+        ALiBi, a cache or the fused layout; both a context and `kv`).
     """
+    if x is None:
+      if context is None or self.head_dim is None or cache is not None or kv is not None:
+        raise ValueError("x=None projects a context's keys and values: give a context (no cache or kv) and a "
+                         "head_dim")
+      self._check(context.shape[-1], True, False)
+      _, k, v = self._projections(None, context, self.head_dim)
+      return KVCache(jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))  # (B, Hkv, S, D)
+    if context is not None and kv is not None:
+      raise ValueError("give the context or its projected keys and values (kv), not both")
     width = x.shape[-1]
-    self._check(width, context is not None, cache is not None)
+    self._check(width, context is not None or kv is not None, cache is not None)
     head_dim = self.head_dim or width // self.num_heads
-    q, k, v = self._projections(x, context, head_dim)
+    q, k, v = self._projections(x, context, head_dim, keys=kv is None)
+    if self.scale is not None:  # every kernel divides by sqrt(head_dim)
+      q = q * jnp.asarray(self.scale * math.sqrt(head_dim), q.dtype)
     q = nn.with_logical_constraint(q, layers.ACTIVATION_HEADS)
-    k = nn.with_logical_constraint(k, layers.ACTIVATION_HEADS)
-    v = nn.with_logical_constraint(v, layers.ACTIVATION_HEADS)
+    if kv is None:
+      k = nn.with_logical_constraint(k, layers.ACTIVATION_HEADS)
+      v = nn.with_logical_constraint(v, layers.ACTIVATION_HEADS)
     alibi = None
     if self.positions == "rope":
       pos = jnp.arange(x.shape[1]) if positions is None else positions
@@ -726,25 +769,28 @@ class MultiHeadAttention(nn.Module):
       alibi = alibi_slopes(self.num_heads)
     attention_rate = self.attention_dropout if attention_dropout_rate is None else attention_dropout_rate
     dropout_rng = self.make_rng("dropout") if train and not layers.is_static_zero(attention_rate) else None
-    if cache is None:
-      out = attend(q, k, v, implementation=self.implementation, causal=causal, mask=mask, alibi=alibi,
-                   dropout_rate=attention_rate, dropout_rng=dropout_rng)
-    else:
-      # The cache is (B, Hkv, S, D): this call's keys go in at cache_index along S.
+    held = kv  # keys and values in the cache's layout, (B, Hkv, S, D)
+    if cache is not None:
+      # This call's keys go in at cache_index along S.
       write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
           buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), cache_index, axis=2)
-      cache = KVCache(write(cache.k, k), write(cache.v, v))
+      cache = held = KVCache(write(cache.k, k), write(cache.v, v))
+    if held is None:
+      out = attend(q, k, v, implementation=self.implementation, causal=causal, mask=mask, alibi=alibi, bias=bias,
+                   dropout_rate=attention_rate, dropout_rng=dropout_rng)
+    else:
+      q_start = None if cache is None else cache_index
       swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D) <-> (B, S, Hkv, D)
-      kernel = choose(self.implementation, q, swap(cache.k), causal=causal, mask=mask, alibi=alibi,
-                      q_start=cache_index, dropout=dropout_rng is not None)
+      kernel = choose(self.implementation, q, swap(held.k), causal=causal, mask=mask, alibi=alibi,
+                      q_start=q_start, dropout=dropout_rng is not None, bias=bias)
       if dropout_rng is None and (kernel in ("reference", "dense") or x.shape[1] == 1):
-        out = cached_attention(q, cache.k, cache.v, causal=causal, mask=mask, alibi=alibi, q_start=cache_index)
+        out = cached_attention(q, held.k, held.v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias)
       else:  # a long prefill through another kernel, or training with attention dropout: (B, S, Hkv, D)
-        out = attend(q, swap(cache.k), swap(cache.v), implementation=kernel, causal=causal, mask=mask,
-                     alibi=alibi, q_start=cache_index, dropout_rate=attention_rate, dropout_rng=dropout_rng)
+        out = attend(q, swap(held.k), swap(held.v), implementation=kernel, causal=causal, mask=mask,
+                     alibi=alibi, q_start=q_start, bias=bias, dropout_rate=attention_rate, dropout_rng=dropout_rng)
     out = nn.with_logical_constraint(out, layers.ACTIVATION_HEADS)
     out_init = nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed"))
-    out = layers.DenseGeneral(width, axis=(-2, -1), kernel_init=out_init, dtype=self.dtype,
+    out = layers.DenseGeneral(width, axis=(-2, -1), kernel_init=out_init, use_bias=self.out_bias, dtype=self.dtype,
                               name="DenseGeneral_1" if self.layout == "fused" else "out")(out)
     out = layers.Dropout(self.dropout)(out, train, rate=dropout_rate)
     return out if cache is None else (out, cache)
