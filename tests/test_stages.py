@@ -17,7 +17,7 @@ class Killed(Exception):
 
 def _pipeline(workdir, data, calls: list, kill_second_at: int | None = None):
   """Stage "first" trains the tiny classifier; stage "second" fine-tunes what it ends with."""
-  config = _with(tiny_run.make_config(6), log_every=3, checkpoint_every=3)  # a kill at step 3 loses no log
+  config = _config()
   task = tiny_run.make_task(config)
   pipeline = Pipeline(str(workdir))
 
@@ -38,6 +38,13 @@ def _pipeline(workdir, data, calls: list, kill_second_at: int | None = None):
   return out, pipeline.stage("second", config.steps, second)
 
 
+def _config():
+  """The tiny run, 6 steps at a constant learning rate: a kill is stood for by a run of fewer steps."""
+  config = _with(tiny_run.make_config(6), log_every=3, checkpoint_every=3)  # a kill at step 3 loses no log
+  config.optimizer.schedule = "constant"
+  return config
+
+
 def _with(config, **fields):
   config = config.copy_and_resolve_references()
   for name, value in fields.items():
@@ -50,7 +57,7 @@ def test_each_stage_reads_the_last_one_s_results_and_final_parameters(tmp_path, 
   first, second = _pipeline(tmp_path, digits_train, calls)
   assert calls == ["first", "second"]
   assert first.directory == str(tmp_path / "first") and second.name == "second"
-  config = _with(tiny_run.make_config(6), log_every=3, checkpoint_every=3)
+  config = _config()
   alone = train(tiny_run.make_task(config), config, str(tmp_path / "alone"), digits_train)
   assert_trees_equal(first.params, alone.state.params)
   assert first.results["train_loss"] == alone.results["train_loss"]
