@@ -197,9 +197,9 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     x_hat, kl = reconstruct(params, images)  # (N, H, W, C) in [0, 1], (N,)
     x = images.astype(jnp.float32) / 255.0
     mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))  # (N,)
+    psnr = -10.0 * jnp.log10(jnp.maximum(mse, MIN_MSE))  # (N,), the peak being 1
     n = min(NUM_RECONSTRUCTIONS, images.shape[0])
-    out = {"test_reconstruction_mse": jnp.mean(mse), "test_psnr": jnp.mean(-10.0 * jnp.log10(
-        jnp.maximum(mse, MIN_MSE))), "test_kl": jnp.mean(kl),
+    out = {"test_reconstruction_mse": jnp.mean(mse), "test_psnr": jnp.mean(psnr), "test_kl": jnp.mean(kl),
            "reconstructions": _interleave(x[:n], x_hat[:n], _grid_width(n))}
     if "scaling_images" in data:
       out["latent_std"] = latent_std(model, params, data["scaling_images"], key, batch_size)
