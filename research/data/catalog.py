@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import socket
+import sys
 
 import numpy as np
 from absl import logging as absl_logging
@@ -125,6 +126,22 @@ def _downloads_refused(name: str, tfds_name: str, directory: str):
       setattr(cls, attr, method)
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS without its progress bars, info and warning lines and stdout banners (a bundled dataset downloads nothing)."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  shown = tqdm_utils._active  # pylint: disable=protected-access
+  level = absl_logging.get_verbosity()
+  tqdm_utils.display_progress_bar(False)
+  absl_logging.set_verbosity(min(level, absl_logging.ERROR))
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tqdm_utils.display_progress_bar(shown)
+    absl_logging.set_verbosity(level)
+
+
 def _prepared_builder(name: str, directory: str):
   """The TFDS builder of `name`, prepared in `directory` (ArrayRecord files for new preparations).
 
@@ -141,9 +158,13 @@ def _prepared_builder(name: str, directory: str):
         if not fresh else name not in BUNDLED
     offline = offline and not _can_download()
     try:
-      with _downloads_refused(name, tfds_name, directory) if offline else contextlib.nullcontext():
+      with _downloads_refused(name, tfds_name, directory) if offline else contextlib.nullcontext(), \
+          _quiet_tfds() if name in BUNDLED else contextlib.nullcontext():
         builder = tfds.builder(tfds_name, data_dir=directory)
         if not _is_prepared(builder):
+          if name in BUNDLED:
+            sys.stderr.write(f"preparing the bundled dataset {name} in {directory} (once; generated here, nothing "
+                             "downloaded)\n")
           # ArrayRecord files give random access by index: research.data.source reads them directly.
           builder = tfds.builder(tfds_name, data_dir=directory, file_format="array_record")
           builder.download_and_prepare()
