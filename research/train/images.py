@@ -6,6 +6,9 @@ import os
 import numpy as np
 
 MAX_GRID_IMAGES = 100  # a 10 x 10 grid: larger ones are too small to look at
+# What the rows of a picture are, under its title.
+PICTURE_NOTES = {"reconstructions": "rows: test images, then their reconstructions\n"
+                                    "(denoising AE: clean, corrupted, denoised)"}
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
@@ -42,7 +45,7 @@ def save_png(path: str, array, title: str | None = None) -> str:
   else:
     raise ValueError(f"cannot draw an array of shape {array.shape}: expected (N, H, W, C) or (N, 2)")
   if title:
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10 if "\n" in title else None)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -88,6 +91,8 @@ def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str
     shown = array[:MAX_GRID_IMAGES] if kind == "images" else array
     title = f"{name} (step {step})" if len(shown) == len(array) else \
         f"{name} (step {step}; the first {len(shown)} of {len(array)})"
+    if name in PICTURE_NOTES:
+      title += "\n" + PICTURE_NOTES[name]
     paths.append(save_png(os.path.join(workdir, f"{name}.png"), shown, title=title))
     npz = os.path.join(workdir, f"{name}.npz")
     np.savez_compressed(npz, **{kind: np.clip(array, 0.0, 1.0) if kind == "images" else array})
