@@ -220,14 +220,16 @@ def test_vaswani_configuration_is_post_norm_sinusoidal_and_causal():
 
 
 def test_scanned_layers_load_decode_with_beams_and_save(references, tmp_path):
+  """Also beam search's other settings: a length penalty, and stopping once a source holds its beams' count."""
   hf_model, path = references["v1.1"]
   model, params = seq2seq.load_hf(path, scan_layers=True, **LIMITS)
   assert params["decoder"]["layer"]["mlp"]["wo"]["kernel"].shape == (2, 19, 21)  # (layers, d_ff, d_model)
   ids, mask = _batch()
+  settings = dict(max_new_tokens=8, num_beams=3, length_penalty=0.6, early_stopping=True)
   with torch.no_grad():
-    theirs = hf_model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=6,
-                               num_beams=3, do_sample=False).numpy()
-  np.testing.assert_array_equal(seq2seq.generate(model, params, ids, mask, max_new_tokens=6, num_beams=3), theirs)
+    theirs = hf_model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                               **settings).numpy()
+  np.testing.assert_array_equal(seq2seq.generate(model, params, ids, mask, **settings), theirs)
   seq2seq.save_hf(model, params, str(tmp_path))
   assert_trees_equal(seq2seq.load_hf(str(tmp_path))[1], seq2seq.load_hf(path)[1])
 

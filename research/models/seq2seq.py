@@ -212,7 +212,10 @@ class RelativeBias(nn.Module):
 
 
 def sinusoidal(positions, width: int):
-  """Vaswani et al.'s encoding (section 3.5): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(...); (T,) -> (T, d)."""
+  """Vaswani et al.'s encoding (section 3.5): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(...).
+
+  (T,) positions -> (T, d).
+  """
   j = jnp.arange(width)
   angles = positions.astype(jnp.float32)[:, None] / 10000.0 ** ((j - j % 2) / width)  # (T, d)
   return jnp.where(j % 2 == 0, jnp.sin(angles), jnp.cos(angles))
@@ -376,7 +379,8 @@ class Decoder(nn.Module):
     per_layer = None
     if state is not None:
       per_layer = state if cfg.scan_layers else [
-          DecodeState(state.cache[i], None if state.cross is None else state.cross[i]) for i in range(cfg.decoder_layers)]
+          DecodeState(state.cache[i], None if state.cross is None else state.cross[i])
+          for i in range(cfg.decoder_layers)]
     x, states = layers.blocks(lambda: DecoderLayer(cfg), cfg.decoder_layers, x, per_layer, name="layer",
                               scan=cfg.scan_layers, remat=cfg.remat, encoded=encoded, encoder_mask=encoder_mask,
                               bias=bias, cache_index=cache_index, train=train, dropout_rate=dropout_rate)
@@ -582,8 +586,9 @@ def _start(model: "Seq2Seq", params, input_ids, attention_mask, copies: int, len
   encoded = model.apply({"params": params}, input_ids, attention_mask, method=Seq2Seq.encode)  # (B, S, E)
   encoded, mask = jnp.repeat(encoded, copies, axis=0), jnp.repeat(attention_mask, copies, axis=0)
   start = jnp.full((encoded.shape[0], 1), cfg.decoder_start_token_id, jnp.int32)
-  logits, state = model.apply({"params": params}, start, encoded, mask, state=model.init_state(encoded.shape[0], length),
-                              cache_index=0, method=Seq2Seq.decode)
+  state = model.init_state(encoded.shape[0], length)
+  logits, state = model.apply({"params": params}, start, encoded, mask, state=state, cache_index=0,
+                              method=Seq2Seq.decode)
   return logits[:, -1], state, mask
 
 
