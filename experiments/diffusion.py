@@ -113,6 +113,14 @@ def check_config(config) -> None:
   check_choice("variance", config.variance, diffusion.VARIANCES)
   check_choice("dit_conditioning", config.dit_conditioning, dit.CONDITIONINGS)
   check_choice("unet_attention", config.unet_attention, attention.IMPLEMENTATIONS)
+  channels = config.unet_channels
+  if not isinstance(channels, (tuple, list)) or not channels or \
+      not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
+    raise ConfigError(f"unet_channels must be positive integers, one per resolution (e.g. 32,64), got {channels!r}")
+  check_positive("unet_groups", config.unet_groups)
+  if any(c % config.unet_groups for c in channels):
+    raise ConfigError(f"unet_groups {config.unet_groups} must divide every entry of unet_channels {tuple(channels)}")
+  check_positive("unet_heads", config.unet_heads)
   check_choice("dit_attention", config.dit_attention, attention.IMPLEMENTATIONS)
   check_choice("dit_remat", config.dit_remat, layers.REMATS)
   check_choice("dit", config.dit, dit.names())

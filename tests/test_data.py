@@ -103,3 +103,10 @@ def test_a_bundled_dataset_prepares_quietly_with_one_line(tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout == "(300, 8, 8, 1)\n"  # no TFDS banner on stdout
   assert done.stderr == f"preparing the bundled dataset digits in {tmp_path} (once; generated here, nothing downloaded)\n"
+
+
+def test_an_unknown_split_names_the_dataset_s_splits():
+  from research.checks import ConfigError  # pylint: disable=import-outside-toplevel
+  for read in (data.load, data.source):
+    with pytest.raises(ConfigError, match="^dataset 'digits' has no split 'validation'; its splits: train, test$"):
+      read("digits", "validation[:10%]")

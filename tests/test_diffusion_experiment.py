@@ -38,6 +38,8 @@ def test_long_preset_is_the_default_model_trained_longer():
     ("--config.sampler=euler", "unknown sampler 'euler'"),
     ("--config.dit=DiT-Q/2", "unknown dit 'DiT-Q/2'"),
     ("--config.sample_steps=0", "sample_steps must be in [1, num_train_steps = 100], got 0"),
+    ("--config.unet_channels=abc", "unet_channels must be positive integers, one per resolution"),
+    ("--config.unet_groups=3", "unet_groups 3 must divide every entry of unet_channels"),
     ("--config.sample_steps=101", "sample_steps must be in [1, num_train_steps = 100], got 101"),
     ("--config.eta=-0.5", "eta must be >= 0, got -0.5"),
     ("--config.conditional=False --config.guidance_scale=3.0", "guidance_scale 3.0 needs a conditional model"),

@@ -199,7 +199,17 @@ def source(name: str, split: str = "train", directory: str | None = None, featur
   if file_format != "array_record":
     raise ValueError(f"dataset {name!r} in {builder.data_dir} is stored as {file_format}, which has no random "
                      "access; prepare it again with --file_format=array_record")
+  _check_split(builder, name, split)
   return RecordSource(builder.as_data_source(split=split), features)
+
+
+def _check_split(builder, name: str, split: str) -> None:
+  """Raises ConfigError naming the dataset's splits when `split` ("test", "train[:10%]", "a+b") names none of them."""
+  known = list(builder.info.splits.keys())
+  for part in split.split("+"):
+    base = part.split("[")[0].strip()
+    if base not in known:
+      raise ConfigError(f"dataset {name!r} has no split {base!r}; its splits: {', '.join(known)}")
 
 
 def load(name: str, split: str = "train", directory: str | None = None) -> dict[str, np.ndarray]:
@@ -223,6 +233,7 @@ def load(name: str, split: str = "train", directory: str | None = None) -> dict[
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str, split: str, directory: str) -> dict[str, np.ndarray]:
   builder = _prepared_builder(name, directory)
+  _check_split(builder, name, split)
   file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
   if file_format == "array_record":
     records = builder.as_data_source(split=split)
