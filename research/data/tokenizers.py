@@ -8,7 +8,11 @@
     text = tok.decode(ids)
 
 Every tokenizer saves itself as JSON (`save(path)`, `load(path)`) beside a run's checkpoints,
-so a resumed run and its samples use the same vocabulary.
+so a resumed run and its samples use the same vocabulary, and writes the files of transformers'
+`AutoTokenizer.from_pretrained(directory)` with `tok.save_vocab(directory)`: GPT-2's vocab.json +
+merges.txt for byte-level BPE, a `tokenizers` tokenizer.json for characters, BERT's vocab.txt
+for WordPiece. Each encodes to the same ids as `tok.encode` (transformers' tokenizer adds no
+special tokens to these) and decodes them to the same text.
 """
 
 import heapq
@@ -48,6 +52,28 @@ class CharTokenizer:
 
   def to_json(self) -> dict:
     return {"kind": self.kind, "alphabet": self.alphabet[1:]}
+
+  @property
+  def end_of_text(self) -> int | None:
+    """No end-of-text token: documents are separated by a blank line."""
+    return None
+
+  def save_vocab(self, directory: str) -> None:
+    """Writes tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer loads.
+
+    A `tokenizers` WordLevel model over the alphabet, a pre-tokenizer splitting every character
+    and a decoder concatenating them: it encodes as `encode` (an unseen character is id 0,
+    U+FFFD, its unknown token) and decodes as `decode` does the ids of the vocabulary. Ids past
+    the alphabet (rows a vocabulary multiple adds to the model) decode to U+FFFD here and to
+    nothing in transformers.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+    tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.alphabet)}, unk_token=self.UNKNOWN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    tokenizer.decoder = decoders.Fuse()
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    _write_config(directory, {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": self.UNKNOWN})
 
 
 class HFTokenizer:
@@ -89,8 +115,35 @@ class HFTokenizer:
     return self.tokenizer.decode(list(ids))
 
   def to_json(self) -> dict:
-    raw = getattr(self.tokenizer, "_tokenizer", self.tokenizer)  # the wrapper's underlying Tokenizer
-    return {"kind": self.kind, "tokenizer": json.loads(raw.to_str())}
+    return {"kind": self.kind, "tokenizer": json.loads(self._raw().to_str())}
+
+  def _raw(self):
+    return getattr(self.tokenizer, "_tokenizer", self.tokenizer)  # a wrapper's underlying Tokenizer
+
+  @property
+  def end_of_text(self) -> int | None:
+    """The id of <|endoftext|>, or None when the vocabulary has none."""
+    return self.tokenizer.token_to_id("<|endoftext|>")
+
+  def save_vocab(self, directory: str) -> None:
+    """Writes GPT-2's vocab.json + merges.txt and a tokenizer_config.json (GPT2Tokenizer) for transformers.
+
+    The files are those `gpt2:<directory>` reads back. transformers' GPT2Tokenizer encodes as
+    `encode` and, with `skip_special_tokens=True`, decodes as `decode` (which leaves out
+    <|endoftext|>). One difference for GPT-2's own files (kind "gpt2"): a literal
+    "<|endoftext|>" in the text is its id there, but bytes here, where it is no special token.
+    """
+    os.makedirs(directory, exist_ok=True)
+    self._raw().model.save(directory)  # vocab.json, merges.txt
+    end = "<|endoftext|>" if self.end_of_text is not None else None
+    _write_config(directory, {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": end,
+                              "eos_token": end, "unk_token": end})
+
+
+def _write_config(directory: str, settings: dict) -> None:
+  """tokenizer_config.json: `settings`, decoding without transformers' clean-up of spaces before punctuation."""
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump({**settings, "clean_up_tokenization_spaces": False}, f, indent=2)
 
 
 class WordPieceTokenizer(HFTokenizer):
