@@ -26,7 +26,7 @@ def _config(tokenizer: str):
   from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
   config = experiment.get_config("smoke")
   config.tokenizer, config.bpe_vocab_size = tokenizer, 300
-  config.tokenizer_train_chars = 100_000
+  config.tokenizer_train_chars = config.max_train_tokens = 50_000  # a quick tokenizer and token stream
   config.n_embd, config.n_head = 24, 3  # 3 heads of 8
   config.vocab_multiple = 64 if tokenizer == "char" else 1  # char: the model has rows no character uses
   return config
