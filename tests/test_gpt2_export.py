@@ -65,7 +65,7 @@ def sample_text():
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_transformers_tokenizer_encodes_and_decodes_as_ours(runs, sample_text, kind):
+def test_transformers_tokenizer_encodes_and_decodes_as_ours(runs, sample_text, tmp_path, kind):
   _, hf, _, ours = runs[kind]
   theirs = transformers.AutoTokenizer.from_pretrained(str(hf))
   ids = ours.encode(sample_text)
@@ -73,9 +73,11 @@ def test_transformers_tokenizer_encodes_and_decodes_as_ours(runs, sample_text, k
   assert theirs.decode(ids) == ours.decode(ids) == sample_text
   if kind == "char":  # an unseen character is the unknown id 0 in both
     assert theirs("a\u2603b")["input_ids"] == ours.encode("a\u2603b") and ours.encode("\u2603") == [0]
-  else:  # GPT-2's file layout: ours reads it back as gpt2:<dir>
+  else:  # GPT-2's file layout: ours reads it back as gpt2:<dir>, and the tokenizer.json transformers 5 saves
     assert tokenizers.make(f"gpt2:{hf}").encode(sample_text) == ids
     assert theirs.eos_token_id == ours.end_of_text == 0
+    theirs.save_pretrained(str(tmp_path))
+    assert not (tmp_path / "vocab.json").exists() and tokenizers.make(f"gpt2:{tmp_path}").encode(sample_text) == ids
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -133,3 +135,17 @@ def test_no_transformers_layout_writes_nothing(tmp_path, field, value):
   config[field] = value
   experiment.export_hf(config, str(tmp_path), tokenizers.make("char", ["ab"]), 64, params=None)
   assert not list(tmp_path.iterdir())
+
+
+def test_bert_reads_the_tokenizer_json_transformers_saves(tmp_path, sample_text):
+  texts = tokens.read_texts("python_docs", "train", max_chars=100_000)
+  ours = tokenizers.make("wordpiece", texts, 400)
+  ours.save_vocab(str(tmp_path / "vocab"))
+  transformers.AutoTokenizer.from_pretrained(str(tmp_path / "vocab")).save_pretrained(str(tmp_path / "saved"))
+  assert not (tmp_path / "saved" / "vocab.txt").exists()
+  again = tokenizers.make(f"bert:{tmp_path / 'saved'}")
+  assert again.encode(sample_text) == ours.encode(sample_text) and again.special_ids() == ours.special_ids()
+  (tmp_path / "gpt2").mkdir()
+  (tmp_path / "gpt2" / "tokenizer.json").write_text((tmp_path / "saved" / "tokenizer.json").read_text())
+  with pytest.raises(ValueError, match="holds a WordPiece tokenizer, not BPE"):
+    tokenizers.make(f"gpt2:{tmp_path / 'gpt2'}")

@@ -93,12 +93,16 @@ class HFTokenizer:
 
   @classmethod
   def gpt2_files(cls, directory: str) -> "HFTokenizer":
-    """GPT-2's own tokenizer from a local directory holding vocab.json and merges.txt."""
+    """GPT-2's own tokenizer from a local directory holding vocab.json and merges.txt, or the
+    tokenizer.json alone that transformers 5 saves."""
     from tokenizers import ByteLevelBPETokenizer  # pylint: disable=import-outside-toplevel
     vocab, merges = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
     for path in (vocab, merges):
       if not os.path.exists(path):
-        raise ValueError(f"no GPT-2 tokenizer in {directory}: {os.path.basename(path)} is missing")
+        if os.path.exists(os.path.join(directory, "tokenizer.json")):
+          return cls(_tokenizer_file(directory, "BPE"), "gpt2")
+        raise ValueError(f"no GPT-2 tokenizer in {directory}: {os.path.basename(path)} is missing "
+                         "(and there is no tokenizer.json)")
     return cls(ByteLevelBPETokenizer(vocab, merges), "gpt2")
 
   @property
@@ -140,6 +144,21 @@ class HFTokenizer:
                               "eos_token": end, "unk_token": end})
 
 
+def _tokenizer_file(directory: str, model: str):
+  """The `tokenizers` Tokenizer of directory/tokenizer.json, checked to be of `model` ("BPE", "WordPiece").
+
+  Raises:
+    ValueError: for another model.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  path = os.path.join(directory, "tokenizer.json")
+  tokenizer = Tokenizer.from_file(path)
+  found = json.loads(tokenizer.to_str())["model"].get("type")
+  if found != model:
+    raise ValueError(f"{path} holds a {found} tokenizer, not {model}")
+  return tokenizer
+
+
 def _write_config(directory: str, settings: dict) -> None:
   """tokenizer_config.json: `settings`, decoding without transformers' clean-up of spaces before punctuation."""
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
@@ -179,12 +198,14 @@ class WordPieceTokenizer(HFTokenizer):
 
   @classmethod
   def bert_files(cls, directory: str) -> "WordPieceTokenizer":
-    """A BERT's own vocab.txt (as transformers saves it) from a local directory; lower-cased if
-    tokenizer_config.json says so (bert-*-uncased)."""
+    """A BERT's own vocab.txt (as transformers 4 saves it) from a local directory, lower-cased if
+    tokenizer_config.json says so (bert-*-uncased); or the tokenizer.json alone that transformers 5 saves."""
     from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
     vocab, settings = os.path.join(directory, "vocab.txt"), os.path.join(directory, "tokenizer_config.json")
     if not os.path.exists(vocab):
-      raise ValueError(f"no BERT tokenizer in {directory}: vocab.txt is missing")
+      if os.path.exists(os.path.join(directory, "tokenizer.json")):  # transformers 5 saves this file alone
+        return cls(_tokenizer_file(directory, "WordPiece"), "bert")
+      raise ValueError(f"no BERT tokenizer in {directory}: vocab.txt is missing (and there is no tokenizer.json)")
     lowercase = True
     if os.path.exists(settings):
       with open(settings) as f:
