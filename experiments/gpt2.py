@@ -227,7 +227,7 @@ def export_hf(config, workdir: str, tokenizer, vocab_size: int, params, members=
   Nothing is written for a model without a transformers layout (rope, alibi, grouped-query attention).
   """
   cfg = gpt2_model.model_config(config, vocab_size)
-  if config.get("model", "gpt2") == "lstm" or cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
+  if config.get("model", "gpt") != "gpt" or cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
     return
   if members is None:
     exports = {"hf": params}
