@@ -21,7 +21,7 @@ trained model as transformers' GPT-2 (config.json, generation_config.json, model
 with the tokenizer's files (research.data.tokenizers `save_vocab`), which
 `AutoTokenizer.from_pretrained` and `AutoModelForCausalLM.from_pretrained` load, and
 `research.models.gpt2.load_hf` reads back (a sweep writes member_<i>/hf/). Only GPT-2's own
-layout has one: runs with rope or alibi positions or grouped-query attention write no hf/.
+layout has one: the LSTM, rope or alibi positions and grouped-query attention write no hf/.
 
 `--config.model=lstm` trains an LSTM language model (research/models/lstm.py, sized by the
 lstm_* fields) in place of the GPT, by the same loop on the same windows, with the same
@@ -224,10 +224,12 @@ def export_hf(config, workdir: str, tokenizer, vocab_size: int, params, members=
   """Writes workdir/hf (member i of a sweep: workdir/member_<i>/hf): transformers' GPT-2 and tokenizer files.
 
   config.json's vocab_size is the model's (the tokenizer's rounded up to vocab_multiple).
-  Nothing is written for a model without a transformers layout (rope, alibi, grouped-query attention).
+  Nothing is written for a model without a transformers layout (the LSTM; rope, alibi, grouped-query attention).
   """
+  if config.model != "gpt":
+    return
   cfg = gpt2_model.model_config(config, vocab_size)
-  if config.get("model", "gpt") != "gpt" or cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
+  if cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
     return
   if members is None:
     exports = {"hf": params}

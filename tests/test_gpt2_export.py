@@ -128,7 +128,7 @@ def test_gpt2_files_are_written_back_as_they_encode(tmp_path, sample_text):
   assert (tmp_path / "hf" / "vocab.json").read_text() == (tmp_path / "files" / "vocab.json").read_text()
 
 
-@pytest.mark.parametrize("field,value", [("positions", "rope"), ("num_kv_heads", 1)])
+@pytest.mark.parametrize("field,value", [("model", "lstm"), ("positions", "rope"), ("num_kv_heads", 1)])
 def test_no_transformers_layout_writes_nothing(tmp_path, field, value):
   from experiments import gpt2 as experiment  # pylint: disable=import-outside-toplevel
   config = _config("char")
