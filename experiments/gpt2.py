@@ -15,8 +15,13 @@ By default a small character-level GPT (4 layers, 128 wide, context 128) on pyth
 English documentation topics shipped with CPython; every 10th topic held out). Each training
 example is a random window of seq_len + 1 tokens of the training text. Writes into the workdir:
 checkpoints, TensorBoard events (the validation loss every eval_every steps under eval/),
-tokenizer.json, samples.txt (continuations of held-out prompts) and results.json with
-val_loss (nats per token) and val_bits_per_char (val_bits_per_token for BPE).
+tokenizer.json, samples.txt (continuations of held-out prompts), results.json with
+val_loss (nats per token) and val_bits_per_char (val_bits_per_token for BPE), and hf/: the
+trained model as transformers' GPT-2 (config.json, generation_config.json, model.safetensors)
+with the tokenizer's files (research.data.tokenizers `save_vocab`), which
+`AutoTokenizer.from_pretrained` and `AutoModelForCausalLM.from_pretrained` load, and
+`research.models.gpt2.load_hf` reads back (a sweep writes member_<i>/hf/). Only GPT-2's own
+layout has one: the LSTM, rope or alibi positions and grouped-query attention write no hf/.
 
 `--config.model=lstm` trains an LSTM language model (research/models/lstm.py, sized by the
 lstm_* fields) in place of the GPT, by the same loop on the same windows, with the same
@@ -33,6 +38,7 @@ merges.txt in ./gpt2 (or --config.tokenizer=gpt2:DIR) and a prepared c4 (BUILD.m
 
 import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -42,6 +48,7 @@ from research.tasks import gpt2
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 from research.models import attention as attention_lib
+from research.models import gpt2 as gpt2_model
 from research.models import layers
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -208,7 +215,29 @@ def run(config, workdir: str, members=None) -> dict:
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
   unit = "char" if config.tokenizer == "char" else "token"
   task = gpt2.make_task(config, vocab_size, tokenizer.decode, prompts, unit)
-  return train(task, config, workdir, windows, eval_windows, members).results
+  run = train(task, config, workdir, windows, eval_windows, members)
+  export_hf(config, workdir, tokenizer, vocab_size, run.state.params["params"], members)
+  return run.results
+
+
+def export_hf(config, workdir: str, tokenizer, vocab_size: int, params, members=None) -> None:
+  """Writes workdir/hf (member i of a sweep: workdir/member_<i>/hf): transformers' GPT-2 and tokenizer files.
+
+  config.json's vocab_size is the model's (the tokenizer's rounded up to vocab_multiple).
+  Nothing is written for a model without a transformers layout (the LSTM; rope, alibi, grouped-query attention).
+  """
+  if config.model != "gpt":
+    return
+  cfg = gpt2_model.model_config(config, vocab_size)
+  if cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
+    return
+  if members is None:
+    exports = {"hf": params}
+  else:  # the member axis leads every leaf
+    exports = {os.path.join(f"member_{i}", "hf"): jax.tree.map(lambda x: x[i], params) for i in range(members.count)}
+  for directory, member_params in exports.items():
+    gpt2_model.save_hf(os.path.join(workdir, directory), cfg, member_params, tokenizer.end_of_text)
+    tokenizer.save_vocab(os.path.join(workdir, directory))
 
 
 if __name__ == "__main__":

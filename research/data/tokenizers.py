@@ -8,7 +8,11 @@
     text = tok.decode(ids)
 
 Every tokenizer saves itself as JSON (`save(path)`, `load(path)`) beside a run's checkpoints,
-so a resumed run and its samples use the same vocabulary.
+so a resumed run and its samples use the same vocabulary, and writes the files of transformers'
+`AutoTokenizer.from_pretrained(directory)` with `tok.save_vocab(directory)`: GPT-2's vocab.json +
+merges.txt for byte-level BPE, a `tokenizers` tokenizer.json for characters, BERT's vocab.txt
+for WordPiece. Each encodes to the same ids as `tok.encode` (transformers' tokenizer adds no
+special tokens to these) and decodes them to the same text.
 """
 
 import heapq
@@ -49,6 +53,28 @@ class CharTokenizer:
   def to_json(self) -> dict:
     return {"kind": self.kind, "alphabet": self.alphabet[1:]}
 
+  @property
+  def end_of_text(self) -> int | None:
+    """No end-of-text token: documents are separated by a blank line."""
+    return None
+
+  def save_vocab(self, directory: str) -> None:
+    """Writes tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer loads.
+
+    A `tokenizers` WordLevel model over the alphabet, a pre-tokenizer splitting every character
+    and a decoder concatenating them: it encodes as `encode` (an unseen character is id 0,
+    U+FFFD, its unknown token) and decodes as `decode` does the ids of the vocabulary. Ids past
+    the alphabet (rows a vocabulary multiple adds to the model) decode to U+FFFD here and to
+    nothing in transformers.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+    tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(self.alphabet)}, unk_token=self.UNKNOWN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    tokenizer.decoder = decoders.Fuse()
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    _write_config(directory, {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": self.UNKNOWN})
+
 
 class HFTokenizer:
   """A `tokenizers` library tokenizer: byte-level BPE trained here, or GPT-2's vocab.json + merges.txt."""
@@ -67,12 +93,16 @@ class HFTokenizer:
 
   @classmethod
   def gpt2_files(cls, directory: str) -> "HFTokenizer":
-    """GPT-2's own tokenizer from a local directory holding vocab.json and merges.txt."""
+    """GPT-2's own tokenizer from a local directory holding vocab.json and merges.txt, or the
+    tokenizer.json alone that transformers 5 saves."""
     from tokenizers import ByteLevelBPETokenizer  # pylint: disable=import-outside-toplevel
     vocab, merges = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
     for path in (vocab, merges):
       if not os.path.exists(path):
-        raise ValueError(f"no GPT-2 tokenizer in {directory}: {os.path.basename(path)} is missing")
+        if os.path.exists(os.path.join(directory, "tokenizer.json")):
+          return cls(_tokenizer_file(directory, "BPE"), "gpt2")
+        raise ValueError(f"no GPT-2 tokenizer in {directory}: {os.path.basename(path)} is missing "
+                         "(and there is no tokenizer.json)")
     return cls(ByteLevelBPETokenizer(vocab, merges), "gpt2")
 
   @property
@@ -89,8 +119,50 @@ class HFTokenizer:
     return self.tokenizer.decode(list(ids))
 
   def to_json(self) -> dict:
-    raw = getattr(self.tokenizer, "_tokenizer", self.tokenizer)  # the wrapper's underlying Tokenizer
-    return {"kind": self.kind, "tokenizer": json.loads(raw.to_str())}
+    return {"kind": self.kind, "tokenizer": json.loads(self._raw().to_str())}
+
+  def _raw(self):
+    return getattr(self.tokenizer, "_tokenizer", self.tokenizer)  # a wrapper's underlying Tokenizer
+
+  @property
+  def end_of_text(self) -> int | None:
+    """The id of <|endoftext|>, or None when the vocabulary has none."""
+    return self.tokenizer.token_to_id("<|endoftext|>")
+
+  def save_vocab(self, directory: str) -> None:
+    """Writes GPT-2's vocab.json + merges.txt and a tokenizer_config.json (GPT2Tokenizer) for transformers.
+
+    The files are those `gpt2:<directory>` reads back. transformers' GPT2Tokenizer encodes as
+    `encode` and, with `skip_special_tokens=True`, decodes as `decode` (which leaves out
+    <|endoftext|>). One difference for GPT-2's own files (kind "gpt2"): a literal
+    "<|endoftext|>" in the text is its id there, but bytes here, where it is no special token.
+    """
+    os.makedirs(directory, exist_ok=True)
+    self._raw().model.save(directory)  # vocab.json, merges.txt
+    end = "<|endoftext|>" if self.end_of_text is not None else None
+    _write_config(directory, {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": end,
+                              "eos_token": end, "unk_token": end})
+
+
+def _tokenizer_file(directory: str, model: str):
+  """The `tokenizers` Tokenizer of directory/tokenizer.json, checked to be of `model` ("BPE", "WordPiece").
+
+  Raises:
+    ValueError: for another model.
+  """
+  from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
+  path = os.path.join(directory, "tokenizer.json")
+  tokenizer = Tokenizer.from_file(path)
+  found = json.loads(tokenizer.to_str())["model"].get("type")
+  if found != model:
+    raise ValueError(f"{path} holds a {found} tokenizer, not {model}")
+  return tokenizer
+
+
+def _write_config(directory: str, settings: dict) -> None:
+  """tokenizer_config.json: `settings`, decoding without transformers' clean-up of spaces before punctuation."""
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump({**settings, "clean_up_tokenization_spaces": False}, f, indent=2)
 
 
 class WordPieceTokenizer(HFTokenizer):
@@ -126,12 +198,14 @@ class WordPieceTokenizer(HFTokenizer):
 
   @classmethod
   def bert_files(cls, directory: str) -> "WordPieceTokenizer":
-    """A BERT's own vocab.txt (as transformers saves it) from a local directory; lower-cased if
-    tokenizer_config.json says so (bert-*-uncased)."""
+    """A BERT's own vocab.txt (as transformers 4 saves it) from a local directory, lower-cased if
+    tokenizer_config.json says so (bert-*-uncased); or the tokenizer.json alone that transformers 5 saves."""
     from tokenizers import BertWordPieceTokenizer  # pylint: disable=import-outside-toplevel
     vocab, settings = os.path.join(directory, "vocab.txt"), os.path.join(directory, "tokenizer_config.json")
     if not os.path.exists(vocab):
-      raise ValueError(f"no BERT tokenizer in {directory}: vocab.txt is missing")
+      if os.path.exists(os.path.join(directory, "tokenizer.json")):  # transformers 5 saves this file alone
+        return cls(_tokenizer_file(directory, "WordPiece"), "bert")
+      raise ValueError(f"no BERT tokenizer in {directory}: vocab.txt is missing (and there is no tokenizer.json)")
     lowercase = True
     if os.path.exists(settings):
       with open(settings) as f:

@@ -294,14 +294,20 @@ def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
   return GPT2(cfg), params
 
 
-def save_hf(path: str, cfg: GPT2Config, params) -> None:
-  """Writes config.json + model.safetensors that transformers' GPT2LMHeadModel.from_pretrained loads.
+def save_hf(path: str, cfg: GPT2Config, params, eos_token_id: int | str | None = "last") -> None:
+  """Writes config.json, generation_config.json and model.safetensors for transformers' GPT2LMHeadModel.
 
-  `params` are in the layout of cfg.scan_layers (stacked blocks are written one by one).
+  Args:
+    path: the directory.
+    cfg: the model's config.
+    params: in the layout of cfg.scan_layers (stacked blocks are written one by one).
+    eos_token_id: the end-of-text id (also bos and pad for generation): "last" for vocab_size - 1,
+      GPT-2's <|endoftext|>; an id; or None for none (generation runs to max_new_tokens).
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   if cfg.positions != "learned" or cfg.kv_heads != cfg.n_head:
     raise ValueError("only GPT-2 itself (learned positions, multi-head attention) has a transformers layout")
+  eos = cfg.vocab_size - 1 if eos_token_id == "last" else eos_token_id
   params = nn.unbox(params)
   if cfg.scan_layers:
     params = layers.unstack_blocks(params, "h")
@@ -313,9 +319,11 @@ def save_hf(path: str, cfg: GPT2Config, params) -> None:
             "n_head": cfg.n_head, "n_inner": cfg.n_inner, "activation_function": "gelu_new",
             "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": cfg.resid_pdrop,
             "embd_pdrop": cfg.embd_pdrop, "attn_pdrop": 0.0, "tie_word_embeddings": True,
-            "bos_token_id": cfg.vocab_size - 1, "eos_token_id": cfg.vocab_size - 1}
+            "bos_token_id": eos, "eos_token_id": eos}
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
+  with open(os.path.join(path, "generation_config.json"), "w") as f:
+    json.dump({"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}, f, indent=2)
 
 
 # ---------------------------------------------------------------------------------------
