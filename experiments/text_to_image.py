@@ -103,9 +103,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def check_config(config) -> None:
   """Raises ConfigError on a bad field, before anything is loaded, compiled or written."""
-  autoencoder_tasks.model_config(config.autoencoder, IMAGE_SHAPE)  # f must divide the image size
+  ae = autoencoder_tasks.model_config(config.autoencoder, IMAGE_SHAPE)  # f must divide the image size
   clip_tasks.check_config(config.clip)
   ld.check_config(config.latent_diffusion)
+  # The denoiser must fit the latents and the text states (built, not initialised).
+  ld.make_denoiser(config.latent_diffusion, ae.latent_shape(*IMAGE_SHAPE[:2]), config.clip.text_width)
   if config.train_images < max(config.autoencoder.batch_size, config.clip.batch_size,
                                config.latent_diffusion.batch_size):
     raise ConfigError(f"train_images {config.train_images} is fewer than a stage's batch")

@@ -334,15 +334,18 @@ def write_samples(path_prefix: str, images: np.ndarray, prompts) -> None:
   np.savez(path_prefix + ".npz", images=images, prompts=prompts)
   cols = min(len(images), 6)
   rows = -(-len(images) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.3 * rows), squeeze=False)
+  height = 2.2 * rows  # inches: 1.8 for an image, 0.4 for its two caption lines
+  fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, height), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, image, prompt in zip(axes.ravel(), images, prompts):
     ax.imshow(image, interpolation="nearest")
     words = prompt.split()
     half = (len(words) + 1) // 2
-    ax.set_title(" ".join(words[:half]) + "\n" + " ".join(words[half:]), fontsize=6, y=-0.3)
-  fig.tight_layout()
+    ax.text(0.5, -0.04, " ".join(words[:half]) + "\n" + " ".join(words[half:]), fontsize=7, ha="center", va="top",
+            transform=ax.transAxes)
+  fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.05 / height, bottom=0.4 / height, wspace=0.1,
+                      hspace=0.25)
   fig.savefig(path_prefix + ".png", dpi=100)
   plt.close(fig)
 
