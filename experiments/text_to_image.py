@@ -16,8 +16,9 @@ its checkpoints when killed and is only read back once finished:
                     classifier-free guidance.
 
 A full run writes `samples.png` (each sample with its prompt under it) and `samples.npz` (images
-(N, 32, 32, 3) float32 in [0, 1], prompts (N,)) for prompts cycling over the seen and held-out
-(colour, shape) pairs, and results.json: the CLIP scores of the samples (all, seen, held out),
+(N, 32, 32, 3) float32 in [0, 1], prompts (N,)): the latent_diffusion stage's final evaluation
+samples, for `latent_diffusion.num_samples` prompts cycling over the seen and held-out (colour,
+shape) pairs with `latent_diffusion.guidance_scale`; and results.json: their CLIP scores (all, seen, held out),
 the autoencoder's test PSNR and scaling factor, CLIP's zero-shot accuracies, the stages' losses.
 
 With --prompt, a workdir whose stages have all finished only samples: --num_samples images for
@@ -80,7 +81,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.clip.steps, config.clip.log_every, config.clip.checkpoint_every = 20, 10, 20
   config.clip.steps_per_call, config.clip.eval_examples, config.clip.eval_batch_size = 10, 64, 64
   ld.smoke(config.latent_diffusion)
-  config.num_samples = 6
+  config.latent_diffusion.num_samples = config.latent_diffusion.sample_batch = 6
 
 
 PRESETS = {"smoke": _smoke}
@@ -91,8 +92,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # the final samples' key
   config.train_images = 20_000  # training images of every stage (the first ones of the split)
-  config.num_samples = 42  # final samples: prompts cycling over the 21 (colour, shape) pairs
-  config.guidance_scale = 3.0  # classifier-free guidance w of the final and --prompt samples
+  config.guidance_scale = 3.0  # classifier-free guidance w of --prompt samples (the run's: latent_diffusion's)
   config.autoencoder = _autoencoder_config()  # stage autoencoder: research/tasks/autoencoder_kl.py
   config.clip = clip_tasks.default_config()  # stage clip: research/tasks/clip.py
   config.clip.steps = 1000
@@ -111,8 +111,6 @@ def check_config(config) -> None:
   if config.train_images < max(config.autoencoder.batch_size, config.clip.batch_size,
                                config.latent_diffusion.batch_size):
     raise ConfigError(f"train_images {config.train_images} is fewer than a stage's batch")
-  if config.num_samples < 1:
-    raise ConfigError(f"num_samples must be positive, got {config.num_samples}")
 
 
 def _train_split(config):
@@ -206,16 +204,13 @@ def run(config, workdir: str, prompt: str | None = None, num_samples: int = 16) 
     train(ld.make_task(cfg, frozen, contexts), cfg, directory, data, ld.eval_data(frozen, cfg))
 
   out = Pipeline(workdir).stage("latent_diffusion", cfg.steps, run_diffusion)
-  texts, held = ld.eval_prompts(config.num_samples)
-  images = _sample(config, workdir, frozen, texts)
-  ld.write_samples(os.path.join(workdir, "samples"), images, texts)
-  data = ld.eval_data(frozen, cfg, texts)
-  scores = np.asarray(clip_lib.clip_score(clip_model, clip_params, clip_tasks.pixel_values(images),
-                                          data["input_ids"], data["attention_mask"]))
-  results = {"clip_score": float(scores.mean()), "clip_score_seen": float(scores[~held].mean()),
-             "clip_score_held_out": float(scores[held].mean()) if held.any() else float("nan"),
-             "autoencoder_psnr": ae_results["test_psnr"], "scaling_factor": scale,
-             "diffusion_train_loss": out.results.get("train_loss")}
+  # The stage's final evaluation drew and scored the samples: its pictures are this run's samples.
+  texts, _ = ld.eval_prompts(cfg.num_samples)
+  with np.load(os.path.join(out.directory, "samples.npz")) as drawn:
+    ld.write_samples(os.path.join(workdir, "samples"), drawn["images"], texts)
+  results = {name: out.results[name] for name in ("clip_score", "clip_score_seen", "clip_score_held_out")}
+  results.update(autoencoder_psnr=ae_results["test_psnr"], scaling_factor=scale,
+                 diffusion_train_loss=out.results.get("train_loss"))
   results.update({f"clip_{name}_accuracy": clip_results.get(f"{name}_accuracy") for name in clip_tasks.ATTRIBUTES})
   return write_results(workdir, results, config, time.perf_counter() - t0)
 

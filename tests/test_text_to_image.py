@@ -38,7 +38,7 @@ def test_smoke_trains_every_stage_samples_and_reruns_without_training(tmp_path):
   assert all(isinstance(results[k], float) and np.isfinite(results[k]) for k in KEYS)
   assert results["scaling_factor"] > 0
   samples = np.load(os.path.join(workdir, "samples.npz"))
-  prompts, held = ld.eval_prompts(text_to_image.get_config("smoke").num_samples)
+  prompts, held = ld.eval_prompts(text_to_image.get_config("smoke").latent_diffusion.num_samples)
   assert samples["images"].shape == (len(prompts), 32, 32, 3) and samples["images"].dtype == np.float32
   assert 0.0 <= samples["images"].min() and samples["images"].max() <= 1.0
   assert list(samples["prompts"]) == prompts and held.any() and not held.all()  # seen and held-out pairs
