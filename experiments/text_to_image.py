@@ -61,12 +61,12 @@ def _autoencoder_config() -> ml_collections.ConfigDict:
   config.kl_weight = 1e-6
   config.eval_batch_size = 250
   config.scaling_images = 1000
-  config.steps = 1500
+  config.steps = 500
   config.batch_size = 32
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 1e-3
   config.log_every = 100
-  config.checkpoint_every = 500
+  config.checkpoint_every = 250
   return config
 
 
@@ -88,16 +88,26 @@ PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config: about 15 minutes on 2 idle CPU cores (estimated from smoke-run step rates); preset "smoke"."""
+  """Default config (about 15 minutes on 2 idle CPU cores, estimated from step rates on a loaded machine); "smoke".
+
+  Measured with these models on 2 cores shared with other work (load average about 7): the
+  autoencoder 0.9 steps/s (37 GFLOP per step), CLIP 1.2 steps/s (20 GFLOP), the latent denoiser
+  0.9 steps/s (34 GFLOP), all about 30 GFLOP/s. At an assumed 2.5x that on idle cores, the 500 +
+  500 + 1000 steps take about 230 + 170 + 450 s, plus compiles, encoding and sampling.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0  # the final samples' key
   config.train_images = 20_000  # training images of every stage (the first ones of the split)
   config.guidance_scale = 3.0  # classifier-free guidance w of --prompt samples (the run's: latent_diffusion's)
   config.autoencoder = _autoencoder_config()  # stage autoencoder: research/tasks/autoencoder_kl.py
   config.clip = clip_tasks.default_config()  # stage clip: research/tasks/clip.py
-  config.clip.steps = 1000
+  config.clip.steps = 500
+  config.clip.optimizer.warmup_steps = 50
   config.clip.eval_every = 0
+  config.clip.checkpoint_every = 250
   config.latent_diffusion = ld.default_config()  # stage latent_diffusion: research/tasks/latent_diffusion.py
+  config.latent_diffusion.steps = 1000
+  config.latent_diffusion.optimizer.warmup_steps = 50
   return cli.apply_presets(config, preset, PRESETS)
 
 
