@@ -5,7 +5,6 @@ import dataclasses
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +63,19 @@ def _assert_close(ours, theirs, what):
   assert np.std(theirs[2]) > 0.1  # outputs that vary, not near-constants
 
 
+def _random_params(model, rng):
+  """Parameters of `model` drawn in NumPy (no compiled init): kernels at 1 / sqrt(fan-in), norms and biases off 1 and 0."""
+
+  def draw(path, shape):
+    noise = rng.normal(size=shape.shape).astype(np.float32)
+    name = path[-1].key
+    if name == "kernel":
+      return noise / np.sqrt(np.prod(shape.shape[:-1]))
+    return (1.0 if name == "scale" else 0.0) + 0.1 * noise
+
+  return jax.tree_util.tree_map_with_path(draw, autoencoder_kl.param_shapes(model))
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_encode_and_decode_equal_diffusers_with_weights_both_ways(name, tmp_path):
   diffusers = _diffusers()
@@ -84,12 +96,9 @@ def test_encode_and_decode_equal_diffusers_with_weights_both_ways(name, tmp_path
   ours = (*encode(params, x), decode(params, z))
   _assert_close(ours, _torch_outputs(reference, x, z), "diffusers' weights")
 
-  # Ours -> theirs: our own (perturbed) initialisation, written with a scaling factor of its own.
+  # Ours -> theirs: random weights of our own, written with a scaling factor of its own.
   model = AutoencoderKL(dataclasses.replace(model.cfg, scaling_factor=0.37))
-  init = nn.unbox(model.init(jax.random.key(1), x)["params"])
-  leaves, tree = jax.tree.flatten(init)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(tree, [v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+  params = _random_params(model, rng)
   autoencoder_kl.save_hf(model, params, str(tmp_path / "ours"))
   loaded = diffusers.AutoencoderKL.from_pretrained(str(tmp_path / "ours")).eval()
   assert loaded.config.scaling_factor == 0.37
@@ -142,9 +151,9 @@ def test_posterior_clamps_logvar_and_its_kl_is_diffusers():
   cfg = AutoencoderKLConfig(block_out_channels=(3,), norm_num_groups=3, latent_channels=2)
   model = AutoencoderKL(cfg)
   x = jnp.zeros((1, 4, 4, 3))
-  params = nn.unbox(model.init(jax.random.key(0), x)["params"])
+  params = _random_params(model, np.random.default_rng(0))
   params["quant_conv"]["bias"] = jnp.asarray([0.0, 0.0, 100.0, -100.0])  # logvar channels far out of range
-  mean, logvar = model.apply({"params": params}, x, method=model.encode)
+  mean, logvar = jax.jit(lambda p: model.apply({"params": p}, x, method=model.encode))(params)
   assert mean.shape == logvar.shape == (1, 4, 4, 2)
   np.testing.assert_array_equal(logvar[..., 0], 20.0)
   np.testing.assert_array_equal(logvar[..., 1], -30.0)
@@ -194,11 +203,11 @@ def test_short_training_lowers_reconstruction_error_and_scales_latents_to_unit_v
   task = akl_tasks.make_task(config, test_split["image"])
   data = akl_tasks.eval_data(test_split, train_split, config)
   assert data["scaling_images"].shape == (64, 32, 32, 3)
-  start = task.summarize(jax.jit(task.evaluate)(task.init(jax.random.key(config.seed), {"image": data["image"][:1]}),
-                                                jax.random.key(1), data, {"kl_weight": config.kl_weight}))
-
+  # The loop's evaluation of the initial state (a run of no steps), then the run resumed to 30 steps.
+  start = train(task, _config(steps=0), str(tmp_path), {"image": train_split["image"]}, data).results
   run = train(task, config, str(tmp_path), {"image": train_split["image"]}, data)
   results = run.results
+  assert start["step"] == 0 and results["step"] == 30
   assert results["test_reconstruction_mse"] < 0.3 * start["test_reconstruction_mse"]
   assert results["test_psnr"] > start["test_psnr"] + 5.0
   # The mean of per-image PSNRs is at least the PSNR of the mean error (Jensen).
@@ -207,7 +216,8 @@ def test_short_training_lowers_reconstruction_error_and_scales_latents_to_unit_v
 
   # 1 / std of training latents makes other images' latents (another posterior draw) unit-variance.
   model = AutoencoderKL(akl_tasks.model_config(config, (32, 32, 3)))
-  factor = akl_tasks.latent_scaling_factor(model, run.state.params, train_split["image"][:128], jax.random.key(5))
+  params = run.state.params
+  factor = akl_tasks.latent_scaling_factor(model, params, train_split["image"][:128], jax.random.key(5))
   assert factor == pytest.approx(results["scaling_factor"], rel=0.05)
-  held_out = akl_tasks.latent_scaling_factor(model, run.state.params, train_split["image"][128:], jax.random.key(6))
+  held_out = akl_tasks.latent_scaling_factor(model, params, train_split["image"][128:], jax.random.key(6))
   assert factor / held_out == pytest.approx(1.0, abs=0.1)  # std(factor * z) on images the factor never saw

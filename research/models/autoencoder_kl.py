@@ -137,7 +137,10 @@ def _norm(groups: int, name: str, dtype: str) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-  """GroupNorm-SiLU-conv twice, plus the input (through a 1x1 conv where the width changes): diffusers' ResnetBlock2D."""
+  """GroupNorm-SiLU-conv twice, plus the input (through a 1x1 conv where the width changes).
+
+  diffusers' ResnetBlock2D without a time embedding.
+  """
 
   channels: int
   groups: int

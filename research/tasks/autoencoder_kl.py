@@ -82,30 +82,37 @@ def to_unit_range(x):
   return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
 
+def map_chunks(fn, images, batch_size: int):
+  """fn(i, chunk) over `images` `batch_size` at a time, the last chunk padded, as one lax.map: its
+  (batch, ...) outputs (any pytree) concatenated back to len(images) rows."""
+  n = images.shape[0]
+  chunks = -(-n // batch_size)
+  padded = jnp.concatenate([images, jnp.zeros((chunks * batch_size - n,) + images.shape[1:], images.dtype)])
+  rows = padded.reshape((chunks, batch_size) + images.shape[1:])  # (chunks, batch, H, W, C)
+  out = jax.lax.map(lambda args: fn(*args), (jnp.arange(chunks), rows))
+  return jax.tree.map(lambda a: a.reshape((chunks * batch_size,) + a.shape[2:])[:n], out)
+
+
 def latent_std(model: AutoencoderKL, variables, images, key, batch_size: int):
   """The standard deviation of posterior samples z ~ q(z | x) over all elements of all `images` (uint8).
 
-  Pure: encodes `batch_size` images at a time (lax.map); the sample of chunk i uses fold_in(key, i).
+  Pure: encodes `batch_size` images at a time; the sample of chunk i uses fold_in(key, i).
   """
-  chunks = -(-images.shape[0] // batch_size)
-  padded = jnp.concatenate([images, jnp.zeros((chunks * batch_size - images.shape[0],) + images.shape[1:],
-                                              images.dtype)])
 
-  def encode(args):
-    i, x = args
+  def encode(i, x):
     mean, logvar = model.apply(variables, to_model_range(x), method=AutoencoderKL.encode)
     return sample_posterior(jax.random.fold_in(key, i), mean, logvar)  # (batch, h, w, latent)
 
-  z = jax.lax.map(encode, (jnp.arange(chunks), padded.reshape((chunks, batch_size) + images.shape[1:])))
-  z = z.reshape((chunks * batch_size,) + z.shape[2:])[:images.shape[0]]  # (N, h, w, latent)
-  return jnp.std(z)
+  return jnp.std(map_chunks(encode, images, batch_size))  # over (N, h, w, latent)
+
+
+_latent_std = jax.jit(latent_std, static_argnums=(0, 4))  # one compile per model and image count
 
 
 def latent_scaling_factor(model: AutoencoderKL, variables, images, key, batch_size: int = 256) -> float:
   """1 / std of the latents of `images` (uint8 training images): diffusers' scaling_factor, which makes
   z * scaling_factor unit-variance (Rombach et al., section 4.3.2)."""
-  std = jax.jit(latent_std, static_argnums=(0, 4))(model, variables, jnp.asarray(images), key,
-                                                   min(batch_size, len(images)))
+  std = _latent_std(model, variables, jnp.asarray(images), key, min(batch_size, len(images)))
   return float(1.0 / std)
 
 
@@ -175,17 +182,14 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     return value, {"reconstruction": jnp.mean(rec) / pixels, "kl": jnp.mean(kl)}
 
   def reconstruct(params, images):
-    """Pure: images (uint8) -> (reconstructions in [0, 1], KL per image), `batch_size` at a time."""
-    n = images.shape[0]
-    chunks = -(-n // batch_size)
-    padded = jnp.concatenate([images, jnp.zeros((chunks * batch_size - n,) + images.shape[1:], images.dtype)])
+    """Pure: images (uint8) -> (reconstructions of the posterior means in [0, 1], KL per image)."""
 
-    def one(x):
+    def one(i, x):
+      del i
       mean, logvar = model.apply(params, to_model_range(x), method=AutoencoderKL.encode)
       return to_unit_range(model.apply(params, mean, method=AutoencoderKL.decode)), kl_divergence(mean, logvar)
 
-    out, kl = jax.lax.map(one, padded.reshape((chunks, batch_size) + images.shape[1:]))
-    return out.reshape((chunks * batch_size,) + out.shape[2:])[:n], kl.reshape(-1)[:n]
+    return map_chunks(one, images, batch_size)
 
   def evaluate(params, key, data, hparams=None):
     del hparams  # the evaluation reads no hyperparameter
@@ -193,9 +197,9 @@ def make_task(config, eval_images: np.ndarray) -> Task:
     x_hat, kl = reconstruct(params, images)  # (N, H, W, C) in [0, 1], (N,)
     x = images.astype(jnp.float32) / 255.0
     mse = jnp.mean(jnp.square(x_hat - x), axis=(1, 2, 3))  # (N,)
+    psnr = -10.0 * jnp.log10(jnp.maximum(mse, MIN_MSE))  # (N,), the peak being 1
     n = min(NUM_RECONSTRUCTIONS, images.shape[0])
-    out = {"test_reconstruction_mse": jnp.mean(mse), "test_psnr": jnp.mean(-10.0 * jnp.log10(
-        jnp.maximum(mse, MIN_MSE))), "test_kl": jnp.mean(kl),
+    out = {"test_reconstruction_mse": jnp.mean(mse), "test_psnr": jnp.mean(psnr), "test_kl": jnp.mean(kl),
            "reconstructions": _interleave(x[:n], x_hat[:n], _grid_width(n))}
     if "scaling_images" in data:
       out["latent_std"] = latent_std(model, params, data["scaling_images"], key, batch_size)
