@@ -38,6 +38,7 @@ def test_family_trains_evaluates_and_samples_on_the_loop(family, tmp_path):
   experiment = importlib.import_module(module_name)
   config = experiment.get_config("smoke")
   config.steps = STEPS
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, STEPS)  # a warm-up longer than the run is refused
   for name in ("eval_every", "sample_every", "checkpoint_every", "log_every"):
     if name in config:
       setattr(config, name, STEPS)

@@ -114,6 +114,7 @@ def run_optimizer(name: str, steps: int, seeds: list[int], size: int, model_dir:
   lrs, wds = grid_axes(name, size)
   config = classifier.get_config()
   config.steps = steps
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)  # short (smoke) runs: 10 % warm-up
   config.log_every = config.checkpoint_every = steps
   config.optimizer.name = name
   cells = [(wd, lr) for wd in wds for lr in lrs]
