@@ -13,11 +13,11 @@ parameters. `attention`, `layers` and `unet` are parts the families share.
 """
 
 from research.models import attention, layers, unet
-from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm
+from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm, seq2seq
 
 # Family name -> its model module.
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "lstm": lstm,
-            "bert": bert, "classifier": classifier}
+            "bert": bert, "classifier": classifier, "seq2seq": seq2seq}
 
 __all__ = ["FAMILIES", "attention", "autoencoder", "bert", "classifier", "diffusion", "dit", "gan", "gpt2", "layers",
-           "lstm", "unet"]
+           "lstm", "seq2seq", "unet"]
