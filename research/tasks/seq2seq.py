@@ -141,8 +141,11 @@ def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Se
   def sample(params, key, hparams=None):
     del key, hparams
     lines = []
-    for split, (sources, references) in eval_sets.items():
-      decoded = decode_all(params, sources[:sample_count])
+    for split, (all_sources, all_references) in eval_sets.items():
+      # Evenly spaced over the split (sorted by number): its shortest and its longest examples.
+      chosen = np.round(np.linspace(0, len(all_sources) - 1, min(sample_count, len(all_sources)))).astype(int)
+      sources, references = [all_sources[i] for i in chosen], [all_references[i] for i in chosen]
+      decoded = decode_all(params, sources)
       lines += [f"[{split}] {s} | greedy: {g} | beam: {b} | reference: {r}"
                 for s, g, b, r in zip(sources, decoded["greedy"], decoded["beam"], references)]
     return {"samples": "\n".join(lines)}
