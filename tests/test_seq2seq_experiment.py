@@ -45,6 +45,10 @@ def test_scores_of_decoded_strings():
   assert out["exact_match"] == 0.5 and 0.0 < out["bleu"] < 100.0
   same = seq2seq.score(["a b c d"], ["a b c d"])
   assert same["exact_match"] == 1.0 and same["bleu"] == pytest.approx(100.0)
+  # Numbers are scored digit by digit with the tokenizer's split: one wrong digit of four is not BLEU 0.
+  tokens = number_words.NumberWordsTokenizer().tokens
+  assert seq2seq.score(["1234"], ["1234"], tokens)["bleu"] == pytest.approx(100.0)
+  assert seq2seq.score(["12345"], ["12395"], str.split)["bleu"] == 0.0 < seq2seq.score(["12345"], ["12395"], tokens)["bleu"]
 
 
 @pytest.fixture(scope="module")

@@ -82,10 +82,13 @@ def decode_split(model, params, tokenizer, sources: Sequence[str], batch_size: i
   return out
 
 
-def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """Exact match (fraction of strings equal) and corpus BLEU (0 .. 100) of decoded strings."""
+def score(hypotheses: Sequence[str], references: Sequence[str], tokens=str.split) -> dict[str, float]:
+  """Exact match (fraction of strings equal) and corpus BLEU (0 .. 100) of decoded strings, BLEU over the
+  tokens that `tokens` splits a string into (the tokenizer's: a number's digits one by one, so that a
+  number has n-grams as its words do)."""
+  spaced = lambda texts: [" ".join(tokens(t)) for t in texts]
   return {"exact_match": exact_match.exact_match(hypotheses, references),
-          "bleu": bleu.corpus_bleu(hypotheses, references)}
+          "bleu": bleu.corpus_bleu(spaced(hypotheses), spaced(references))}
 
 
 def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Sequence[str]]],
@@ -134,7 +137,7 @@ def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Se
     metrics = {}
     for split, (sources, references) in data.items():
       for method, hypotheses in decode_all(params, sources).items():
-        for name, value in score(hypotheses, references).items():
+        for name, value in score(hypotheses, references, tokenizer.tokens).items():
           metrics[f"{split}_{method}_{name}"] = value
     return metrics
 
