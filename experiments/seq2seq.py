@@ -13,10 +13,9 @@ numbers greedily and by beam search on `test` (1 to 4 digits, numbers never trai
 `test_longer` (5 and 6 digits: longer sources and targets than any in training), and scores the
 decoded strings. Writes into the workdir: checkpoints, TensorBoard events, results.json with
 `<split>_<greedy|beam>_<exact_match|bleu>` (exact match as a fraction; corpus BLEU 0 .. 100 over
-tokens, a number digit by digit),
-samples.txt (source | greedy | beam | reference of a few examples of each split) and
-attention.png (the last decoder layer's cross-attention, averaged over heads, of a few test
-examples: generated tokens down, source tokens across).
+tokens, a number digit by digit), samples.txt (source | greedy | beam | reference of a few
+examples of each split) and attention.png (the last decoder layer's cross-attention, averaged
+over heads, of a few test examples: generated tokens down, source tokens across).
 """
 
 import os
