@@ -24,6 +24,7 @@ FAMILIES = {
     "lstm": ("experiments.gpt2", {"model": "lstm"}, "val_bits_per_char", ("samples.txt",)),
     "bert": ("experiments.bert", {}, "mlm_accuracy", ()),  # a masked LM draws no samples
     "classifier": ("experiments.classifier", {}, "test_accuracy", ()),
+    "seq2seq": ("experiments.seq2seq", {}, "test_greedy_exact_match", ("samples.txt", "attention.png")),
 }
 STEPS = 2
 

@@ -10,19 +10,18 @@ the LSTM language model, trained by the GPT's plug-in (research/tasks/gpt2.py, c
 is not a family of its own here: its models are GPT-2 with a reward or value head
 (research/rl/rlhf.py), trained in stages by research/tasks/rlhf.py's plug-ins, each starting from an earlier stage's
 parameters. `attention`, `layers` and `unet` are parts the families share. `autoencoder_kl`
-(latent diffusion's KL autoencoder), `clip`, `cond_unet` (diffusers' text-conditioned U-Net) and
-`seq2seq` (T5 and Vaswani et al.'s encoder-decoder) are
-models whose experiments are being built: importable, with weights both ways with transformers
-or diffusers, not yet families the loop's FAMILIES lists.
+(latent diffusion's KL autoencoder), `clip` and `cond_unet` (diffusers' text-conditioned U-Net)
+are the stages of experiments/text_to_image.py, with weights both ways with transformers or
+diffusers; they are not families of their own in FAMILIES.
 """
 
 from research.models import attention, layers, unet
-from research.models import autoencoder_kl, clip, cond_unet, seq2seq
-from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm
+from research.models import autoencoder_kl, clip, cond_unet
+from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm, seq2seq
 
 # Family name -> its model module.
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "lstm": lstm,
-            "bert": bert, "classifier": classifier}
+            "bert": bert, "classifier": classifier, "seq2seq": seq2seq}
 
-__all__ = ["FAMILIES", "attention", "autoencoder", "autoencoder_kl", "bert", "classifier", "clip", "cond_unet", "diffusion", "dit", "gan",
-           "gpt2", "layers", "lstm", "seq2seq", "unet"]
+__all__ = ["FAMILIES", "attention", "autoencoder", "autoencoder_kl", "bert", "classifier", "clip", "cond_unet",
+           "diffusion", "dit", "gan", "gpt2", "layers", "lstm", "seq2seq", "unet"]
