@@ -118,6 +118,8 @@ def method_config(method: str, table):
     config.unet_channels = tuple(table.diffusion_channels)
     if table.diffusion_steps:
       config.steps = table.diffusion_steps
+      if config.optimizer.warmup_steps > config.steps:  # a short (smoke) run: a tenth of it warms up
+        config.optimizer.warmup_steps = config.steps // 10
     if table.diffusion_sample_steps:
       config.sample_steps = table.diffusion_sample_steps
   config.num_samples = table.num_samples
