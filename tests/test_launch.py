@@ -21,6 +21,8 @@ def _runnable_experiments() -> list[str]:
   """Every script under experiments/ with a __main__ block, as launch names it ("tables.gan_modes")."""
   names = []
   for path in sorted(pathlib.Path(ROOT, "experiments").rglob("*.py")):
+    if path.name.startswith("_"):
+      continue  # experiments/__main__.py lists the scripts; it is not one
     if '__name__ == "__main__"' in path.read_text():
       names.append(".".join(path.relative_to(ROOT, "experiments").with_suffix("").parts))
   return names

@@ -35,7 +35,7 @@ def make_config(steps: int, batch: int = 32):
   config.optimizer.name = "adamw"
   config.optimizer.weight_decay = 1e-4
   config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 5
+  config.optimizer.warmup_steps = min(5, steps)  # never longer than the run (which is refused)
   return config
 
 

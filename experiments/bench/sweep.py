@@ -177,6 +177,8 @@ def run(bench: ml_collections.ConfigDict, outdir: str) -> dict:
   else:
     config = classifier.get_config()
     config.steps = steps
+    if config.optimizer.warmup_steps > steps:  # a short (smoke) run: a tenth of it warms up
+      config.optimizer.warmup_steps = steps // 10
     task = classifier_tasks.make_task(config)
     split = data_lib.load("digits", "train")
     data = {"image": split["image"], "label": split["label"]}

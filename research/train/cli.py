@@ -267,7 +267,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       fail("--config is required: --config=experiments/<name>.py[:preset]")
     distributed.initialize_distributed()
     script = _module_name(config_file)
-    if workdir_flag.value:
+    # Runs mark their workdirs; tables and benchmarks write reports into an --outdir, unmarked.
+    marks = dir_flag == "workdir" and bool(workdir_flag.value)
+    if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
     try:
       run(config_flag.value, workdir_flag.value)
@@ -281,7 +283,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     except KeyboardInterrupt:
       fail("interrupted a second time: stopped without saving", status=130)
     finally:
-      if workdir_flag.value:
+      if marks:
         _mark_owner(workdir_flag.value, script)
 
   app.run(guarded, flags_parser=_parse_flags)
