@@ -379,3 +379,13 @@ def test_a_resume_that_changes_training_is_refused_and_a_finished_rerun_does_not
   carried.log_every, carried.checkpoint_every, carried.keep_checkpoints = 5, 5, 2
   train(tiny_run.make_task(carried), carried, str(tmp_path), digits_train)
   assert "nothing to do" in capsys.readouterr().err
+
+
+def test_a_reconstruction_grid_says_what_its_rows_are(tmp_path, monkeypatch):
+  from research.train import images  # pylint: disable=import-outside-toplevel
+  titles = []
+  monkeypatch.setattr(images, "save_png", lambda path, array, title=None: titles.append(title) or path)
+  images.write_samples(str(tmp_path), {"reconstructions": np.zeros((4, 8, 8, 1)), "samples": np.zeros((4, 8, 8, 1))},
+                       step=7)
+  assert titles == ["reconstructions (step 7)\nrows: test images, then their reconstructions\n"
+                    "(denoising AE: clean, corrupted, denoised)", "samples (step 7)"]

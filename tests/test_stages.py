@@ -76,6 +76,10 @@ def test_a_killed_pipeline_resumes_in_its_stage_to_the_same_bits(tmp_path, digit
   err = capfd.readouterr().err
   assert "stage first: finished (6 steps)" in err and "stage second: training 6 steps" in err
   assert f"resuming from step 3 of {tmp_path / 'killed' / 'second'}" in err
+  # A stage's own lines are led by its name; each phase says what it is doing.
+  assert f"[second] resuming from step 3 of {tmp_path / 'killed' / 'second'}" in err
+  assert "[second] training steps 3..6: compiling the step first" in err
+  assert "[second] evaluating at step 6" in err and "[second] final: " in err
   assert_trees_equal(resumed.params, whole.params)
   assert resumed.results["train_loss"] == whole.results["train_loss"]
 
