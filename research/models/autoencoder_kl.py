@@ -448,15 +448,10 @@ def load_hf(path: str, **overrides):
     ValueError: without config.json or the weights, for a config this model does not have, or
       when a tensor is missing or has another shape (the message names it).
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, WEIGHTS_NAME)
-  for needed in (config_path, weights_path):
-    if not os.path.exists(needed):
-      raise ValueError(f"{path} is not a saved AutoencoderKL: {os.path.basename(needed)} is missing")
-  with open(config_path) as f:
-    cfg = dataclasses.replace(config_from_hf(json.load(f), config_path), **overrides)
+  saved, tensors, weights_path = hf.load_saved(path, "AutoencoderKL", WEIGHTS_NAME)
+  cfg = dataclasses.replace(config_from_hf(saved, os.path.join(path, "config.json")), **overrides)
   model = AutoencoderKL(cfg)
-  params = hf.read(_hf_table(cfg), load_file(weights_path), param_shapes(model), weights_path)
+  params = hf.read(_hf_table(cfg), tensors, param_shapes(model), weights_path)
   return model, params
 
 

@@ -528,15 +528,8 @@ def load_hf(path: str, **overrides) -> tuple[CLIP, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-  for required in (config_path, weights_path):
-    if not os.path.exists(required):
-      raise ValueError(f"{path} is not a saved CLIP: {os.path.basename(required)} is missing")
-  with open(config_path) as f:
-    saved = json.load(f)
+  saved, tensors, weights_path = hf.load_saved(path, "CLIP")
   cfg = dataclasses.replace(_config_from_hf(saved), **overrides)
-  tensors = load_file(weights_path)
   params = hf.read(_hf_table(cfg), tensors, _shapes(cfg)["params"], weights_path)
   if cfg.loss == "sigmoid":
     params["logit_bias"] = jnp.asarray(saved.get("research_logit_bias", cfg.logit_bias_init), jnp.float32)

@@ -637,15 +637,8 @@ def load_hf(path: str, **overrides) -> tuple[CondUNet, dict]:
     ValueError: without the two files, for a config option this U-Net lacks (naming the field), or
       when a tensor is missing, unexpected or of another shape (naming the tensor).
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path = os.path.join(path, "config.json")
-  weights_path = os.path.join(path, "diffusion_pytorch_model.safetensors")
-  for required in (config_path, weights_path):
-    if not os.path.exists(required):
-      raise ValueError(f"{path} is not a saved UNet2DConditionModel: {os.path.basename(required)} is missing")
-  with open(config_path) as f:
-    cfg = config_from_diffusers(json.load(f), **overrides)
-  tensors = load_file(weights_path)
+  saved, tensors, weights_path = hf.load_saved(path, "UNet2DConditionModel", "diffusion_pytorch_model.safetensors")
+  cfg = config_from_diffusers(saved, **overrides)
   table = _hf_table(cfg)
   unexpected = sorted(set(tensors) - {row.theirs for row in table})
   if unexpected:

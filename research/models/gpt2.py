@@ -278,14 +278,9 @@ def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-  for required in (config_path, weights_path):
-    if not os.path.exists(required):
-      raise ValueError(f"{path} is not a saved GPT-2: {os.path.basename(required)} is missing")
-  with open(config_path) as f:
-    cfg = dataclasses.replace(_config_from_hf(json.load(f)), **overrides)
-  tensors = {k.removeprefix("transformer."): v for k, v in load_file(weights_path).items()}
+  saved, tensors, weights_path = hf.load_saved(path, "GPT-2")
+  cfg = dataclasses.replace(_config_from_hf(saved), **overrides)
+  tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
   loop_cfg = dataclasses.replace(cfg, scan_layers=False)  # the table's layout: one subtree per block
   shapes = nn.unbox(jax.eval_shape(lambda: GPT2(loop_cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   params = hf.read(_hf_table(cfg), tensors, shapes["params"], weights_path)

@@ -8,6 +8,8 @@ transformers' arrays. Rows that share transformers' name are the slices of one f
 """
 
 import functools
+import json
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -75,3 +77,19 @@ def write(table: list[Tensor], params) -> dict[str, np.ndarray]:
   # np.asarray(order="C") keeps a scalar's shape (), which np.ascontiguousarray would make (1,).
   return {name: np.asarray(p[0] if len(p) == 1 else np.concatenate(p, axis=-1), order="C")
           for name, p in parts.items()}
+
+
+def load_saved(path: str, what: str, weights: str = "model.safetensors") -> tuple[dict, dict, str]:
+  """A saved model directory's config.json and safetensors weights: (config dict, {name: array}, weights path).
+
+  Raises:
+    ValueError: naming the missing file, as "`path` is not a saved `what`: config.json is missing".
+  """
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, weights)
+  for required in (config_path, weights_path):
+    if not os.path.exists(required):
+      raise ValueError(f"{path} is not a saved {what}: {os.path.basename(required)} is missing")
+  with open(config_path) as f:
+    config = json.load(f)
+  return config, load_file(weights_path), weights_path

@@ -907,14 +907,7 @@ def load_hf(path: str, **overrides) -> tuple[Seq2Seq, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-  for required in (config_path, weights_path):
-    if not os.path.exists(required):
-      raise ValueError(f"{path} is not a saved T5: {os.path.basename(required)} is missing")
-  with open(config_path) as f:
-    saved = json.load(f)
-  tensors = load_file(weights_path)
+  saved, tensors, weights_path = hf.load_saved(path, "T5")
   for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):  # copies of shared.weight, if any
     if name in tensors and not np.array_equal(tensors[name], tensors.get("shared.weight")):
       raise ValueError(f"tensor {name} in {weights_path} differs from shared.weight: this model has one input "
