@@ -448,10 +448,10 @@ def load_hf(path: str, **overrides):
     ValueError: without config.json or the weights, for a config this model does not have, or
       when a tensor is missing or has another shape (the message names it).
   """
-  saved, tensors, weights_path = hf.load_saved(path, "AutoencoderKL", WEIGHTS_NAME)
+  saved, weights_path = hf.saved_config(path, "AutoencoderKL", WEIGHTS_NAME)
   cfg = dataclasses.replace(config_from_hf(saved, os.path.join(path, "config.json")), **overrides)
   model = AutoencoderKL(cfg)
-  params = hf.read(_hf_table(cfg), tensors, param_shapes(model), weights_path)
+  params = hf.read(_hf_table(cfg), hf.load_weights(weights_path), param_shapes(model), weights_path)
   return model, params
 
 

@@ -528,8 +528,9 @@ def load_hf(path: str, **overrides) -> tuple[CLIP, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  saved, tensors, weights_path = hf.load_saved(path, "CLIP")
+  saved, weights_path = hf.saved_config(path, "CLIP")
   cfg = dataclasses.replace(_config_from_hf(saved), **overrides)
+  tensors = hf.load_weights(weights_path)
   params = hf.read(_hf_table(cfg), tensors, _shapes(cfg)["params"], weights_path)
   if cfg.loss == "sigmoid":
     params["logit_bias"] = jnp.asarray(saved.get("research_logit_bias", cfg.logit_bias_init), jnp.float32)

@@ -637,8 +637,9 @@ def load_hf(path: str, **overrides) -> tuple[CondUNet, dict]:
     ValueError: without the two files, for a config option this U-Net lacks (naming the field), or
       when a tensor is missing, unexpected or of another shape (naming the tensor).
   """
-  saved, tensors, weights_path = hf.load_saved(path, "UNet2DConditionModel", "diffusion_pytorch_model.safetensors")
+  saved, weights_path = hf.saved_config(path, "UNet2DConditionModel", "diffusion_pytorch_model.safetensors")
   cfg = config_from_diffusers(saved, **overrides)
+  tensors = hf.load_weights(weights_path)
   table = _hf_table(cfg)
   unexpected = sorted(set(tensors) - {row.theirs for row in table})
   if unexpected:

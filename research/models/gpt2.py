@@ -278,9 +278,9 @@ def load_hf(path: str, **overrides) -> tuple[GPT2, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  saved, tensors, weights_path = hf.load_saved(path, "GPT-2")
+  saved, weights_path = hf.saved_config(path, "GPT-2")
   cfg = dataclasses.replace(_config_from_hf(saved), **overrides)
-  tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+  tensors = {k.removeprefix("transformer."): v for k, v in hf.load_weights(weights_path).items()}
   loop_cfg = dataclasses.replace(cfg, scan_layers=False)  # the table's layout: one subtree per block
   shapes = nn.unbox(jax.eval_shape(lambda: GPT2(loop_cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))))
   params = hf.read(_hf_table(cfg), tensors, shapes["params"], weights_path)
@@ -442,6 +442,31 @@ def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int, greedy: boo
   return run
 
 
+def check_sampling(max_new_tokens, temperature, top_k, top_p) -> None:
+  """Raises ValueError on decoding controls out of range (every language model's `generate` checks these)."""
+  if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+  if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
+    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+  if int(top_k) != top_k or top_k < 0:
+    raise ValueError(f"top_k must be a non-negative integer (0: off), got {top_k!r}")
+  if not 0.0 <= float(top_p) <= 1.0:  # also rejects NaN
+    raise ValueError(f"top_p must be in [0, 1] (1: off), got {top_p!r}")
+
+
+def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
+  """(the prompts as lists of ids, whether they came as lists), checked against the vocabulary."""
+  as_lists = not isinstance(prompt, (np.ndarray, jax.Array))
+  rows = [list(map(int, r)) for r in prompt] if as_lists else [list(map(int, r)) for r in np.asarray(prompt)]
+  if not rows or any(len(r) == 0 for r in rows):
+    raise ValueError("every prompt needs at least one token")
+  ids = np.concatenate([np.asarray(r) for r in rows])
+  if ids.min() < 0 or ids.max() >= vocab_size:
+    raise ValueError(f"token id {int(ids.max() if ids.max() >= vocab_size else ids.min())} is outside "
+                     f"the vocabulary of {vocab_size}")
+  return rows, as_lists
+
+
 def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0):
   """The prompt(s) followed by `max_new_tokens` new tokens; temperature 0 is greedy.
@@ -464,22 +489,8 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
       tokens longer than the context (n_positions), a negative max_new_tokens, or sampling
       controls out of range.
   """
-  if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-    raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-  if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
-    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-  if int(top_k) != top_k or top_k < 0:
-    raise ValueError(f"top_k must be a non-negative integer (0: off), got {top_k!r}")
-  if not 0.0 <= float(top_p) <= 1.0:  # also rejects NaN
-    raise ValueError(f"top_p must be in [0, 1] (1: off), got {top_p!r}")
-  as_lists = not isinstance(prompt, (np.ndarray, jax.Array))
-  rows = [list(map(int, r)) for r in prompt] if as_lists else [list(map(int, r)) for r in np.asarray(prompt)]
-  if not rows or any(len(r) == 0 for r in rows):
-    raise ValueError("every prompt needs at least one token")
-  ids = np.concatenate([np.asarray(r) for r in rows])
-  if ids.min() < 0 or ids.max() >= model.cfg.vocab_size:
-    raise ValueError(f"token id {int(ids.max() if ids.max() >= model.cfg.vocab_size else ids.min())} is outside "
-                     f"the vocabulary of {model.cfg.vocab_size}")
+  check_sampling(max_new_tokens, temperature, top_k, top_p)
+  rows, as_lists = prompt_rows(prompt, model.cfg.vocab_size)
   longest = max(len(r) for r in rows)
   if model.cfg.positions == "learned" and longest + max_new_tokens > model.cfg.n_positions:
     raise ValueError(f"a prompt of {longest} tokens plus {max_new_tokens} new ones exceeds the context of "

@@ -79,17 +79,23 @@ def write(table: list[Tensor], params) -> dict[str, np.ndarray]:
           for name, p in parts.items()}
 
 
-def load_saved(path: str, what: str, weights: str = "model.safetensors") -> tuple[dict, dict, str]:
-  """A saved model directory's config.json and safetensors weights: (config dict, {name: array}, weights path).
+def saved_config(path: str, what: str, weights: str = "model.safetensors") -> tuple[dict, str]:
+  """A saved model directory's config.json (read) and the path of its safetensors weights (not yet read).
+
+  The config comes first so a caller can refuse another architecture before reading any weights.
 
   Raises:
     ValueError: naming the missing file, as "`path` is not a saved `what`: config.json is missing".
   """
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, weights)
   for required in (config_path, weights_path):
     if not os.path.exists(required):
       raise ValueError(f"{path} is not a saved {what}: {os.path.basename(required)} is missing")
   with open(config_path) as f:
-    config = json.load(f)
-  return config, load_file(weights_path), weights_path
+    return json.load(f), weights_path
+
+
+def load_weights(weights_path: str) -> dict[str, np.ndarray]:
+  """{name: array} of a safetensors file."""
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  return load_file(weights_path)

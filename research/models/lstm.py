@@ -286,24 +286,10 @@ def generate(model: LSTM, params, prompt, max_new_tokens: int, *, key=None, temp
     ValueError: for an empty prompt, token ids outside the vocabulary, a negative
       max_new_tokens, or sampling controls out of range.
   """
-  if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
-    raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-  if not (math.isfinite(float(temperature)) and float(temperature) >= 0):
-    raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-  if int(top_k) != top_k or top_k < 0:
-    raise ValueError(f"top_k must be a non-negative integer (0: off), got {top_k!r}")
-  if not 0.0 <= float(top_p) <= 1.0:  # also rejects NaN
-    raise ValueError(f"top_p must be in [0, 1] (1: off), got {top_p!r}")
+  gpt2.check_sampling(max_new_tokens, temperature, top_k, top_p)
   if temperature > 0 and key is None:
     raise ValueError("sampling (temperature > 0) needs a key")
-  as_lists = not isinstance(prompt, (np.ndarray, jax.Array))
-  rows = [list(map(int, r)) for r in (prompt if as_lists else np.asarray(prompt))]
-  if not rows or any(len(r) == 0 for r in rows):
-    raise ValueError("every prompt needs at least one token")
-  ids = np.concatenate([np.asarray(r) for r in rows])
-  if ids.min() < 0 or ids.max() >= model.cfg.vocab_size:
-    raise ValueError(f"token id {int(ids.max() if ids.max() >= model.cfg.vocab_size else ids.min())} is outside "
-                     f"the vocabulary of {model.cfg.vocab_size}")
+  rows, as_lists = gpt2.prompt_rows(prompt, model.cfg.vocab_size)
   p = gpt2.bucket(max(len(r) for r in rows))
   tokens = np.zeros((len(rows), p), np.int32)
   mask = np.zeros((len(rows), p), bool)

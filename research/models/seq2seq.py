@@ -907,7 +907,8 @@ def load_hf(path: str, **overrides) -> tuple[Seq2Seq, dict]:
     ValueError: without config.json or model.safetensors, for another architecture, or when a
       tensor is missing or has another shape (the message names it).
   """
-  saved, tensors, weights_path = hf.load_saved(path, "T5")
+  saved, weights_path = hf.saved_config(path, "T5")
+  tensors = hf.load_weights(weights_path)
   for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):  # copies of shared.weight, if any
     if name in tensors and not np.array_equal(tensors[name], tensors.get("shared.weight")):
       raise ValueError(f"tensor {name} in {weights_path} differs from shared.weight: this model has one input "
