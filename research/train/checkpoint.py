@@ -43,6 +43,27 @@ def _shape_mismatches(abstract, metadata) -> list[str]:
   return out
 
 
+# The Checkpointers not yet closed, so that a run stopped by a signal anywhere can finish their saves.
+_OPEN: list["Checkpointer"] = []
+
+
+def finish_open_saves() -> list[tuple[str, int | None]]:
+  """Completes every started save of the open Checkpointers; returns (directory, newest step) for each.
+
+  Called when a signal stops a run outside its training calls (compiling, evaluating, sampling,
+  writing results): the save in flight lands whole instead of as a temporary directory.
+  """
+  kept = []
+  for checkpointer in list(_OPEN):
+    try:
+      checkpointer.wait()
+      steps = checkpointer.steps()
+    except Exception:  # pylint: disable=broad-except  # stopped inside orbax: what is on disk stays
+      steps = []
+    kept.append((checkpointer.directory, steps[-1] if steps else None))
+  return kept
+
+
 class Checkpointer:
   """Saves and restores (state, data position, config) for one workdir."""
 
@@ -55,6 +76,7 @@ class Checkpointer:
                 "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self.restored_config = None  # the config saved with the checkpoint `restore` read
+    _OPEN.append(self)
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -186,6 +208,8 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+    if self in _OPEN:
+      _OPEN.remove(self)
 
 
 def save_pytree(path: str, tree) -> None:

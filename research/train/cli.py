@@ -10,8 +10,10 @@ picks a preset and `--config.<field>=...` overrides a field) and `--workdir`, th
 `run(config, workdir)`. Tables and benchmarks end with
 `cli.main(__file__, run, dir_flag="outdir")`. Bad input (an unknown flag or config field, a
 ConfigError raised by the checks) is one line on stderr and exit code 2, before anything is
-compiled or written. A non-finite loss is one line and exit code 1; SIGINT / SIGTERM save a checkpoint, print
-where, and exit with 128 + the signal number (130 / 143).
+compiled or written. A non-finite loss is one line and exit code 1. SIGINT / SIGTERM during training save a checkpoint
+of the current step; in any other phase (compiling, evaluating, sampling, writing) they let the
+save in flight finish; either way one line says what was kept and the exit code is 128 + the
+signal number (130 / 143). A second signal exits at once, keeping the checkpoints saved before.
 
 A script declares its presets once, as a dict of preset name -> function that edits the
 config, and ends `get_config(preset)` with `return cli.apply_presets(config, preset, PRESETS)`.
@@ -20,6 +22,7 @@ config, and ends `get_config(preset)` with `return cli.apply_presets(config, pre
 import difflib
 import importlib.util
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 
@@ -28,9 +31,19 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from research.train import distributed, usage
+from research.train import checkpoint, distributed, schedule, usage
 from research.train.config import ConfigError
 from research.train.monitor import Interrupted, NonFiniteLossError
+
+
+def _stopped(signum: int) -> str:
+  """The line for a signal that stopped a run outside its training calls, once its started saves are whole."""
+  name = signal.Signals(signum).name
+  kept = [(directory, step) for directory, step in checkpoint.finish_open_saves() if step is not None]
+  if not kept:
+    return f"interrupted by {name}: no checkpoint had been saved yet; run the same command to start again"
+  where = "; ".join(f"step {step} in {directory}" for directory, step in kept)
+  return f"interrupted by {name}: kept the newest checkpoint, {where}; run the same command to resume"
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -272,16 +285,19 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
     try:
-      run(config_flag.value, workdir_flag.value)
-    except ConfigError as e:
-      fail(str(e))
-    except NonFiniteLossError as e:
-      fail(str(e), status=1)
-    except Interrupted as e:
-      sys.stderr.write(f"{e}\n")
-      sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
-    except KeyboardInterrupt:
-      fail("interrupted a second time: stopped without saving", status=130)
+      with schedule.Signals(raise_stop=True):
+        try:
+          run(config_flag.value, workdir_flag.value)
+        except ConfigError as e:
+          fail(str(e))
+        except NonFiniteLossError as e:
+          fail(str(e), status=1)
+        except Interrupted as e:
+          sys.stderr.write(f"{e}\n")
+          sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
+        except schedule.Stop as e:
+          sys.stderr.write(f"{_stopped(e.signum)}\n")
+          sys.exit(128 + e.signum)
     finally:
       if marks:
         _mark_owner(workdir_flag.value, script)

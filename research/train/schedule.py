@@ -4,7 +4,9 @@ stops on, and the host-side record of the metrics between log steps."""
 import collections
 import concurrent.futures
 import math
+import os
 import signal
+import sys
 import threading
 from typing import Any, NamedTuple
 
@@ -83,19 +85,48 @@ class Prefetcher:
       self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class Stop(BaseException):
+  """SIGINT or SIGTERM arrived outside the training calls: raised where the program was.
+
+  A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it.
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def exit_at_once(signum: int) -> None:
+  """A second signal: one line, and the process ends now (a save in flight stays a temporary directory,
+  which the next run's checkpointer removes; the checkpoints before it are whole)."""
+  sys.stderr.write(f"error: interrupted a second time ({signal.Signals(signum).name}): stopped at once; "
+                   "the checkpoints saved before are kept\n")
+  sys.stderr.flush()
+  os._exit(128 + signum)  # pylint: disable=protected-access  # no interpreter teardown under live save threads
+
+
+def _handles_signals() -> bool:
+  return jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
+
+
 class Signals:
   """Turns SIGINT and SIGTERM into a flag the loop checks after each call (single process only).
 
-  Several processes must all stop at the same step, which a per-process handler cannot
-  promise; there the default handlers stay (and SIGTERM ends the job as before).
+  With `raise_stop`, the whole run's handler instead (research.train.cli installs it around
+  `run`): the first signal raises `Stop` wherever the program is (compiling, evaluating, sampling,
+  writing), the loop's own flag-raising `Signals` taking over during its training calls. Either
+  way a second signal exits at once. Several processes must all stop at the same step, which a
+  per-process handler cannot promise; there the default handlers stay (and SIGTERM ends the job
+  as before).
   """
 
-  def __init__(self):
+  def __init__(self, raise_stop: bool = False):
     self.received: int | None = None
+    self._raise_stop = raise_stop
     self._previous = {}
 
   def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    if _handles_signals():
       for signum in (signal.SIGINT, signal.SIGTERM):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
@@ -103,8 +134,10 @@ class Signals:
   def _handle(self, signum, frame):
     del frame
     if self.received is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
+      exit_at_once(signum)
     self.received = signum
+    if self._raise_stop:
+      raise Stop(signum)
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():

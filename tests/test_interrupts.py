@@ -1,0 +1,83 @@
+"""SIGINT / SIGTERM in the phases outside the training calls, and a second signal at once.
+
+The loop's own save-and-stop during training is tests/test_cli.py's signal test; here the first
+signal lands while the final evaluation compiles and runs, and two signals land together.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FAST_COMPILE, ROOT
+
+COMMAND = [sys.executable, "-m", "experiments.autoencoder", "--config=experiments/autoencoder.py:smoke"]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)
+
+
+def _run(workdir) -> subprocess.CompletedProcess:
+  return subprocess.run(COMMAND + [f"--workdir={workdir}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                        timeout=600, check=False)
+
+
+def _signal_at(workdir, marker: str, signums, delay: float = 0.05) -> tuple[int, str]:
+  """Starts the run, sends `signums` once a stderr line contains `marker`; returns (exit code, stderr after)."""
+  proc = subprocess.Popen(COMMAND + [f"--workdir={workdir}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  for line in proc.stderr:
+    if marker in line:
+      break
+  else:
+    raise AssertionError(f"the run never printed {marker!r}")
+  time.sleep(delay)
+  for signum in signums:
+    proc.send_signal(signum)
+  _, err = proc.communicate(timeout=300)
+  return proc.returncode, err
+
+
+def _checkpoints(workdir) -> list[str]:
+  return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_final_evaluation_keeps_the_final_checkpoint_whole_and_a_rerun_finishes(tmp_path):
+  signum = signal.SIGINT  # SIGTERM takes the same path (the second test's second signal is one)
+  reference = _run(tmp_path / "reference")
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  expected = json.loads((tmp_path / "reference" / "results.json").read_text())
+
+  workdir = tmp_path / "stopped"
+  code, err = _signal_at(workdir, "evaluating at step 20", [signum])
+  assert code == 128 + signum, err[-2000:]
+  assert err.strip() == (f"interrupted by {signum.name}: kept the newest checkpoint, step 20 in "
+                         f"{workdir}/checkpoints; run the same command to resume")
+  # The save of step 20 was still in flight when the evaluation began: it landed whole.
+  assert _checkpoints(workdir) == ["10", "20"]
+  assert not (workdir / "results.json").exists()
+
+  again = _run(workdir)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "resuming from step 20 of" in again.stderr and "training steps" not in again.stderr
+  results = json.loads((workdir / "results.json").read_text())
+  for key in ("train_loss", "test_nll_nats", "step"):
+    assert results[key] == expected[key], key
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_and_the_run_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  # Two different signals arrive together (one signal number sent twice may be delivered once).
+  code, err = _signal_at(workdir, "training steps 0..20", [signal.SIGINT, signal.SIGTERM], delay=0.0)
+  assert code == 128 + signal.SIGTERM, err[-2000:]
+  assert err.strip().splitlines()[-1] == ("error: interrupted a second time (SIGTERM): stopped at once; "
+                                          "the checkpoints saved before are kept")
+  assert "Traceback" not in err
+  again = _run(workdir)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert json.loads((workdir / "results.json").read_text())["step"] == 20
