@@ -69,6 +69,10 @@ def check_config(config) -> None:
     raise ConfigError(f"num_samples must be 0 (no sample metrics) or at least 4, got {config.num_samples}")
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ("num_samples", "eval_k")
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the autoencoder named by config.model and returns the results.json dict.
 

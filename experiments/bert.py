@@ -320,6 +320,10 @@ def finetune(config, workdir: str, members=None) -> dict:
   return train(task, config, workdir, train_examples, eval_examples, members).results
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ()
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Pre-trains or fine-tunes the BERT described by `config` in `workdir`; returns what results.json holds.
 

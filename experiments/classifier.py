@@ -38,6 +38,10 @@ def get_config(preset: str = ""):
   return cli.apply_presets(config, preset, PRESETS)
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ()
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the classifier; returns what results.json holds.
 

@@ -156,6 +156,11 @@ def check_members(config, members) -> None:
     raise ConfigError(f"class_dropout values must be in [0, 1), got {list(swept['class_dropout'])}")
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "tau", "variance", "clip_sample", "guidance_scale", "num_samples",
+                   "sample_batch")
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains and samples the diffusion model described by `config`; returns what results.json holds.
 

@@ -290,6 +290,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_common(config)
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ("num_samples", "eval_samples")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
   """Trains the GAN described by `config` in `workdir`; returns what results.json holds.
 

@@ -130,6 +130,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.eval_windows = 256  # held-out windows (non-overlapping, from the start of the test split) scored
   config.eval_batch_size = 64  # windows per evaluation batch
   config.num_prompts = 4  # held-out prompts continued in samples.txt
+  config.prompt = ""  # a text every sample continues instead of the held-out prompts ("": those)
   config.prompt_len = 32  # tokens per prompt
   config.sample_tokens = 96  # new tokens per sample (prompt + sample must fit n_positions for learned positions)
   config.temperature = 0.8  # sampling temperature (0: greedy)
@@ -167,10 +168,29 @@ def check_config(config) -> None:
     raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
 
 
+def _encode_prompt(config, tokenizer) -> np.ndarray:
+  """config.prompt's token ids, checked against the tokenizer and the model's context."""
+  try:
+    ids = tokenizer.encode(config.prompt)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(f"prompt {config.prompt!r} cannot be encoded by the run's tokenizer: {e}") from None
+  if not ids:
+    raise ConfigError(f"prompt {config.prompt!r} encodes to no tokens")
+  if config.model == "gpt" and config.positions == "learned" and len(ids) + config.sample_tokens > config.n_positions:
+    raise ConfigError(f"prompt ({len(ids)} tokens) + sample_tokens ({config.sample_tokens}) exceeds n_positions "
+                      f"{config.n_positions}")
+  return np.asarray(ids, np.int32)
+
+
 def _separator(tokenizer) -> list[int]:
   """Ids put after every document: GPT-2's <|endoftext|> for its own vocabulary, else a blank line."""
   end_of_text = tokenizer.tokenizer.token_to_id("<|endoftext|>") if tokenizer.kind == "gpt2" else None
   return [end_of_text] if end_of_text is not None else tokenizer.encode("\n\n")
+
+
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ("eval_windows", "eval_batch_size", "num_prompts", "prompt_len", "prompt", "sample_tokens",
+                   "temperature", "top_k")
 
 
 def run(config, workdir: str, members=None) -> dict:
@@ -210,6 +230,8 @@ def run(config, workdir: str, members=None) -> dict:
   eval_windows = {"tokens": np.asarray(eval_stream[:count * span], np.int32).reshape(count, span)}
   prompts = [np.asarray(eval_stream[i * 997 % (len(eval_stream) - config.prompt_len):][:config.prompt_len],
                         np.int32) for i in range(config.num_prompts)]
+  if config.prompt:
+    prompts = [_encode_prompt(config, tokenizer)] * config.num_prompts
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run decodes with the same vocabulary
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple

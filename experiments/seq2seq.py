@@ -143,6 +143,10 @@ def draw_attention(path: str, model, params, tokenizer, sources: list[str]) -> N
   plt.close(fig)
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
+SAMPLING_FIELDS = ("eval_examples", "eval_batch_size", "num_beams")
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the encoder-decoder described by `config` in `workdir`; returns what results.json holds.
 

@@ -3,7 +3,7 @@
 from research.train.checkpoint import Checkpointer, restore_pytree, save_pytree
 from research.train.config import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import distributed, parallel
-from research.train.loop import Run, train
+from research.train.loop import Reuse, Run, reusing, train
 from research.train.members import Engine, Members, check_swept, member_configs
 from research.train.monitor import Interrupted, NonFiniteLossError
 from research.train.results import environment, write_results

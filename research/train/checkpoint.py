@@ -100,6 +100,25 @@ class Checkpointer:
             f"({problems[0]}{'; ...' if len(problems) > 1 else ''}); use another --workdir")
       return
 
+  def stored_config(self) -> dict | None:
+    """The config saved with the newest readable checkpoint (JSON), or None."""
+    for step in reversed(self.steps()):
+      try:
+        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+      except Exception:  # pylint: disable=broad-except  # unreadable: restore() deals with it
+        continue
+    return None
+
+  def stored_hparams(self) -> list[str] | None:
+    """The names of the newest readable checkpoint's traced hyperparameters (TrainState.hparams), or None."""
+    for step in reversed(self.steps()):
+      try:
+        hparams = self._manager.item_metadata(step)["state"].get("hparams")
+      except Exception:  # pylint: disable=broad-except
+        continue
+      return sorted(hparams.keys()) if hasattr(hparams, "keys") else None
+    return None
+
   def restore(self, abstract_state) -> tuple[Any, Mapping[str, Any]] | None:
     """Restores the newest readable checkpoint, falling back past unreadable ones.
 

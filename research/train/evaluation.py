@@ -38,11 +38,12 @@ class Evaluator:
   pictures it returns are the samples written at its step.
   """
 
-  def __init__(self, engine: Engine, workdir: str, eval_data, writer):
+  def __init__(self, engine: Engine, workdir: str, eval_data, writer, seed: int | None = None):
     task = engine.task
     self.engine, self.task, self.workdir, self.eval_data, self.writer = engine, task, workdir, eval_data, writer
-    # Each member evaluates and samples with the keys of its own single run.
-    keys = [jax.random.split(Keys.from_seed(seed).eval) for seed in engine.members.seeds]
+    # Each member evaluates and samples with the keys of its own single run (or of `seed`'s run).
+    seeds = engine.members.seeds if seed is None else [seed] * engine.count
+    keys = [jax.random.split(Keys.from_seed(s).eval) for s in seeds]
     self._evaluate_keys, self._sample_keys = [k[0] for k in keys], [k[1] for k in keys]
     self._evaluate, self._sample = task.evaluate, task.sample
     if task.evaluate_pure and self._evaluate is not None:

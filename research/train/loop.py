@@ -17,12 +17,15 @@ sweep take the same path: research.train.members.Engine holds what differs.
 """
 
 import collections
+import contextlib
+import contextvars
 import json
 import os
 import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from research.train import checkpoint as checkpoint_lib
 from research.train import images
@@ -45,6 +48,27 @@ class Run(NamedTuple):
 
   state: TrainState
   results: dict[str, Any]
+
+
+class Reuse(NamedTuple):
+  """A finished run evaluated and sampled again from its checkpoint, not trained (experiments.sample / evaluate)."""
+
+  outdir: str  # where the evaluation, the samples and results.json go (not the run's workdir)
+  free: tuple[str, ...] = ()  # config fields that may differ from the run's: the sampler's, not the training's
+  seed: int | None = None  # the evaluation and sample keys' seed; None: the run's own (its samples again)
+
+
+_REUSE: contextvars.ContextVar = contextvars.ContextVar("reuse", default=None)
+
+
+@contextlib.contextmanager
+def reusing(reuse: Reuse):
+  """Within it, `train` reuses the workdir's finished run as `reuse` says instead of training."""
+  token = _REUSE.set(reuse)
+  try:
+    yield
+  finally:
+    _REUSE.reset(token)
 
 
 def train(task: Task, config, workdir: str, data, eval_data=None, members: Members | None = None) -> Run:
@@ -78,8 +102,11 @@ def train(task: Task, config, workdir: str, data, eval_data=None, members: Membe
   check_workdir(workdir)
   if config.grad_accum > 1 and task.train_step is not None:
     raise ConfigError("grad_accum > 1 needs a task with a `loss`; this task has its own train_step")
+  reuse = _REUSE.get()
   loop = _Loop(Engine(task, config, members), config, workdir, data)
-  loop.open()
+  loop.open(reuse)
+  if reuse is not None:
+    return loop.reuse(reuse, eval_data, t0)
   done = loop.finished()
   if done is not None:
     monitor.say(f"{workdir} already holds this run, finished at step {loop.start}: nothing to do "
@@ -109,18 +136,28 @@ class _Loop:
   # ---------------------------------------------------------------------------------------
   # 1. The state: restored from the workdir, or initialised.
 
-  def open(self) -> None:
+  def open(self, reuse: Reuse | None = None) -> None:
     """Restores the newest checkpoint (after checking its shapes against this config), or initialises."""
     config, workdir, layout = self.config, self.workdir, self.layout
     checkpoints = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints) \
         if os.path.isdir(os.path.join(workdir, "checkpoints")) else None
+    if checkpoints is None and reuse is not None:
+      raise ConfigError(f"{workdir} holds no checkpoint to evaluate or sample from")
+    abstract = layout.abstract
+    if reuse is not None:
+      # The checkpoint's traced values are replaced by this config's (see `reuse`), whichever it holds.
+      replicated = jax.ShapeDtypeStruct((), jnp.float32, sharding=parallel.replicated(self.mesh))
+      stored = checkpoints.stored_hparams()
+      abstract = abstract.replace(hparams=None if stored is None else {name: replicated for name in stored})
     if checkpoints is not None:
-      checkpoints.check_compatible(layout.abstract)
-    restored = checkpoints.restore(layout.abstract) if checkpoints is not None else None
+      # Settings first: a changed field is named before the shapes it changes are compared.
+      self._check_config(checkpoints.stored_config(), reuse.free if reuse is not None else ())
+      checkpoints.check_compatible(abstract)
+    restored = checkpoints.restore(abstract) if checkpoints is not None else None
     if restored is not None:
       self.state, position = restored
       self._check_position(position)
-      self._check_config(checkpoints.restored_config)
+      self._check_config(checkpoints.restored_config, reuse.free if reuse is not None else ())
       monitor.say(f"resuming from step {completed_steps(self.state)} of {workdir}")
     else:
       position = {}
@@ -141,14 +178,16 @@ class _Loop:
       raise ConfigError(f"the checkpoint in {workdir} was written with seed {position.get('seed')}, "
                         f"not {self.config.seed}; use another --workdir")
 
-  def _check_config(self, stored) -> None:
+  def _check_config(self, stored, free: tuple[str, ...] = ()) -> None:
     """Raises ConfigError when this config changes what the checkpoint's run trains (its fields named)."""
-    changed = changed_fields(stored or {}, self.config)
+    changed = [change for change in changed_fields(stored or {}, self.config) if change[0] not in free]
     if changed:
       shown = ", ".join(f"{field} {before!r} (now {after!r})" for field, before, after in changed[:4])
       more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
       raise ConfigError(f"{self.workdir} holds a run trained with other settings: {shown}{more}; rerun with its "
-                        "settings to resume or reuse it, or use another --workdir")
+                        "settings to resume it, sample or evaluate it with other sampler settings by "
+                        f"python -m experiments.sample (or evaluate) --workdir={self.workdir} --config.FIELD=..., "
+                        "or use another --workdir")
 
   def finished(self) -> dict | None:
     """The results of this very run when the workdir already holds it finished, else None."""
@@ -160,6 +199,33 @@ class _Loop:
     except (OSError, ValueError):
       return None
     return results if results.get("step") == self.start else None
+
+  def reuse(self, reuse: Reuse, eval_data, t0: float) -> Run:
+    """The final evaluation and samples of the finished run again, into reuse.outdir, with the config's sampler."""
+    config, engine, workdir = self.config, self.engine, self.workdir
+    if engine.sweep:
+      raise ConfigError("a sweep's programs are evaluated by rerunning the sweep; reuse a single run's workdir")
+    if self.start < config.steps:
+      raise ConfigError(f"{workdir} holds a run stopped at step {self.start} of {config.steps}: "
+                        "rerun its command to finish it first")
+    if engine.task.hparams:
+      # The traced values the sampler reads (a guidance scale, say) are this config's, not the checkpoint's.
+      traced = {name: jnp.asarray(value, jnp.float32) for name, value in engine.task.hparams.items()}
+      self.state = self.state.replace(hparams={**(self.state.hparams or {}), **traced})
+    os.makedirs(reuse.outdir, exist_ok=True)
+    self.writer = monitor.make_writer(reuse.outdir)
+    evaluator = Evaluator(engine, reuse.outdir, eval_data, self.writer, seed=reuse.seed)
+    monitor.say(f"evaluating step {self.start} of {workdir} into {reuse.outdir}")
+    evaluator.evaluate(self.state, self.start)
+    evaluator.write_samples(self.state, self.start, set())
+    results = {"step": self.start, "workdir": os.path.abspath(workdir), **evaluator.metrics}
+    if reuse.seed is not None:
+      results["sample_seed"] = reuse.seed
+    self.writer.close()
+    self.checkpoints.close()
+    out = results_lib.write_results(reuse.outdir, results, config, time.perf_counter() - t0)
+    monitor.say(f"final: {monitor.format_metrics({k: v for k, v in evaluator.metrics.items()})}")
+    return Run(self.state, out)
 
   # ---------------------------------------------------------------------------------------
   # 2. The programs: one step, several steps as a scan (both donate the state), and their FLOPs.
