@@ -40,8 +40,8 @@ from research.train import ConfigError, check_choice, check_positive, cli, write
 IMAGES = ("china", "flower")  # scikit-learn's sample images, by file name
 MODES = ("stylize", "dream", "both")
 INITS = ("content", "noise")
-# The smallest image side: VGG-19 halves it five times.
-MIN_IMAGE_SIZE = 32
+# The smallest image side (and DeepDream octave) per network: VGG-19 halves it five times.
+MIN_SIDE = {"random": 8, "vgg19": 32}
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -51,7 +51,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.filter_sizes = (3, 5)
   config.filters = 8
   config.steps = 5
-  config.dream_octaves = 2
+  config.dream_octaves = 1
   config.dream_steps = 3
 
 
@@ -121,15 +121,16 @@ def check_config(config) -> style.StyleConfig:
     check_positive(name, config[name])
   for name in ("content_weight", "style_weight", "tv_weight", "dream_jitter"):
     check_positive(name, config[name], allow_zero=True)
-  if config.image_size < MIN_IMAGE_SIZE:
-    raise ConfigError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {config.image_size}")
+  min_side = MIN_SIDE[config.network]
+  if config.image_size < min_side:
+    raise ConfigError(f"image_size must be >= {min_side} for {config.network}, got {config.image_size}")
   if config.dream_octave_scale < 1:
     raise ConfigError(f"dream_octave_scale must be >= 1, got {config.dream_octave_scale}")
   smallest = min(style.octave_shapes(config.image_size, config.image_size, config.dream_octaves,
                                      config.dream_octave_scale)[0])
-  if config.mode != "stylize" and smallest < MIN_IMAGE_SIZE:
+  if config.mode != "stylize" and smallest < min_side:
     raise ConfigError(f"the smallest of {config.dream_octaves} octaves would be {smallest} pixels, under "
-                      f"{MIN_IMAGE_SIZE}: use fewer dream_octaves or a smaller dream_octave_scale")
+                      f"{min_side}: use fewer dream_octaves or a smaller dream_octave_scale")
   return cfg
 
 

@@ -313,7 +313,7 @@ def load_vgg19(path: str) -> dict:
 def save_vgg19(params, path: str) -> str:
   """Writes VGG-19's parameters as torchvision's `features` state dict (`torch.save`); returns the path."""
   import torch  # pylint: disable=import-outside-toplevel
-  torch.save({name: torch.from_numpy(array) for name, array in hf.write(vgg19_table(), params).items()}, path)
+  torch.save({name: torch.from_numpy(np.array(array)) for name, array in hf.write(vgg19_table(), params).items()}, path)
   return path
 
 
