@@ -264,63 +264,6 @@ def make_features(net: nn.Module, params, layers: Sequence[str]) -> Features:
   return lambda images: net.apply({"params": params}, images, layers)
 
 
-# VGG-19's weights in torchvision's layout: `features.<index>.weight` (out, in, 3, 3) and `.bias`, where the
-# index counts every module of torchvision's `features` Sequential (each conv, ReLU and pool).
-
-
-def _hwio(kernel):
-  return np.transpose(kernel, (2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
-
-
-def _oihw(kernel):
-  return np.transpose(kernel, (3, 2, 0, 1))
-
-
-def vgg19_table() -> list[hf.Tensor]:
-  """The rows mapping torchvision's `features.N.weight/bias` to our `convB_I` kernels and biases."""
-  rows = []
-  for index, name in enumerate(layer_names(StyleConfig(network="vgg19"))):
-    if name.startswith("conv"):
-      # torchvision's index: our layer names hold every conv and ReLU once, and a pool per block, as its Sequential.
-      rows += [hf.Tensor(f"features.{index}.weight", (name, "kernel"), _hwio, _oihw),
-               hf.Tensor(f"features.{index}.bias", (name, "bias"))]
-  return rows
-
-
-def load_vgg19(path: str) -> dict:
-  """VGG-19's parameters from a local torchvision state dict (`torch.save`, e.g. `vgg19-dcbb9e9d.pth`) or a
-  safetensors file with the same names; the classifier's tensors, if any, are ignored.
-
-  Raises:
-    ValueError: one line: a missing or unreadable file, or the first tensor that is missing or has another shape.
-  """
-  if not os.path.isfile(path):
-    raise ValueError(f"VGG-19 weights file {path} does not exist")
-  try:
-    if path.endswith(".safetensors"):
-      tensors = hf.load_weights(path)
-    else:
-      import torch  # pylint: disable=import-outside-toplevel
-      state = torch.load(path, map_location="cpu", weights_only=True)
-      if not isinstance(state, Mapping):
-        raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
-      tensors = {name: value.float().numpy() for name, value in state.items() if hasattr(value, "numpy")}
-  except Exception as e:  # pylint: disable=broad-except  # torch's and safetensors' errors have many types
-    raise ValueError(f"cannot read VGG-19 weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                     ) from None
-  net = VGG19()
-  shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                           layer_names(StyleConfig(network="vgg19"))))["params"]
-  return hf.read(vgg19_table(), tensors, shapes, path)
-
-
-def save_vgg19(params, path: str) -> str:
-  """Writes VGG-19's parameters as torchvision's `features` state dict (`torch.save`); returns the path."""
-  import torch  # pylint: disable=import-outside-toplevel
-  torch.save({name: torch.from_numpy(np.array(array)) for name, array in hf.write(vgg19_table(), params).items()}, path)
-  return path
-
-
 # The losses.
 
 
@@ -502,3 +445,60 @@ def deepdream(features: Features, image: jax.Array, layer: str, key: jax.Array, 
     detail = dreamt - base
     traces.append(trace)
   return dreamt, traces
+
+
+# VGG-19's weights in torchvision's layout: `features.<index>.weight` (out, in, 3, 3) and `.bias`, where the
+# index counts every module of torchvision's `features` Sequential (each conv, ReLU and pool).
+
+
+def _hwio(kernel):
+  return np.transpose(kernel, (2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
+
+
+def _oihw(kernel):
+  return np.transpose(kernel, (3, 2, 0, 1))
+
+
+def vgg19_table() -> list[hf.Tensor]:
+  """The rows mapping torchvision's `features.N.weight/bias` to our `convB_I` kernels and biases."""
+  rows = []
+  for index, name in enumerate(layer_names(StyleConfig(network="vgg19"))):
+    if name.startswith("conv"):
+      # torchvision's index: our layer names hold every conv and ReLU once, and a pool per block, as its Sequential.
+      rows += [hf.Tensor(f"features.{index}.weight", (name, "kernel"), _hwio, _oihw),
+               hf.Tensor(f"features.{index}.bias", (name, "bias"))]
+  return rows
+
+
+def load_vgg19(path: str) -> dict:
+  """VGG-19's parameters from a local torchvision state dict (`torch.save`, e.g. `vgg19-dcbb9e9d.pth`) or a
+  safetensors file with the same names; the classifier's tensors, if any, are ignored.
+
+  Raises:
+    ValueError: one line: a missing or unreadable file, or the first tensor that is missing or has another shape.
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f"VGG-19 weights file {path} does not exist")
+  try:
+    if path.endswith(".safetensors"):
+      tensors = hf.load_weights(path)
+    else:
+      import torch  # pylint: disable=import-outside-toplevel
+      state = torch.load(path, map_location="cpu", weights_only=True)
+      if not isinstance(state, Mapping):
+        raise ValueError(f"it holds a {type(state).__name__}, not a state dict")
+      tensors = {name: value.float().numpy() for name, value in state.items() if hasattr(value, "numpy")}
+  except Exception as e:  # pylint: disable=broad-except  # torch's and safetensors' errors have many types
+    raise ValueError(f"cannot read VGG-19 weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                     ) from None
+  net = VGG19()
+  shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                           layer_names(StyleConfig(network="vgg19"))))["params"]
+  return hf.read(vgg19_table(), tensors, shapes, path)
+
+
+def save_vgg19(params, path: str) -> str:
+  """Writes VGG-19's parameters as torchvision's `features` state dict (`torch.save`); returns the path."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.save({name: torch.from_numpy(np.array(array)) for name, array in hf.write(vgg19_table(), params).items()}, path)
+  return path
