@@ -12,16 +12,18 @@ is not a family of its own here: its models are GPT-2 with a reward or value hea
 parameters. `attention`, `layers` and `unet` are parts the families share. `autoencoder_kl`
 (latent diffusion's KL autoencoder), `clip` and `cond_unet` (diffusers' text-conditioned U-Net)
 are the stages of experiments/text_to_image.py, with weights both ways with transformers or
-diffusers; they are not families of their own in FAMILIES.
+diffusers; they are not families of their own in FAMILIES. `style` (style transfer and DeepDream)
+optimises images through a fixed feature network and trains nothing.
 """
 
 from research.models import attention, layers, unet
 from research.models import autoencoder_kl, clip, cond_unet
 from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm, seq2seq
+from research.models import style
 
 # Family name -> its model module.
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "lstm": lstm,
             "bert": bert, "classifier": classifier, "seq2seq": seq2seq}
 
 __all__ = ["FAMILIES", "attention", "autoencoder", "autoencoder_kl", "bert", "classifier", "clip", "cond_unet",
-           "diffusion", "dit", "gan", "gpt2", "layers", "lstm", "seq2seq", "unet"]
+           "diffusion", "dit", "gan", "gpt2", "layers", "lstm", "seq2seq", "style", "unet"]
