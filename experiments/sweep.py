@@ -281,8 +281,12 @@ def run(config, workdir: str) -> dict:
     directory = os.path.join(workdir, "programs", str(i))
     done = os.path.join(directory, "results.json")
     if os.path.exists(done):  # a finished group of a resumed sweep is read, not trained again
-      with open(done) as f:
-        previous = json.load(f)
+      try:
+        with open(done) as f:
+          previous = json.load(f)
+      except (OSError, ValueError):
+        previous = {}  # half-written: the group's run restores its checkpoints and writes it again
+      previous = previous if isinstance(previous, dict) else {}
       if [(m["seed"], m["values"]) for m in previous.get("members", [])] == \
           [(seed, values) for seed, values in group]:
         members += previous["members"]

@@ -81,3 +81,34 @@ def test_a_second_signal_exits_at_once_and_the_run_resumes(tmp_path):
   again = _run(workdir)
   assert again.returncode == 0, again.stderr[-2000:]
   assert json.loads((workdir / "results.json").read_text())["step"] == 20
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
+  workdir = tmp_path / "run"
+  first = subprocess.Popen(COMMAND + [f"--workdir={workdir}", "--config.steps=100000"], cwd=ROOT, env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in first.stderr:
+      if "training steps" in line:
+        break
+    second = _run(workdir)
+    assert second.returncode == 2
+    assert second.stderr.strip() == (f"error: --workdir {workdir} is in use by a run still going (process "
+                                      f"{first.pid}); wait for it to end, or use another --workdir")
+  finally:
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=300)
+  assert first.returncode == 128 + signal.SIGTERM
+  # The lock went with the first run: the same command resumes.
+  resumed = subprocess.run(COMMAND + [f"--workdir={workdir}", "--config.steps=30"], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=600, check=False)
+  assert "in use by" not in resumed.stderr
+
+
+def test_bad_input_on_a_new_workdir_leaves_no_directory(tmp_path):
+  workdir = tmp_path / "new"
+  done = subprocess.run(COMMAND + [f"--workdir={workdir}", "--config.steps=-1"], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 2 and done.stderr.strip() == "error: steps must be >= 0, got -1"
+  assert not workdir.exists()

@@ -266,8 +266,12 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
 
   _check_finite(out.metrics)
   initial, final = returns(out)
-  print("initial return per seed: " + ", ".join(f"{r:.1f}" for r in initial))
-  print("final return per seed: " + ", ".join(f"{r:.1f}" for r in final))
+  share = f"{FINAL_FRACTION:.0%}"
+  print(f"initial return per seed (mean episode return over the first {share} of updates): "
+        + ", ".join(f"{r:.1f}" for r in initial))
+  final_what = "greedy evaluation episodes" if getattr(out, "evaluation", None) is not None \
+      else f"mean episode return over the last {share} of updates"
+  print(f"final return per seed ({final_what}): " + ", ".join(f"{r:.1f}" for r in final))
   os.makedirs(workdir, exist_ok=True)
   _plot(os.path.join(workdir, "returns.png"), out, f"{name} on {config.env_name}")
   save_pytree(os.path.join(workdir, "params"), jax.device_get(out.params))

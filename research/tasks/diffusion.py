@@ -145,4 +145,6 @@ def make_task(config, image_shape=(8, 8, 1), num_classes: int = 10, sweeps_guida
     traced = {"class_dropout": config.class_dropout, **({"guidance_scale": config.guidance_scale} if guided else {})}
   return Task(init=init, tx=optim.make(config.optimizer, config.steps), loss=loss_fn, evaluate=evaluate,
               evaluate_pure=True, summarize=summarize, sample=sample, hparams=traced,
+              picture_notes={"samples": f"the classes asked for: 0..{num_classes - 1} in turn, in reading order"}
+              if conditional else None,
               learning_rate=optim.learning_rate_fn(config.optimizer, config.steps))

@@ -180,7 +180,9 @@ def make_task(config) -> Task:
   return Task(init=init, tx=tx, train_step=train_step, evaluate=evaluate, evaluate_pure=True, summarize=summarize,
               sample=sample,
               learning_rate=lambda opt_state, step: gen_learning_rate(opt_state["gen"], step),
-              batches_per_step=n_critic, hparams={"gp_weight": config.gp_weight, "clip": config.clip})
+              batches_per_step=n_critic, hparams={"gp_weight": config.gp_weight, "clip": config.clip},
+              picture_notes={"samples": f"the classes asked for: 0..{NUM_CLASSES - 1} in turn, in reading order"}
+              if conditional else None)
 
 
 def check_config(config, choices: Sequence[str] = POINT_DATASETS + IMAGE_DATASETS) -> None:

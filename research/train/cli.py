@@ -20,12 +20,14 @@ config, and ends `get_config(preset)` with `return cli.apply_presets(config, pre
 """
 
 import difflib
+import fcntl
 import importlib.util
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
@@ -232,11 +234,55 @@ def _check_owner(directory: str, script: str, dir_flag: str) -> None:
     fail(f"--{dir_flag} {directory} was written by {owner}, not {script}; use another --{dir_flag}")
 
 
+LOCK_FILE = ".lock"  # in a workdir: held (flock) by the one process running in it, which writes its pid there
+
+
+def _lock(directory: str, dir_flag: str):
+  """Takes the directory's lock for this process's life, or refuses with the holder's pid (one line, exit 2).
+
+  Returns (the open lock file, whether this call created the directory). A directory this
+  call created holds only the lock until the run writes something; `_unlock` removes it again
+  if the run ends without writing (bad input refused), so that a refusal leaves nothing behind.
+  """
+  created = not os.path.exists(directory)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    handle = open(os.path.join(directory, LOCK_FILE), "a+")  # pylint: disable=consider-using-with
+  except OSError as e:
+    fail(f"--{dir_flag} {directory}: {e.strerror or e}")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    fail(f"--{dir_flag} {directory} is in use by a run still going (process {holder}); wait for it to end, "
+         f"or use another --{dir_flag}")
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"{os.getpid()}\n")
+  handle.flush()
+  return handle, created
+
+
+def _unlock(directory: str, lock) -> None:
+  """Removes the lock file (still holding it) and a directory this run created and left empty, then lets go."""
+  handle, created = lock
+  try:
+    os.remove(os.path.join(directory, LOCK_FILE))
+    if created and not os.listdir(directory):
+      os.rmdir(directory)  # refused before writing anything: leave no directory
+  except OSError:
+    pass
+  handle.close()
+
+
 def _mark_owner(directory: str, script: str) -> None:
   """Marks a directory the run wrote into (once it exists and holds something) with the script's module."""
   marker = os.path.join(directory, OWNER_FILE)
   try:
-    if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(marker):
+    written = [name for name in os.listdir(directory) if name != LOCK_FILE] if os.path.isdir(directory) else []
+    if written and not os.path.exists(marker):
       with open(marker, "w") as f:
         f.write(script + "\n")
   except OSError:
@@ -282,8 +328,11 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     script = _module_name(config_file)
     # Runs mark their workdirs; tables and benchmarks write reports into an --outdir, unmarked.
     marks = dir_flag == "workdir" and bool(workdir_flag.value)
+    lock = None
     if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
+      if jax.process_index() == 0:  # one lock per run, however many processes share its workdir
+        lock = _lock(workdir_flag.value, dir_flag)
     try:
       with schedule.Signals(raise_stop=True):
         try:
@@ -301,5 +350,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     finally:
       if marks:
         _mark_owner(workdir_flag.value, script)
+      if lock is not None:
+        _unlock(workdir_flag.value, lock)
 
   app.run(guarded, flags_parser=_parse_flags)

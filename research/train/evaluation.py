@@ -98,7 +98,7 @@ class Evaluator:
         else:
           drawn = self._sample(engine.member(eval_params(state), i), self._sample_keys[i],
                                engine.member(self.task.traced(state.hparams), i))
-        images.write_samples(directory, drawn, self.writer if i == 0 else None, step)
+        images.write_samples(directory, drawn, self.writer if i == 0 else None, step, self.task.picture_notes)
       except Exception as e:  # pylint: disable=broad-except
         # A picture must never cost the run its results.
         monitor.say(f"warning: could not write samples at step {step}: {type(e).__name__}: {e}")

@@ -66,13 +66,14 @@ def sample_kind(value) -> str:
                    "or text")
 
 
-def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str]:
+def write_samples(workdir: str, samples, writer=None, step: int = 0, notes=None) -> list[str]:
   """Writes each named sample as files a person (and other tools) can read.
 
   images -> `<name>.png` (a grid of the first MAX_GRID_IMAGES, large enough to see) +
   `<name>.npz` (all of them: `images`, float32 in [0, 1], NHWC), and the grid as a
   TensorBoard image; points -> `<name>.png` (a scatter) + `<name>.npz`
-  (`points`); text -> `<name>.txt`, one sample per block.
+  (`points`); text -> `<name>.txt`, one sample per block. `notes` ({name: line}, with
+  PICTURE_NOTES) adds a line under a picture's title saying what its rows or columns are.
 
   Returns:
     The paths written.
@@ -91,8 +92,9 @@ def write_samples(workdir: str, samples, writer=None, step: int = 0) -> list[str
     shown = array[:MAX_GRID_IMAGES] if kind == "images" else array
     title = f"{name} (step {step})" if len(shown) == len(array) else \
         f"{name} (step {step}; the first {len(shown)} of {len(array)})"
-    if name in PICTURE_NOTES:
-      title += "\n" + PICTURE_NOTES[name]
+    note = {**PICTURE_NOTES, **(notes or {})}.get(name)
+    if note:
+      title += "\n" + note
     paths.append(save_png(os.path.join(workdir, f"{name}.png"), shown, title=title))
     npz = os.path.join(workdir, f"{name}.npz")
     np.savez_compressed(npz, **{kind: np.clip(array, 0.0, 1.0) if kind == "images" else array})

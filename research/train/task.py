@@ -81,6 +81,7 @@ class Task:
   init_extra: Callable[..., Any] | None = None
   batches_per_step: int = 1
   hparams: Mapping[str, float] | None = None
+  picture_notes: Mapping[str, str] | None = None  # a line under a picture's title: what its rows or columns are
 
   def traced(self, hparams) -> dict[str, Any]:
     """This task's traced hyperparameters out of TrainState.hparams (which a sweep over the EMA
