@@ -6,6 +6,7 @@ correlated two-pixel data, resampling moves the generated pixel towards its true
 """
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -146,12 +147,13 @@ def test_resampling_harmonizes_correlated_pixels():
   schedule = diffusion.make_schedule("linear", 100)
   denoise_fn = _gaussian_denoiser(schedule, jnp.zeros(2), [[1.0, 0.9], [0.9, 1.0]])
   known, mask = jnp.tile(jnp.array([[1.0, 0.0]]), (4000, 1)), jnp.array([1.0, 0.0])
-  means = {}
+  means, stds = {}, {}
   for r in (1, 10):
     out = diffusion.repaint(schedule, denoise_fn, jax.random.key(5), known, mask, jump_length=5, resample=r)
-    means[r] = float(jnp.mean(out[:, 1]))
+    means[r], stds[r] = float(jnp.mean(out[:, 1])), float(jnp.std(out[:, 1]))
   assert abs(means[10] - 0.9) < 0.5 * abs(means[1] - 0.9), means
   assert abs(means[10] - 0.9) < 0.1, means
+  assert abs(stds[10] - np.sqrt(1 - 0.9**2)) < 0.05 < abs(stds[1] - np.sqrt(1 - 0.9**2)), stds
 
 
 def test_masks():
@@ -240,9 +242,19 @@ def test_trend_reads_the_numbers():
   assert "**holds in part**" in table.trend(noisy, [1, 5])[-1]
 
 
+def test_inpaint_checks_its_flags():
+  from experiments import diffusion as experiment  # pylint: disable=import-outside-toplevel
+  from research.train import ConfigError  # pylint: disable=import-outside-toplevel
+  config = experiment.get_config("smoke")
+  for args, message in [(("center", 2, 100, 10), "--resample / --jump: jump_length must be in [1, T) = [1, 100)"),
+                        (("center", 0, 10, 10), "--resample / --jump: resample must be >= 1, got 0"),
+                        (("half", 2, 10, 301), "--num_images must be in [4, 300] (the test split), got 301")]:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      experiment.check_inpaint(config, *args)
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--inpaint=ring"], "--inpaint must be one of center, half, pixels, got 'ring'"),
-    (["--inpaint=center", "--jump=100"], "jump_length must be in [1, T) = [1, 100), got 100"),
     (["--inpaint=half"], "holds no finished experiments.diffusion run of 6 steps"),
 ])
 def test_inpaint_refuses_in_one_line_and_writes_nothing(tmp_path, flags, message):
