@@ -9,7 +9,7 @@ complete the first `num_samples` digits of the test split under one mask kind
 (research.models.diffusion.repaint): every reverse step keeps the known pixels noised to its level,
 and every `jump` levels the sample is noised forward again and walked back down, r times.
 
-Rows r ∈ `resamples` (the paper's Figure 3 / Table 5: more resampling, more coherent fills). Every
+Rows r ∈ `resamples` (the paper's resampling ablation: more resampling, more coherent fills). Every
 row inpaints the same images under the same masks from the same x_T, so the rows are paired: the
 masked-region error (mean squared error on the unknown pixels, images in [0, 1]) with the standard
 error of its per-image mean and of its paired difference from r = 1, and FID of the completions
@@ -143,8 +143,8 @@ def markdown(config, resamples, rows: dict, references: dict, model, total_s: fl
             f"pixels 0) {references['fid_masked_input']:.2f} (conv net {references['cnn_fid_masked_input']:.2f}).",
             "## The paper's trend, read from the numbers above",
             "\n".join(trend(rows, resamples)),
-            "Lugmayr et al. show it on faces and ImageNet at 256 x 256 with LPIPS and a user study (their Figure 3 "
-            "and Table 5, T = 250, j = 10, r = 10); the values here are not comparable with theirs, only the "
+            "Lugmayr et al. show it on faces and ImageNet at 256 x 256 with LPIPS (their resampling ablation; "
+            "T = 250, j = 10, r = 10 in their main results); the values here are not comparable with theirs, only the "
             "direction."]
   return harness.document("RePaint in shape: inpainting error and FID against resamplings r (digits)", *blocks)
 

@@ -4,6 +4,8 @@
     l = loss(schedule, lambda x_t, t: model.apply(params, x_t, t), x0, key, prediction="v")
     taus = ddim_timesteps(1000, 50, "linear")
     x = sample_ddim(schedule, denoise_fn, key, (16, 8, 8, 1), taus, eta=0.0, prediction="v")
+    filled = repaint(schedule, denoise_fn, key, images, inpaint_masks("center", images.shape, key),
+                     jump_length=10, resample=10)
 
 The pure functions of the diffusion process (Ho et al., 2020, "DDPM"; Song et al., 2021,
 "DDIM"); the denoiser that plugs into them is any `denoise_fn(x_t, t) -> output`. The loop's
@@ -18,7 +20,9 @@ Conventions, the same as diffusers' schedulers so their numbers can be compared 
 The file reads top-down: the Schedule and its two β schedules; the forward process, the
 training targets and the loss; the update rules (DDPM, DDIM and DDIM's σ̂ variant, one function
 each, with the papers' equation numbers); classifier-free guidance; the samplers, each one
-`lax.scan` over the timesteps with a typed carry. The samplers are jitted with the denoiser, the shape and the
+`lax.scan` over the timesteps with a typed carry; last, inpainting with RePaint (Lugmayr et al.,
+2022): its walk through the levels with jumps back, built on the host, its masks, and its sampler,
+one `lax.scan` over that walk. The samplers are jitted with the denoiser, the shape and the
 prediction type static: τ, η and the guidance scale are traced, so one program serves every
 τ of a given length, and a sweep over η or w is a `jax.vmap`. Pass the same denoiser object
 across calls (not a new lambda each time) to reuse the compiled program.
@@ -185,7 +189,7 @@ def q_jump(schedule: Schedule, x_t: jax.Array, t: jax.Array, t_next: jax.Array, 
 
   The forward chain from t to t_next composes to N(sqrt(ᾱ_{t_next} / ᾱ_t) x_t, (1 - ᾱ_{t_next} /
   ᾱ_t) I) (the product of the α_s for t < s <= t_next); RePaint's jump back in time (Lugmayr et
-  al., 2022, Algorithm 1, line 9, taken j steps at once). The ratio comes from log ᾱ through
+  al., 2022, Algorithm 1, the resampling step, taken j steps at once). The ratio comes from log ᾱ through
   expm1, without float32 cancellation when t_next is close to t.
 
   Args:
@@ -729,7 +733,7 @@ class RePaintStepInput(NamedTuple):
 
 
 def repaint_timesteps(num_steps: int, jump_length: int, resample: int) -> RePaintStepInput:
-  """RePaint's schedule with resampling jumps (Lugmayr et al., 2022, section 4.2 and Algorithm 1).
+  """RePaint's schedule with resampling jumps (Lugmayr et al., 2022, "Resampling" and Algorithm 1).
 
   The walk starts at level T - 1 and takes reverse steps t -> t - 1. On reaching a level
   k * jump_length < T - jump_length (k = 0, 1, ...), it jumps back up by jump_length (one forward
