@@ -192,7 +192,7 @@ def test_bad_input_is_one_line(call, message):
 # The experiment's --inpaint and the table, on the tables' smoke model (trained once here).
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
 def smoke_run(tmp_path_factory):
   from experiments import diffusion as experiment  # pylint: disable=import-outside-toplevel
   from experiments.tables import repaint as table  # pylint: disable=import-outside-toplevel
@@ -202,6 +202,8 @@ def smoke_run(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("repaint_run")
 def test_inpaint_writes_completions_that_keep_the_known_pixels(smoke_run):
   from experiments import diffusion as experiment  # pylint: disable=import-outside-toplevel
   config, workdir = smoke_run
@@ -217,6 +219,8 @@ def test_inpaint_writes_completions_that_keep_the_known_pixels(smoke_run):
   assert (workdir / "inpaint_center.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("repaint_run")
 def test_repaint_table_smoke(smoke_run, tmp_path):
   from experiments.tables import repaint as table  # pylint: disable=import-outside-toplevel
   _, workdir = smoke_run
