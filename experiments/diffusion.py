@@ -8,6 +8,7 @@ Run:
   python -m experiments.diffusion --workdir=/tmp/smoke --config=experiments/diffusion.py:smoke
   python -m experiments.sweep --workdir=/tmp/cfg_sweep --config=experiments/diffusion.py:smoke \
       --vary=guidance_scale=0,1,3
+  python -m experiments.diffusion --workdir=/tmp/diffusion --inpaint=center --resample=10 --jump=10
 
 By default a class-conditional DDPM (linear β, T = 1000, ε-prediction, 10% label dropout for
 classifier-free guidance) with the small U-Net, EMA weights (decay 0.995), sampled with DDIM
@@ -21,15 +22,38 @@ precision and recall against the training digits in two feature spaces (an MLP c
 a convolutional one's: cnn_*), each beside the real held-out digits' own at the same count
 (*_real, fid_ratio), and the share of samples the classifier puts in each class. Sweepable in one program (experiments/sweep.py): class_dropout
 and guidance_scale (the sampler's classifier-free guidance w, traced).
+
+With --inpaint=center|half|pixels, a workdir holding a finished run of the config only inpaints
+(RePaint, research.models.diffusion.repaint, with --resample r and --jump j): the first
+--num_images digits of the test split, masked by research.models.diffusion.inpaint_masks, are
+completed by the model's EMA weights with the null class (the unconditional model that label
+dropout trained; the true labels are not used). It writes `inpaint_<kind>.png` (rows: the
+originals, the masked inputs with the unknown pixels grey, the completions), `inpaint_<kind>.npz`
+(originals, masks and completions, images in [0, 1]) and `inpaint_<kind>.json`: the mean squared
+error on the unknown pixels (images in [0, 1]) beside filling them with the training digits' mean
+image, and the digits sample metrics of the completions beside the originals' own (the test
+split) and the masked inputs' (unknown pixels 0).
 """
 
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import flags
+from matplotlib.figure import Figure
 
 from research import data as data_lib
 from research.models import attention, diffusion, dit, layers
+from research.tasks import classifier as classifier_tasks
 from research.tasks import diffusion as diffusion_tasks
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
+from research.train import results as results_lib
+from research.train.images import image_grid
 
 def _long(config: ml_collections.ConfigDict) -> None:
   """The default model trained 4x longer: the DDIM table's model.
@@ -178,5 +202,185 @@ def run(config, workdir: str, members=None) -> dict:
                members=members).results
 
 
+# ---------------------------------------------------------------------------------------
+# Inpainting a finished run's test digits (RePaint).
+
+# The paper's r and j; 100 of the 300 test digits, so that r = 10 (9910 denoiser calls) takes minutes on 2 CPU cores.
+INPAINT_DEFAULTS = {"resample": 10, "jump": 10, "num_images": 100}
+UNKNOWN_GREY = 0.5  # how the masked inputs show the unknown pixels
+
+
+def check_inpaint(config, kind: str, resample: int, jump: int, num_images: int) -> None:
+  """Raises ConfigError for a mask kind, r, j or image count that inpainting cannot take."""
+  if kind not in diffusion.INPAINT_MASKS:
+    raise ConfigError(f"--inpaint must be one of {', '.join(diffusion.INPAINT_MASKS)}, got {kind!r}")
+  try:
+    diffusion.repaint_timesteps(config.num_train_steps, jump, resample)
+  except ValueError as e:
+    raise ConfigError(f"--resample / --jump: {e}") from None
+  test_size = len(data_lib.load(config.dataset, "test")["image"])
+  if not 4 <= num_images <= test_size:
+    raise ConfigError(f"--num_images must be in [4, {test_size}] (the test split), got {num_images}")
+
+
+def finished_run(config, workdir: str) -> bool:
+  """Whether workdir's results.json reports a run of config.steps steps."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f).get("step") == config.steps
+  except (OSError, ValueError):
+    return False
+
+
+def complete(model, originals: np.ndarray, masks: jax.Array, key: jax.Array, resample: int,
+             jump: int) -> tuple[np.ndarray, float, float]:
+  """RePaint completions of `originals` with a trained model's EMA weights and the null class.
+
+  Args:
+    model: an experiments.tables.diffusion_model.TrainedModel.
+    originals: (N, H, W, C) images in [0, 1].
+    masks: (N, H, W, C), 1 where a pixel is known.
+    key: PRNG key; chunk i of `config.sample_batch` images uses fold_in(key, i).
+    resample: r.
+    jump: j.
+
+  Returns:
+    (the completions (N, H, W, C) in [0, 1], seconds compiling, seconds running).
+  """
+  config = model.config
+
+  def program(params, key, known, mask):
+    # The null class is the unconditional model label dropout trained (0 also for an unconditional one).
+    labels = jnp.full((known.shape[0],), model.num_classes, jnp.int32)  # (batch,)
+    denoise = lambda x, t: model.apply(params, x, t, labels, False, None)
+    x = diffusion.repaint(model.schedule, denoise, key, known * 2.0 - 1.0, mask, jump_length=jump, resample=resample,
+                          prediction=config.prediction, variance=config.variance, clip_sample=config.clip_sample)
+    return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
+
+  jitted, compiled = jax.jit(program), {}
+  chunks, compile_s, run_s = [], 0.0, 0.0
+  for i, start in enumerate(range(0, len(originals), config.sample_batch)):
+    args = (model.params, jax.random.fold_in(key, i), jnp.asarray(originals[start:start + config.sample_batch]),
+            masks[start:start + config.sample_batch])
+    size = args[2].shape[0]
+    if size not in compiled:
+      t0 = time.perf_counter()
+      compiled[size] = jitted.lower(*args).compile()
+      compile_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    chunks.append(np.asarray(jax.block_until_ready(compiled[size](*args))))
+    run_s += time.perf_counter() - t0
+  return np.concatenate(chunks), compile_s, run_s
+
+
+def masked_mse(images: np.ndarray, originals: np.ndarray, masks: np.ndarray) -> float:
+  """The mean squared error over the unknown pixels (mask 0) of every image."""
+  unknown = 1.0 - np.asarray(masks)
+  return float(np.sum(unknown * np.square(np.asarray(images) - originals)) / np.sum(unknown))
+
+
+def inpaint_scores(completions: np.ndarray, originals: np.ndarray, masks: np.ndarray, mean_image: np.ndarray) -> dict:
+  """The masked-region error of the completions and of a mean-image fill, and their digits sample metrics.
+
+  The completions' FID is read beside the test split's own (`fid_real`: they are completions of
+  it) and the masked inputs' (unknown pixels 0), at the same count.
+  """
+  masks = np.asarray(masks)
+  scores = {"masked_mse": masked_mse(completions, originals, masks),
+            "masked_mse_mean_fill": masked_mse(np.broadcast_to(mean_image, originals.shape), originals, masks),
+            **classifier_tasks.digits_sample_metrics(completions)}
+  masked_input = classifier_tasks.digits_sample_metrics(originals * masks)
+  scores.update(fid_masked_input=masked_input["fid"],
+                cnn_fid_masked_input=masked_input[classifier_tasks.CONV_PREFIX + "fid"])
+  return scores
+
+
+def inpaint_figure(originals: np.ndarray, masks: np.ndarray, completions: np.ndarray, title: str,
+                   columns: int = 10) -> Figure:
+  """Three rows of `columns` images: originals, masked inputs (unknown pixels grey), completions."""
+  masks = np.asarray(masks)[:columns]
+  rows = [originals[:columns], originals[:columns] * masks + UNKNOWN_GREY * (1.0 - masks), completions[:columns]]
+  grid = np.concatenate([image_grid(row, columns=columns) for row in rows], axis=0)
+  fig = Figure(figsize=(8, 7 * grid.shape[0] / grid.shape[1] + 0.8), dpi=100)
+  ax = fig.subplots()
+  ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  height = grid.shape[0] / len(rows)
+  ax.set_yticks([height * (i + 0.5) for i in range(len(rows))], ["original", "masked", "completed"])
+  ax.set_xticks([])
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def inpaint(config, workdir: str, kind: str, resample: int = INPAINT_DEFAULTS["resample"],
+            jump: int = INPAINT_DEFAULTS["jump"], num_images: int = INPAINT_DEFAULTS["num_images"]) -> dict:
+  """Inpaints test digits with the finished run in `workdir`; writes inpaint_<kind>.{png,npz,json} there.
+
+  Args:
+    config: the config the run was trained with.
+    workdir: the run's directory.
+    kind: the mask, one of research.models.diffusion.INPAINT_MASKS.
+    resample: RePaint's r.
+    jump: RePaint's j.
+    num_images: the test digits inpainted (the first ones).
+
+  Returns:
+    What inpaint_<kind>.json holds.
+
+  Raises:
+    ConfigError: for bad input or a workdir without a finished run, before anything is compiled or written.
+  """
+  # Imported here: that module imports this one (its tables train their model through `run`).
+  from experiments.tables import diffusion_model  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  check_config(config)
+  check_inpaint(config, kind, resample, jump, num_images)
+  check_workdir(workdir)
+  if not finished_run(config, workdir):
+    raise ConfigError(f"{workdir} holds no finished experiments.diffusion run of {config.steps} steps to inpaint "
+                      "with (train it first, with the same config)")
+  model = diffusion_model.trained_model(config, workdir)
+  originals = data_lib.load(config.dataset, "test")["image"][:num_images].astype(np.float32) / 255.0
+  k_mask, k_sample = jax.random.split(jax.random.key(config.seed))
+  masks = diffusion.inpaint_masks(kind, originals.shape, k_mask)
+  completions, compile_s, run_s = complete(model, originals, masks, k_sample, resample, jump)
+  mean_image = data_lib.load(config.dataset, "train")["image"].astype(np.float32).mean(axis=0) / 255.0
+  scores = inpaint_scores(completions, originals, masks, mean_image)
+  evaluations = int(np.sum(~diffusion.repaint_timesteps(config.num_train_steps, jump, resample).up))
+  out = results_lib.to_json({
+      "mask": kind, "resample": resample, "jump": jump, "num_images": num_images,
+      "unknown_share": float(1.0 - np.mean(np.asarray(masks))), "conditioning": "null class (unconditional)",
+      "denoiser_evaluations": evaluations, **scores, "compile_s": compile_s, "sampling_s": run_s,
+      "wall_time_s": time.perf_counter() - start})
+  np.savez(os.path.join(workdir, f"inpaint_{kind}.npz"), originals=originals, masks=np.asarray(masks),
+           completions=completions)
+  with open(os.path.join(workdir, f"inpaint_{kind}.json"), "w") as f:
+    json.dump(out, f, indent=2, allow_nan=False)
+    f.write("\n")
+  title = (f"RePaint, {kind} mask, r = {resample}, j = {jump}, {num_images} test digits\n"
+           f"masked-region MSE {scores['masked_mse']:.4f} (mean image {scores['masked_mse_mean_fill']:.4f}), "
+           f"FID {scores['fid']:.2f} "
+           f"(originals {scores['fid_real']:.2f}, masked {scores['fid_masked_input']:.2f})")
+  inpaint_figure(originals, masks, completions, title).savefig(os.path.join(workdir, f"inpaint_{kind}.png"))
+  return out
+
+
+def main() -> None:
+  # Defined here, not on import: the config flag imports this file again as the config module.
+  kind = flags.DEFINE_string("inpaint", None, "Inpaint test digits with a finished workdir's model instead of "
+                             f"training: the mask, one of {', '.join(diffusion.INPAINT_MASKS)}.")
+  resample = flags.DEFINE_integer("resample", INPAINT_DEFAULTS["resample"], "RePaint's r for --inpaint.")
+  jump = flags.DEFINE_integer("jump", INPAINT_DEFAULTS["jump"], "RePaint's jump length j for --inpaint.")
+  num_images = flags.DEFINE_integer("num_images", INPAINT_DEFAULTS["num_images"],
+                                    "Test digits inpainted with --inpaint.")
+
+  def dispatch(config, workdir):
+    if kind.value is None:
+      return run(config, workdir)
+    return inpaint(config, workdir, kind.value, resample.value, jump.value, num_images.value)
+
+  cli.main(__file__, dispatch)
+
+
 if __name__ == "__main__":
-  cli.main(__file__, run)
+  main()

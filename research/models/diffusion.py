@@ -4,6 +4,8 @@
     l = loss(schedule, lambda x_t, t: model.apply(params, x_t, t), x0, key, prediction="v")
     taus = ddim_timesteps(1000, 50, "linear")
     x = sample_ddim(schedule, denoise_fn, key, (16, 8, 8, 1), taus, eta=0.0, prediction="v")
+    filled = repaint(schedule, denoise_fn, key, images, inpaint_masks("center", images.shape, key),
+                     jump_length=10, resample=10)
 
 The pure functions of the diffusion process (Ho et al., 2020, "DDPM"; Song et al., 2021,
 "DDIM"); the denoiser that plugs into them is any `denoise_fn(x_t, t) -> output`. The loop's
@@ -18,7 +20,9 @@ Conventions, the same as diffusers' schedulers so their numbers can be compared 
 The file reads top-down: the Schedule and its two β schedules; the forward process, the
 training targets and the loss; the update rules (DDPM, DDIM and DDIM's σ̂ variant, one function
 each, with the papers' equation numbers); classifier-free guidance; the samplers, each one
-`lax.scan` over the timesteps with a typed carry. The samplers are jitted with the denoiser, the shape and the
+`lax.scan` over the timesteps with a typed carry; last, inpainting with RePaint (Lugmayr et al.,
+2022): its walk through the levels with jumps back, built on the host, its masks, and its sampler,
+one `lax.scan` over that walk. The samplers are jitted with the denoiser, the shape and the
 prediction type static: τ, η and the guidance scale are traced, so one program serves every
 τ of a given length, and a sweep over η or w is a `jax.vmap`. Pass the same denoiser object
 across calls (not a new lambda each time) to reuse the compiled program.
@@ -178,6 +182,28 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
     x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, shaped like x0.
   """
   return _at(schedule.sqrt_alphas_cumprod, t, x0) * x0 + _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+
+def q_jump(schedule: Schedule, x_t: jax.Array, t: jax.Array, t_next: jax.Array, noise: jax.Array) -> jax.Array:
+  """Draws x_{t_next} ~ q(x_{t_next} | x_t), forward noising by several steps at once (t <= t_next).
+
+  The forward chain from t to t_next composes to N(sqrt(ᾱ_{t_next} / ᾱ_t) x_t, (1 - ᾱ_{t_next} /
+  ᾱ_t) I) (the product of the α_s for t < s <= t_next); RePaint's jump back in time (Lugmayr et
+  al., 2022, Algorithm 1, the resampling step, taken j steps at once). The ratio comes from log ᾱ through
+  expm1, without float32 cancellation when t_next is close to t.
+
+  Args:
+    schedule: the Schedule.
+    x_t: the sample at level t, (batch, ...).
+    t: the current level in [-1, T) (-1: clean data), a scalar or (batch,).
+    t_next: the level reached, in [t, T), same shape as t.
+    noise: z ~ N(0, I), shaped like x_t.
+
+  Returns:
+    x_{t_next}, shaped like x_t.
+  """
+  log_ratio = _log_alpha_bar(schedule, t_next, x_t) - _log_alpha_bar(schedule, t, x_t)
+  return jnp.exp(0.5 * log_ratio) * x_t + jnp.sqrt(-jnp.expm1(log_ratio)) * noise
 
 
 def training_target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array,
@@ -691,4 +717,192 @@ def _ddim_invert(schedule, denoise_fn, x0, timesteps, prediction):
     return SamplerCarry(ddim_step(schedule, carry.x, eps, s.t, s.t_prev, 0.0)), None
 
   final, _ = jax.lax.scan(step, SamplerCarry(x0), DDIMStepInput(start, timesteps))
+  return final.x
+
+
+# ---------------------------------------------------------------------------------------
+# Inpainting: RePaint (Lugmayr et al., 2022).
+
+
+class RePaintStepInput(NamedTuple):
+  """One step of RePaint's walk through the levels, as the scan reads it (numpy on the host)."""
+
+  t: np.ndarray | jax.Array  # int32: the level the step leaves (-1 would be the clean data)
+  up: np.ndarray | jax.Array  # bool: a jump back to t + jump_length (forward noising) or a reverse step to t - 1
+  visit: np.ndarray | jax.Array  # int32: how many earlier steps left level t in the same direction
+
+
+def repaint_timesteps(num_steps: int, jump_length: int, resample: int) -> RePaintStepInput:
+  """RePaint's schedule with resampling jumps (Lugmayr et al., 2022, "Resampling" and Algorithm 1).
+
+  The walk starts at level T - 1 and takes reverse steps t -> t - 1. On reaching a level
+  k * jump_length < T - jump_length (k = 0, 1, ...), it jumps back up by jump_length (one forward
+  noising q(x_{k j + j} | x_{k j})) and walks down to that level again, `resample - 1` times,
+  before going on. It ends with the reverse step from level 0 to the clean data. Its length is
+  T + (r - 1) * K * (j + 1) steps, K = len(range(0, T - j, j)): K * (r - 1) jumps and
+  j reverse steps after each.
+
+  Args:
+    num_steps: T.
+    jump_length: j, in [1, T).
+    resample: r >= 1, how many times each jump point is passed (1: no jumps, plain DDPM).
+
+  Returns:
+    The steps as a RePaintStepInput of numpy arrays, each of shape (length,).
+
+  Raises:
+    ValueError: for a j outside [1, T) or r < 1.
+  """
+  for name, value in (("num_steps", num_steps), ("jump_length", jump_length), ("resample", resample)):
+    if isinstance(value, bool) or int(value) != value:
+      raise ValueError(f"{name} must be an integer, got {value!r}")
+  if num_steps < 2 or not 0 < jump_length < num_steps:
+    raise ValueError(f"jump_length must be in [1, T) = [1, {num_steps}), got {jump_length}")
+  if resample < 1:
+    raise ValueError(f"resample must be >= 1, got {resample}")
+  jumps_left = {level: resample - 1 for level in range(0, num_steps - jump_length, jump_length)}
+  visits: dict[tuple[int, bool], int] = {}
+  ts, ups, counts = [], [], []
+
+  def take(level: int, up: bool) -> None:
+    ts.append(level)
+    ups.append(up)
+    counts.append(visits.get((level, up), 0))
+    visits[(level, up)] = counts[-1] + 1
+
+  level = num_steps - 1
+  while level >= 0:
+    take(level, False)
+    level -= 1
+    if jumps_left.get(level, 0) > 0:
+      jumps_left[level] -= 1
+      take(level, True)
+      level += jump_length
+  return RePaintStepInput(np.asarray(ts, np.int32), np.asarray(ups, bool), np.asarray(counts, np.int32))
+
+
+INPAINT_MASKS = ("center", "half", "pixels")  # the kinds of `inpaint_masks`
+PIXELS_KNOWN = 0.5  # the share of pixels a "pixels" mask keeps, drawn independently
+# The known region's and the jumps' noise come from fold_in(key, REPAINT_STREAM): a stream apart from
+# split(key)'s two (x_T and the reverse steps' noise, as `sample_ddpm` draws them).
+REPAINT_STREAM = 0x52455041
+
+
+def inpaint_masks(kind: str, shape: tuple[int, ...], key: jax.Array) -> jax.Array:
+  """Masks for inpainting, 1 where a pixel is known, 0 where it is to be filled.
+
+  "center": a box of half the height and half the width in the middle is unknown (the centre
+  quarter of the image); "half": the bottom half is unknown; "pixels": every pixel is known
+  independently with probability PIXELS_KNOWN (one draw per image and position, shared by the
+  channels). "center" and "half" are the same for every image and do not use the key.
+
+  Args:
+    kind: one of INPAINT_MASKS.
+    shape: the images' shape, (batch, H, W, C).
+    key: PRNG key of the "pixels" masks.
+
+  Returns:
+    The masks, float32 of shape `shape`.
+
+  Raises:
+    ValueError: for an unknown kind, a shape that is not (batch, H, W, C), or a mask that
+      leaves an image with no known pixel or no unknown pixel.
+  """
+  if kind not in INPAINT_MASKS:
+    raise ValueError(f"unknown mask kind {kind!r}; choose one of {', '.join(INPAINT_MASKS)}")
+  if len(shape) != 4 or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+    raise ValueError(f"mask shape must be (batch, H, W, C) of positive sizes, got {tuple(shape)}")
+  batch, height, width, channels = shape
+  known = np.ones((batch, height, width), np.float32)
+  if kind == "center":
+    h, w = max(height // 2, 1), max(width // 2, 1)
+    top, left = (height - h) // 2, (width - w) // 2
+    known[:, top:top + h, left:left + w] = 0.0
+  elif kind == "half":
+    known[:, height // 2:] = 0.0
+  else:
+    known = np.asarray(jax.random.bernoulli(key, PIXELS_KNOWN, (batch, height, width)), np.float32)
+  per_image = known.reshape(batch, -1).sum(axis=1)  # (batch,) known pixels
+  if (per_image == 0).any() or (per_image == height * width).any():
+    which = "no" if (per_image == 0).any() else "every"
+    raise ValueError(f"the {kind!r} mask of shape {tuple(shape)} leaves an image with {which} pixel known")
+  return jnp.asarray(np.broadcast_to(known[..., None], shape))
+
+
+def repaint(schedule: Schedule, denoise_fn: DenoiseFn, key: jax.Array, known: jax.Array, mask: jax.Array, *,
+            jump_length: int = 10, resample: int = 10, prediction: str = "epsilon", variance: str = "fixed_small",
+            clip_sample: bool = False, x_T: jax.Array | None = None) -> jax.Array:
+  """Inpaints `known` where `mask` is 0 with an unconditionally trained denoiser (Lugmayr et al., 2022, Algorithm 1).
+
+  Every reverse step from level t joins the two halves of x_{t-1} (eq. 8):
+  x_{t-1} = m ⊙ x_{t-1}^known + (1 - m) ⊙ x_{t-1}^unknown, where x_{t-1}^known ~ q(x_{t-1} | x0)
+  is the known image noised to level t - 1 (`q_sample`; the image itself at the clean level)
+  and x_{t-1}^unknown is the ancestral step `ddpm_step` from x_t. At the jump points of
+  `repaint_timesteps` the sample is noised forward by jump_length levels (`q_jump`) and walked
+  down again, so the generated region is resampled against the known one `resample - 1` more
+  times. The whole walk is ONE `lax.scan` over the host-built steps (t, up, visit). With
+  resample = 1 there are no jumps, and with a mask of zeros this is `sample_ddpm` with the same
+  key: x_T from the first of split(key) and the reverse step from level t on its v-th visit
+  drawing its noise from fold_in(k_steps, t + T v).
+
+  Args:
+    schedule: the Schedule.
+    denoise_fn: (x_t, t of shape (batch,)) -> output, read through `prediction`.
+    key: PRNG key.
+    known: the images to complete, (batch, ...) in the data range ([-1, 1]); only the known
+      pixels are read.
+    mask: 1 where a pixel is known, 0 where it is generated; broadcastable to known's shape.
+    jump_length: j, the levels of each jump back (the paper's j = 10).
+    resample: r, how many times each jump point is passed (the paper's r = 10; 1: no jumps).
+    prediction: what denoise_fn predicts, one of PREDICTIONS.
+    variance: "fixed_small" (β̃_t) or "fixed_large" (β_t), the reverse steps' variance.
+    clip_sample: clip every step's x0_hat to [-1, 1] (see `ddpm_step`).
+    x_T: optional starting noise, shaped like known; drawn from the key when None.
+
+  Returns:
+    The completed images, shaped like known: equal to known where mask is 1.
+
+  Raises:
+    ValueError: for an unknown prediction or variance, a bad j or r (`repaint_timesteps`), or a
+      mask that does not broadcast to known's shape.
+  """
+  _check_prediction(prediction)
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+  known = jnp.asarray(known)
+  try:
+    mask = jnp.broadcast_to(jnp.asarray(mask, known.dtype), known.shape)
+  except ValueError:
+    raise ValueError(f"mask of shape {jnp.shape(mask)} does not broadcast to the images' {known.shape}") from None
+  steps = repaint_timesteps(schedule.num_steps, jump_length, resample)
+  return _repaint(schedule, denoise_fn, key, known, mask, RePaintStepInput(*map(jnp.asarray, steps)),
+                  int(jump_length), prediction, variance, bool(clip_sample), x_T)
+
+
+@functools.partial(jax.jit, static_argnames=("denoise_fn", "jump_length", "prediction", "variance", "clip_sample"))
+def _repaint(schedule, denoise_fn, key, known, mask, steps, jump_length, prediction, variance, clip_sample, x_T):
+  k_start, k_steps = _start_and_step_keys(key)
+  k_known, k_jump = jax.random.split(jax.random.fold_in(key, REPAINT_STREAM))
+  shape, num_steps = known.shape, schedule.num_steps
+  x = jax.random.normal(k_start, shape) if x_T is None else x_T
+
+  def step(carry: SamplerCarry, s: RePaintStepInput) -> tuple[SamplerCarry, None]:
+    index = s.t + num_steps * s.visit  # the step's own noise: distinct for every (level, visit)
+
+    def reverse(x):
+      t_batch = jnp.full((shape[0],), s.t, jnp.int32)  # (batch,)
+      x0, eps = to_x0_eps(schedule, x, s.t, denoise_fn(x, t_batch), prediction)
+      noise = jax.random.normal(jax.random.fold_in(k_steps, index), shape)
+      unknown = ddpm_step(schedule, x, eps, s.t, noise, variance, x0=x0, clip_sample=clip_sample)
+      noised = q_sample(schedule, known, jnp.maximum(s.t - 1, 0),
+                        jax.random.normal(jax.random.fold_in(k_known, index), shape))
+      known_prev = jnp.where(s.t > 0, noised, known)  # level t - 1 = -1 is the known image itself
+      return mask * known_prev + (1.0 - mask) * unknown
+
+    def jump(x):
+      return q_jump(schedule, x, s.t, s.t + jump_length, jax.random.normal(jax.random.fold_in(k_jump, index), shape))
+
+    return SamplerCarry(jax.lax.cond(s.up, jump, reverse, carry.x)), None
+
+  final, _ = jax.lax.scan(step, SamplerCarry(x), steps)
   return final.x
