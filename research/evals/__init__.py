@@ -6,6 +6,8 @@
     prompting.score(model, params, tokenizer, "addition", k=4)["accuracy"]
 """
 
-from research.evals import code, prompting
+from research.evals import code
 
-__all__ = ["code", "prompting"]
+# `prompting` scores GPTs (it imports jax and research.models): imported by name, never here, so that
+# importing research.evals (the sandbox's side included) loads neither.
+__all__ = ["code"]
