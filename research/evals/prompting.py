@@ -58,7 +58,7 @@ from research.data import number_words
 from research.models import gpt2
 
 __all__ = ["DESCRIPTIONS", "MODES", "TASKS", "WORDS", "Example", "continuation", "document", "examples", "prompt",
-           "score"]
+           "prompts", "score"]
 
 DESCRIPTIONS = {
     "addition": "Add the numbers.",
@@ -282,13 +282,23 @@ def _rows_in_batches(rows: np.ndarray, batch_size: int):
   return [padded[i:i + batch_size] for i in range(0, count, batch_size)]
 
 
-def _queries(task: str, k: int, count: int, seed: int):
-  """(queries, per-query demonstrations): test-split queries, each with k train-split demonstrations."""
+def prompts(task: str, k: int, count: int, seed: int = 0) -> list[tuple[str, Example]]:
+  """(prompt text, query) pairs: `count` test-split queries, each after k train-split demonstrations.
+
+  The demonstrations of each query are drawn from a pool of train examples without replacement, a
+  pure function of (task, k, count, seed); the first n of `count` pairs are those of count = n.
+
+  Raises:
+    ValueError: for an unknown task, k < 0 or count < 0.
+  """
+  _check_task(task)
+  if k < 0:
+    raise ValueError(f"k (demonstrations per prompt) must be >= 0, got {k}")
   queries = examples(task, count, split="test", seed=seed)
   pool = examples(task, max(4 * k, 1) * 8, split="train", seed=seed)
   rng = np.random.default_rng([seed, 7, k])
   demos = [[pool[int(i)] for i in rng.choice(len(pool), size=k, replace=False)] for _ in queries]
-  return queries, demos
+  return [(prompt(task, d, q, k), q) for q, d in zip(queries, demos)]
 
 
 def score(model: gpt2.GPT2, params, tokenizer, task: str, k: int, *, mode: str = "likelihood", count: int = 100,
@@ -329,14 +339,14 @@ def score(model: gpt2.GPT2, params, tokenizer, task: str, k: int, *, mode: str =
     raise ValueError(f"k (demonstrations per prompt) must be >= 0, got {k}")
   if count < 1 or batch_size < 1:
     raise ValueError(f"count and batch_size must be >= 1, got {count} and {batch_size}")
-  queries, demos = _queries(task, k, count, seed)
-  prompts = [prompt(task, d, q, k) for q, d in zip(queries, demos)]
-  encoded = [list(tokenizer.encode(p)) for p in prompts]
+  pairs = prompts(task, k, count, seed)
+  texts, queries = [p for p, _ in pairs], [q for _, q in pairs]
+  encoded = [list(tokenizer.encode(p)) for p in texts]
   context = model.cfg.n_positions if model.cfg.positions == "learned" else None
   if mode == "likelihood":
-    return _score_likelihood(model, params, tokenizer, task, k, queries, prompts, encoded, context, batch_size,
+    return _score_likelihood(model, params, tokenizer, task, k, queries, texts, encoded, context, batch_size,
                              length)
-  return _score_generate(model, params, tokenizer, task, k, queries, prompts, encoded, context, batch_size, length,
+  return _score_generate(model, params, tokenizer, task, k, queries, texts, encoded, context, batch_size, length,
                          max_new_tokens)
 
 
@@ -346,7 +356,7 @@ def _too_long(task: str, k: int, tokens: int, context: int | None) -> None:
                      f"model's context of {context} (use a smaller k)")
 
 
-def _score_likelihood(model, params, tokenizer, task, k, queries, prompts, encoded, context, batch_size, length):
+def _score_likelihood(model, params, tokenizer, task, k, queries, texts, encoded, context, batch_size, length):
   pieces = [(p, list(tokenizer.encode(continuation(c)))) for q, p in zip(queries, encoded) for c in q.candidates]
   longest = max(len(p) + len(c) for p, c in pieces)
   _too_long(task, k, longest, context)
@@ -366,7 +376,7 @@ def _score_likelihood(model, params, tokenizer, task, k, queries, prompts, encod
                                                  jnp.asarray(chunk[:, length:].astype(bool)))))
   logprobs = np.concatenate(out)[:len(pieces)]
   records, start = [], 0
-  for q, text in zip(queries, prompts):
+  for q, text in zip(queries, texts):
     values = logprobs[start:start + len(q.candidates)]
     start += len(q.candidates)
     prediction = q.candidates[int(np.argmax(values))]
@@ -375,7 +385,7 @@ def _score_likelihood(model, params, tokenizer, task, k, queries, prompts, encod
   return _result(task, k, "likelihood", records)
 
 
-def _score_generate(model, params, tokenizer, task, k, queries, prompts, encoded, context, batch_size, length,
+def _score_generate(model, params, tokenizer, task, k, queries, texts, encoded, context, batch_size, length,
                     max_new_tokens):
   if max_new_tokens is None:
     max_new_tokens = max(len(tokenizer.encode(continuation(q.answer))) for q in queries) + 1
@@ -394,7 +404,7 @@ def _score_generate(model, params, tokenizer, task, k, queries, prompts, encoded
   new = np.concatenate([np.asarray(run(params, jnp.asarray(chunk[:, :length]), jnp.asarray(chunk[:, length:] > 0)))
                         for chunk in _rows_in_batches(rows, batch_size)])[:len(encoded)]
   records = []
-  for q, text, ids in zip(queries, prompts, new):
+  for q, text, ids in zip(queries, texts, new):
     generated = tokenizer.decode([int(i) for i in ids])
     prediction = generated.split("\n", 1)[0].strip()
     records.append({"prompt": text, "answer": q.answer, "prediction": prediction, "correct": prediction == q.answer,
