@@ -143,6 +143,8 @@ def test_bad_input(lm):
     prompting.score(model, params, tokenizer, "number_words", 8, count=2)
   with pytest.raises(ValueError, match="task cloze with k = 8: .* context of 160"):
     prompting.score(model, params, tokenizer, "cloze", 8, count=2, mode="generate")
+  with pytest.raises(ValueError, match="length 200 must lie between .* and the context \\(160\\)"):
+    prompting.score(model, params, tokenizer, "addition", 1, count=2, length=200)
   with pytest.raises(ValueError, match="unknown split"):
     prompting.examples("addition", 3, split="validation")
   with pytest.raises(ValueError, match="k = 3 demonstrations asked for, 1 given"):

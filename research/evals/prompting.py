@@ -329,8 +329,8 @@ def score(model: gpt2.GPT2, params, tokenizer, task: str, k: int, *, mode: str =
     log-probabilities}.
 
   Raises:
-    ValueError: for an unknown task or mode, k < 0, or a prompt (with its continuation) longer than
-      the learned context n_positions.
+    ValueError: for an unknown task or mode, k < 0, count or batch_size < 1, a prompt (with its
+      continuation) longer than the learned context n_positions, or a `length` that does not fit.
   """
   _check_task(task)
   if mode not in MODES:
@@ -362,8 +362,9 @@ def _score_likelihood(model, params, tokenizer, task, k, queries, texts, encoded
   _too_long(task, k, longest, context)
   if length is None:
     length = gpt2.bucket(longest) if context is None else min(gpt2.bucket(longest), context)
-  elif length < longest:
-    raise ValueError(f"length {length} is shorter than the longest prompt and continuation ({longest} tokens)")
+  elif length < longest or (context is not None and length > context):
+    raise ValueError(f"length {length} must lie between the longest prompt and continuation ({longest} tokens) "
+                     f"and the context ({context})")
   tokens = np.zeros((len(pieces), length), np.int32)  # right-padded: causal attention never reads the padding
   scored = np.zeros((len(pieces), length), bool)
   for i, (p, c) in enumerate(pieces):
