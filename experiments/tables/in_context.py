@@ -1,4 +1,4 @@
-"""Brown et al. (2020) in shape (GPT-3, Figures 1.2 and 3.10): accuracy against the number of demonstrations K by model size.
+"""Brown et al. (2020) in shape (GPT-3, Figures 1.2 and 3.10): accuracy against demonstrations K by model size.
 
 Character-level GPTs of the scaling table's sizes (experiments/tables/gpt_scaling.py), each
 trained by `experiments.gpt2.run` (the one training loop) with the same steps, batch, context and
@@ -162,9 +162,9 @@ def markdown(rows, config, runs: gpt_scaling.Runs, total_s: float) -> str:
             f"characters, {optimizer.name} at {optimizer.learning_rate:g}, {config.warmup_steps} warmup steps and "
             f"cosine decay. Accuracy on {config.count} held-out queries per task (seed {config.seed}), K "
             "demonstrations per prompt drawn from the training split of each task; likelihood: the best of "
-            f"{prompting.CANDIDATES} candidate answers by summed log-probability; generate: greedy decoding, exact "
-            f"match. {len(runs.wall_time_s)} training runs, "
-            f"{sum(w or 0.0 for w in runs.wall_time_s.values()):.0f} s of their own wall time ({len(runs.trained)} "
+            f"{prompting.CANDIDATES} candidate answers by summed log-probability (chance "
+            f"{1 / prompting.CANDIDATES:.2f}); generate: greedy decoding, exact match. {len(runs.wall_time_s)} "
+            f"training runs, {sum(w or 0.0 for w in runs.wall_time_s.values()):.0f} s of their own wall time ({len(runs.trained)} "
             f"trained by this command, {len(runs.reused)} reused); this command: {total_s:.0f} s on {env['kind']} "
             f"({env['cpu_count']} CPU cores, shared with other jobs)."]
   for mode in config.modes:
@@ -204,6 +204,8 @@ def figure(rows, config) -> Figure:
         values = [_mean(row, mode, config.tasks, k) if panel == "mean" else row["accuracy"][f"{mode}/{panel}/{k}"]
                   for k in shots]
         ax.plot(range(len(shots)), values, "o-", label=row["size"])
+      if mode == "likelihood":
+        ax.axhline(1 / prompting.CANDIDATES, color="gray", linestyle=":", linewidth=1)  # chance
       ax.set_xticks(range(len(shots)), [str(k) for k in shots])
       ax.set_ylim(-0.05, 1.05)
       ax.set_title(f"{panel} ({mode})", fontsize=8)

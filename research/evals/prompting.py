@@ -19,9 +19,10 @@ downloaded):
 
 Words come from WORDS, a fixed list in this module. Every example has a key (the sum's operands,
 the word, the number, the sentence) and belongs to the "test" split when the CRC-32 of its key is
-0 mod 5 (mod 2 for the few cloze sentences), else to "train": the two never share a key. Demonstrations come from "train", queries
-from "test". The cloze sentences are taken from all of the documentation, so a model trained on
-python_docs has read most of them (the split keeps demonstrations and queries apart only).
+0 mod 5 (mod 2 for the few cloze sentences), else to "train": the two never share a key.
+Demonstrations come from "train", queries from "test". The cloze sentences are taken from all of
+the documentation, so a model trained on python_docs has read most of them (the split keeps
+demonstrations and queries apart only).
 
 The prompt format (one line per field; K demonstrations, then the query):
 
