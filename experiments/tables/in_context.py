@@ -165,8 +165,8 @@ def markdown(rows, config, runs: gpt_scaling.Runs, total_s: float) -> str:
             f"{prompting.CANDIDATES} candidate answers by summed log-probability (chance "
             f"{1 / prompting.CANDIDATES:.2f}); generate: greedy decoding, exact match. {len(runs.wall_time_s)} "
             f"training runs, {sum(w or 0.0 for w in runs.wall_time_s.values()):.0f} s of their own wall time "
-            f"({len(runs.trained)} trained by this command, {len(runs.reused)} reused); this command: {total_s:.0f} s on {env['kind']} "
-            f"({env['cpu_count']} CPU cores, shared with other jobs)."]
+            f"({len(runs.trained)} trained by this command, {len(runs.reused)} reused); this command: {total_s:.0f} s "
+            f"on {env['kind']} ({env['cpu_count']} CPU cores, shared with other jobs)."]
   for mode in config.modes:
     header = ["n_layer x n_embd x n_head", "N (non-embedding)", "val loss"] + [f"K = {k}" for k in shots]
     if few != zero:
