@@ -7,6 +7,8 @@ python_docs_topics  paragraphs of that text labelled with the part of the docume
              from (statements, expressions, data model, built-in types, execution): a small
              sentence-classification task for fine-tuning encoders offline.
 number_words  numbers and their English words, a translation task (research/data/number_words.py).
+python_docs_tasks  python_docs with generated few-shot task documents added to its train split
+             (research/evals/prompting.py): an LM corpus on which in-context learning can appear.
 """
 
 import numpy as np
@@ -18,6 +20,9 @@ from research.data.python_functions import PythonFunctions  # pylint: disable=un
 from research.data.shapes import DigitsCaptions, Shapes  # pylint: disable=unused-import  # registers the builders
 
 DIGITS_TEST_SIZE = 300
+TASK_DOCUMENTS = 150  # python_docs_tasks: documents of each task in the train split
+TASK_DEMONSTRATIONS = (4, 12)  # python_docs_tasks: demonstrations per document, drawn uniformly in this range
+TASK_SEED = 0  # python_docs_tasks: draws the documents
 TOY2D_SIZES = {"train": 20_000, "test": 5_000}
 
 
@@ -97,6 +102,37 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, names, texts):
     for name in names:
       yield name, {"topic": name, "text": texts[name]}
+
+
+class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
+  """python_docs plus task documents: the train split adds TASK_DOCUMENTS documents of each task of
+  research.evals.prompting, each its description line and TASK_DEMONSTRATIONS (low, high) "Q: ... A: ..."
+  demonstrations of train-split examples; the test split is python_docs' test split unchanged."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release (ArrayRecord files)."}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({"topic": tfds.features.Text(), "text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+    from research.evals import prompting  # pylint: disable=import-outside-toplevel
+    names = sorted(topics.topics)
+    train = [(name, topics.topics[name]) for i, name in enumerate(names) if i % 10]
+    rng = np.random.default_rng(TASK_SEED)
+    low, high = TASK_DEMONSTRATIONS
+    for task in prompting.TASKS:
+      train += [(f"task:{task}/{i}", prompting.document(task, int(rng.integers(low, high + 1)), rng))
+                for i in range(TASK_DOCUMENTS)]
+    return {"train": self._generate_examples(train),
+            "test": self._generate_examples([(name, topics.topics[name]) for name in names[::10]])}
+
+  def _generate_examples(self, documents):
+    for name, text in documents:
+      yield name, {"topic": name, "text": text}
 
 
 # The part of the documentation each pydoc topic belongs to: the classes of PythonDocsTopics.

@@ -28,6 +28,7 @@ BUNDLED = {
     "swissroll": "toy2d/swissroll",
     "python_docs": "python_docs",
     "python_docs_topics": "python_docs_topics",
+    "python_docs_tasks": "python_docs_tasks",
     "python_functions": "python_functions",
     "shapes": "shapes", "digits_captions": "digits_captions",
     "number_words": "number_words",
