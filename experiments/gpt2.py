@@ -182,6 +182,20 @@ def _encode_prompt(config, tokenizer) -> np.ndarray:
   return np.asarray(ids, np.int32)
 
 
+def plan_inputs(config):
+  """The task and one step's batch of `config` for `python -m launch plan`: shapes only, no text, no tokenizer files.
+
+  The vocabulary is GPT-2's 50,257 for `gpt2:` tokenizers, bpe_vocab_size for `bpe` and 256 for
+  `char` (a character vocabulary's size depends on the text; 256 bounds it), padded to
+  vocab_multiple as a run pads it.
+  """
+  vocab = 50_257 if config.tokenizer.startswith("gpt2:") else config.bpe_vocab_size if config.tokenizer == "bpe" \
+      else 256
+  vocab_size = -(-vocab // config.vocab_multiple) * config.vocab_multiple
+  task = gpt2.make_task(config, vocab_size, lambda ids: "", [], "char" if config.tokenizer == "char" else "token")
+  return task, {"tokens": np.zeros((config.batch_size, config.seq_len + 1), np.int32)}
+
+
 def _separator(tokenizer) -> list[int]:
   """Ids put after every document: GPT-2's <|endoftext|> for its own vocabulary, else a blank line."""
   end_of_text = tokenizer.tokenizer.token_to_id("<|endoftext|>") if tokenizer.kind == "gpt2" else None

@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-TARGETS = ("local", "slurm", "tpu_vm")
+TARGETS = ("local", "slurm", "tpu_vm", "plan")
 
 # Subpackages of experiments/ whose scripts write reports to --outdir rather than train in a --workdir.
 OUTDIR_PACKAGES = ("tables", "bench")

@@ -11,8 +11,8 @@ def main(argv=None) -> int:
   parser.add_argument("target", choices=launch.TARGETS)
   parser.add_argument("experiment", help="module under experiments/, e.g. autoencoder or tables.gan_modes")
   # One directory under either name: the launcher passes it on as the flag the experiment takes.
-  parser.add_argument("--workdir", "--outdir", dest="directory", required=True,
-                      help="the run's directory (--outdir for tables and benchmarks)")
+  parser.add_argument("--workdir", "--outdir", dest="directory", default=None,
+                      help="the run's directory (--outdir for tables and benchmarks; not for plan)")
   parser.add_argument("--devices", type=int, default=0,
                       help="local: simulated CPU devices; tpu_vm: the TPU's chips, for checking the flags "
                            "(default: as the config's mesh says)")
@@ -34,12 +34,22 @@ def main(argv=None) -> int:
   parser.add_argument("--setup", default=None,
                       help="slurm, tpu_vm: shell commands run in the checkout first (default: activate this "
                            "interpreter's environment on SLURM; install the package's tpu extra on a TPU VM)")
+  parser.add_argument("--accelerator", action="append", default=None,
+                      help="plan: price the plan on this accelerator (repeat; default: every known one)")
+  parser.add_argument("--mfu", type=float, default=0.4, help="plan: the model FLOPs utilisation assumed")
+  parser.add_argument("--json", default=None, help="plan: also write the plan's figures to this JSON file")
   parser.add_argument("--tpu", default="", help="tpu_vm: TPU name")
   parser.add_argument("--zone", default="", help="tpu_vm: zone")
   parser.epilog = "Flags after -- are passed to the experiment, e.g. -- --config.steps=100"
   argv = sys.argv[1:] if argv is None else list(argv)
   overrides = argv[argv.index("--") + 1:] if "--" in argv else []
   args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+  if args.target == "plan":
+    from launch import plan  # pylint: disable=import-outside-toplevel
+    accelerators = args.accelerator or ["H100", "A100", "TPU v5e", "TPU v5p"]
+    return plan.main(args.experiment, args.devices or 1, overrides, accelerators, args.mfu, args.json)
+  if args.directory is None:
+    parser.error("the following arguments are required: --workdir/--outdir")
   try:
     if args.target == "local":
       print(launch.local(args.experiment, args.directory, overrides, args.devices))
