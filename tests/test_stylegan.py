@@ -81,14 +81,21 @@ def test_path_length_penalty_on_a_linear_generator_matches_the_hand_computation_
 def test_truncation_at_psi_zero_gives_the_mean_ws_image_for_every_z():
   gen, params = _tiny_generator()
   w_avg = jax.random.normal(jax.random.key(5), (TINY.w_dim,))
-  ws = sg.sample_ws(gen, params, w_avg, jax.random.key(6), 8, 0.0)  # (8, num_ws, w_dim)
-  images = gen.apply(params, ws, method=sg.Generator.synthesize)
-  mean_image = gen.apply(params, sg.broadcast_ws(w_avg[None], TINY.num_ws), method=sg.Generator.synthesize)
+
+  @jax.jit
+  def images_and_mean(psi):
+    ws = sg.sample_ws(gen, params, w_avg, jax.random.key(6), 8, psi)  # (8, num_ws, w_dim)
+    images = gen.apply(params, ws, method=sg.Generator.synthesize)
+    mean_image = gen.apply(params, sg.broadcast_ws(w_avg[None], TINY.num_ws), method=sg.Generator.synthesize)
+    return images, mean_image
+
+  images, mean_image = images_and_mean(jnp.float32(0.0))
   np.testing.assert_allclose(images, jnp.broadcast_to(mean_image, images.shape), rtol=1e-5, atol=1e-6)
-  # psi = 1 leaves the ws alone; other draws differ.
-  untruncated = sg.sample_ws(gen, params, w_avg, jax.random.key(6), 8, 1.0)
-  assert float(jnp.std(untruncated[:, 0], 0).mean()) > 1e-3
-  np.testing.assert_allclose(sg.truncate(untruncated, w_avg, 1.0), untruncated)
+  images, _ = images_and_mean(jnp.float32(1.0))
+  assert float(jnp.std(images, 0).mean()) > 1e-3  # other z, other images
+  # psi = 1 leaves the ws alone.
+  untruncated = jax.random.normal(jax.random.key(7), (8, TINY.num_ws, TINY.w_dim))
+  np.testing.assert_allclose(sg.truncate(untruncated, w_avg, 1.0), untruncated, rtol=1e-6, atol=1e-6)
   # A traced psi is one program for every value.
   traced = jax.jit(sg.truncate)(untruncated, w_avg, jnp.float32(0.5))
   np.testing.assert_allclose(traced, w_avg + 0.5 * (untruncated - w_avg), rtol=1e-6)
@@ -126,10 +133,10 @@ def test_generator_and_discriminator_shapes_on_shapes_resolution(style_mode):
   config = sg.StyleGANConfig(latent_dim=4, w_dim=4, mapping_layers=1, channels=(4, 4, 3, 3), resolution=32,
                              num_channels=3, style_mode=style_mode, mbstd_group=2)
   gen, params = _tiny_generator(config)
-  images = sg.generate(gen, params, jnp.zeros(4), jax.random.key(1), 4, 0.7)
+  images = jax.jit(lambda p: sg.generate(gen, p, jnp.zeros(4), jax.random.key(1), 4, 0.7))(params)
   assert images.shape == (4, 32, 32, 3) and np.all(np.isfinite(images))
   disc = sg.Discriminator(config)
-  logits = disc.apply(disc.init(jax.random.key(2), images), images)
+  logits = jax.jit(lambda x: disc.apply(disc.init(jax.random.key(2), x), x))(images)
   assert logits.shape == (4,) and np.all(np.isfinite(logits))
   with pytest.raises(ValueError, match="unknown style_mode 'stylish'"):
     sg.StyleGANConfig(style_mode="stylish")
@@ -195,3 +202,29 @@ def test_smoke_run_regularises_lazily_and_writes_samples_sample_metrics_and_ppl(
     images = drawn["images"]
   assert images.shape == (config.num_samples, 8, 8, 1) and images.min() >= 0 and images.max() <= 1
   assert (tmp_path / "samples.png").stat().st_size > 0
+
+  # Dragging a sample of the finished run writes the images with the points and the handle's path.
+  summary = stylegan_experiment.drag_run(config, str(tmp_path), "2,3:5,3")
+  assert summary["handle"] == [2, 3] and summary["target"] == [5, 3]
+  assert len(summary["path"]) == config.drag_steps + 1 and summary["path"][0] == [2.0, 3.0]
+  for name in ("drag_before.png", "drag_after.png", "drag.json"):
+    assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.parametrize("points,message", [
+    ("2,3:8,3", "--drag target point 8,3 is outside the 8x8 image (x and y in 0..7)"),
+    ("-1,3:4,3", "--drag handle point -1,3 is outside the 8x8 image (x and y in 0..7)"),
+    ("2,3", "--drag must be x0,y0:x1,y1 (integer pixel columns and rows), got '2,3'"),
+])
+def test_drag_points_are_checked(points, message):
+  with pytest.raises(ConfigError) as err:
+    stylegan_experiment.parse_points(points, 8)
+  assert str(err.value) == message
+
+
+def test_drag_point_outside_the_image_is_one_line_exit_2(tmp_path):
+  proc = run_python(["-m", "experiments.stylegan", f"--workdir={tmp_path}", "--config=experiments/stylegan.py:smoke",
+                     "--drag=1,1:9,1"])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip() == "error: --drag target point 9,1 is outside the 8x8 image (x and y in 0..7)"
+  assert not list(tmp_path.iterdir())

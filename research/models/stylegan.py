@@ -280,12 +280,16 @@ class Synthesis(nn.Module):
     x = jnp.broadcast_to(const, (batch, 4, 4, cfg.channels[0]))  # (batch, 4, 4, C0)
     x = SynthesisLayer(cfg.channels[0], cfg.style_mode, name="conv4")(x, ws[:, 0])
     rgb = ToRGB(cfg.num_channels, name="torgb4")(x, ws[:, 1])  # (batch, 4, 4, channels)
+    blocks = [x]
     for level, width in enumerate(cfg.channels[1:], start=1):
       size = 4 * 2 ** level
       x = SynthesisLayer(width, cfg.style_mode, up=True, name=f"conv{size}_up")(x, ws[:, 2 * level - 1])
       x = SynthesisLayer(width, cfg.style_mode, name=f"conv{size}")(x, ws[:, 2 * level])  # (batch, size, size, C)
       rgb = upsample2x(rgb) + ToRGB(cfg.num_channels, name=f"torgb{size}")(x, ws[:, 2 * level + 1])
-    return (rgb, x) if return_features else rgb  # (batch, R, R, channels), (batch, R, R, C_last)
+      blocks = [upsample2x(block) for block in blocks] + [x]
+    if return_features:
+      return rgb, jnp.concatenate(blocks, -1)  # (batch, R, R, channels), (batch, R, R, sum of channels)
+    return rgb  # (batch, R, R, channels)
 
 
 class Generator(nn.Module):
@@ -306,7 +310,7 @@ class Generator(nn.Module):
     return self.mapping(z)
 
   def synthesize(self, ws, return_features: bool = False):
-    """(batch, num_ws, w_dim) -> (batch, R, R, channels) images (and the last block's features)."""
+    """(batch, num_ws, w_dim) -> (batch, R, R, channels) images (and every block's features, upsampled to R x R)."""
     return self.synthesis(ws, return_features)
 
 
@@ -582,8 +586,9 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
   Each of `steps` steps (a `lax.scan`, one compiled program):
     (1) motion supervision: with d = (t - p) / ||t - p||, the loss
         sum_{q in disc(p, supervision_radius)} ||sg(F(q)) - F(q + d)||_1 (their Eq. 1, without the
-        mask term) on the last block's features F (at the image's resolution), bilinearly sampled at
-        real-valued points; one Adam step on the first `edit_layers` ws (the rest stay fixed);
+        mask term) on the generator's features F (every block's output, upsampled to the image and
+        concatenated), bilinearly sampled at real-valued points; one Adam step on the first
+        `edit_layers` ws (the coarse layers, which place the content; the rest stay fixed);
     (2) point tracking: the new handle is the pixel within `tracking_radius` of p whose feature is
         nearest (L1) to the handle's feature in the initial image (their Eq. 2).
   Once the handle is within 1 pixel of the target the steps leave w as it is. The noise inputs are
@@ -597,7 +602,7 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
     target: (x, y) of the target point.
     steps: optimisation steps.
     lr: Adam's learning rate on w.
-    edit_layers: how many of the first ws are optimised (all by default).
+    edit_layers: how many of the first ws are optimised (half of them by default).
     supervision_radius: radius r1 of the motion-supervision disc, in pixels.
     tracking_radius: half-side r2 of the tracking window, in pixels.
 
@@ -616,7 +621,9 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
       raise ValueError(f"{name} point {tuple(point)} is outside the {size}x{size} image (x and y in 0..{size - 1})")
   import optax  # pylint: disable=import-outside-toplevel  # only editing needs an optimizer here
 
-  edit = cfg.num_ws if edit_layers is None else edit_layers
+  edit = max(cfg.num_ws // 2, 1) if edit_layers is None else edit_layers
+  if not 1 <= edit <= cfg.num_ws:
+    raise ValueError(f"edit_layers must be in 1..{cfg.num_ws}, got {edit}")
   disc, window = jnp.asarray(_disc_offsets(supervision_radius)), jnp.asarray(_square_offsets(tracking_radius))
   target = jnp.asarray(target, jnp.float32)
   optimizer = optax.adam(lr)

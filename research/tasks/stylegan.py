@@ -134,9 +134,9 @@ def make_task(config) -> Task:
 
     # 2. The generator against the updated discriminator, with the lazy path-length penalty.
     k_styles, k_noise, k_pl, k_pl_noise = jax.random.split(k_gen, 4)
-    ws, w_first = styles(gen_params, k_styles, hparams)
 
     def gen_objective(params):
+      ws, w_first = styles(params, k_styles, hparams)  # the mapping network trains through ws
       loss = sg.generator_loss(disc.apply(disc_params, synthesize(params, ws, k_noise)))
 
       def path_length():
@@ -146,9 +146,9 @@ def make_task(config) -> Task:
 
       penalty, pl_mean = jax.lax.cond(step % pl_every == 0, path_length,
                                       lambda: (jnp.zeros(()), state.extra["pl_mean"]))
-      return loss + pl_every * hparams["pl_weight"] * penalty, (loss, penalty, pl_mean)
+      return loss + pl_every * hparams["pl_weight"] * penalty, (loss, penalty, pl_mean, w_first)
 
-    (_, (gen_loss, pl_penalty, pl_mean)), grads = jax.value_and_grad(gen_objective, has_aux=True)(gen_params)
+    (_, (gen_loss, pl_penalty, pl_mean, w_first)), grads = jax.value_and_grad(gen_objective, has_aux=True)(gen_params)
     gen_params, gen_opt_state, gen_health = apply_gradients(tx["gen"], gen_params, state.opt_state["gen"], grads)
 
     # 3. The tracked mean w (of the generator that drew this batch).
