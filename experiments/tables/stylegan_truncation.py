@@ -7,6 +7,11 @@ beside real held-out digits at the same count, PPL in W in the MLP digits classi
 only with truncation_psi set to that psi. Truncation pulls every w towards the tracked mean w, so
 precision should rise and recall fall as psi falls (Karras et al., 2019; Kynkäänniemi et al., 2019).
 
+Measured on the default run (3000 steps, seed 0; 1000 samples per psi; FID ratio over real held-out
+digits' 2.08): psi 0.5: precision 0.740, recall 0.098, FID 58.7 (28.2x), 6 classes covered;
+psi 0.7: 0.643, 0.207, 35.6 (17.1x), 8 classes; psi 1: 0.540, 0.363, 19.9 (9.6x), 10 classes;
+PPL 189, 296 and 445. Precision rises and recall falls as psi falls, and classes drop out.
+
 Run:
   python -m experiments.tables.stylegan_truncation --outdir=experiments/tables/results/stylegan_truncation
   python -m experiments.tables.stylegan_truncation --outdir=/tmp/trunc --config=experiments/tables/stylegan_truncation.py:smoke
