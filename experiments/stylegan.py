@@ -34,7 +34,10 @@ reach the DCGAN-style GAN of experiments/gan.py (FID 4.75, 10 classes, in the sa
 `--drag=x0,y0:x1,y1` (pixel columns and rows of the image, 0-based) edits a finished run instead
 of training: one sample (seed `config.seed`) has its handle point x0,y0 dragged towards the target
 x1,y1 by research.models.stylegan.drag, and drag_before.png / drag_after.png (the points drawn:
-handle red, target blue) and drag.json (the handle's path) are written.
+handle red, target blue) and drag.json (the handle's path) are written. On the default run this
+editing does not yet work as DragGAN's does: `--drag=3,4:5,4` redrew most of the digit and the
+tracked handle ended at 3,5, no nearer the target (at 8x8 with 16 to 32 channels the features carry
+little that tracking can follow).
 """
 
 import json
@@ -144,11 +147,11 @@ def parse_points(text: str, size: int) -> tuple[tuple[int, int], tuple[int, int]
 
 
 def _with_points(images: np.ndarray, handle, target) -> np.ndarray:
-  """Grey or RGB images in [0, 1] -> uint8 RGB, the handle pixel red and the target pixel blue."""
+  """Grey or RGB images in [0, 1] -> RGB in [0, 1], the handle pixel red and the target pixel blue."""
   rgb = np.repeat(images, 3, -1) if images.shape[-1] == 1 else images.copy()
-  rgb = (np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)  # (N, R, R, 3)
-  rgb[:, target[1], target[0]] = (0, 0, 255)
-  rgb[:, handle[1], handle[0]] = (255, 0, 0)
+  rgb = np.clip(rgb, 0.0, 1.0)  # (N, R, R, 3)
+  rgb[:, target[1], target[0]] = (0.0, 0.0, 1.0)
+  rgb[:, handle[1], handle[0]] = (1.0, 0.0, 0.0)
   return rgb
 
 

@@ -118,7 +118,7 @@ def figure(samples: dict) -> Figure:
   fig = Figure(figsize=(3 * len(samples), 3.3))
   for i, (psi, images_) in enumerate(samples.items()):
     ax = fig.add_subplot(1, len(samples), i + 1)
-    grid = images.image_grid((np.clip(images_, 0, 1) * 255).astype(np.uint8))
+    grid = images.image_grid(images_)  # (rows, columns, C) uint8
     ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_title(f"psi {psi:g}")
     ax.axis("off")
