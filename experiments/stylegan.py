@@ -28,7 +28,7 @@ collapsed onto few modes, and the EMA generator draws a blurred average of them)
 150, 4, 0.24, 0.00; StyleGAN2-ADA's CIFAR-10 choices (no path length, no mixing, gamma 0.01) 95,
 4, 0.52, 0.00; Adam(3e-4, beta1 0.5) 66, 8, 0.33, 0.17. The last, run for the default 3000 steps,
 ended at FID 65.0 with 6 classes (precision 0.35, recall 0.08): StyleGAN2's Adam(2e-3, 0, 0.99)
-stays the default. This small StyleGAN (32 and 16 channels, 36k generator parameters) does not yet
+stays the default. This small StyleGAN (32 and 16 channels, 23k generator and 33k discriminator parameters) does not yet
 reach the DCGAN-style GAN of experiments/gan.py (FID 4.75, 10 classes, in the same 3000 steps).
 
 `--drag=x0,y0:x1,y1` (pixel columns and rows of the image, 0-based) edits a finished run instead
