@@ -25,6 +25,7 @@ FAMILIES = {
     "bert": ("experiments.bert", {}, "mlm_accuracy", ()),  # a masked LM draws no samples
     "classifier": ("experiments.classifier", {}, "test_accuracy", ()),
     "seq2seq": ("experiments.seq2seq", {}, "test_greedy_exact_match", ("samples.txt", "attention.png")),
+    "stylegan": ("experiments.stylegan", {}, "ppl", ("samples.png",)),
 }
 STEPS = 2
 

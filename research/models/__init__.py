@@ -18,12 +18,12 @@ optimises images through a fixed feature network and trains nothing.
 
 from research.models import attention, layers, unet
 from research.models import autoencoder_kl, clip, cond_unet
-from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm, seq2seq
+from research.models import autoencoder, bert, classifier, diffusion, dit, gan, gpt2, lstm, seq2seq, stylegan
 from research.models import style
 
 # Family name -> its model module.
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": dit, "gpt2": gpt2, "lstm": lstm,
-            "bert": bert, "classifier": classifier, "seq2seq": seq2seq}
+            "bert": bert, "classifier": classifier, "seq2seq": seq2seq, "stylegan": stylegan}
 
 __all__ = ["FAMILIES", "attention", "autoencoder", "autoencoder_kl", "bert", "classifier", "clip", "cond_unet",
-           "diffusion", "dit", "gan", "gpt2", "layers", "lstm", "seq2seq", "style", "unet"]
+           "diffusion", "dit", "gan", "gpt2", "layers", "lstm", "seq2seq", "style", "stylegan", "unet"]

@@ -14,10 +14,10 @@ start from the parameters an earlier stage trained, not from a config alone, and
 research.rl, which the other families do not need (see research.models).
 """
 
-from research.tasks import autoencoder, bert, classifier, diffusion, gan, gpt2, seq2seq
+from research.tasks import autoencoder, bert, classifier, diffusion, gan, gpt2, seq2seq, stylegan
 
 # Family name -> its task module (the keys of research.models.FAMILIES).
 FAMILIES = {"autoencoder": autoencoder, "gan": gan, "diffusion": diffusion, "dit": diffusion, "gpt2": gpt2,
-            "lstm": gpt2, "bert": bert, "classifier": classifier, "seq2seq": seq2seq}
+            "lstm": gpt2, "bert": bert, "classifier": classifier, "seq2seq": seq2seq, "stylegan": stylegan}
 
-__all__ = ["FAMILIES", "autoencoder", "bert", "classifier", "diffusion", "gan", "gpt2", "seq2seq"]
+__all__ = ["FAMILIES", "autoencoder", "bert", "classifier", "diffusion", "gan", "gpt2", "seq2seq", "stylegan"]
