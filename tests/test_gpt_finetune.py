@@ -48,8 +48,8 @@ def test_the_head_reads_the_gpt_state_at_the_extract_token():
   batch = gc.pad([gc.classification_input([1, 2, 3], SPECIAL), gc.classification_input([4, 5, 6, 7, 8], SPECIAL)], 9)
   model, variables = _init("classification", 4, batch.input_ids, batch.extract)
   logits, lm_logits = model.apply(variables, batch.input_ids, batch.extract)
-  _, hidden = jax.jit(gpt2.GPT2(CFG).apply, static_argnames="return_hidden")({"params": variables["params"]["transformer"]}, batch.input_ids,
-                                   return_hidden=True)
+  gpt_apply = jax.jit(gpt2.GPT2(CFG).apply, static_argnames="return_hidden")
+  _, hidden = gpt_apply({"params": variables["params"]["transformer"]}, batch.input_ids, return_hidden=True)
   head = variables["params"]["head"]
   by_hand = np.stack([hidden[0, 4], hidden[1, 6]]) @ head["kernel"] + head["bias"]
   np.testing.assert_allclose(logits, by_hand, rtol=1e-5, atol=1e-6)
@@ -112,8 +112,11 @@ def test_pretrained_weights_go_in_with_fresh_rows_for_the_special_tokens():
   np.testing.assert_array_equal(merged["h_1"]["mlp"]["c_fc"]["kernel"], pretrained["h_1"]["mlp"]["c_fc"]["kernel"])
   wide = gpt2.GPT2Config(vocab_size=10, n_positions=16, n_embd=18, n_layer=2, n_head=3)
   other = jax.jit(gpt2.GPT2(wide).init)(jax.random.key(7), jnp.zeros((1, 4), jnp.int32))["params"]
-  with pytest.raises(ValueError, match=r"pre-trained tensor \['h_0'\]\['attn'\]\['key'\]\['bias'\] has shape \(3, 6\), the classifier's \(3, 5\)"):
+  named = r"pre-trained tensor \['h_0'\]\['attn'\]\['key'\]\['bias'\] has shape \(3, 6\), the classifier's \(3, 5\)"
+  with pytest.raises(ValueError, match=named):
     gc.with_transformer(fresh, other)
+  with pytest.raises(ValueError, match=r"no pre-trained tensor for \['h_1'\]"):
+    gc.with_transformer(fresh, {k: v for k, v in pretrained.items() if k != "h_1"})
 
 
 def test_bad_transformations_are_one_line():

@@ -167,7 +167,8 @@ def with_transformer(variables, transformer):
   weights like any others.
 
   Raises:
-    ValueError: when the pre-trained GPT's shapes do not match the classifier's (the message names the tensor).
+    ValueError: when the pre-trained GPT's tensors or shapes do not match the classifier's (the message names
+      the tensor).
   """
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   params = dict(variables["params"])
@@ -176,19 +177,21 @@ def with_transformer(variables, transformer):
   def merge(path, box, value):
     target = box.unbox() if is_box(box) else box
     value = jnp.asarray(value)
-    if jax.tree_util.keystr(path).endswith("['wte']['embedding']") and value.shape[0] + NUM_SPECIAL == target.shape[0]:
+    is_wte = jax.tree_util.keystr(path).endswith("['wte']['embedding']")
+    if is_wte and value.shape[0] + NUM_SPECIAL == target.shape[0]:
       value = jnp.concatenate([value, target[value.shape[0]:]])  # (vocab + 3, E)
     if value.shape != target.shape:
       raise ValueError(f"pre-trained tensor {jax.tree_util.keystr(path)} has shape {value.shape}, the classifier's "
                        f"{target.shape}")
     return box.replace_boxed(value) if is_box(box) else value
 
-  try:
-    params["transformer"] = jax.tree_util.tree_map_with_path(merge, fresh, loaded, is_leaf=is_box)
-  except ValueError as e:
-    if "shape" in str(e):
-      raise
-    raise ValueError(f"the pre-trained parameters are not a GPT2 of the classifier's layout: {e}") from None
+  paths = lambda tree: {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  ours, theirs = paths(nn.unbox(fresh)), paths(loaded)
+  if ours != theirs:
+    name = min(ours - theirs) if ours - theirs else min(theirs - ours)
+    raise ValueError(f"no pre-trained tensor for {name}" if name in ours else f"pre-trained tensor {name} has no "
+                     "place in the classifier's GPT")
+  params["transformer"] = jax.tree_util.tree_map_with_path(merge, fresh, loaded, is_leaf=is_box)
   return {**variables, "params": params}
 
 
