@@ -275,16 +275,25 @@ def finetune_config(config) -> ml_collections.ConfigDict:
   return config
 
 
-def classification_examples(config, split: str, tokenizer, special) -> dict[str, np.ndarray]:
-  """A classification split as encoder inputs plus `label`."""
+def classification_texts(config, split: str) -> tuple[list[str], np.ndarray]:
+  """(texts, int32 labels) of a split of config.task_dataset, a sentence-classification dataset.
+
+  Shared with experiments/gpt2.py's fine-tuning, so both families read the same examples.
+  """
   rows = data_lib.load(config.task_dataset, split)
   feature = SENTENCE_FEATURES.get(config.task_dataset, "text")
   if feature not in rows or "label" not in rows:
     raise ConfigError(f"dataset {config.task_dataset!r} has no {feature!r} and 'label' features "
                       f"(features: {', '.join(sorted(rows))})")
   texts = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in rows[feature]]
+  return texts, np.asarray(rows["label"], np.int32)
+
+
+def classification_examples(config, split: str, tokenizer, special) -> dict[str, np.ndarray]:
+  """A classification split as encoder inputs plus `label`."""
+  texts, labels = classification_texts(config, split)
   examples = encoder_data.frame(tokenizer.encode_batch(texts), config.seq_len, special)
-  return {**examples, "label": np.asarray(rows["label"], np.int32)}
+  return {**examples, "label": labels}
 
 
 def finetune(config, workdir: str, members=None) -> dict:

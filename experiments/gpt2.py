@@ -10,6 +10,10 @@ Run:
       --vary=dropout=0,0.1,0.2
   python -m experiments.gpt2 --workdir=/tmp/shakespeare --config.dataset=tiny_shakespeare --config.eval_split=validation
   python -m experiments.gpt2 --workdir=/scratch/runs/gpt2_124m --config=experiments/gpt2.py:124m   # GPU/TPU hosts
+  python -m experiments.gpt2 --workdir=/tmp/gpt2_cls --config.mode=finetune --config.init=/tmp/gpt2
+  python -m experiments.gpt2 --workdir=/tmp/gpt2_cls_scratch --config.mode=finetune     # no pre-training
+  python -m experiments.sweep --config=experiments/gpt2.py --workdir=/tmp/gpt2_lm_weight --seeds=3 \\
+      --config.mode=finetune --config.init=/tmp/gpt2 --vary=lm_weight=0,0.5 --metric=accuracy
 
 By default a small character-level GPT (4 layers, 128 wide, context 128) on python_docs (the
 English documentation topics shipped with CPython; every 10th topic held out). Each training
@@ -34,14 +38,28 @@ it. Preset `124m` is GPT-2 small (124M parameters) with GPT-2's own BPE on c4, s
 124M recipe (about 0.5M tokens per update, 600k updates, AdamW 6e-4 with betas (0.9, 0.95),
 weight decay 0.1, warmup 2000, cosine to 6e-5, bf16); it needs GPT-2's vocab.json and
 merges.txt in ./gpt2 (or --config.tokenizer=gpt2:DIR) and a prepared c4 (BUILD.md).
+
+mode=finetune fine-tunes the GPT on sequence classification as Radford et al. (2018) do
+(research/models/gpt_classifier.py): each paragraph of `task_dataset` (by default the bundled
+python_docs_topics, read as experiments.bert reads it: which of 5 parts of the documentation a
+paragraph is from) becomes [start] + its first seq_len - 2 tokens + [extract], three new rows of
+the token embedding; a linear head on the extract token's final state is trained with the
+task's cross-entropy plus `lm_weight` times the LM loss of the same sequences (traced, so
+`--vary=lm_weight=...` sweeps it in one program). `init` is a pre-training workdir of this
+script: its tokenizer.json and hf/ give the vocabulary and the weights (the model's sizes come
+from hf/config.json); empty init starts from a random GPT with the vocabulary pre-training would
+fit. Steps, batch size, learning rate and dropout come from the `finetune` fields; results.json
+holds the held-out `accuracy`. Only the GPT fine-tunes (not the LSTM).
 """
 
+import dataclasses
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from experiments import bert as bert_experiment
 from research import data as data_lib
 from research.data import tokenizers, tokens
 from research.tasks import gpt2
@@ -49,6 +67,7 @@ from research.train import ConfigError, base_config, check_choice, check_common,
 from research.train import cli, train
 from research.models import attention as attention_lib
 from research.models import gpt2 as gpt2_model
+from research.models import gpt_classifier
 from research.models import layers
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -61,6 +80,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every = config.eval_every = config.checkpoint_every = 5
   config.eval_windows, config.eval_batch_size = 16, 8
   config.num_prompts, config.prompt_len, config.sample_tokens = 2, 8, 8
+  config.finetune.steps, config.finetune.batch_size, config.finetune.warmup_steps = 10, 8, 2
 
 
 def _124m(config: ml_collections.ConfigDict) -> None:
@@ -91,6 +111,8 @@ PRESETS = {"smoke": _smoke, "124m": _124m}
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   """Default config (a character-level GPT on python_docs, minutes on 2 CPU cores); preset "smoke" for tests."""
   config = base_config()
+  config.mode = "pretrain"  # pretrain (language modelling) or finetune (sequence classification)
+  config.init = ""  # finetune: a pre-training workdir of this script (tokenizer.json, hf/); "": a random GPT
   config.dataset = "python_docs"  # a text dataset: python_docs (bundled) or a TFDS catalog one (c4, lm1b, ...)
   config.train_split = "train"  # TFDS split trained on
   config.eval_split = "test"  # TFDS split of the validation loss and the sample prompts
@@ -135,11 +157,22 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.sample_tokens = 96  # new tokens per sample (prompt + sample must fit n_positions for learned positions)
   config.temperature = 0.8  # sampling temperature (0: greedy)
   config.top_k = 0  # top-k sampling; 0: off
+  config.task_dataset = "python_docs_topics"  # finetune: a sentence-classification dataset with text and label
+  config.task_train_split = "train"  # finetune: TFDS split trained on
+  config.task_eval_split = "test"  # finetune: TFDS split of the held-out accuracy
+  config.lm_weight = 0.5  # finetune: weight of the auxiliary LM loss (Radford et al. 2018's lambda; traced)
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.steps = 300  # finetune: optimizer updates (experiments.bert's budget)
+  config.finetune.batch_size = 32  # finetune: examples per update
+  config.finetune.learning_rate = 3e-4  # finetune: peak learning rate
+  config.finetune.warmup_steps = 30  # finetune: linear warmup
+  config.finetune.dropout = 0.1  # finetune: embedding and residual dropout (GPT's 0.1)
   return cli.apply_presets(config, preset, PRESETS)
 
 
 def check_config(config) -> None:
   """Raises ConfigError on a bad field, before anything is loaded, compiled or written."""
+  check_choice("mode", config.mode, MODES)
   check_common(config)
   check_choice("model", config.model, gpt2.MODELS)
   check_choice("positions", config.positions, ("learned", "rope", "alibi"))
@@ -166,6 +199,19 @@ def check_config(config) -> None:
                       f"n_positions {config.n_positions}")
   if not 0.0 <= config.dropout < 1.0:
     raise ConfigError(f"dropout must be in [0, 1), got {config.dropout}")
+  if config.mode == "pretrain" and config.init:
+    raise ConfigError("init is for mode=finetune; pre-training starts from random weights")
+  if config.mode == "finetune":
+    if config.model != "gpt":
+      raise ConfigError(f"mode=finetune fine-tunes the GPT, not model={config.model!r}")
+    if not (isinstance(config.lm_weight, (int, float)) and config.lm_weight >= 0):
+      raise ConfigError(f"lm_weight must be a number >= 0, got {config.lm_weight!r}")
+    for name in ("steps", "batch_size", "learning_rate", "warmup_steps"):
+      check_positive(f"finetune.{name}", config.finetune[name], allow_zero=name in ("steps", "warmup_steps"))
+    if not 0.0 <= config.finetune.dropout < 1.0:
+      raise ConfigError(f"finetune.dropout must be in [0, 1), got {config.finetune.dropout}")
+    if config.seq_len < 3:
+      raise ConfigError(f"seq_len must be >= 3 (start, a token, extract), got {config.seq_len}")
 
 
 def _encode_prompt(config, tokenizer) -> np.ndarray:
@@ -202,30 +248,39 @@ def _separator(tokenizer) -> list[int]:
   return [end_of_text] if end_of_text is not None else tokenizer.encode("\n\n")
 
 
+MODES = ("pretrain", "finetune")
+
 # What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).
 SAMPLING_FIELDS = ("eval_windows", "eval_batch_size", "num_prompts", "prompt_len", "prompt", "sample_tokens",
                    "temperature", "top_k")
 
 
-def run(config, workdir: str, members=None) -> dict:
-  """Trains the GPT described by `config` in `workdir`; returns what results.json holds.
+def _tokenizer(config, saved: str):
+  """The run's tokenizer: the one saved in `saved` (a resumed run's), else the config's, fitted on the training text."""
+  try:
+    if os.path.exists(saved):
+      return tokenizers.load(saved)
+    if config.tokenizer in ("char", "bpe"):
+      texts = tokens.read_texts(config.dataset, config.train_split, max_chars=config.tokenizer_train_chars)
+      return tokenizers.make(config.tokenizer, texts, config.bpe_vocab_size)
+    return tokenizers.make(config.tokenizer)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
-  `members` (research.train.Members) trains a sweep of runs as one program (experiments/sweep.py).
+
+def run(config, workdir: str, members=None) -> dict:
+  """Trains (mode pretrain) or fine-tunes (mode finetune) the GPT described by `config` in `workdir`.
+
+  Returns what results.json holds. `members` (research.train.Members) trains a sweep of runs as
+  one program (experiments/sweep.py).
   """
   check_config(config)
   check_workdir(workdir)
+  if config.mode == "finetune":
+    return finetune(config, workdir, members)
   data_lib.check_name(config.dataset)
   saved = os.path.join(workdir, "tokenizer.json")
-  try:
-    if os.path.exists(saved):
-      tokenizer = tokenizers.load(saved)
-    elif config.tokenizer in ("char", "bpe"):
-      texts = tokens.read_texts(config.dataset, config.train_split, max_chars=config.tokenizer_train_chars)
-      tokenizer = tokenizers.make(config.tokenizer, texts, config.bpe_vocab_size)
-    else:
-      tokenizer = tokenizers.make(config.tokenizer)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  tokenizer = _tokenizer(config, saved)
   separator = _separator(tokenizer)
   span = config.seq_len + 1
   train_stream = tokens.token_stream(config.dataset, config.train_split, tokenizer, separator,
@@ -274,6 +329,65 @@ def export_hf(config, workdir: str, tokenizer, vocab_size: int, params, members=
   for directory, member_params in exports.items():
     gpt2_model.save_hf(os.path.join(workdir, directory), cfg, member_params, tokenizer.end_of_text)
     tokenizer.save_vocab(os.path.join(workdir, directory))
+
+
+def finetune_config(config) -> ml_collections.ConfigDict:
+  """The config the loop runs in finetune mode: steps, batch size, learning rate and dropout from `finetune`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.steps, config.batch_size = config.finetune.steps, config.finetune.batch_size
+  config.dropout = config.finetune.dropout
+  config.optimizer.learning_rate = config.finetune.learning_rate
+  config.optimizer.warmup_steps = config.finetune.warmup_steps
+  return config
+
+
+def _pretrained(config):
+  """(tokenizer, GPT2Config, parameters) of the pre-training workdir `init`."""
+  saved, hf_dir = os.path.join(config.init, "tokenizer.json"), os.path.join(config.init, "hf")
+  if not (os.path.exists(saved) and os.path.exists(os.path.join(hf_dir, "config.json"))):
+    raise ConfigError(f"--config.init {config.init} is not a pre-training workdir of experiments.gpt2 "
+                      "(tokenizer.json and hf/config.json)")
+  try:
+    model, params = gpt2_model.load_hf(hf_dir, attention=config.attention, scan_layers=config.scan_layers,
+                                       remat=config.remat, dtype=config.dtype)
+    tokenizer = tokenizers.load(saved)
+  except ValueError as e:
+    raise ConfigError(f"--config.init {config.init}: {e}") from None
+  if config.seq_len > model.cfg.n_positions:
+    raise ConfigError(f"seq_len {config.seq_len} exceeds n_positions {model.cfg.n_positions} of {config.init}")
+  return tokenizer, model.cfg, params
+
+
+def classification_batch(config, split: str, tokenizer, special: gpt_classifier.SpecialTokens) -> dict[str, np.ndarray]:
+  """A split of task_dataset as padded [start] text [extract] sequences (seq_len tokens) with their labels."""
+  texts, labels = bert_experiment.classification_texts(config, split)
+  rows = [gpt_classifier.classification_input(ids[:config.seq_len - 2], special)
+          for ids in tokenizer.encode_batch(texts)]
+  return {**gpt_classifier.pad(rows, config.seq_len)._asdict(), "label": labels}
+
+
+def finetune(config, workdir: str, members=None) -> dict:
+  """Sequence classification by the GPT, from `init` or from scratch; returns what results.json holds."""
+  config = finetune_config(config)
+  data_lib.check_name(config.task_dataset)
+  transformer = None
+  if config.init:
+    tokenizer, cfg, transformer = _pretrained(config)
+    cfg = dataclasses.replace(cfg, embd_pdrop=config.dropout, resid_pdrop=config.dropout)
+  else:
+    data_lib.check_name(config.dataset)
+    tokenizer = _tokenizer(config, os.path.join(workdir, "tokenizer.json"))
+    vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
+    cfg = gpt2_model.model_config(config, vocab_size)
+  special = gpt_classifier.special_tokens(cfg.vocab_size)
+  train_examples = classification_batch(config, config.task_train_split, tokenizer, special)
+  eval_examples = classification_batch(config, config.task_eval_split, tokenizer, special)
+  num_labels = int(train_examples["label"].max()) + 1
+  cfg = dataclasses.replace(cfg, vocab_size=cfg.vocab_size + gpt_classifier.NUM_SPECIAL)
+  os.makedirs(workdir, exist_ok=True)
+  tokenizers.save(os.path.join(workdir, "tokenizer.json"), tokenizer)
+  task = gpt2.make_finetune_task(config, cfg, num_labels, transformer)
+  return train(task, config, workdir, train_examples, eval_examples, members).results
 
 
 if __name__ == "__main__":
