@@ -235,6 +235,8 @@ def plan_inputs(config):
   `char` (a character vocabulary's size depends on the text; 256 bounds it), padded to
   vocab_multiple as a run pads it.
   """
+  if config.mode != "pretrain":
+    raise ConfigError("launch plan covers pre-training (mode=pretrain); a fine-tuning run is its model's size")
   vocab = 50_257 if config.tokenizer.startswith("gpt2:") else config.bpe_vocab_size if config.tokenizer == "bpe" \
       else 256
   vocab_size = -(-vocab // config.vocab_multiple) * config.vocab_multiple
