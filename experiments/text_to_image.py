@@ -88,7 +88,7 @@ PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config (about 15 minutes on 2 idle CPU cores, estimated from step rates on a loaded machine); "smoke".
+  """Default config (63 minutes on 2 CPU cores shared with other work, 31.5 minutes of CPU time); "smoke".
 
   Measured with these models on 2 cores shared with other work (load average about 7): the
   autoencoder 0.9 steps/s (37 GFLOP per step), CLIP 1.2 steps/s (20 GFLOP), the latent denoiser
