@@ -116,6 +116,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_common(config)
 
 
+# What experiments.sample / experiments.evaluate may change in a finished run (they train nothing):
+# `--config.truncation_psi=0.7` draws and scores the run's generator truncated.
+SAMPLING_FIELDS = ("num_samples", "truncation_psi")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
   """Trains the StyleGAN described by `config` in `workdir`; returns what results.json holds.
 
