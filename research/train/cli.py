@@ -331,7 +331,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     lock = None
     if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
-      if jax.process_index() == 0:  # one lock per run, however many processes share its workdir
+      # One lock per run, however many processes share its workdir; a single process asks no backend
+      # (launch/validate sets the device count after this point).
+      if not jax.distributed.is_initialized() or jax.process_index() == 0:
         lock = _lock(workdir_flag.value, dir_flag)
     try:
       with schedule.Signals(raise_stop=True):
