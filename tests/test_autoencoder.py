@@ -199,12 +199,12 @@ def test_smoke_run_writes_results_and_pictures_and_refuses_another_latent_dim(tm
   for name in ("fid", "precision", "recall", "classes_covered"):
     assert stored[name] == pytest.approx(recomputed[name], rel=1e-4, abs=1e-6), name
 
-  # A resume with another latent_dim fails before writing (the CLI turns this into exit 2).
+  # A resume with another latent_dim fails before writing, naming the field (the CLI turns this into exit 2).
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   config = experiment.get_config("smoke")
   config.latent_dim = 5
   config.steps = 40
-  with pytest.raises(ConfigError, match="does not match"):
+  with pytest.raises(ConfigError, match=r"holds a run trained with other settings: latent_dim 4 \(now 5\)"):
     experiment.run(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 

@@ -232,7 +232,7 @@ def test_repaint_table_smoke(smoke_run, tmp_path):
     assert np.isfinite(row["fid"]) and 0 <= row["masked_mse"] <= 1 and row["masked_mse_se"] > 0
   assert results["rows"]["2"]["denoiser_evaluations"] > results["rows"]["1"]["denoiser_evaluations"] == 100
   text = (tmp_path / "repaint.md").read_text()
-  assert "python -m" in text and f"{results['rows']['2']['fid']:.2f}" in text and "The paper's trend" in text
+  assert "Command: `python " in text and f"{results['rows']['2']['fid']:.2f}" in text and "The paper's trend" in text
   assert (tmp_path / "repaint.png").stat().st_size > 0
 
 

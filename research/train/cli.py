@@ -244,6 +244,8 @@ def _lock(directory: str, dir_flag: str):
   call created holds only the lock until the run writes something; `_unlock` removes it again
   if the run ends without writing (bad input refused), so that a refusal leaves nothing behind.
   """
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    fail(f"--{dir_flag} {directory} is a file, not a directory")
   created = not os.path.exists(directory)
   try:
     os.makedirs(directory, exist_ok=True)
