@@ -257,19 +257,11 @@ def complete(model, originals: np.ndarray, masks: jax.Array, key: jax.Array, res
                           prediction=config.prediction, variance=config.variance, clip_sample=config.clip_sample)
     return jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)
 
-  jitted, compiled = jax.jit(program), {}
-  chunks, compile_s, run_s = [], 0.0, 0.0
-  for i, start in enumerate(range(0, len(originals), config.sample_batch)):
-    args = (model.params, jax.random.fold_in(key, i), jnp.asarray(originals[start:start + config.sample_batch]),
-            masks[start:start + config.sample_batch])
-    size = args[2].shape[0]
-    if size not in compiled:
-      t0 = time.perf_counter()
-      compiled[size] = jitted.lower(*args).compile()
-      compile_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    chunks.append(np.asarray(jax.block_until_ready(compiled[size](*args))))
-    run_s += time.perf_counter() - t0
+  from experiments.tables import diffusion_model  # pylint: disable=import-outside-toplevel  # it imports this module
+  batch = config.sample_batch
+  calls = [(model.params, jax.random.fold_in(key, i), jnp.asarray(originals[start:start + batch]),
+            masks[start:start + batch]) for i, start in enumerate(range(0, len(originals), batch))]
+  chunks, compile_s, run_s = diffusion_model.timed_calls(program, calls)
   return np.concatenate(chunks), compile_s, run_s
 
 

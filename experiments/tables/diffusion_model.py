@@ -227,10 +227,21 @@ def draw(program: Callable, model: TrainedModel, key: jax.Array, n: int) -> Draw
   """
   labels = model.labels(n)
   batch = model.config.sample_batch
+  calls = [(model.params, jax.random.fold_in(key, i), labels[start:start + batch])
+           for i, start in enumerate(range(0, n, batch))]
+  chunks, compile_s, run_s = timed_calls(program, calls)
+  return Drawn(np.concatenate(chunks, axis=1), compile_s, run_s)
+
+
+def timed_calls(program, calls) -> tuple[list[np.ndarray], float, float]:
+  """`program(*args)` for each args of `calls`, compiled once per batch size (the third argument's rows).
+
+  Returns:
+    (the outputs as NumPy arrays, seconds compiling, seconds running).
+  """
   jitted, compiled = jax.jit(program), {}
   chunks, compile_s, run_s = [], 0.0, 0.0
-  for i, start in enumerate(range(0, n, batch)):
-    args = (model.params, jax.random.fold_in(key, i), labels[start:start + batch])
+  for args in calls:
     size = args[2].shape[0]
     if size not in compiled:
       t0 = time.perf_counter()
@@ -239,7 +250,7 @@ def draw(program: Callable, model: TrainedModel, key: jax.Array, n: int) -> Draw
     t0 = time.perf_counter()
     chunks.append(np.asarray(jax.block_until_ready(compiled[size](*args))))
     run_s += time.perf_counter() - t0
-  return Drawn(np.concatenate(chunks, axis=1), compile_s, run_s)
+  return chunks, compile_s, run_s
 
 
 class Scorer:
