@@ -333,14 +333,8 @@ def export_hf(config, workdir: str, tokenizer, vocab_size: int, params, members=
     tokenizer.save_vocab(os.path.join(workdir, directory))
 
 
-def finetune_config(config) -> ml_collections.ConfigDict:
-  """The config the loop runs in finetune mode: steps, batch size, learning rate and dropout from `finetune`."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.steps, config.batch_size = config.finetune.steps, config.finetune.batch_size
-  config.dropout = config.finetune.dropout
-  config.optimizer.learning_rate = config.finetune.learning_rate
-  config.optimizer.warmup_steps = config.finetune.warmup_steps
-  return config
+# The config the loop runs in finetune mode: BERT's rule (steps, batch, learning rate, warmup, dropout from `finetune`).
+finetune_config = bert_experiment.finetune_config
 
 
 def _pretrained(config):
