@@ -116,6 +116,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check_common(config)
 
 
+def saved_params(workdir: str) -> dict:
+  """The finished run's parameters in `workdir` ({'gen', 'disc', 'w_avg'}): the EMA's where the run keeps one."""
+  checkpoints = Checkpointer(workdir, keep=1)
+  try:
+    _, state = checkpoints.restore_saved()
+  finally:
+    checkpoints.close()
+  return state["ema_params"] if state.get("ema_params") is not None else state["params"]
+
+
 # What experiments.sample / experiments.evaluate may change in a finished run (they train nothing):
 # `--config.truncation_psi=0.7` draws and scores the run's generator truncated.
 SAMPLING_FIELDS = ("num_samples", "truncation_psi")
@@ -174,12 +184,7 @@ def drag_run(config: ml_collections.ConfigDict, workdir: str, points: str) -> di
   results_path = os.path.join(workdir, "results.json")
   if not os.path.isfile(results_path) or json.load(open(results_path, encoding="utf-8")).get("step") != config.steps:
     raise ConfigError(f"{workdir} has no finished stylegan run of {config.steps} steps to drag in")
-  checkpoints = Checkpointer(workdir, keep=1)
-  try:
-    _, state = checkpoints.restore_saved()
-  finally:
-    checkpoints.close()
-  params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+  params = saved_params(workdir)
   gen = sg.Generator(cfg)
   ws = sg.sample_ws(gen, params["gen"], params["w_avg"], jax.random.key(config.seed), 1, config.truncation_psi)
   before = gen.apply(params["gen"], ws, method=sg.Generator.synthesize)

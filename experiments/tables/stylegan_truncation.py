@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from experiments import harness
 from experiments import stylegan as stylegan_experiment
 from research.tasks import stylegan as stylegan_tasks
-from research.train import Checkpointer, ConfigError, check_positive, cli, images
+from research.train import ConfigError, check_positive, cli, images
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -77,12 +77,7 @@ def check(table) -> None:
 
 def score(config, workdir: str, psis) -> tuple[dict, dict]:
   """Each psi's evaluation of the finished run in `workdir`: ({psi: metrics}, {psi: the first 64 samples})."""
-  checkpoints = Checkpointer(workdir, keep=1)
-  try:
-    _, state = checkpoints.restore_saved()
-  finally:
-    checkpoints.close()
-  params = state["ema_params"] if state.get("ema_params") is not None else state["params"]
+  params = stylegan_experiment.saved_params(workdir)
   task = stylegan_tasks.make_task(config)
   evaluate = jax.jit(task.evaluate, static_argnums=2)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
