@@ -112,3 +112,22 @@ def test_bad_input_on_a_new_workdir_leaves_no_directory(tmp_path):
                         capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 2 and done.stderr.strip() == "error: steps must be >= 0, got -1"
   assert not workdir.exists()
+
+
+def test_a_stop_python_swallows_in_a_callback_is_raised_again_at_the_next_check(capsys):
+  from research.train import schedule
+
+  class Collected:
+    def __del__(self):  # the signal lands while Python runs a finalizer, which cannot raise
+      signals._handle(signal.SIGINT, None)  # pylint: disable=protected-access
+
+  with schedule.Signals(raise_stop=True) as signals:
+    obj = Collected()
+    del obj  # the Stop raised in __del__ is swallowed ("Exception ignored" without the hook)
+    with pytest.raises(schedule.Stop) as stopped:
+      schedule.raise_pending()
+    assert stopped.value.signum == signal.SIGINT
+    with schedule.Signals() as inner:  # the loop's handler, entered after: it stops at its first boundary
+      assert inner.received == signal.SIGINT
+  schedule.raise_pending()  # the run is over: nothing pending
+  assert "Exception ignored" not in capsys.readouterr().err

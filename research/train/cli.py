@@ -341,6 +341,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
       with schedule.Signals(raise_stop=True):
         try:
           run(config_flag.value, workdir_flag.value)
+          schedule.raise_pending()
         except ConfigError as e:
           fail(str(e))
         except NonFiniteLossError as e:

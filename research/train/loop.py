@@ -328,8 +328,10 @@ class _Loop:
       if engine.task.evaluate is not None:
         monitor.say(f"evaluating at step {final_step}")
       evaluator.evaluate(self.state, final_step)
+    schedule.raise_pending()
     if evaluator.sampled_step != final_step:
       evaluator.write_samples(self.state, final_step, self.record.diverged)
+    schedule.raise_pending()
     results.update(evaluator.metrics)
     if engine.sweep:
       results["members"] = self.record.members(evaluator.member_metrics)

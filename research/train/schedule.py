@@ -105,6 +105,20 @@ def exit_at_once(signum: int) -> None:
   os._exit(128 + signum)  # pylint: disable=protected-access  # no interpreter teardown under live save threads
 
 
+_PENDING: int | None = None  # a signal the whole-run handler raised as Stop, until the run ends
+
+
+def raise_pending() -> None:
+  """Raises `Stop` again for a signal whose first `Stop` Python swallowed.
+
+  A signal handler's exception lands wherever the interpreter was, and where that is a garbage
+  collector's callback or a `__del__`, Python prints it as "Exception ignored" and goes on. The
+  run checks here before it writes anything final, so such a signal still stops it.
+  """
+  if _PENDING is not None:
+    raise Stop(_PENDING)
+
+
 def _handles_signals() -> bool:
   return jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
 
@@ -126,22 +140,40 @@ class Signals:
     self._previous = {}
 
   def __enter__(self):
+    global _PENDING
     if _handles_signals():
       for signum in (signal.SIGINT, signal.SIGTERM):
         self._previous[signum] = signal.signal(signum, self._handle)
+      if self._raise_stop:
+        _PENDING = None
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+      else:
+        self.received = _PENDING  # a swallowed Stop: the loop stops at its first boundary
     return self
 
   def _handle(self, signum, frame):
+    global _PENDING
     del frame
     if self.received is not None:  # a second signal: stop now
       exit_at_once(signum)
     self.received = signum
     if self._raise_stop:
+      _PENDING = signum
       raise Stop(signum)
 
+  def _unraisable(self, unraisable) -> None:
+    """Stop raised inside a callback Python cannot raise from: kept pending (raise_pending), not printed."""
+    if not isinstance(unraisable.exc_value, Stop):
+      self._previous_hook(unraisable)
+
   def __exit__(self, *exc):
+    global _PENDING
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+    if self._raise_stop and self._previous:
+      sys.unraisablehook = self._previous_hook
+      _PENDING = None
     return False
 
 
