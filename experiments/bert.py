@@ -99,7 +99,7 @@ def _base(config: ml_collections.ConfigDict) -> None:
   sequences of 128 tokens per update, Adam (decoupled weight decay 0.01, beta2 0.999, epsilon
   1e-6) at 1e-4 after 10,000 warmup updates, dropout 0.1, 1M updates. The paper trains 90% of
   its updates at 128 tokens and the last 10% at 512; this is the 128-token phase, priced at
-  all 1M updates (the 512-token phase is --config.seq_len=512, about 4x the FLOPs per update).
+  all 1M updates (the 512-token phase is --config.seq_len=512, over 4x the FLOPs per update).
   It decays the rate linearly to 0; here a cosine does. Masked LM only: the paper's
   next-sentence task is not this experiment's. Aims at the paper's BERT-base: GLUE score 79.6
   (Table 1) after fine-tuning, a fine-tuning step this experiment's finetune mode runs per task.

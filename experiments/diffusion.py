@@ -84,9 +84,10 @@ def _ddpm_cifar10(config: ml_collections.ConfigDict) -> None:
   prediction; Adam at 2e-4 after 5,000 warmup updates, gradients clipped to norm 1, batch 128,
   800k updates, EMA 0.9999; sampled by the DDPM sampler with sigma^2 = beta. This U-Net attends
   at its lowest resolution only (4x4, in the middle), where the paper's also attends at 16x16
-  (five more attention layers, 1.3M parameters): 34.5M parameters to the paper's 35.7M (`launch plan` counts
-  them). A plan only: samples here are scored in the 8x8 digits' feature space, so a run
-  refuses cifar10 (`python -m launch plan diffusion -- --config=experiments/diffusion.py:ddpm_cifar10`).
+  (five more attention layers, 1.3M parameters): 34.5M parameters to the paper's 35.7M, as
+  `launch plan` counts them. A plan only: samples here are scored in the 8x8 digits' feature
+  space, so a run refuses cifar10 (`python -m launch plan diffusion --
+  --config=experiments/diffusion.py:ddpm_cifar10`).
   """
   config.dataset, config.conditional = "cifar10", False
   config.unet_channels, config.unet_blocks, config.unet_groups, config.unet_heads = (128, 256, 256, 256), 2, 32, 1
@@ -113,9 +114,8 @@ def _dit_xl2(config: ml_collections.ConfigDict) -> None:
   256, 400k updates, EMA 0.9999: the paper's FID-50K 9.62 at 400k updates without guidance
   (Table 4; 2.27 with guidance 1.5 after 7M updates). The paper's model also learns the
   variance (2C output channels); this one predicts the noise only, 18k parameters fewer: 675M
-  either way. A plan only: this experiment
-  trains on digits and has no latent ImageNet (`python -m launch plan diffusion --
-  --config=experiments/diffusion.py:dit_xl2`).
+  either way. A plan only: this experiment trains on digits and has no latent ImageNet
+  (`python -m launch plan diffusion -- --config=experiments/diffusion.py:dit_xl2`).
   """
   config.dataset, config.conditional = "imagenet256_latents", True
   config.model, config.dit, config.dit_conditioning = "dit", "DiT-XL/2", "adaln_zero"
