@@ -5,6 +5,7 @@ Run:
   python -m experiments.autoencoder --workdir=/tmp/iwae --config.objective=iwae --config.k=5
   python -m experiments.autoencoder --workdir=/tmp/dae --config.model=dae --config.corruption=mask
   python -m experiments.autoencoder --workdir=/tmp/smoke --config=experiments/autoencoder.py:smoke
+  python -m experiments.autoencoder --workdir=/scratch/runs/iwae --config=experiments/autoencoder.py:iwae_mnist
 
 Writes into the workdir: checkpoints, TensorBoard events, reconstructions.png (test images
 and their reconstructions in alternating rows; for the DAE: clean, corrupted, denoised),
@@ -17,6 +18,7 @@ samples.png then hold those samples.
 """
 
 import ml_collections
+import numpy as np
 
 from research import data as data_lib
 from research.tasks import autoencoder
@@ -35,11 +37,37 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every = 10
 
 
-PRESETS = {"smoke": _smoke}
+def _iwae_mnist(config: ml_collections.ConfigDict) -> None:
+  """Burda et al. (2016)'s IWAE with one stochastic layer and k = 50 on MNIST (GPU/TPU hosts).
+
+  784-200-200-50 tanh encoder and a mirrored Bernoulli decoder, the IWAE bound with k = 50
+  samples, batch 20, Adam (epsilon 1e-4), scored by importance sampling with 5,000 samples:
+  the paper's test NLL 84.78 nats (Table 1; 82.90 with two stochastic layers, which this
+  model does not have). The paper trains 3^i passes at 1e-3 * 10^(-i/7) for i = 0..7, 3,280
+  passes in all: 9,840,000 updates of 20 of MNIST's 60,000 training images; here a cosine
+  from 1e-3 to 1e-4 over those updates stands for the staircase.
+  """
+  config.dataset = "mnist"
+  config.model, config.objective, config.k = "vae", "iwae", 50
+  config.latent_dim, config.hidden = 50, (200, 200)
+  config.eval_k = 5000
+  config.steps, config.batch_size = 9_840_000, 20
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule, config.optimizer.final_lr_fraction = "warmup_cosine", 0.1
+  config.log_every, config.checkpoint_every = 10_000, 300_000
+
+
+PRESETS = {"smoke": _smoke, "iwae_mnist": _iwae_mnist}
+# Image shapes `plan_inputs` knows without loading the dataset.
+IMAGE_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1)}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config (the VAE on bundled digits, a few minutes on 2 CPU cores); preset "smoke" for tests."""
+  """Default config (the VAE on bundled digits, a few minutes on 2 CPU cores).
+
+  Presets: "smoke" for tests; "iwae_mnist" is the IWAE paper's one-stochastic-layer k = 50
+  model on MNIST at its scale (GPU/TPU hosts; `python -m launch plan autoencoder` prices it).
+  """
   config = base_config()
   config.model = "vae"  # one of: ae, dae, vae
   config.latent_dim = 16  # size of the code (AE/DAE) or of the Gaussian latent (VAE)
@@ -67,6 +95,20 @@ def check_config(config) -> None:
   # Precision/recall's k-th nearest neighbour (k = 3) needs more samples than k.
   if config.num_samples != 0 and config.num_samples < 4:
     raise ConfigError(f"num_samples must be 0 (no sample metrics) or at least 4, got {config.num_samples}")
+
+
+def plan_inputs(config):
+  """The task and one step's batch of `config` for `python -m launch plan`: shapes only, no images.
+
+  Raises:
+    ConfigError: for a dataset whose image shape is not in IMAGE_SHAPES.
+  """
+  if config.dataset not in IMAGE_SHAPES:
+    raise ConfigError(f"launch plan knows the image shapes of {', '.join(IMAGE_SHAPES)}, not of "
+                      f"dataset {config.dataset!r}")
+  shape = IMAGE_SHAPES[config.dataset]
+  task = autoencoder.make_task(config, np.zeros((autoencoder.NUM_RECONSTRUCTIONS, *shape), np.uint8))
+  return task, {"image": np.zeros((config.batch_size, *shape), np.uint8)}
 
 
 # What experiments.sample / experiments.evaluate may change in a finished run (they train nothing).

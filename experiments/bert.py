@@ -8,6 +8,7 @@ Run:
   python -m experiments.bert --workdir=/tmp/sst2 --config.mode=finetune --config.init=/tmp/bert \\
       --config.task_dataset=glue/sst2 --config.task_eval_split=validation             # needs a prepared glue/sst2
   python -m experiments.bert --workdir=/tmp/smoke --config=experiments/bert.py:smoke
+  python -m experiments.bert --workdir=/scratch/runs/bert_base --config=experiments/bert.py:base   # GPU/TPU hosts
   python -m experiments.sweep --config=experiments/bert.py --workdir=/tmp/bert_cls3 --seeds=3 \\
       --config.mode=finetune --config.init=/tmp/bert --metric=accuracy                  # 3 seeds, one program
   python -m experiments.sweep --config=experiments/bert.py --workdir=/tmp/bert_dropout --seeds=2 \\
@@ -90,11 +91,47 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.eval_sequences, config.eval_batch_size = 16, 8
 
 
-PRESETS = {"smoke": _smoke}
+def _base(config: ml_collections.ConfigDict) -> None:
+  """BERT-base pre-training as Devlin et al. (2019) ran it: phase 1 of the paper's schedule (GPU/TPU hosts).
+
+  12 layers, 768 wide, 12 heads, a 3,072-unit MLP, 512 positions, a WordPiece vocabulary of
+  30,522 (the paper's size, fitted here on the pre-training text; 110M parameters), 256
+  sequences of 128 tokens per update, Adam (decoupled weight decay 0.01, beta2 0.999, epsilon
+  1e-6) at 1e-4 after 10,000 warmup updates, dropout 0.1, 1M updates. The paper trains 90% of
+  its updates at 128 tokens and the last 10% at 512; this is the 128-token phase, priced at
+  all 1M updates (the 512-token phase is --config.seq_len=512, over 4x the FLOPs per update).
+  It decays the rate linearly to 0; here a cosine does. Masked LM only: the paper's
+  next-sentence task is not this experiment's. Aims at the paper's BERT-base: GLUE score 79.6
+  (Table 1) after fine-tuning, a fine-tuning step this experiment's finetune mode runs per task.
+  English Wikipedia stands for the paper's BooksCorpus + Wikipedia (no BooksCorpus in TFDS).
+  """
+  config.dataset = "wikipedia/20230601.en"
+  config.train_split, config.eval_split = "train[:99%]", "train[99%:]"
+  config.max_train_tokens = 3_300_000_000  # the paper's 3.3B words, about as many word pieces
+  config.vocab_size = 30_522
+  config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size = 768, 12, 12, 3072
+  config.max_position_embeddings = 512
+  config.seq_len = 128
+  config.dropout = config.attention_dropout = 0.1
+  config.dtype = "bfloat16"
+  config.steps, config.batch_size = 1_000_000, 256
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.b2, config.optimizer.eps = 0.999, 1e-6
+  config.optimizer.warmup_steps = 10_000
+  config.log_every = 100
+  config.eval_every = config.checkpoint_every = 10_000
+  config.eval_sequences, config.eval_batch_size = 8192, 256
+
+
+PRESETS = {"smoke": _smoke, "base": _base}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config (MLM pre-training of a small BERT on python_docs, minutes on 2 CPU cores); "smoke" for tests."""
+  """Default config (MLM pre-training of a small BERT on python_docs, minutes on 2 CPU cores).
+
+  Presets: "smoke" for tests; "base" is BERT-base pre-training at the paper's scale (GPU/TPU
+  hosts; `python -m launch plan bert` prices it).
+  """
   config = base_config()
   config.mode = "pretrain"  # pretrain (masked LM) or finetune (sequence classification)
   config.init = ""  # finetune: a pre-training workdir of this script or a transformers BERT directory; "": random
@@ -198,6 +235,23 @@ def model_config(config, vocab_size: int, **overrides) -> bert.BertConfig:
                          type_vocab_size=config.type_vocab_size, hidden_dropout_prob=config.dropout,
                          attention_probs_dropout_prob=config.attention_dropout, attention=config.attention,
                          scan_layers=config.scan_layers, remat=config.remat, dtype=config.dtype, **overrides)
+
+
+def plan_inputs(config):
+  """The task and one step's batch of `config` for `python -m launch plan`: shapes only, no text, no tokenizer files.
+
+  The vocabulary is `vocab_size` (what a fitted WordPiece has), its special tokens the first
+  ids as research.data.tokenizers.WordPieceTokenizer puts them; the batch is full sequences
+  ([CLS] + seq_len - 2 tokens + [SEP], no padding) as research.data.encoder gives them.
+  """
+  if config.mode != "pretrain":
+    raise ConfigError("launch plan covers pre-training (mode=pretrain); a fine-tuning run is its model's size")
+  special = {token: i for i, token in enumerate(tokenizers.WordPieceTokenizer.SPECIAL)}
+  cfg = model_config(config, config.vocab_size, pad_token_id=special["[PAD]"])
+  task = bert_tasks.make_pretrain_task(config, cfg, special)
+  shape = (config.batch_size, config.seq_len)
+  return task, {"input_ids": np.full(shape, len(special), np.int32), "attention_mask": np.ones(shape, np.int32),
+                "token_type_ids": np.zeros(shape, np.int32)}
 
 
 def train_tokenizer(config):

@@ -9,6 +9,7 @@ Run:
   python -m experiments.sweep --workdir=/tmp/cfg_sweep --config=experiments/diffusion.py:smoke \
       --vary=guidance_scale=0,1,3
   python -m experiments.diffusion --workdir=/tmp/diffusion --inpaint=center --resample=10 --jump=10
+  python -m launch plan diffusion --devices=8 -- --config=experiments/diffusion.py:ddpm_cifar10   # a plan only
 
 By default a class-conditional DDPM (linear β, T = 1000, ε-prediction, 10% label dropout for
 classifier-free guidance) with the small U-Net, EMA weights (decay 0.995), sampled with DDIM
@@ -75,7 +76,67 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.optimizer.warmup_steps = 2
 
 
-PRESETS = {"long": _long, "smoke": _smoke}
+def _ddpm_cifar10(config: ml_collections.ConfigDict) -> None:
+  """Ho et al. (2020)'s unconditional CIFAR-10 model, aiming at its FID 3.17 (Table 1; GPU/TPU hosts).
+
+  The paper's U-Net (appendix B): channels 128, 256, 256, 256 over 32x32 to 4x4, two residual
+  blocks per level, GroupNorm 32, dropout 0.1; T = 1000 linear betas 1e-4..0.02, epsilon
+  prediction; Adam at 2e-4 after 5,000 warmup updates, gradients clipped to norm 1, batch 128,
+  800k updates, EMA 0.9999; sampled by the DDPM sampler with sigma^2 = beta. This U-Net attends
+  at its lowest resolution only (4x4, in the middle), where the paper's also attends at 16x16
+  (five more attention layers, 1.3M parameters): 34.5M parameters to the paper's 35.7M, as
+  `launch plan` counts them. A plan only: samples here are scored in the 8x8 digits' feature
+  space, so a run refuses cifar10 (`python -m launch plan diffusion --
+  --config=experiments/diffusion.py:ddpm_cifar10`).
+  """
+  config.dataset, config.conditional = "cifar10", False
+  config.unet_channels, config.unet_blocks, config.unet_groups, config.unet_heads = (128, 256, 256, 256), 2, 32, 1
+  config.unet_attention = "auto"
+  config.dropout = 0.1
+  config.schedule, config.num_train_steps, config.prediction = "linear", 1000, "epsilon"
+  config.sampler, config.variance = "ddpm", "fixed_large"
+  config.num_samples, config.sample_batch = 50_000, 500
+  config.dtype = "bfloat16"
+  config.steps, config.batch_size = 800_000, 128
+  config.ema_decay = 0.9999
+  config.optimizer.name = "adam"
+  config.optimizer.learning_rate = 2e-4
+  config.optimizer.warmup_steps = 5000
+  config.optimizer.final_lr_fraction = 1.0  # constant after the warmup
+  config.log_every, config.checkpoint_every = 1000, 10_000
+
+
+def _dit_xl2(config: ml_collections.ConfigDict) -> None:
+  """Peebles & Xie (2023)'s DiT-XL/2 on ImageNet 256x256 as 32x32x4 VAE latents (GPU/TPU hosts).
+
+  28 blocks, 1152 wide, 16 heads, patch 2 (256 tokens), adaLN-Zero, 1,000 classes with 10%
+  label dropout; linear betas, T = 1000; AdamW at a constant 1e-4 without weight decay, batch
+  256, 400k updates, EMA 0.9999: the paper's FID-50K 9.62 at 400k updates without guidance
+  (Table 4; 2.27 with guidance 1.5 after 7M updates). The paper's model also learns the
+  variance (2C output channels); this one predicts the noise only, 18k parameters fewer: 675M
+  either way. A plan only: this experiment trains on digits and has no latent ImageNet
+  (`python -m launch plan diffusion -- --config=experiments/diffusion.py:dit_xl2`).
+  """
+  config.dataset, config.conditional = "imagenet256_latents", True
+  config.model, config.dit, config.dit_conditioning = "dit", "DiT-XL/2", "adaln_zero"
+  config.class_dropout = 0.1
+  config.schedule, config.num_train_steps, config.prediction = "linear", 1000, "epsilon"
+  config.sampler, config.sample_steps, config.eta = "ddim", 250, 1.0  # 250 DDPM-like steps, as the paper samples
+  config.num_samples, config.sample_batch = 50_000, 250
+  config.dtype = "bfloat16"
+  config.steps, config.batch_size = 400_000, 256
+  config.ema_decay = 0.9999
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.schedule, config.optimizer.warmup_steps, config.optimizer.grad_clip_norm = "constant", 0, 0.0
+  config.log_every, config.checkpoint_every = 1000, 10_000
+
+
+PRESETS = {"long": _long, "ddpm_cifar10": _ddpm_cifar10, "dit_xl2": _dit_xl2, "smoke": _smoke}
+# dataset -> ((H, W, C) of its images, classes). Runs train on digits; the others size a plan (`plan_inputs`).
+IMAGES = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10), "imagenet256_latents": ((32, 32, 4), 1000)}
+TRAINED = ("digits",)
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
@@ -83,13 +144,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
   Presets: "smoke" for tests; "long" trains the default model 4x longer (12000 steps, about 15
   minutes on 2 CPU cores), the model of the DDIM table, whose few-step samplers tell η apart only
-  once the noise prediction is accurate.
+  once the noise prediction is accurate; "ddpm_cifar10" and "dit_xl2" are papers' models at their
+  scale, for `python -m launch plan diffusion` to price.
   """
   config = base_config()
-  config.dataset = "digits"  # 8x8 digits (bundled)
+  config.dataset = "digits"  # 8x8 digits (bundled); the other IMAGES are for launch plan only
   config.conditional = True  # class-conditional (with a null class for guidance) or unconditional
   config.model = "unet"  # unet or dit
   config.unet_channels = (32, 64)  # U-Net channels per resolution (8x8, then 4x4 with attention)
+  config.unet_blocks = 1  # residual blocks per U-Net level in the encoder (the decoder has one more)
   config.unet_groups = 8  # GroupNorm groups
   config.unet_heads = 4  # attention heads at the lowest resolution
   config.unet_attention = "reference"  # the U-Net's attention kernel (research.models.attention.IMPLEMENTATIONS)
@@ -128,7 +191,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 def check_config(config) -> None:
   """Raises ConfigError on bad input, before anything is loaded, compiled or written."""
   check_common(config)
-  check_choice("dataset", config.dataset, ("digits",))
+  check_choice("dataset", config.dataset, IMAGES)
   check_choice("model", config.model, diffusion_tasks.DENOISERS)
   check_choice("schedule", config.schedule, diffusion.SCHEDULES)
   check_choice("prediction", config.prediction, diffusion.PREDICTIONS)
@@ -141,6 +204,7 @@ def check_config(config) -> None:
   if not isinstance(channels, (tuple, list)) or not channels or \
       not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
     raise ConfigError(f"unet_channels must be positive integers, one per resolution (e.g. 32,64), got {channels!r}")
+  check_positive("unet_blocks", config.unet_blocks)
   check_positive("unet_groups", config.unet_groups)
   if any(c % config.unet_groups for c in channels):
     raise ConfigError(f"unet_groups {config.unet_groups} must divide every entry of unet_channels {tuple(channels)}")
@@ -160,11 +224,32 @@ def check_config(config) -> None:
   if not 0.0 <= config.class_dropout < 1.0:
     raise ConfigError(f"class_dropout must be in [0, 1), got {config.class_dropout}")
   if config.model == "dit":
+    (size, _, channels_in), classes = IMAGES[config.dataset]
     try:
-      dit.config(config.dit, input_size=8, in_channels=1, num_classes=10, conditioning=config.dit_conditioning,
+      dit.config(config.dit, input_size=size, in_channels=channels_in, num_classes=classes,
+                 conditioning=config.dit_conditioning,
                  attention=config.dit_attention, scan_layers=config.dit_scan_layers, remat=config.dit_remat)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+
+
+def check_trained(config) -> None:
+  """Raises ConfigError for a dataset this experiment plans but does not train (its samples are scored as digits)."""
+  if config.dataset not in TRAINED:
+    raise ConfigError(f"dataset {config.dataset!r} is for python -m launch plan only: runs train on "
+                      f"{', '.join(TRAINED)} (samples are scored in the 8x8 digits' feature space)")
+
+
+def plan_inputs(config):
+  """The task and one step's batch of `config` for `python -m launch plan`: shapes only, no images.
+
+  The images' shape and classes are the dataset's (IMAGES); the batch is uint8 images and
+  int32 labels, as the loop reads a split.
+  """
+  shape, classes = IMAGES[config.dataset]
+  task = diffusion_tasks.make_task(config, shape, classes if config.conditional else 0)
+  return task, {"image": np.zeros((config.batch_size, *shape), np.uint8),
+                "label": np.zeros((config.batch_size,), np.int32)}
 
 
 def check_members(config, members) -> None:
@@ -192,6 +277,7 @@ def run(config, workdir: str, members=None) -> dict:
   a sweep over guidance_scale runs the guided sampler for every member, at w = 1 too.
   """
   check_config(config)
+  check_trained(config)
   check_members(config, members)
   check_workdir(workdir)
   train_split = data_lib.load(config.dataset, "train")
@@ -326,6 +412,7 @@ def inpaint(config, workdir: str, kind: str, resample: int = INPAINT_DEFAULTS["r
   from experiments.tables import diffusion_model  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   check_config(config)
+  check_trained(config)
   check_inpaint(config, kind, resample, jump, num_images)
   check_workdir(workdir)
   if not finished_run(config, workdir):

@@ -43,6 +43,7 @@ def test_long_preset_is_the_default_model_trained_longer():
     ("--config.sample_steps=101", "sample_steps must be in [1, num_train_steps = 100], got 101"),
     ("--config.eta=-0.5", "eta must be >= 0, got -0.5"),
     ("--config.conditional=False --config.guidance_scale=3.0", "guidance_scale 3.0 needs a conditional model"),
+    ("--config.dataset=cifar10", "dataset 'cifar10' is for python -m launch plan only"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, flag, message):
   proc = run_python(["-m", "experiments.diffusion", f"--workdir={tmp_path / 'w'}",

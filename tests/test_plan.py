@@ -1,6 +1,7 @@
 """`python -m launch plan`: the loop's step compiled for N simulated devices, never run, with its figures."""
 
 import json
+import math
 
 import pytest
 
@@ -34,6 +35,58 @@ def test_plan_counts_what_a_run_counts_and_fsdp_shards_the_state(tmp_path):
   assert sharded["devices"] == 2 and sharded["mesh"]["fsdp"] == 2
   assert sharded["parameters"] == one["parameters"]
   assert sharded["params_bytes"] < 0.75 * one["params_bytes"]  # sharded kernels: about half per device
+
+
+# One process plans every paper preset on 8 simulated devices: (experiment, preset, overrides). The
+# transformers' blocks as one nn.scan compile one block instead of 12 or 28: the same parameters, but
+# XLA's cost analysis counts a scan's body once, so their FLOPs are not the step's (`launch plan`
+# prices the presets as they are, unscanned).
+PAPER_PRESETS = [
+    ("bert", "base", {"scan_layers": True}),
+    ("diffusion", "ddpm_cifar10", {}),
+    ("diffusion", "dit_xl2", {"dit_scan_layers": True}),
+    ("autoencoder", "iwae_mnist", {"mesh.data": 4, "mesh.tensor": 2}),  # the paper's batch of 20 is not 8 ways
+]
+PLAN_ALL = """
+import importlib, json, sys
+import jax
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_num_cpu_devices", 8)
+from research.train import plan as plan_lib
+out = {}
+for experiment, preset, overrides in json.loads(sys.argv[1]):
+  module = importlib.import_module("experiments." + experiment)
+  config = module.get_config(preset)
+  config.update_from_flattened_dict(overrides)
+  module.check_config(config)
+  task, batch = module.plan_inputs(config)
+  out[preset] = plan_lib.plan(task, config, batch)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_paper_presets_plan_at_their_papers_sizes():
+  done = run_python(["-c", PLAN_ALL, json.dumps(PAPER_PRESETS)])
+  assert done.returncode == 0, done.stderr[-2000:]
+  plans = json.loads(done.stdout.strip().splitlines()[-1])
+  # The papers' parameter counts: BERT-base 110M, DDPM's CIFAR-10 U-Net 35.7M (this one lacks the
+  # paper's attention at 16x16), DiT-XL/2 675M; the IWAE's 784-200-200-50 encoder and its mirror.
+  iwae = (784 * 200 + 200) + (200 * 200 + 200) + (200 * 100 + 100) + (50 * 200 + 200) + (200 * 200 + 200) + \
+      (200 * 784 + 784)
+  expected = {"base": 110e6, "ddpm_cifar10": 35.7e6, "dit_xl2": 675e6, "iwae_mnist": iwae}
+  for preset, parameters in expected.items():
+    summary = plans[preset]
+    assert summary["parameters"] == pytest.approx(parameters, rel=0.04), preset
+    assert summary["devices"] == 8 and math.prod(summary["mesh"].values()) == 8, preset
+    assert summary["flops_per_step"] > 0 and 0 < summary["peak_bytes"] < 2**63, preset
+    assert summary["params_bytes"] == 4 * summary["parameters"], preset  # float32, replicated over data
+  assert plans["iwae_mnist"]["parameters"] == iwae
+  assert (plans["base"]["steps"], plans["base"]["batch_size"]) == (1_000_000, 256)
+  assert (plans["dit_xl2"]["steps"], plans["dit_xl2"]["batch_size"]) == (400_000, 256)
+  # The IWAE step's FLOPs: about 6 per decoder parameter per sample (k = 50 of each of 20 images).
+  assert plans["iwae_mnist"]["flops_per_step"] == pytest.approx(6 * (50 * 200 + 200 * 200 + 200 * 784) * 20 * 50,
+                                                                rel=0.1)
 
 
 def test_bad_plans_are_one_line():

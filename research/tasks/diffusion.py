@@ -27,7 +27,8 @@ DENOISERS = ("unet", "dit")
 def make_denoiser(config, image_shape, num_classes: int):
   """The denoiser module of an experiment config, and `apply(params, x, t, y, train, key)`."""
   if config.model == "unet":
-    model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels), groups=config.unet_groups,
+    model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels),
+                                              blocks_per_level=config.get("unet_blocks", 1), groups=config.unet_groups,
                                               attention_heads=config.unet_heads, dropout=config.dropout,
                                               num_classes=num_classes, out_channels=image_shape[-1],
                                               attention=config.unet_attention, dtype=config.dtype))
