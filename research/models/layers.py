@@ -34,6 +34,9 @@ A transformer's stack of blocks, and what every model file shares:
             each optionally under `nn.remat` ("block": keep only its input for the backward
             pass; "dots": keep its matrix products' outputs, `checkpoint_dots`).
   stack_blocks, unstack_blocks   the two parameter layouts into each other.
+  unrolled_block_scans   within it, `blocks(scan=True)` traces its scan fully unrolled (the
+            same parameters and numbers), so that XLA's cost analysis, which counts a loop's
+            body once, counts every block: research.train counts a step's FLOPs under it.
   ACTIVATION_*   logical names of activation axes, for `nn.with_logical_constraint`; the
             rules of research/train/parallel.py map them to mesh axes (a no-op when traced
             outside `nn.logical_axis_rules` and a mesh).
@@ -41,6 +44,8 @@ A transformer's stack of blocks, and what every model file shares:
   on_cpu    whether programs are compiled for CPUs: the one test of a CPU-only workaround.
 """
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -246,6 +251,19 @@ class _Block(nn.Module):
     return block(nn.with_logical_constraint(x, ACTIVATION_EMBED), layer_input, **self.kwargs)
 
 
+_UNROLL_BLOCK_SCANS = contextvars.ContextVar("unroll_block_scans", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_block_scans():
+  """Traces `blocks(scan=True)` unrolled within: for counting FLOPs only (the program grows with the blocks)."""
+  token = _UNROLL_BLOCK_SCANS.set(True)
+  try:
+    yield
+  finally:
+    _UNROLL_BLOCK_SCANS.reset(token)
+
+
 def blocks(make: Callable[[], nn.Module], count: int, x, per_layer=None, *, name: str, scan: bool = False,
            remat: str = "none", **kwargs):
   """x through `count` blocks `make()`, each called as `block(x, its input, **kwargs) -> (x, its output)`.
@@ -272,7 +290,8 @@ def blocks(make: Callable[[], nn.Module], count: int, x, per_layer=None, *, name
   block = _Block if remat == "none" else nn.remat(_Block, policy=_REMAT_POLICIES[remat], prevent_cse=not scan)
   if scan:
     stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True}, length=count,
-                    metadata_params={nn.PARTITION_NAME: "layers"})
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                    unroll=count if _UNROLL_BLOCK_SCANS.get() else 1)
     return stack(make, kwargs, name=name)(x, per_layer)
   outs = []
   for i in range(count):

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research import data as data_lib
 from research import optim
+from research.models import layers
 from research.train import parallel
 from research.train.config import ConfigError
 from research.train.step import Keys, TrainState, init_params, init_state, make_train_step
@@ -248,8 +249,12 @@ class Engine:
     return jax.lax.scan(lambda s, batch: self.step(s, batch, keys), state, batches)
 
   def counted_step(self, state: TrainState, batch, keys: Keys):
-    """The update without microbatching, whose lowered program gives the model FLOPs of one step."""
-    return self.over_members(self._counted_step)(state, batch, keys.train)
+    """The update without microbatching, whose lowered program gives the model FLOPs of one step.
+
+    Scanned blocks are traced unrolled here: XLA's cost analysis counts a loop's body once.
+    """
+    with layers.unrolled_block_scans():
+      return self.over_members(self._counted_step)(state, batch, keys.train)
 
   # ---------------------------------------------------------------------------------------
   # Checks and layout.

@@ -46,7 +46,8 @@ def step_flops(lowered) -> float | None:
   """Model FLOPs of one step from XLA's cost analysis of its lowered program (None if unavailable).
 
   Loops inside the step (a lax.scan over microbatches or critic updates) count once, as
-  XLA's analysis counts a loop body once.
+  XLA's analysis counts a loop body once; the loop lowers its step without microbatches and
+  with scanned blocks unrolled (research.models.layers.unrolled_block_scans) for this.
   """
   try:
     cost = lowered.cost_analysis()
