@@ -14,6 +14,7 @@ over members. Only the fields of research.rl.ppo.HParams can vary.
 
 import ml_collections
 
+from research.rl import config as rl_config
 from research.rl import experiment, ppo
 from research.train import Members, cli
 
@@ -51,6 +52,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.learning_rate = 2.5e-4  # Adam learning rate (initial, if annealed)
   config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
   config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
+  # updates_per_chunk (a progress line and a chance to stop every 50 updates: about 20 a run), checkpoint_every
+  # (updates) and keep_checkpoints; a rerun of the same command resumes from the newest checkpoint.
+  rl_config.add_chunk_fields(config, updates_per_chunk=50, checkpoint_every=200)
   return cli.apply_presets(config, preset, PRESETS)
 
 
