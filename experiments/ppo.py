@@ -1,6 +1,6 @@
 """PPO (or REINFORCE with a baseline) on a gymnax environment, seeds vmapped in one jitted program.
 
-Run:
+Run (Ctrl-C stops at the next chunk of updates with a checkpoint; the same command resumes):
   python -m experiments.ppo --workdir=/tmp/ppo
   python -m experiments.ppo --workdir=/tmp/ppo --config=experiments/ppo.py:smoke
   python -m experiments.ppo --workdir=/tmp/ppo_acrobot --config.env_name=Acrobot-v1
@@ -69,9 +69,11 @@ def run(config, workdir: str, members: Members | None = None) -> dict:
 
   Writes into workdir: results.json (final and initial return per seed, timings, config,
   versions, wall time), returns.png (return vs environment steps, mean and range over seeds)
-  and params/ (an orbax checkpoint of the final parameters, leaves (num_seeds, ...)).
-  With `members` (a sweep), every member's num_seeds runs train in one program; see
-  research.rl.experiment.run.
+  and params/ (an orbax checkpoint of the final parameters, leaves (num_seeds, ...)). A single
+  run trains config.updates_per_chunk updates per call, printing a progress line after each,
+  saves checkpoints/ every config.checkpoint_every updates and on Ctrl-C (exit 130), and resumes
+  from them when run again. With `members` (a sweep), every member's num_seeds runs train in
+  one program, without chunks; see research.rl.experiment.run.
 
   Args:
     config: the experiment config (see get_config); validated before anything is compiled.

@@ -3,17 +3,15 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import run_python
 from experiments import ppo as ppo_experiment
-from research.rl import experiment, ppo
+from research.rl import ppo
 from research.train import ConfigError, restore_pytree
 
 

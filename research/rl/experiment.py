@@ -12,6 +12,11 @@ traced fields), `default_hparams(config)` and `num_updates(config)`. An output w
 `evaluation` (DQN's greedy episodes, research.rl.dqn.Evaluation) reports those as the final
 returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
+
+An algorithm with `make_chunks(config)` (research.rl.ppo) runs a single run's updates a chunk
+at a time (config.updates_per_chunk): a progress line after each chunk, a checkpoint every
+config.checkpoint_every updates, a stop at the next chunk's end on SIGINT/SIGTERM, and a rerun
+of the same command that resumes from the newest checkpoint to the same results, bit for bit.
 """
 
 import json
@@ -299,7 +304,7 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
         abstract_carry, jax.ShapeDtypeStruct((), jnp.int32)).compile()
   compile_time = time.perf_counter() - start
   print(f"compiled {name} on {config.env_name} x {config.num_seeds} seeds in {compile_time:.1f}s "
-        f"({len(ends)} chunks of up to {per_chunk} updates to run)")
+        f"({len(ends)} chunk{'s' if len(ends) != 1 else ''} of up to {per_chunk} updates to run)")
 
   def save(updates: int) -> None:
     nonlocal checkpoints
@@ -366,6 +371,15 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   and params/ has leaves (members, num_seeds, ...). A member whose loss turns non-finite is
   reported with `diverged_at_step` (an update, 1-based) and the others finish.
 
+  A single run of an algorithm with `make_chunks` runs config.updates_per_chunk updates per
+  compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
+  chunk's episodes, X env steps/s` after each; it saves (the carry and the metrics so far) in
+  workdir/checkpoints every config.checkpoint_every updates (0: never), at the end once
+  anything was saved, and when SIGINT or SIGTERM stops it at a chunk's end (raising
+  research.train.Interrupted). Run again, it resumes from the newest checkpoint (refusing a
+  config that changes what it trains) to the files of a run never stopped; a finished workdir
+  trains nothing.
+
   Args:
     algorithm: the algorithm's module (research.rl.ppo, a2c or dqn; see the module docstring).
     config: the experiment config; validated before anything is compiled.
@@ -379,7 +393,8 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   Raises:
     ConfigError: on a bad config or sweep, before anything is compiled or written.
     NonFiniteLossError: if a loss became NaN or infinite (in a sweep: in every member); nothing
-      is written then.
+      is written then (but checkpoints).
+    Interrupted: a signal stopped a chunked run, after saving a checkpoint.
   """
   start = time.perf_counter()
   name = name or algorithm.__name__.rsplit(".", 1)[-1]
