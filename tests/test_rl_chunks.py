@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import run_python
+from experiments import a2c as a2c_experiment
 from experiments import ppo as ppo_experiment
-from research.rl import ppo
+from research.rl import a2c, ppo
 from research.train import ConfigError, restore_pytree
 
 
@@ -34,12 +35,16 @@ def _assert_equal_trees(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "reinforce"])
+@pytest.mark.parametrize("algorithm", ["ppo", "reinforce", "a2c"])
 def test_chunks_equal_the_single_scan_bit_for_bit(algorithm):
-  config = _tiny_config(algorithm)
+  if algorithm == "a2c":
+    module, config = a2c, a2c_experiment.get_config("smoke")
+    config.num_envs, config.num_steps, config.total_timesteps, config.hidden_size = 2, 5, 7 * 10, 16
+  else:
+    module, config = ppo, _tiny_config(algorithm)
   key = jax.random.key(5)
-  whole = jax.jit(ppo.make_train(config))(key)
-  chunks = ppo.make_chunks(config)
+  whole = jax.jit(module.make_train(config))(key)
+  chunks = module.make_chunks(config)
   assert chunks.num_updates == 7
   carry = jax.jit(chunks.init)(key)
   advance = {n: jax.jit(lambda c, first, n=n: chunks.advance(c, first, n)) for n in (3, 1)}
@@ -50,7 +55,7 @@ def test_chunks_equal_the_single_scan_bit_for_bit(algorithm):
   metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
   _assert_equal_trees(whole.params, carry.runner.params)
   _assert_equal_trees(whole.metrics, metrics)  # every metric, NaN where no episode ended in both
-  np.testing.assert_array_equal(metrics.env_steps, 32 * np.arange(1, 8))
+  np.testing.assert_array_equal(metrics.env_steps, config.num_envs * config.num_steps * np.arange(1, 8))
 
 
 def test_bad_updates_per_chunk_is_one_line_and_exit_2(tmp_path):

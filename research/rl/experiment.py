@@ -13,7 +13,7 @@ traced fields), `default_hparams(config)` and `num_updates(config)`. An output w
 returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
 
-An algorithm with `make_chunks(config)` (research.rl.ppo) runs a single run's updates a chunk
+An algorithm with `make_chunks(config)` (research.rl.ppo, a2c) runs a single run's updates a chunk
 at a time (config.updates_per_chunk): a progress line after each chunk, a checkpoint every
 config.checkpoint_every updates, a stop at the next chunk's end on SIGINT/SIGTERM, and a rerun
 of the same command that resumes from the newest checkpoint to the same results, bit for bit.
