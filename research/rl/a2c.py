@@ -5,6 +5,9 @@ seeds and hyperparameters like research/rl/ppo.py, whose rollout and advantage c
 
     out = jax.jit(jax.vmap(make_train(config)))(jax.random.split(jax.random.key(0), 4))
 
+`make_chunks(config)` builds the same run in parts a driver calls a chunk of updates at a time,
+as research.rl.ppo.make_chunks does.
+
 Each update: `num_steps` steps of `num_envs` environments with the current policy, then ONE
 gradient step on the whole rollout of
 
