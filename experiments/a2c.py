@@ -15,6 +15,7 @@ gae_lambda, ent_coef and vf_coef.
 
 import ml_collections
 
+from research.rl import config as rl_config
 from research.rl import a2c, experiment
 from research.train import Members, cli
 
@@ -61,6 +62,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer_eps = 1e-5  # RMSProp's or Adam's epsilon
   config.normalize_advantages = False  # standardise the advantages of each rollout (PPO does)
   config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
+  # updates_per_chunk (a progress line and a chance to stop every 625 updates: about 20 a run), checkpoint_every
+  # (updates) and keep_checkpoints; a rerun of the same command resumes from the newest checkpoint.
+  rl_config.add_chunk_fields(config, updates_per_chunk=625, checkpoint_every=2500)
   return cli.apply_presets(config, preset, PRESETS)
 
 
@@ -75,8 +79,11 @@ def run(config, workdir: str, members: Members | None = None) -> dict:
 
   Writes into workdir: results.json (final and initial return per seed, timings, config,
   versions, wall time), returns.png (return vs environment steps, mean and range over seeds)
-  and params/ (the final ActorCritic parameters, leaves (num_seeds, ...)). With `members` (a
-  sweep), every member's num_seeds runs train in one program; see research.rl.experiment.run.
+  and params/ (the final ActorCritic parameters, leaves (num_seeds, ...)). A single run trains
+  config.updates_per_chunk updates per call, printing a progress line after each, saves
+  checkpoints/ every config.checkpoint_every updates and on Ctrl-C (exit 130), and resumes from
+  them when run again. With `members` (a sweep), every member's num_seeds runs train in one
+  program, without chunks; see research.rl.experiment.run.
 
   Args:
     config: the experiment config (see get_config); validated before anything is compiled.

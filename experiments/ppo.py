@@ -1,6 +1,6 @@
 """PPO (or REINFORCE with a baseline) on a gymnax environment, seeds vmapped in one jitted program.
 
-Run:
+Run (Ctrl-C stops at the next chunk of updates with a checkpoint; the same command resumes):
   python -m experiments.ppo --workdir=/tmp/ppo
   python -m experiments.ppo --workdir=/tmp/ppo --config=experiments/ppo.py:smoke
   python -m experiments.ppo --workdir=/tmp/ppo_acrobot --config.env_name=Acrobot-v1
@@ -14,6 +14,7 @@ over members. Only the fields of research.rl.ppo.HParams can vary.
 
 import ml_collections
 
+from research.rl import config as rl_config
 from research.rl import experiment, ppo
 from research.train import Members, cli
 
@@ -51,6 +52,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.learning_rate = 2.5e-4  # Adam learning rate (initial, if annealed)
   config.anneal_lr = True  # anneal the learning rate linearly to 0 over the updates
   config.hidden_size = 64  # width of the hidden layers of actor and critic (two tanh; MinAtar: one ReLU after a conv)
+  # updates_per_chunk (a progress line and a chance to stop every 50 updates: about 20 a run), checkpoint_every
+  # (updates) and keep_checkpoints; a rerun of the same command resumes from the newest checkpoint.
+  rl_config.add_chunk_fields(config, updates_per_chunk=50, checkpoint_every=200)
   return cli.apply_presets(config, preset, PRESETS)
 
 
@@ -65,9 +69,11 @@ def run(config, workdir: str, members: Members | None = None) -> dict:
 
   Writes into workdir: results.json (final and initial return per seed, timings, config,
   versions, wall time), returns.png (return vs environment steps, mean and range over seeds)
-  and params/ (an orbax checkpoint of the final parameters, leaves (num_seeds, ...)).
-  With `members` (a sweep), every member's num_seeds runs train in one program; see
-  research.rl.experiment.run.
+  and params/ (an orbax checkpoint of the final parameters, leaves (num_seeds, ...)). A single
+  run trains config.updates_per_chunk updates per call, printing a progress line after each,
+  saves checkpoints/ every config.checkpoint_every updates and on Ctrl-C (exit 130), and resumes
+  from them when run again. With `members` (a sweep), every member's num_seeds runs train in
+  one program, without chunks; see research.rl.experiment.run.
 
   Args:
     config: the experiment config (see get_config); validated before anything is compiled.

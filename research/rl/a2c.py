@@ -5,6 +5,9 @@ seeds and hyperparameters like research/rl/ppo.py, whose rollout and advantage c
 
     out = jax.jit(jax.vmap(make_train(config)))(jax.random.split(jax.random.key(0), 4))
 
+`make_chunks(config)` builds the same run in parts a driver calls a chunk of updates at a time,
+as research.rl.ppo.make_chunks does.
+
 Each update: `num_steps` steps of `num_envs` environments with the current policy, then ONE
 gradient step on the whole rollout of
 
@@ -45,7 +48,7 @@ CONFIG_FIELDS = ("env_name", "num_envs", "num_steps", "total_timesteps", "gamma"
                  "optimizer_eps", "normalize_advantages", "hidden_size")
 
 __all__ = ["CONFIG_FIELDS", "HParams", "TrainOutput", "UpdateMetrics", "check_config", "default_hparams",
-           "final_return", "initial_return", "make_train", "num_updates"]
+           "final_return", "initial_return", "make_chunks", "make_train", "num_updates"]
 
 
 class HParams(NamedTuple):
@@ -118,14 +121,16 @@ def num_updates(config) -> int:
   return config.total_timesteps // (config.num_envs * config.num_steps)
 
 
-def make_train(config) -> Callable[..., TrainOutput]:
-  """Builds the pure training function for `config` (validated here, before any tracing).
+def make_chunks(config) -> ppo.Chunks:
+  """Builds the training run as `init` and `advance`, called chunk by chunk as research.rl.ppo.make_chunks'.
+
+  Chunked or not (`make_train`), the run is the same bit for bit.
 
   Args:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` and `hparams`.
+    research.rl.ppo.Chunks(init, advance, num_updates) with research.rl.ppo.Carry carries.
 
   Raises:
     ConfigError: on a bad config.
@@ -137,22 +142,34 @@ def make_train(config) -> Callable[..., TrainOutput]:
   env = VecEnv.make(config.env_name, config.num_envs)
   network = ppo.actor_critic(config, env)
 
-  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
-    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
-    hp = rl_config.resolve(HParams, config, hparams)
+  def learning_rate(hp: HParams, update: jax.Array) -> jax.Array:
+    if not config.anneal_lr:
+      return hp.learning_rate
+    return hp.learning_rate * (1.0 - update / n_updates)
 
-    def learning_rate(update: jax.Array) -> jax.Array:
-      if not config.anneal_lr:
-        return hp.learning_rate
-      return hp.learning_rate * (1.0 - update / n_updates)
-
+  def transform(hp: HParams) -> optax.GradientTransformation:
+    schedule = lambda update: learning_rate(hp, update)
     if config.optimizer == "rmsprop":
-      optimizer = optax.rmsprop(learning_rate, decay=config.rmsprop_decay, eps=config.optimizer_eps,
-                                eps_in_sqrt=False)
+      optimizer = optax.rmsprop(schedule, decay=config.rmsprop_decay, eps=config.optimizer_eps, eps_in_sqrt=False)
     else:
-      optimizer = optax.adam(learning_rate, eps=config.optimizer_eps)
+      optimizer = optax.adam(schedule, eps=config.optimizer_eps)
     # One gradient step per update: optax's step count is the update index.
-    tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
+
+  def init(key: jax.Array, hparams: HParams | None = None) -> ppo.Carry:
+    """The carry before the first update; pure in `key` and `hparams` (default: the config's values)."""
+    hp = rl_config.resolve(HParams, config, hparams)
+    k_init, k_reset, k_updates = jax.random.split(key, 3)
+    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
+    runner = RunnerState(params=params, opt_state=transform(hp).init(params), env=env.reset(k_reset))
+    update_keys = jax.random.key_data(jax.random.split(k_updates, n_updates))  # (num_updates, 2)
+    return ppo.Carry(runner=runner, update_keys=update_keys)
+
+  def advance(carry: ppo.Carry, first_update, length: int,
+              hparams: HParams | None = None) -> tuple[ppo.Carry, UpdateMetrics]:
+    """Runs `length` updates from update `first_update` on; their metrics are (length,) each."""
+    hp = rl_config.resolve(HParams, config, hparams)
+    tx = transform(hp)
 
     def loss_fn(params, batch: Batch) -> tuple[jax.Array, dict]:
       logits, values = network.apply(params, batch.obs)  # (B, A), (B,)
@@ -174,14 +191,36 @@ def make_train(config) -> Callable[..., TrainOutput]:
       grads, losses = jax.grad(loss_fn, has_aux=True)(runner.params, batch)
       params, opt_state, health = apply_gradients(tx, runner.params, runner.opt_state, grads)
       metrics = UpdateMetrics(env_steps=(update_index + 1) * steps_per_update,
-                              **rollout.episode_metrics(traj)._asdict(), learning_rate=learning_rate(update_index),
-                              **losses, **health)
+                              **rollout.episode_metrics(traj)._asdict(),
+                              learning_rate=learning_rate(hp, update_index), **losses, **health)
       return RunnerState(params=params, opt_state=opt_state, env=env_state), metrics
 
-    k_init, k_reset, k_updates = jax.random.split(key, 3)
-    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
-    runner = RunnerState(params=params, opt_state=tx.init(params), env=env.reset(k_reset))
-    runner, metrics = jax.lax.scan(update, runner, (jnp.arange(n_updates), jax.random.split(k_updates, n_updates)))
-    return TrainOutput(params=runner.params, metrics=metrics)
+    indices = first_update + jnp.arange(length)  # (length,) global update numbers
+    keys = jax.random.wrap_key_data(jax.lax.dynamic_slice_in_dim(carry.update_keys, first_update, length))
+    runner, metrics = jax.lax.scan(update, carry.runner, (indices, keys))
+    return carry._replace(runner=runner), metrics
+
+  return ppo.Chunks(init=init, advance=advance, num_updates=n_updates)
+
+
+def make_train(config) -> Callable[..., TrainOutput]:
+  """Builds the pure training function for `config` (validated here, before any tracing).
+
+  Args:
+    config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
+
+  Returns:
+    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` and `hparams`:
+    `make_chunks`' init and one chunk of every update.
+
+  Raises:
+    ConfigError: on a bad config.
+  """
+  chunks = make_chunks(config)
+
+  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
+    carry, metrics = chunks.advance(chunks.init(key, hparams), 0, chunks.num_updates, hparams)
+    return TrainOutput(params=carry.runner.params, metrics=metrics)
 
   return train

@@ -50,3 +50,22 @@ def check_unit_interval(config, names) -> None:
     value = getattr(config, name)
     if not 0.0 <= value <= 1.0:
       raise ConfigError(f"{name} must be in [0, 1], got {value}")
+
+
+def add_chunk_fields(config, updates_per_chunk: int, checkpoint_every: int, keep_checkpoints: int = 2) -> None:
+  """Adds the fields of a run driven a chunk of updates at a time (research/rl/experiment.py)."""
+  # Updates per compiled call: a progress line after each, and a stop on SIGINT/SIGTERM at its end; 0: one call.
+  config.updates_per_chunk = updates_per_chunk
+  # Save the run (to resume it) at the first chunk end on or after every this many updates; 0: never (but on a stop).
+  config.checkpoint_every = checkpoint_every
+  config.keep_checkpoints = keep_checkpoints  # keep the newest this many checkpoints
+
+
+def check_chunk_fields(config) -> None:
+  """ConfigError unless updates_per_chunk and checkpoint_every are integers >= 0 and keep_checkpoints >= 1."""
+  for name in ("updates_per_chunk", "checkpoint_every"):
+    value = getattr(config, name)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f"{name} must be an integer >= 0 (0: {'one chunk' if name == 'updates_per_chunk' else 'never'}),"
+                        f" got {value!r}")
+  check_integers(config, ("keep_checkpoints",))

@@ -12,8 +12,14 @@ traced fields), `default_hparams(config)` and `num_updates(config)`. An output w
 `evaluation` (DQN's greedy episodes, research.rl.dqn.Evaluation) reports those as the final
 returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
+
+An algorithm with `make_chunks(config)` (research.rl.ppo, a2c) runs a single run's updates a chunk
+at a time (config.updates_per_chunk): a progress line after each chunk, a checkpoint every
+config.checkpoint_every updates, a stop at the next chunk's end on SIGINT/SIGTERM, and a rerun
+of the same command that resumes from the newest checkpoint to the same results, bit for bit.
 """
 
+import json
 import os
 import time
 import warnings
@@ -27,11 +33,13 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from research.checks import check_positive  # pylint: disable=wrong-import-position
+from research.checks import ConfigError, check_positive  # pylint: disable=wrong-import-position
+from research.rl import config as rl_config  # pylint: disable=wrong-import-position
 from research.rl import rollout  # pylint: disable=wrong-import-position
 from research import train as train_lib  # pylint: disable=wrong-import-position
-from research.train import (Members, NonFiniteLossError, save_pytree,  # pylint: disable=wrong-import-position
-                            write_results)
+from research.train import (Checkpointer, Members, NonFiniteLossError,  # pylint: disable=wrong-import-position
+                            save_pytree, schedule, write_results)
+from research.train.config import changed_fields, check_workdir  # pylint: disable=wrong-import-position
 
 # Share of the updates averaged into the initial and final returns; half of it is the plot's smoothing window.
 FINAL_FRACTION = 0.1
@@ -213,6 +221,140 @@ def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, 
   return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
 
 
+# Config fields a resumed run may change: how the run is carried out, not what it trains.
+RESUMABLE_FIELDS = ("updates_per_chunk", "checkpoint_every", "keep_checkpoints")
+
+
+def _report(line: str) -> None:
+  """Prints one progress line (a function of its own, so a test can act on each)."""
+  print(line, flush=True)
+
+
+def _chunk_ends(done: int, total: int, per_chunk: int) -> list[int]:
+  """The updates completed at each chunk end after `done`: multiples of per_chunk, and the total."""
+  return list(range((done // per_chunk + 1) * per_chunk, total, per_chunk)) + [total] if done < total else []
+
+
+def _chunk_return(metrics) -> float:
+  """Mean return of the episodes that ended in a chunk's updates, over all seeds (NaN if none)."""
+  episodes = np.asarray(metrics.episodes, np.float64)
+  total = np.where(episodes > 0, np.asarray(metrics.episode_return, np.float64) * episodes, 0.0).sum()
+  return float(total / episodes.sum()) if episodes.sum() > 0 else float("nan")
+
+
+def _finished_results(workdir: str, updates: int) -> dict | None:
+  """The results.json of this run when the workdir already holds it finished, else None."""
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results if results.get("num_updates") == updates else None
+
+
+def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: float) -> dict:
+  """A single run a chunk of updates at a time: progress lines, checkpoints, a stop on a signal, a resume.
+
+  Each chunk is one call of a compiled program (vmapped over seeds); chunk ends are fixed
+  update numbers (multiples of updates_per_chunk), so a resumed run makes the same calls as
+  one never stopped and ends with the same results, bit for bit.
+  """
+  check_positive("num_seeds", config.num_seeds)
+  rl_config.check_chunk_fields(config)
+  chunks = algorithm.make_chunks(config)  # validates the rest before anything is traced
+  check_workdir(workdir)
+  total = chunks.num_updates
+  per_chunk = config.updates_per_chunk or total
+  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+  init = jax.jit(jax.vmap(chunks.init))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  placed = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+  abstract_carry = placed(jax.eval_shape(init, keys))
+  abstract_metrics = placed(jax.eval_shape(jax.vmap(lambda c: chunks.advance(c, 0, total)[1]), abstract_carry))
+
+  checkpoints = None
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    checkpoints = Checkpointer(workdir, config.keep_checkpoints)
+    _check_stored_config(workdir, checkpoints.stored_config(), config)
+    checkpoints.check_compatible({"carry": abstract_carry, "metrics": abstract_metrics})
+  restored = checkpoints.restore({"carry": abstract_carry, "metrics": abstract_metrics}) \
+      if checkpoints is not None else None
+  if restored is not None:
+    state, position = restored
+    _check_stored_config(workdir, checkpoints.restored_config, config)
+    carry, done = state["carry"], int(position["updates"])
+    metrics = {k: np.array(v) for k, v in state["metrics"]._asdict().items()}  # (seeds, total) each, filled to done
+    if done == total and (finished := _finished_results(workdir, total)) is not None:
+      checkpoints.close()
+      print(f"{workdir} already holds this run, finished at update {done}: nothing to do "
+            f"(its results: {os.path.join(workdir, 'results.json')})")
+      return finished
+    print(f"resuming from update {done}/{total} of {workdir}")
+  else:
+    carry, done = None, 0
+    metrics = {k: np.zeros(v.shape, v.dtype) for k, v in abstract_metrics._asdict().items()}
+
+  ends = _chunk_ends(done, total, per_chunk)
+  programs = {}
+  if carry is None:
+    carry = init.lower(keys).compile()(keys)
+  for length in sorted({end - first for first, end in zip([done] + ends, ends)}):
+    advance = lambda c, first, length=length: chunks.advance(c, first, length)
+    programs[length] = jax.jit(jax.vmap(advance, in_axes=(0, None)), donate_argnums=0).lower(
+        abstract_carry, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+  compile_time = time.perf_counter() - start
+  print(f"compiled {name} on {config.env_name} x {config.num_seeds} seeds in {compile_time:.1f}s "
+        f"({len(ends)} chunk{'s' if len(ends) != 1 else ''} of up to {per_chunk} updates to run)")
+
+  def save(updates: int) -> None:
+    nonlocal checkpoints
+    checkpoints = checkpoints or Checkpointer(workdir, config.keep_checkpoints)
+    state = {"carry": carry, "metrics": type(abstract_metrics)(**metrics)}
+    checkpoints.save(updates, state, {"updates": updates, "seed": config.seed}, config)
+
+  run_time, run_steps = 0.0, 0
+  every = config.checkpoint_every
+  with schedule.Signals() as signals:
+    for end in ends:
+      chunk_start = time.perf_counter()
+      carry, chunk = programs[end - done](carry, np.int32(done))
+      chunk = jax.device_get(chunk)  # (seeds, end - done) each; waits for the chunk
+      elapsed = time.perf_counter() - chunk_start
+      for field, values in chunk._asdict().items():
+        metrics[field][:, done:end] = values
+      steps_before = int(metrics["env_steps"][0, done - 1]) if done else 0
+      chunk_steps = config.num_seeds * (int(chunk.env_steps[0, -1]) - steps_before)
+      run_time, run_steps = run_time + elapsed, run_steps + chunk_steps
+      previous, done = done, end
+      _report(f"update {done}/{total} (env steps {int(chunk.env_steps[0, -1])}): mean return "
+              f"{_chunk_return(chunk):.1f} over the chunk's episodes, {chunk_steps / elapsed:,.0f} env steps/s")
+      # The end is saved whenever anything is: a rerun then finds the run finished, not a stale stop.
+      if (every and done // every > previous // every) or (done == total and (every or checkpoints is not None)):
+        save(done)
+      if signals.received is not None and done < total:
+        save(done)
+        checkpoints.wait()
+        raise schedule.interrupted(signals.received, done, checkpoints.directory)
+  if checkpoints is not None:
+    checkpoints.close()
+  out = algorithm.TrainOutput(params=carry.runner.params, metrics=type(abstract_metrics)(**metrics))
+  steps = int(metrics["env_steps"][0, -1])
+  print(f"trained {total} updates x {config.num_seeds} seeds ({steps} env steps each), "
+        f"{run_steps // max(config.num_seeds, 1)} of them now in {run_time:.1f}s")
+  steps_per_s = run_steps / run_time if run_time > 0 else 0.0
+  return _write_run(algorithm, config, workdir, name, out, compile_time, run_time, start, steps_per_s)
+
+
+def _check_stored_config(workdir: str, stored: dict | None, config) -> None:
+  """ConfigError when the workdir's checkpoint was trained with other settings (their fields named)."""
+  changed = [c for c in changed_fields(stored or {}, config) if c[0] not in RESUMABLE_FIELDS]
+  if changed:
+    shown = ", ".join(f"{field} {before!r} (now {after!r})" for field, before, after in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    raise ConfigError(f"{workdir} holds a run trained with other settings: {shown}{more}; rerun with its settings "
+                      "to resume it, or use another --workdir")
+
+
 def run(algorithm: ModuleType, config, workdir: str, members: Members | None = None, name: str = "") -> dict:
   """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
 
@@ -229,6 +371,15 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   and params/ has leaves (members, num_seeds, ...). A member whose loss turns non-finite is
   reported with `diverged_at_step` (an update, 1-based) and the others finish.
 
+  A single run of an algorithm with `make_chunks` runs config.updates_per_chunk updates per
+  compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
+  chunk's episodes, X env steps/s` after each; it saves (the carry and the metrics so far) in
+  workdir/checkpoints every config.checkpoint_every updates (0: never), at the end once
+  anything was saved, and when SIGINT or SIGTERM stops it at a chunk's end (raising
+  research.train.Interrupted). Run again, it resumes from the newest checkpoint (refusing a
+  config that changes what it trains) to the files of a run never stopped; a finished workdir
+  trains nothing.
+
   Args:
     algorithm: the algorithm's module (research.rl.ppo, a2c or dqn; see the module docstring).
     config: the experiment config; validated before anything is compiled.
@@ -242,12 +393,15 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   Raises:
     ConfigError: on a bad config or sweep, before anything is compiled or written.
     NonFiniteLossError: if a loss became NaN or infinite (in a sweep: in every member); nothing
-      is written then.
+      is written then (but checkpoints).
+    Interrupted: a signal stopped a chunked run, after saving a checkpoint.
   """
   start = time.perf_counter()
   name = name or algorithm.__name__.rsplit(".", 1)[-1]
   if members is not None:
     return _run_members(algorithm, config, workdir, members, name, start)
+  if hasattr(algorithm, "make_chunks"):
+    return _run_chunks(algorithm, config, workdir, name, start)
   check_positive("num_seeds", config.num_seeds)
   train = algorithm.make_train(config)  # validates the rest before anything is traced
   keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
@@ -264,6 +418,13 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   print(f"trained {algorithm.num_updates(config)} updates x {config.num_seeds} seeds ({steps} env steps each) "
         f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all seeds")
 
+  return _write_run(algorithm, config, workdir, name, out, compile_time, run_time, start, steps_per_s)
+
+
+def _write_run(algorithm: ModuleType, config, workdir: str, name: str, out, compile_time: float, run_time: float,
+               start: float, steps_per_s: float) -> dict:
+  """A single run's report and files (results.json, returns.png, params/) from its output (leaves (seeds, ...))."""
+  steps = int(out.metrics.env_steps[0, -1])
   _check_finite(out.metrics)
   initial, final = returns(out)
   share = f"{FINAL_FRACTION:.0%}"

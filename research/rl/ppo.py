@@ -8,6 +8,10 @@ vectorised gymnax environments, advantage estimation and every gradient step are
     out = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 4))
     out.metrics.episode_return  # (4, num_updates)
 
+`make_chunks(config)` builds the same run in parts, `init(key)` and `advance(carry, first_update,
+length)`, for a driver that runs it a chunk of updates at a time (progress, checkpoints, a stop
+on a signal: research/rl/experiment.py); chunked or not, the run is the same bit for bit.
+
 Two algorithms share the rollout, the network and the optimizer:
 
 - "ppo" (Schulman et al., 2017): clipped surrogate, GAE(lambda) advantages (Schulman et
@@ -45,9 +49,9 @@ CONFIG_FIELDS = ("env_name", "algorithm", "num_envs", "num_steps", "total_timest
                  "num_minibatches", "gamma", "gae_lambda", "clip_eps", "clip_value_loss", "ent_coef",
                  "vf_coef", "max_grad_norm", "learning_rate", "anneal_lr", "hidden_size")
 
-__all__ = ["ALGORITHMS", "CONFIG_FIELDS", "Batch", "HParams", "LossStats", "PolicyOutput", "TrainOutput",
+__all__ = ["ALGORITHMS", "CONFIG_FIELDS", "Batch", "Carry", "Chunks", "HParams", "LossStats", "PolicyOutput", "TrainOutput",
            "UpdateMetrics", "advantage_batch", "check_config", "default_hparams", "final_return",
-           "initial_return", "make_train", "num_updates", "sample_action"]
+           "initial_return", "make_chunks", "make_train", "num_updates", "sample_action"]
 
 
 # ----------------------------------------------------------------------------- carries
@@ -204,15 +208,40 @@ def advantage_batch(network: ActorCritic, params, traj: Transition, gamma, lam) 
                value=flat(traj.extras.value), advantage=flat(advantages), target=flat(targets))
 
 
-def make_train(config) -> Callable[..., TrainOutput]:
-  """Builds the pure training function for `config` (validated here, before any tracing).
+class Carry(NamedTuple):
+  """What a chunked run carries from one chunk of updates to the next (one run's; vmaps add leading axes)."""
+  runner: RunnerState  # parameters, optimizer state and environment state
+  update_keys: jax.Array  # (num_updates, 2) uint32: the key data of every update's key, split up front
+
+
+class Chunks(NamedTuple):
+  """The training run of `make_train` in parts a driver calls chunk by chunk (see `make_chunks`)."""
+  init: Callable[..., Carry]  # init(key, hparams=None) -> Carry before the first update
+  advance: Callable[..., tuple[Carry, UpdateMetrics]]  # advance(carry, first_update, length, hparams=None)
+  num_updates: int  # updates in the whole run
+
+
+def make_chunks(config) -> Chunks:
+  """Builds the training run as `init` and `advance`, pure functions a driver calls chunk by chunk.
+
+      chunks = make_chunks(config)
+      carry = chunks.init(key)
+      carry, first = chunks.advance(carry, 0, 10)  # updates 0..9, metrics (10,)
+      carry, rest = chunks.advance(carry, 10, chunks.num_updates - 10)
+
+  gives the parameters and metrics of `make_train(config)(key)` bit for bit, whatever the
+  chunks: the per-update keys are split once in `init` and indexed by update number, and the
+  learning rate schedule reads the global update index.
 
   Args:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw
-    PRNG key) and over `hparams` (an HParams of arrays, e.g. several learning rates).
+    Chunks(init, advance, num_updates). `init(key, hparams=None)` takes a key of the default
+    PRNG implementation (typed or raw); `advance(carry, first_update, length, hparams=None)`
+    runs updates first_update .. first_update + length - 1 (`length` a Python int, fixed when
+    traced; `first_update` may be traced) and returns the carry and their UpdateMetrics, each
+    (length,). Both are jit- and vmap-able; `hparams` must be the same in every call.
 
   Raises:
     ConfigError: on a bad config, e.g. an environment other than ENV_NAMES.
@@ -226,25 +255,38 @@ def make_train(config) -> Callable[..., TrainOutput]:
   env = VecEnv.make(config.env_name, num_envs)
   network = actor_critic(config, env)
 
-  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
-    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
+  def learning_rate(hp: HParams, update: jax.Array) -> jax.Array:
+    """Linear annealing to 0, held constant within an update."""
+    if not config.anneal_lr:
+      return hp.learning_rate
+    return hp.learning_rate * (1.0 - update / n_updates)
+
+  def optimizer(hp: HParams) -> optax.GradientTransformation:
+    # optax counts gradient steps; the schedule turns the count back into an update index.
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        # eps=1e-5 rather than optax's 1e-8, as in the reference PPO implementations.
+        optax.adam(lambda count: learning_rate(hp, count // grad_steps_per_update), eps=1e-5),
+    )
+
+  def init(key: jax.Array, hparams: HParams | None = None) -> Carry:
+    """The carry before the first update; pure in `key` and `hparams` (default: the config's values)."""
+    hp = rl_config.resolve(HParams, config, hparams)
+    k_init, k_reset, k_updates = jax.random.split(key, 3)
+    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
+    runner = RunnerState(params=params, opt_state=optimizer(hp).init(params), env=env.reset(k_reset))
+    # Key data rather than typed keys: the carry is saved in checkpoints as plain arrays.
+    update_keys = jax.random.key_data(jax.random.split(k_updates, n_updates))  # (num_updates, 2)
+    return Carry(runner=runner, update_keys=update_keys)
+
+  def advance(carry: Carry, first_update, length: int,
+              hparams: HParams | None = None) -> tuple[Carry, UpdateMetrics]:
+    """Runs `length` updates from update `first_update` on; their metrics are (length,) each."""
     hp = rl_config.resolve(HParams, config, hparams)
     gamma, clip_eps, ent_coef, vf_coef = hp.gamma, hp.clip_eps, hp.ent_coef, hp.vf_coef
     lam = hp.gae_lambda if is_ppo else 1.0
     value_clip = clip_eps if (is_ppo and config.clip_value_loss) else None
-
-    def learning_rate(update: jax.Array) -> jax.Array:
-      """Linear annealing to 0, held constant within an update."""
-      if not config.anneal_lr:
-        return hp.learning_rate
-      return hp.learning_rate * (1.0 - update / n_updates)
-
-    # optax counts gradient steps; the schedule turns the count back into an update index.
-    tx = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        # eps=1e-5 rather than optax's 1e-8, as in the reference PPO implementations.
-        optax.adam(lambda count: learning_rate(count // grad_steps_per_update), eps=1e-5),
-    )
+    tx = optimizer(hp)
 
     def loss_fn(params, batch: Batch) -> tuple[jax.Array, LossStats]:
       logits, values = network.apply(params, batch.obs)  # (B, A), (B,)
@@ -295,15 +337,36 @@ def make_train(config) -> Callable[..., TrainOutput]:
 
       loss_means = jax.tree.map(jnp.mean, loss_stats)
       metrics = UpdateMetrics(env_steps=(update_index + 1) * batch_size, **rollout.episode_metrics(traj)._asdict(),
-                              learning_rate=learning_rate(update_index), **loss_means._asdict())
+                              learning_rate=learning_rate(hp, update_index), **loss_means._asdict())
       return runner, metrics
 
-    k_init, k_reset, k_updates = jax.random.split(key, 3)
-    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
-    runner = RunnerState(params=params, opt_state=tx.init(params), env=env.reset(k_reset))
-    update_keys = jax.random.split(k_updates, n_updates)
-    runner, metrics = jax.lax.scan(update, runner, (jnp.arange(n_updates), update_keys))
-    return TrainOutput(params=runner.params, metrics=metrics)
+    indices = first_update + jnp.arange(length)  # (length,) global update numbers
+    keys = jax.random.wrap_key_data(jax.lax.dynamic_slice_in_dim(carry.update_keys, first_update, length))
+    runner, metrics = jax.lax.scan(update, carry.runner, (indices, keys))
+    return carry._replace(runner=runner), metrics
+
+  return Chunks(init=init, advance=advance, num_updates=n_updates)
+
+
+def make_train(config) -> Callable[..., TrainOutput]:
+  """Builds the pure training function for `config` (validated here, before any tracing).
+
+  Args:
+    config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
+
+  Returns:
+    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw
+    PRNG key of the default implementation) and over `hparams` (an HParams of arrays, e.g.
+    several learning rates): `make_chunks`' init and one chunk of every update.
+
+  Raises:
+    ConfigError: on a bad config, e.g. an environment other than ENV_NAMES.
+  """
+  chunks = make_chunks(config)
+
+  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
+    carry, metrics = chunks.advance(chunks.init(key, hparams), 0, chunks.num_updates, hparams)
+    return TrainOutput(params=carry.runner.params, metrics=metrics)
 
   return train
-
