@@ -3,9 +3,11 @@
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import pytest
 
@@ -16,16 +18,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # Many tests run the same smoke programs, in-process and in subprocesses: one persistent XLA
-# compilation cache for them all (keyed by the program, the flags and the jax version, so a
-# stale entry is never hit; its executables give the same bits as a fresh compile).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"research-tests-xla-cache-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# compilation cache for the session (keyed by the program, the flags and the jax version; its
+# executables give the same bits as a fresh compile). The first process makes it, xdist's workers
+# and every subprocess inherit it, and the session removes it. No size limit: jax's eviction
+# takes a file lock that times out under load. An entry one process reads while another writes
+# it fails to load and is compiled again, with a warning that is silenced here.
+if "RESEARCH_TESTS_XLA_CACHE" not in os.environ:
+  os.environ["RESEARCH_TESTS_XLA_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="research-tests-xla-cache-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+  os.environ["PYTHONWARNINGS"] = ",".join(
+      filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:Error writing persistent compilation cache",
+                    "ignore:Error reading persistent compilation cache"]))
+  _OWNS_CACHE = True
+else:
+  _OWNS_CACHE = False
+warnings.filterwarnings("ignore", message="Error (writing|reading) persistent compilation cache")
 
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: an end-to-end run of tens of seconds; such tests start first")
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWNS_CACHE:
+    shutil.rmtree(os.environ["RESEARCH_TESTS_XLA_CACHE"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
