@@ -8,7 +8,7 @@ python_docs_topics  paragraphs of that text labelled with the part of the docume
              sentence-classification task for fine-tuning encoders offline.
 number_words  numbers and their English words, a translation task (research/data/number_words.py).
 python_docs_tasks  python_docs with generated few-shot task documents added to its train split
-             (research/evals/prompting.py): an LM corpus on which in-context learning can appear.
+             (research/data/prompt_tasks.py): an LM corpus on which in-context learning can appear.
 """
 
 import numpy as np
@@ -106,7 +106,7 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
 
 class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
   """python_docs plus task documents: the train split adds TASK_DOCUMENTS documents of each task of
-  research.evals.prompting, each its description line and TASK_DEMONSTRATIONS (low, high) "Q: ... A: ..."
+  research.data.prompt_tasks, each its description line and TASK_DEMONSTRATIONS (low, high) "Q: ... A: ..."
   demonstrations of train-split examples; the test split is python_docs' test split unchanged."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -119,13 +119,13 @@ class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     from pydoc_data import topics  # pylint: disable=import-outside-toplevel
-    from research.evals import prompting  # pylint: disable=import-outside-toplevel
+    from research.data import prompt_tasks  # pylint: disable=import-outside-toplevel
     names = sorted(topics.topics)
     train = [(name, topics.topics[name]) for i, name in enumerate(names) if i % 10]
     rng = np.random.default_rng(TASK_SEED)
     low, high = TASK_DEMONSTRATIONS
-    for task in prompting.TASKS:
-      train += [(f"task:{task}/{i}", prompting.document(task, int(rng.integers(low, high + 1)), rng))
+    for task in prompt_tasks.TASKS:
+      train += [(f"task:{task}/{i}", prompt_tasks.document(task, int(rng.integers(low, high + 1)), rng))
                 for i in range(TASK_DOCUMENTS)]
     return {"train": self._generate_examples(train),
             "test": self._generate_examples([(name, topics.topics[name]) for name in names[::10]])}
