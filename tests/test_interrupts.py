@@ -131,3 +131,38 @@ def test_a_stop_python_swallows_in_a_callback_is_raised_again_at_the_next_check(
       assert inner.received == signal.SIGINT
   schedule.raise_pending()  # the run is over: nothing pending
   assert "Exception ignored" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failed_save_stops_the_run_with_one_line_and_the_rerun_resumes_from_the_last_whole_checkpoint(tmp_path):
+  # The disk "fills" mid-run: the running process's file-size limit drops below a checkpoint's
+  # size (SIGXFSZ ignored, so a write past it fails with EFBIG, as ENOSPC would).
+  import resource  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "run"
+  flags = ["--config.steps=4000", "--config.checkpoint_every=20", "--config.log_every=200"]
+  proc = subprocess.Popen(COMMAND + [f"--workdir={workdir}", *flags], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+  for line in proc.stderr:
+    if line.startswith("step 200/"):
+      break
+  resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (20_000, 20_000))
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err[-3000:]
+  # One line says what failed. (Writes of the failed save still in flight in tensorstore may print
+  # "Event loop is closed" as they finish after orbax closed their loop: none comes from here.)
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "research/" not in err, err[-3000:]
+  line = lines[0]
+  assert line.startswith(f"error: saving the checkpoint of step ") and "File too large" in line, line
+  kept = int(line.split("the newest whole checkpoint is step ")[1].split(";")[0])
+  failed = int(line.split("the checkpoint of step ")[1].split(" ")[0])
+  assert line.endswith("free space and run the same command to resume")
+  assert 0 < kept < failed < 4000 and str(kept) in _checkpoints(workdir)
+  assert not (workdir / "results.json").exists()
+
+  again = subprocess.run(COMMAND + [f"--workdir={workdir}", *flags], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=600, check=False)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert f"resuming from step {kept} of" in again.stderr
+  assert json.loads((workdir / "results.json").read_text())["step"] == 4000

@@ -5,10 +5,18 @@ run's `config`. Saves are asynchronous: `save` returns once the state is copied 
 devices and the files are written in the background while training goes on. Orbax writes
 into a temporary directory it renames only when complete, so a run killed mid-save leaves
 the previous checkpoints intact and never a half-written one as the latest.
+
+A save that fails (a full disk, a quota) raises `SaveError` at the next call of the
+Checkpointer (`check`, `save`, `wait`, `close`): one line naming the step that failed, why,
+and the newest whole checkpoint, which a rerun resumes from. Orbax's own error logs of its
+background threads are left out (`_QuietSaveErrors`): that line says it once.
 """
 
+import contextlib
 import dataclasses
+import logging as std_logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -41,6 +49,22 @@ def _shape_mismatches(abstract, metadata) -> list[str]:
   if not out and len(flat_meta) != len(flat_target):
     out.append(f"{len(flat_meta)} stored arrays vs {len(flat_target)} built")
   return out
+
+
+class SaveError(Exception):
+  """A checkpoint could not be written; the message names the step, the cause and what is kept."""
+
+
+class _QuietSaveErrors(std_logging.Filter):
+  """Drops the exceptions orbax's background threads log as they fail: each also reaches the
+  thread that waits on the save, where the Checkpointer reports it as one SaveError line."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    in_orbax = f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in (record.pathname or "")
+    return not (in_orbax and record.levelno >= std_logging.ERROR and record.exc_info)
+
+
+logging.get_absl_logger().addFilter(_QuietSaveErrors())
 
 
 # The Checkpointers not yet closed, so that a run stopped by a signal anywhere can finish their saves.
@@ -76,6 +100,7 @@ class Checkpointer:
                 "config": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self.restored_config = None  # the config saved with the checkpoint `restore` read
+    self._saving = None  # the step of the newest save started and not yet known to have failed
     _OPEN.append(self)
 
   def steps(self) -> list[int]:
@@ -216,19 +241,56 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data)),
-        config=ocp.args.JsonSave(config_dict)), force=True)
+    self.wait()  # orbax waits for the previous save anyway: a failure of it is named as its own
+    self._saving = step
+    with self._reporting():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data)),
+          config=ocp.args.JsonSave(config_dict)), force=True)
+
+  def check(self) -> None:
+    """Raises SaveError if a save started earlier has failed (cheap: it waits for nothing)."""
+    with self._reporting():
+      self._manager.check_for_errors()
 
   def wait(self) -> None:
     """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+    with self._reporting():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
-    if self in _OPEN:
-      _OPEN.remove(self)
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
+      if self in _OPEN:
+        _OPEN.remove(self)
+
+  @contextlib.contextmanager
+  def _reporting(self):
+    """Turns a failed background save into SaveError: the step, the cause, the newest whole checkpoint."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as e:
+      failed = self._saving
+      self._saving = None
+      cause = " ".join(str(e).split())
+      os_error = re.search(r":\s*([^:\[]+?)\s*\[os_error_code='(\d+)'\]", cause)  # tensorstore's wording
+      if os_error:
+        cause = f"{os_error.group(1)}, errno {os_error.group(2)}"
+      elif len(cause) > 300:
+        cause = f"{type(e).__name__}: {cause[:300]}..."
+      else:
+        cause = f"{type(e).__name__}: {cause}"
+      try:
+        self._manager.reload()
+        whole = [step for step in self._manager.all_steps() if step != failed]
+      except Exception:  # pylint: disable=broad-except  # the disk may refuse even to list
+        whole = []
+      kept = f"the newest whole checkpoint is step {max(whole)}" if whole else "no checkpoint is whole yet"
+      what = f"the checkpoint of step {failed}" if failed is not None else "a checkpoint"
+      raise SaveError(f"saving {what} in {self.directory} failed ({cause}); {kept}; "
+                      "free space and run the same command to resume") from None
 
 
 def save_pytree(path: str, tree) -> None:

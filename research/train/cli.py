@@ -330,7 +330,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     script = _module_name(config_file)
     # Runs mark their workdirs; tables and benchmarks write reports into an --outdir, unmarked.
     marks = dir_flag == "workdir" and bool(workdir_flag.value)
-    lock = None
+    lock, failed_save = None, False
     if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
       # One lock per run, however many processes share its workdir; a single process asks no backend
@@ -346,6 +346,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
           fail(str(e))
         except NonFiniteLossError as e:
           fail(str(e), status=1)
+        except checkpoint.SaveError as e:
+          sys.stderr.write(f"error: {e}\n")
+          failed_save = True
         except Interrupted as e:
           sys.stderr.write(f"{e}\n")
           sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
@@ -357,5 +360,12 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
         _mark_owner(workdir_flag.value, script)
       if lock is not None:
         _unlock(workdir_flag.value, lock)
+      if failed_save:
+        # The failed save's other writes are still queued in orbax's threads: an interpreter
+        # teardown would print a traceback for each as it finds their event loop closed (some,
+        # finishing before this point, may still print one).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # pylint: disable=protected-access
 
   app.run(guarded, flags_parser=_parse_flags)

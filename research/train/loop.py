@@ -275,6 +275,7 @@ class _Loop:
         schedule.bound_in_flight(in_flight, metrics, MAX_CALLS_IN_FLIGHT)
         events = schedule.Events.at(first + count, config, stop=signals.received is not None)
         if events.any:
+          self.checkpoints.check()  # a save that failed in the background stops the run here
           self._check(pending)
           pending = []
           self._on(events, evaluator)
