@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_python
+from test_ppo import _tiny_config as ppo_tiny_config
 from experiments import a2c as a2c_experiment
 from experiments import ppo as ppo_experiment
 from research.rl import a2c, ppo
@@ -17,15 +18,9 @@ from research.train import ConfigError, restore_pytree
 
 
 def _tiny_config(algorithm="ppo"):
-  """Seven updates of a small network, three per chunk: chunks of 3, 3 and 1."""
-  config = ppo_experiment.get_config("smoke")
-  config.algorithm = algorithm
-  config.num_envs = 2
-  config.num_steps = 16
+  """test_ppo's small network for seven updates, three per chunk: chunks of 3, 3 and 1."""
+  config = ppo_tiny_config(algorithm)
   config.total_timesteps = 7 * 32
-  config.update_epochs = 2
-  config.num_minibatches = 2
-  config.hidden_size = 16
   config.updates_per_chunk = 3
   config.checkpoint_every = 0
   return config
