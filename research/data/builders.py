@@ -81,6 +81,20 @@ class Toy2d(tfds.core.GeneratorBasedBuilder):
       yield i, {"point": data["point"][i], "mode": data["mode"][i]}
 
 
+def _python_docs_documents() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+  """python_docs' (train, test) documents as (topic, text): every 10th topic (in name order) is held out."""
+  from pydoc_data import topics  # pylint: disable=import-outside-toplevel
+  names = sorted(topics.topics)
+  return ([(name, topics.topics[name]) for i, name in enumerate(names) if i % 10],
+          [(name, topics.topics[name]) for name in names[::10]])
+
+
+def _documents(documents):
+  """Examples {topic, text} keyed by topic, of (topic, text) pairs."""
+  for name, text in documents:
+    yield name, {"topic": name, "text": text}
+
+
 class PythonDocs(tfds.core.GeneratorBasedBuilder):
   """CPython's English documentation topics (an offline LM corpus), one text per topic."""
 
@@ -93,15 +107,11 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from pydoc_data import topics  # pylint: disable=import-outside-toplevel
-    names = sorted(topics.topics)
-    # Every 10th topic (in name order) is held out.
-    return {"train": self._generate_examples([n for i, n in enumerate(names) if i % 10], topics.topics),
-            "test": self._generate_examples(names[::10], topics.topics)}
+    train, test = _python_docs_documents()
+    return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
 
-  def _generate_examples(self, names, texts):
-    for name in names:
-      yield name, {"topic": name, "text": texts[name]}
+  def _generate_examples(self, documents):
+    yield from _documents(documents)
 
 
 class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
@@ -118,21 +128,17 @@ class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from pydoc_data import topics  # pylint: disable=import-outside-toplevel
     from research.data import prompt_tasks  # pylint: disable=import-outside-toplevel
-    names = sorted(topics.topics)
-    train = [(name, topics.topics[name]) for i, name in enumerate(names) if i % 10]
+    train, test = _python_docs_documents()
     rng = np.random.default_rng(TASK_SEED)
     low, high = TASK_DEMONSTRATIONS
     for task in prompt_tasks.TASKS:
       train += [(f"task:{task}/{i}", prompt_tasks.document(task, int(rng.integers(low, high + 1)), rng))
                 for i in range(TASK_DOCUMENTS)]
-    return {"train": self._generate_examples(train),
-            "test": self._generate_examples([(name, topics.topics[name]) for name in names[::10]])}
+    return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
 
   def _generate_examples(self, documents):
-    for name, text in documents:
-      yield name, {"topic": name, "text": text}
+    yield from _documents(documents)
 
 
 # The part of the documentation each pydoc topic belongs to: the classes of PythonDocsTopics.
