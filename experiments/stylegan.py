@@ -108,6 +108,16 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   return cli.apply_presets(config, preset, PRESETS)
 
 
+def table_config(table) -> ml_collections.ConfigDict:
+  """The run config of a StyleGAN table (`table`: its smoke flag, num_samples and steps, 0 = the preset's)."""
+  config = get_config("smoke" if table.smoke else "")
+  config.num_samples = table.num_samples
+  if table.steps:
+    config.steps = table.steps
+  config.log_every = config.checkpoint_every = max(config.steps, 1)
+  return config
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError on bad input, before anything is compiled or written."""
   stylegan_tasks.check_config(config)

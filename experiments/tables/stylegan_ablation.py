@@ -56,13 +56,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def row_config(row: str, table) -> ml_collections.ConfigDict:
   """The experiment config of one row."""
-  config = stylegan_experiment.get_config("smoke" if table.smoke else "")
+  config = stylegan_experiment.table_config(table)
   for field, value in ROWS[row].items():
     config[field] = value
-  config.num_samples = table.num_samples
-  if table.steps:
-    config.steps = table.steps
-  config.log_every = config.checkpoint_every = max(config.steps, 1)
   return config
 
 

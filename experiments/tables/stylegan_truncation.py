@@ -55,12 +55,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
 def run_config(table) -> ml_collections.ConfigDict:
   """The experiment config of the table's run."""
-  config = stylegan_experiment.get_config("smoke" if table.smoke else "")
+  config = stylegan_experiment.table_config(table)
   config.seed = table.seed
-  config.num_samples = table.num_samples
-  if table.steps:
-    config.steps = table.steps
-  config.log_every = config.checkpoint_every = max(config.steps, 1)
   return config
 
 
