@@ -115,6 +115,16 @@ def plan_inputs(config):
 SAMPLING_FIELDS = ("num_samples", "eval_k")
 
 
+def _num_samples(config) -> int:
+  """The VAE's scored prior samples: the digits classifier scores 8x8 digits only."""
+  return config.num_samples if config.model == "vae" and config.dataset == "digits" else 0
+
+
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return autoencoder.metric_names(config.model, _num_samples(config))
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the autoencoder named by config.model and returns the results.json dict.
 
@@ -130,9 +140,7 @@ def run(config, workdir: str, members=None) -> dict:
   if "image" not in train_data:
     raise ConfigError(f"dataset {config.dataset!r} has no images (features: {', '.join(sorted(train_data))})")
   test_images = data_lib.load(config.dataset, "test")["image"]
-  # The digits classifier scores 8x8 digits only.
-  num_samples = config.num_samples if config.model == "vae" and config.dataset == "digits" else 0
-  task = autoencoder.make_task(config, test_images, num_samples)
+  task = autoencoder.make_task(config, test_images, _num_samples(config))
   return train(task, config, workdir, {"image": train_data["image"]}, {"image": test_images}, members).results
 
 

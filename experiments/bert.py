@@ -387,6 +387,13 @@ def finetune(config, workdir: str, members=None) -> dict:
 SAMPLING_FIELDS = ()
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  if config.mode == "finetune":
+    return bert_tasks.FINETUNE_METRICS
+  return bert_tasks.PRETRAIN_METRICS
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Pre-trains or fine-tunes the BERT described by `config` in `workdir`; returns what results.json holds.
 

@@ -42,6 +42,11 @@ def get_config(preset: str = ""):
 SAMPLING_FIELDS = ()
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return classifier_tasks.METRICS
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the classifier; returns what results.json holds.
 

@@ -270,6 +270,11 @@ SAMPLING_FIELDS = ("sampler", "sample_steps", "eta", "tau", "variance", "clip_sa
                    "sample_batch")
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return classifier_tasks.digits_sample_metric_names()
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains and samples the diffusion model described by `config`; returns what results.json holds.
 

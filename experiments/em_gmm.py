@@ -190,6 +190,9 @@ def _plot_members(path: str, lower_bounds: np.ndarray, n_iters: np.ndarray, memb
   plt.close(fig)
 
 
+MEMBER_METRICS = ("lower_bound", "n_iter", "generating_mixture_log_likelihood")  # a member's scalars
+
+
 def _run_members(config, workdir: str, members: Members, start: float) -> dict:
   """A sweep: every member's fit in one jitted program (see `run`)."""
   configs = member_configs(config, members)
@@ -228,6 +231,12 @@ def _run_members(config, workdir: str, members: Members, start: float) -> dict:
   _plot_members(os.path.join(workdir, "gmm.png"), np.asarray(gmm.lower_bounds), n_iter, members, config)
   metrics = {"members": results, "fit_time_s": round(fit_time, 3)}
   return write_results(workdir, metrics, config=config, wall_time_s=time.perf_counter() - start)
+
+
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  del config  # every configuration reports the same
+  return MEMBER_METRICS
 
 
 def run(config, workdir: str, members: Members | None = None) -> dict:

@@ -294,6 +294,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 SAMPLING_FIELDS = ("num_samples", "eval_samples")
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return gan_tasks.metric_names(config)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
   """Trains the GAN described by `config` in `workdir`; returns what results.json holds.
 

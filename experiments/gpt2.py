@@ -270,6 +270,18 @@ def _tokenizer(config, saved: str):
     raise ConfigError(str(e)) from None
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  if config.mode == "finetune":
+    return gpt2.FINETUNE_METRICS
+  return gpt2.lm_metric_names(_unit(config))
+
+
+def _unit(config) -> str:
+  """What one token of the run's tokenizer is, naming val_bits_per_<unit>."""
+  return "char" if config.tokenizer == "char" else "token"
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains (mode pretrain) or fine-tunes (mode finetune) the GPT described by `config` in `workdir`.
 
@@ -306,8 +318,7 @@ def run(config, workdir: str, members=None) -> dict:
   os.makedirs(workdir, exist_ok=True)
   tokenizers.save(saved, tokenizer)  # a resumed run decodes with the same vocabulary
   vocab_size = -(-tokenizer.vocab_size // config.vocab_multiple) * config.vocab_multiple
-  unit = "char" if config.tokenizer == "char" else "token"
-  task = gpt2.make_task(config, vocab_size, tokenizer.decode, prompts, unit)
+  task = gpt2.make_task(config, vocab_size, tokenizer.decode, prompts, _unit(config))
   run = train(task, config, workdir, windows, eval_windows, members)
   export_hf(config, workdir, tokenizer, vocab_size, run.state.params["params"], members)
   return run.results

@@ -64,6 +64,12 @@ def member_configs(config, members: Members) -> list:
   return experiment.member_configs(ppo, config, members)
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  del config  # every configuration reports the same
+  return experiment.MEMBER_METRICS
+
+
 def run(config, workdir: str, members: Members | None = None) -> dict:
   """Trains config.num_seeds seeds as one vmapped program and writes the run's outputs.
 

@@ -147,6 +147,14 @@ def draw_attention(path: str, model, params, tokenizer, sources: list[str]) -> N
 SAMPLING_FIELDS = ("eval_examples", "eval_batch_size", "num_beams")
 
 
+EVAL_SPLITS = ("test", "test_longer")  # scored by decoding at each evaluation
+
+
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return seq2seq.metric_names(EVAL_SPLITS)
+
+
 def run(config, workdir: str, members=None) -> dict:
   """Trains the encoder-decoder described by `config` in `workdir`; returns what results.json holds.
 
@@ -158,8 +166,7 @@ def run(config, workdir: str, members=None) -> dict:
   splits = {split: seq2seq.pairs(number_words.generate(split), config.direction) for split in number_words.SPLITS}
   _check_lengths(tokenizer, splits, config)
   data = seq2seq.encode_pairs(tokenizer, *splits["train"], config.max_source_length, config.max_target_length)
-  eval_sets = {split: tuple(_spread(side, config.eval_examples) for side in splits[split])
-               for split in ("test", "test_longer")}
+  eval_sets = {split: tuple(_spread(side, config.eval_examples) for side in splits[split]) for split in EVAL_SPLITS}
   task = seq2seq.make_task(config, tokenizer, eval_sets)
   trained = train(task, config, workdir, data, eval_sets, members)
   if members is None and config.attention_examples:

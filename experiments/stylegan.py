@@ -141,6 +141,11 @@ def saved_params(workdir: str) -> dict:
 SAMPLING_FIELDS = ("num_samples", "truncation_psi")
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
+  return stylegan_tasks.metric_names(config.dataset)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, members=None) -> dict:
   """Trains the StyleGAN described by `config` in `workdir`; returns what results.json holds.
 

@@ -41,6 +41,8 @@ Writes into the workdir: results.json (`members`: seed, values, train_loss and t
 experiment's evaluation metrics of each member; `settings`: mean and standard error over
 seeds of each metric per setting), sweep.md (that table, with the command) and sweep.png
 (`--metric` against the varied field; a heatmap for two), and each program's own run files.
+`--metric` is train_loss or a scalar the experiment reports with this config (its module's
+`metric_names(config)`); any other is refused, listing them, before anything is compiled.
 """
 
 import importlib
@@ -64,7 +66,8 @@ _SEEDS = flags.DEFINE_string("seeds", "1", "N (seeds 0 ... N-1) or a comma-separ
 _VARY = flags.DEFINE_multi_string("vary", [], "field=v1,v2,...: a grid axis (repeat for more axes).")
 _ZIP = flags.DEFINE_multi_string("zip", [], "field=v1,v2,...: lists that advance together (equal lengths).")
 _MAX_MEMBERS = flags.DEFINE_integer("max_members_per_program", 0, "Members per compiled program (0: all in one).")
-_METRIC = flags.DEFINE_string("metric", "train_loss", "The metric plotted in sweep.png (any member metric).")
+_METRIC = flags.DEFINE_string("metric", "train_loss", "The metric plotted in sweep.png: train_loss or one of the "
+                             "experiment's (a wrong one is refused, listing them).")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -163,6 +166,16 @@ def check_settings(module, config, settings: list[dict[str, float]]) -> None:
     except ConfigError as e:
       shown = ", ".join(f"{name}={value:g}" for name, value in values.items())
       raise ConfigError(f"the member {shown} is refused: {e}") from None
+
+
+def check_metric(module, config, metric: str) -> None:
+  """Raises ConfigError unless `metric` is train_loss or one the experiment reports for `config` (its
+  `metric_names`), listing them: a mistyped --metric is found before anything trains."""
+  names = ("train_loss",) + tuple(module.metric_names(config))
+  if metric not in names:
+    name = module.__name__.split(".")[-1]
+    raise ConfigError(f"--metric {metric!r} is not a metric of {name} with this config; choose one of: "
+                      f"{', '.join(names)}")
 
 
 def _mean_se(values: list) -> tuple[float, float]:
@@ -273,6 +286,7 @@ def run(config, workdir: str) -> dict:
     raise ConfigError(f"--max_members_per_program must be >= 0, got {_MAX_MEMBERS.value}")
   fields = list(vary) + list(zipped)
   check_settings(module, config, settings)
+  check_metric(module, config, _METRIC.value)
   grid = [(seed, values) for values in settings for seed in seeds]
   members = []
   for i, group in enumerate(_groups(grid, _MAX_MEMBERS.value)):
@@ -295,8 +309,8 @@ def run(config, workdir: str) -> dict:
   rows = summarize(members, settings)
   metric = _METRIC.value
   if rows and metric not in rows[0]["metrics"]:
-    # Evaluation metrics are only known once the members have trained: plot the loss rather than lose the sweep.
-    print(f"warning: --metric {metric!r} is not a metric of this experiment (its metrics: "
+    # A declared metric that no member reported (all diverged): plot the loss rather than lose the sweep.
+    print(f"warning: no member reported --metric {metric!r} (their metrics: "
           f"{', '.join(rows[0]['metrics'])}); sweep.png shows train_loss", file=sys.stderr)
     metric = "train_loss"
   wall = time.perf_counter() - start

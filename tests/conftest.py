@@ -88,6 +88,19 @@ def run_python(args, env=None, timeout=600, **kwargs) -> subprocess.CompletedPro
                         timeout=timeout, check=False, **kwargs)
 
 
+def assert_declared_metrics(module, config, members: list[dict]) -> None:
+  """The sweep members' scalar metrics are the ones `module.metric_names(config)` declares (what a sweep's
+  --metric is checked against before training)."""
+  # What every member carries besides its evaluation; a diverged member has only these.
+  bookkeeping = {"seed", "train_loss", "diverged_at_step"}
+  for member in members:
+    if "diverged_at_step" in member:
+      continue
+    reported = {k for k, v in member.items() if k not in bookkeeping and isinstance(v, (int, float))
+                and not isinstance(v, bool)}
+    assert reported == set(module.metric_names(config)), (sorted(reported), module.metric_names(config))
+
+
 def parse_gan_config(*args):
   """The config `python -m experiments.gan <args>` runs with, parsed by the script's own config flag."""
   from absl import flags  # pylint: disable=import-outside-toplevel

@@ -81,6 +81,7 @@ def test_smoke_experiment_learns_cartpole(tmp_path):
   with open(tmp_path / "results.json") as f:
     written = json.load(f)
   assert written["final_return_per_seed"] == results["final_return_per_seed"]
+  assert set(a2c_experiment.metric_names(config)) <= set(results)  # what a sweep may plot
   assert len(results["final_return_per_seed"]) == config.num_seeds
   assert os.path.getsize(tmp_path / "returns.png") > 0
   for initial, final in zip(results["initial_return_per_seed"], results["final_return_per_seed"]):

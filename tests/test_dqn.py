@@ -179,6 +179,7 @@ def test_smoke_experiment_writes_greedy_returns(tmp_path):
   with open(tmp_path / "results.json") as f:
     written = json.load(f)
   assert written["final_return_per_seed"] == results["final_return_per_seed"]
+  assert set(dqn_experiment.metric_names(config)) <= set(results)  # what a sweep may plot
   assert len(results["final_return_per_seed"]) == config.num_seeds
   assert written["config"]["env_name"] == "CartPole-v1" and written["wall_time_s"] > 0
   assert os.path.getsize(tmp_path / "returns.png") > 0

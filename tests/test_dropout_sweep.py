@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_declared_metrics
 from experiments import bert as bert_experiment
 from experiments import gpt2 as gpt2_experiment
 from research.models import layers
@@ -75,6 +76,7 @@ def test_bert_dropout_sweep_member_equals_the_single_run(tmp_path):
   config.attention = "reference"  # attention dropout is traced where the reference attention trains
   members = Members(seeds=(0, 0), hparams={"dropout": (0.1, 0.0), "attention_dropout": (0.1, 0.3)})
   swept = bert_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(bert_experiment, config, swept)
   single = _single(bert_experiment, config, tmp_path / "one", dropout=0.1, attention_dropout=0.1)
   np.testing.assert_allclose(swept[0]["train_loss"], single["train_loss"], rtol=1e-5)
   np.testing.assert_allclose(swept[0]["mlm_accuracy"], single["mlm_accuracy"], rtol=1e-5)

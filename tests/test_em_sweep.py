@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import assert_declared_metrics
 from experiments import em_gmm
 from research.train import ConfigError, Members
 
@@ -21,6 +22,7 @@ def test_members_equal_their_single_runs(tmp_path):
   config = _config()
   members = Members(seeds=(0, 1, 1), hparams={"reg_covar": (1e-6, 1e-6, 0.1)})
   swept = em_gmm.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(em_gmm, config, swept)
   assert [(m["seed"], m["values"]) for m in swept] == [(0, {"reg_covar": 1e-6}), (1, {"reg_covar": 1e-6}),
                                                        (1, {"reg_covar": 0.1})]
   for i, member in enumerate(swept):

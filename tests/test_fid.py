@@ -298,6 +298,10 @@ def test_sample_metrics_equal_their_parts(classifier, digits_test):
   assert (metrics["precision"], metrics["recall"]) == fid.precision_recall(real, feats)
   np.testing.assert_allclose(metrics["class_shares"], fid.class_shares(images, classifier), atol=5e-5)
   assert metrics["classes_covered"] == 10 and metrics["num_samples"] == metrics["num_scored"] == 300
+  assert _scalars(metrics) == sorted(fid.sample_metric_names(classes=True, held_out=False))
+  test_ref = classifier_tasks.digits_reference("test", classifier)
+  assert _scalars(fid.sample_metrics(images, classifier, ref, test_ref, "p_")) == \
+      sorted(fid.sample_metric_names("p_", classes=True))
   assert metrics["confidence"] > 0.9
   # A model that dropped every other digit covers one class, and its FID is far worse.
   dropped = fid.sample_metrics(zeros, classifier, ref)
@@ -309,6 +313,10 @@ def test_sample_metrics_equal_their_parts(classifier, digits_test):
 
 
 # Any feature space.
+
+
+def _scalars(metrics: dict) -> list[str]:
+  return sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def _pixel_space(name="pixels"):
@@ -328,6 +336,9 @@ def test_a_feature_space_without_classes():
   np.testing.assert_allclose(ref.mean, 10.0 * real.reshape(200, -1).mean(0), rtol=1e-5)
   metrics = fid.sample_metrics(fake, space, ref)
   assert sorted(metrics) == ["fid", "kid", "kid_se", "num_samples", "num_scored", "precision", "recall"]
+  assert sorted(metrics) == sorted(fid.sample_metric_names(held_out=False))
+  assert _scalars(fid.sample_metrics(fake, space, ref, fid.reference(space, real[100:], "held out"))) == \
+      sorted(fid.sample_metric_names())
   assert metrics["fid"] == pytest.approx(fid.frechet_distance(ref.features, space.features(fake)))
   assert fid.sample_metrics(real, space, ref)["fid"] < metrics["fid"]
   assert space.features(real[:0]).shape == (0, 16)

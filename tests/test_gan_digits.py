@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import parse_gan_config, run_python
+from conftest import assert_declared_metrics, parse_gan_config, run_python
 from experiments import gan as gan_experiment
 from research.models import gan
 from research.tasks import classifier as classifier_tasks
@@ -169,6 +169,7 @@ def test_conditional_digits_sweep_scores_the_samples_it_writes(tmp_path):
   results = gan_experiment.run(config, str(tmp_path), members=Members((0, 1)))
   stored = json.loads((tmp_path / "results.json").read_text())
   assert stored["config"]["conditional"] and stored["config"]["loss"] == "hinge"
+  assert_declared_metrics(gan_experiment, config, stored["members"])
   classifier = classifier_tasks.digits_classifier()
   for i, member in enumerate(stored["members"]):
     samples = np.load(tmp_path / f"member_{i}" / "samples.npz")["images"]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import assert_declared_metrics, run_python
 from experiments import ppo as ppo_experiment
 from research.rl import ppo
 from research.train import ConfigError, Members
@@ -38,6 +38,7 @@ def test_command_line_sweep_members_equal_their_single_runs(tmp_path):
   out = json.loads((tmp_path / "s" / "results.json").read_text())
   members = out["members"]
   assert [(m["seed"], m["values"]) for m in members] == [(0, {"ent_coef": 0.0}), (0, {"ent_coef": 0.1})]
+  assert_declared_metrics(ppo_experiment, _tiny_config(), members)
   for member in members:
     # The single run `python -m experiments.ppo --config.ent_coef=v`: the same program, keys and config.
     config = _tiny_config(ent_coef=member["values"]["ent_coef"])

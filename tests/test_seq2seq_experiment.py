@@ -61,9 +61,10 @@ def smoke_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smoke_run_writes_scores_samples_and_attention(smoke_run):
-  _, workdir, results = smoke_run
+  experiment, workdir, results = smoke_run
   on_disk = json.loads((workdir / "results.json").read_text())
   assert on_disk["step"] == 6 and np.isfinite(on_disk["train_loss"])
+  assert set(experiment.metric_names(experiment.get_config("smoke"))) <= set(on_disk)  # what a sweep may plot
   for split in ("test", "test_longer"):
     for method in ("greedy", "beam"):
       em, score = on_disk[f"{split}_{method}_exact_match"], on_disk[f"{split}_{method}_bleu"]

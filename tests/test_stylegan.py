@@ -198,6 +198,7 @@ def test_smoke_run_regularises_lazily_and_writes_samples_sample_metrics_and_ppl(
   for name in ("fid", "fid_real", "kid", "precision", "recall", "cnn_fid", "class_shares", "ppl"):
     assert name in stored, name
   assert np.isfinite(stored["ppl"]) and stored["ppl"] > 0 and stored["num_samples"] == config.num_samples
+  assert set(stylegan_experiment.metric_names(config)) <= set(stored)  # what a sweep may plot
   with np.load(tmp_path / "samples.npz") as drawn:
     images = drawn["images"]
   assert images.shape == (config.num_samples, 8, 8, 1) and images.min() >= 0 and images.max() <= 1

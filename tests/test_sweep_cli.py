@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FAST_COMPILE, ROOT, run_python
+from conftest import FAST_COMPILE, ROOT, assert_declared_metrics, run_python
 from experiments import autoencoder as autoencoder_experiment
 from experiments import gan as gan_experiment
 from research.train import ConfigError, Members
@@ -35,6 +35,7 @@ def test_autoencoder_members_equal_their_single_runs(tmp_path):
   members = Members(seeds=(0, 1, 0), hparams={"optimizer.learning_rate": (1e-3, 1e-3, 3e-3),
                                                "kl_weight": (1.0, 1.0, 0.5)})
   swept = autoencoder_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(autoencoder_experiment, config, swept)
   for i, member in enumerate(swept):
     single = _single(autoencoder_experiment, config, tmp_path / str(i), seed=member["seed"],
                      **{"optimizer.learning_rate": member["values"]["optimizer.learning_rate"],
@@ -50,6 +51,7 @@ def test_gan_gradient_penalty_members_equal_their_single_runs(tmp_path):
   config = gan_experiment.get_config("wgan_gp,smoke")
   members = Members(seeds=(2, 2), hparams={"gp_weight": (0.1, 10.0)})
   swept = gan_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(gan_experiment, config, swept)
   for i, member in enumerate(swept):
     single = _single(gan_experiment, config, tmp_path / str(i), seed=2, gp_weight=member["values"]["gp_weight"])
     np.testing.assert_allclose(member["train_loss"], single["train_loss"], rtol=1e-5)
@@ -132,6 +134,35 @@ def test_bad_sweeps_are_refused_before_anything_runs(flags, message):
                         sweep.parse_axes(flags.get("zip", []), config, "zip"))
 
 
+def test_a_mistyped_metric_is_one_line_exit_2_before_training(tmp_path):
+  proc = run_python(_sweep_command(tmp_path / "w", "--vary=kl_weight=0.5,1", "--metric=test_nll"))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith("error: --metric 'test_nll' is not a metric of autoencoder with this config; choose one "
+                             "of: train_loss, test_nll_nats, nll_k, test_bits_per_dim, test_elbo_nats, fid, ")
+  assert not (tmp_path / "w").exists()
+
+
+def test_every_sweepable_experiment_declares_its_metrics_in_every_preset():
+  from experiments import sweep  # pylint: disable=import-outside-toplevel
+  directory = os.path.dirname(sweep.__file__)
+  swept = []
+  for name in sorted(os.listdir(directory)):
+    try:
+      module = sweep.experiment_module(os.path.join(directory, name))
+    except ConfigError:
+      continue  # not an experiment, or one that cannot be swept
+    swept.append(name)
+    for preset in ["", *getattr(module, "PRESETS", {})]:
+      config = module.get_config(preset)
+      names = module.metric_names(config)
+      assert names and len(set(names)) == len(names) and "train_loss" not in names, (name, preset, names)
+      sweep.check_metric(module, config, names[-1])
+      with pytest.raises(ConfigError, match=re.escape(f"choose one of: train_loss, {', '.join(names)}")):
+        sweep.check_metric(module, config, "no_such_metric")
+  assert {"autoencoder.py", "gan.py", "diffusion.py", "gpt2.py", "bert.py", "ppo.py", "em_gmm.py"} <= set(swept)
+
+
 def test_missing_config_is_one_line_exit_2(tmp_path):
   proc = run_python(["-m", "experiments.sweep", f"--workdir={tmp_path / 'w'}"])
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -168,6 +199,7 @@ def test_gpt2_members_equal_their_single_runs(tmp_path):
   config = gpt2_experiment.get_config("smoke")
   members = Members(seeds=(0, 1), hparams={"optimizer.learning_rate": (2e-3, 5e-3)})
   swept = gpt2_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(gpt2_experiment, config, swept)
   single = _single(gpt2_experiment, config, tmp_path / "one", seed=1, **{"optimizer.learning_rate": 5e-3})
   np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
   np.testing.assert_allclose(swept[1]["val_loss"], single["val_loss"], rtol=1e-5)
@@ -195,6 +227,7 @@ def test_pure_evaluation_is_one_vmapped_program_equal_to_single_runs(tmp_path, m
   config.eval_every = 20  # two evaluations: at step 20 and at the end
   members = Members(seeds=(0, 1, 1), hparams={"optimizer.learning_rate": (3e-3, 3e-3, 1e-2)})
   swept = classifier_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(classifier_experiment, config, swept)
   assert len(traces) == 1  # one compiled evaluation for every member and every evaluation step
   for i, member in enumerate(swept):
     single = _single(classifier_experiment, config, tmp_path / str(i), seed=member["seed"],
@@ -230,6 +263,7 @@ def test_diffusion_label_dropout_and_guidance_members_equal_their_single_runs(tm
   # The training step reads the label dropout, the evaluation's sampler the guidance scale w.
   members = Members(seeds=(0, 3), hparams={"class_dropout": (0.1, 0.5), "guidance_scale": (1.0, 3.0)})
   swept = diffusion_experiment.run(config, str(tmp_path / "sweep"), members=members)["members"]
+  assert_declared_metrics(diffusion_experiment, config, swept)
   single = _single(diffusion_experiment, config, tmp_path / "one", seed=3, class_dropout=0.5, guidance_scale=3.0)
   np.testing.assert_allclose(swept[1]["train_loss"], single["train_loss"], rtol=1e-5)
   # The members' samples come from one vmapped sampler program; scored as the single run's.

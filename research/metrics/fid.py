@@ -335,6 +335,23 @@ def _confidence(logits: np.ndarray) -> float:
   return float(np.mean(np.exp(logits).max(-1) / np.exp(logits).sum(-1)))
 
 
+SCORES = ("fid", "kid", "kid_se", "precision", "recall")  # `_scores`' keys
+
+
+def sample_metric_names(prefix: str = "", classes: bool = False, held_out: bool = True) -> tuple[str, ...]:
+  """The scalar keys of `sample_metrics` (class_shares, a list, aside): what a sweep can plot of samples.
+
+  Args:
+    prefix: `sample_metrics`' prefix.
+    classes: a feature space with a class head (classes_covered, confidence).
+    held_out: scored beside held-out images whose reference keeps their logits (the "_real" keys, fid_ratio).
+  """
+  names = list(SCORES) + (["classes_covered", "confidence"] if classes else [])
+  if held_out:
+    names += [f"{key}_real" for key in SCORES] + (["confidence_real"] if classes else []) + ["fid_ratio"]
+  return tuple(prefix + name for name in names) + ("num_samples", "num_scored")
+
+
 def _scores(feats: np.ndarray, ref: Reference) -> dict:
   precision, recall = precision_recall(ref.features, feats)
   kid, kid_se = kernel_distance(ref.features, feats)
@@ -378,7 +395,7 @@ def sample_metrics(images, space: FeatureSpace, ref: Reference, held_out: Refere
   counts = {"num_samples": int(len(images)), "num_scored": int(n)}
   if np.issubdtype(images.dtype, np.floating) and not np.all(np.isfinite(images)):
     nan = float("nan")
-    out = dict.fromkeys(("fid", "kid", "kid_se", "precision", "recall"), nan)
+    out = dict.fromkeys(SCORES, nan)
     if space.num_classes:
       out.update(classes_covered=0, class_shares=[nan] * space.num_classes, confidence=nan)
   else:

@@ -116,6 +116,9 @@ def _plot(path: str, out, title: str) -> None:
   plt.close(fig)
 
 
+MEMBER_METRICS = ("final_return_mean",)  # the scalar metrics of a sweep's member (`_return_metrics`)
+
+
 def _return_metrics(initial: np.ndarray, final: np.ndarray) -> dict:
   """One run's returns for results.json: initial and final per inner seed, and the final mean."""
   return {

@@ -67,6 +67,14 @@ def _test_intensities(images):
   return nll_lib.to_unit_interval(images)
 
 
+def metric_names(model: str, num_samples: int = 0) -> tuple[str, ...]:
+  """The scalar metrics `make_task`'s evaluation reports for `model` (with `num_samples` as there)."""
+  if model == "vae":
+    names = ("test_nll_nats", "nll_k", "test_bits_per_dim", "test_elbo_nats")
+    return names + (classifier_tasks.digits_sample_metric_names() if num_samples else ())
+  return ERROR_METRICS if model == "dae" else ERROR_METRICS[:2]
+
+
 def make_task(config, eval_images: np.ndarray, num_samples: int = 0) -> Task:
   """The autoencoder family as a research.train.Task.
 

@@ -37,6 +37,11 @@ def _rates(hparams) -> Rates:
 MIX_HPARAMS = ("mask_fraction", "same_fraction")  # a traced masking mix: [MASK] and kept shares; random the rest
 
 
+# The scalar metrics of the tasks' evaluations (the pre-training task's last one with a unigram token).
+PRETRAIN_METRICS = ("mlm_loss", "mlm_accuracy", "mlm_predictions", "mlm_best_constant_accuracy", "mlm_unigram_accuracy")
+FINETUNE_METRICS = ("accuracy", "eval_loss", "eval_examples")
+
+
 def make_pretrain_task(config, cfg: BertConfig, special: dict[str, int], traced_mix: bool = False,
                        unigram_token: int | None = None):
   """Masked language modelling as a research.train.Task.

@@ -80,6 +80,9 @@ def _model(network: str):
   return classifier_lib.DigitsConvNet() if network == "cnn" else classifier_lib.DigitsNet()
 
 
+METRICS = ("test_accuracy", "test_error", "test_loss")  # `make_task`'s evaluation
+
+
 def make_task(config: ml_collections.ConfigDict) -> Task:
   """A classifier as a loop task: cross-entropy on the training split, accuracy on `eval_data`.
 
@@ -264,6 +267,12 @@ def digits_sample_metrics(images, space: FeatureSpace | None = None, directory: 
   for one, prefix in spaces:
     out.update(fid.sample_metrics(images, one, digits_reference("train", one), digits_reference("test", one), prefix))
   return out
+
+
+def digits_sample_metric_names() -> tuple[str, ...]:
+  """The scalar keys of `digits_sample_metrics` in both spaces: what a sweep can plot of digits samples."""
+  return tuple(dict.fromkeys(fid.sample_metric_names("", classes=True)
+                             + fid.sample_metric_names(CONV_PREFIX, classes=True)))
 
 
 KNOWN_CASES = ("real held-out", "noise 0.05", "noise 0.1", "gaussian mixture", "independent pixels")

@@ -35,6 +35,15 @@ class CriticCarry(NamedTuple):
   opt_state: Any
 
 
+def metric_names(config) -> tuple[str, ...]:
+  """The scalar metrics `make_task(config)`'s evaluation reports."""
+  if is_image_dataset(config.dataset):
+    return classifier_tasks.digits_sample_metric_names() + (("label_accuracy",) if config.conditional else ())
+  if config.dataset not in toy2d.MIXTURES:
+    return ()
+  return ("modes_captured", "modes_total", "high_quality_fraction", "eval_samples")
+
+
 def make_task(config) -> Task:
   """The GAN family's plug-in for research.train.train.
 

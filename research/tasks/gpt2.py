@@ -32,6 +32,14 @@ def make_model(config, vocab_size: int):
   return gpt2.GPT2(gpt2.model_config(config, vocab_size))
 
 
+FINETUNE_METRICS = ("accuracy", "eval_loss", "eval_examples")  # `make_finetune_task`'s evaluation
+
+
+def lm_metric_names(unit: str = "token") -> tuple[str, ...]:
+  """The scalar metrics `make_task`'s evaluation reports for tokens that are `unit`s."""
+  return ("val_loss", f"val_bits_per_{unit}", "val_tokens")
+
+
 def make_task(config, vocab_size: int, decode, prompts: Sequence[Sequence[int]], unit: str = "token"):
   """Language modelling with the GPT or the LSTM as a research.train.Task.
 

@@ -91,6 +91,14 @@ def score(hypotheses: Sequence[str], references: Sequence[str], tokens=str.split
           "bleu": bleu.corpus_bleu(spaced(hypotheses), spaced(references))}
 
 
+SCORES = ("exact_match", "bleu")  # `score`'s keys
+
+
+def metric_names(splits: Sequence[str]) -> tuple[str, ...]:
+  """The scalar metrics `make_task`'s evaluation reports for evaluation sets named `splits`."""
+  return tuple(f"{split}_{method}_{name}" for split in splits for method in METHODS for name in SCORES)
+
+
 def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Sequence[str]]],
               sample_count: int = 3) -> Task:
   """Sequence-to-sequence training with the encoder-decoder as a research.train.Task.

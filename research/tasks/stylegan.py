@@ -229,6 +229,12 @@ class _DigitsSpace:
     return classifier_tasks.digits_classifier().features(images)
 
 
+def metric_names(dataset: str) -> tuple[str, ...]:
+  """The scalar metrics `make_task`'s evaluation reports on `dataset`: `sample_metrics`' and the PPL."""
+  names = classifier_tasks.digits_sample_metric_names() if dataset == "digits" else fid.sample_metric_names()
+  return names + ("ppl",)
+
+
 def sample_metrics(dataset: str, images: np.ndarray, space=None) -> dict:
   """FID, KID, precision/recall beside real held-out images' own at the same count (fid.sample_metrics).
 
