@@ -40,6 +40,22 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: an end-to-end run of tens of seconds; such tests start first")
 
 
+# The feature networks that score samples (FID, KID, precision/recall) are trained on first use
+# and cached beside the prepared data. Trained under FAST_COMPILE their convolutions run about ten
+# times slower (minutes), so the session trains any that are missing first, in a subprocess at
+# XLA's full optimisation; the tests then only read the cache.
+_FEATURE_NETWORKS = "from research.tasks import classifier as c; c.digits_classifier(); c.digits_conv_space()"
+
+
+def pytest_sessionstart(session):
+  del session
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return  # the controller does it once
+  flags = os.environ["XLA_FLAGS"].replace(FAST_COMPILE, "").strip()
+  subprocess.run([sys.executable, "-c", _FEATURE_NETWORKS], cwd=ROOT, env=dict(os.environ, XLA_FLAGS=flags),
+                 check=True)
+
+
 def pytest_unconfigure(config):
   del config
   if _OWNS_CACHE:
