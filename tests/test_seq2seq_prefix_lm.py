@@ -1,15 +1,13 @@
 """The prefix LM: attention's prefix mask against a brute-force one, the GPT's prefix and its cached decoding,
 the prefix-LM task's sequences and loss, and the encoder-decoder vs prefix LM table end to end."""
 
-import json
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import run_python, run_table_smoke
 from research.data import number_words
 from research.models import attention, gpt2
 from research.models.seq2seq import IGNORE
@@ -132,14 +130,7 @@ def test_encode_pairs_and_the_loss_ignores_the_source():
 @pytest.mark.slow
 def test_table_end_to_end(tmp_path):
   # The smoke preset: both models, two seeds each, 6 steps, 6 examples of each split decoded.
-  proc = run_python(["-m", "experiments.tables.seq2seq_vs_prefix_lm", f"--outdir={tmp_path}",
-                     "--config=experiments/tables/seq2seq_vs_prefix_lm.py:smoke"], timeout=1200)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for suffix in (".md", ".png"):
-    assert (tmp_path / f"seq2seq_vs_prefix_lm{suffix}").stat().st_size > 0, suffix
-  results = json.loads((tmp_path / "results.json").read_text())
-  text = (tmp_path / "seq2seq_vs_prefix_lm.md").read_text()
-  assert results["command"] in text
+  results, text = run_table_smoke("seq2seq_vs_prefix_lm", tmp_path)
   encoder_decoder, gpt = results["rows"]
   assert (encoder_decoder["model"], gpt["model"]) == ("encoder_decoder", "prefix_lm")
   assert (encoder_decoder["params"], gpt["params"]) == (301_440, 304_320)  # t5-tiny and a 6 x 64 GPT
