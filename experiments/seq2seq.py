@@ -4,6 +4,7 @@ Run:
   python -m experiments.seq2seq --workdir=/tmp/seq2seq
   python -m experiments.seq2seq --workdir=/tmp/seq2seq_back --config.direction=words_to_numbers
   python -m experiments.seq2seq --workdir=/tmp/vaswani --config.model=transformer-tiny
+  python -m experiments.seq2seq --workdir=/tmp/prefix_lm --config.model=gpt
   python -m experiments.seq2seq --workdir=/tmp/smoke --config=experiments/seq2seq.py:smoke
 
 By default a tiny T5 v1.1 (research/models/seq2seq.py "t5-tiny": 2 + 2 layers, width 64) on the
@@ -16,6 +17,11 @@ decoded strings. Writes into the workdir: checkpoints, TensorBoard events, resul
 tokens, a number digit by digit), samples.txt (source | greedy | beam | reference of a few
 examples of each split) and attention.png (the last decoder layer's cross-attention, averaged
 over heads, of a few test examples: generated tokens down, source tokens across).
+
+`--config.model=gpt` trains a decoder-only GPT (n_layer, n_embd, n_head) on the same pairs as a
+prefix LM (research/tasks/prefix_lm.py: source, separator, target in one sequence, the source
+attended in both directions, the loss on the target only) and scores its greedy decoding the
+same way (`<split>_greedy_<exact_match|bleu>`; no beam search, no attention.png).
 """
 
 import os
@@ -27,12 +33,13 @@ import numpy as np
 from research.data import number_words
 from research.models import attention as attention_lib
 from research.models import seq2seq as seq2seq_model
-from research.tasks import seq2seq
+from research.tasks import prefix_lm, seq2seq
 from research.train import ConfigError, base_config, check_choice, check_common, check_positive, check_workdir
 from research.train import cli, train
 from research.train.step import eval_params
 
 TOKENIZERS = ("number_words",)
+PREFIX_LM = "gpt"  # config.model of the decoder-only prefix LM
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -54,7 +61,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.dataset = "number_words"  # the bundled (number, words) pairs; the only dataset with its tokenizer
   config.tokenizer = "number_words"  # digits and number words, pad 0 and eos 1 (research/data/number_words.py)
   config.direction = "numbers_to_words"  # numbers_to_words ("412" -> "four hundred twelve") or words_to_numbers
-  config.model = "t5-tiny"  # a named size of research.models.seq2seq.CONFIGS (its vocabulary replaced)
+  config.model = "t5-tiny"  # a named size of research.models.seq2seq.CONFIGS (its vocabulary replaced), or "gpt"
+  config.n_layer = 6  # the GPT's blocks (model "gpt": a decoder-only prefix LM; 6 x 64 has t5-tiny's parameters)
+  config.n_embd = 64  # the GPT's width (model "gpt")
+  config.n_head = 4  # the GPT's attention heads (model "gpt")
   config.max_source_length = 12  # longest source in tokens with eos (the model's limit; sources are padded to it)
   config.max_target_length = 12  # longest target in tokens with eos (and the most tokens decoding writes)
   config.attention = "auto"  # one of research.models.attention.IMPLEMENTATIONS
@@ -86,10 +96,13 @@ def check_config(config) -> None:
   check_choice("dataset", config.dataset, ("number_words",))
   check_choice("tokenizer", config.tokenizer, TOKENIZERS)
   check_choice("direction", config.direction, seq2seq.DIRECTIONS)
-  check_choice("model", config.model, seq2seq.MODELS)
+  check_choice("model", config.model, seq2seq.MODELS + (PREFIX_LM,))
   check_choice("attention", config.attention, attention_lib.IMPLEMENTATIONS)
-  for name in ("max_source_length", "max_target_length", "eval_batch_size", "num_beams"):
+  for name in ("max_source_length", "max_target_length", "eval_batch_size", "num_beams", "n_layer", "n_embd",
+               "n_head"):
     check_positive(name, config[name])
+  if config.model == PREFIX_LM and config.n_embd % config.n_head:
+    raise ConfigError(f"n_embd {config.n_embd} is not divisible by n_head {config.n_head}")
   check_positive("eval_examples", config.eval_examples, allow_zero=True)
   check_positive("attention_examples", config.attention_examples, allow_zero=True)
   if not 0.0 <= config.dropout < 1.0:
@@ -152,7 +165,7 @@ EVAL_SPLITS = ("test", "test_longer")  # scored by decoding at each evaluation
 
 def metric_names(config) -> tuple[str, ...]:
   """The scalar metrics a run of `config` reports (a sweep's `--metric` is one of these or train_loss)."""
-  return seq2seq.metric_names(EVAL_SPLITS)
+  return seq2seq.metric_names(EVAL_SPLITS, prefix_lm.METHODS if config.model == PREFIX_LM else seq2seq.METHODS)
 
 
 def run(config, workdir: str, members=None) -> dict:
@@ -165,11 +178,12 @@ def run(config, workdir: str, members=None) -> dict:
   tokenizer = number_words.NumberWordsTokenizer()
   splits = {split: seq2seq.pairs(number_words.generate(split), config.direction) for split in number_words.SPLITS}
   _check_lengths(tokenizer, splits, config)
-  data = seq2seq.encode_pairs(tokenizer, *splits["train"], config.max_source_length, config.max_target_length)
+  family = prefix_lm if config.model == PREFIX_LM else seq2seq
+  data = family.encode_pairs(tokenizer, *splits["train"], config.max_source_length, config.max_target_length)
   eval_sets = {split: tuple(_spread(side, config.eval_examples) for side in splits[split]) for split in EVAL_SPLITS}
-  task = seq2seq.make_task(config, tokenizer, eval_sets)
+  task = family.make_task(config, tokenizer, eval_sets)
   trained = train(task, config, workdir, data, eval_sets, members)
-  if members is None and config.attention_examples:
+  if members is None and config.attention_examples and config.model != PREFIX_LM:
     model = seq2seq_model.Seq2Seq(seq2seq.model_config(config, tokenizer.vocab_size))
     sources = _spread(splits["test"][0], config.attention_examples)
     params = jax.device_get(eval_params(trained.state))["params"]

@@ -117,6 +117,20 @@ def assert_declared_metrics(module, config, members: list[dict]) -> None:
     assert reported == set(module.metric_names(config)), (sorted(reported), module.metric_names(config))
 
 
+def run_table_smoke(name: str, outdir) -> tuple[dict, str]:
+  """Runs `python -m experiments.tables.<name>` on its smoke preset into `outdir` (a pathlib.Path); checks that it
+  wrote its Markdown (holding the command) and PNG; returns (results.json, the Markdown)."""
+  proc = run_python(["-m", f"experiments.tables.{name}", f"--outdir={outdir}",
+                     f"--config=experiments/tables/{name}.py:smoke"], timeout=1200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for suffix in (".md", ".png"):
+    assert (outdir / f"{name}{suffix}").stat().st_size > 0, suffix
+  results = json.loads((outdir / "results.json").read_text())
+  text = (outdir / f"{name}.md").read_text()
+  assert results["command"] in text
+  return results, text
+
+
 def parse_gan_config(*args):
   """The config `python -m experiments.gan <args>` runs with, parsed by the script's own config flag."""
   from absl import flags  # pylint: disable=import-outside-toplevel

@@ -1,11 +1,9 @@
 """The LSTM vs Transformer table end to end on its smoke preset; its position helpers; bad configs."""
 
-import json
-
 import numpy as np
 import pytest
 
-from conftest import run_python
+from conftest import run_python, run_table_smoke
 from experiments.tables import lstm_vs_transformer as table
 from research.models import gpt2, lstm
 
@@ -21,13 +19,7 @@ def test_position_bins_and_slope():
 @pytest.mark.slow
 def test_lstm_vs_transformer_end_to_end(tmp_path):
   # The smoke preset: one size 1:16:2 and a one-layer LSTM matched to it, 6 steps of 4 windows of 16.
-  proc = run_python(["-m", "experiments.tables.lstm_vs_transformer", f"--outdir={tmp_path}",
-                     "--config=experiments/tables/lstm_vs_transformer.py:smoke"], timeout=1200)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  for suffix in (".md", ".png"):
-    assert (tmp_path / f"lstm_vs_transformer{suffix}").stat().st_size > 0, suffix
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["command"] in (tmp_path / "lstm_vs_transformer.md").read_text()
+  results, _ = run_table_smoke("lstm_vs_transformer", tmp_path)
   gpt_row, lstm_row = results["rows"]
   assert (gpt_row["model"], lstm_row["model"]) == ("gpt", "lstm")
   gpt_n = gpt2.count_params(gpt2.GPT2Config(vocab_size=5, n_positions=16, n_embd=16, n_layer=1, n_head=2), False)

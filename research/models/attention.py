@@ -24,7 +24,9 @@ head serves num_heads / num_kv_heads query heads.
                          the DiT and the U-Net.
 
 Masks: `mask` is a boolean key mask (batch, kv_len), True where a key may be attended to
-(padding is False). Masked scores get MASK_VALUE, a large finite negative number, so a row
+(padding is False). `prefix` (batch,) widens a causal mask into a prefix LM's (Raffel et al.
+2020): the keys at positions below prefix[b] are visible to every query of row b, the rest stay
+causal; the reference, "xla" and "cudnn" take it (like a score bias). Masked scores get MASK_VALUE, a large finite negative number, so a row
 with no valid key attends uniformly instead of producing NaN, in every implementation alike.
 
 Attention dropout (BERT's attention_probs_dropout_prob) drops probabilities of the plain path
@@ -64,11 +66,12 @@ def _check(q, k, v):
     raise ValueError(f"{q.shape[2]} query heads are not a multiple of {k.shape[2]} key/value heads")
 
 
-def _bias(q_pos, k_pos, causal: bool, key_valid, slopes, extra=None):
+def _bias(q_pos, k_pos, causal: bool, key_valid, slopes, extra=None, prefix=None):
   """Additive scores for query positions (Tq,) and key positions (Sk,): (B|1, H|1, Tq, Sk).
 
   `extra` is the caller's own (B|1, H|1, Tq, Sk) score bias (e.g. T5's relative positions), added
-  before the masks.
+  before the masks. `prefix` (B,) makes the keys at positions below it visible to every query of
+  its row under the causal mask.
   """
   bias = jnp.zeros((1, 1, q_pos.shape[0], k_pos.shape[0]), jnp.float32)
   if extra is not None:
@@ -78,7 +81,10 @@ def _bias(q_pos, k_pos, causal: bool, key_valid, slopes, extra=None):
     bias = bias - slopes[None, :, None, None] * jnp.abs(distance)[None, None]
   allowed = jnp.ones((1, 1, q_pos.shape[0], k_pos.shape[0]), bool)
   if causal:
-    allowed = allowed & (k_pos[None, :] <= q_pos[:, None])[None, None]
+    visible = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, Tq, Sk)
+    if prefix is not None:
+      visible = visible | (k_pos[None, None, None, :] < jnp.asarray(prefix)[:, None, None, None])  # (B, 1, Tq, Sk)
+    allowed = allowed & visible
   if key_valid is not None:
     allowed = allowed & key_valid[:, None, None, :]
   return jnp.where(allowed, bias, MASK_VALUE)
@@ -115,7 +121,8 @@ def _grouped_bias(bias, num_kv_heads: int, groups: int):
   return bias.reshape(b, num_kv_heads, groups * t, s)
 
 
-def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, bias=None, dropout_rate=0.0, dropout_rng=None):
+def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, bias=None, prefix=None, dropout_rate=0.0,
+                       dropout_rng=None):
   """softmax(Q K^T / sqrt(d) + bias) V for q (B, T, H, D) and k, v (B, Hkv, S, D): (B, T, H, D).
 
   Heads lead the time axis in every product, (B, Hkv, G * T, D) against (B, Hkv, S, D): each
@@ -126,7 +133,7 @@ def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, bias=None, drop
   hkv, s = k.shape[1], k.shape[2]
   scores = jnp.einsum("bkmd,bksd->bkms", _rows(_grouped(q, hkv)), k, preferred_element_type=jnp.float32)
   scores = scores / math.sqrt(d)
-  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias)  # (B|1, H|1, T, S)
+  bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias, prefix)  # (B|1, H|1, T, S)
   probs = jax.nn.softmax(scores + _grouped_bias(bias, hkv, h // hkv), axis=-1)  # (B, Hkv, G * T, S)
   if dropout_rng is not None:
     probs = layers.dropout(probs, dropout_rate, dropout_rng)  # each row sums to 1 in expectation only
@@ -135,7 +142,7 @@ def _grouped_attention(q, k, v, *, causal, mask, alibi, q_start, bias=None, drop
 
 
 def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, bias=None,
-                          dropout_rate=0.0, dropout_rng=None):
+                          prefix=None, dropout_rate=0.0, dropout_rng=None):
   """The plain softmax(Q K^T / sqrt(d) + bias) V, materialising the (T, S) scores.
 
   Args:
@@ -148,6 +155,8 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
       default S - T, the queries being the last T positions.
     bias: optional (B|1, H|1, T, S) float scores added before the masks and the softmax (e.g.
       T5's relative position bias); gradients flow into it.
+    prefix: optional (B,) integers: with `causal`, the keys at positions < prefix[b] are visible
+      to every query of row b (a prefix LM's bidirectional prefix); the rest stay causal.
     dropout_rate: dropout on the probabilities (a Python float or a traced scalar), applied
       only with a `dropout_rng`, i.e. in training.
     dropout_rng: the key of the dropout mask; None: no dropout.
@@ -158,10 +167,10 @@ def dot_product_attention(q, k, v, *, causal: bool = False, mask=None, alibi=Non
   _check(q, k, v)
   swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D)
   return _grouped_attention(q, swap(k), swap(v), causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
-                            dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+                            prefix=prefix, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
 
 
-def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, bias=None):
+def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_start=None, bias=None, prefix=None):
   """`dot_product_attention` against keys and values in the KV cache's layout, (B, Hkv, S, D).
 
   The queries of each key/value head are grouped, (B, Hkv, H / Hkv * T, D), so neither the
@@ -170,7 +179,7 @@ def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_
   Args:
     q: (B, T, H, D) queries.
     k, v: (B, Hkv, S, D) cached keys and values.
-    causal, mask, alibi, q_start, bias: as in `dot_product_attention`.
+    causal, mask, alibi, q_start, bias, prefix: as in `dot_product_attention`.
 
   Returns:
     (B, T, H, D) in q's dtype; scores and softmax in float32.
@@ -178,7 +187,8 @@ def cached_attention(q, k, v, *, causal: bool = False, mask=None, alibi=None, q_
   b, t, h, d = q.shape
   if k.ndim != 4 or k.shape != v.shape or k.shape[0] != b or k.shape[-1] != d or h % k.shape[1]:
     raise ValueError(f"expected q (B, T, H, D) and cached k, v (B, Hkv, S, D); got {q.shape}, {k.shape}, {v.shape}")
-  return _grouped_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias)
+  return _grouped_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
+                            prefix=prefix)
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,20 +506,20 @@ def alibi_slopes(num_heads: int) -> jax.Array:
 
 
 def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=None, q_start=None,
-           dropout: bool = False, bias=None) -> str:
+           dropout: bool = False, bias=None, prefix=None) -> str:
   """The kernel that `implementation` names: itself, or the platform's for "auto".
 
   "auto" is the reference where the call drops attention probabilities (the one kernel that
   forms them); on a CPU the dense attention (the fastest to train there), or the reference for
-  a call with a score bias (the blockwise kernels take none); on a GPU cuDNN's
-  fused kernel where it applies without a bias (16-bit inputs, a head dimension that is a
+  a call with a score bias or a prefix (the blockwise kernels take neither); on a GPU cuDNN's
+  fused kernel where it applies without a bias or a prefix (16-bit inputs, a head dimension that is a
   multiple of 8 up to 128, no padding mask or ALiBi, queries aligned with the keys); else XLA's
   `jax.nn.dot_product_attention`.
 
   Args:
     implementation: one of IMPLEMENTATIONS.
     q: (B, T, H, D) queries; k: (B, S, Hkv, D) keys (shapes and dtype are read).
-    causal, mask, alibi, q_start, bias: as in `dot_product_attention`.
+    causal, mask, alibi, q_start, bias, prefix: as in `dot_product_attention`.
     dropout: whether the call drops attention probabilities.
 
   Raises:
@@ -523,49 +533,52 @@ def choose(implementation: str, q, k, *, causal: bool = False, mask=None, alibi=
   if dropout:
     return "reference"
   if layers.on_cpu():
-    return "dense" if bias is None else "reference"
+    return "dense" if bias is None and prefix is None else "reference"
   d = q.shape[-1]
   aligned = q_start is None and (not causal or q.shape[1] == k.shape[1])
   if (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0 and d <= 128
-      and mask is None and alibi is None and bias is None and aligned):
+      and mask is None and alibi is None and bias is None and prefix is None and aligned):
     return "cudnn"
   return "xla"
 
 
 def attend(q, k, v, *, implementation: str = "auto", causal: bool = False, mask=None, alibi=None,
-           q_start=None, bias=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
+           q_start=None, bias=None, prefix=None, block_size: int = 128, dropout_rate=0.0, dropout_rng=None):
   """Dispatches to one attention implementation (see IMPLEMENTATIONS and `choose`); all take the same arrays.
 
   "xla" and "cudnn" are `jax.nn.dot_product_attention` (cuDNN's fused kernel needs a GPU and
   bf16/fp16); "pallas" uses the Pallas FlashAttention kernels of jax.experimental on GPU/TPU,
   falling back to `flash_attention` where they do not import. Dropout on the probabilities
   (`dropout_rng` given and a rate that is not the Python number 0) is the reference's alone. A
-  score `bias` (see `dot_product_attention`) goes to the reference, "xla" and "cudnn" only.
+  score `bias` and a `prefix` (see `dot_product_attention`) go to the reference, "xla" and "cudnn"
+  only.
 
   Raises:
-    ValueError: for an unknown implementation, or attention dropout or a score bias asked of one
-      that does not take it.
+    ValueError: for an unknown implementation, or attention dropout, a score bias or a prefix asked
+      of one that does not take it.
   """
   drops = dropout_rng is not None and not layers.is_static_zero(dropout_rate)
   implementation = choose(implementation, q, k, causal=causal, mask=mask, alibi=alibi, q_start=q_start,
-                          dropout=drops, bias=bias)
+                          dropout=drops, bias=bias, prefix=prefix)
   if implementation == "reference":
     return dot_product_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
-                                 dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+                                 prefix=prefix, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if drops:
     raise ValueError(f"attention dropout needs the reference attention (the one implementation that drops "
                      f"probabilities; {implementation!r} does not); set the attention dropout to 0 or use 'reference'")
   if bias is not None and implementation not in ("xla", "cudnn"):
     raise ValueError(f"a score bias needs the reference, 'xla' or 'cudnn' attention ({implementation!r} takes none)")
+  if prefix is not None and implementation not in ("xla", "cudnn"):
+    raise ValueError(f"a prefix needs the reference, 'xla' or 'cudnn' attention ({implementation!r} takes none)")
   if implementation == "dense":
     return dense_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start)
   if implementation == "flash":
     return flash_attention(q, k, v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, block_size=block_size)
   if implementation in ("xla", "cudnn"):
     t, s = q.shape[1], k.shape[1]
-    if alibi is not None or q_start is not None or bias is not None or (causal and t != s):
+    if alibi is not None or q_start is not None or bias is not None or prefix is not None or (causal and t != s):
       # jax's is_causal aligns the first query with the first key; other offsets go in as a bias.
-      bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias)
+      bias = _bias(_q_positions(t, s, q_start), jnp.arange(s), causal, mask, alibi, bias, prefix)
       return jax.nn.dot_product_attention(q, k, v, bias=bias.astype(q.dtype), implementation=implementation)
     key_mask = None if mask is None else mask[:, None, None, :]
     return jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
@@ -708,7 +721,7 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x, context=None, *, mask=None, causal: bool = False, positions=None,
                cache: "KVCache | None" = None, cache_index=None, train: bool = False, dropout_rate=None,
-               attention_dropout_rate=None, bias=None, kv: "KVCache | None" = None):
+               attention_dropout_rate=None, bias=None, prefix=None, kv: "KVCache | None" = None):
     """Attends x (B, T, width) to itself, to a context, or to a KV cache it writes into.
 
     Args:
@@ -731,6 +744,8 @@ class MultiHeadAttention(nn.Module):
         be traced scalars, e.g. a sweep's hyperparameters).
       bias: (B|1, H|1, T, S) float scores added before the softmax (e.g. T5's relative
         position bias; see `attend` for the kernels that take one).
+      prefix: (B,) integers: under `causal`, the keys at positions (cache slots, with a cache)
+        below prefix[b] are visible to every query of row b: a prefix LM (see `attend`).
       kv: a context's keys and values already projected (a call with x None): cross-attention
         to them, without the key and value projections.
 
@@ -777,17 +792,19 @@ class MultiHeadAttention(nn.Module):
       cache = held = KVCache(write(cache.k, k), write(cache.v, v))
     if held is None:
       out = attend(q, k, v, implementation=self.implementation, causal=causal, mask=mask, alibi=alibi, bias=bias,
-                   dropout_rate=attention_rate, dropout_rng=dropout_rng)
+                   prefix=prefix, dropout_rate=attention_rate, dropout_rng=dropout_rng)
     else:
       q_start = None if cache is None else cache_index
       swap = lambda x: jnp.swapaxes(x, 1, 2)  # (B, Hkv, S, D) <-> (B, S, Hkv, D)
       kernel = choose(self.implementation, q, swap(held.k), causal=causal, mask=mask, alibi=alibi,
-                      q_start=q_start, dropout=dropout_rng is not None, bias=bias)
+                      q_start=q_start, dropout=dropout_rng is not None, bias=bias, prefix=prefix)
       if dropout_rng is None and (kernel in ("reference", "dense") or x.shape[1] == 1):
-        out = cached_attention(q, held.k, held.v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias)
+        out = cached_attention(q, held.k, held.v, causal=causal, mask=mask, alibi=alibi, q_start=q_start, bias=bias,
+                               prefix=prefix)
       else:  # a long prefill through another kernel, or training with attention dropout: (B, S, Hkv, D)
         out = attend(q, swap(held.k), swap(held.v), implementation=kernel, causal=causal, mask=mask,
-                     alibi=alibi, q_start=q_start, bias=bias, dropout_rate=attention_rate, dropout_rng=dropout_rng)
+                     alibi=alibi, q_start=q_start, bias=bias, prefix=prefix, dropout_rate=attention_rate,
+                     dropout_rng=dropout_rng)
     out = nn.with_logical_constraint(out, layers.ACTIVATION_HEADS)
     out_init = nn.with_logical_partitioning(self.out_init, ("heads", "head_dim", "embed"))
     out = layers.DenseGeneral(width, axis=(-2, -1), kernel_init=out_init, use_bias=self.out_bias, dtype=self.dtype,

@@ -137,7 +137,7 @@ class Block(nn.Module):
   cfg: GPT2Config
 
   @nn.compact
-  def __call__(self, x, cache, *, mask, positions, cache_index, train: bool, dropout_rate):
+  def __call__(self, x, cache, *, mask, positions, cache_index, train: bool, dropout_rate, prefix_length=None):
     """(x after the block, this layer's updated KVCache or None)."""
     cfg = self.cfg
     ln = lambda name: nn.LayerNorm(cfg.layer_norm_epsilon, name=name, dtype=cfg.dtype)
@@ -146,7 +146,7 @@ class Block(nn.Module):
         implementation=cfg.attention, dropout=cfg.resid_pdrop,
         out_init=nn.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer)), dtype=cfg.dtype, name="attn")
     out = attn(ln("ln_1")(x), mask=mask, causal=True, positions=positions, cache=cache, cache_index=cache_index,
-               train=train, dropout_rate=dropout_rate)
+               train=train, dropout_rate=dropout_rate, prefix=prefix_length)
     if cache is not None:
       out, cache = out
     x = x + out
@@ -163,14 +163,16 @@ class GPT2(nn.Module):
   `dropout_rate` (in training, the embedding and residual dropout rate in place of embd_pdrop
   and resid_pdrop; may be a traced scalar, e.g. a sweep's), `return_hidden` (then (logits,
   hidden) with the final LayerNorm's output (B, T, n_embd) in place of the logits, for heads
-  on the backbone: reward and value models).
+  on the backbone: reward and value models), `prefix_length` (B,) (a prefix LM, Raffel et al.
+  2020: the first prefix_length[b] positions of row b, or cache slots with a cache, attend to
+  each other in both directions; the rest stay causal).
   """
 
   cfg: GPT2Config
 
   @nn.compact
   def __call__(self, input_ids, *, attention_mask=None, positions=None, cache=None, cache_index=None,
-               train: bool = False, dropout_rate=None, return_hidden: bool = False):
+               train: bool = False, dropout_rate=None, return_hidden: bool = False, prefix_length=None):
     cfg = self.cfg
     b, t = input_ids.shape
     if positions is None:
@@ -184,7 +186,7 @@ class GPT2(nn.Module):
     x = layers.Dropout(cfg.embd_pdrop)(x, train, rate=dropout_rate)
     x, new_cache = layers.blocks(lambda: Block(cfg), cfg.n_layer, x, cache, name="h", scan=cfg.scan_layers,
                                  remat=cfg.remat, mask=attention_mask, positions=positions, cache_index=cache_index,
-                                 train=train, dropout_rate=dropout_rate)
+                                 train=train, dropout_rate=dropout_rate, prefix_length=prefix_length)
     x = nn.LayerNorm(cfg.layer_norm_epsilon, name="ln_f", dtype=cfg.dtype)(x)
     # The tied output projection, (B, T, vocab), on (B * T, E) rows (see layers.Dense).
     logits = wte.attend(x.reshape(b * t, -1)).reshape(b, t, -1).astype(jnp.float32)
@@ -366,7 +368,7 @@ def _choose(logits, key, temperature, top_k: int, top_p):
 
 
 def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_tokens: int, temperature=1.0,
-                     top_k: int = 0, top_p=1.0):
+                     top_k: int = 0, top_p=1.0, prompt_visible: bool = False):
   """New tokens after left-padded prompts: a KV-cache prefill, then a `lax.scan` over the new tokens.
 
   A pure function (no jit of its own), so it can run inside a larger compiled program, e.g. the
@@ -383,6 +385,9 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
       compiles a greedy-only program).
     top_k: top-k sampling (0: off); a Python int, it fixes the program.
     top_p: nucleus sampling threshold (1: off; traced).
+    prompt_visible: a prefix LM's decoding: the prompt's tokens attend to each other in both
+      directions (GPT2's `prefix_length`), as the model saw its prefixes in training; the new
+      tokens stay causal.
 
   Returns:
     (B, N) int32 new tokens.
@@ -395,7 +400,7 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
     # once per step either way. Measured at GPT-2 6 x 384, batch 1: 2.52 -> 2.16 ms per token.
     two = lambda x: jnp.concatenate([x, x])
     return continue_prompts(model, params, two(tokens), two(prompt_mask), key, max_new_tokens, temperature,
-                            top_k, top_p)[:1]
+                            top_k, top_p, prompt_visible)[:1]
   lengths = jnp.sum(prompt_mask, axis=1)  # (B,)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # left padding: real tokens from 0
   key_mask = jnp.concatenate([prompt_mask, jnp.ones((b, max_new_tokens), bool)], axis=1)  # (B, P + N)
@@ -405,7 +410,8 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
   ends = list(range(DECODE_PHASE, max_new_tokens, DECODE_PHASE)) + [max_new_tokens]
   cache = model.init_cache(b, p + ends[0])
   logits, cache = model.apply({"params": params}, tokens, attention_mask=key_mask[:, :p + ends[0]],
-                              positions=positions, cache=cache, cache_index=0)
+                              positions=positions, cache=cache, cache_index=0,
+                              prefix_length=jnp.full((b,), p) if prompt_visible else None)
 
   def phase(carry: DecodeCarry, start: int, end: int):
     mask = key_mask[:, :p + end]
@@ -431,13 +437,14 @@ def continue_prompts(model: GPT2, params, tokens, prompt_mask, key, max_new_toke
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int, greedy: bool):
-  """One jitted program per (model, max_new_tokens, top_k, greedy); jax caches it per prompt bucket shape."""
+def _compiled_generate(model: GPT2, max_new_tokens: int, top_k: int, greedy: bool, prompt_visible: bool):
+  """One jitted program per (model, max_new_tokens, top_k, greedy, prompt_visible); jax caches it per prompt
+  bucket shape."""
 
   @jax.jit
   def run(params, tokens, prompt_mask, key, temperature, top_p):
     return continue_prompts(model, params, tokens, prompt_mask, key, max_new_tokens, 0.0 if greedy else temperature,
-                            top_k, top_p)
+                            top_k, top_p, prompt_visible)
 
   return run
 
@@ -468,7 +475,7 @@ def prompt_rows(prompt, vocab_size: int) -> tuple[list[list[int]], bool]:
 
 
 def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0):
+             top_k: int = 0, top_p: float = 1.0, prompt_visible: bool = False):
   """The prompt(s) followed by `max_new_tokens` new tokens; temperature 0 is greedy.
 
   Args:
@@ -480,6 +487,8 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
     key: the sampling key (needed when temperature > 0).
     temperature, top_k, top_p: sampling controls: temperature >= 0; top_k >= 0 (0: off; above
       the vocabulary, every token); top_p in [0, 1] (1: off; the most likely token always stays).
+    prompt_visible: the prompts are a prefix LM's prefixes, attended in both directions (see
+      `continue_prompts`).
 
   Returns:
     A (B, P + N) numpy array for array input, or a list of lists for list input.
@@ -502,7 +511,7 @@ def generate(model: GPT2, params, prompt, max_new_tokens: int, *, key=None, temp
   mask = np.zeros((len(rows), p), bool)
   for i, r in enumerate(rows):
     tokens[i, p - len(r):], mask[i, p - len(r):] = r, True
-  run = _compiled_generate(model, int(max_new_tokens), int(top_k), float(temperature) == 0.0)
+  run = _compiled_generate(model, int(max_new_tokens), int(top_k), float(temperature) == 0.0, bool(prompt_visible))
   new = np.asarray(run(params, tokens, mask, key if key is not None else jax.random.key(0),
                        jnp.float32(temperature), jnp.float32(top_p)))
   if as_lists:

@@ -68,18 +68,35 @@ def smoothed_loss(logits, labels, smoothing):
   return jnp.sum(per_token * counted) / jnp.maximum(jnp.sum(counted), 1)
 
 
-def decode_split(model, params, tokenizer, sources: Sequence[str], batch_size: int, max_new_tokens: int,
-                 num_beams: int) -> list[str]:
-  """The decoded strings of `sources`, greedy (num_beams=1) or by beam search, in batches of `batch_size`
-  (the last padded with copies of the first source so one compiled program serves every batch)."""
+def target_metrics(logits, labels, smoothing) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(the label-smoothed loss, {nll, token_accuracy}) of the target tokens: the labels that are not IGNORE."""
+  counted = labels != seq2seq.IGNORE
+  correct = (jnp.argmax(logits, -1) == labels) & counted
+  return smoothed_loss(logits, labels, smoothing), {
+      "nll": seq2seq.target_loss(logits, labels),
+      "token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(counted), 1)}
+
+
+def decode_in_batches(decode, sources: Sequence[str], batch_size: int) -> list[str]:
+  """`decode(batch of sources) -> decoded strings` over `sources` in batches of `batch_size`, the last padded
+  with copies of the first source so that one compiled program serves every batch."""
   out = []
   for start in range(0, len(sources), batch_size):
     chunk = list(sources[start:start + batch_size])
-    filled = chunk + [chunk[0]] * (batch_size - len(chunk))
-    ids = tokenizer.encode_batch(filled, model.cfg.max_source_length)  # (batch, max_source_length)
-    tokens = seq2seq.generate(model, params, ids, ids != PAD, max_new_tokens, num_beams)
-    out += tokenizer.decode_batch(tokens[:len(chunk), 1:])  # the start token left out
+    out += decode(chunk + [chunk[0]] * (batch_size - len(chunk)))[:len(chunk)]
   return out
+
+
+def decode_split(model, params, tokenizer, sources: Sequence[str], batch_size: int, max_new_tokens: int,
+                 num_beams: int) -> list[str]:
+  """The decoded strings of `sources`, greedy (num_beams=1) or by beam search, in batches of `batch_size`."""
+
+  def decode(batch):
+    ids = tokenizer.encode_batch(batch, model.cfg.max_source_length)  # (batch, max_source_length)
+    tokens = seq2seq.generate(model, params, ids, ids != PAD, max_new_tokens, num_beams)
+    return tokenizer.decode_batch(tokens[:, 1:])  # the start token left out
+
+  return decode_in_batches(decode, sources, batch_size)
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str], tokens=str.split) -> dict[str, float]:
@@ -94,9 +111,27 @@ def score(hypotheses: Sequence[str], references: Sequence[str], tokens=str.split
 SCORES = ("exact_match", "bleu")  # `score`'s keys
 
 
-def metric_names(splits: Sequence[str]) -> tuple[str, ...]:
-  """The scalar metrics `make_task`'s evaluation reports for evaluation sets named `splits`."""
-  return tuple(f"{split}_{method}_{name}" for split in splits for method in METHODS for name in SCORES)
+def metric_names(splits: Sequence[str], methods: Sequence[str] = METHODS) -> tuple[str, ...]:
+  """The scalar metrics of `score_splits` (`make_task`'s evaluation) for evaluation sets named `splits`
+  decoded by `methods`."""
+  return tuple(f"{split}_{method}_{name}" for split in splits for method in methods for name in SCORES)
+
+
+def score_splits(decode_all, data: Mapping[str, tuple[Sequence[str], Sequence[str]]], tokens=str.split
+                 ) -> dict[str, float]:
+  """`<split>_<method>_<exact_match|bleu>` of every split of `data` ({split: (sources, references)}), where
+  `decode_all(sources)` gives {method: decoded strings}."""
+  metrics = {}
+  for split, (sources, references) in data.items():
+    for method, hypotheses in decode_all(sources).items():
+      for name, value in score(hypotheses, references, tokens).items():
+        metrics[f"{split}_{method}_{name}"] = value
+  return metrics
+
+
+def spread_indices(count: int, sample_count: int) -> np.ndarray:
+  """`sample_count` indices evenly spaced over `count` items (the first and the last among them)."""
+  return np.round(np.linspace(0, count - 1, min(sample_count, count))).astype(int)
 
 
 def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Sequence[str]]],
@@ -129,11 +164,7 @@ def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Se
     decoder_ids = seq2seq.shift_right(labels, model.cfg.decoder_start_token_id, model.cfg.pad_token_id)
     logits = model.apply(params, ids, ids != PAD, decoder_ids, train=train, dropout_rate=rate,
                          rngs={"dropout": key})  # (B, T, V)
-    counted = labels != seq2seq.IGNORE
-    correct = (jnp.argmax(logits, -1) == labels) & counted
-    return smoothed_loss(logits, labels, smoothing), {
-        "nll": seq2seq.target_loss(logits, labels),
-        "token_accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(counted), 1)}
+    return target_metrics(logits, labels, smoothing)
 
   def decode_all(params, sources):
     return {method: decode_split(model, params["params"], tokenizer, sources, config.eval_batch_size,
@@ -142,19 +173,14 @@ def make_task(config, tokenizer, eval_sets: Mapping[str, tuple[Sequence[str], Se
 
   def evaluate(params, key, data, hparams=None):
     del key, hparams  # decoding is deterministic and has no dropout
-    metrics = {}
-    for split, (sources, references) in data.items():
-      for method, hypotheses in decode_all(params, sources).items():
-        for name, value in score(hypotheses, references, tokenizer.tokens).items():
-          metrics[f"{split}_{method}_{name}"] = value
-    return metrics
+    return score_splits(lambda sources: decode_all(params, sources), data, tokenizer.tokens)
 
   def sample(params, key, hparams=None):
     del key, hparams
     lines = []
     for split, (all_sources, all_references) in eval_sets.items():
       # Evenly spaced over the split (sorted by number): its shortest and its longest examples.
-      chosen = np.round(np.linspace(0, len(all_sources) - 1, min(sample_count, len(all_sources)))).astype(int)
+      chosen = spread_indices(len(all_sources), sample_count)
       sources, references = [all_sources[i] for i in chosen], [all_references[i] for i in chosen]
       decoded = decode_all(params, sources)
       lines += [f"[{split}] {s} | greedy: {g} | beam: {b} | reference: {r}"
