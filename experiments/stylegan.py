@@ -64,17 +64,25 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every = 2
   config.latent_dim = config.w_dim = 8
   config.mapping_layers = 1
-  config.channels = (8, 8)
+  config.channels = (8,) * len(config.channels)  # one width per resolution of the dataset
   config.num_samples = 16
   config.r1_every = config.pl_every = 2
 
 
-PRESETS = {"smoke": _smoke}
+def _shapes(config: ml_collections.ConfigDict) -> None:
+  """32x32 RGB shapes with a small generator (8 to 16 channels), sized for a 2-core CPU."""
+  config.dataset = "shapes"
+  config.channels = (16, 16, 8, 8)
+  config.batch_size = 16
+  config.steps_per_call = 10
+
+
+PRESETS = {"shapes": _shapes, "smoke": _smoke}
 SHAPE_THRESHOLD = 0.25  # a pixel belongs to the shape when a channel differs from the background by this much
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config; `preset` is a comma-separated list of PRESETS (smoke)."""
+  """Default config; `preset` is a comma-separated list of PRESETS (shapes, smoke)."""
   config = base_config()
   config.dataset = "digits"  # digits (8x8 grey) or shapes (32x32 RGB); set channels to 4 widths for shapes
   config.steps = 3000  # generator (and discriminator) updates
