@@ -3,8 +3,9 @@
 Run:
   python -m experiments.stylegan --workdir=/tmp/stylegan
   python -m experiments.stylegan --workdir=/tmp/stylegan_adain --config.style_mode=adain
-  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config.dataset=shapes
+  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config=experiments/stylegan.py:shapes
   python -m experiments.stylegan --workdir=/tmp/stylegan --drag=4,2:4,5
+  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config=experiments/stylegan.py:shapes --drag_shapes=8
   python -m experiments.stylegan --workdir=/tmp/smoke --config=experiments/stylegan.py:smoke
 
 Writes `samples.png` (a grid of generated images), `samples.npz` (the `num_samples` scored images,
@@ -33,8 +34,16 @@ reach the DCGAN-style GAN of experiments/gan.py (FID 4.75, 10 classes, in the sa
 
 `--drag=x0,y0:x1,y1` (pixel columns and rows of the image, 0-based) edits a finished run instead
 of training: one sample (seed `config.seed`) has its handle point x0,y0 dragged towards the target
-x1,y1 by research.models.stylegan.drag, and drag_before.png / drag_after.png (the points drawn:
-handle red, target blue) and drag.json (the handle's path) are written. On the default run this
+x1,y1 by research.models.stylegan.drag (at most `drag_steps` Adam steps of `drag_lr` on the first
+`drag_edit_layers` ws, supervision radius r1 `drag_supervision_radius`, tracking window r2
+`drag_tracking_radius`), and drag_before.png / drag_after.png (the points drawn: handle red, target
+blue) and drag.json (the handle's path; on shapes also the shape's centroid, area and colour before
+and after) are written. `--drag_shapes=N` (shapes runs) drags the shape of each of N samples from
+its centroid (the weighted mean of the pixels that differ from the border's colour) `drag_distance`
+pixels along x or y towards the image centre, all N in one compiled program, and writes
+drag_shapes.json (per sample where the centroid lands, its distance to the target, the share of
+the way it moved, and the shape's area and colour before and after) and drag_shapes_before.png /
+drag_shapes_after.png. On the default run this
 editing does not yet work as DragGAN's does: `--drag=3,4:5,4` redrew most of the digit and the
 tracked handle ended at 3,5, no nearer the target (at 8x8 with 16 to 32 channels the features carry
 little that tracking can follow).
