@@ -46,7 +46,10 @@ the way it moved, and the shape's area and colour before and after) and drag_sha
 drag_shapes_after.png. On the default run this
 editing does not yet work as DragGAN's does: `--drag=3,4:5,4` redrew most of the digit and the
 tracked handle ended at 3,5, no nearer the target (at 8x8 with 16 to 32 channels the features carry
-little that tracking can follow).
+little that tracking can follow). Nor yet on shapes: the `shapes` preset's samples after 3000 steps
+are not clean shapes (mostly faint dots; FID 9.45 in the pooled pixel space, 33.8x the test
+images'), and `--drag_shapes=8 --config.drag_steps=60` erased or redrew the shapes instead of
+moving them (the centroids ended 7.03 px from targets 7 px away on average; docs/results.md).
 """
 
 import json
