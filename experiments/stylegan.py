@@ -3,8 +3,9 @@
 Run:
   python -m experiments.stylegan --workdir=/tmp/stylegan
   python -m experiments.stylegan --workdir=/tmp/stylegan_adain --config.style_mode=adain
-  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config.dataset=shapes
+  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config=experiments/stylegan.py:shapes
   python -m experiments.stylegan --workdir=/tmp/stylegan --drag=4,2:4,5
+  python -m experiments.stylegan --workdir=/tmp/stylegan_shapes --config=experiments/stylegan.py:shapes --drag_shapes=8
   python -m experiments.stylegan --workdir=/tmp/smoke --config=experiments/stylegan.py:smoke
 
 Writes `samples.png` (a grid of generated images), `samples.npz` (the `num_samples` scored images,
@@ -33,11 +34,22 @@ reach the DCGAN-style GAN of experiments/gan.py (FID 4.75, 10 classes, in the sa
 
 `--drag=x0,y0:x1,y1` (pixel columns and rows of the image, 0-based) edits a finished run instead
 of training: one sample (seed `config.seed`) has its handle point x0,y0 dragged towards the target
-x1,y1 by research.models.stylegan.drag, and drag_before.png / drag_after.png (the points drawn:
-handle red, target blue) and drag.json (the handle's path) are written. On the default run this
+x1,y1 by research.models.stylegan.drag (at most `drag_steps` Adam steps of `drag_lr` on the first
+`drag_edit_layers` ws, supervision radius r1 `drag_supervision_radius`, tracking window r2
+`drag_tracking_radius`), and drag_before.png / drag_after.png (the points drawn: handle red, target
+blue) and drag.json (the handle's path; on shapes also the shape's centroid, area and colour before
+and after) are written. `--drag_shapes=N` (shapes runs) drags the shape of each of N samples from
+its centroid (the weighted mean of the pixels that differ from the border's colour) `drag_distance`
+pixels along x or y towards the image centre, all N in one compiled program, and writes
+drag_shapes.json (per sample where the centroid lands, its distance to the target, the share of
+the way it moved, and the shape's area and colour before and after) and drag_shapes_before.png /
+drag_shapes_after.png. On the default run this
 editing does not yet work as DragGAN's does: `--drag=3,4:5,4` redrew most of the digit and the
 tracked handle ended at 3,5, no nearer the target (at 8x8 with 16 to 32 channels the features carry
-little that tracking can follow).
+little that tracking can follow). Nor yet on shapes: the `shapes` preset's samples after 3000 steps
+are not clean shapes (mostly faint dots; FID 9.45 in the pooled pixel space, 33.8x the test
+images'), and `--drag_shapes=8 --config.drag_steps=60` erased or redrew the shapes instead of
+moving them (the centroids ended 7.03 px from targets 7 px away on average; docs/results.md).
 """
 
 import json
@@ -49,7 +61,7 @@ import numpy as np
 from absl import flags
 
 from research import data as data_lib
-from research.checks import ConfigError
+from research.checks import ConfigError, check_positive
 from research.models import stylegan as sg
 from research.tasks import stylegan as stylegan_tasks
 from research.train import Checkpointer, base_config, check_common, check_workdir, cli, train
@@ -64,16 +76,25 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every = 2
   config.latent_dim = config.w_dim = 8
   config.mapping_layers = 1
-  config.channels = (8, 8)
+  config.channels = (8,) * len(config.channels)  # one width per resolution of the dataset
   config.num_samples = 16
   config.r1_every = config.pl_every = 2
 
 
-PRESETS = {"smoke": _smoke}
+def _shapes(config: ml_collections.ConfigDict) -> None:
+  """32x32 RGB shapes with a small generator (8 to 16 channels), sized for a 2-core CPU."""
+  config.dataset = "shapes"
+  config.channels = (16, 16, 8, 8)
+  config.batch_size = 16
+  config.steps_per_call = 10
+
+
+PRESETS = {"shapes": _shapes, "smoke": _smoke}
+SHAPE_THRESHOLD = 0.25  # a pixel belongs to the shape when a channel differs from the background by this much
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config; `preset` is a comma-separated list of PRESETS (smoke)."""
+  """Default config; `preset` is a comma-separated list of PRESETS (shapes, smoke)."""
   config = base_config()
   config.dataset = "digits"  # digits (8x8 grey) or shapes (32x32 RGB); set channels to 4 widths for shapes
   config.steps = 3000  # generator (and discriminator) updates
@@ -103,8 +124,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.0
   config.optimizer.b2 = 0.99
   config.optimizer.schedule = "constant"
-  config.drag_steps = 40  # --drag: optimisation steps of w (motion supervision + point tracking)
+  config.drag_steps = 40  # --drag: optimisation steps of w (motion supervision + point tracking), at most
   config.drag_lr = 0.05  # --drag: Adam's learning rate on w
+  config.drag_edit_layers = 0  # --drag: how many of the first ws are optimised (0: half of them)
+  config.drag_supervision_radius = 1  # --drag: radius r1 of the motion-supervision disc, in pixels
+  config.drag_tracking_radius = 2  # --drag: half-side r2 of the point-tracking window, in pixels
+  config.drag_distance = 7.0  # --drag_shapes: how far each shape's centroid is dragged, in pixels
   return cli.apply_presets(config, preset, PRESETS)
 
 
@@ -123,6 +148,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   stylegan_tasks.check_config(config)
   if config.drag_steps < 1 or config.drag_lr <= 0:
     raise ConfigError(f"drag_steps and drag_lr must be positive, got {config.drag_steps} and {config.drag_lr}")
+  check_positive("drag_edit_layers", config.drag_edit_layers, allow_zero=True)
+  check_positive("drag_supervision_radius", config.drag_supervision_radius, allow_zero=True)
+  check_positive("drag_tracking_radius", config.drag_tracking_radius)
+  check_positive("drag_distance", config.drag_distance)
+  num_ws = 2 * len(config.channels)
+  if config.drag_edit_layers > num_ws:
+    raise ConfigError(f"drag_edit_layers must be at most the {num_ws} ws of the generator, got {config.drag_edit_layers}")
   check_common(config)
 
 
@@ -176,45 +208,160 @@ def parse_points(text: str, size: int) -> tuple[tuple[int, int], tuple[int, int]
   return handle, target
 
 
-def _with_points(images: np.ndarray, handle, target) -> np.ndarray:
-  """Grey or RGB images in [0, 1] -> RGB in [0, 1], the handle pixel red and the target pixel blue."""
+def _with_points(images: np.ndarray, handles, targets) -> np.ndarray:
+  """Grey or RGB images in [0, 1] -> RGB in [0, 1], each image's handle pixel red and its target pixel blue.
+
+  `handles` and `targets` are one (x, y) for every image or (N, 2), rounded to pixels.
+  """
   rgb = np.repeat(images, 3, -1) if images.shape[-1] == 1 else images.copy()
   rgb = np.clip(rgb, 0.0, 1.0)  # (N, R, R, 3)
-  rgb[:, target[1], target[0]] = (0.0, 0.0, 1.0)
-  rgb[:, handle[1], handle[0]] = (1.0, 0.0, 0.0)
+  n = len(rgb)
+  handles = np.broadcast_to(np.round(np.asarray(handles)).astype(int), (n, 2))
+  targets = np.broadcast_to(np.round(np.asarray(targets)).astype(int), (n, 2))
+  for image, (hx, hy), (tx, ty) in zip(rgb, handles, targets):
+    image[ty, tx] = (0.0, 0.0, 1.0)
+    image[hy, hx] = (1.0, 0.0, 0.0)
   return rgb
+
+
+def shape_pixels(image: np.ndarray) -> np.ndarray:
+  """(R, R) weights in [0, 1] of the pixels of an image in [0, 1] that differ from its background.
+
+  The background is the median colour of the image's border; a pixel's weight is its largest
+  channel difference from it, clipped to [0, 1], and 0 below SHAPE_THRESHOLD (noise and faint
+  halos).
+  """
+  image = np.asarray(image, np.float32)
+  border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # (4R, C)
+  difference = np.max(np.abs(image - np.median(border, 0)), -1)  # (R, R)
+  return np.where(difference >= SHAPE_THRESHOLD, np.clip(difference, 0.0, 1.0), 0.0)
+
+
+def shape_centroid(image: np.ndarray) -> np.ndarray:
+  """(x, y): the centroid of an image's shape pixels (`shape_pixels`), weighted; the image centre if there are none."""
+  weights = shape_pixels(image)
+  total = weights.sum()
+  if total == 0:
+    return np.full(2, (image.shape[0] - 1) / 2.0)
+  ys, xs = np.mgrid[:image.shape[0], :image.shape[1]]
+  return np.array([np.sum(weights * xs), np.sum(weights * ys)]) / total
+
+
+def shape_summary(image: np.ndarray) -> dict:
+  """The centroid, the area (summed shape weights, in pixels) and the mean colour of an image's shape."""
+  weights = shape_pixels(image)
+  colour = np.sum(weights[..., None] * image, (0, 1)) / max(float(weights.sum()), 1e-8)
+  return {"centroid": shape_centroid(image).tolist(), "area": float(weights.sum()), "colour": colour.tolist()}
+
+
+def _edit_fn(config, gen: sg.Generator):
+  """(gen params, ws (1, num_ws, w_dim), handle (2,), target (2,)) -> sg.DragResult with the config's drag settings."""
+  def edit(params, ws, handle, target):
+    return sg.drag(gen, params, ws, handle, target, config.drag_steps, config.drag_lr,
+                   config.drag_edit_layers or None, config.drag_supervision_radius, config.drag_tracking_radius)
+  return edit
+
+
+def _finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The parameters of the finished run in `workdir`, after the config's and the workdir's checks."""
+  check_config(config)
+  check_workdir(workdir)
+  results_path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(results_path) or json.load(open(results_path, encoding="utf-8")).get("step") != config.steps:
+    raise ConfigError(f"{workdir} has no finished stylegan run of {config.steps} steps to drag in")
+  return saved_params(workdir)
 
 
 def drag_run(config: ml_collections.ConfigDict, workdir: str, points: str) -> dict:
   """Drags one sample of the finished run in `workdir`: drag_before.png, drag_after.png and drag.json.
 
   The sample is drawn with seed `config.seed` from the EMA generator, truncated by
-  `truncation_psi`; research.models.stylegan.drag moves its handle towards the target in
-  `drag_steps` Adam steps of `drag_lr` on w.
+  `truncation_psi`; research.models.stylegan.drag moves its handle towards the target in at most
+  `drag_steps` Adam steps of `drag_lr` on w. On shapes, drag.json also holds the shape's centroid,
+  area and colour before and after (`shape_summary`).
   """
-  check_config(config)
-  check_workdir(workdir)
   cfg = stylegan_tasks.model_config(config)
   handle, target = parse_points(points, cfg.resolution)
-  results_path = os.path.join(workdir, "results.json")
-  if not os.path.isfile(results_path) or json.load(open(results_path, encoding="utf-8")).get("step") != config.steps:
-    raise ConfigError(f"{workdir} has no finished stylegan run of {config.steps} steps to drag in")
-  params = saved_params(workdir)
+  params = _finished_run(config, workdir)
   gen = sg.Generator(cfg)
   ws = sg.sample_ws(gen, params["gen"], params["w_avg"], jax.random.key(config.seed), 1, config.truncation_psi)
-  before = gen.apply(params["gen"], ws, method=sg.Generator.synthesize)
-  edit = jax.jit(lambda p, w: sg.drag(gen, p, w, handle, target, config.drag_steps, config.drag_lr))
-  out = edit(params["gen"], ws)
+  before = np.asarray(stylegan_tasks.to_unit(gen.apply(params["gen"], ws, method=sg.Generator.synthesize)))
+  out = jax.jit(_edit_fn(config, gen))(params["gen"], ws, np.float32(handle), np.float32(target))
   path = np.asarray(out.handles)
   after = np.asarray(stylegan_tasks.to_unit(out.image))
-  images_lib.save_png(os.path.join(workdir, "drag_before.png"),
-                      _with_points(np.asarray(stylegan_tasks.to_unit(before)), handle, target), "before")
-  images_lib.save_png(os.path.join(workdir, "drag_after.png"), _with_points(after, path[-1].astype(int), target),
-                      "after")
+  images_lib.save_png(os.path.join(workdir, "drag_before.png"), _with_points(before, handle, target), "before")
+  images_lib.save_png(os.path.join(workdir, "drag_after.png"), _with_points(after, path[-1], target), "after")
   summary = {"handle": list(handle), "target": list(target), "tracked_handle": path[-1].tolist(),
              "path": path.tolist(), "distance_before": float(np.linalg.norm(np.subtract(target, handle))),
              "distance_after": float(np.linalg.norm(target - path[-1]))}
+  if config.dataset == "shapes":
+    summary["shape_before"], summary["shape_after"] = shape_summary(before[0]), shape_summary(after[0])
   with open(os.path.join(workdir, "drag.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def centroid_targets(centroids: np.ndarray, distance: float, size: int) -> np.ndarray:
+  """(N, 2) targets `distance` px from each centroid along x (even rows) or y (odd rows), towards the image centre.
+
+  A centroid within 2 px of the centre on that axis goes right or down for rows 0, 1 mod 4 and
+  left or up for the others. Targets are clipped to the image.
+  """
+  centre = (size - 1) / 2.0
+  targets = np.array(centroids, np.float64)
+  for i, centroid in enumerate(centroids):
+    axis = i % 2
+    offset = centre - centroid[axis]
+    sign = np.sign(offset) if abs(offset) > 2.0 else (1.0 if i % 4 < 2 else -1.0)
+    targets[i, axis] += sign * distance
+  return np.clip(targets, 0.0, size - 1.0)
+
+
+def drag_shapes(config: ml_collections.ConfigDict, workdir: str, count: int) -> dict:
+  """Drags the shape centroid of `count` samples of a finished shapes run by `drag_distance` px, in one program.
+
+  Samples are drawn with seed `config.seed` as `drag_run` draws one; each handle is the shape's
+  centroid (`shape_centroid`) and each target `centroid_targets`'. Writes drag_shapes.json (per
+  sample: the centroid, area and colour before and after, the target, the tracked handle, and the
+  centroid's distance to the target before and after) and drag_shapes_before.png /
+  drag_shapes_after.png (the same grid of samples, handle red, target blue).
+
+  Returns:
+    The summary: per-sample rows and the means of the final distance and of the share of the
+    way covered (the centroid's progress along the drag direction over the distance).
+  """
+  if config.dataset != "shapes":
+    raise ConfigError(f"--drag_shapes drags shapes; the run is on {config.dataset}")
+  if count < 1:
+    raise ConfigError(f"--drag_shapes must be a positive count of samples, got {count}")
+  cfg = stylegan_tasks.model_config(config)
+  params = _finished_run(config, workdir)
+  gen = sg.Generator(cfg)
+  ws = sg.sample_ws(gen, params["gen"], params["w_avg"], jax.random.key(config.seed), count, config.truncation_psi)
+  before = np.asarray(stylegan_tasks.to_unit(gen.apply(params["gen"], ws, method=sg.Generator.synthesize)))
+  handles = np.stack([shape_centroid(image) for image in before]).astype(np.float32)  # (count, 2)
+  targets = centroid_targets(handles, config.drag_distance, cfg.resolution).astype(np.float32)
+  edit = jax.vmap(_edit_fn(config, gen), in_axes=(None, 0, 0, 0))
+  out = jax.jit(edit)(params["gen"], ws[:, None], handles, targets)
+  after = np.asarray(stylegan_tasks.to_unit(out.image[:, 0]))  # (count, R, R, C)
+  tracked = np.asarray(out.handles[:, -1])  # (count, 2)
+  rows = []
+  for i in range(count):
+    shape_before, shape_after = shape_summary(before[i]), shape_summary(after[i])
+    direction = (targets[i] - handles[i]) / np.linalg.norm(targets[i] - handles[i])
+    moved = np.subtract(shape_after["centroid"], shape_before["centroid"])
+    rows.append({"target": targets[i].tolist(), "tracked_handle": tracked[i].tolist(),
+                 "shape_before": shape_before, "shape_after": shape_after,
+                 "distance_before": float(np.linalg.norm(targets[i] - handles[i])),
+                 "distance_after": float(np.linalg.norm(targets[i] - shape_after["centroid"])),
+                 "progress": float(moved @ direction / np.linalg.norm(targets[i] - handles[i]))})
+  summary = {"samples": rows, "mean_distance_after": float(np.mean([r["distance_after"] for r in rows])),
+             "mean_progress": float(np.mean([r["progress"] for r in rows]))}
+  images_lib.save_png(os.path.join(workdir, "drag_shapes_before.png"), _with_points(before, handles, targets),
+                      "before")
+  images_lib.save_png(os.path.join(workdir, "drag_shapes_after.png"), _with_points(after, tracked, targets),
+                      "after")
+  with open(os.path.join(workdir, "drag_shapes.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=1)
   return summary
 
@@ -223,8 +370,19 @@ def main() -> None:
   # Defined here, not on import: the config flag imports this file again as the config module.
   points = flags.DEFINE_string("drag", None, "x0,y0:x1,y1: drag a sample of a finished run in --workdir from the "
                                              "handle x0,y0 to the target x1,y1 instead of training.")
-  cli.main(__file__, lambda config, workdir: run(config, workdir) if points.value is None
-           else drag_run(config, workdir, points.value))
+  shapes = flags.DEFINE_integer("drag_shapes", None, "N: drag the shape centroids of N samples of a finished shapes "
+                                                     "run in --workdir by drag_distance pixels instead of training.")
+
+  def dispatch(config, workdir):
+    if points.value is not None and shapes.value is not None:
+      raise ConfigError("pass --drag or --drag_shapes, not both")
+    if points.value is not None:
+      return drag_run(config, workdir, points.value)
+    if shapes.value is not None:
+      return drag_shapes(config, workdir, shapes.value)
+    return run(config, workdir)
+
+  cli.main(__file__, dispatch)
 
 
 if __name__ == "__main__":

@@ -229,3 +229,57 @@ def test_drag_point_outside_the_image_is_one_line_exit_2(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert proc.stderr.strip() == "error: --drag target point 9,1 is outside the 8x8 image (x and y in 0..7)"
   assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# DragGAN-style editing.
+
+
+def test_sample_features_interpolates_bilinearly_between_pixels():
+  ys, xs = np.mgrid[:5, :6].astype(np.float32)
+  feats = jnp.stack([xs, ys, xs * ys], -1)  # (5, 6, 3): bilinear interpolation reproduces x, y and xy exactly
+  points = jnp.array([[0.0, 0.0], [2.25, 1.5], [4.9, 3.1], [7.0, -1.0]])  # the last is clamped to (5, 0)
+  got = np.asarray(sg.sample_features(feats, points))
+  want = np.array([[0, 0, 0], [2.25, 1.5, 2.25 * 1.5], [4.9, 3.1, 4.9 * 3.1], [5, 0, 0]], np.float32)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_synthesis_features_are_every_block_resized_to_the_image():
+  config = sg.StyleGANConfig(latent_dim=4, w_dim=4, mapping_layers=1, channels=(3, 2, 2), resolution=16,
+                             num_channels=3)
+  gen, params = _tiny_generator(config)
+  ws = jax.random.normal(jax.random.key(1), (2, config.num_ws, config.w_dim))
+  images, feats = gen.apply(params, ws, True, method=sg.Generator.synthesize)
+  np.testing.assert_array_equal(images, gen.apply(params, ws, method=sg.Generator.synthesize))
+  assert feats.shape == (2, 16, 16, 3 + 2 + 2)
+  # The last block is at the image's size already: its features are the block's output. The first (4x4)
+  # varies smoothly: neighbouring pixels of the resized map differ less than the 4x4 map's neighbours.
+  _, inter = gen.apply(params, ws, True, method=sg.Generator.synthesize, capture_intermediates=True,
+                       mutable=["intermediates"])
+  last = inter["intermediates"]["synthesis"]["conv16"]["__call__"][0]
+  np.testing.assert_allclose(feats[..., -2:], last, rtol=1e-6)
+  coarse = np.asarray(feats[..., :3])
+  assert np.abs(np.diff(coarse, axis=1)).max() < np.abs(np.diff(coarse[:, ::4, ::4], axis=1)).max()
+
+
+def test_drag_of_traced_points_under_vmap_equals_one_drag_per_image_and_checks_concrete_points():
+  config = sg.StyleGANConfig(latent_dim=4, w_dim=4, mapping_layers=1, channels=(4, 4), resolution=8, num_channels=1)
+  gen, params = _tiny_generator(config)
+  ws = jax.random.normal(jax.random.key(1), (2, 1, config.num_ws, config.w_dim))
+  handles, targets = np.float32([[2, 3], [5, 5]]), np.float32([[5, 3], [5, 1.5]])
+
+  def edit(w, h, t):
+    return sg.drag(gen, params, w, h, t, steps=3, lr=0.1, tracking_radius=1)
+
+  batched = jax.jit(jax.vmap(edit))(ws, handles, targets)
+  assert batched.handles.shape == (2, 4, 2) and batched.image.shape == (2, 1, 8, 8, 1)
+  for i in range(2):
+    single = edit(ws[i], tuple(handles[i]), tuple(targets[i]))
+    np.testing.assert_allclose(batched.ws[i], single.ws, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched.handles[i], single.handles)
+    assert float(jnp.max(jnp.abs(single.ws - ws[i]))) > 0  # it edited w
+  # The tracked handle moves at most tracking_radius per step, and only the first edit_layers ws change.
+  assert np.all(np.abs(np.diff(np.asarray(batched.handles), axis=1)) <= 1.0)
+  np.testing.assert_array_equal(batched.ws[:, :, config.num_ws // 2:], ws[:, :, config.num_ws // 2:])
+  with pytest.raises(ValueError, match=r"^target point \(8, 3\) is outside the 8x8 image"):
+    edit(ws[0], (2, 3), (8, 3))

@@ -286,9 +286,12 @@ class Synthesis(nn.Module):
       x = SynthesisLayer(width, cfg.style_mode, up=True, name=f"conv{size}_up")(x, ws[:, 2 * level - 1])
       x = SynthesisLayer(width, cfg.style_mode, name=f"conv{size}")(x, ws[:, 2 * level])  # (batch, size, size, C)
       rgb = upsample2x(rgb) + ToRGB(cfg.num_channels, name=f"torgb{size}")(x, ws[:, 2 * level + 1])
-      blocks = [upsample2x(block) for block in blocks] + [x]
+      blocks.append(x)
     if return_features:
-      return rgb, jnp.concatenate(blocks, -1)  # (batch, R, R, channels), (batch, R, R, sum of channels)
+      # Each block's output bilinearly resized to the image (as DragGAN resizes its feature map).
+      size = cfg.resolution
+      feats = [jax.image.resize(block, (batch, size, size, block.shape[-1]), "bilinear") for block in blocks]
+      return rgb, jnp.concatenate(feats, -1)  # (batch, R, R, channels), (batch, R, R, sum of channels)
     return rgb  # (batch, R, R, channels)
 
 
@@ -579,20 +582,31 @@ def _square_offsets(radius: int) -> np.ndarray:
   return grid.reshape(-1, 2).astype(np.float32)
 
 
+def _is_concrete(value) -> bool:
+  return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
 def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40, lr: float = 0.05,
-         edit_layers: int | None = None, supervision_radius: int = 1, tracking_radius: int = 2) -> DragResult:
+         edit_layers: int | None = None, supervision_radius: int = 1, tracking_radius: int = 2,
+         stop_distance: float = 1.0) -> DragResult:
   """Drags the content at `handle` towards `target` by optimising w (DragGAN's motion supervision and tracking).
 
-  Each of `steps` steps (a `lax.scan`, one compiled program):
-    (1) motion supervision: with d = (t - p) / ||t - p||, the loss
-        sum_{q in disc(p, supervision_radius)} ||sg(F(q)) - F(q + d)||_1 (their Eq. 1, without the
-        mask term) on the generator's features F (every block's output, upsampled to the image and
-        concatenated), bilinearly sampled at real-valued points; one Adam step on the first
-        `edit_layers` ws (the coarse layers, which place the content; the rest stay fixed);
-    (2) point tracking: the new handle is the pixel within `tracking_radius` of p whose feature is
-        nearest (L1) to the handle's feature in the initial image (their Eq. 2).
-  Once the handle is within 1 pixel of the target the steps leave w as it is. The noise inputs are
-  off throughout.
+  F is every synthesis block's output bilinearly resized to the image and concatenated
+  (`Synthesis(return_features=True)`), sampled bilinearly at real-valued points. Each of `steps`
+  steps (a `lax.scan`, one compiled program):
+    (1) motion supervision (their Eq. 1, without the mask term): with d = (t - p) / ||t - p||,
+        L = sum_{q in disc(p, supervision_radius)} ||F(q + d) - sg(F(q))||_1; the stop-gradient
+        on F(q) makes the features one step ahead along d move onto those at q, so the content
+        moves towards the target. One Adam step on the first `edit_layers` ws (the coarse
+        layers, which place the content; the rest stay as they were);
+    (2) point tracking (their Eq. 2): the new handle is the pixel of the square of half-side
+        `tracking_radius` around p whose feature in the updated image is nearest (L1) to the
+        handle's feature f = F_0(handle) in the initial image.
+  Once the handle is within `stop_distance` of the target the steps leave w as it is. The noise
+  inputs are off throughout.
+
+  The points may be traced (`jax.vmap` over handles and targets drags many images in one program);
+  concrete points are checked.
 
   Args:
     gen: the generator module.
@@ -600,11 +614,12 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
     ws: (1, num_ws, w_dim) the styles of the image to edit.
     handle: (x, y) pixel coordinates (column, row) of the handle point.
     target: (x, y) of the target point.
-    steps: optimisation steps.
+    steps: optimisation steps (at most; see stop_distance).
     lr: Adam's learning rate on w.
     edit_layers: how many of the first ws are optimised (half of them by default).
     supervision_radius: radius r1 of the motion-supervision disc, in pixels.
     tracking_radius: half-side r2 of the tracking window, in pixels.
+    stop_distance: the steps stop moving once the handle is this close to the target (DragGAN: 1).
 
   Returns:
     DragResult(edited ws, the handle's path, the edited image).
@@ -617,8 +632,9 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
   if ws.shape != (1, cfg.num_ws, cfg.w_dim):
     raise ValueError(f"drag edits one image's ws of shape (1, {cfg.num_ws}, {cfg.w_dim}), got {ws.shape}")
   for name, point in (("handle", handle), ("target", target)):
-    if len(point) != 2 or not all(0 <= v <= size - 1 for v in point):
-      raise ValueError(f"{name} point {tuple(point)} is outside the {size}x{size} image (x and y in 0..{size - 1})")
+    if len(point) != 2 or (_is_concrete(point) and not all(0 <= float(v) <= size - 1 for v in point)):
+      raise ValueError(f"{name} point {tuple(np.asarray(point).tolist())} is outside the {size}x{size} image "
+                       f"(x and y in 0..{size - 1})")
   import optax  # pylint: disable=import-outside-toplevel  # only editing needs an optimizer here
 
   edit = max(cfg.num_ws // 2, 1) if edit_layers is None else edit_layers
@@ -632,26 +648,22 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
     _, feats = gen.apply(params, ws_, True, method=Generator.synthesize)  # (1, R, R, C)
     return feats[0]
 
-  def image(ws_):
-    return gen.apply(params, ws_, method=Generator.synthesize)
-
   handle0 = jnp.asarray(handle, jnp.float32)
-  start_feature = sample_features(features(ws), handle0[None])[0]  # (C,)
+  start_feature = sample_features(features(ws), handle0[None])[0]  # (C,): f, the handle's feature in the initial image
   frozen = ws[:, edit:]
 
   def motion_loss(edited, p):
-    feats = features(jnp.concatenate([edited, frozen], 1))
-    distance = jnp.linalg.norm(target - p)
-    d = (target - p) / jnp.maximum(distance, 1e-8)  # (2,)
+    feats = features(jnp.concatenate([edited, frozen], 1))  # (R, R, C)
+    d = (target - p) / jnp.maximum(jnp.linalg.norm(target - p), 1e-8)  # (2,)
     q = p + disc  # (K, 2)
     here = jax.lax.stop_gradient(sample_features(feats, q))  # (K, C)
-    return jnp.sum(jnp.abs(here - sample_features(feats, q + d)))
+    return jnp.sum(jnp.abs(sample_features(feats, q + d) - here))
 
   def one_step(carry, _):
     edited, opt_state, p = carry
     grads = jax.grad(motion_loss)(edited, p)
     updates, new_opt_state = optimizer.update(grads, opt_state, edited)
-    moving = jnp.linalg.norm(target - p) >= 1.0
+    moving = jnp.linalg.norm(target - p) > stop_distance
     edited = jnp.where(moving, optax.apply_updates(edited, updates), edited)
     opt_state = jax.tree.map(lambda new, old: jnp.where(moving, new, old), new_opt_state, opt_state)
     candidates = jnp.clip(jnp.round(p) + window, 0.0, size - 1.0)  # (K, 2)
@@ -663,4 +675,5 @@ def drag(gen: Generator, params, ws: jax.Array, handle, target, steps: int = 40,
   edited0 = ws[:, :edit]
   (edited, _, _), path = jax.lax.scan(one_step, (edited0, optimizer.init(edited0), handle0), None, length=steps)
   final = jnp.concatenate([edited, frozen], 1)
-  return DragResult(final, jnp.concatenate([handle0[None], path]), image(final))
+  image = gen.apply(params, final, method=Generator.synthesize)  # (1, R, R, channels)
+  return DragResult(final, jnp.concatenate([handle0[None], path]), image)
