@@ -48,9 +48,10 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   """A tiny model, a few steps, few problems and samples, for tests."""
   config.n_layer, config.n_embd, config.n_head = 1, 32, 2
   config.bpe_vocab_size = 512
-  config.steps, config.batch_size = 6, 8
+  config.seq_len, config.n_positions = 32, 144  # the context still holds a padded prompt and the new tokens
+  config.steps, config.batch_size = 4, 8
   config.optimizer.warmup_steps = 2
-  config.log_every = config.eval_every = config.checkpoint_every = 3
+  config.log_every = config.eval_every = config.checkpoint_every = 4
   config.eval_windows, config.eval_batch_size = 8, 8
   config.num_prompts, config.prompt_len, config.sample_tokens = 1, 8, 8
   config.num_problems, config.samples_per_problem, config.temperatures = 3, 4, (0.5, 1.0)
@@ -69,15 +70,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.tokenizer = "bpe"
   config.bpe_vocab_size = 2048
   config.n_layer, config.n_embd, config.n_head = 4, 128, 4
-  config.n_positions = config.seq_len = 256
-  config.steps, config.batch_size = 1500, 16
+  config.n_positions = config.seq_len = 192  # a prompt (up to 125 tokens, padded to 128) plus 64 new tokens
+  config.steps, config.batch_size = 1000, 16  # 3M tokens: about 18 passes over the 171k-token stream
   config.optimizer.warmup_steps = 100
-  config.log_every, config.eval_every, config.checkpoint_every = 100, 500, 500
+  config.log_every, config.eval_every, config.checkpoint_every = 100, 500, 250
   config.eval_windows = 64
   # Evaluation by pass@k.
   config.num_problems = 0  # test problems scored, taken one template at a time (0: all 69)
   config.samples_per_problem = 100  # n: completions sampled per problem and temperature
-  config.temperatures = (0.2, 0.4, 0.6, 0.8, 1.0)  # sampling temperatures (Chen et al.'s Figure 5 sweeps 0.1 .. 1.0)
+  config.temperatures = (0.2, 0.5, 0.8, 1.0)  # sampling temperatures (Chen et al.'s Figure 5 sweeps 0.1 .. 1.0)
   config.top_p = 0.95  # nucleus sampling threshold, as Codex's evaluation (1: off)
   config.max_new_tokens = 64  # tokens decoded per completion (the body must end within them)
   config.sample_batch_size = 100  # completions decoded per call
