@@ -7,6 +7,7 @@ import pytest
 from conftest import run_python
 
 from experiments import codex as codex_experiment
+from experiments.tables import codex as codex_table
 from research.data import python_functions, tokenizers, tokens
 from research.evals import codex
 from research.models import gpt2
@@ -112,3 +113,35 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
                     "--config.samples_per_problem=0"])
   assert out.returncode == 2 and out.stderr.strip().splitlines() == ["error: samples_per_problem must be > 0, got 0"]
   assert not (tmp_path / "run").exists()
+
+
+def _fake_run(rates: dict, seed: int) -> dict:
+  """A row member's metrics as experiments.codex.evaluate returns them: {temperature: (pass@1, pass@10)}."""
+  return {"seed": seed, "val_loss": 3.0 + seed, "num_problems": 5, "best_temperature": {},
+          "pass_at_k": {f"t{t:g}": {"pass@1": p1, "pass@10": p10} for t, (p1, p10) in rates.items()}}
+
+
+def test_table_report_picks_each_k_its_best_temperature():
+  table = codex_table.get_config("smoke")
+  config = codex_table.run_config(table, "python_docs_code")
+  config.samples_per_problem = 10
+  rows = {"text + code": [_fake_run({0.2: (0.30, 0.40), 0.8: (0.20, 0.60)}, s) for s in (0, 1)],
+          "text only": [_fake_run({0.2: (0.0, 0.0), 0.8: (0.01, 0.05)}, s) for s in (0, 1)]}
+  text = codex_table.markdown(rows, table, config, [0.2, 0.8], [1, 10], 60.0)
+  assert "| 0.2 | 30.0 ± 0.0 | 40.0 ± 0.0 |" in text and "|  | best T = 0.2 | best T = 0.8 |" in text
+  assert "| text + code | 3.500 ± 0.500 | 30.0 ± 0.0 (T = 0.2; 30.0, 30.0) | 60.0 ± 0.0 (T = 0.8; 60.0, 60.0) |" in text
+  assert "| text only | 3.500 ± 0.500 | 1.0 ± 0.0 (T = 0.8; 1.0, 1.0) | 5.0 ± 0.0 (T = 0.8; 5.0, 5.0) |" in text
+  figure = codex_table.figure(rows, [0.2, 0.8], [1, 10])
+  assert len(figure.axes) == 2 and len(figure.axes[1].patches) == 4  # two bars (pass@1, pass@10) per row
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("seeds", 0, "seeds must be > 0"),
+    ("preset", "tiny", "unknown preset 'tiny'"),
+    ("temperatures", (0.5, 3.0), "temperatures must be numbers in"),
+])
+def test_table_bad_configs(field, value, words):
+  table = codex_table.get_config("smoke")
+  table[field] = value
+  with pytest.raises(ConfigError, match=words):
+    codex_table.check_config(table)
