@@ -43,9 +43,12 @@ def test_sample_is_one_shape_and_deterministic():
   texts = tokens.read_texts("python_docs_code", "train")[:50]
   tokenizer = tokenizers.make("bpe", texts, 300)
   problems = python_functions.problems("test")[:3]
-  prompt_tokens, mask = codex.prompt_ids(tokenizer, problems)
-  assert prompt_tokens.shape[1] == gpt2.bucket(max(len(tokenizer.encode(p["prompt"])) for p in problems))
-  assert (mask.sum(1) == [len(tokenizer.encode(p["prompt"])) for p in problems]).all() and mask[:, -1].all()
+  prompts = codex.prompt_ids(tokenizer, problems)
+  assert prompts == [tokenizer.encode(p["prompt"]) for p in problems]
+  prompt_tokens, mask = codex.left_padded(prompts)
+  assert prompt_tokens.shape[1] == gpt2.bucket(max(map(len, prompts)))
+  assert (mask.sum(1) == list(map(len, prompts))).all() and mask[:, -1].all()
+  assert all(prompt_tokens[i, -len(p):].tolist() == p for i, p in enumerate(prompts))
   model = gpt2.GPT2(gpt2.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=prompt_tokens.shape[1] + 8,
                                     n_embd=16, n_layer=1, n_head=2))
   import jax  # pylint: disable=import-outside-toplevel

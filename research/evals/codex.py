@@ -9,8 +9,9 @@ the model continues it with a body. Each sample is decoded from the new tokens a
 function's body by `truncate` (Codex's stop sequences, in the form the indentation of a body gives
 them): it ends before the first non-blank line that starts at column 0 (a new `def`, `class`,
 statement or document) and before an end-of-text marker. Sampling is one compiled program for
-every temperature and every problem: the prompts are left-padded to one length, rows go through
-research.models.gpt2.continue_prompts in batches of one shape, the temperature is traced.
+every temperature (the temperature is traced) and each prompt length bucket: rows go through
+research.models.gpt2.continue_prompts in batches of one problem's samples where n fills a batch,
+each left-padded to the bucket of its longest prompt.
 """
 
 import functools
@@ -23,7 +24,7 @@ import numpy as np
 from research.evals import code
 from research.models import gpt2
 
-__all__ = ["END_MARKERS", "execute", "pass_rates", "prompt_ids", "sample", "truncate"]
+__all__ = ["END_MARKERS", "execute", "left_padded", "pass_rates", "prompt_ids", "sample", "truncate"]
 
 # Texts that end a document in the training streams (GPT-2's end token; a blank-line separator is
 # followed by a document at column 0, which the indentation rule cuts).
@@ -47,15 +48,19 @@ def truncate(completion: str) -> str:
   return "\n".join(kept).rstrip()
 
 
-def prompt_ids(tokenizer, problems: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:
-  """The problems' prompts as left-padded (P, L) ids and their (P, L) mask, L the bucket of the longest."""
+def prompt_ids(tokenizer, problems: Sequence[Mapping]) -> list[list[int]]:
+  """The problems' prompts as token ids."""
   texts = [p["prompt"].decode("utf-8") if isinstance(p["prompt"], bytes) else p["prompt"] for p in problems]
-  encoded = [list(tokenizer.encode(text)) for text in texts]
-  length = gpt2.bucket(max(len(e) for e in encoded))
-  tokens = np.zeros((len(encoded), length), np.int32)
-  mask = np.zeros((len(encoded), length), bool)
-  for i, e in enumerate(encoded):
-    tokens[i, length - len(e):], mask[i, length - len(e):] = e, True
+  return [list(tokenizer.encode(text)) for text in texts]
+
+
+def left_padded(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Rows of ids left-padded to the bucket of the longest (research.models.gpt2.bucket), and their mask."""
+  length = gpt2.bucket(max(len(r) for r in rows))
+  tokens = np.zeros((len(rows), length), np.int32)
+  mask = np.zeros((len(rows), length), bool)
+  for i, r in enumerate(rows):
+    tokens[i, length - len(r):], mask[i, length - len(r):] = r, True
   return tokens, mask
 
 
@@ -75,7 +80,7 @@ def sample(model: gpt2.GPT2, params, tokenizer, problems: Sequence[Mapping], n: 
   """n completions (function bodies, cut by `truncate`) of every problem's prompt, sampled from a GPT.
 
   Rows (problem i's prompt n times, for each problem in order) are decoded `batch_size` at a time
-  with the KV cache, the last batch padded; batch b uses `fold_in(key, b)`, so the samples are a
+  with the KV cache, the last batch padded with copies of the last row; batch b uses `fold_in(key, b)`, so the samples are a
   pure function of (params, problems, n, temperature, key, max_new_tokens, batch_size).
 
   Args:
@@ -100,19 +105,22 @@ def sample(model: gpt2.GPT2, params, tokenizer, problems: Sequence[Mapping], n: 
   if n < 1 or batch_size < 1:
     raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
   gpt2.check_sampling(max_new_tokens, temperature, 0, top_p)
-  tokens, mask = prompt_ids(tokenizer, problems)
-  if model.cfg.positions == "learned" and tokens.shape[1] + max_new_tokens > model.cfg.n_positions:
-    raise ValueError(f"prompts padded to {tokens.shape[1]} tokens plus {max_new_tokens} new ones exceed the "
+  prompts = prompt_ids(tokenizer, problems)
+  longest = gpt2.bucket(max(len(p) for p in prompts))
+  if model.cfg.positions == "learned" and longest + max_new_tokens > model.cfg.n_positions:
+    raise ValueError(f"prompts padded to {longest} tokens plus {max_new_tokens} new ones exceed the "
                      f"context of {model.cfg.n_positions}")
   rows = np.repeat(np.arange(len(problems)), n)  # (P * n,): each row's problem
   count = -(-len(rows) // batch_size) * batch_size
-  rows_padded = np.concatenate([rows, np.zeros(count - len(rows), rows.dtype)])
+  rows_padded = np.concatenate([rows, np.full(count - len(rows), rows[-1])])
   run = _sampler(model, int(max_new_tokens))
   new = []
   for b, start in enumerate(range(0, count, batch_size)):
-    chunk = rows_padded[start:start + batch_size]
-    new.append(np.asarray(run(params, tokens[chunk], mask[chunk], jax.random.fold_in(key, b),
-                              jnp.float32(temperature), jnp.float32(top_p))))
+    # Each batch is padded to its own longest prompt's bucket: with batch_size = n, one problem's
+    # length (a few compiled shapes in all, and no prefill of padding up to the longest prompt).
+    tokens, mask = left_padded([prompts[i] for i in rows_padded[start:start + batch_size]])
+    new.append(np.asarray(run(params, tokens, mask, jax.random.fold_in(key, b), jnp.float32(temperature),
+                              jnp.float32(top_p))))
   new = np.concatenate(new)[:len(rows)]  # (P * n, max_new_tokens)
   texts = [truncate(tokenizer.decode(ids.tolist())) for ids in new]
   return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
