@@ -49,9 +49,20 @@ def truncate(completion: str) -> str:
 
 
 def prompt_ids(tokenizer, problems: Sequence[Mapping]) -> list[list[int]]:
-  """The problems' prompts as token ids."""
+  """The problems' prompts as token ids, without the newline that ends each.
+
+  A byte-level BPE (GPT-2's pre-tokenizer) reads a newline together with the indentation after it
+  ("\\n   ", " return"); a prompt ending in a lone "\\n" token would tell the model that the next line
+  starts at column 0, and a model that learned this ends the function at once (an empty body).
+  So the model continues the docstring's closing line and writes the newline and indentation itself.
+  """
   texts = [p["prompt"].decode("utf-8") if isinstance(p["prompt"], bytes) else p["prompt"] for p in problems]
-  return [list(tokenizer.encode(text)) for text in texts]
+  return [list(tokenizer.encode(text[:-1] if text.endswith("\n") else text)) for text in texts]
+
+
+def _after_first_line(text: str) -> str:
+  """What follows the first newline: a completion of a prompt cut before its last newline (prompt_ids)."""
+  return text.split("\n", 1)[1] if "\n" in text else ""
 
 
 def left_padded(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +133,7 @@ def sample(model: gpt2.GPT2, params, tokenizer, problems: Sequence[Mapping], n: 
     new.append(np.asarray(run(params, tokens, mask, jax.random.fold_in(key, b), jnp.float32(temperature),
                               jnp.float32(top_p))))
   new = np.concatenate(new)[:len(rows)]  # (P * n, max_new_tokens)
-  texts = [truncate(tokenizer.decode(ids.tolist())) for ids in new]
+  texts = [truncate(_after_first_line(tokenizer.decode(ids.tolist()))) for ids in new]
   return [texts[i * n:(i + 1) * n] for i in range(len(problems))]
 
 
