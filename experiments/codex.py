@@ -62,7 +62,7 @@ PRESETS = {"smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config (about 15 minutes on 2 CPU cores); preset "smoke" for tests."""
+  """Default config (about 1,700 CPU-seconds: some 14 minutes on 2 idle cores); preset "smoke" for tests."""
   config = gpt2_experiment.get_config()
   # Pre-training: experiments.gpt2's fields, with these defaults.
   config.dataset = "python_docs_code"  # python_docs_code (text + code) or python_docs (text only)
