@@ -9,6 +9,8 @@ python_docs_topics  paragraphs of that text labelled with the part of the docume
 number_words  numbers and their English words, a translation task (research/data/number_words.py).
 python_docs_tasks  python_docs with generated few-shot task documents added to its train split
              (research/data/prompt_tasks.py): an LM corpus on which in-context learning can appear.
+python_docs_code  python_docs with the python_functions train problems (signature, docstring and
+             reference body) added to its train split: text plus code, for a Codex-style model.
 """
 
 import numpy as np
@@ -23,6 +25,7 @@ DIGITS_TEST_SIZE = 300
 TASK_DOCUMENTS = 150  # python_docs_tasks: documents of each task in the train split
 TASK_DEMONSTRATIONS = (4, 12)  # python_docs_tasks: demonstrations per document, drawn uniformly in this range
 TASK_SEED = 0  # python_docs_tasks: draws the documents
+CODE_COPIES = 2  # python_docs_code: copies of each train problem in the train split (code is ~25% of the text)
 TOY2D_SIZES = {"train": 20_000, "test": 5_000}
 
 
@@ -108,13 +111,17 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     train, test = _python_docs_documents()
-    return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
+    return {"train": self._generate_examples(train + self._added()), "test": self._generate_examples(test)}
+
+  def _added(self) -> list[tuple[str, str]]:
+    """(topic, text) documents a variant adds to the train split after python_docs' own."""
+    return []
 
   def _generate_examples(self, documents):
     yield from _documents(documents)
 
 
-class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
+class PythonDocsTasks(PythonDocs):
   """python_docs plus task documents: the train split adds TASK_DOCUMENTS documents of each task of
   research.data.prompt_tasks, each its description line and TASK_DEMONSTRATIONS (low, high) "Q: ... A: ..."
   demonstrations of train-split examples; the test split is python_docs' test split unchanged."""
@@ -122,23 +129,27 @@ class PythonDocsTasks(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release (ArrayRecord files)."}
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"topic": tfds.features.Text(), "text": tfds.features.Text()}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
+  def _added(self) -> list[tuple[str, str]]:
     from research.data import prompt_tasks  # pylint: disable=import-outside-toplevel
-    train, test = _python_docs_documents()
     rng = np.random.default_rng(TASK_SEED)
     low, high = TASK_DEMONSTRATIONS
-    for task in prompt_tasks.TASKS:
-      train += [(f"task:{task}/{i}", prompt_tasks.document(task, int(rng.integers(low, high + 1)), rng))
-                for i in range(TASK_DOCUMENTS)]
-    return {"train": self._generate_examples(train), "test": self._generate_examples(test)}
+    return [(f"task:{task}/{i}", prompt_tasks.document(task, int(rng.integers(low, high + 1)), rng))
+            for task in prompt_tasks.TASKS for i in range(TASK_DOCUMENTS)]
 
-  def _generate_examples(self, documents):
-    yield from _documents(documents)
+
+class PythonDocsCode(PythonDocs):
+  """python_docs plus code: the train split adds CODE_COPIES copies of every python_functions train problem,
+  each one document holding its prompt (signature and docstring) followed by its reference body; the
+  test split is python_docs' test split unchanged (no test problem is in either split)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release (ArrayRecord files)."}
+
+  def _added(self) -> list[tuple[str, str]]:
+    from research.data import python_functions  # pylint: disable=import-outside-toplevel
+    problems = python_functions.problems("train")
+    return [(f"code:{p['task_id']}/{copy}", p["prompt"] + p["solution"])
+            for copy in range(CODE_COPIES) for p in problems]
 
 
 # The part of the documentation each pydoc topic belongs to: the classes of PythonDocsTopics.

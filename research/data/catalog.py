@@ -29,6 +29,7 @@ BUNDLED = {
     "python_docs": "python_docs",
     "python_docs_topics": "python_docs_topics",
     "python_docs_tasks": "python_docs_tasks",
+    "python_docs_code": "python_docs_code",
     "python_functions": "python_functions",
     "shapes": "shapes", "digits_captions": "digits_captions",
     "number_words": "number_words",
