@@ -57,7 +57,10 @@ def _autoencoder_config() -> ml_collections.ConfigDict:
   config.norm_groups = 8
   config.mid_attention = False
   config.attention = "auto"
-  config.reconstruction = "l1"
+  # l2, not the paper's l1 (which LDM pairs with perceptual and adversarial terms): under l1 alone a
+  # pixel whose colour the latent does not carry yet decodes to the median of the colours, and the
+  # median of red (1,0,0), green (0,1,0) and blue (0,0,1) per channel is black.
+  config.reconstruction = "l2"
   config.kl_weight = 1e-6
   config.eval_batch_size = 250
   config.scaling_images = 1000
