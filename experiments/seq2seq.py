@@ -113,9 +113,9 @@ def check_config(config) -> None:
 
 def _spread(items: list, count: int) -> list:
   """`count` items evenly spaced over `items` (all of them for count 0 or more than there are)."""
-  if count == 0 or count >= len(items):
+  if count == 0:
     return list(items)
-  return [items[i] for i in np.round(np.linspace(0, len(items) - 1, count)).astype(int)]
+  return [items[i] for i in seq2seq.spread_indices(len(items), count)]
 
 
 def _check_lengths(tokenizer, splits: dict, config) -> None:
