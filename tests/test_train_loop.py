@@ -303,3 +303,31 @@ def test_checkpoint_written_before_a_state_field_existed_restores(tmp_path):
   assert isinstance(state, TrainState) and state.hparams is None and position == {"step": 7}
   np.testing.assert_array_equal(state.params["w"], [0.0, 1.0, 2.0])
   assert int(state.step) == 7 and not (tmp_path / "checkpoints_unreadable").exists()
+
+
+def test_only_native_completions_into_a_closed_event_loop_are_silenced():
+  """After a failed save, tensorstore's in-flight writes call into orbax's closed loop: dropped, nothing else."""
+  import asyncio  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  from research.train import checkpoint  # pylint: disable=import-outside-toplevel
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    from_python = e
+  # As native code sees it: the traceback starts in call_soon_threadsafe, with no Python caller.
+  from_native = from_python.__traceback__.tb_next
+  seen = []
+  quiet = checkpoint._without_late_callbacks(seen.append)  # pylint: disable=protected-access
+
+  def unraisable(exc, tb):
+    return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None)
+
+  quiet(unraisable(from_python, from_native))
+  assert seen == []
+  for exc, tb in [(from_python, from_python.__traceback__), (RuntimeError("disk on fire"), from_native),
+                  (ValueError("Event loop is closed"), from_native)]:
+    quiet(unraisable(exc, tb))
+  assert len(seen) == 3
+  assert sys.unraisablehook.__qualname__.startswith("_without_late_callbacks")

@@ -18,6 +18,7 @@ import logging as std_logging
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,30 @@ class _QuietSaveErrors(std_logging.Filter):
 
 
 logging.get_absl_logger().addFilter(_QuietSaveErrors())
+
+
+def _is_late_callback(exc_type, exc, tb) -> bool:
+  """A completion handed by native code (tensorstore) to an asyncio loop orbax has already closed.
+
+  When a save fails, orbax closes its loop while some of the save's writes are still in flight;
+  as each finishes, tensorstore calls the loop's `call_soon_threadsafe` from its own thread and
+  prints the RuntimeError. The outermost frame being `call_soon_threadsafe` itself means no Python
+  code made the call: nothing waits on it, and the failure is reported once as a SaveError.
+  Tensorstore reports it as unraisable (`sys.unraisablehook`).
+  """
+  return (exc_type is RuntimeError and str(exc) == "Event loop is closed" and tb is not None
+          and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+          and tb.tb_frame.f_code.co_filename.endswith(os.path.join("asyncio", "base_events.py")))
+
+
+def _without_late_callbacks(hook):
+  def quiet(unraisable):
+    if not _is_late_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+      hook(unraisable)
+  return quiet
+
+
+sys.unraisablehook = _without_late_callbacks(sys.unraisablehook)
 
 
 # The Checkpointers not yet closed, so that a run stopped by a signal anywhere can finish their saves.
