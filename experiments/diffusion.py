@@ -82,16 +82,15 @@ def _ddpm_cifar10(config: ml_collections.ConfigDict) -> None:
   The paper's U-Net (appendix B): channels 128, 256, 256, 256 over 32x32 to 4x4, two residual
   blocks per level, GroupNorm 32, dropout 0.1; T = 1000 linear betas 1e-4..0.02, epsilon
   prediction; Adam at 2e-4 after 5,000 warmup updates, gradients clipped to norm 1, batch 128,
-  800k updates, EMA 0.9999; sampled by the DDPM sampler with sigma^2 = beta. This U-Net attends
-  at its lowest resolution only (4x4, in the middle), where the paper's also attends at 16x16
-  (five more attention layers, 1.3M parameters): 34.5M parameters to the paper's 35.7M, as
-  `launch plan` counts them. A plan only: samples here are scored in the 8x8 digits' feature
+  800k updates, EMA 0.9999; sampled by the DDPM sampler with sigma^2 = beta; self-attention at
+  16x16 (after each residual block of level 1) and in the middle at 4x4: 35.8M parameters to the
+  paper's 35.7M, as `launch plan` counts them. A plan only: samples here are scored in the 8x8 digits' feature
   space, so a run refuses cifar10 (`python -m launch plan diffusion --
   --config=experiments/diffusion.py:ddpm_cifar10`).
   """
   config.dataset, config.conditional = "cifar10", False
   config.unet_channels, config.unet_blocks, config.unet_groups, config.unet_heads = (128, 256, 256, 256), 2, 32, 1
-  config.unet_attention = "auto"
+  config.unet_attention, config.unet_attention_levels = "auto", (1,)  # attention at 16x16 too
   config.dropout = 0.1
   config.schedule, config.num_train_steps, config.prediction = "linear", 1000, "epsilon"
   config.sampler, config.variance = "ddpm", "fixed_large"
@@ -154,7 +153,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.unet_channels = (32, 64)  # U-Net channels per resolution (8x8, then 4x4 with attention)
   config.unet_blocks = 1  # residual blocks per U-Net level in the encoder (the decoder has one more)
   config.unet_groups = 8  # GroupNorm groups
-  config.unet_heads = 4  # attention heads at the lowest resolution
+  config.unet_heads = 4  # attention heads of every U-Net self-attention
+  config.unet_attention_levels = ()  # U-Net levels that also attend after each residual block (the middle always does)
   config.unet_attention = "reference"  # the U-Net's attention kernel (research.models.attention.IMPLEMENTATIONS)
   config.dit = "DiT-T/2"  # a research.models.dit name (model=dit)
   config.dit_conditioning = "adaln_zero"  # adaln_zero, adaln, cross_attention or in_context
@@ -209,6 +209,11 @@ def check_config(config) -> None:
   if any(c % config.unet_groups for c in channels):
     raise ConfigError(f"unet_groups {config.unet_groups} must divide every entry of unet_channels {tuple(channels)}")
   check_positive("unet_heads", config.unet_heads)
+  levels = config.unet_attention_levels
+  if not isinstance(levels, (tuple, list)) or \
+      not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(channels) for v in levels):
+    raise ConfigError(f"unet_attention_levels must be levels of unet_channels {tuple(channels)} "
+                      f"(0..{len(channels) - 1}), got {levels!r}")
   check_choice("dit_attention", config.dit_attention, attention.IMPLEMENTATIONS)
   check_choice("dit_remat", config.dit_remat, layers.REMATS)
   check_choice("dit", config.dit, dit.names())

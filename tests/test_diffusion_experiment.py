@@ -40,6 +40,7 @@ def test_long_preset_is_the_default_model_trained_longer():
     ("--config.sample_steps=0", "sample_steps must be in [1, num_train_steps = 100], got 0"),
     ("--config.unet_channels=abc", "unet_channels must be positive integers, one per resolution"),
     ("--config.unet_groups=3", "unet_groups 3 must divide every entry of unet_channels"),
+    ("--config.unet_attention_levels=(0,2)", "unet_attention_levels must be levels of unet_channels (8, 16) (0..1)"),
     ("--config.sample_steps=101", "sample_steps must be in [1, num_train_steps = 100], got 101"),
     ("--config.eta=-0.5", "eta must be >= 0, got -0.5"),
     ("--config.conditional=False --config.guidance_scale=3.0", "guidance_scale 3.0 needs a conditional model"),

@@ -69,8 +69,8 @@ def test_paper_presets_plan_at_their_papers_sizes():
   done = run_python(["-c", PLAN_ALL, json.dumps(PAPER_PRESETS)])
   assert done.returncode == 0, done.stderr[-2000:]
   plans = json.loads(done.stdout.strip().splitlines()[-1])
-  # The papers' parameter counts: BERT-base 110M, DDPM's CIFAR-10 U-Net 35.7M (this one lacks the
-  # paper's attention at 16x16), DiT-XL/2 675M; the IWAE's 784-200-200-50 encoder and its mirror.
+  # The papers' parameter counts: BERT-base 110M, DDPM's CIFAR-10 U-Net 35.7M (with its attention at
+  # 16x16), DiT-XL/2 675M; the IWAE's 784-200-200-50 encoder and its mirror.
   iwae = (784 * 200 + 200) + (200 * 200 + 200) + (200 * 100 + 100) + (50 * 200 + 200) + (200 * 200 + 200) + \
       (200 * 784 + 784)
   expected = {"base": 110e6, "ddpm_cifar10": 35.7e6, "dit_xl2": 675e6, "iwae_mnist": iwae}
@@ -81,6 +81,7 @@ def test_paper_presets_plan_at_their_papers_sizes():
     assert summary["flops_per_step"] > 0 and 0 < summary["peak_bytes"] < 2**63, preset
     assert summary["params_bytes"] == 4 * summary["parameters"], preset  # float32, replicated over data
   assert plans["iwae_mnist"]["parameters"] == iwae
+  assert plans["ddpm_cifar10"]["parameters"] == pytest.approx(35.7e6, rel=0.005)
   assert (plans["base"]["steps"], plans["base"]["batch_size"]) == (1_000_000, 256)
   assert (plans["dit_xl2"]["steps"], plans["dit_xl2"]["batch_size"]) == (400_000, 256)
   # Scanned blocks count every layer: DiT-XL/2's 118.6 GFLOPs (multiply-adds) per forward pass of one

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from research.models import unet
 
@@ -75,3 +76,22 @@ def test_attention_keeps_the_layout_of_earlier_checkpoints_and_any_kernel_agrees
   reference = model.apply(variables, x, t, y)
   np.testing.assert_allclose(auto, reference, atol=1e-6)
   assert float(jnp.std(reference)) > 1e-3
+
+
+def test_attention_levels_attend_after_each_of_their_blocks_in_the_encoder_and_decoder():
+  """Level 0 of two, one block per level: one attention in the encoder, two in the decoder, and the middle's."""
+  x, t = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,))
+
+  def params(levels):
+    cfg = unet.UNetConfig(channels=(16, 32), groups=4, attention_heads=2, attention_levels=levels)
+    return nn.unbox(jax.eval_shape(unet.UNet(cfg).init, jax.random.key(0), x, t))["params"]
+
+  plain, attending = params(()), params((0,))
+  assert sorted(k for k in attending if k.startswith("SelfAttention")) == [f"SelfAttention_{i}" for i in range(4)]
+  width = lambda tree: {k: v.shape[-1] for k, v in tree["GroupNorm_0"].items()}
+  assert [width(attending[f"SelfAttention_{i}"])["scale"] for i in range(4)] == [16, 32, 16, 16]
+  count = lambda tree: sum(np.prod(p.shape) for p in jax.tree.leaves(tree))
+  one = 2 * 16 + (16 * 3 * 16 + 3 * 16) + (16 * 16 + 16)  # GroupNorm, fused qkv, output at 16 channels
+  assert count(attending) - count(plain) == 3 * one
+  with pytest.raises(ValueError, match=r"attention_levels \(2,\) must be levels of channels \(16, 32\)"):
+    params((2,))

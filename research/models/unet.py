@@ -8,7 +8,9 @@ class embedding whose extra row `num_classes` is the null class of classifier-fr
 guidance); an encoder of residual blocks (GroupNorm, SiLU, 3x3 conv, the time embedding
 added between the convs, dropout) that halves the resolution between levels; a middle of
 two residual blocks around self-attention at the lowest resolution; a decoder that mirrors
-the encoder with skip connections; GroupNorm, SiLU and a zero-initialised 3x3 conv out.
+the encoder with skip connections; GroupNorm, SiLU and a zero-initialised 3x3 conv out. Levels named
+in `attention_levels` also attend after each of their residual blocks, encoder and decoder (the
+paper's CIFAR-10 model attends at 16x16: level 1 of four).
 """
 
 import dataclasses
@@ -28,7 +30,9 @@ class UNetConfig:
   Attributes:
     channels: channels per resolution level; each level after the first halves H and W.
     blocks_per_level: residual blocks per level in the encoder (the decoder has one more).
-    attention_heads: heads of the self-attention at the lowest resolution.
+    attention_heads: heads of every self-attention.
+    attention_levels: levels (indices into `channels`) whose residual blocks are each followed by
+      self-attention, in the encoder and the decoder; the middle attends whatever this holds.
     groups: GroupNorm groups (must divide every channel count).
     dropout: dropout rate inside residual blocks (training only).
     num_classes: 0 for an unconditional model; else a class embedding with a null row.
@@ -41,6 +45,7 @@ class UNetConfig:
   channels: tuple[int, ...] = (32, 64)
   blocks_per_level: int = 1
   attention_heads: int = 4
+  attention_levels: tuple[int, ...] = ()
   groups: int = 8
   dropout: float = 0.0
   num_classes: int = 0
@@ -106,23 +111,31 @@ class UNet(nn.Module):
     emb = nn.Dense(width, dtype=cfg.dtype)(nn.silu(emb))  # (N, 4 * ch0)
     if cfg.num_classes > 0:
       emb = emb + nn.Embed(cfg.num_classes + 1, width, name="class_embedding")(y)
+    if any(not 0 <= level < len(cfg.channels) for level in cfg.attention_levels):
+      raise ValueError(f"attention_levels {cfg.attention_levels} must be levels of channels {cfg.channels} "
+                       f"(0..{len(cfg.channels) - 1})")
     block = lambda ch: ResBlock(ch, cfg.groups, cfg.dropout, cfg.dtype)
+    attend = lambda: SelfAttention(cfg.attention_heads, cfg.groups, cfg.attention, cfg.dtype)
 
     h = nn.Conv(cfg.channels[0], (3, 3), dtype=cfg.dtype)(x.astype(cfg.dtype))
     skips = [h]
     for level, ch in enumerate(cfg.channels):
       for _ in range(cfg.blocks_per_level):
         h = block(ch)(h, emb, train)
+        if level in cfg.attention_levels:
+          h = attend()(h)
         skips.append(h)
       if level < len(cfg.channels) - 1:
         h = nn.Conv(ch, (3, 3), strides=(2, 2), dtype=cfg.dtype)(h)  # (N, H/2, W/2, ch)
         skips.append(h)
     h = block(cfg.channels[-1])(h, emb, train)
-    h = SelfAttention(cfg.attention_heads, cfg.groups, cfg.attention, cfg.dtype)(h)
+    h = attend()(h)
     h = block(cfg.channels[-1])(h, emb, train)
     for level, ch in reversed(list(enumerate(cfg.channels))):
       for _ in range(cfg.blocks_per_level + 1):
         h = block(ch)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        if level in cfg.attention_levels:
+          h = attend()(h)
       if level > 0:
         n, height, width_, c = h.shape
         h = jax.image.resize(h, (n, 2 * height, 2 * width_, c), "nearest")

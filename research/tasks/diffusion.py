@@ -29,7 +29,9 @@ def make_denoiser(config, image_shape, num_classes: int):
   if config.model == "unet":
     model = unet_lib.UNet(unet_lib.UNetConfig(channels=tuple(config.unet_channels),
                                               blocks_per_level=config.get("unet_blocks", 1), groups=config.unet_groups,
-                                              attention_heads=config.unet_heads, dropout=config.dropout,
+                                              attention_heads=config.unet_heads,
+                                              attention_levels=tuple(config.get("unet_attention_levels", ())),
+                                              dropout=config.dropout,
                                               num_classes=num_classes, out_channels=image_shape[-1],
                                               attention=config.unet_attention, dtype=config.dtype))
 
