@@ -1,4 +1,4 @@
-"""PPO a chunk of updates at a time: the same run bit for bit, a stop at a chunk's end, a resume."""
+"""PPO, A2C and DQN a chunk of updates at a time: the same run bit for bit, a stop at a chunk's end, a resume."""
 
 import json
 import os
@@ -10,47 +10,70 @@ import numpy as np
 import pytest
 
 from conftest import run_python
-from test_ppo import _tiny_config as ppo_tiny_config
 from experiments import a2c as a2c_experiment
+from experiments import dqn as dqn_experiment
 from experiments import ppo as ppo_experiment
-from research.rl import a2c, ppo
-from research.train import ConfigError, restore_pytree
+from research.rl import a2c, dqn, ppo
+from research.train import Checkpointer, ConfigError, restore_pytree
+
+# Each algorithm's experiment and module, and the fields that shrink its smoke preset to a small network and
+# seven updates: chunks of 3, 3 and 1. DQN: six updates in three evaluation blocks of two, chunks of 3 and 3 (one
+# program to compile) with an evaluation inside each chunk and one at the end.
+_TINY = {
+    "ppo": (ppo_experiment, ppo, {"num_envs": 2, "num_steps": 16, "total_timesteps": 7 * 32, "update_epochs": 2,
+                                  "num_minibatches": 2, "hidden_size": 16}),
+    "a2c": (a2c_experiment, a2c, {"num_envs": 2, "num_steps": 5, "total_timesteps": 7 * 10, "hidden_size": 16}),
+    "dqn": (dqn_experiment, dqn, {"num_envs": 2, "num_steps": 4, "total_timesteps": 6 * 8, "buffer_size": 32,
+                                  "batch_size": 4, "learning_starts": 8, "target_update_period": 2,
+                                  "hidden_size": 16, "num_evaluations": 3, "eval_episodes": 2}),
+}
+_CHUNKS = {"updates_per_chunk": 3, "checkpoint_every": 0}
 
 
-def _tiny_config(algorithm="ppo"):
-  """test_ppo's small network for seven updates, three per chunk: chunks of 3, 3 and 1."""
-  config = ppo_tiny_config(algorithm)
-  config.total_timesteps = 7 * 32
-  config.updates_per_chunk = 3
-  config.checkpoint_every = 0
+def _tiny_config(name="ppo"):
+  experiment, _, fields = _TINY[name]
+  config = experiment.get_config("smoke")
+  config.update(fields)
+  config.update(_CHUNKS)
   return config
+
+
+def _tiny_flags(name):
+  """The command-line flags of `_tiny_config(name)`."""
+  fields = {**_TINY[name][2], **_CHUNKS}
+  return [f"--config=experiments/{name}.py:smoke"] + [f"--config.{k}={v}" for k, v in fields.items()]
 
 
 def _assert_equal_trees(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "a2c"])
-def test_chunks_equal_the_single_scan_bit_for_bit(algorithm):
-  if algorithm == "a2c":
-    module, config = a2c, a2c_experiment.get_config("smoke")
-    config.num_envs, config.num_steps, config.total_timesteps, config.hidden_size = 2, 5, 7 * 10, 16
-  else:
-    module, config = ppo, _tiny_config(algorithm)
+@pytest.mark.parametrize("name", ["ppo", "a2c", "dqn"])
+def test_chunks_equal_the_single_scan_bit_for_bit(name):
+  algorithm, config = _TINY[name][1], _tiny_config(name)
   key = jax.random.key(5)
-  whole = jax.jit(module.make_train(config))(key)
-  chunks = module.make_chunks(config)
-  assert chunks.num_updates == 7
+  whole = jax.jit(algorithm.make_train(config))(key)
+  chunks = algorithm.make_chunks(config)
+  total = chunks.num_updates
+  assert total == (6 if name == "dqn" else 7)
   carry = jax.jit(chunks.init)(key)
-  advance = {n: jax.jit(lambda c, first, n=n: chunks.advance(c, first, n)) for n in (3, 1)}
-  parts = []
-  for first, length in ((0, 3), (3, 3), (6, 1)):  # 3 does not divide 7: a shorter last chunk
-    carry, metrics = advance[length](carry, jnp.int32(first))
+  firsts = range(0, total, 3)
+  lengths = {min(3, total - first) for first in firsts}
+  advance = {n: jax.jit(lambda c, first, n=n: chunks.advance(c, first, n)) for n in lengths}
+  parts, carries = [], []
+  for first in firsts:
+    carry, metrics = advance[min(3, total - first)](carry, jnp.int32(first))
     parts.append(metrics)
+    carries.append(carry)
   metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-  _assert_equal_trees(whole.params, carry.runner.params)
-  _assert_equal_trees(whole.metrics, metrics)  # every metric, NaN where no episode ended in both
-  np.testing.assert_array_equal(metrics.env_steps, config.num_envs * config.num_steps * np.arange(1, 8))
+  # Parameters, every metric (NaN where no episode ended in both) and DQN's evaluations.
+  _assert_equal_trees(whole, chunks.output(carry, metrics))
+  np.testing.assert_array_equal(metrics.env_steps, config.num_envs * config.num_steps * np.arange(1, total + 1))
+  if name == "dqn":
+    # Evaluations after updates 2, 4 and 6: inside the first chunk, inside the second and at its end.
+    np.testing.assert_array_equal(whole.evaluation.env_steps, [16, 32, 48])
+    written = [np.isfinite(np.asarray(c.evaluation.episode_return)).all(-1) for c in carries]
+    np.testing.assert_array_equal(written, [[1, 0, 0], [1, 1, 1]])
 
 
 def test_bad_updates_per_chunk_is_one_line_and_exit_2(tmp_path):
@@ -70,7 +93,7 @@ def test_bad_updates_per_chunk_is_one_line_and_exit_2(tmp_path):
 # the stop lands at the first chunk's end whatever the machine's speed.
 _STOPPED_RUN = """
 import os, signal, sys
-from experiments import ppo
+from experiments import {name} as module
 from research.rl import experiment
 from research.train import cli
 report = experiment._report
@@ -79,41 +102,43 @@ def stop(line):
   experiment._report = report
   os.kill(os.getpid(), signal.SIGINT)
 experiment._report = stop
-sys.argv = ["ppo"] + sys.argv[1:]
-cli.main(ppo.__file__, ppo.run)
+sys.argv = ["{name}"] + sys.argv[1:]
+cli.main(module.__file__, module.run)
 """
 
-_TINY_FLAGS = ["--config=experiments/ppo.py:smoke", "--config.num_envs=2", "--config.num_steps=16",
-               "--config.total_timesteps=224", "--config.update_epochs=2", "--config.num_minibatches=2",
-               "--config.hidden_size=16", "--config.updates_per_chunk=3", "--config.checkpoint_every=0"]
 
-
-def test_a_stopped_run_resumes_to_the_uninterrupted_results(tmp_path):
+@pytest.mark.parametrize("name", ["ppo", "dqn"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_results(tmp_path, name):
+  experiment, algorithm = _TINY[name][:2]
+  config = _tiny_config(name)
+  total, steps = algorithm.num_updates(config), config.num_envs * config.num_steps
   stopped = tmp_path / "stopped"
-  done = run_python(["-c", _STOPPED_RUN, f"--workdir={stopped}", *_TINY_FLAGS])
+  done = run_python(["-c", _STOPPED_RUN.format(name=name), f"--workdir={stopped}", *_tiny_flags(name)])
   assert done.returncode == 128 + signal.SIGINT, done.stderr
   # One line says so (a shared compilation cache's warnings may come before it).
   lines = done.stderr.strip().splitlines()
   assert lines[-1] == (f"interrupted by SIGINT at step 3: saved a checkpoint in {stopped / 'checkpoints'}; "
                        "run the same command to resume")
   assert sum("interrupted" in line for line in lines) == 1 and "Traceback" not in done.stderr
-  assert "update 3/7 (env steps 96)" in done.stdout and "update 6/7" not in done.stdout
+  assert f"update 3/{total} (env steps {3 * steps})" in done.stdout and f"update 6/{total}" not in done.stdout
   assert sorted(os.listdir(stopped / "checkpoints")) == ["3"]
   assert not os.path.exists(stopped / "results.json")
 
   # A changed setting is refused; the same command resumes and finishes.
-  config = _tiny_config()
   config.gamma = 0.9
   with pytest.raises(ConfigError, match="gamma 0.99 \\(now 0.9\\)"):
-    ppo_experiment.run(config, str(stopped))
-  resumed = ppo_experiment.run(_tiny_config(), str(stopped))
-  whole = ppo_experiment.run(_tiny_config(), str(tmp_path / "whole"))
+    experiment.run(config, str(stopped))
+  resumed = experiment.run(_tiny_config(name), str(stopped))
+  whole = experiment.run(_tiny_config(name), str(tmp_path / "whole"))
   for field in ("final_return_per_seed", "initial_return_per_seed", "final_return_mean", "num_updates"):
     assert resumed[field] == whole[field], field
   _assert_equal_trees(restore_pytree(str(stopped / "params")), restore_pytree(str(tmp_path / "whole" / "params")))
   assert os.path.exists(stopped / "returns.png")
-  assert sorted(os.listdir(stopped / "checkpoints")) == ["3", "7"]  # the end is saved too
+  assert sorted(os.listdir(stopped / "checkpoints")) == ["3", str(total)]  # the end is saved too
+  if name == "dqn":  # the evaluation after update 2, before the stop, came back with the rest of the carry
+    step, state = Checkpointer(str(stopped), 2).restore_saved()
+    assert step == total and np.isfinite(np.asarray(state["carry"]["evaluation"]["episode_return"])).all()
 
   # Run again, the finished workdir trains nothing.
-  again = ppo_experiment.run(_tiny_config(), str(stopped))
+  again = experiment.run(_tiny_config(name), str(stopped))
   assert again == json.loads((stopped / "results.json").read_text())

@@ -130,7 +130,7 @@ def make_chunks(config) -> ppo.Chunks:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    research.rl.ppo.Chunks(init, advance, num_updates) with research.rl.ppo.Carry carries.
+    research.rl.ppo.Chunks(init, advance, num_updates, output) with research.rl.ppo.Carry carries.
 
   Raises:
     ConfigError: on a bad config.
@@ -200,7 +200,10 @@ def make_chunks(config) -> ppo.Chunks:
     runner, metrics = jax.lax.scan(update, carry.runner, (indices, keys))
     return carry._replace(runner=runner), metrics
 
-  return ppo.Chunks(init=init, advance=advance, num_updates=n_updates)
+  def output(carry: ppo.Carry, metrics: UpdateMetrics) -> TrainOutput:
+    return TrainOutput(params=carry.runner.params, metrics=metrics)
+
+  return ppo.Chunks(init=init, advance=advance, num_updates=n_updates, output=output)
 
 
 def make_train(config) -> Callable[..., TrainOutput]:
@@ -221,6 +224,6 @@ def make_train(config) -> Callable[..., TrainOutput]:
   def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
     """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
     carry, metrics = chunks.advance(chunks.init(key, hparams), 0, chunks.num_updates, hparams)
-    return TrainOutput(params=carry.runner.params, metrics=metrics)
+    return chunks.output(carry, metrics)
 
   return train

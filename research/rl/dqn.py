@@ -8,6 +8,9 @@ are `lax.scan`s over one carry, so seeds (and swept hyperparameters) are a `jax.
     out = jax.jit(jax.vmap(train))(jax.random.split(jax.random.key(0), 4))
     out.evaluation.episode_return  # (4, num_evaluations, eval_episodes) greedy returns
 
+`make_chunks(config)` builds the same run in parts a driver calls a chunk of updates at a time,
+as research.rl.ppo.make_chunks does; the evaluations ride in the carry.
+
 One update: every environment takes `num_steps` epsilon-greedy steps (epsilon linear from
 epsilon_start to epsilon_end over the first exploration_fraction of the run), the
 transitions go into the replay buffer, and once `learning_starts` environment steps have
@@ -37,7 +40,7 @@ import optax
 
 from research.checks import ConfigError, check_choice, check_positive
 from research.rl import config as rl_config
-from research.rl import rollout
+from research.rl import ppo, rollout
 from research.rl.losses import TD_LOSSES, q_learning_target, td_loss
 from research.rl.networks import QNetwork
 from research.rl.rollout import EnvState, VecEnv, final_return, initial_return
@@ -49,9 +52,10 @@ CONFIG_FIELDS = ("env_name", "num_envs", "num_steps", "total_timesteps", "buffer
                  "target_update_period", "tau", "loss", "double_dqn", "dueling", "gamma", "learning_rate",
                  "anneal_lr", "max_grad_norm", "hidden_size", "num_evaluations", "eval_episodes")
 
-__all__ = ["CONFIG_FIELDS", "Evaluation", "Experience", "HParams", "ReplayBuffer", "TrainOutput", "UpdateMetrics",
-           "buffer_add", "buffer_init", "buffer_sample", "check_config", "default_hparams", "epsilon",
-           "epsilon_greedy", "final_return", "initial_return", "make_train", "num_updates", "q_network"]
+__all__ = ["CONFIG_FIELDS", "Carry", "Evaluation", "Experience", "HParams", "ReplayBuffer", "TrainOutput",
+           "UpdateMetrics", "buffer_add", "buffer_init", "buffer_sample", "check_config", "default_hparams", "epsilon",
+           "epsilon_greedy", "final_return", "initial_return", "make_chunks", "make_train", "num_updates",
+           "q_network"]
 
 
 # ----------------------------------------------------------------------------- replay buffer
@@ -247,15 +251,36 @@ def q_network(config, env: VecEnv) -> QNetwork:
   return QNetwork(num_actions=env.num_actions, hidden_size=config.hidden_size, torso=torso, dueling=config.dueling)
 
 
-def make_train(config) -> Callable[..., TrainOutput]:
-  """Builds the pure training function for `config` (validated here, before any tracing).
+class Carry(NamedTuple):
+  """What a chunked run carries from one chunk of updates to the next (one run's; vmaps add leading axes)."""
+  runner: RunnerState  # the networks, optimizer state, environments and replay buffer
+  update_key: jax.Array  # (2,) uint32 key data: update u's key is fold_in(update_key, u)
+  eval_key: jax.Array  # (2,) uint32 key data: evaluation b's key is fold_in(eval_key, b)
+  evaluation: Evaluation  # every evaluation, written as training reaches it (NaN returns before)
+
+
+def make_chunks(config) -> ppo.Chunks:
+  """Builds the training run as `init` and `advance`, called chunk by chunk as research.rl.ppo.make_chunks'.
+
+      chunks = make_chunks(config)
+      carry = chunks.init(key)
+      carry, first = chunks.advance(carry, 0, 10)  # updates 0..9, metrics (10,)
+      carry, rest = chunks.advance(carry, 10, chunks.num_updates - 10)
+      out = chunks.output(carry, concatenated metrics)  # make_train(config)(key), bit for bit
+
+  Whatever the chunks, every update's keys are folded from the run's key by update number,
+  and epsilon, the learning rate and the target network's updates read the global update
+  index. The greedy evaluations run at fixed update numbers, inside the update that ends
+  each block of num_updates / num_evaluations updates, and are kept in the carry, so a chunk
+  may end anywhere.
 
   Args:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw
-    PRNG key) and over `hparams` (an HParams of arrays).
+    research.rl.ppo.Chunks(init, advance, num_updates, output) with `Carry` carries and
+    UpdateMetrics per update; `output(carry, metrics)` is the TrainOutput with the carry's
+    evaluations. `first_update` should not be vmapped: the evaluation is then a real branch.
 
   Raises:
     ConfigError: on a bad config, e.g. a buffer smaller than a batch.
@@ -272,21 +297,44 @@ def make_train(config) -> Callable[..., TrainOutput]:
   # MinAtar's observations are 0/1 grids: stored as bools they take a quarter of the memory.
   obs_dtype = jnp.bool_ if config.env_name in rollout.MINATAR else jnp.float32
 
-  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
-    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
-    hp = rl_config.resolve(HParams, config, hparams)
+  def learning_rate(hp: HParams, update: jax.Array) -> jax.Array:
+    """Linear annealing to 0 over the updates that learn, held constant within an update."""
+    if not config.anneal_lr:
+      return hp.learning_rate
+    learning_updates = max(n_updates - first_learning_update, 1)
+    return hp.learning_rate * (1.0 - jnp.maximum(update - first_learning_update, 0) / learning_updates)
 
-    def learning_rate(update: jax.Array) -> jax.Array:
-      """Linear annealing to 0 over the updates that learn, held constant within an update."""
-      if not config.anneal_lr:
-        return hp.learning_rate
-      learning_updates = max(n_updates - first_learning_update, 1)
-      return hp.learning_rate * (1.0 - jnp.maximum(update - first_learning_update, 0) / learning_updates)
-
-    tx = optax.chain(
+  def optimizer(hp: HParams) -> optax.GradientTransformation:
+    # optax counts gradient steps; the schedule turns the count back into an update index.
+    return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adam(lambda count: learning_rate(first_learning_update + count // config.gradient_steps)),
+        optax.adam(lambda count: learning_rate(hp, first_learning_update + count // config.gradient_steps)),
     )
+
+  def init(key: jax.Array, hparams: HParams | None = None) -> Carry:
+    """The carry before the first update; pure in `key` and `hparams` (default: the config's values)."""
+    hp = rl_config.resolve(HParams, config, hparams)
+    k_init, k_reset, k_updates, k_eval = jax.random.split(key, 4)
+    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
+    learner = Learner(params=params, target_params=params, opt_state=optimizer(hp).init(params))
+    example = Experience(obs=jax.ShapeDtypeStruct(env.obs_shape, obs_dtype), action=jnp.zeros((), jnp.int32),
+                         reward=jnp.zeros((), jnp.float32), next_obs=jax.ShapeDtypeStruct(env.obs_shape, obs_dtype),
+                         terminated=jnp.zeros((), bool))
+    runner = RunnerState(learner=learner, env=env.reset(k_reset), buffer=buffer_init(config.buffer_size, example))
+    not_yet = jnp.full((config.num_evaluations, config.eval_episodes), jnp.nan, jnp.float32)
+    evaluation = Evaluation(env_steps=jnp.zeros((config.num_evaluations,), jnp.int32), episode_return=not_yet,
+                            discounted_return=not_yet, initial_value=not_yet)
+    # Key data rather than typed keys: the carry is saved in checkpoints as plain arrays.
+    return Carry(runner=runner, update_key=jax.random.key_data(k_updates), eval_key=jax.random.key_data(k_eval),
+                 evaluation=evaluation)
+
+  def advance(carry: Carry, first_update, length: int,
+              hparams: HParams | None = None) -> tuple[Carry, UpdateMetrics]:
+    """Runs `length` updates from update `first_update` on (and the evaluations they end); metrics (length,) each."""
+    hp = rl_config.resolve(HParams, config, hparams)
+    tx = optimizer(hp)
+    k_updates = jax.random.wrap_key_data(carry.update_key)
+    k_eval = jax.random.wrap_key_data(carry.eval_key)
 
     def loss_fn(params, target_params, batch: Experience) -> tuple[jax.Array, LossStats]:
       obs = batch.obs.astype(jnp.float32)
@@ -318,7 +366,18 @@ def make_train(config) -> Callable[..., TrainOutput]:
       zero = jnp.zeros((), jnp.float32)
       return learner, LossStats(*([zero] * len(LossStats._fields)))
 
-    def update(runner: RunnerState, update_index: jax.Array) -> tuple[RunnerState, UpdateMetrics]:
+    def evaluate(evaluation: Evaluation, params, block: jax.Array) -> Evaluation:
+      """`evaluation` with evaluation `block` written: greedy episodes of `params`."""
+      greedy = lambda obs: jnp.argmax(network.apply(params, obs), axis=-1)
+      episodes = rollout.greedy_returns(eval_env, greedy, jax.random.fold_in(k_eval, block), hp.gamma)
+      initial_value = network.apply(params, episodes.initial_obs).max(axis=-1)  # (eval_episodes,)
+      this = Evaluation(env_steps=(block + 1) * updates_per_evaluation * steps_per_update,
+                        episode_return=episodes.episode_return, discounted_return=episodes.discounted_return,
+                        initial_value=initial_value)
+      return jax.tree.map(lambda every, new: every.at[block].set(new), evaluation, this)
+
+    def update(carry: Carry, update_index: jax.Array) -> tuple[Carry, UpdateMetrics]:
+      runner = carry.runner
       k_act, k_learn = jax.random.split(jax.random.fold_in(k_updates, update_index))
       eps = epsilon(update_index * steps_per_update, config.total_timesteps, hp)
       params = runner.learner.params
@@ -328,44 +387,48 @@ def make_train(config) -> Callable[..., TrainOutput]:
       buffer = buffer_add(runner.buffer, Experience(obs=flat(traj.obs), action=flat(traj.action),
                                                     reward=flat(traj.reward), next_obs=flat(traj.next_obs),
                                                     terminated=flat(traj.terminated)))
-      # The predicate depends on the update index only, never on a vmapped value: a real branch under vmap.
+      # The predicates depend on the update index only, never on a vmapped value: real branches under vmap.
       learner, stats = jax.lax.cond(update_index >= first_learning_update, learn, skip, runner.learner, buffer,
                                     k_learn)
       refresh = (update_index + 1) % config.target_update_period == 0
       tau = jnp.where(refresh, hp.tau, 0.0)
-      target_params = optax.incremental_update(learner.params, learner.target_params, tau)
-      runner = RunnerState(learner=learner._replace(target_params=target_params), env=env_state, buffer=buffer)
+      learner = learner._replace(target_params=optax.incremental_update(learner.params, learner.target_params, tau))
+      block, into_block = jnp.divmod(update_index + 1, updates_per_evaluation)
+      evaluation = jax.lax.cond(into_block == 0, evaluate, lambda evaluation, *_: evaluation, carry.evaluation,
+                                learner.params, block - 1)
+      carry = carry._replace(runner=RunnerState(learner=learner, env=env_state, buffer=buffer), evaluation=evaluation)
       metrics = UpdateMetrics(env_steps=(update_index + 1) * steps_per_update,
                               **rollout.episode_metrics(traj)._asdict(), epsilon=eps,
-                              learning_rate=learning_rate(update_index), **stats._asdict())
-      return runner, metrics
+                              learning_rate=learning_rate(hp, update_index), **stats._asdict())
+      return carry, metrics
 
-    def evaluate(params, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-      greedy = lambda obs: jnp.argmax(network.apply(params, obs), axis=-1)
-      episodes = rollout.greedy_returns(eval_env, greedy, key, hp.gamma)
-      initial_value = network.apply(params, episodes.initial_obs).max(axis=-1)  # (eval_episodes,)
-      return episodes.episode_return, episodes.discounted_return, initial_value
+    return jax.lax.scan(update, carry, first_update + jnp.arange(length))  # global update numbers
 
-    def block(runner: RunnerState, block_index: jax.Array) -> tuple[RunnerState, tuple[UpdateMetrics, Evaluation]]:
-      indices = block_index * updates_per_evaluation + jnp.arange(updates_per_evaluation)
-      runner, metrics = jax.lax.scan(update, runner, indices)
-      episode_return, discounted, initial_value = evaluate(runner.learner.params,
-                                                           jax.random.fold_in(k_eval, block_index))
-      evaluation = Evaluation(env_steps=(block_index + 1) * updates_per_evaluation * steps_per_update,
-                              episode_return=episode_return, discounted_return=discounted,
-                              initial_value=initial_value)
-      return runner, (metrics, evaluation)
+  def output(carry: Carry, metrics: UpdateMetrics) -> TrainOutput:
+    return TrainOutput(params=carry.runner.learner.params, metrics=metrics, evaluation=carry.evaluation)
 
-    k_init, k_reset, k_updates, k_eval = jax.random.split(key, 4)
-    params = network.init(k_init, jnp.zeros((1,) + env.obs_shape, jnp.float32))
-    learner = Learner(params=params, target_params=params, opt_state=tx.init(params))
-    example = Experience(obs=jax.ShapeDtypeStruct(env.obs_shape, obs_dtype), action=jnp.zeros((), jnp.int32),
-                         reward=jnp.zeros((), jnp.float32), next_obs=jax.ShapeDtypeStruct(env.obs_shape, obs_dtype),
-                         terminated=jnp.zeros((), bool))
-    runner = RunnerState(learner=learner, env=env.reset(k_reset), buffer=buffer_init(config.buffer_size, example))
-    runner, (metrics, evaluation) = jax.lax.scan(block, runner, jnp.arange(config.num_evaluations))
-    # (num_evaluations, updates_per_evaluation) -> (num_updates,)
-    metrics = jax.tree.map(lambda x: x.reshape((n_updates,) + x.shape[2:]), metrics)
-    return TrainOutput(params=runner.learner.params, metrics=metrics, evaluation=evaluation)
+  return ppo.Chunks(init=init, advance=advance, num_updates=n_updates, output=output)
+
+
+def make_train(config) -> Callable[..., TrainOutput]:
+  """Builds the pure training function for `config` (validated here, before any tracing).
+
+  Args:
+    config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
+
+  Returns:
+    `train(key, hparams=None) -> TrainOutput`, jit- and vmap-able over `key` (a typed or raw
+    PRNG key) and over `hparams` (an HParams of arrays): `make_chunks`' init and one chunk of
+    every update.
+
+  Raises:
+    ConfigError: on a bad config, e.g. a buffer smaller than a batch.
+  """
+  chunks = make_chunks(config)
+
+  def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
+    """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
+    carry, metrics = chunks.advance(chunks.init(key, hparams), 0, chunks.num_updates, hparams)
+    return chunks.output(carry, metrics)
 
   return train

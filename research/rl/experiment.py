@@ -13,7 +13,7 @@ traced fields), `default_hparams(config)` and `num_updates(config)`. An output w
 returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
 
-An algorithm with `make_chunks(config)` (research.rl.ppo, a2c) runs a single run's updates a chunk
+An algorithm with `make_chunks(config)` (research.rl.ppo, a2c, dqn) runs a single run's updates a chunk
 at a time (config.updates_per_chunk): a progress line after each chunk, a checkpoint every
 config.checkpoint_every updates, a stop at the next chunk's end on SIGINT/SIGTERM, and a rerun
 of the same command that resumes from the newest checkpoint to the same results, bit for bit.
@@ -340,7 +340,7 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
         raise schedule.interrupted(signals.received, done, checkpoints.directory)
   if checkpoints is not None:
     checkpoints.close()
-  out = algorithm.TrainOutput(params=carry.runner.params, metrics=type(abstract_metrics)(**metrics))
+  out = jax.vmap(chunks.output)(carry, type(abstract_metrics)(**metrics))
   steps = int(metrics["env_steps"][0, -1])
   print(f"trained {total} updates x {config.num_seeds} seeds ({steps} env steps each), "
         f"{run_steps // max(config.num_seeds, 1)} of them now in {run_time:.1f}s")

@@ -219,6 +219,7 @@ class Chunks(NamedTuple):
   init: Callable[..., Carry]  # init(key, hparams=None) -> Carry before the first update
   advance: Callable[..., tuple[Carry, UpdateMetrics]]  # advance(carry, first_update, length, hparams=None)
   num_updates: int  # updates in the whole run
+  output: Callable[..., Any]  # output(carry, metrics) -> TrainOutput: the run's output from its last carry and metrics
 
 
 def make_chunks(config) -> Chunks:
@@ -228,6 +229,7 @@ def make_chunks(config) -> Chunks:
       carry = chunks.init(key)
       carry, first = chunks.advance(carry, 0, 10)  # updates 0..9, metrics (10,)
       carry, rest = chunks.advance(carry, 10, chunks.num_updates - 10)
+      out = chunks.output(carry, jax.tree.map(lambda *x: jnp.concatenate(x), first, rest))
 
   gives the parameters and metrics of `make_train(config)(key)` bit for bit, whatever the
   chunks: the per-update keys are split once in `init` and indexed by update number, and the
@@ -237,7 +239,7 @@ def make_chunks(config) -> Chunks:
     config: an object with the attributes in CONFIG_FIELDS; closed over, never mutated.
 
   Returns:
-    Chunks(init, advance, num_updates). `init(key, hparams=None)` takes a key of the default
+    Chunks(init, advance, num_updates, output). `init(key, hparams=None)` takes a key of the default
     PRNG implementation (typed or raw); `advance(carry, first_update, length, hparams=None)`
     runs updates first_update .. first_update + length - 1 (`length` a Python int, fixed when
     traced; `first_update` may be traced) and returns the carry and their UpdateMetrics, each
@@ -345,7 +347,10 @@ def make_chunks(config) -> Chunks:
     runner, metrics = jax.lax.scan(update, carry.runner, (indices, keys))
     return carry._replace(runner=runner), metrics
 
-  return Chunks(init=init, advance=advance, num_updates=n_updates)
+  def output(carry: Carry, metrics: UpdateMetrics) -> TrainOutput:
+    return TrainOutput(params=carry.runner.params, metrics=metrics)
+
+  return Chunks(init=init, advance=advance, num_updates=n_updates, output=output)
 
 
 def make_train(config) -> Callable[..., TrainOutput]:
@@ -367,6 +372,6 @@ def make_train(config) -> Callable[..., TrainOutput]:
   def train(key: jax.Array, hparams: HParams | None = None) -> TrainOutput:
     """Runs the whole training; pure in `key` and `hparams` (default: the config's values)."""
     carry, metrics = chunks.advance(chunks.init(key, hparams), 0, chunks.num_updates, hparams)
-    return TrainOutput(params=carry.runner.params, metrics=metrics)
+    return chunks.output(carry, metrics)
 
   return train
