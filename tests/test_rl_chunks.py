@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import jax
@@ -121,6 +122,11 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_results(tmp_path, name):
                        "run the same command to resume")
   assert sum("interrupted" in line for line in lines) == 1 and "Traceback" not in done.stderr
   assert f"update 3/{total} (env steps {3 * steps})" in done.stdout and f"update 6/{total}" not in done.stdout
+  line, = [line for line in done.stdout.splitlines() if line.startswith(f"update 3/{total}")]
+  if name == "dqn":  # the newest greedy evaluation so far: the one that ended update 2
+    assert re.search(rf", greedy evaluation at env step {2 * steps}: -?[0-9]+\.[0-9]$", line), line
+  else:
+    assert "greedy" not in line, line
   assert sorted(os.listdir(stopped / "checkpoints")) == ["3"]
   assert not os.path.exists(stopped / "results.json")
 

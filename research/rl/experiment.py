@@ -245,6 +245,20 @@ def _chunk_return(metrics) -> float:
   return float(total / episodes.sum()) if episodes.sum() > 0 else float("nan")
 
 
+def _latest_evaluation(carry) -> str:
+  """", greedy evaluation at env step S: R" for the newest greedy evaluation a carry holds (DQN's), mean over seeds and
+  episodes; "" for a carry without evaluations or before the first."""
+  evaluation = getattr(carry, "evaluation", None)
+  if evaluation is None:
+    return ""
+  returns = np.asarray(jax.device_get(evaluation.episode_return), np.float64)  # (seeds, evaluations, episodes)
+  done = np.flatnonzero(np.isfinite(returns).all(axis=(0, 2)))  # NaN until training reaches an evaluation
+  if not done.size:
+    return ""
+  steps = int(np.asarray(jax.device_get(evaluation.env_steps))[0, done[-1]])
+  return f", greedy evaluation at env step {steps}: {returns[:, done[-1]].mean():.1f}"
+
+
 def _finished_results(workdir: str, updates: int) -> dict | None:
   """The results.json of this run when the workdir already holds it finished, else None."""
   try:
@@ -330,7 +344,8 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
       run_time, run_steps = run_time + elapsed, run_steps + chunk_steps
       previous, done = done, end
       _report(f"update {done}/{total} (env steps {int(chunk.env_steps[0, -1])}): mean return "
-              f"{_chunk_return(chunk):.1f} over the chunk's episodes, {chunk_steps / elapsed:,.0f} env steps/s")
+              f"{_chunk_return(chunk):.1f} over the chunk's episodes, {chunk_steps / elapsed:,.0f} env steps/s"
+              f"{_latest_evaluation(carry)}")
       # The end is saved whenever anything is: a rerun then finds the run finished, not a stale stop.
       if (every and done // every > previous // every) or (done == total and (every or checkpoints is not None)):
         save(done)
