@@ -14,8 +14,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Test programs are small and many: compile them with fewer LLVM passes (about half the
-# compile time; numerics stay IEEE float32). Set before jax is imported anywhere.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# compile time) and XLA:CPU's loop emitters in place of its fusion emitters (about half again:
+# a tiny DiT's gradient compiles in 1.0 s against 2.1 s); numerics stay IEEE float32, though the
+# bits differ from a default compile. Set before jax is imported anywhere.
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # Many tests run the same smoke programs, in-process and in subprocesses: one persistent XLA
 # compilation cache for the session (keyed by the program, the flags and the jax version; its
