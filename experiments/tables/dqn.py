@@ -40,7 +40,7 @@ CELLS = {  # name: (replay, target network)
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """Small enough for a test."""
   config.num_seeds = 2
-  config.total_timesteps = 4_000
+  config.total_timesteps = 2_000
   config.num_evaluations = 2
   config.eval_episodes = 2
 
