@@ -84,6 +84,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.clip.steps, config.clip.log_every, config.clip.checkpoint_every = 20, 10, 20
   config.clip.steps_per_call, config.clip.eval_examples, config.clip.eval_batch_size = 10, 64, 64
   ld.smoke(config.latent_diffusion)
+  # One call of 10 steps at batch 8: under the tests' cheap XLA flags the denoiser's step is the costliest part.
+  config.latent_diffusion.steps, config.latent_diffusion.batch_size = 10, 8
   config.latent_diffusion.num_samples = config.latent_diffusion.sample_batch = 6
 
 
