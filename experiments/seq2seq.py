@@ -49,7 +49,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every = config.checkpoint_every = 3
   config.eval_examples, config.eval_batch_size = 4, 4
   config.num_beams = 2
-  config.attention_examples = 2
+  config.attention_examples = 4  # eval_batch_size: attention.png decodes with the evaluation's greedy program
 
 
 PRESETS = {"smoke": _smoke}

@@ -37,7 +37,7 @@ def check_scan_and_remat(build, inputs, loss, *, name: str, count: int, where: t
   rng = np.random.default_rng(0)
   # Weights moved off their initial values (zero-initialised layers too), so that every layer matters.
   params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32),
-                        nn.unbox(plain.init(jax.random.key(0), *inputs))["params"])
+                        nn.unbox(jax.jit(plain.init)(jax.random.key(0), *inputs))["params"])
   value, grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
   assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(grads))  # every parameter matters
   for scan, remat in settings:

@@ -145,15 +145,16 @@ def test_kv_cache_decoding_equals_the_full_forward(attention):
   """Prefill then one token at a time; flash prefills through its own kernel on the swapped cache."""
   cfg = gpt2.GPT2Config(**ODD, positions="rope", attention=attention)
   model = gpt2.GPT2(cfg)
-  ids = jnp.asarray(np.random.default_rng(1).integers(0, 37, (2, 12)))
-  params = model.init(jax.random.key(0), ids)["params"]
-  params = jax.tree.map(lambda p: p * 5.0, params)
-  full = model.apply({"params": params}, ids)
+  ids = np.random.default_rng(1).integers(0, 37, (2, 12)).astype(np.int32)
+  # Compiled: eager applies compile every operation again for every new shape.
+  params = jax.jit(lambda key: jax.tree.map(lambda p: p * 5.0, model.init(key, ids)["params"]))(jax.random.key(0))
+  full = jax.jit(lambda p, ids: model.apply({"params": p}, ids))(params, ids)
   cache = model.init_cache(2, 12)
-  logits, cache = model.apply({"params": params}, ids[:, :8], cache=cache, cache_index=0)
+  cached = jax.jit(lambda p, ids, cache, index: model.apply({"params": p}, ids, cache=cache, cache_index=index))
+  logits, cache = cached(params, ids[:, :8], cache, 0)
   steps = [logits]
-  for i in range(8, 12):
-    logits, cache = model.apply({"params": params}, ids[:, i:i + 1], cache=cache, cache_index=i)
+  for i in range(8, 12):  # one program for the four one-token steps
+    logits, cache = cached(params, ids[:, i:i + 1], cache, i)
     steps.append(logits)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-4)
 
@@ -172,9 +173,13 @@ def test_decoding_across_cache_phases_is_greedy_under_the_full_forward(monkeypat
     tokens[i, 8 - len(r):], mask[i, 8 - len(r):] = r, True
   new = np.asarray(jax.jit(lambda p, t, m: gpt2.continue_prompts(model, p, t, m, jax.random.key(0), 40, 0.0))(
       params, tokens, mask))
+  full = jax.jit(lambda p, ids: model.apply({"params": p}, ids))  # one compiled forward for the three lengths
   for r, n in zip(rows, new):
     seq = np.asarray(r + n.tolist())
-    logits = np.asarray(model.apply({"params": params}, jnp.asarray(seq[None]))[0])
+    # The zeros after the finished sequence change none of its logits (causal): one padded length for every row.
+    padded = np.zeros((1, 48), np.int32)
+    padded[0, :len(seq)] = seq
+    logits = np.asarray(full(params, padded)[0, :len(seq)])
     np.testing.assert_array_equal(np.argmax(logits[len(r) - 1:-1], axis=-1), n)
   assert len(set(new[0].tolist())) > 3  # not one repeated token
 
@@ -280,7 +285,8 @@ def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
   config.positions = "rope"
   task = gpt2_tasks.make_task(config, 37, str, [[1, 2]])
   windows = np.random.default_rng(3).integers(0, 37, (11, config.seq_len + 1))
-  variables = jax.tree.map(lambda x: x * 4.0, nn.unbox(task.init(jax.random.key(0), {"tokens": windows[:2]})))
+  variables = jax.jit(lambda key: jax.tree.map(lambda x: x * 4.0, nn.unbox(task.init(key, {"tokens": windows[:2]}))))(
+      jax.random.key(0))
   model = gpt2.GPT2(gpt2.model_config(config, 37))
   # Another batch size than the task's: the mean is over predictions, not over batches.
   ours = gpt2.eval_loss(model, variables["params"], windows, batch_size=4)
@@ -290,7 +296,7 @@ def test_eval_loss_is_the_tasks_validation_loss_at_the_training_length():
 
   # Twice the length, scored from the middle: a direct log-softmax over the full forward.
   long = np.random.default_rng(4).integers(0, 37, (3, 2 * config.seq_len + 1))
-  logits = np.asarray(model.apply(variables, jnp.asarray(long[:, :-1])), np.float64)
+  logits = np.asarray(jax.jit(model.apply)(variables, long[:, :-1]), np.float64)
   nll = -np.take_along_axis(log_softmax(logits, axis=-1), long[:, 1:, None], axis=-1)[..., 0]  # (3, 2 T)
   second_half = gpt2.eval_loss(model, variables["params"], long, batch_size=2, from_position=config.seq_len)
   assert second_half == pytest.approx(nll[:, config.seq_len:].mean(), rel=1e-5)

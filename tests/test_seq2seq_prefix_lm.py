@@ -58,38 +58,47 @@ def test_prefix_mask_matches_brute_force():
 
 
 def _tiny_gpt():
+  """The model, its parameters and its forward pass `apply(params, tokens, prefix_length=None)`, compiled (eager
+  applies compile every operation again for every new shape)."""
   model = gpt2.GPT2(gpt2.GPT2Config(vocab_size=TOKENIZER.vocab_size, n_positions=24, n_embd=32, n_layer=2, n_head=4))
-  return model, model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+  apply = jax.jit(lambda p, tokens, prefix_length=None: model.apply({"params": p}, tokens, prefix_length=prefix_length))
+  return model, params, apply
 
 
 def test_gpt_prefix_is_bidirectional_and_the_rest_causal():
-  model, params = _tiny_gpt()
-  tokens = jnp.asarray([[7, 4, 5, 1, 17, 41, 25, 1]])  # "412", its end, "four hundred twelve", its end
-  prefix = jnp.asarray([4])
-  logits = lambda t: model.apply({"params": params}, t, prefix_length=prefix)
+  _, params, apply = _tiny_gpt()
+  tokens = np.asarray([[7, 4, 5, 1, 17, 41, 25, 1]])  # "412", its end, "four hundred twelve", its end
+  prefix = np.asarray([4])
+  logits = lambda t: apply(params, t, prefix)
   base = logits(tokens)
-  changed_source = logits(tokens.at[0, 2].set(9))  # the source's last digit
-  changed_target = logits(tokens.at[0, 5].set(30))  # a target token
+  changed_source = logits(np.where(np.arange(8) == 2, 9, tokens))  # the source's last digit
+  changed_target = logits(np.where(np.arange(8) == 5, 30, tokens))  # a target token
   assert not np.allclose(base[0, :2], changed_source[0, :2], atol=1e-4)  # earlier prefix positions see it
   np.testing.assert_allclose(base[0, :5], changed_target[0, :5], atol=1e-6)  # earlier positions never do
   assert not np.allclose(base[0, 5:], changed_target[0, 5:], atol=1e-4)
-  causal = model.apply({"params": params}, tokens)  # no prefix: the first position sees itself alone
+  causal = apply(params, tokens)  # no prefix: the first position sees itself alone
   assert not np.allclose(base[0, 0], causal[0, 0], atol=1e-4)
 
 
 def test_cached_decoding_is_greedy_over_full_prefix_lm_passes():
-  model, params = _tiny_gpt()
+  model, params, apply = _tiny_gpt()
   # Large random weights, so that greedy decoding writes varied tokens (an initialised model writes one).
-  leaves, tree = jax.tree.flatten(nn.unbox(params))
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(tree, [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  def perturb(params):
+    leaves, tree = jax.tree.flatten(nn.unbox(params))
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    return jax.tree.unflatten(tree, [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = jax.jit(perturb)(params)
   prompts = [TOKENIZER.encode("412"), TOKENIZER.encode("90817")]  # different lengths: left-padded in the cache
   decoded = gpt2.generate(model, params, prompts, 6, prompt_visible=True)
   for prompt, row in zip(prompts, decoded):
     tokens = list(prompt)
     for _ in range(6):  # greedy by full passes: every position recomputed, the prompt as the prefix
-      out = model.apply({"params": params}, jnp.asarray([tokens]), prefix_length=jnp.asarray([len(prompt)]))
-      tokens.append(int(jnp.argmax(out[0, -1])))
+      # One length for every pass: the zeros after the last token change none of its logits (causal there).
+      padded = np.zeros((1, 12), np.int32)
+      padded[0, :len(tokens)] = tokens
+      out = apply(params, padded, np.asarray([len(prompt)]))
+      tokens.append(int(np.argmax(out[0, len(tokens) - 1])))
     assert row == tokens
     assert len(set(row[len(prompt):])) > 1
   assert gpt2.generate(model, params, prompts, 6) != decoded  # a causal prompt gives other tokens
