@@ -30,7 +30,8 @@ def check_scan_and_remat(build, inputs, loss, *, name: str, count: int, where: t
     name: the blocks' name ("h" for h_0, h_1, ...).
     count: the number of blocks.
     where: the keys of the subtree of params that holds the blocks.
-    atol: the tolerance of values and gradients.
+    atol: the absolute tolerance of values and gradients (both also to a relative 1e-6, float32's rounding
+      over a few blocks of sums).
     settings: the (scan_layers, remat) pairs checked (default: all).
   """
   plain = build(False, "none")
@@ -52,5 +53,5 @@ def check_scan_and_remat(build, inputs, loss, *, name: str, count: int, where: t
     np.testing.assert_allclose(v, value, rtol=1e-6, atol=atol, err_msg=f"scan_layers={scan}, remat={remat}")
     assert jax.tree.structure(g) == jax.tree.structure(grads)
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g)[0], jax.tree.leaves(grads)):
-      np.testing.assert_allclose(a, b, atol=atol, err_msg=f"scan_layers={scan}, remat={remat}: "
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=atol, err_msg=f"scan_layers={scan}, remat={remat}: "
                                  f"{jax.tree_util.keystr(path)}")
