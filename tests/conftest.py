@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bits differ from a default compile. Set before jax is imported anywhere.
 FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                 "--xla_cpu_use_fusion_emitters=false")
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# A check of bits that only XLA's default compile promises runs in a subprocess started by `run_default_compile`,
+# which imports this file with RESEARCH_TESTS_DEFAULT_COMPILE=1 and gets the default flags.
+if os.environ.get("RESEARCH_TESTS_DEFAULT_COMPILE") != "1":
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 # Many tests run the same smoke programs, in-process and in subprocesses: one persistent XLA
 # compilation cache for the session (keyed by the program, the flags and the jax version; its
 # executables give the same bits as a fresh compile). The first process makes it, xdist's workers
@@ -105,6 +108,17 @@ def run_python(args, env=None, timeout=600, **kwargs) -> subprocess.CompletedPro
   full_env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
                         timeout=timeout, check=False, **kwargs)
+
+
+def run_default_compile(args, timeout=600) -> subprocess.CompletedProcess:
+  """Runs `python ARGS` from the repository root (with tests/ on the path) under XLA's default compile flags: for a
+  check of bits that the tests' cheap flags do not keep, such as two differently shaped programs agreeing bit for
+  bit (the cheap flags may order their float sums differently)."""
+  flags = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
+  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=flags, RESEARCH_TESTS_DEFAULT_COMPILE="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH")])))
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                        check=False)
 
 
 def assert_declared_metrics(module, config, members: list[dict]) -> None:

@@ -92,7 +92,9 @@ def test_the_auxiliary_lm_loss_at_weight_zero_leaves_the_classification_gradient
 
   grad = jax.jit(jax.grad(loss), static_argnums=2)
   task_only, at_zero, at_half = (grad(variables["params"], w, part) for w, part in ((0.0, 1), (0.0, 0), (0.5, 0)))
-  jax.tree.map(np.testing.assert_array_equal, at_zero, task_only)
+  # The same gradient up to float32 rounding: XLA may sum the two programs' terms in different orders, which moves
+  # entries (up to 0.9 here) by about 1e-7; the LM loss at weight 0.5 moves them by up to 0.5.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), at_zero, task_only)
   # At weight 0.5 the LM loss moves the GPT (its token embedding) but not the head.
   assert not np.allclose(at_half["transformer"]["wte"]["embedding"], task_only["transformer"]["wte"]["embedding"])
   np.testing.assert_allclose(at_half["head"]["kernel"], task_only["head"]["kernel"], rtol=1e-6)
