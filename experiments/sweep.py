@@ -17,14 +17,16 @@ of the `--vary` lists (`--zip` lists advance together instead). Its members trai
 in ONE compiled program, the experiment's own training step under `jax.vmap`
 (research.train.train with research.train.Members): member (seed s, values v) is the run
 `python -m experiments.<name> --config.seed=s --config.<field>=v` would make, with the same
-data order, keys and update, so it ends with the same train_loss to float tolerance. An
-experiment whose whole training is one scan (experiments/ppo.py, experiments/em_gmm.py) vmaps
-that scan over the members instead; PPO's members' train_loss is the final update's loss.
+data order, keys and update, so it ends with the same train_loss to float tolerance. The RL
+experiments (experiments/ppo.py, a2c.py, dqn.py) vmap their scans over the members instead, a
+chunk of updates at a time as their single runs go (a progress line per chunk, checkpoints, a
+stop on Ctrl-C at a chunk's end); their members' train_loss is the final update's loss. EM
+(experiments/em_gmm.py) vmaps its whole fit, which takes seconds.
 The members are split over the devices when there are several (loop experiments);
 `--max_members_per_program=K` trains them K at a time (bounding memory), each group a
 program of its own under `<workdir>/programs/<i>/`. A killed sweep resumes when the same command is run again: the
-finished groups are read back, and a loop experiment's unfinished group resumes from its
-checkpoint (a scan's group trains again).
+finished groups are read back, and a loop or RL experiment's unfinished group resumes from its
+checkpoint to the results of a sweep never stopped (EM's group fits again).
 
 What can be varied: the optimizer's injected hyperparameters (optimizer.learning_rate,
 optimizer.weight_decay, optimizer.b1) and the fields an experiment's update reads as traced

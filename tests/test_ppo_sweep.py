@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_declared_metrics, run_python
 from experiments import ppo as ppo_experiment
 from research.rl import ppo
-from research.train import ConfigError, Members
+from research.train import ConfigError, Members, restore_pytree
 
 # The smoke preset cut to 4 updates. Hidden layers of 16 keep each seed's orthogonal initialisation below the
 # size at which jaxlib spreads a batch of QR factorisations over the CPU thread pool, where two of them at once
@@ -76,3 +76,53 @@ def test_bad_member_values_are_refused_before_compiling(tmp_path, hparams, messa
   with pytest.raises(ConfigError, match=message):
     ppo_experiment.run(_tiny_config(), str(tmp_path / "w"), members=Members((0, 1), hparams))
   assert not os.path.exists(tmp_path / "w")
+
+
+# `python -m experiments.sweep` in a subprocess that sends itself SIGINT from the first progress line of a member
+# program: the stop lands at the first chunk's end whatever the machine's speed.
+_STOPPED_SWEEP = """
+import os, signal, sys
+from experiments import sweep
+from research.rl import experiment
+from research.train import cli
+report = experiment._report
+def stop(line):
+  report(line)
+  experiment._report = report
+  os.kill(os.getpid(), signal.SIGINT)
+experiment._report = stop
+sys.argv = [sweep.__file__] + sys.argv[1:]
+cli.main(None, sweep.run)
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_resumes_to_the_uninterrupted_sweep_bit_for_bit(tmp_path):
+  """The members train a chunk of updates at a time as a single run does: a progress line per chunk, a checkpoint
+  on SIGINT, the same command resuming to the files of a sweep never stopped, and another sweep refused there."""
+  from test_rl_chunks import _tiny_flags  # pylint: disable=import-outside-toplevel
+  flags = [*_tiny_flags("ppo"), "--seeds=1", "--vary=ent_coef=0,0.1", "--metric=final_return_mean"]
+  stopped = tmp_path / "stopped"
+  done = run_python(["-c", _STOPPED_SWEEP, f"--workdir={stopped}", *flags])
+  assert done.returncode == 130, done.stderr[-3000:]
+  group = stopped / "programs" / "0"
+  assert done.stderr.strip().splitlines()[-1] == (
+      f"interrupted by SIGINT at step 3: saved a checkpoint in {group / 'checkpoints'}; run the same command to resume")
+  assert "compiled ppo on CartPole-v1 x 2 members x 2 seeds" in done.stdout, done.stdout
+  assert "update 3/7 (env steps 96)" in done.stdout and "update 6/7" not in done.stdout
+  assert sorted(os.listdir(group / "checkpoints")) == ["3"] and not (stopped / "results.json").exists()
+
+  other = run_python(["-m", "experiments.sweep", f"--workdir={stopped}", *flags[:-2], "--vary=ent_coef=0,0.2"])
+  assert other.returncode == 2, other.stderr[-3000:]
+  assert other.stderr.strip().splitlines()[-1].startswith(f"error: the checkpoint in {group} was written by another sweep")
+
+  resumed = run_python(["-m", "experiments.sweep", f"--workdir={stopped}", *flags])
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from update 3/7" in resumed.stdout and "update 6/7 (env steps 192)" in resumed.stdout
+  whole = run_python(["-m", "experiments.sweep", f"--workdir={tmp_path / 'whole'}", *flags])
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  members = [json.loads((workdir / "results.json").read_text())["members"] for workdir in (stopped, tmp_path / "whole")]
+  assert members[0] == members[1] and len(members[0]) == 2
+  assert members[0][0]["train_loss"] != members[0][1]["train_loss"]
+  np.testing.assert_equal(jax.tree.leaves(restore_pytree(str(group / "params"))),
+                          jax.tree.leaves(restore_pytree(str(tmp_path / "whole" / "programs" / "0" / "params"))))

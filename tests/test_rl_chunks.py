@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,8 @@ from conftest import run_default_compile, run_python
 from experiments import a2c as a2c_experiment
 from experiments import dqn as dqn_experiment
 from experiments import ppo as ppo_experiment
-from research.rl import a2c, dqn, ppo
-from research.train import Checkpointer, ConfigError, restore_pytree
+from research.rl import a2c, dqn, experiment, ppo
+from research.train import Checkpointer, ConfigError, Members, NonFiniteLossError, restore_pytree
 
 # Each algorithm's experiment and module, and the fields that shrink its smoke preset to a small network and
 # seven updates: chunks of 3, 3 and 1. DQN: six updates in three evaluation blocks of two, chunks of 3 and 3 (one
@@ -158,3 +159,38 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_results(tmp_path, name):
   # Run again, the finished workdir trains nothing.
   again = experiment.run(_tiny_config(name), str(stopped))
   assert again == json.loads((stopped / "results.json").read_text())
+
+
+def _poisoned(algorithm, from_update):
+  """`algorithm` whose chunks report a NaN loss from update `from_update` (0-based) on: a run that diverges there
+  (in a sweep, the members with ent_coef > 0)."""
+  make_chunks = algorithm.make_chunks
+
+  def poisoned_chunks(config):
+    chunks = make_chunks(config)
+
+    def advance(carry, first, length, hparams=None):
+      carry, metrics = chunks.advance(carry, first, length, hparams)
+      bad = (first + jnp.arange(length) >= from_update) & (True if hparams is None else hparams.ent_coef > 0)
+      return carry, metrics._replace(total_loss=jnp.where(bad, jnp.nan, metrics.total_loss))
+    return chunks._replace(advance=advance)
+
+  fields = {name: getattr(algorithm, name) for name in dir(algorithm) if not name.startswith("__")}
+  return types.SimpleNamespace(**{**fields, "make_chunks": poisoned_chunks, "__name__": algorithm.__name__})
+
+
+def test_a_non_finite_loss_stops_the_run_at_its_chunk_and_keeps_the_last_checkpoint(tmp_path):
+  config = _tiny_config()
+  config.checkpoint_every = 3
+  with pytest.raises(NonFiniteLossError, match="non-finite loss in seed 0 at update 5 \\(env step 160\\); the "
+                                               "checkpoint at update 3 is kept, nothing else was written"):
+    experiment.run(_poisoned(ppo, 4), config, str(tmp_path / "w"))
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["3"]
+  assert not os.path.exists(tmp_path / "w" / "results.json")
+
+  # A sweep reports the diverged member and writes the others' results.
+  config = _tiny_config()
+  members = experiment.run(_poisoned(ppo, 6), config, str(tmp_path / "s"),
+                           members=Members((0, 0), {"ent_coef": (0.0, 0.1)}))["members"]
+  assert members[1] == {"seed": 0, "values": {"ent_coef": 0.1}, "train_loss": None, "diverged_at_step": 7}
+  assert np.isfinite(members[0]["train_loss"]) and len(members[0]["final_return_per_seed"]) == 2

@@ -13,10 +13,11 @@ traced fields), `default_hparams(config)` and `num_updates(config)`. An output w
 returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
 
-An algorithm with `make_chunks(config)` (research.rl.ppo, a2c, dqn) runs a single run's updates a chunk
-at a time (config.updates_per_chunk): a progress line after each chunk, a checkpoint every
-config.checkpoint_every updates, a stop at the next chunk's end on SIGINT/SIGTERM, and a rerun
-of the same command that resumes from the newest checkpoint to the same results, bit for bit.
+An algorithm with `make_chunks(config)` (research.rl.ppo, a2c, dqn) runs a single run's updates, or
+a sweep's members', a chunk at a time (config.updates_per_chunk): a progress line after each
+chunk, a checkpoint every config.checkpoint_every updates, a stop at the next chunk's end on
+SIGINT/SIGTERM, and a rerun of the same command that resumes from the newest checkpoint to the
+same results, bit for bit.
 """
 
 import json
@@ -54,7 +55,7 @@ def _check_finite(metrics) -> None:
   bad = ~np.isfinite(np.asarray(metrics.total_loss))  # (seeds, updates)
   if bad.any():
     seed, update = np.argwhere(bad)[0]
-    raise NonFiniteLossError(f"non-finite loss in seed {seed} at update {update} "
+    raise NonFiniteLossError(f"non-finite loss in seed {seed} at update {update + 1} "
                              f"(env step {int(metrics.env_steps[seed, update])}); nothing was written")
 
 
@@ -170,12 +171,11 @@ def _timing_metrics(algorithm: ModuleType, config, steps: int, compile_time: flo
 
 
 def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, name: str, start: float) -> dict:
-  """A sweep: every member's num_seeds runs in one jitted program (see `run`)."""
+  """A sweep of an algorithm without chunks: every member's num_seeds runs in one jitted program (see `run`)."""
   configs = member_configs(algorithm, config, members)
   check_positive("num_seeds", config.num_seeds)
   train = algorithm.make_train(configs[0])  # the program; each member brings its own keys and hparams
-  keys = jnp.stack([jax.random.split(jax.random.key(c.seed), c.num_seeds) for c in configs])  # (members, seeds)
-  hparams = jax.tree.map(lambda *xs: jnp.stack(xs), *[algorithm.default_hparams(c) for c in configs])  # (members,)
+  keys, hparams = _member_inputs(algorithm, configs)
   program = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None))))
 
   compiled = program.lower(keys, hparams).compile()
@@ -191,7 +191,20 @@ def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, 
   steps_per_s = runs * steps / run_time
   print(f"trained {algorithm.num_updates(config)} updates x {runs} runs ({steps} env steps each) "
         f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all runs")
+  return _write_members(algorithm, config, workdir, members, name, out, compile_time, run_time, start, steps_per_s)
 
+
+def _member_inputs(algorithm: ModuleType, configs: list) -> tuple[jax.Array, object]:
+  """The keys (members, seeds) and stacked HParams (members,) of a sweep's member configs."""
+  keys = jnp.stack([jax.random.split(jax.random.key(c.seed), c.num_seeds) for c in configs])
+  hparams = jax.tree.map(lambda *xs: jnp.stack(xs), *[algorithm.default_hparams(c) for c in configs])
+  return keys, hparams
+
+
+def _write_members(algorithm: ModuleType, config, workdir: str, members: Members, name: str, out,
+                   compile_time: float, run_time: float, start: float, steps_per_s: float) -> dict:
+  """A sweep's report and files (results.json, returns.png, params/) from its output (leaves (members, seeds, ...))."""
+  steps = int(out.metrics.env_steps[0, 0, -1])
   total_loss = np.asarray(out.metrics.total_loss)  # (members, seeds, updates)
   initial, final = returns(out)  # (members, seeds)
   results = []
@@ -246,16 +259,18 @@ def _chunk_return(metrics) -> float:
 
 
 def _latest_evaluation(carry) -> str:
-  """", greedy evaluation at env step S: R" for the newest greedy evaluation a carry holds (DQN's), mean over seeds and
+  """", greedy evaluation at env step S: R" for the newest greedy evaluation a carry holds (DQN's), mean over runs and
   episodes; "" for a carry without evaluations or before the first."""
   evaluation = getattr(carry, "evaluation", None)
   if evaluation is None:
     return ""
-  returns = np.asarray(jax.device_get(evaluation.episode_return), np.float64)  # (seeds, evaluations, episodes)
+  returns = np.asarray(jax.device_get(evaluation.episode_return), np.float64)  # (...runs, evaluations, episodes)
+  returns = returns.reshape((-1,) + returns.shape[-2:])
   done = np.flatnonzero(np.isfinite(returns).all(axis=(0, 2)))  # NaN until training reaches an evaluation
   if not done.size:
     return ""
-  steps = int(np.asarray(jax.device_get(evaluation.env_steps))[0, done[-1]])
+  steps = np.asarray(jax.device_get(evaluation.env_steps))
+  steps = int(steps.reshape(-1, steps.shape[-1])[0, done[-1]])
   return f", greedy evaluation at env step {steps}: {returns[:, done[-1]].mean():.1f}"
 
 
@@ -269,25 +284,45 @@ def _finished_results(workdir: str, updates: int) -> dict | None:
   return results if results.get("num_updates") == updates else None
 
 
-def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: float) -> dict:
-  """A single run a chunk of updates at a time: progress lines, checkpoints, a stop on a signal, a resume.
+def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: float,
+                members: Members | None = None) -> dict:
+  """A single run, or a sweep's members, a chunk of updates at a time: progress lines, checkpoints, a stop on a
+  signal, a resume.
 
-  Each chunk is one call of a compiled program (vmapped over seeds); chunk ends are fixed
-  update numbers (multiples of updates_per_chunk), so a resumed run makes the same calls as
-  one never stopped and ends with the same results, bit for bit.
+  Each chunk is one call of a compiled program (vmapped over seeds, and over members in a sweep);
+  chunk ends are fixed update numbers (multiples of updates_per_chunk), so a resumed run makes the
+  same calls as one never stopped and ends with the same results, bit for bit. A single run whose
+  loss turns non-finite stops at that chunk's end, keeping its last checkpoint; a sweep's
+  diverged members are reported at the end while the others train on.
   """
   check_positive("num_seeds", config.num_seeds)
   rl_config.check_chunk_fields(config)
-  chunks = algorithm.make_chunks(config)  # validates the rest before anything is traced
+  if members is None:
+    chunks = algorithm.make_chunks(config)  # validates the rest before anything is traced
+    keys, hparams = jax.random.split(jax.random.key(config.seed), config.num_seeds), None
+    batched = lambda f: jax.vmap(f, in_axes=(0, None))  # over seeds; the config's own hyperparameters
+    runs, what = config.num_seeds, f"{config.num_seeds} seeds"
+  else:
+    configs = member_configs(algorithm, config, members)
+    chunks = algorithm.make_chunks(configs[0])  # the program; each member brings its own keys and hparams
+    keys, hparams = _member_inputs(algorithm, configs)
+    batched = lambda f: jax.vmap(jax.vmap(f, in_axes=(0, None)))  # over members, then their seeds
+    runs, what = members.count * config.num_seeds, f"{members.count} members x {config.num_seeds} seeds"
   check_workdir(workdir)
   total = chunks.num_updates
   per_chunk = config.updates_per_chunk or total
-  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-  init = jax.jit(jax.vmap(chunks.init))
+  init = jax.jit(batched(chunks.init))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   placed = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
-  abstract_carry = placed(jax.eval_shape(init, keys))
-  abstract_metrics = placed(jax.eval_shape(jax.vmap(lambda c: chunks.advance(c, 0, total)[1]), abstract_carry))
+  abstract_carry = placed(jax.eval_shape(init, keys, hparams))
+
+  def advance(carry, first, hparams, length):
+    return batched(lambda c, hp: chunks.advance(c, first, length, hp))(carry, hparams)
+
+  abstract_metrics = placed(jax.eval_shape(lambda c, hp: advance(c, 0, hp, total)[1], abstract_carry, hparams))
+  identity = {"updates": None, "seed": config.seed}
+  if members is not None:  # which members a sweep's group trains: a checkpoint of others is refused
+    identity["members"] = members.to_json()
 
   checkpoints = None
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -299,9 +334,13 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
   if restored is not None:
     state, position = restored
     _check_stored_config(workdir, checkpoints.restored_config, config)
+    if members is not None and position.get("members") != identity["members"]:
+      checkpoints.close()
+      raise ConfigError(f"the checkpoint in {workdir} was written by another sweep ({position.get('members')}); "
+                        "use another --workdir")
     carry, done = state["carry"], int(position["updates"])
-    metrics = {k: np.array(v) for k, v in state["metrics"]._asdict().items()}  # (seeds, total) each, filled to done
-    if done == total and (finished := _finished_results(workdir, total)) is not None:
+    metrics = {k: np.array(v) for k, v in state["metrics"]._asdict().items()}  # (...runs, total) each, filled to done
+    if done == total and members is None and (finished := _finished_results(workdir, total)) is not None:
       checkpoints.close()
       print(f"{workdir} already holds this run, finished at update {done}: nothing to do "
             f"(its results: {os.path.join(workdir, 'results.json')})")
@@ -314,38 +353,47 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
   ends = _chunk_ends(done, total, per_chunk)
   programs = {}
   if carry is None:
-    carry = init.lower(keys).compile()(keys)
+    carry = init.lower(keys, hparams).compile()(keys, hparams)
   for length in sorted({end - first for first, end in zip([done] + ends, ends)}):
-    advance = lambda c, first, length=length: chunks.advance(c, first, length)
-    programs[length] = jax.jit(jax.vmap(advance, in_axes=(0, None)), donate_argnums=0).lower(
-        abstract_carry, jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    programs[length] = jax.jit(lambda c, first, hp, length=length: advance(c, first, hp, length),
+                               donate_argnums=0).lower(abstract_carry, jax.ShapeDtypeStruct((), jnp.int32),
+                                                       hparams).compile()
   compile_time = time.perf_counter() - start
-  print(f"compiled {name} on {config.env_name} x {config.num_seeds} seeds in {compile_time:.1f}s "
+  print(f"compiled {name} on {config.env_name} x {what} in {compile_time:.1f}s "
         f"({len(ends)} chunk{'s' if len(ends) != 1 else ''} of up to {per_chunk} updates to run)")
 
   def save(updates: int) -> None:
     nonlocal checkpoints
     checkpoints = checkpoints or Checkpointer(workdir, config.keep_checkpoints)
     state = {"carry": carry, "metrics": type(abstract_metrics)(**metrics)}
-    checkpoints.save(updates, state, {"updates": updates, "seed": config.seed}, config)
+    checkpoints.save(updates, state, {**identity, "updates": updates}, config)
 
+  first_run = lambda values: values.reshape(-1, values.shape[-1])[0]  # (...runs, updates) -> the first run's
   run_time, run_steps = 0.0, 0
   every = config.checkpoint_every
   with schedule.Signals() as signals:
     for end in ends:
       chunk_start = time.perf_counter()
-      carry, chunk = programs[end - done](carry, np.int32(done))
-      chunk = jax.device_get(chunk)  # (seeds, end - done) each; waits for the chunk
+      carry, chunk = programs[end - done](carry, np.int32(done), hparams)
+      chunk = jax.device_get(chunk)  # (...runs, end - done) each; waits for the chunk
       elapsed = time.perf_counter() - chunk_start
       for field, values in chunk._asdict().items():
-        metrics[field][:, done:end] = values
-      steps_before = int(metrics["env_steps"][0, done - 1]) if done else 0
-      chunk_steps = config.num_seeds * (int(chunk.env_steps[0, -1]) - steps_before)
+        metrics[field][..., done:end] = values
+      steps_before = int(first_run(metrics["env_steps"])[done - 1]) if done else 0
+      chunk_steps = runs * (int(first_run(chunk.env_steps)[-1]) - steps_before)
       run_time, run_steps = run_time + elapsed, run_steps + chunk_steps
       previous, done = done, end
-      _report(f"update {done}/{total} (env steps {int(chunk.env_steps[0, -1])}): mean return "
+      _report(f"update {done}/{total} (env steps {int(first_run(chunk.env_steps)[-1])}): mean return "
               f"{_chunk_return(chunk):.1f} over the chunk's episodes, {chunk_steps / elapsed:,.0f} env steps/s"
               f"{_latest_evaluation(carry)}")
+      if members is None and not np.isfinite(np.asarray(chunk.total_loss)).all():
+        if checkpoints is not None:
+          checkpoints.close()
+        seed, update = np.argwhere(~np.isfinite(np.asarray(chunk.total_loss)))[0]
+        kept = f"the checkpoint at update {checkpoints.steps()[-1]} is kept" \
+            if checkpoints is not None and checkpoints.steps() else "no checkpoint was saved"
+        raise NonFiniteLossError(f"non-finite loss in seed {seed} at update {previous + update + 1} (env step "
+                                 f"{int(chunk.env_steps[seed, update])}); {kept}, nothing else was written")
       # The end is saved whenever anything is: a rerun then finds the run finished, not a stale stop.
       if (every and done // every > previous // every) or (done == total and (every or checkpoints is not None)):
         save(done)
@@ -355,11 +403,14 @@ def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: f
         raise schedule.interrupted(signals.received, done, checkpoints.directory)
   if checkpoints is not None:
     checkpoints.close()
-  out = jax.vmap(chunks.output)(carry, type(abstract_metrics)(**metrics))
-  steps = int(metrics["env_steps"][0, -1])
-  print(f"trained {total} updates x {config.num_seeds} seeds ({steps} env steps each), "
-        f"{run_steps // max(config.num_seeds, 1)} of them now in {run_time:.1f}s")
+  out = jax.vmap(jax.vmap(chunks.output))(carry, type(abstract_metrics)(**metrics)) if members is not None \
+      else jax.vmap(chunks.output)(carry, type(abstract_metrics)(**metrics))
+  steps = int(first_run(metrics["env_steps"])[-1])
+  print(f"trained {total} updates x {what} ({steps} env steps each), "
+        f"{run_steps // max(runs, 1)} of them now in {run_time:.1f}s")
   steps_per_s = run_steps / run_time if run_time > 0 else 0.0
+  if members is not None:
+    return _write_members(algorithm, config, workdir, members, name, out, compile_time, run_time, start, steps_per_s)
   return _write_run(algorithm, config, workdir, name, out, compile_time, run_time, start, steps_per_s)
 
 
@@ -383,20 +434,22 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
 
   With `members` (a sweep, experiments/sweep.py), member i is the run with config.seed =
   seeds[i] and its values of the HParams fields, each with its own num_seeds inner seeds; all
-  members train in one jitted program (a vmap over members of the vmap over seeds).
+  members train in one jitted program (a vmap over members of the vmap over seeds; chunked as
+  below).
   results.json then lists `members` (seed, values, train_loss: the final update's loss averaged
   over the inner seeds, and the returns above), returns.png draws one mean curve per setting
   and params/ has leaves (members, num_seeds, ...). A member whose loss turns non-finite is
   reported with `diverged_at_step` (an update, 1-based) and the others finish.
 
-  A single run of an algorithm with `make_chunks` runs config.updates_per_chunk updates per
-  compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
+  A single run (or a sweep) of an algorithm with `make_chunks` runs config.updates_per_chunk
+  updates per compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
   chunk's episodes, X env steps/s` after each; it saves (the carry and the metrics so far) in
   workdir/checkpoints every config.checkpoint_every updates (0: never), at the end once
   anything was saved, and when SIGINT or SIGTERM stops it at a chunk's end (raising
   research.train.Interrupted). Run again, it resumes from the newest checkpoint (refusing a
   config that changes what it trains) to the files of a run never stopped; a finished workdir
-  trains nothing.
+  trains nothing. A single run whose loss turns non-finite stops at that chunk's end with
+  NonFiniteLossError, its checkpoints kept.
 
   Args:
     algorithm: the algorithm's module (research.rl.ppo, a2c or dqn; see the module docstring).
@@ -416,10 +469,10 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   """
   start = time.perf_counter()
   name = name or algorithm.__name__.rsplit(".", 1)[-1]
+  if hasattr(algorithm, "make_chunks"):
+    return _run_chunks(algorithm, config, workdir, name, start, members)
   if members is not None:
     return _run_members(algorithm, config, workdir, members, name, start)
-  if hasattr(algorithm, "make_chunks"):
-    return _run_chunks(algorithm, config, workdir, name, start)
   check_positive("num_seeds", config.num_seeds)
   train = algorithm.make_train(config)  # validates the rest before anything is traced
   keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
