@@ -28,6 +28,7 @@ SMOKE = "--config=experiments/autoencoder.py:smoke"
     ([SMOKE, "--config.mesh.fsdp=3"], "does not fit 1 devices"),
     ([SMOKE, "--config.grad_accum=5"], "batch_size 32 is not divisible by grad_accum 5"),
     ([SMOKE, "--config.dataset=mnist"], "dataset 'mnist' is not prepared in"),
+    (["--config=experiments/autoencodr.py:smoke"], "--config experiments/autoencodr.py:smoke: no such file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
   workdir = tmp_path / "w"
@@ -40,6 +41,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
   assert "\\n" not in lines[0] and "\\'" not in lines[0]
   assert not workdir.exists()
   assert time.time() - start < 60  # no download retries
+
+
+def test_the_documented_config_path_works_from_any_directory(tmp_path):
+  """`--config=experiments/<name>.py:preset` names the repository's file wherever the command runs."""
+  env = dict(os.environ, PYTHONUNBUFFERED="1",
+             PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+  proc = subprocess.run([sys.executable, "-m", "experiments.em_gmm", "--config=experiments/em_gmm.py:smoke",
+                         "--workdir=run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["max_iter"] == 20  # the smoke preset
 
 
 def test_workdir_naming_a_file_is_one_line(tmp_path):

@@ -120,6 +120,28 @@ def _config_arg(argv: list[str]) -> str | None:
   return None
 
 
+def _rooted_config_args(argv: list[str]) -> list[str]:
+  """argv with a --config path missing from the working directory but present in the repository made absolute;
+  a path that is in neither fails with one line.
+
+  So the documented `--config=experiments/<name>.py[:preset]` works from any directory, as
+  `python -m experiments.<name>` does.
+  """
+  out = list(argv)
+  for i, arg in enumerate(out):
+    index, value = (i, arg.split("=", 1)[1]) if arg.startswith("--config=") else \
+        (i + 1, out[i + 1]) if arg == "--config" and i + 1 < len(out) else (None, None)
+    if index is None:
+      continue
+    path, colon, preset = value.partition(":")
+    rooted = os.path.join(usage._ROOT, path)  # pylint: disable=protected-access
+    if path and not os.path.isabs(path) and not os.path.exists(path) and os.path.isfile(rooted):
+      out[index] = ("--config=" if index == i else "") + rooted + colon + preset
+    elif not os.path.isfile(path):
+      fail(f"--config {value}: no such file (an experiment's config: --config=experiments/<name>.py[:preset])")
+  return out
+
+
 def _script_module(config_file: str):
   """The experiment script's module: __main__ when it is the script, else the file loaded afresh."""
   main_module = sys.modules.get("__main__")
@@ -302,6 +324,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     workdir_required: whether the directory flag must be given.
     dir_flag: the directory flag's name: "workdir" for runs, "outdir" for tables and benchmarks.
   """
+  sys.argv[1:] = _rooted_config_args(sys.argv[1:])
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     _print_help(config_file, dir_flag)
   _check_overrides(config_file, sys.argv[1:])
