@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from research.train import ConfigError, results
+from research.train import ConfigError, cli, results
 
 
 # ---------------------------------------------------------------------------------------
@@ -60,8 +60,9 @@ def command() -> str:
   arguments are shell-quoted, so the string reruns the same command.
   """
   spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-  program = ["-m", spec.name] if spec is not None else [sys.argv[0]]
-  return shlex.join(["python", *program, *sys.argv[1:]])
+  argv = cli.typed_argv()
+  program = ["-m", spec.name] if spec is not None else [argv[0]]
+  return shlex.join(["python", *program, *argv[1:]])
 
 
 def environment(*packages: str) -> dict[str, Any]:
