@@ -120,12 +120,12 @@ def _config_arg(argv: list[str]) -> str | None:
   return None
 
 
-_TYPED_ARGV: list[str] = []  # sys.argv as typed, before `main` roots its --config path
+_TYPED_ARGV: dict[tuple[str, ...], list[str]] = {}  # sys.argv after `main` rooted its --config path -> as typed
 
 
 def typed_argv() -> list[str]:
   """The command line as the user typed it (reports quote it): sys.argv before `main` rooted its --config path."""
-  return list(_TYPED_ARGV or sys.argv)
+  return list(_TYPED_ARGV.get(tuple(sys.argv), sys.argv))
 
 
 def _rooted_config_args(argv: list[str]) -> list[str]:
@@ -332,8 +332,9 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     workdir_required: whether the directory flag must be given.
     dir_flag: the directory flag's name: "workdir" for runs, "outdir" for tables and benchmarks.
   """
-  _TYPED_ARGV[:] = sys.argv
+  typed = list(sys.argv)
   sys.argv[1:] = _rooted_config_args(sys.argv[1:])
+  _TYPED_ARGV[tuple(sys.argv)] = typed
   if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
     _print_help(config_file, dir_flag)
   _check_overrides(config_file, sys.argv[1:])
