@@ -78,32 +78,14 @@ def test_bad_member_values_are_refused_before_compiling(tmp_path, hparams, messa
   assert not os.path.exists(tmp_path / "w")
 
 
-# `python -m experiments.sweep` in a subprocess that sends itself SIGINT from the first progress line of a member
-# program: the stop lands at the first chunk's end whatever the machine's speed.
-_STOPPED_SWEEP = """
-import os, signal, sys
-from experiments import sweep
-from research.rl import experiment
-from research.train import cli
-report = experiment._report
-def stop(line):
-  report(line)
-  experiment._report = report
-  os.kill(os.getpid(), signal.SIGINT)
-experiment._report = stop
-sys.argv = [sweep.__file__] + sys.argv[1:]
-cli.main(None, sweep.run)
-"""
-
-
 @pytest.mark.slow
 def test_a_stopped_sweep_resumes_to_the_uninterrupted_sweep_bit_for_bit(tmp_path):
   """The members train a chunk of updates at a time as a single run does: a progress line per chunk, a checkpoint
   on SIGINT, the same command resuming to the files of a sweep never stopped, and another sweep refused there."""
-  from test_rl_chunks import _tiny_flags  # pylint: disable=import-outside-toplevel
+  from test_rl_chunks import _tiny_flags, stopped_command  # pylint: disable=import-outside-toplevel
   flags = [*_tiny_flags("ppo"), "--seeds=1", "--vary=ent_coef=0,0.1", "--metric=final_return_mean"]
   stopped = tmp_path / "stopped"
-  done = run_python(["-c", _STOPPED_SWEEP, f"--workdir={stopped}", *flags])
+  done = run_python(["-c", stopped_command("sweep"), f"--workdir={stopped}", *flags])
   assert done.returncode == 130, done.stderr[-3000:]
   group = stopped / "programs" / "0"
   assert done.stderr.strip().splitlines()[-1] == (

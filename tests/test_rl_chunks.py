@@ -101,9 +101,10 @@ def test_bad_updates_per_chunk_is_one_line_and_exit_2(tmp_path):
   assert not os.path.exists(tmp_path / "cli" / "checkpoints")
 
 
-# Runs the experiment's command in a subprocess that sends itself SIGINT from its first progress line:
-# the stop lands at the first chunk's end whatever the machine's speed.
-_STOPPED_RUN = """
+def stopped_command(name: str) -> str:
+  """`python -c` code running `python -m experiments.<name>` (an RL experiment, or sweep) that sends itself SIGINT
+  from its first progress line: the stop lands at the first chunk's end whatever the machine's speed."""
+  return f"""
 import os, signal, sys
 from experiments import {name} as module
 from research.rl import experiment
@@ -114,8 +115,8 @@ def stop(line):
   experiment._report = report
   os.kill(os.getpid(), signal.SIGINT)
 experiment._report = stop
-sys.argv = ["{name}"] + sys.argv[1:]
-cli.main(module.__file__, module.run)
+sys.argv = [module.__file__] + sys.argv[1:]
+cli.main(None if module.__name__ == "experiments.sweep" else module.__file__, module.run)
 """
 
 
@@ -125,7 +126,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_results(tmp_path, name):
   config = _tiny_config(name)
   total, steps = algorithm.num_updates(config), config.num_envs * config.num_steps
   stopped = tmp_path / "stopped"
-  done = run_python(["-c", _STOPPED_RUN.format(name=name), f"--workdir={stopped}", *_tiny_flags(name)])
+  done = run_python(["-c", stopped_command(name), f"--workdir={stopped}", *_tiny_flags(name)])
   assert done.returncode == 128 + signal.SIGINT, done.stderr
   # One line says so (a shared compilation cache's warnings may come before it).
   lines = done.stderr.strip().splitlines()
