@@ -124,10 +124,10 @@ def test_image_settings_follow_the_dataset_and_the_loss(loss):
 
 def test_image_settings_and_explicit_values():
   digits = gan_experiment.IMAGE_SETTINGS["gan"]
-  # What the image settings hold: class-conditional, Adam(4e-4, 0.5) for 6000 steps, TTUR, spectral normalisation,
+  # What the image settings hold: class-conditional, Adam(8e-4, 0.5) for 6000 steps, TTUR, spectral normalisation,
   # an EMA; the hinge loss the same.
   assert digits["conditional"] and (digits["optimizer.learning_rate"], digits["optimizer.b1"], digits["steps"]) \
-      == (4e-4, 0.5, 6000)
+      == (8e-4, 0.5, 6000)
   assert digits["disc_lr_ratio"] > 1 and digits["spectral_norm"] and digits["ema_decay"] > 0
   assert gan_experiment.IMAGE_SETTINGS["hinge"] == digits
   # The digits default before it was conditional; the WGANs' image settings are unconditional.
