@@ -6,8 +6,8 @@ Run:
   python -m experiments.gan --workdir=/tmp/pacgan --config.pack=2 --config.dataset=grid25
   python -m experiments.gan --workdir=/tmp/gan_digits --config.dataset=digits
   python -m experiments.gan --workdir=/tmp/wgan_gp_digits --config.dataset=digits --config.loss=wgan_gp
-  python -m experiments.gan --workdir=/tmp/pacgan_digits --config.dataset=digits --config.pack=2
-  python -m experiments.gan --workdir=/tmp/cgan_digits --config.dataset=digits --config.conditional=True
+  python -m experiments.gan --workdir=/tmp/pacgan_digits --config=experiments/gan.py:unconditional --config.pack=2
+  python -m experiments.gan --workdir=/tmp/gan_digits_unconditional --config=experiments/gan.py:unconditional
   python -m experiments.gan --workdir=/tmp/smoke --config=experiments/gan.py:wgan,smoke
 
 Writes `samples.png` (a scatter of generated points, or a grid of generated digits),
@@ -18,11 +18,15 @@ samples.npz, and results.json holds their digits sample metrics as the diffusion
 reports them (research.tasks.classifier.digits_sample_metrics: FID, KID, precision and recall in
 two feature spaces beside the real held-out digits' own at the same count, the share of each
 class the classifier reads, `class_shares`, and `classes_covered`, classes with at least 2% of
-the samples). The figures below were measured at 1000 samples in the MLP's space alone (real
-held-out digits: FID 2.08).
-With `--config.conditional=True` the generator reads a label and the discriminator is a
-projection discriminator; the scored images are asked for the digits 0, 1, ..., 9 in turn, and
-results.json adds `label_accuracy`, how often the classifier reads the digit asked for.
+the samples). The conditional figures below score 300 of the 1000 samples beside the 300 real
+held-out digits in both spaces, the MLP classifier's and the conv classifier's (real: FID 2.08 /
+13.4, precision 0.91 / 0.90); the unconditional ones were measured at 1000 samples in the MLP's
+space alone (real held-out digits: FID 2.08).
+On digits the GAN and the hinge loss are class-conditional by default (`conditional`; the preset
+`unconditional` or `--config.conditional=False` turns it off): the generator reads a label and
+the discriminator is a projection discriminator; the scored images are asked for the digits 0,
+1, ..., 9 in turn, and results.json adds `label_accuracy`, how often the classifier reads the
+digit asked for.
 
 The generator and the critic share one `optimizer` block (the papers use the same optimizer
 for both); the critic's learning rate is the generator's times `disc_lr_ratio` (TTUR).
@@ -33,13 +37,46 @@ preset `--config=experiments/gan.py:wgan_gp` are the same run, `--config.dataset
 alone gives the image settings, and `--config.loss=wgan_gp --config.optimizer.learning_rate=3e-4`
 changes that run's learning rate only.
 
-Digits. The two-layer conv pair with the points' settings (latent 2, Adam(1e-3, 0.5), batch
-128, no EMA: the preset `small_conv`, this experiment's digits run before the image settings)
-drops classes: among its 1000 samples the classifier reads no 0, no 5 and 0.6% 4s, FID 34.2
-(16x real held-out digits). What mattered, each change alone from the chosen settings, seed 0,
-3000 steps, 1000 samples (FID ratio: FID / 2.08; classes covered; the smallest class share;
-the run's wall seconds on a 2-core CPU shared with other jobs (load 8-13), so only roughly
-comparable):
+Digits, class-conditional (the default). The unconditional pair (below) scored precision 0.42 /
+0.36 (real held-out digits 0.91 / 0.90): many of its samples were blobs that are no digit. What
+mattered, each change alone from the chosen settings, seed 0, 1000 samples scored at 300 (FID
+ratio to real held-out digits, MLP / conv space; precision, MLP / conv; recall, MLP / conv; label
+accuracy; the run's wall seconds on 2 cores shared with other jobs, load 3-8, so only roughly
+comparable); every run covered all 10 classes with at least 9% each (the unconditional one 7.1%):
+  chosen: conditional (projection critic), Adam(8e-4, 0.5),
+          6000 steps, the rest as the unconditional pair       0.50 / 0.52  0.89 / 0.89  0.84 / 0.85  0.98  243
+  unconditional                                                1.34 / 1.76  0.58 / 0.57  0.92 / 0.94    -   275
+  3000 steps                                                   0.76 / 0.77  0.81 / 0.83  0.82 / 0.84  0.99  166
+  Adam 4e-4 / 2e-4                                             0.64 / 0.66  0.81 / 0.83  0.85 / 0.85  0.99  209
+                                                               0.65 / 0.76  0.76 / 0.76  0.81 / 0.84  0.99  208
+  Adam 1.6e-3                                                  0.62 / 0.67  0.88 / 0.90  0.82 / 0.86  0.98  305
+and from the conditional pair at the unconditional one's Adam 2e-4 and 3000 steps (0.80 / 1.02,
+precision 0.69 / 0.65, recall 0.80 / 0.86, 139 s; the unconditional pair there: 2.67 / 2.75, 0.42 /
+0.36, 0.92 / 0.93, 120 s), each change alone:
+  the hinge loss                                               0.82 / 1.05  0.68 / 0.59  0.80 / 0.81  0.97  133
+  32 channels (2.6x the time per step)                         0.71 / 0.82  0.77 / 0.72  0.84 / 0.85  0.98  255
+So the labels were what turned the blobs into digits (precision 0.58 to 0.89 in the MLP's space
+at the chosen rate and length, 0.42 to 0.69 at the former ones); the larger rate and the longer
+run add the rest (0.69 to 0.89 together; either alone undone costs 0.08 to 0.13); at 1.6e-3 the
+precision holds but the FID rises. The hinge loss and twice the channels did no better per
+second. The EMA's decay does not matter below 9000 steps: the loop warms it up as min(d, (1 + t) /
+(10 + t)), which stays under 0.999 until step 8990, so 0.9995 instead of 0.999 (conditional, Adam
+2e-4, 6000 steps) scored the same to the last digit. The hinge loss at the chosen settings
+(`--config.loss=hinge`, seed 0): 0.65 / 0.62, precision 0.89 / 0.91, recall 0.81 / 0.82, label
+accuracy 0.99, 303 s at load 7-8.
+The default command, `python -m experiments.gan --workdir=/tmp/g --config.dataset=digits
+--config.seed=S`: S = 0 the chosen row above; S = 1 FID ratios 0.45 / 0.51, precision 0.86 / 0.86,
+recall 0.86 / 0.87, all 10 classes (9.8% at least), label accuracy 0.99, 272 s at 31 steps/s
+(load 7-9; about 36 steps/s at load 3-5).
+
+Digits, unconditional (the preset `unconditional`: the default before the conditional pair, which
+experiments/tables/gan_digits.py's GAN rows train). The two-layer conv pair with the points'
+settings (latent 2, Adam(1e-3, 0.5), batch 128, no EMA: the preset `small_conv`, this
+experiment's digits run before the image settings) drops classes: among its 1000 samples the
+classifier reads no 0, no 5 and 0.6% 4s, FID 34.2 (16x real held-out digits). What mattered,
+each change alone from the chosen settings, seed 0, 3000 steps, 1000 samples (FID ratio: FID /
+2.08; classes covered; the smallest class share; the run's wall seconds on a 2-core CPU shared
+with other jobs (load 8-13), so only roughly comparable):
   chosen: DCGAN-style pair, 16 channels, latent 32, spectral norm,
           Adam(2e-4, 0.5), critic at 2x (TTUR), batch 64, EMA 0.999    2.28  10  0.072   223
   latent 2 instead of 32                                            33.1    6  0.000   243
@@ -56,16 +93,17 @@ at 16 channels) where the two-layer pair made 57 in the same process: too slow f
 few minutes. The chosen pair at 16 channels has 30k parameters and 40% of the two-layer pair's
 FLOPs per step (7.9e7 against 2.0e8).
 
-The default command, `python -m experiments.gan --workdir=/tmp/g --config.dataset=digits
+`python -m experiments.gan --workdir=/tmp/g --config=experiments/gan.py:unconditional
 --config.seed=S`: S = 0 FID 4.75 (2.28x), S = 1 FID 3.75 (1.80x); 10 of 10 classes each, the
 smallest class share 7.2% and 6.0%, precision 0.40 / 0.40, recall 0.87 / 0.89; 3000 steps at
 27 steps/s on the shared machine (under 4 minutes with compilation and scoring). WGAN-GP with
 Gulrajani et al.'s image settings (`--config.loss=wgan_gp`: lambda 10, n_critic 5, Adam(1e-4, 0,
 0.9), no spectral norm, seed 0): FID 4.76 (2.29x), 10 classes, smallest share 6.6%, in 3000 steps
 (7 steps/s, 516 s; each step makes 5 critic updates with a double backward pass). PacGAN-2
-(`--config.pack=2`, the GAN's settings as in Lin et al.): FID 4.16 (2.00x), 10 classes, smallest
-share 8.2%. Conditional (`--config.conditional=True`): FID 1.41 (0.68x), 10 classes, smallest
-share 9.4%, label accuracy 0.96.
+(`--config=experiments/gan.py:unconditional --config.pack=2`, the GAN's settings as in Lin et
+al.): FID 4.16 (2.00x), 10 classes, smallest share 8.2%. The same pair conditional
+(`--config=experiments/gan.py:unconditional --config.conditional=True`): FID 1.41 (0.68x), 10
+classes, smallest share 9.4%, label accuracy 0.96.
 
 WGAN-GP's settings: on ring8 the paper's (Adam 1e-4, beta1 0, lambda 10, constant rate, n_critic 5)
 need far more than the default 3000 generator steps: in 3000 they capture 0 of 8 modes (0% high
@@ -120,30 +158,32 @@ LOSS_SETTINGS = {
 }
 # What the fields that LOSS_SETTINGS leaves out read on 2D points, whatever the loss.
 POINT_SETTINGS = {"steps": 3000, "batch_size": 128, "latent_dim": 2, "gp_weight": 0.1, "ema_decay": 0.0,
-                  "spectral_norm": False, "disc_lr_ratio": 1.0, "conv_features": 32}
+                  "spectral_norm": False, "disc_lr_ratio": 1.0, "conv_features": 32, "conditional": False}
 # On 8x8 digits (the conv pair), every following field per loss (measured in the module docstring).
 IMAGE_SETTINGS = {
-    # DCGAN's Adam(2e-4, 0.5), TTUR (critic at 2x), spectral normalisation, generator EMA.
-    "gan": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 2e-4, "optimizer.b1": 0.5,
-            "optimizer.b2": 0.999, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
+    # Class-conditional (a projection discriminator), DCGAN's Adam(beta1 0.5) at 8e-4, TTUR (critic at 2x), spectral
+    # normalisation, generator EMA, 6000 steps.
+    "gan": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 8e-4, "optimizer.b1": 0.5,
+            "optimizer.b2": 0.999, "optimizer.schedule": "constant", "steps": 6000, "batch_size": 64,
             "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": True, "disc_lr_ratio": 2.0,
-            "conv_features": 16},
+            "conv_features": 16, "conditional": True},
     # Arjovsky et al.'s RMSProp 5e-5 with the image pair (not measured on digits).
     "wgan": {"n_critic": 5, "optimizer.name": "rmsprop", "optimizer.learning_rate": 5e-5, "optimizer.b1": 0.0,
              "optimizer.b2": 0.99, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
              "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": False, "disc_lr_ratio": 1.0,
-             "conv_features": 16},
-    # Gulrajani et al.'s image settings: Adam(1e-4, beta1 0, beta2 0.9), lambda 10, n_critic 5.
+             "conv_features": 16, "conditional": False},
+    # Gulrajani et al.'s image settings: Adam(1e-4, beta1 0, beta2 0.9), lambda 10, n_critic 5, unconditional.
     "wgan_gp": {"n_critic": 5, "optimizer.name": "adam", "optimizer.learning_rate": 1e-4, "optimizer.b1": 0.0,
                 "optimizer.b2": 0.9, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
                 "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": False,
-                "disc_lr_ratio": 1.0, "conv_features": 16},
-    # The hinge loss with the GAN's settings (Miyato et al. pair it with spectral normalisation).
-    "hinge": {"n_critic": 1, "optimizer.name": "adam", "optimizer.learning_rate": 2e-4, "optimizer.b1": 0.5,
-              "optimizer.b2": 0.999, "optimizer.schedule": "constant", "steps": 3000, "batch_size": 64,
-              "latent_dim": 32, "gp_weight": 10.0, "ema_decay": 0.999, "spectral_norm": True, "disc_lr_ratio": 2.0,
-              "conv_features": 16},
+                "disc_lr_ratio": 1.0, "conv_features": 16, "conditional": False},
 }
+# The hinge loss with the GAN's settings (Miyato & Koyama pair it with spectral normalisation and the projection
+# discriminator).
+IMAGE_SETTINGS["hinge"] = dict(IMAGE_SETTINGS["gan"])
+# The digits GAN before it was class-conditional (the preset `unconditional`): what experiments/tables/gan_digits.py's
+# GAN and PacGAN-2 rows train.
+UNCONDITIONAL = {"optimizer.learning_rate": 2e-4, "steps": 3000}
 FOLLOWING = tuple(IMAGE_SETTINGS["gan"])  # every field that follows the loss and the dataset
 
 
@@ -228,6 +268,19 @@ def _small_conv(config: ml_collections.ConfigDict) -> None:
     (config.optimizer if parents else config)[name] = value
 
 
+def _unconditional(config: ml_collections.ConfigDict) -> None:
+  """The digits GAN before it was class-conditional, which experiments/tables/gan_digits.py's GAN rows train.
+
+  Unconditional, and with the GAN's or the hinge loss Adam at 2e-4 for 3000 steps (UNCONDITIONAL); the other
+  losses' image settings are unconditional already.
+  """
+  config.dataset = "digits"
+  config.conditional = False
+  if IMAGE_SETTINGS.get(config.loss) == IMAGE_SETTINGS["gan"]:
+    config.optimizer.learning_rate = UNCONDITIONAL["optimizer.learning_rate"]
+    config.steps = UNCONDITIONAL["steps"]
+
+
 def _smoke(config: ml_collections.ConfigDict) -> None:
   """Tiny networks, a few steps and few samples, for tests."""
   config.steps = 6
@@ -244,11 +297,12 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
 
 # A loss name first (the later presets read config.loss), then the sizes; any combination, e.g. "wgan_gp,smoke".
 PRESETS = {**{loss: _loss(loss) for loss in gan.LOSSES}, "mode_table": _mode_table, "small_conv": _small_conv,
-           "smoke": _smoke}
+           "unconditional": _unconditional, "smoke": _smoke}
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  """Default config; `preset` is a comma-separated list of PRESETS (a loss name, mode_table, small_conv, smoke)."""
+  """Default config; `preset` is a comma-separated list of PRESETS (a loss, mode_table, small_conv, unconditional,
+  smoke)."""
   config = base_config()
   config.dataset = "ring8"  # ring8, grid25, swissroll (2D points: MLP pair) or digits (8x8: conv pair)
   config.steps = 3000  # generator updates (each after n_critic critic updates; follows the loss and data)
@@ -268,7 +322,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.conv_arch = "dcgan"  # digits: the conv pair, dcgan (labels, spectral norm) or small (see small_conv)
   config.conv_features = 32  # base channel count of the conv pair (digits; follows the data: 16 dcgan, 32 small_conv)
   config.spectral_norm = False  # conv critic: spectral normalisation of every layer (follows the loss and data)
-  config.conditional = False  # digits: class-conditional generator and projection discriminator
+  config.conditional = False  # digits: class-conditional generator, projection critic (follows the loss and data)
   config.disc_lr_ratio = 1.0  # critic learning rate / generator learning rate (TTUR; follows the loss and data)
   config.clip = 0.01  # wgan: critic weights are clipped to [-clip, clip]
   config.gp_weight = 0.1  # wgan_gp: lambda of the penalty (0.1 on points as Gulrajani et al.'s toy code, 10 on images)

@@ -124,9 +124,20 @@ def test_image_settings_follow_the_dataset_and_the_loss(loss):
 
 def test_image_settings_and_explicit_values():
   digits = gan_experiment.IMAGE_SETTINGS["gan"]
-  # What the image settings hold: DCGAN's Adam(2e-4, 0.5), TTUR, spectral normalisation, an EMA.
-  assert (digits["optimizer.learning_rate"], digits["optimizer.b1"]) == (2e-4, 0.5)
+  # What the image settings hold: class-conditional, Adam(8e-4, 0.5) for 6000 steps, TTUR, spectral normalisation,
+  # an EMA; the hinge loss the same.
+  assert digits["conditional"] and (digits["optimizer.learning_rate"], digits["optimizer.b1"], digits["steps"]) \
+      == (8e-4, 0.5, 6000)
   assert digits["disc_lr_ratio"] > 1 and digits["spectral_norm"] and digits["ema_decay"] > 0
+  assert gan_experiment.IMAGE_SETTINGS["hinge"] == digits
+  # The digits default before it was conditional; the WGANs' image settings are unconditional.
+  old = gan_experiment.get_config("unconditional")
+  assert (old.dataset, old.conditional, old.optimizer.learning_rate, old.steps) == ("digits", False, 2e-4, 3000)
+  assert {f: v for f, v in _values(old).items() if f not in ("conditional", "optimizer.learning_rate", "steps")} \
+      == {f: v for f, v in digits.items() if f not in ("conditional", "optimizer.learning_rate", "steps")}
+  for loss in ("wgan", "wgan_gp"):
+    assert not gan_experiment.IMAGE_SETTINGS[loss]["conditional"]
+    assert _values(gan_experiment.get_config(f"{loss},unconditional")) == gan_experiment.IMAGE_SETTINGS[loss]
   wgan_gp = gan_experiment.IMAGE_SETTINGS["wgan_gp"]  # Gulrajani et al.'s image settings
   assert (wgan_gp["n_critic"], wgan_gp["gp_weight"], wgan_gp["optimizer.learning_rate"], wgan_gp["optimizer.b1"],
           wgan_gp["optimizer.b2"], wgan_gp["spectral_norm"]) == (5, 10.0, 1e-4, 0.0, 0.9, False)

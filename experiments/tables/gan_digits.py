@@ -2,8 +2,9 @@
 
 Each method trains through its experiment's `run(config, workdir, members=...)` (the one
 training loop), its `seeds` seeds side by side as ONE vmapped program (research.train.Members):
-  GAN       experiments/gan.py with dataset=digits: its image settings (the DCGAN-style conv
-            pair, spectral normalisation, TTUR, generator EMA; see that module's docstring)
+  GAN       experiments/gan.py's preset unconditional: its digits default before that became
+            class-conditional (the DCGAN-style conv pair, spectral normalisation, TTUR, generator
+            EMA, Adam 2e-4 for 3000 steps; see that module's docstring)
   WGAN-GP   the same with loss=wgan_gp (Gulrajani et al.'s image settings: lambda 10,
             n_critic 5, Adam(1e-4, beta1 0, beta2 0.9), no spectral normalisation), for
             `wgan_gp_steps` (the experiment's 3000 by default; each step makes 5 critic
@@ -80,7 +81,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.methods = METHODS  # rows of the table
   config.seeds = 5  # members (seeds) per method, trained as one vmapped program
-  config.steps = 0  # generator updates of the GAN and PacGAN runs; 0: experiments/gan.py's digits setting
+  config.steps = 0  # generator updates of the GAN and PacGAN runs; 0: the unconditional preset's 3000
   # Generator updates of the WGAN-GP runs, each after 5 critic updates; 0: experiments/gan.py's digits setting,
   # 3000 (a WGAN-GP step costs about 5 GAN steps, and at 1000 its EMA generator still carries the early weights).
   config.wgan_gp_steps = 0
@@ -102,8 +103,7 @@ def method_config(method: str, table):
   """The experiment config of one method at this table's config (checked by the experiment's run)."""
   if method in GAN_METHODS:
     loss, pack = GAN_METHODS[method]
-    config = gan_experiment.get_config(loss)
-    config.dataset = "digits"
+    config = gan_experiment.get_config(f"{loss},unconditional")  # the GANs of this table are unconditional
     config.pack = pack
     steps = table.wgan_gp_steps if loss == "wgan_gp" else table.steps
     if steps:

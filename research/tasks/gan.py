@@ -217,7 +217,8 @@ def check_config(config, choices: Sequence[str] = POINT_DATASETS + IMAGE_DATASET
       and config.conv_arch != "dcgan":
     raise ConfigError("conditional and spectral_norm need conv_arch dcgan")
   if config.conditional and config.pack > 1:
-    raise ConfigError("conditional runs do not pack (PacGAN's packed examples would mix labels); set pack to 1")
+    raise ConfigError("conditional runs do not pack (PacGAN's packed examples would mix labels); set pack to 1 "
+                      "or conditional to False")
   check_positive("gp_weight", config.gp_weight, allow_zero=True)
   check_positive("batch_size", config.batch_size)
   if config.batch_size % config.pack:
