@@ -171,3 +171,37 @@ def test_a_failed_save_stops_the_run_with_one_line_and_the_rerun_resumes_from_th
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"resuming from step {kept} of" in again.stderr
   assert json.loads((workdir / "results.json").read_text())["step"] == 4000
+
+
+# experiments.em_gmm with SIGINT sent to itself once one of XLA's compiles has taken 0.5 s (the fit's, seconds).
+_EM_STOPPED_IN_COMPILE = """
+import os, signal, sys, threading
+from jax._src import compiler
+from experiments import em_gmm
+from research.train import cli
+compile_and_load = compiler.backend_compile_and_load
+def stopped(*args, **kwargs):
+  timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+  timer.start()
+  try:
+    return compile_and_load(*args, **kwargs)
+  finally:
+    timer.cancel()
+compiler.backend_compile_and_load = stopped
+sys.argv = [em_gmm.__file__] + sys.argv[1:]
+cli.main(em_gmm.__file__, em_gmm.run)
+"""
+
+
+def test_ctrl_c_while_xla_compiles_is_one_line_and_exit_130_not_a_crash(tmp_path):
+  """A signal stops the run inside the compiler's call, whose thread compiles on: the process must not tear
+  down the backend under it (it did: a segmentation fault, exit 139). Under XLA's default flags, whose compile
+  takes the seconds a user's does."""
+  env = dict(ENV, XLA_FLAGS=ENV["XLA_FLAGS"].replace(FAST_COMPILE, "").strip())
+  done = subprocess.run([sys.executable, "-c", _EM_STOPPED_IN_COMPILE, f"--workdir={tmp_path / 'w'}",
+                         "--config.n_components=6", "--config.max_iter=300"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 128 + signal.SIGINT, done.stderr[-2000:]
+  assert done.stderr.strip().splitlines() == [
+      "interrupted by SIGINT: no checkpoint had been saved yet; run the same command to start again"]
+  assert not (tmp_path / "w" / "results.json").exists()

@@ -363,7 +363,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
     script = _module_name(config_file)
     # Runs mark their workdirs; tables and benchmarks write reports into an --outdir, unmarked.
     marks = dir_flag == "workdir" and bool(workdir_flag.value)
-    lock, failed_save = None, False
+    lock, failed_save, stopped = None, False, None
     if marks:
       _check_owner(workdir_flag.value, script, dir_flag)
       # One lock per run, however many processes share its workdir; a single process asks no backend
@@ -387,7 +387,7 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
           sys.exit(128 + e.signum)  # the shell's convention for a death by that signal
         except schedule.Stop as e:
           sys.stderr.write(f"{_stopped(e.signum)}\n")
-          sys.exit(128 + e.signum)
+          stopped = 128 + e.signum  # the shell's convention for a death by that signal
     finally:
       if marks:
         _mark_owner(workdir_flag.value, script)
@@ -400,5 +400,11 @@ def main(config_file: str, run: Callable, workdir_required: bool = True, dir_fla
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # pylint: disable=protected-access
+      if stopped is not None:
+        # A signal may have stopped the run inside XLA's compiler, whose thread compiles on: an interpreter
+        # teardown would free the backend under it (a segmentation fault). What the run keeps is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stopped)  # pylint: disable=protected-access
 
   app.run(guarded, flags_parser=_parse_flags)
