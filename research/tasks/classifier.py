@@ -51,6 +51,30 @@ DIGITS_SPLITS = ("train", "test")
 CONV_PREFIX = "cnn_"
 
 
+def feature_network_config(steps: int, warmup_steps: int, steps_per_call: int) -> ml_collections.ConfigDict:
+  """The loop config the cached feature networks share: seed 0, batch 64, AdamW (3e-3, weight decay 1e-4) with
+  warmup and cosine decay, one log line and one checkpoint, at the end.
+
+  Args:
+    steps: training steps.
+    warmup_steps: the learning rate's linear warmup.
+    steps_per_call: steps compiled into one call.
+  """
+  config = base_config()
+  config.seed = 0
+  config.steps = config.log_every = config.checkpoint_every = steps
+  config.batch_size = 64
+  config.steps_per_call = steps_per_call
+  config.prefetch = 0  # in-memory batches: no thread needed
+  config.keep_checkpoints = 1
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_steps = warmup_steps
+  return config
+
+
 def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
   """The loop config a cached feature network is trained with (part of what its version names).
 
@@ -59,23 +83,9 @@ def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
   """
   if network not in NETWORKS:
     raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-  config = base_config()
+  # A tiny network: one dispatch per 50 steps, not per step.
+  config = feature_network_config(3000 if network == "cnn" else 600, warmup_steps=50, steps_per_call=50)
   config.network = network  # mlp: DigitsNet; cnn: DigitsConvNet
-  config.seed = 0
-  config.steps = 600
-  config.batch_size = 64
-  config.steps_per_call = 50  # a tiny network: one dispatch per 50 steps, not per step
-  config.prefetch = 0  # the batches are tiny: no thread needed
-  config.log_every = 600
-  config.checkpoint_every = 600
-  config.keep_checkpoints = 1
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 50
-  if network == "cnn":
-    config.steps = config.log_every = config.checkpoint_every = 3000
   return config
 
 

@@ -33,8 +33,8 @@ from research.data import captions, shapes
 from research.metrics import fid
 from research.metrics.features import FeatureSpace
 from research.models import classifier as classifier_lib
-from research.tasks.classifier import CachedNetwork, cached_space
-from research.train import Task, base_config, eval_params, monitor, train
+from research.tasks.classifier import CachedNetwork, cached_space, feature_network_config
+from research.train import Task, eval_params, monitor, train
 
 VERSION = "shapes_reader_v1"
 # The heads, in the order of prompt_labels' columns; each attribute's values in research.data.shapes.ATTRIBUTES' order.
@@ -49,21 +49,9 @@ REFERENCE_IMAGES = 5000
 
 def train_config() -> ml_collections.ConfigDict:
   """The loop config the cached reader is trained with (part of what VERSION names)."""
-  config = base_config()
-  config.dataset = "shapes"
-  config.seed = 0
-  config.steps = 400
-  config.batch_size = 64
   # One step per call: XLA:CPU runs these convolutions about 9x slower inside the loop's multi-step scan.
-  config.steps_per_call = 1
-  config.prefetch = 0  # in-memory batches: no thread needed
-  config.log_every = config.checkpoint_every = config.steps
-  config.keep_checkpoints = 1
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 40
+  config = feature_network_config(400, warmup_steps=40, steps_per_call=1)
+  config.dataset = "shapes"
   return config
 
 
