@@ -27,7 +27,7 @@ shape) pairs with `latent_diffusion.guidance_scale`; and results.json with, of t
                                   shapes training split, its accuracy in its classifier.json) reads back as
                                   prompted; colour_accuracy, shape_accuracy, size_accuracy, position_accuracy
                                   each attribute's share.
-  fid, kid (kid_se), precision,   in the reader's feature space against the shapes training split, at
+  fid, kid (kid_se), precision,   in the reader's feature space against 5,000 shapes training images, at
     recall; fid_real, kid_real,   num_scored = min(num_samples, 2000) samples; "_real": the same of as many real
     ...; fid_ratio                test images (a perfect model's score at that count); fid_ratio = fid / fid_real.
   class_shares, classes_covered,  the reader's (colour, shape) pair of each sample: the 21 pairs' shares, how
