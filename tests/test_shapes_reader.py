@@ -14,7 +14,7 @@ from research.tasks import classifier as classifier_tasks
 from research.tasks import latent_diffusion as ld
 from research.tasks import shapes_reader
 
-# One worker runs this file: its session fixture reads the reader and its references once (see conftest.py).
+# One worker runs this file: its session fixtures read the reader and compile its forward pass once.
 pytestmark = pytest.mark.xdist_group("shapes_reader")
 
 
