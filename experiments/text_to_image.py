@@ -18,8 +18,22 @@ its checkpoints when killed and is only read back once finished:
 A full run writes `samples.png` (each sample with its prompt under it) and `samples.npz` (images
 (N, 32, 32, 3) float32 in [0, 1], prompts (N,)): the latent_diffusion stage's final evaluation
 samples, for `latent_diffusion.num_samples` prompts cycling over the seen and held-out (colour,
-shape) pairs with `latent_diffusion.guidance_scale`; and results.json: their CLIP scores (all, seen, held out),
-the autoencoder's test PSNR and scaling factor, CLIP's zero-shot accuracies, the stages' losses.
+shape) pairs with `latent_diffusion.guidance_scale`; and results.json with, of those samples:
+
+  clip_score (_seen, _held_out)   CLIP score (100 x cosine) against their prompts, over all prompts and over the
+                                  seen / held-out (colour, shape) pairs.
+  prompt_accuracy (_seen,         the share of samples whose colour, shape, size and position the shapes
+    _held_out)                    attribute reader (research/tasks/shapes_reader.py, trained apart on the
+                                  shapes training split, its accuracy in its classifier.json) reads back as
+                                  prompted; colour_accuracy, shape_accuracy, size_accuracy, position_accuracy
+                                  each attribute's share.
+  fid, kid (kid_se), precision,   in the reader's feature space against 5,000 shapes training images, at
+    recall; fid_real, kid_real,   num_scored = min(num_samples, 2000) samples; "_real": the same of as many real
+    ...; fid_ratio                test images (a perfect model's score at that count); fid_ratio = fid / fid_real.
+  class_shares, classes_covered,  the reader's (colour, shape) pair of each sample: the 21 pairs' shares, how
+    confidence                    many hold >= 2% of the samples, the mean largest pair probability.
+
+and the autoencoder's test PSNR and scaling factor, CLIP's zero-shot accuracies, the stages' losses.
 
 With --prompt, a workdir whose stages have all finished only samples: --num_samples images for
 the prompt with `config.guidance_scale`, written as `prompt_samples.png` and `prompt_samples.npz`.
@@ -40,6 +54,7 @@ from research.models import clip as clip_lib
 from research.tasks import autoencoder_kl as autoencoder_tasks
 from research.tasks import clip as clip_tasks
 from research.tasks import latent_diffusion as ld
+from research.tasks import shapes_reader
 from research.train import ConfigError, Pipeline, base_config, check_workdir, cli, train, write_results
 from research.train import stages as stages_lib
 
@@ -211,7 +226,9 @@ def run(config, workdir: str, prompt: str | None = None, num_samples: int = 16) 
   train_split = _train_split(config)
   ae_model, ae_params, scale, ae_results = train_autoencoder(config, workdir, train_split)
   clip_model, clip_params, tokenizer, clip_results = train_clip(config, workdir)
-  frozen = ld.Frozen(ae_model, ae_params, scale, clip_model, clip_params, tokenizer)
+  reader = shapes_reader.shapes_reader()  # trained once (about a minute) and cached
+  frozen = ld.Frozen(ae_model, ae_params, scale, clip_model, clip_params, tokenizer, shapes_reader.model(),
+                     reader.params)
   cfg = config.latent_diffusion
 
   def run_diffusion(directory):
@@ -222,8 +239,12 @@ def run(config, workdir: str, prompt: str | None = None, num_samples: int = 16) 
   # The stage's final evaluation drew and scored the samples: its pictures are this run's samples.
   texts, _ = ld.eval_prompts(cfg.num_samples)
   with np.load(os.path.join(out.directory, "samples.npz")) as drawn:
-    ld.write_samples(os.path.join(workdir, "samples"), drawn["images"], texts)
+    images = drawn["images"]
+  ld.write_samples(os.path.join(workdir, "samples"), images, texts)
   results = {name: out.results[name] for name in ("clip_score", "clip_score_seen", "clip_score_held_out")}
+  # A stage finished before the reader scored its evaluations has no prompt accuracy.
+  results.update({name: out.results.get(name) for name in shapes_reader.PROMPT_METRICS})
+  results.update(shapes_reader.shapes_sample_metrics(images, reader))
   results.update(autoencoder_psnr=ae_results["test_psnr"], scaling_factor=scale,
                  diffusion_train_loss=out.results.get("train_loss"))
   results.update({f"clip_{name}_accuracy": clip_results.get(f"{name}_accuracy") for name in clip_tasks.ATTRIBUTES})

@@ -46,11 +46,12 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: an end-to-end run of tens of seconds; such tests start first")
 
 
-# The feature networks that score samples (FID, KID, precision/recall) are trained on first use
-# and cached beside the prepared data. Trained under FAST_COMPILE their convolutions run about ten
-# times slower (minutes), so the session trains any that are missing first, in a subprocess at
-# XLA's full optimisation; the tests then only read the cache.
-_FEATURE_NETWORKS = "from research.tasks import classifier as c; c.digits_classifier(); c.digits_conv_space()"
+# The feature networks that score samples (FID, KID, precision/recall; the shapes reader's prompt
+# accuracy too) are trained on first use and cached beside the prepared data. Trained under
+# FAST_COMPILE their convolutions run about ten times slower (minutes), so the session trains any
+# that are missing first, in a subprocess at XLA's full optimisation; the tests then only read the cache.
+_FEATURE_NETWORKS = ("from research.tasks import classifier as c, shapes_reader as r; c.digits_classifier(); "
+                     "c.digits_conv_space(); r.shapes_reader()")
 
 
 def pytest_sessionstart(session):

@@ -194,31 +194,33 @@ def test_features_shape_and_input_forms(classifier, digits_test):
     classifier.features(images[..., 0])
 
 
-def test_cache_is_reused(classifier_root, classifier, digits_test, monkeypatch):
-  def refuse(workdir, network):
-    raise AssertionError(f"retrained {network} into {workdir}")
+def test_cache_is_reused(classifier_root, classifier, digits_test):
+  def refuse(workdir):
+    raise AssertionError(f"retrained into {workdir}")
 
-  monkeypatch.setattr(classifier_tasks, "_fit", refuse)
+  mlp = classifier_tasks.DIGITS_NETWORKS["mlp"]
   assert classifier_tasks.digits_classifier(classifier_root) is classifier
-  from_disk = classifier_tasks._cached.__wrapped__(os.path.abspath(classifier_root))  # skips the in-process memo
+  # Skips the in-process memo: read from disk, never trained.
+  from_disk = classifier_tasks._cached.__wrapped__(os.path.abspath(classifier_root), mlp._replace(fit=refuse))
   np.testing.assert_array_equal(from_disk.features(digits_test["image"]), classifier.features(digits_test["image"]))
   assert from_disk.info == classifier.info and from_disk.name == classifier.name == classifier_tasks.VERSION
   assert sorted(os.listdir(os.path.join(classifier_root, classifier_tasks.VERSION))) == ["classifier.json", "params"]
 
 
-def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
+def test_two_callers_train_once(classifier, tmp_path):
   calls = []
 
-  def fake_fit(workdir, network):
-    calls.append((workdir, network))
+  def fake_fit(workdir):
+    calls.append(workdir)
     time.sleep(0.5)  # long enough for the other caller to reach the lock
     return classifier.params, dict(classifier.info)
 
-  monkeypatch.setattr(classifier_tasks, "_fit", fake_fit)
+  network = classifier_tasks.DIGITS_NETWORKS["mlp"]._replace(fit=fake_fit)
   root = str(tmp_path / "cache")
   os.makedirs(os.path.join(root, f".{classifier_tasks.VERSION}.tmp-killed"))  # left by a killed process
   got = []
-  threads = [threading.Thread(target=lambda: got.append(classifier_tasks._cached.__wrapped__(root))) for _ in range(2)]
+  threads = [threading.Thread(target=lambda: got.append(classifier_tasks._cached.__wrapped__(root, network)))
+             for _ in range(2)]
   for t in threads:
     t.start()
   for t in threads:
@@ -228,15 +230,14 @@ def test_two_callers_train_once(classifier, tmp_path, monkeypatch):
   assert not glob.glob(os.path.join(root, ".*.tmp-*"))
 
 
-def test_failed_training_leaves_no_cache(tmp_path, monkeypatch):
-  def broken_fit(workdir, network):
+def test_failed_training_leaves_no_cache(tmp_path):
+  def broken_fit(workdir):
     os.makedirs(workdir)
     raise RuntimeError("killed")
 
-  monkeypatch.setattr(classifier_tasks, "_fit", broken_fit)
   root = str(tmp_path / "cache")
   with pytest.raises(RuntimeError, match="killed"):
-    classifier_tasks.digits_classifier(root)
+    classifier_tasks.cached_space(classifier_tasks.DIGITS_NETWORKS["mlp"]._replace(fit=broken_fit), root)
   assert not os.path.exists(os.path.join(root, classifier_tasks.VERSION))
   assert not glob.glob(os.path.join(root, ".*.tmp-*"))
 

@@ -10,6 +10,7 @@ import pytest
 from experiments import text_to_image
 from research.data import captions
 from research.tasks import latent_diffusion as ld
+from research.tasks import shapes_reader
 from research.train import ConfigError
 from tests.conftest import run_python
 
@@ -17,6 +18,10 @@ SMOKE = "--config=experiments/text_to_image.py:smoke"
 KEYS = {"clip_score", "clip_score_seen", "clip_score_held_out", "autoencoder_psnr", "scaling_factor",
         "diffusion_train_loss", "clip_colour_accuracy", "clip_shape_accuracy", "clip_size_accuracy",
         "clip_position_accuracy"}
+# The samples' prompt accuracy (a share) and their sample metrics in the shapes reader's space (>= 0, a share, a count).
+SHARES = set(shapes_reader.PROMPT_METRICS) | {"precision", "recall", "precision_real", "recall_real", "confidence",
+                                              "confidence_real"}
+DISTANCES = {"fid", "fid_real", "fid_ratio", "kid_se", "kid_se_real"}
 PROMPT = "a large blue square at the bottom right"
 
 
@@ -37,6 +42,13 @@ def test_smoke_trains_every_stage_samples_and_reruns_without_training(tmp_path, 
   assert KEYS <= set(results)
   assert all(isinstance(results[k], float) and np.isfinite(results[k]) for k in KEYS)
   assert results["scaling_factor"] > 0
+  assert all(isinstance(results[k], float) and 0.0 <= results[k] <= 1.0 for k in SHARES), {k: results[k] for k in SHARES}
+  assert all(isinstance(results[k], float) and results[k] >= 0.0 for k in DISTANCES)
+  assert np.isfinite(results["kid"]) and np.isfinite(results["kid_real"])  # unbiased: may fall below 0
+  num = text_to_image.get_config("smoke").latent_diffusion.num_samples
+  assert results["num_samples"] == results["num_scored"] == num
+  assert 1 <= results["classes_covered"] <= 21 and len(results["class_shares"]) == 21
+  assert sum(results["class_shares"]) == pytest.approx(1.0, abs=1e-3)
   samples = np.load(os.path.join(workdir, "samples.npz"))
   prompts, held = ld.eval_prompts(text_to_image.get_config("smoke").latent_diffusion.num_samples)
   assert samples["images"].shape == (len(prompts), 32, 32, 3) and samples["images"].dtype == np.float32

@@ -74,6 +74,37 @@ def shapes_caption(attributes: Mapping[str, str], template: int) -> str:
   return SHAPE_TEMPLATES[template].format(**words)
 
 
+# Every word a shapes caption names an attribute value with, and the value.
+_SHAPE_WORDS = {"shape": {**{s: s for s in SHAPES}, **{w: s for s, w in WORDS["shape2"].items()}},
+                "colour": {c: c for c in COLOURS},
+                "size": {**{s: s for s in SIZES}, **{w: s for s, w in WORDS["size2"].items()}}}
+_POSITION_WORDS = frozenset(w for p in POSITIONS for w in p.split())
+
+
+def shapes_attributes(text: str) -> dict[str, str | None]:
+  """The attribute values a shapes caption names, read from its words (any template, or a free prompt).
+
+  "the disc is blue and little , at the top left" -> {"shape": "circle", "colour": "blue",
+  "size": "small", "position": "top left"}. A position is a run of position words ("top left").
+
+  Returns:
+    {shape, colour, size, position: the value named, or None where the text names none, or two
+    different ones, or a position that is not one of POSITIONS}.
+  """
+  ws = words(text.decode("utf-8") if isinstance(text, bytes) else text)
+  named = {name: {table[w] for w in ws if w in table} for name, table in _SHAPE_WORDS.items()}
+  runs, run = set(), []
+  for w in ws + [""]:
+    if w in _POSITION_WORDS:
+      run.append(w)
+    elif run:
+      runs.add(" ".join(run))
+      run = []
+  named["position"] = runs
+  return {name: (next(iter(values)) if len(values) == 1 and (name != "position" or values <= set(POSITIONS))
+                 else None) for name, values in named.items()}
+
+
 def digits_caption(attributes: Mapping[str, str], template: int) -> str:
   """The caption of a digit: its words (digit, thickness, slant) in one template."""
   return DIGIT_TEMPLATES[template].format(**attributes)

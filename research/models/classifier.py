@@ -1,4 +1,4 @@
-"""The digits feature networks: an MLP classifier and a convolutional one, whose features are two sample-metric spaces.
+"""The feature networks of sample metrics: the digits' MLP and convolutional classifiers, and the shapes reader.
 
     model = DigitsNet()                      # or DigitsConvNet()
     logits, feats = model.apply(params, to_unit_images(batch["image"]))   # (B, 10), (B, features)
@@ -10,6 +10,13 @@ Two of different kinds, because an MLP's features average pixel noise away: Gaus
 σ = 0.1 on real digits raises the MLP's FID by a fifth and the convolutional net's by more
 than half. Their task trains them on the digits training split (research/tasks/classifier.py),
 which caches the trained parameters.
+
+    reader = ShapesReader(heads=(("colour", 7), ("shape", 3), ("size", 2), ("position", 9)))
+    logits, feats = reader.apply(params, images)   # {attribute: (B, values)}, (B, READER_FEATURES)
+
+The shapes reader reads back the four attributes a shapes caption names, one head each: what a
+text-to-image run's prompt accuracy counts. Its features are the shapes' sample-metric space
+(research/tasks/shapes_reader.py trains and caches it).
 """
 
 import flax.linen as nn
@@ -63,6 +70,43 @@ class DigitsConvNet(nn.Module):
     x = nn.relu(nn.Conv(64, (3, 3), strides=2)(x))  # (batch, 2, 2, 64)
     feats = nn.relu(nn.Dense(self.features)(x.reshape(x.shape[0], -1)))  # (batch, features)
     return nn.Dense(NUM_CLASSES)(feats), feats
+
+
+READER_FEATURES = 64  # width of the shapes reader's penultimate layer
+READER_IMAGE_SHAPE = (32, 32, 3)
+
+
+class ShapesReader(nn.Module):
+  """Four 3x3 convolutions (8 channels at 32x32, then strided: 16 at 16x16, 32 at 8x8, 64 at 4x4), a dense feature
+  layer and one linear head per attribute.
+
+  The shapes are drawn in pure colours, so the maximum over the colour channels is the shape's
+  coverage whatever its colour: the network reads it as a fourth channel, which lets the shape
+  heads generalise to (colour, shape) pairs never seen together in training. The dense layer
+  reads the 4x4 map, which keeps where the shape is (the 3x3 grid of positions), and the map's
+  maximum and mean over positions, the same wherever the shape is: the mean carries the lit
+  area, which alone tells the six (shape, size) pairs apart (a small triangle covers 32 px, a
+  circle 50, a square 64; a large one four times that). About 1.2M multiply-adds per image.
+
+  Attributes:
+    heads: (attribute, number of values) of each head, in the order of the logits' dict.
+    features: the penultimate width.
+  """
+
+  heads: tuple[tuple[str, int], ...]
+  features: int = READER_FEATURES
+
+  @nn.compact
+  def __call__(self, images):
+    """Maps (batch, 32, 32, 3) images in [0, 1] to ({attribute: logits (batch, values)}, features (batch, features))."""
+    x = jnp.concatenate([images, jnp.max(images, axis=-1, keepdims=True)], -1) * 2.0 - 1.0  # (batch, 32, 32, 4)
+    pooled = []
+    for width in (8, 16, 32, 64):  # (batch, 32, 32, 8), (batch, 16, 16, 16), (batch, 8, 8, 32), (batch, 4, 4, 64)
+      x = nn.relu(nn.Conv(width, (3, 3), strides=1 if width == 8 else 2)(x))
+      pooled += [jnp.max(x, axis=(1, 2)), jnp.mean(x, axis=(1, 2))]  # (batch, width) each
+    flat = jnp.concatenate([x.reshape(x.shape[0], -1)] + pooled, -1)  # (batch, 16 * 64 + 2 * 120)
+    feats = nn.relu(nn.Dense(self.features)(flat))  # (batch, features)
+    return {name: nn.Dense(values, name=f"head_{name}")(feats) for name, values in self.heads}, feats
 
 
 def to_unit_images(images: jax.Array) -> jax.Array:

@@ -13,7 +13,8 @@ detail that the MLP's features average away. Each trained feature space is cache
 `research.data.data_dir()/fid_classifier/<version>/` (`params`: an orbax pytree;
 `classifier.json`: its test accuracy and training results), written atomically (into a
 temporary directory renamed when complete) under a file lock, so two processes never train it
-twice and a killed one never leaves a half-written cache.
+twice and a killed one never leaves a half-written cache. The cache serves any feature network
+described as a `CachedNetwork` (`cached_space`): the shapes reader's too (research/tasks/shapes_reader.py).
 
 Bump a version whenever its network or its training changes: scores measured with different
 feature networks are not comparable, so a new network must never be mistaken for the old.
@@ -27,6 +28,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +51,30 @@ DIGITS_SPLITS = ("train", "test")
 CONV_PREFIX = "cnn_"
 
 
+def feature_network_config(steps: int, warmup_steps: int, steps_per_call: int) -> ml_collections.ConfigDict:
+  """The loop config the cached feature networks share: seed 0, batch 64, AdamW (3e-3, weight decay 1e-4) with
+  warmup and cosine decay, one log line and one checkpoint, at the end.
+
+  Args:
+    steps: training steps.
+    warmup_steps: the learning rate's linear warmup.
+    steps_per_call: steps compiled into one call.
+  """
+  config = base_config()
+  config.seed = 0
+  config.steps = config.log_every = config.checkpoint_every = steps
+  config.batch_size = 64
+  config.steps_per_call = steps_per_call
+  config.prefetch = 0  # in-memory batches: no thread needed
+  config.keep_checkpoints = 1
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.schedule = "warmup_cosine"
+  config.optimizer.warmup_steps = warmup_steps
+  return config
+
+
 def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
   """The loop config a cached feature network is trained with (part of what its version names).
 
@@ -56,23 +83,9 @@ def train_config(network: str = "mlp") -> ml_collections.ConfigDict:
   """
   if network not in NETWORKS:
     raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-  config = base_config()
+  # A tiny network: one dispatch per 50 steps, not per step.
+  config = feature_network_config(3000 if network == "cnn" else 600, warmup_steps=50, steps_per_call=50)
   config.network = network  # mlp: DigitsNet; cnn: DigitsConvNet
-  config.seed = 0
-  config.steps = 600
-  config.batch_size = 64
-  config.steps_per_call = 50  # a tiny network: one dispatch per 50 steps, not per step
-  config.prefetch = 0  # the batches are tiny: no thread needed
-  config.log_every = 600
-  config.checkpoint_every = 600
-  config.keep_checkpoints = 1
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "warmup_cosine"
-  config.optimizer.warmup_steps = 50
-  if network == "cnn":
-    config.steps = config.log_every = config.checkpoint_every = 3000
   return config
 
 
@@ -114,15 +127,26 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
 
 # ---------------------------------------------------------------------------------------
-# The digits feature spaces: trained on first use, read from the cache afterwards.
-
-_VERSIONS = {"mlp": VERSION, "cnn": CONV_VERSION}
+# Feature networks cached by version: trained on first use, read from the cache afterwards.
 
 
-def feature_space(params, info: dict, network: str = "mlp") -> FeatureSpace:
-  """The digits feature space of a trained network's parameters ("mlp": DigitsNet, "cnn": DigitsConvNet)."""
-  return FeatureSpace(_VERSIONS[network], _model(network).apply, params, classifier_lib.IMAGE_SHAPE,
-                      classifier_lib.NUM_CLASSES, info)
+class CachedNetwork(NamedTuple):
+  """A feature network the cache trains once and reads back: what `cached_space` needs of it.
+
+  Attributes:
+    version: the cache's subdirectory; bump it whenever the network or its training changes.
+    description: what it is, for the one line said while it trains ("the digits feature network").
+    fit: `fit(workdir) -> (params, info)`: trains it with the loop in `workdir`; `info` becomes
+      classifier.json (its test accuracy and training results).
+    abstract_params: `abstract_params() -> params' shapes` (jax.eval_shape of its init), to restore params.
+    space: `space(params, info) -> FeatureSpace` of trained parameters.
+  """
+
+  version: str
+  description: str
+  fit: Callable[[str], tuple[Any, dict]]
+  abstract_params: Callable[[], Any]
+  space: Callable[[Any, dict], FeatureSpace]
 
 
 def default_directory() -> str:
@@ -142,45 +166,27 @@ def _locked(root: str, version: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _abstract_params(network: str):
-  dummy = jnp.zeros((1, *classifier_lib.IMAGE_SHAPE), jnp.float32)
-  return jax.eval_shape(lambda: _model(network).init(jax.random.key(0), dummy))
-
-
-def _fit(workdir: str, network: str) -> tuple[dict, dict]:
-  """Trains a network with the loop in `workdir`; returns (params, info for classifier.json)."""
-  config = train_config(network)
-  with monitor.quiet():
-    run = train(make_task(config), config, workdir, data_lib.load("digits", "train"),
-                data_lib.load("digits", "test"))
-  params = jax.device_get(eval_params(run.state))
-  info = {"version": _VERSIONS[network], "test_accuracy": run.results["test_accuracy"],
-          "train_loss": run.results["train_loss"], "steps": config.steps, "config": config.to_dict()}
-  return params, info
-
-
-def _read(directory: str, network: str) -> FeatureSpace:
+def _read(directory: str, network: CachedNetwork) -> FeatureSpace:
   with open(os.path.join(directory, "classifier.json")) as f:
     info = json.load(f)
-  return feature_space(restore_pytree(os.path.join(directory, "params"), _abstract_params(network)), info, network)
+  return network.space(restore_pytree(os.path.join(directory, "params"), network.abstract_params()), info)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(root: str, network: str = "mlp") -> FeatureSpace:
-  version = _VERSIONS[network]
-  final = os.path.join(root, version)
+def _cached(root: str, network: CachedNetwork) -> FeatureSpace:
+  final = os.path.join(root, network.version)
   if os.path.isdir(final):
     return _read(final, network)
-  with _locked(root, version):
+  with _locked(root, network.version):
     if os.path.isdir(final):  # another process trained it while this one waited
       return _read(final, network)
     # Leftovers of a process killed mid-write; under the lock nobody else is writing.
-    for leftover in glob.glob(os.path.join(root, f".{version}.tmp-*")):
+    for leftover in glob.glob(os.path.join(root, f".{network.version}.tmp-*")):
       shutil.rmtree(leftover, ignore_errors=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=root)
-    monitor.say(f"training the digits feature network {version} once (seconds), cached in {final}")
+    staging = tempfile.mkdtemp(prefix=f".{network.version}.tmp-", dir=root)
+    monitor.say(f"training {network.description} {network.version} once (seconds), cached in {final}")
     try:
-      params, info = _fit(os.path.join(staging, "run"), network)
+      params, info = network.fit(os.path.join(staging, "run"))
       save_pytree(os.path.join(staging, "params"), params)
       with open(os.path.join(staging, "classifier.json"), "w") as f:
         json.dump(info, f, indent=2)
@@ -192,6 +198,62 @@ def _cached(root: str, network: str = "mlp") -> FeatureSpace:
       shutil.rmtree(staging, ignore_errors=True)
       raise
   return _read(final, network)
+
+
+def cached_space(network: CachedNetwork, directory: str | None = None) -> FeatureSpace:
+  """A feature network's space, trained on first use and read from the cache afterwards.
+
+  The cache is `<directory>/<network.version>/` (`params`: an orbax pytree; `classifier.json`:
+  the info `network.fit` returned), written atomically (into a temporary directory renamed
+  when complete) under a file lock: two processes never train it twice and a killed one never
+  leaves a half-written cache.
+
+  Args:
+    network: the network.
+    directory: the cache root holding one subdirectory per version; defaults to
+      `default_directory()` (beside the prepared data).
+
+  Returns:
+    The FeatureSpace (the same object for repeated calls in one process).
+  """
+  return _cached(os.path.abspath(directory or default_directory()), network)
+
+
+# ---------------------------------------------------------------------------------------
+# The digits feature spaces.
+
+_VERSIONS = {"mlp": VERSION, "cnn": CONV_VERSION}
+
+
+def feature_space(params, info: dict, network: str = "mlp") -> FeatureSpace:
+  """The digits feature space of a trained network's parameters ("mlp": DigitsNet, "cnn": DigitsConvNet)."""
+  return FeatureSpace(_VERSIONS[network], _model(network).apply, params, classifier_lib.IMAGE_SHAPE,
+                      classifier_lib.NUM_CLASSES, info)
+
+
+def _abstract_params(network: str):
+  dummy = jnp.zeros((1, *classifier_lib.IMAGE_SHAPE), jnp.float32)
+  return jax.eval_shape(lambda: _model(network).init(jax.random.key(0), dummy))
+
+
+def _fit(workdir: str, network: str) -> tuple[dict, dict]:
+  """Trains a digits network with the loop in `workdir`; returns (params, info for classifier.json)."""
+  config = train_config(network)
+  with monitor.quiet():
+    run = train(make_task(config), config, workdir, data_lib.load("digits", "train"),
+                data_lib.load("digits", "test"))
+  params = jax.device_get(eval_params(run.state))
+  info = {"version": _VERSIONS[network], "test_accuracy": run.results["test_accuracy"],
+          "train_loss": run.results["train_loss"], "steps": config.steps, "config": config.to_dict()}
+  return params, info
+
+
+# The two digits networks as the cache knows them.
+DIGITS_NETWORKS = {network: CachedNetwork(_VERSIONS[network], "the digits feature network",
+                                          functools.partial(_fit, network=network),
+                                          functools.partial(_abstract_params, network),
+                                          functools.partial(feature_space, network=network))
+                   for network in NETWORKS}
 
 
 def digits_classifier(directory: str | None = None) -> FeatureSpace:
@@ -208,7 +270,7 @@ def digits_classifier(directory: str | None = None) -> FeatureSpace:
   In a multi-process run every process would train it with the loop's collectives; prepare
   the cache once beforehand (call this in a single process), then each process only reads it.
   """
-  return _cached(os.path.abspath(directory or default_directory()))
+  return cached_space(DIGITS_NETWORKS["mlp"], directory)
 
 
 def digits_conv_space(directory: str | None = None) -> FeatureSpace:
@@ -216,7 +278,7 @@ def digits_conv_space(directory: str | None = None) -> FeatureSpace:
 
   Cached like `digits_classifier` (same directory argument); its `info` holds its test accuracy.
   """
-  return _cached(os.path.abspath(directory or default_directory()), "cnn")
+  return cached_space(DIGITS_NETWORKS["cnn"], directory)
 
 
 def digits_reference(split: str = "train", space: FeatureSpace | None = None) -> fid.Reference:

@@ -17,7 +17,10 @@ autoencoder.
 The evaluation (pure) draws `num_samples` images for prompts cycling over every (colour, shape)
 pair, seen and held out of training (research.data.shapes.HELD_OUT_PAIRS), and reports their
 CLIP scores (research.models.clip.clip_score, 100 x cosine) against their prompts:
-`clip_score`, `clip_score_seen`, `clip_score_held_out`.
+`clip_score`, `clip_score_seen`, `clip_score_held_out`. Given the shapes attribute reader
+(`Frozen.reader`, research/tasks/shapes_reader.py), it also reports how often the reader reads
+back what each prompt names: `prompt_accuracy` (every named attribute right), its `_seen` and
+`_held_out` shares, and `colour_accuracy`, `shape_accuracy`, `size_accuracy`, `position_accuracy`.
 """
 
 from typing import Any, NamedTuple
@@ -37,6 +40,7 @@ from research.models.autoencoder_kl import AutoencoderKL
 from research.models.diffusion import (PREDICTIONS, SCHEDULES, classifier_free_guidance, ddim_timesteps, loss,
                                        make_schedule, sample_ddim)
 from research.tasks import clip as clip_tasks
+from research.tasks import shapes_reader
 from research.train import Task, base_config, check_common
 
 DENOISERS = ("unet", "dit")
@@ -109,7 +113,9 @@ def check_config(config) -> None:
 
 
 class Frozen(NamedTuple):
-  """The frozen models a latent denoiser reads: the autoencoder and CLIP (params without the "params" key)."""
+  """The frozen models a latent denoiser reads: the autoencoder and CLIP (params without the "params" key), and
+  optionally the shapes attribute reader that scores its samples (research.tasks.shapes_reader: `model()` and
+  the cached space's params)."""
 
   autoencoder: AutoencoderKL
   autoencoder_params: Any
@@ -117,6 +123,8 @@ class Frozen(NamedTuple):
   clip: clip_lib.CLIP
   clip_params: Any
   tokenizer: captions.CaptionTokenizer
+  reader: Any = None
+  reader_params: Any = None
 
   @property
   def latent_shape(self) -> tuple[int, int, int]:
@@ -191,15 +199,23 @@ def eval_prompts(count: int) -> tuple[list[str], np.ndarray]:
   return texts, np.asarray(held)
 
 
+def held_out_pairs(labels: np.ndarray) -> np.ndarray:
+  """Whether each prompt names a held-out (colour, shape) pair, (N,) bool, from its `shapes_reader.prompt_labels`."""
+  colours, kinds = shapes.ATTRIBUTES["colour"], shapes.ATTRIBUTES["shape"]
+  held = {(colours.index(c), kinds.index(k)) for c, k in shapes.HELD_OUT_PAIRS}
+  pairs = labels[:, [shapes_reader.ATTRIBUTES.index("colour"), shapes_reader.ATTRIBUTES.index("shape")]]
+  return np.asarray([tuple(pair) in held for pair in pairs.tolist()], bool).reshape(len(labels))
+
+
 def eval_data(frozen: Frozen, config, texts=None) -> dict[str, np.ndarray]:
-  """The evaluation split: the prompts' ids, mask, states and held-out flags (default: `eval_prompts`)."""
-  held = None
+  """The evaluation split (default prompts: `eval_prompts`): the prompts' ids, mask and states, the attribute
+  indices they name (`shapes_reader.prompt_labels`, -1 where none) and whether their pair is held out."""
   if texts is None:
-    texts, held = eval_prompts(config.num_samples)
+    texts, _ = eval_prompts(config.num_samples)
   ids, mask = encode_prompts(frozen, texts)
-  if held is None:
-    held = np.asarray([any(f"{c} {s}" in t for c, s in shapes.HELD_OUT_PAIRS) for t in texts])
-  return {"input_ids": ids, "attention_mask": mask, "context": text_states(frozen, ids, mask), "held_out": held}
+  labels = shapes_reader.prompt_labels(texts)
+  return {"input_ids": ids, "attention_mask": mask, "context": text_states(frozen, ids, mask),
+          "attributes": labels, "held_out": held_out_pairs(labels)}
 
 
 def make_denoiser(config, latent_shape, context_dim: int):
@@ -248,8 +264,8 @@ def make_task(config, frozen: Frozen, contexts: np.ndarray) -> Task:
     A Task whose loss is the denoising loss of `config.prediction` on the batch's latents with
     its captions' states (each replaced by the null context with probability `caption_dropout`),
     whose pure `evaluate` draws one image per prompt of the evaluation data (`eval_data`) with
-    DDIM and guidance `guidance_scale`, decodes them and reports their CLIP scores (module
-    docstring); its picture is `samples`. Traced hyperparameters: caption_dropout, guidance_scale.
+    DDIM and guidance `guidance_scale`, decodes them and reports their CLIP scores and, with
+    `frozen.reader`, their prompt accuracy (module docstring); its picture is `samples`. Traced hyperparameters: caption_dropout, guidance_scale.
   """
   check_config(config)
   latent_shape = frozen.latent_shape
@@ -306,9 +322,12 @@ def make_task(config, frozen: Frozen, contexts: np.ndarray) -> Task:
     scores = clip_lib.clip_score(frozen.clip, frozen.clip_params, clip_tasks.pixel_values(images), data["input_ids"],
                                  data["attention_mask"])  # (N,)
     held = data["held_out"]
-    mean = lambda mask: jnp.sum(jnp.where(mask, scores, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-    return {"samples": images, "clip_score": jnp.mean(scores), "clip_score_seen": mean(~held),
-            "clip_score_held_out": mean(held)}
+    out = {"samples": images, "clip_score": jnp.mean(scores), "clip_score_seen": shapes_reader.masked_mean(scores, ~held),
+           "clip_score_held_out": shapes_reader.masked_mean(scores, held)}
+    if frozen.reader is not None:
+      logits, _ = frozen.reader.apply(frozen.reader_params, images)
+      out.update(shapes_reader.prompt_accuracy(logits, data["attributes"], held))
+    return out
 
   draw_all = jax.jit(generate)
 
