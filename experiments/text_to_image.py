@@ -36,13 +36,16 @@ shape) pairs with `latent_diffusion.guidance_scale`; and results.json with, of t
 and the autoencoder's test PSNR and scaling factor, CLIP's zero-shot accuracies, the stages' losses.
 
 With --prompt, a workdir whose stages have all finished only samples: --num_samples images for
-the prompt with `config.guidance_scale`, written as `prompt_samples.png` and `prompt_samples.npz`.
+the prompt with `config.guidance_scale`, written as `prompt_samples.png` and `prompt_samples.npz`,
+and a line with their prompt accuracy (all the attributes the prompt names read back, and each
+one's share).
 """
 
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
@@ -199,7 +202,18 @@ def sample_prompt(config, workdir: str, prompt: str, num_samples: int) -> dict:
   frozen = ld.Frozen(ae_model, ae_params, scale, clip_model, clip_params, tokenizer)
   images = _sample(config, workdir, frozen, [prompt] * num_samples)
   ld.write_samples(os.path.join(workdir, "prompt_samples"), images, [prompt] * num_samples)
-  return {"prompt": prompt, "num_samples": num_samples}
+  # What the attribute reader reads back, of the attributes the prompt names.
+  reader = shapes_reader.shapes_reader()
+  labels = shapes_reader.prompt_labels([prompt] * num_samples)
+  logits, _ = shapes_reader.model().apply(reader.params, jnp.asarray(images))
+  accuracy = {name: float(value) for name, value in
+              shapes_reader.prompt_accuracy(logits, labels, ld.held_out_pairs(labels)).items()}
+  named = {name: accuracy[f"{name}_accuracy"] for i, name in enumerate(shapes_reader.ATTRIBUTES) if labels[0, i] >= 0}
+  each = ", ".join(f"{name} {value:.2f}" for name, value in named.items())
+  print(f"prompt accuracy {accuracy['prompt_accuracy']:.2f} over {num_samples} samples: the share the shapes "
+        f"attribute reader reads as prompted ({each})")
+  return {"prompt": prompt, "num_samples": num_samples, "prompt_accuracy": accuracy["prompt_accuracy"],
+          **{f"{name}_accuracy": value for name, value in named.items()}}
 
 
 def _sample(config, workdir: str, frozen: ld.Frozen, texts) -> np.ndarray:

@@ -3,6 +3,7 @@ and bad input refused before anything is written."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +66,13 @@ def test_smoke_trains_every_stage_samples_and_reruns_without_training(tmp_path, 
   drawn = np.load(os.path.join(workdir, "prompt_samples.npz"))
   assert drawn["images"].shape == (3, 32, 32, 3) and drawn["images"].dtype == np.float32
   assert list(drawn["prompts"]) == [PROMPT] * 3
+  accuracy = re.search(r"^prompt accuracy ([0-9.]+) over 3 samples: the share the shapes attribute reader reads as "
+                       r"prompted \(colour ([0-9.]+), shape ([0-9.]+), size ([0-9.]+), position ([0-9.]+)\)$",
+                       again.stdout, re.M)
+  assert accuracy, again.stdout[-2000:]
+  shares = [float(x) for x in accuracy.groups()]
+  assert all(abs(share * 3 - round(share * 3)) < 0.02 for share in shares)  # shares of 3 samples, 2 decimals
+  assert shares[0] <= min(shares[1:])  # all four right is at most as common as any one right
   assert os.path.exists(os.path.join(workdir, "prompt_samples.png"))
   capfd.readouterr()
   text_to_image.run(text_to_image.get_config("smoke"), workdir)
