@@ -6,17 +6,18 @@ experiments/ppo.py, a2c.py and dqn.py are a config each and one call:
       return experiment.run(ppo, config, workdir, members, name=config.algorithm)
 
 `algorithm` is a module with the scan convention of research/rl: `check_config(config)`,
-`make_chunks(config)` (research.rl.ppo.Chunks: init, advance, num_updates, output, whose output
-has `params` and per-update `metrics`: env_steps, episodes, episode_return, total_loss, ...),
-`HParams` (the traced fields), `default_hparams(config)` and `num_updates(config)`. An output
-with an `evaluation` (DQN's greedy episodes, research.rl.dqn.Evaluation) reports those as the
-final returns; otherwise the final return is that of the training episodes in the last
+`make_train(config) -> train(key, hparams=None)` returning an output with `params` and
+per-update `metrics` (env_steps, episodes, episode_return, total_loss, ...), `HParams` (the
+traced fields), `default_hparams(config)` and `num_updates(config)`. An output with an
+`evaluation` (DQN's greedy episodes, research.rl.dqn.Evaluation) reports those as the final
+returns; otherwise the final return is that of the training episodes in the last
 FINAL_FRACTION of updates.
 
-A single run's updates, or a sweep's members', run a chunk at a time (config.updates_per_chunk):
-a progress line after each chunk, a checkpoint every config.checkpoint_every updates, a stop at
-the next chunk's end on SIGINT/SIGTERM, and a rerun of the same command that resumes from the
-newest checkpoint to the same results, bit for bit.
+An algorithm with `make_chunks(config)` (research.rl.ppo, a2c, dqn) runs a single run's updates, or
+a sweep's members', a chunk at a time (config.updates_per_chunk): a progress line after each
+chunk, a checkpoint every config.checkpoint_every updates, a stop at the next chunk's end on
+SIGINT/SIGTERM, and a rerun of the same command that resumes from the newest checkpoint to the
+same results, bit for bit.
 """
 
 import json
@@ -167,6 +168,30 @@ def _timing_metrics(algorithm: ModuleType, config, steps: int, compile_time: flo
   return {"env_steps_per_seed": steps, "num_updates": algorithm.num_updates(config),
           "compile_time_s": round(compile_time, 3), "train_time_s": round(run_time, 3),
           "env_steps_per_s": round(steps_per_s, 1)}
+
+
+def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, name: str, start: float) -> dict:
+  """A sweep of an algorithm without chunks: every member's num_seeds runs in one jitted program (see `run`)."""
+  configs = member_configs(algorithm, config, members)
+  check_positive("num_seeds", config.num_seeds)
+  train = algorithm.make_train(configs[0])  # the program; each member brings its own keys and hparams
+  keys, hparams = _member_inputs(algorithm, configs)
+  program = jax.jit(jax.vmap(jax.vmap(train, in_axes=(0, None))))
+
+  compiled = program.lower(keys, hparams).compile()
+  compile_time = time.perf_counter() - start
+  runs = members.count * config.num_seeds
+  print(f"compiled {name} on {config.env_name} x {members.count} members x {config.num_seeds} seeds "
+        f"in {compile_time:.1f}s")
+
+  run_start = time.perf_counter()
+  out = jax.block_until_ready(compiled(keys, hparams))
+  run_time = time.perf_counter() - run_start
+  steps = int(out.metrics.env_steps[0, 0, -1])
+  steps_per_s = runs * steps / run_time
+  print(f"trained {algorithm.num_updates(config)} updates x {runs} runs ({steps} env steps each) "
+        f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all runs")
+  return _write_members(algorithm, config, workdir, members, name, out, compile_time, run_time, start, steps_per_s)
 
 
 def _member_inputs(algorithm: ModuleType, configs: list) -> tuple[jax.Array, object]:
@@ -416,7 +441,8 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
   and params/ has leaves (members, num_seeds, ...). A member whose loss turns non-finite is
   reported with `diverged_at_step` (an update, 1-based) and the others finish.
 
-  A single run (or a sweep) runs config.updates_per_chunk updates per compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
+  A single run (or a sweep) of an algorithm with `make_chunks` runs config.updates_per_chunk
+  updates per compiled call (0: all in one) and prints `update k/N (env steps S): mean return R over the
   chunk's episodes, X env steps/s` after each; it saves (the carry and the metrics so far) in
   workdir/checkpoints every config.checkpoint_every updates (0: never), at the end once
   anything was saved, and when SIGINT or SIGTERM stops it at a chunk's end (raising
@@ -439,11 +465,31 @@ def run(algorithm: ModuleType, config, workdir: str, members: Members | None = N
     ConfigError: on a bad config or sweep, before anything is compiled or written.
     NonFiniteLossError: if a loss became NaN or infinite (in a sweep: in every member); nothing
       is written then (but checkpoints).
-    Interrupted: a signal stopped the run, after saving a checkpoint.
+    Interrupted: a signal stopped a chunked run, after saving a checkpoint.
   """
   start = time.perf_counter()
   name = name or algorithm.__name__.rsplit(".", 1)[-1]
-  return _run_chunks(algorithm, config, workdir, name, start, members)
+  if hasattr(algorithm, "make_chunks"):
+    return _run_chunks(algorithm, config, workdir, name, start, members)
+  if members is not None:
+    return _run_members(algorithm, config, workdir, members, name, start)
+  check_positive("num_seeds", config.num_seeds)
+  train = algorithm.make_train(config)  # validates the rest before anything is traced
+  keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+
+  compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+  compile_time = time.perf_counter() - start
+  print(f"compiled {name} on {config.env_name} x {config.num_seeds} seeds in {compile_time:.1f}s")
+
+  run_start = time.perf_counter()
+  out = jax.block_until_ready(compiled(keys))
+  run_time = time.perf_counter() - run_start
+  steps = int(out.metrics.env_steps[0, -1])
+  steps_per_s = config.num_seeds * steps / run_time
+  print(f"trained {algorithm.num_updates(config)} updates x {config.num_seeds} seeds ({steps} env steps each) "
+        f"in {run_time:.1f}s: {steps_per_s:,.0f} env steps/s over all seeds")
+
+  return _write_run(algorithm, config, workdir, name, out, compile_time, run_time, start, steps_per_s)
 
 
 def _write_run(algorithm: ModuleType, config, workdir: str, name: str, out, compile_time: float, run_time: float,
