@@ -89,7 +89,7 @@ def run(config, workdir: str, members: Members | None = None) -> dict:
   config.updates_per_chunk updates per call, printing a progress line after each, saves
   checkpoints/ every config.checkpoint_every updates and on Ctrl-C (exit 130), and resumes from
   them when run again. With `members` (a sweep), every member's num_seeds runs train in one
-  program, without chunks; see research.rl.experiment.run.
+  program, a chunk of updates at a time as well; see research.rl.experiment.run.
 
   Args:
     config: the experiment config (see get_config); validated before anything is compiled.

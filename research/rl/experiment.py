@@ -171,7 +171,8 @@ def _timing_metrics(algorithm: ModuleType, config, steps: int, compile_time: flo
 
 
 def _run_members(algorithm: ModuleType, config, workdir: str, members: Members, name: str, start: float) -> dict:
-  """A sweep of an algorithm without chunks: every member's num_seeds runs in one jitted program (see `run`)."""
+  """A sweep of an algorithm without chunks (research.rl.tamer): every member's num_seeds runs in one jitted program
+  (see `run`)."""
   configs = member_configs(algorithm, config, members)
   check_positive("num_seeds", config.num_seeds)
   train = algorithm.make_train(configs[0])  # the program; each member brings its own keys and hparams
