@@ -88,3 +88,13 @@ def test_table_smoke_writes_its_report(tmp_path):
   text = (tmp_path / "tamer.md").read_text()
   assert "python" in text and "| DQN on the reward |" in text
   assert (tmp_path / "tamer.png").stat().st_size > 1000
+
+
+def test_the_experiment_writes_its_files_through_the_rl_runner(tmp_path):
+  """`python -m experiments.tamer`'s run (TAMER has no chunks: research.rl.experiment's one-program path)."""
+  config = tamer_experiment.get_config("smoke")
+  config.update(num_seeds=2, num_evaluations=2, eval_episodes=2, total_timesteps=2_000)
+  results = tamer_experiment.run(config, str(tmp_path))
+  assert len(results["final_return_per_seed"]) == 2 and results["num_updates"] == tamer.num_updates(config)
+  assert all(np.isfinite(r) for r in results["final_return_per_seed"])
+  assert (tmp_path / "returns.png").stat().st_size > 1000 and (tmp_path / "params").is_dir()
