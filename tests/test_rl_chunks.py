@@ -65,21 +65,13 @@ def check_chunks_equal_the_single_scan(name):
   algorithm, config = _TINY[name][1], _tiny_config(name)
   key = jax.random.key(5)
   whole = jax.jit(algorithm.make_train(config))(key)
-  chunks = algorithm.make_chunks(config)
-  total = chunks.num_updates
-  assert total == (6 if name == "dqn" else 7)
-  carry = jax.jit(chunks.init)(key)
-  firsts = range(0, total, 3)
-  lengths = {min(3, total - first) for first in firsts}
-  advance = {n: jax.jit(lambda c, first, n=n: chunks.advance(c, first, n)) for n in lengths}
-  parts, carries = [], []
-  for first in firsts:
-    carry, metrics = advance[min(3, total - first)](carry, jnp.int32(first))
-    parts.append(metrics)
-    carries.append(carry)
-  metrics = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+  out, carries = experiment.chunked_train(algorithm, config, key)
+  assert len(carries) == (2 if name == "dqn" else 3)
   # Parameters, every metric (NaN where no episode ended in both) and DQN's evaluations.
-  _assert_equal_trees(whole, chunks.output(carry, metrics))
+  _assert_equal_trees(whole, out)
+  metrics = out.metrics
+  total = len(metrics.env_steps)
+  assert total == (6 if name == "dqn" else 7)
   np.testing.assert_array_equal(metrics.env_steps, config.num_envs * config.num_steps * np.arange(1, total + 1))
   if name == "dqn":
     # Evaluations after updates 2, 4 and 6: inside the first chunk, inside the second and at its end.

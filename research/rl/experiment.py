@@ -285,6 +285,29 @@ def _finished_results(workdir: str, updates: int) -> dict | None:
   return results if results.get("num_updates") == updates else None
 
 
+def chunked_train(algorithm: ModuleType, config, key: jax.Array, per_chunk: int | None = None) -> tuple[object, list]:
+  """One seed's run of `algorithm.make_chunks(config)` a chunk at a time, without files or signals.
+
+  Chunks of `per_chunk` updates (default config.updates_per_chunk; 0: one chunk), each a jitted call,
+  as `run` makes them. Returns (output, carries): the output `algorithm.make_train(config)(key)`
+  returns, and the carry after each chunk (what a checkpoint there saves). With the config's own
+  hyperparameters the output equals make_train's one scan bit for bit (docs/results.md).
+  """
+  chunks = algorithm.make_chunks(config)
+  total = chunks.num_updates
+  per_chunk = (config.updates_per_chunk if per_chunk is None else per_chunk) or total
+  advance = {}
+  carry, carries, parts = jax.jit(chunks.init)(key), [], []
+  for first in range(0, total, per_chunk):
+    length = min(per_chunk, total - first)
+    if length not in advance:
+      advance[length] = jax.jit(lambda c, first, n=length: chunks.advance(c, first, n))
+    carry, metrics = advance[length](carry, jnp.int32(first))
+    carries.append(carry)
+    parts.append(metrics)
+  return chunks.output(carry, jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)), carries
+
+
 def _run_chunks(algorithm: ModuleType, config, workdir: str, name: str, start: float,
                 members: Members | None = None) -> dict:
   """A single run, or a sweep's members, a chunk of updates at a time: progress lines, checkpoints, a stop on a
