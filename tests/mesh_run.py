@@ -8,13 +8,14 @@ Used by tests/test_sharding.py, which compares the losses with a one-device run.
 import json
 import os
 import sys
+from unittest import mock
 
 import jax
 
 import tiny_transformer
 from research import data as data_lib
 from research.tasks import autoencoder
-from research.train import base_config, parallel, train
+from research.train import base_config, images, parallel, train
 
 MESHES = ((8, 1, 1), (2, 4, 1), (2, 2, 2))
 
@@ -32,13 +33,13 @@ def config_for(model: str, steps: int, mesh=(-1, 1, 1)):
 
 def run(model: str, workdir: str, steps: int, mesh=(-1, 1, 1)):
   config = config_for(model, steps, mesh)
-  images = data_lib.load("digits", "train")["image"]
-  if model == "vae":
-    task = autoencoder.make_task(config, images[:32])
-    result = train(task, config, workdir, {"image": images}, {"image": images[:32]})
-  else:
-    result = train(tiny_transformer.make_task(config), config, workdir, {"image": images})
-  return result
+  digits = data_lib.load("digits", "train")["image"]
+  # No curves.png: nothing here reads it, and drawing its dozen panels costs seconds a run.
+  with mock.patch.object(images, "write_curves", lambda workdir: None):
+    if model == "vae":
+      task = autoencoder.make_task(config, digits[:32])
+      return train(task, config, workdir, {"image": digits}, {"image": digits[:32]})
+    return train(tiny_transformer.make_task(config), config, workdir, {"image": digits})
 
 
 def main():

@@ -143,7 +143,7 @@ def test_a_failed_save_stops_the_run_with_one_line_and_the_rerun_resumes_from_th
   # size (SIGXFSZ ignored, so a write past it fails with EFBIG, as ENOSPC would).
   import resource  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "run"
-  flags = ["--config.steps=4000", "--config.checkpoint_every=20", "--config.log_every=200"]
+  flags = ["--config.steps=1000", "--config.checkpoint_every=20", "--config.log_every=200"]
   proc = subprocess.Popen(COMMAND + [f"--workdir={workdir}", *flags], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
@@ -163,14 +163,14 @@ def test_a_failed_save_stops_the_run_with_one_line_and_the_rerun_resumes_from_th
   kept = int(line.split("the newest whole checkpoint is step ")[1].split(";")[0])
   failed = int(line.split("the checkpoint of step ")[1].split(" ")[0])
   assert line.endswith("free space and run the same command to resume")
-  assert 0 < kept < failed < 4000 and str(kept) in _checkpoints(workdir)
+  assert 0 < kept < failed < 1000 and str(kept) in _checkpoints(workdir)
   assert not (workdir / "results.json").exists()
 
   again = subprocess.run(COMMAND + [f"--workdir={workdir}", *flags], cwd=ROOT, env=ENV, capture_output=True,
                          text=True, timeout=600, check=False)
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"resuming from step {kept} of" in again.stderr
-  assert json.loads((workdir / "results.json").read_text())["step"] == 4000
+  assert json.loads((workdir / "results.json").read_text())["step"] == 1000
 
 
 # experiments.em_gmm with SIGINT sent to itself once one of XLA's compiles has taken 0.5 s (the fit's, seconds).
