@@ -49,6 +49,8 @@ NETWORKS = ("mlp", "cnn")  # config.network: VERSION's MLP or CONV_VERSION's con
 DIGITS_SPLITS = ("train", "test")
 # The second space's metrics are reported under this prefix (cnn_fid, cnn_kid, ...).
 CONV_PREFIX = "cnn_"
+# The two spaces' metric prefixes with the titles a table prints above each space's numbers.
+SPACE_TITLES = (("", f"MLP classifier ({VERSION})"), (CONV_PREFIX, f"convolutional classifier ({CONV_VERSION})"))
 
 
 def feature_network_config(steps: int, warmup_steps: int, steps_per_call: int) -> ml_collections.ConfigDict:
