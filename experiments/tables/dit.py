@@ -334,9 +334,7 @@ def disagreements(cells: list[dict], conditionings: list[dict]) -> list[str]:
 
 def real_reference(cells: list[dict]) -> dict:
   """The real held-out digits' scores at the members' count, as digits_sample_metrics measured them beside them."""
-  member = cells[0]["members"][0]
-  return {"num_scored": member["num_scored"],
-          **{f"{prefix}{k}_real": member[f"{prefix}{k}_real"] for prefix, _ in SPACES for k in ("fid", "kid", "kid_se")}}
+  return classifier_tasks.real_scores(cells[0]["members"][0])
 
 
 def markdown(grid: Grid, cells: list[dict], conditionings: list[dict], found: dict, total_s: float) -> str:

@@ -333,6 +333,14 @@ def digits_sample_metrics(images, space: FeatureSpace | None = None, directory: 
   return out
 
 
+def real_scores(metrics: dict) -> dict:
+  """The real held-out digits' scores in a `digits_sample_metrics` dict: num_scored and every "<metric>_real" key.
+
+  They are the same for every sample set scored at one count: what a table states once as its reference.
+  """
+  return {"num_scored": metrics["num_scored"], **{k: v for k, v in metrics.items() if k.endswith("_real")}}
+
+
 def digits_sample_metric_names() -> tuple[str, ...]:
   """The scalar keys of `digits_sample_metrics` in both spaces: what a sweep can plot of digits samples."""
   return tuple(dict.fromkeys(fid.sample_metric_names("", classes=True)
