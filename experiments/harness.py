@@ -216,9 +216,12 @@ def pm(mean_and_se: tuple[float, float], digits: int = 2, scale: float = 1.0) ->
   return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
 
 
-def kid(metrics: Mapping[str, Any], prefix: str = "") -> str:
-  """A sample metrics dict's KID ± its standard error ("<prefix>kid", "<prefix>kid_se"), in 3 and 2 figures."""
-  return f"{metrics[prefix + 'kid']:.3g} ± {metrics[prefix + 'kid_se']:.2g}"
+def kid(metrics: Mapping[str, Any], prefix: str = "", suffix: str = "") -> str:
+  """KID ± its standard error from a sample metrics dict ("<prefix>kid<suffix>", "<prefix>kid_se<suffix>").
+
+  In 3 and 2 significant figures: KID's scale differs by orders of magnitude between feature spaces.
+  """
+  return f"{metrics[prefix + 'kid' + suffix]:.3g} ± {metrics[prefix + 'kid_se' + suffix]:.2g}"
 
 
 def order_disagreements(first: Mapping[str, float], second: Mapping[str, float]) -> list[tuple[str, str]]:
