@@ -141,7 +141,7 @@ def test_ddim_table_end_to_end(ddim_run):
   assert "python -m experiments.tables.ddim" in text and "| σ̂, linear τ |" in text
   for prefix, title in (("", "MLP classifier (digits_mlp_v1)"), ("cnn_", "convolutional classifier (digits_cnn_v1)")):
     hat = results["cells"]["sigma_hat"]["4"]
-    assert f"KID, {title}" in text and f"### {title}" in text
+    assert f"## {title}: FID" in text and f"### {title}" in text
     assert f"{hat[prefix + 'fid']:.2f} ± {hat[prefix + 'fid_se']:.2f} ({hat[prefix + 'fid_ratio']:.2f}x)" in text
   assert "- S = 2, FID: the MLP and conv spaces order" in text and "- S = 4, FID:" in text
 

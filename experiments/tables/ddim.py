@@ -211,7 +211,7 @@ def markdown(rows_: Rows, cells: dict, timings: dict, model, n: int, total_s: fl
             "cell are in results.json; experiments/tables/results/sample_metrics places these numbers on the "
             "scale of known cases."]
   for prefix, title in classifier_tasks.SPACE_TITLES:
-    blocks += [f"## FID (FID ratio to real) and KID, {title} (this codebase, digits 8 x 8)",
+    blocks += [f"## {title}: FID (its ratio to real digits') and KID (this codebase, digits 8 x 8)",
                harness.table(["row", *(f"S = {s}" for s in steps)],
                              [(name, *(f"{cells[key][s][prefix + 'fid']:.2f} ± {_se(cells[key][s], prefix):.2f} "
                                        f"({cells[key][s][prefix + 'fid_ratio']:.2f}x)" for s in steps))
