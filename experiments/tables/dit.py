@@ -33,7 +33,8 @@ Run:
 
 The default (DiT-T and DiT-XS x patches 4 and 2, 600 steps at batch 32, 400 samples per member,
 adaLN-Zero / adaLN / cross-attention / in-context on DiT-T/2 scored at steps 200, 400 and 600)
-took 491 s on 2 CPU cores shared with another job; patch 1 (64 tokens) costs DiT-XS about 8x the
+took 2841 s on 2 CPU cores shared with other jobs (a load average of 4 to 9; 491 s on less
+loaded cores before the two-space scoring); patch 1 (64 tokens) costs DiT-XS about 8x the
 compute of DiT-T/2 per step (add it with --config.patches=4,2,1 on a faster machine). When the
 ablation's model and length match a grid cell, its adaLN-Zero run is that cell (chunks chain
 exactly), so it trains once.
