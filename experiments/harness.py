@@ -216,6 +216,44 @@ def pm(mean_and_se: tuple[float, float], digits: int = 2, scale: float = 1.0) ->
   return f"{mean:.{digits}f} ± {se:.{digits}f}" if math.isfinite(se) else f"{mean:.{digits}f}"
 
 
+def kid(metrics: Mapping[str, Any], prefix: str = "", suffix: str = "") -> str:
+  """KID ± its standard error from a sample metrics dict ("<prefix>kid<suffix>", "<prefix>kid_se<suffix>").
+
+  In 3 and 2 significant figures: KID's scale differs by orders of magnitude between feature spaces.
+  """
+  return f"{metrics[prefix + 'kid' + suffix]:.3g} ± {metrics[prefix + 'kid_se' + suffix]:.2g}"
+
+
+def order_disagreements(first: Mapping[str, float], second: Mapping[str, float]) -> list[tuple[str, str]]:
+  """The pairs of rows two scores order differently: (a, b) where `first` puts a below b and `second` above.
+
+  Args:
+    first, second: {row: score} over the same rows (e.g. FID in two feature spaces).
+
+  Returns:
+    [(a, b)] in the rows' order, a before b; ties and non-finite scores order nothing.
+  """
+  rows = list(first)
+  out = []
+  for i, a in enumerate(rows):
+    for b in rows[i + 1:]:
+      sign = np.sign(first[a] - first[b]) * np.sign(second[a] - second[b])
+      if sign < 0:  # NaN compares as no order
+        out.append((a, b) if first[a] < first[b] else (b, a))
+  return out
+
+
+def disagreement_note(what: str, first: Mapping[str, float], second: Mapping[str, float],
+                      names: tuple[str, str] = ("MLP", "conv")) -> str:
+  """One sentence: which pairs of rows the two spaces order differently by `what`, or that they agree."""
+  pairs = order_disagreements(first, second)
+  if not pairs:
+    return f"{what}: the {names[0]} and {names[1]} spaces order every pair alike."
+  return (f"{what}: the {names[0]} and {names[1]} spaces order {len(pairs)} pair(s) differently: "
+          + "; ".join(f"{a} below {b} in {names[0]} ({first[a]:.3g} < {first[b]:.3g}), above in {names[1]} "
+                      f"({second[a]:.3g} vs {second[b]:.3g})" for a, b in pairs) + ".")
+
+
 def machine(env: Mapping[str, Any], load_average: Mapping[str, float], packages: Sequence[str] = ("jax",)) -> str:
   """The sentence a benchmark reports its machine in: cores, load average, devices and versions.
 

@@ -79,6 +79,11 @@ def test_trend_reads_the_numbers():
   lines = ddim.trend(noisy, etas, "linear", steps)
   assert "Above two standard errors at S = 10: **no**" in lines[1]
   assert "**holds in part**" in lines[-1]  # η = 0 is still within noise of the best
+  # A second space's numbers (its prefix) are read on their own: here they reverse the trend.
+  both = {m: {s: {**cell, **{f"cnn_{k}": v for k, v in reversed_[m][s].items()}} for s, cell in row.items()}
+          for m, row in paper_like.items()}
+  assert "**holds**" in ddim.trend(both, etas, "linear", steps)[-1]
+  assert "**does not hold**" in ddim.trend(both, etas, "linear", steps, "cnn_")[-1]
 
 
 @pytest.fixture(scope="session")  # session: kept when xdist interleaves other modules
@@ -91,6 +96,28 @@ def ddim_run(tmp_path_factory):
   return outdir
 
 
+SPACES = ("", "cnn_")  # digits_sample_metrics' prefixes: the MLP classifier's features, the conv net's
+
+
+def _check_two_spaces(cell: dict, real: dict, n: int) -> None:
+  """A table cell carries every score in both spaces, beside the real held-out digits at its own count."""
+  assert cell["num_samples"] == cell["num_scored"] == real["num_scored"] == n
+  for prefix in SPACES:
+    assert np.isfinite(cell[prefix + "fid"]) and cell[prefix + "fid"] >= 0, prefix
+    assert cell[prefix + "fid_se"] >= 0 and cell[prefix + "kid_se"] >= 0 and np.isfinite(cell[prefix + "kid"]), prefix
+    assert 0 <= cell[prefix + "precision"] <= 1 and 0 <= cell[prefix + "recall"] <= 1, prefix
+    assert cell[prefix + "fid_real"] == pytest.approx(real[prefix + "fid_real"]) and real[prefix + "fid_real"] > 0
+    assert cell[prefix + "fid_ratio"] == pytest.approx(cell[prefix + "fid"] / cell[prefix + "fid_real"]), prefix
+  assert cell["fid"] != cell["cnn_fid"]  # two spaces, not one copied
+
+
+def _real_at(n: int) -> dict:
+  """The real held-out digits' first n, scored as a table's samples are."""
+  from research import data as data_lib  # pylint: disable=import-outside-toplevel
+  from research.tasks import classifier as classifier_tasks  # pylint: disable=import-outside-toplevel
+  return classifier_tasks.digits_sample_metrics(data_lib.load("digits", "test")["image"][:n])
+
+
 def test_ddim_table_end_to_end(ddim_run):
   for name in ("ddim.md", "ddim.png", "results.json"):
     assert os.path.getsize(ddim_run / name) > 0
@@ -98,15 +125,25 @@ def test_ddim_table_end_to_end(ddim_run):
     results = json.load(f)
   rows = ["eta=0,tau=linear", "eta=1,tau=linear", "eta=0,tau=quadratic", "sigma_hat"]
   assert sorted(results["cells"]) == sorted(rows)
+  real = results["real_held_out"]
+  held_out = _real_at(10)
+  for prefix in SPACES:
+    assert real[prefix + "fid_real"] == pytest.approx(held_out[prefix + "fid"], rel=1e-5), prefix
   for row in rows:
     for s in ("2", "4"):
       cell = results["cells"][row][s]
-      assert np.isfinite(cell["fid"]) and cell["fid"] >= 0 and 0 <= cell["precision"] <= 1
+      _check_two_spaces(cell, real, 10)
+      # The η = 1 row's paired error against η = 0 (same x_T), in both spaces.
+      assert all((cell.get(prefix + "fid_se_vs_eta0", -1) >= 0) == (row == "eta=1,tau=linear") for prefix in SPACES)
   assert results["model_train_results"]["step"] == 2  # trained (through the loop) in this run
   assert results["model_train_s"] > 0
   text = (ddim_run / "ddim.md").read_text()
   assert "python -m experiments.tables.ddim" in text and "| σ̂, linear τ |" in text
-  assert f"{results['cells']['sigma_hat']['4']['fid']:.2f}" in text
+  for prefix, title in (("", "MLP classifier (digits_mlp_v1)"), ("cnn_", "convolutional classifier (digits_cnn_v1)")):
+    hat = results["cells"]["sigma_hat"]["4"]
+    assert f"## {title}: FID" in text and f"### {title}" in text
+    assert f"{hat[prefix + 'fid']:.2f} ± {hat[prefix + 'fid_se']:.2f} ({hat[prefix + 'fid_ratio']:.2f}x)" in text
+  assert "- S = 2, FID: the MLP and conv spaces order" in text and "- S = 4, FID:" in text
 
 
 def test_guidance_reuses_the_model_and_writes_its_report(ddim_run, tmp_path):
@@ -123,9 +160,15 @@ def test_guidance_reuses_the_model_and_writes_its_report(ddim_run, tmp_path):
   assert results["model_train_s"] == 0
   assert sorted(results["rows"]) == ["0", "1", "3"]
   for row in results["rows"].values():
-    assert np.isfinite(row["fid"]) and 0 <= row["label_agreement"] <= 1
+    _check_two_spaces(row, results["real_held_out"], 10)
+    assert 0 <= row["label_agreement"] <= 1 and 0 <= row["cnn_label_agreement"] <= 1
   assert os.path.getsize(outdir / "guidance.png") > 0
-  assert "| 3 |" in (outdir / "guidance.md").read_text()
+  text = (outdir / "guidance.md").read_text()
+  three = results["rows"]["3"]
+  for prefix in SPACES:
+    fid, se, ratio = three[prefix + "fid"], three[prefix + "fid_se"], three[prefix + "fid_ratio"]
+    assert f"| 3 | {fid:.2f} ± {se:.2f} | {ratio:.2f} |" in text, prefix
+  assert "## Where the two spaces order the scales differently" in text and "- KID: the MLP and conv spaces" in text
 
 
 @pytest.mark.parametrize("script,flags,message", [

@@ -3,9 +3,11 @@
 One model, experiments/diffusion.py's default (a class-conditional DDPM U-Net on the bundled
 digits, T = 1000, EMA) with its `long` preset (12000 steps, about 15 minutes on 2 CPU cores), is
 trained through the one loop into `model_workdir` (a rerun reuses it). Its EMA weights then
-sample `num_samples` digits per cell (1000), scored by FID against the training digits in the
-digits classifier's feature space (research/metrics/fid.py) with its bootstrap standard error,
-and precision and recall in results.json:
+sample `num_samples` digits per cell (1000), scored as the experiment scores its samples
+(research.tasks.classifier.digits_sample_metrics, see experiments/tables/diffusion_model.py): in
+both digits feature spaces, the first 300 against the training digits beside the 300 real
+held-out digits, FID with its bootstrap standard error and its ratio to the real digits', KID
+with its standard error, and precision and recall in results.json:
 
   * rows η ∈ `etas` (DDIM's σ_t(η), eq. 16) on the first τ of `taus` (linear: the paper's
     uniform skip), plus one η = 0 row for each further τ (quadratic);
@@ -16,7 +18,7 @@ and precision and recall in results.json:
 The η and τ rows of one S are ONE vmapped program (jax.vmap of the lax.scan sampler over η and
 τ); the σ̂ row is a second program. Every cell of every S starts from the same x_T and sees the
 same step noise (one key), so the comparison is paired: the trend is read against the paired
-bootstrap standard error of each row's difference from η = 0. The paper's CIFAR-10 numbers are
+bootstrap standard error of each row's difference from η = 0, in each space. The paper's CIFAR-10 numbers are
 printed beside ours for the shape of the table only. The default takes about 45 minutes on 2 CPU
 cores after training, most of it the S = 1000 column.
 
@@ -40,6 +42,7 @@ from experiments import harness
 from experiments.tables import diffusion_model
 from research.metrics import fid as fid_lib
 from research.models import diffusion
+from research.tasks import classifier as classifier_tasks
 from research.train import ConfigError, cli
 from research.train.images import image_grid
 
@@ -129,46 +132,48 @@ def sample_one_s(model: diffusion_model.TrainedModel, members, steps: int, key: 
           "sigma_hat_program": {"compile_s": hat_drawn.compile_s, "run_s": hat_drawn.run_s}}
 
 
-def _se(cell: dict) -> float:
-  return cell.get("fid_se", 0.0)
+def _se(cell: dict, prefix: str = "") -> float:
+  return cell.get(prefix + "fid_se", 0.0)
 
 
-def _apart(eta0: dict, other: dict) -> float:
-  """Two standard errors of FID(other) − FID(η = 0) at one S and τ.
+def _apart(eta0: dict, other: dict, prefix: str = "") -> float:
+  """Two standard errors of FID(other) − FID(η = 0) at one S and τ, in the space of `prefix`.
 
   The paired bootstrap one (`fid_se_vs_eta0`, both rows resampled with the same indices: they start
   from the same x_T) where main measured it, otherwise the unpaired standard errors combined, and 0
   where neither was measured.
   """
-  if "fid_se_vs_eta0" in other:
-    return 2.0 * other["fid_se_vs_eta0"]
-  return 2.0 * float(np.hypot(_se(eta0), _se(other)))
+  if prefix + "fid_se_vs_eta0" in other:
+    return 2.0 * other[prefix + "fid_se_vs_eta0"]
+  return 2.0 * float(np.hypot(_se(eta0, prefix), _se(other, prefix)))
 
 
-def trend(cells: dict, etas: list[float], tau: str, steps: list[int]) -> list[str]:
+def trend(cells: dict, etas: list[float], tau: str, steps: list[int], prefix: str = "") -> list[str]:
   """Sentences on the paper's trend, read off the numbers: η = 0 best at few steps, the gap closing as S grows.
 
   Differences are read against their noise: a row counts as different from η = 0 only when the
-  FIDs are more than two standard errors of their difference apart (see `_apart`).
+  FIDs are more than two standard errors of their difference apart (see `_apart`). `prefix` picks
+  the feature space (digits_sample_metrics' prefixes).
   """
+  fid = prefix + "fid"
   if len(etas) < 2 or 0.0 not in etas or len(steps) < 2:
     return ["(The trend needs η = 0, another η and two step counts.)"]
   largest_eta, few = max(etas), min(steps)
   at_few = {eta: cells[(eta, tau)][few] for eta in etas}
-  best = min(at_few, key=lambda eta: at_few[eta]["fid"])
-  best_at_few = at_few[0.0]["fid"] - at_few[best]["fid"] <= _apart(at_few[0.0], at_few[best])
+  best = min(at_few, key=lambda eta: at_few[eta][fid])
+  best_at_few = at_few[0.0][fid] - at_few[best][fid] <= _apart(at_few[0.0], at_few[best], prefix)
   pairs = [(cells[(0.0, tau)][s], cells[(largest_eta, tau)][s]) for s in steps]
-  gaps = [hi["fid"] - lo["fid"] for lo, hi in pairs]
-  noise = [_apart(lo, hi) for lo, hi in pairs]
+  gaps = [hi[fid] - lo[fid] for lo, hi in pairs]
+  noise = [_apart(lo, hi, prefix) for lo, hi in pairs]
   opened = gaps[0] > noise[0]
   closed = opened and (abs(gaps[-1]) <= noise[-1] or abs(gaps[-1]) < 0.25 * gaps[0])
   narrowing = all(abs(b) < abs(a) for a, b in zip(gaps, gaps[1:]))
-  at_s = {eta: [cells[(eta, tau)][i_s]["fid"] for i_s in steps] for eta in etas}
+  at_s = {eta: [cells[(eta, tau)][i_s][fid] for i_s in steps] for eta in etas}
   ordered = [s for i, s in enumerate(steps) if all(at_s[a][i] <= at_s[b][i] for a, b in zip(etas, etas[1:]))]
   verdict = "holds" if best_at_few and closed else ("holds in part" if best_at_few or closed else "does not hold")
   return [f"- η = 0 has the lowest FID of the η rows at the fewest steps (S = {few}), or is within two standard "
           f"errors of the lowest: **{'yes' if best_at_few else 'no'}** ("
-          + ", ".join(f"η = {eta:g}: {at_few[eta]['fid']:.2f} ± {_se(at_few[eta]):.2f}" for eta in etas) + ").",
+          + ", ".join(f"η = {eta:g}: {at_few[eta][fid]:.2f} ± {_se(at_few[eta], prefix):.2f}" for eta in etas) + ").",
           f"- gap FID(η = {largest_eta:g}) − FID(η = 0) at S = {', '.join(map(str, steps))}: "
           + ", ".join(f"{g:+.2f} (± {n / 2:.2f})" for g, n in zip(gaps, noise))
           + " (positive: η = 0 better; ± one paired bootstrap standard error of the difference). "
@@ -180,12 +185,13 @@ def trend(cells: dict, etas: list[float], tau: str, steps: list[int]) -> list[st
           f"- The paper's trend (η = 0 best at few steps, the gap closing as S grows) **{verdict}** here."]
 
 
-def markdown(rows_: Rows, cells: dict, timings: dict, floor: dict, model, n: int, total_s: float) -> str:
-  """The table, the paper's numbers, the per-S wall times and the trend, with the command."""
+def markdown(rows_: Rows, cells: dict, timings: dict, model, n: int, total_s: float) -> str:
+  """The table in both feature spaces, the paper's numbers, the per-S wall times and the trend, with the command."""
   steps = rows_.steps
   rows = [(m, row_name(*m)) for m in rows_.members] + [(SIGMA_HAT, f"σ̂, {rows_.taus[0]} τ")]
   env = harness.environment()
   train = diffusion_model.train_summary(model.workdir)
+  real = classifier_tasks.real_scores(cells[SIGMA_HAT][steps[0]])
   blocks = [f"One model: experiments/diffusion.py's config ({model.config.model}, T = {model.config.num_train_steps} "
             f"{model.config.schedule} β, {model.config.prediction}-prediction, {model.config.steps} steps of batch "
             f"{model.config.batch_size}, EMA {model.config.ema_decay}, class-conditional: "
@@ -193,19 +199,29 @@ def markdown(rows_: Rows, cells: dict, timings: dict, floor: dict, model, n: int
             + (f" in this run ({model.train_s:.0f} s)" if model.train_s else " earlier and reused from its checkpoint")
             + (f"; its own evaluation (DDIM, S = {model.config.sample_steps}, {train['num_samples']} samples): "
                f"FID {train['fid']:.2f}" if "fid" in train else "") + ".\n"
-            f"Each cell: FID of {n} samples (labels cycling 0-9) against the digits training split in the digits "
-            "classifier's features, ± its bootstrap standard error over the samples "
-            "(`research.metrics.fid.frechet_distance_se`); every cell starts from the same x_T and step noise. "
-            "Whole table "
+            f"Each cell: {n} samples (labels cycling 0-9), the first {real['num_scored']} scored as the experiments "
+            "score theirs (`research.tasks.classifier.digits_sample_metrics`) against the digits training split in "
+            "two feature spaces, beside the real held-out digits' first as many: FID ± its bootstrap standard error "
+            "over the samples (`research.metrics.fid.frechet_distance_se`) with its ratio to the real digits' FID, "
+            "and KID ± its jackknife standard error; every cell starts from the same x_T and step noise. Whole table "
             f"{total_s:.0f} s wall on {env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).",
-            "## FID (this codebase, digits 8 x 8)",
-            harness.table(["row", *(f"S = {s}" for s in steps)],
-                          [(name, *(f"{cells[key][s]['fid']:.2f} ± {_se(cells[key][s]):.2f}" for s in steps))
-                           for key, name in rows]),
-            f"Floor: real held-out digits score FID {floor['test_split_at_num_samples']:.2f} at "
-            f"{floor['test_split_images_at_num_samples']} images (the test split's first) and "
-            f"{floor['test_split']:.2f} at all 300; images whose pixels are drawn independently (1000) score "
-            f"{floor['independent_pixels']:.2f}. Precision and recall of every cell are in results.json."]
+            "Real held-out digits at the same count: " + "; ".join(
+                f"{title}: FID {real[prefix + 'fid_real']:.2f}, KID {harness.kid(real, prefix, '_real')}"
+                for prefix, title in classifier_tasks.SPACE_TITLES) + ". Precision, recall and class shares of every "
+            "cell are in results.json; experiments/tables/results/sample_metrics places these numbers on the "
+            "scale of known cases."]
+  for prefix, title in classifier_tasks.SPACE_TITLES:
+    blocks += [f"## {title}: FID (its ratio to real digits') and KID (this codebase, digits 8 x 8)",
+               harness.table(["row", *(f"S = {s}" for s in steps)],
+                             [(name, *(f"{cells[key][s][prefix + 'fid']:.2f} ± {_se(cells[key][s], prefix):.2f} "
+                                       f"({cells[key][s][prefix + 'fid_ratio']:.2f}x)" for s in steps))
+                              for key, name in rows]),
+               harness.table(["row", *(f"KID, S = {s}" for s in steps)],
+                             [(name, *(harness.kid(cells[key][s], prefix) for s in steps)) for key, name in rows])]
+  (mlp, _), (cnn, _) = classifier_tasks.SPACE_TITLES
+  fids = lambda prefix, s: {name: cells[key][s][prefix + "fid"] for key, name in rows}  # {row: FID} at one S
+  blocks += ["## Where the two spaces order rows differently",
+             "\n".join(harness.disagreement_note(f"- S = {s}, FID", fids(mlp, s), fids(cnn, s)) for s in steps)]
   paper_steps = [s for s in steps if s in PAPER_S]
   if paper_steps:
     blocks += ["## Song et al. (2021), Table 1, CIFAR-10 FID (for the table's shape only)",
@@ -225,34 +241,36 @@ def markdown(rows_: Rows, cells: dict, timings: dict, floor: dict, model, n: int
                              f"{timings[s]['sigma_hat_program']['run_s']:.1f}") for s in steps]),
              f"Sampling is {n} images per member on a CPU shared with other jobs: the times compare S with S "
              "within this run, not with other machines.",
-             "## The paper's trend, read from the numbers above",
-             "\n".join(trend(cells, rows_.etas, rows_.taus[0], steps)),
-             "The σ̂ row and each η row use the same τ; the σ̂ update is DDPM's ancestral step on the "
-             "sub-sequence with β̂ = 1 − ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`), "
-             "no clipping of x0."]
+             "## The paper's trend, read from the numbers above"]
+  for prefix, title in classifier_tasks.SPACE_TITLES:
+    blocks += [f"### {title}", "\n".join(trend(cells, rows_.etas, rows_.taus[0], steps, prefix))]
+  blocks.append("The σ̂ row and each η row use the same τ; the σ̂ update is DDPM's ancestral step on the "
+                "sub-sequence with β̂ = 1 − ᾱ_t / ᾱ_prev (`research.models.diffusion.sigma_hat_step`), "
+                "no clipping of x0.")
   return harness.document("DDIM Table 1 in shape: FID against sampling steps S and η (digits)", *blocks)
 
 
-def figure(rows_: Rows, cells: dict, images: dict, floor: dict) -> Figure:
-  """FID against S per row (log x), and the first ten samples of every row at the smallest S."""
+def figure(rows_: Rows, cells: dict, images: dict) -> Figure:
+  """FID against S per row (log x) in each feature space, and the first ten samples of every row at the smallest S."""
   steps = rows_.steps
   rows = list(rows_.members) + [SIGMA_HAT]
-  fig = Figure(figsize=(12, 4.6), dpi=100)
-  left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
-  for key in rows:
-    label = f"σ̂, {rows_.taus[0]} τ" if key == SIGMA_HAT else row_name(*key)
-    style = "--" if key == SIGMA_HAT else (":" if key[1] != rows_.taus[0] else "-")
-    left.plot(steps, [cells[key][s]["fid"] for s in steps], style, marker="o", label=label)
-  left.axhline(floor["test_split_at_num_samples"], color="gray", lw=1,
-               label=f"held-out digits ({floor['test_split_images_at_num_samples']})")
-  left.set_xscale("log")
-  left.set_yscale("log")
-  left.set_xticks(steps, [str(s) for s in steps])
-  left.xaxis.set_minor_formatter(ticker.NullFormatter())
-  left.set_xlabel("sampling steps S")
-  left.set_ylabel("FID (digits classifier features)")
-  left.set_title("FID against S")
-  left.legend(fontsize=7)
+  real = classifier_tasks.real_scores(cells[SIGMA_HAT][steps[0]])
+  fig = Figure(figsize=(17, 4.6), dpi=100)
+  *spaces, right = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
+  for ax, (prefix, title) in zip(spaces, classifier_tasks.SPACE_TITLES):
+    for key in rows:
+      label = f"σ̂, {rows_.taus[0]} τ" if key == SIGMA_HAT else row_name(*key)
+      style = "--" if key == SIGMA_HAT else (":" if key[1] != rows_.taus[0] else "-")
+      ax.plot(steps, [cells[key][s][prefix + "fid"] for s in steps], style, marker="o", label=label)
+    ax.axhline(real[prefix + "fid_real"], color="gray", lw=1, label=f"held-out digits ({real['num_scored']})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("sampling steps S")
+    ax.set_ylabel("FID")
+    ax.set_title(f"FID against S, {title}", fontsize=10)
+    ax.legend(fontsize=7)
   few = min(steps)
   grid = np.concatenate([image_grid(images[few][key][:10], columns=10) for key in rows], axis=0)
   right.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -280,27 +298,29 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
     feats = {}
     for member, member_images in drawn["images"].items():
       cells[member][steps] = scorer(member_images)
-      feats[member] = scorer.classifier.features(member_images)
+      feats[member] = scorer.features(member_images, cells[member][steps]["num_scored"])
     for eta, tau in rows_.members:  # paired: row i of every member starts from the same x_T
       if eta != 0.0 and (0.0, tau) in feats:
-        cells[(eta, tau)][steps]["fid_se_vs_eta0"] = fid_lib.frechet_difference_se(
-            scorer.real, feats[(eta, tau)], feats[(0.0, tau)])
-    print(f"S = {steps}: " + ", ".join(
-        f"{'σ̂' if m == SIGMA_HAT else row_name(*m)} FID {cells[m][steps]['fid']:.2f}" for m in cells)
+        for prefix, real in scorer.real.items():
+          cells[(eta, tau)][steps][prefix + "fid_se_vs_eta0"] = fid_lib.frechet_difference_se(
+              real, feats[(eta, tau)][prefix], feats[(0.0, tau)][prefix])
+    print(f"S = {steps}: FID (MLP / conv) " + ", ".join(
+        f"{'σ̂' if m == SIGMA_HAT else row_name(*m)} {cells[m][steps]['fid']:.2f} / {cells[m][steps]['cnn_fid']:.2f}"
+        for m in cells)
           + f" ({timings[steps]['eta_program']['run_s']:.0f} s + {timings[steps]['sigma_hat_program']['run_s']:.0f} s)",
           flush=True)
-  floor = scorer.floor(n)
   total_s = time.perf_counter() - start
-  text = markdown(rows_, cells, timings, floor, model, n, total_s)
+  text = markdown(rows_, cells, timings, model, n, total_s)
   names = {m: SIGMA_HAT if m == SIGMA_HAT else f"eta={m[0]:g},tau={m[1]}" for m in cells}
   results = {"sample_steps": rows_.steps, "etas": rows_.etas, "taus": rows_.taus, "num_samples": n,
              "cells": {names[m]: {str(s): v for s, v in row.items()} for m, row in cells.items()},
-             "timings": {str(s): v for s, v in timings.items()}, "reference_fids": floor,
+             "timings": {str(s): v for s, v in timings.items()},
+             "real_held_out": classifier_tasks.real_scores(cells[SIGMA_HAT][rows_.steps[0]]),
              "model_workdir": workdir, "model_train_results": diffusion_model.train_summary(workdir),
              "model_train_s": model.train_s,
              "paper_cifar10": {"sample_steps": list(PAPER_S), **PAPER_CIFAR10}}
   print(text)
-  return harness.write_report(outdir, "ddim", results, text, figure=figure(rows_, cells, images, floor), config=config,
+  return harness.write_report(outdir, "ddim", results, text, figure=figure(rows_, cells, images), config=config,
                               wall_time_s=total_s)
 
 

@@ -15,9 +15,12 @@ whose `add_model_fields` gives their configs the fields they share:
 
 `smoke_model` is both tables' smoke preset of these fields: a tiny model trained 2 steps.
 
-Samples are scored as experiments/diffusion.py scores its own: FID, precision and recall
-against the digits training split in the digits classifier's feature space
-(research/metrics/fid.py), plus FID's bootstrap standard error over the samples.
+Samples are scored as experiments/diffusion.py scores its own
+(research.tasks.classifier.digits_sample_metrics): in both digits feature spaces (the MLP
+classifier's and the convolutional classifier's), the first min(N, 300) samples against the
+digits training split beside the 300 real held-out digits' first as many, FID and its ratio to
+theirs, KID with its standard error, precision and recall; plus FID's bootstrap standard error
+over the scored samples in each space.
 """
 
 import json
@@ -254,32 +257,30 @@ def timed_calls(program, calls) -> tuple[list[np.ndarray], float, float]:
 
 
 class Scorer:
-  """FID, precision and recall of digits samples against the training split's classifier features."""
+  """Digits samples' sample metrics in both feature spaces (`digits_sample_metrics`) and FID's bootstrap error."""
 
   def __init__(self):
-    self.classifier = classifier_tasks.digits_classifier()
-    self.real = classifier_tasks.digits_reference("train", self.classifier).features
+    self.spaces = classifier_tasks.digits_spaces()
+    self.real = {prefix: classifier_tasks.digits_reference("train", space).features for space, prefix in self.spaces}
 
-  def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
-    """Scores (N, H, W, C) images in [0, 1]; with labels, also the share the classifier agrees with."""
-    feats = self.classifier.features(images)
-    precision, recall = fid_lib.precision_recall(self.real, feats)
-    out = {"fid": fid_lib.frechet_distance(self.real, feats), "fid_se": fid_lib.frechet_distance_se(self.real, feats),
-           "precision": precision, "recall": recall}
-    if labels is not None:
-      out["label_agreement"] = float(np.mean(self.classifier.predict(images) == np.asarray(labels)))
-    return out
+  def features(self, images: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """{prefix: the first n images' features in that space}: what a paired comparison of two cells resamples."""
+    return {prefix: space.features(images[:n]) for space, prefix in self.spaces}
 
-  def floor(self, n: int) -> dict[str, float]:
-    """The scale's ends: held-out real digits (all 300, and the first n as samples are counted), independent pixels.
+  def __call__(self, images: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Scores (N, H, W, C) images in [0, 1].
 
-    FID is biased upwards for few samples, so the floor a table's cells can reach is the held-out
-    digits' FID at the cells' sample count.
+    Returns:
+      digits_sample_metrics(images), with "<prefix>fid_se" (`research.metrics.fid.frechet_distance_se`
+      of the scored samples) in each space and, given labels, "<prefix>label_agreement": the share of
+      all N samples that space's classifier reads as their label.
     """
-    out = classifier_tasks.digits_reference_fids(self.classifier)
-    test = data_lib.load("digits", "test")["image"]
-    out["test_split_at_num_samples"] = fid_lib.frechet_distance(self.real, self.classifier.features(test[:n]))
-    out["test_split_images_at_num_samples"] = int(min(n, len(test)))
+    out = classifier_tasks.digits_sample_metrics(images)
+    for prefix, feats in self.features(images, out["num_scored"]).items():
+      out[prefix + "fid_se"] = fid_lib.frechet_distance_se(self.real[prefix], feats)
+    if labels is not None:
+      for space, prefix in self.spaces:
+        out[prefix + "label_agreement"] = float(np.mean(space.predict(images) == np.asarray(labels)))
     return out
 
 

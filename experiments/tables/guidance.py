@@ -5,9 +5,13 @@ the one loop into `model_workdir`, or reused from the DDIM table's), DDIM sample
 η = 0, linear τ by default) at every guidance scale w of `scales`, ε = ε_u + w (ε_c − ε_u)
 (w = 0 unconditional, 1 conditional, > 1 guided): ALL w as ONE vmapped program over the traced
 scale of `research.models.diffusion.classifier_free_guidance`, every w from the same x_T.
-Each w is scored against the digits training split in the digits classifier's features: FID,
-precision (quality: samples inside the real manifold), recall (coverage: real digits inside
-the samples' manifold), and the share of samples the classifier reads as the digit asked for.
+Each w is scored as the experiments score their samples (research.tasks.classifier.
+digits_sample_metrics, see experiments/tables/diffusion_model.py) in both digits feature spaces
+(the MLP classifier's and the convolutional classifier's), the first 300 samples against the
+digits training split beside the 300 real held-out digits: FID and its ratio to theirs, KID ±
+its standard error, precision (quality: samples inside the real manifold), recall (coverage:
+real digits inside the samples' manifold), and the share of samples each space's classifier
+reads as the digit asked for.
 Ho & Salimans' Figure 4 trend: as w grows, precision (IS in the paper) rises, recall falls,
 and FID is best at a small w.
 
@@ -28,6 +32,7 @@ from matplotlib.figure import Figure
 from experiments import harness
 from experiments.tables import diffusion_model
 from research.models import diffusion
+from research.tasks import classifier as classifier_tasks
 from research.train import ConfigError, check_choice, cli
 from research.train.images import image_grid
 
@@ -90,13 +95,13 @@ def sample_scales(model: diffusion_model.TrainedModel, config, scales: list[floa
   return diffusion_model.draw(program, model, key, n)
 
 
-def trend(scales: list[float], rows: list[dict]) -> list[str]:
-  """Sentences on Ho & Salimans' trade-off, read off the numbers."""
+def trend(scales: list[float], rows: list[dict], prefix: str = "") -> list[str]:
+  """Sentences on Ho & Salimans' trade-off, read off one feature space's numbers (digits_sample_metrics' prefix)."""
   order = np.argsort(scales)
   ws = [scales[i] for i in order]
-  precision = [rows[i]["precision"] for i in order]
-  recall = [rows[i]["recall"] for i in order]
-  fid = [rows[i]["fid"] for i in order]
+  precision = [rows[i][prefix + "precision"] for i in order]
+  recall = [rows[i][prefix + "recall"] for i in order]
+  fid = [rows[i][prefix + "fid"] for i in order]
 
   def monotone(values, sign):
     return all(sign * (b - a) >= 0 for a, b in zip(values, values[1:]))
@@ -109,9 +114,38 @@ def trend(scales: list[float], rows: list[dict]) -> list[str]:
           f"- best FID at w = {best:g} ({min(fid):.2f}); FID at the largest w = {ws[-1]:g}: {fid[-1]:.2f}."]
 
 
-def markdown(config, scales, rows, drawn, model, floor, n, total_s) -> str:
+SPACE_HEADER = ("FID", "FID ratio", "KID", "precision", "recall", "label agreement")
+
+
+def space_row(row: dict, prefix: str) -> tuple[str, ...]:
+  """One w's cells under SPACE_HEADER in the space of `prefix`."""
+  return (f"{row[prefix + 'fid']:.2f} ± {row[prefix + 'fid_se']:.2f}", f"{row[prefix + 'fid_ratio']:.2f}",
+          harness.kid(row, prefix), f"{row[prefix + 'precision']:.3f}", f"{row[prefix + 'recall']:.3f}",
+          f"{row[prefix + 'label_agreement']:.3f}")
+
+
+def markdown(config, scales, rows, drawn, model, n, total_s) -> str:
   env = harness.environment()
   c = model.config
+  real = classifier_tasks.real_scores(rows[0])
+  blocks = []
+  for prefix, title in classifier_tasks.SPACE_TITLES:
+    blocks += [f"## {title}",
+               harness.table(["w", *SPACE_HEADER],
+                             [(f"{w:g}", *space_row(row, prefix)) for w, row in zip(scales, rows)],
+                             align="l" + "r" * len(SPACE_HEADER)),
+               f"Real held-out digits at the same count: FID {real[prefix + 'fid_real']:.2f}, KID "
+               f"{harness.kid(real, prefix, '_real')}, precision {real[prefix + 'precision_real']:.3f}, recall "
+               f"{real[prefix + 'recall_real']:.3f}."]
+  (mlp, _), (cnn, _) = classifier_tasks.SPACE_TITLES
+  names = [f"w = {w:g}" for w in scales]
+  order = [harness.disagreement_note(f"- {metric}", {w: row[mlp + key] for w, row in zip(names, rows)},
+                                     {w: row[cnn + key] for w, row in zip(names, rows)})
+           for metric, key in (("FID", "fid"), ("KID", "kid"))]
+  blocks += ["## Where the two spaces order the scales differently", "\n".join(order),
+             "## The trade-off, read from the numbers above"]
+  for prefix, title in classifier_tasks.SPACE_TITLES:
+    blocks += [f"### {title}", "\n".join(trend(scales, rows, prefix))]
   return harness.document(
       "Classifier-free guidance: quality against diversity (Ho & Salimans 2022, in shape, digits)",
       f"One class-conditional model (experiments/diffusion.py's config: {c.model}, T = {c.num_train_steps}, "
@@ -121,36 +155,35 @@ def markdown(config, scales, rows, drawn, model, floor, n, total_s) -> str:
       f"cycling 0-9), all {len(scales)} scales as one vmapped program from the same x_T "
       f"(compile {drawn.compile_s:.0f} s, sampling {drawn.run_s:.0f} s). Whole table {total_s:.0f} s wall on "
       f"{env['devices']['kind']} ({env['devices']['cpu_count']} CPUs, shared).",
-      harness.table(["w", "FID", "precision", "recall", "label agreement"],
-                    [(f"{w:g}", f"{row['fid']:.2f}", f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                      f"{row['label_agreement']:.3f}") for w, row in zip(scales, rows)]),
-      "FID, precision and recall (k = 3) against the digits training split in the digits classifier's "
-      "features; label agreement: the share of samples the classifier reads as the digit they were "
-      f"conditioned on (w = 0 ignores the label). Held-out real digits: FID "
-      f"{floor['test_split_at_num_samples']:.2f} at {floor['test_split_images_at_num_samples']} images, "
-      f"{floor['test_split']:.2f} at all 300.",
-      "## The trade-off, read from the numbers above",
-      "\n".join(trend(scales, rows)))
+      f"Each w's first {real['num_scored']} samples are scored as the experiments score theirs "
+      "(`research.tasks.classifier.digits_sample_metrics`) against the digits training split in two feature "
+      "spaces, beside the real held-out digits' first as many: FID ± its bootstrap standard error over the samples, "
+      "its ratio to the real digits' FID, KID ± its jackknife standard error, precision and recall (k = 3); label "
+      "agreement: the share of all the samples the space's classifier reads as the digit they were conditioned on "
+      "(w = 0 ignores the label).",
+      *blocks)
 
 
 def figure(scales, rows, images) -> Figure:
-  """FID, precision and recall against w, and ten samples (digits 0-9) per w."""
-  fig = Figure(figsize=(12, 4.4), dpi=100)
-  left, right = fig.subplots(1, 2)
+  """Per feature space FID, precision, recall and label agreement against w; ten samples (digits 0-9) per w."""
+  fig = Figure(figsize=(17, 4.4), dpi=100)
+  *spaces, right = fig.subplots(1, 3)
   order = np.argsort(scales)
   ws = [scales[i] for i in order]
-  left.plot(ws, [rows[i]["precision"] for i in order], "o-", label="precision")
-  left.plot(ws, [rows[i]["recall"] for i in order], "s-", label="recall")
-  left.plot(ws, [rows[i]["label_agreement"] for i in order], "^:", label="label agreement")
-  left.set_xlabel("guidance scale w")
-  left.set_ylabel("fraction")
-  fid_ax = left.twinx()
-  fid_ax.plot(ws, [rows[i]["fid"] for i in order], "kd--", label="FID (right axis)")
-  fid_ax.set_ylabel("FID")
-  handles = left.get_legend_handles_labels()
-  fid_handles = fid_ax.get_legend_handles_labels()
-  left.legend(handles[0] + fid_handles[0], handles[1] + fid_handles[1], fontsize=7)
-  left.set_title("quality (precision) against coverage (recall)")
+  for left, (prefix, title) in zip(spaces, classifier_tasks.SPACE_TITLES):
+    left.plot(ws, [rows[i][prefix + "precision"] for i in order], "o-", label="precision")
+    left.plot(ws, [rows[i][prefix + "recall"] for i in order], "s-", label="recall")
+    left.plot(ws, [rows[i][prefix + "label_agreement"] for i in order], "^:", label="label agreement")
+    left.set_xlabel("guidance scale w")
+    left.set_ylabel("fraction")
+    fid_ax = left.twinx()
+    fid_ax.plot(ws, [rows[i][prefix + "fid"] for i in order], "kd--", label="FID (right axis)")
+    fid_ax.axhline(rows[0][prefix + "fid_real"], color="gray", lw=1, label="real held-out FID (right axis)")
+    fid_ax.set_ylabel("FID")
+    handles = left.get_legend_handles_labels()
+    fid_handles = fid_ax.get_legend_handles_labels()
+    left.legend(handles[0] + fid_handles[0], handles[1] + fid_handles[1], fontsize=7)
+    left.set_title(f"quality (precision) against coverage (recall)\n{title}", fontsize=9)
   grid = np.concatenate([image_grid(images[i][:10], columns=10) for i in order], axis=0)
   right.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
   height = grid.shape[0] / len(scales)
@@ -170,14 +203,14 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
   labels = np.asarray(model.labels(n))
   rows = [scorer(images, labels) for images in drawn.images]
   for w, row in zip(scales, rows):
-    print(f"w = {w:g}: FID {row['fid']:.2f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
-          f"label agreement {row['label_agreement']:.3f}", flush=True)
-  floor = scorer.floor(n)
+    print(f"w = {w:g}: FID {row['fid']:.2f} (MLP) / {row['cnn_fid']:.2f} (conv), precision {row['precision']:.3f}, "
+          f"recall {row['recall']:.3f}, label agreement {row['label_agreement']:.3f}", flush=True)
   total_s = time.perf_counter() - start
-  text = markdown(config, scales, rows, drawn, model, floor, n, total_s)
+  text = markdown(config, scales, rows, drawn, model, n, total_s)
   results = {"scales": scales, "sample_steps": config.sample_steps, "eta": config.eta, "tau": config.tau,
              "num_samples": n, "rows": {f"{w:g}": row for w, row in zip(scales, rows)},
-             "compile_s": drawn.compile_s, "sampling_s": drawn.run_s, "reference_fids": floor,
+             "compile_s": drawn.compile_s, "sampling_s": drawn.run_s,
+             "real_held_out": classifier_tasks.real_scores(rows[0]),
              "model_workdir": workdir, "model_train_s": model.train_s,
              "model_train_results": diffusion_model.train_summary(model.workdir)}
   print(text)

@@ -45,15 +45,13 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 def _cell(metrics: dict, prefix: str, name: str) -> str:
   value = metrics[prefix + name]
   if name == "kid":
-    return f"{value:.3g} ± {metrics[prefix + 'kid_se']:.2g}"
+    return harness.kid(metrics, prefix)
   return f"{value:.3g}" if name in ("fid", "fid_ratio") else f"{value:.3f}"
 
 
 def markdown(config, cases: dict, wall_time_s: float) -> str:
-  spaces = (("", f"MLP classifier ({classifier_tasks.VERSION})"),
-            (classifier_tasks.CONV_PREFIX, f"convolutional classifier ({classifier_tasks.CONV_VERSION})"))
   blocks = []
-  for prefix, title in spaces:
+  for prefix, title in classifier_tasks.SPACE_TITLES:
     blocks += [f"## {title}",
                harness.table(["case"] + list(COLUMNS),
                              [[name] + [_cell(metrics, prefix, c) for c in COLUMNS] for name, metrics in cases.items()],

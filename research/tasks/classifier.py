@@ -49,6 +49,8 @@ NETWORKS = ("mlp", "cnn")  # config.network: VERSION's MLP or CONV_VERSION's con
 DIGITS_SPLITS = ("train", "test")
 # The second space's metrics are reported under this prefix (cnn_fid, cnn_kid, ...).
 CONV_PREFIX = "cnn_"
+# The two spaces' metric prefixes with the titles a table prints above each space's numbers.
+SPACE_TITLES = (("", f"MLP classifier ({VERSION})"), (CONV_PREFIX, f"convolutional classifier ({CONV_VERSION})"))
 
 
 def feature_network_config(steps: int, warmup_steps: int, steps_per_call: int) -> ml_collections.ConfigDict:
@@ -329,6 +331,14 @@ def digits_sample_metrics(images, space: FeatureSpace | None = None, directory: 
   for one, prefix in spaces:
     out.update(fid.sample_metrics(images, one, digits_reference("train", one), digits_reference("test", one), prefix))
   return out
+
+
+def real_scores(metrics: dict) -> dict:
+  """The real held-out digits' scores in a `digits_sample_metrics` dict: num_scored and every "<metric>_real" key.
+
+  They are the same for every sample set scored at one count: what a table states once as its reference.
+  """
+  return {"num_scored": metrics["num_scored"], **{k: v for k, v in metrics.items() if k.endswith("_real")}}
 
 
 def digits_sample_metric_names() -> tuple[str, ...]:
