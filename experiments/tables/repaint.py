@@ -197,17 +197,17 @@ def run(config: ml_collections.ConfigDict, outdir: str) -> dict:
     images, compile_s, run_s = diffusion_experiment.complete(model, originals, masks, k_sample, r, config.jump)
     completions[r] = images
     per_image[r] = (unknown * np.square(images - originals)).sum(axis=(1, 2, 3)) / unknown.sum(axis=(1, 2, 3))
-    feats[r] = scorer.classifier.features(images)
+    feats[r] = scorer.features(images, len(images))[""]  # the MLP space, as "fid"
     scores = diffusion_experiment.inpaint_scores(images, originals, masks, mean_image)
     steps = diffusion.repaint_timesteps(model.config.num_train_steps, config.jump, r)
     rows[r] = {**scores, "masked_mse_se": _se(per_image[r]),
-               "fid_se": fid_lib.frechet_distance_se(scorer.real, feats[r]),
+               "fid_se": fid_lib.frechet_distance_se(scorer.real[""], feats[r]),
                "denoiser_evaluations": int(np.sum(~steps.up)), "compile_s": compile_s, "sampling_s": run_s}
     print(f"r = {r}: masked-region MSE {rows[r]['masked_mse']:.4f}, FID {rows[r]['fid']:.2f} ({run_s:.0f} s)",
           flush=True)
   for r in resamples:  # paired with r = 1: the same images, masks and starting noise
     rows[r]["masked_mse_se_vs_r1"] = _se(per_image[r] - per_image[1]) if r != 1 else 0.0
-    rows[r]["fid_se_vs_r1"] = fid_lib.frechet_difference_se(scorer.real, feats[r], feats[1]) if r != 1 else 0.0
+    rows[r]["fid_se_vs_r1"] = fid_lib.frechet_difference_se(scorer.real[""], feats[r], feats[1]) if r != 1 else 0.0
   references = {k: rows[1][k] for k in ("masked_mse_mean_fill", "fid_real", "cnn_fid_real", "fid_masked_input",
                                         "cnn_fid_masked_input")}
   references["unknown_share"] = float(unknown.mean())
